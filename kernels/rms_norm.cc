@@ -1,0 +1,60 @@
+#include "kernels/rms_norm.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace openmoe::kernels {
+
+template <class ExecSpace>
+absl::Status RmsNorm(const ExecSpace& space, ConstMatrix<float, ExecSpace> x,
+                     ConstVector<float, ExecSpace> weight, Matrix<float, ExecSpace> y,
+                     float eps) {
+  const int64_t rows   = x.extent(0);  // T
+  const int64_t hidden = x.extent(1);  // H
+  if (weight.extent(0) != size_t(hidden)) {
+    return absl::InvalidArgumentError(absl::StrCat("RmsNorm: weight '", weight.label(),
+                                                   "' has shape [", weight.extent(0),
+                                                   "], expected [", hidden, "] (x's last dim)"));
+  }
+  if (y.extent(0) != size_t(rows) || y.extent(1) != size_t(hidden)) {
+    return absl::InvalidArgumentError(absl::StrCat("RmsNorm: output '", y.label(), "' has shape [",
+                                                   y.extent(0), ", ", y.extent(1), "], expected [",
+                                                   rows, ", ", hidden, "]"));
+  }
+  if (!(eps > 0.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat("RmsNorm: eps must be > 0, got ", eps));
+  }
+  if (rows == 0 || hidden == 0) return absl::OkStatus();
+
+  using Policy = Kokkos::TeamPolicy<ExecSpace>;
+  using Member = typename Policy::member_type;
+  const float inv_hidden = 1.0f / float(hidden);
+  Kokkos::parallel_for(
+      "openmoe::kernels::RmsNorm", Policy(space, rows, Kokkos::AUTO),
+      KOKKOS_LAMBDA(const Member& team) {
+        const int64_t t   = team.league_rank();
+        float sum_squares = 0.0f;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, hidden),
+            [&](const int64_t h, float& partial) { partial += x(t, h) * x(t, h); }, sum_squares);
+        const float inv_rms = 1.0f / Kokkos::Experimental::sqrt(sum_squares * inv_hidden + eps);
+        // The reduction above is a team collective, so x(t, :) has been read; each h below is
+        // read and written by the same thread, which keeps y == x (in place) correct.
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, hidden),
+                             [&](const int64_t h) { y(t, h) = weight(h) * (x(t, h) * inv_rms); });
+      });
+  return absl::OkStatus();
+}
+
+#define OPENMOE_INSTANTIATE_RMS_NORM(Space)                                               \
+  template absl::Status RmsNorm<Space>(const Space&, ConstMatrix<float, Space>,           \
+                                       ConstVector<float, Space>, Matrix<float, Space>, float);
+
+OPENMOE_INSTANTIATE_RMS_NORM(Kokkos::Serial)
+#if defined(KOKKOS_ENABLE_OPENMP)
+OPENMOE_INSTANTIATE_RMS_NORM(Kokkos::OpenMP)
+#endif
+#if defined(KOKKOS_ENABLE_CUDA)
+OPENMOE_INSTANTIATE_RMS_NORM(Kokkos::Cuda)
+#endif
+
+}  // namespace openmoe::kernels

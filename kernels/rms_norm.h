@@ -1,0 +1,36 @@
+// File: kernels/rms_norm.h
+// RMSNorm (T5 / Llama style) over Kokkos Views, one implementation for every backend.
+//
+//   y[t, h] = w[h] * (x[t, h] * rsqrt(mean_h(x[t, :]^2) + eps))
+//
+// The mean of squares is accumulated in float32 (as HF's T5LayerNorm / OpenMoE's
+// OpenMoeRMSNorm do, which upcast to float32). One team per row; a team-level reduction over
+// the hidden dimension, then a team-parallel scale.
+//
+// Example:
+//   Matrix<float, Kokkos::Cuda> x("x", T, H), y("y", T, H);  // [T, H]
+//   Vector<float, Kokkos::Cuda> w("w", H);                   // [H]
+//   absl::Status s = RmsNorm(Kokkos::Cuda(), x, w, y, 1e-6f);
+#ifndef KERNELS_RMS_NORM_H_
+#define KERNELS_RMS_NORM_H_
+
+#include "absl/status/status.h"
+#include "openmoe/core/tensor_types.h"
+
+namespace openmoe::kernels {
+
+inline constexpr float kRmsNormDefaultEps = 1e-6f;
+
+// \param [in]  space  execution space instance (its stream on CUDA); the call is asynchronous
+// \param [in]  x      [T, H]
+// \param [in]  weight [H]
+// \param [out] y      [T, H]; may alias x
+// \return InvalidArgument naming the tensor on a shape mismatch or a non-positive eps.
+template <class ExecSpace>
+absl::Status RmsNorm(const ExecSpace& space, ConstMatrix<float, ExecSpace> x,
+                     ConstVector<float, ExecSpace> weight, Matrix<float, ExecSpace> y,
+                     float eps = kRmsNormDefaultEps);
+
+}  // namespace openmoe::kernels
+
+#endif  // KERNELS_RMS_NORM_H_

@@ -1,0 +1,129 @@
+// RMSNorm on every enabled backend (Serial, OpenMP / Cuda) against the double-precision scalar
+// reference, on awkward sizes.
+#include "kernels/rms_norm.h"
+
+#include <cfloat>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/reference/rms_norm.h"
+#include "openmoe/core/execution_spaces.h"
+
+namespace openmoe::kernels {
+namespace {
+
+template <class List>
+struct ToGTestTypes;
+template <class... Spaces>
+struct ToGTestTypes<ExecutionSpaceList<Spaces...>> {
+  using type = ::testing::Types<Spaces...>;
+};
+
+constexpr uint32_t kSeed = 20261129;
+
+struct Case {
+  int64_t rows;    // T
+  int64_t hidden;  // H
+  float scale;     // magnitude of x; tiny values make eps dominate the variance
+};
+
+std::vector<float> RandomVector(size_t n, float scale, std::mt19937& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& e : v) e = scale * normal(rng);
+  return v;
+}
+
+template <class ExecSpace>
+class RmsNormTest : public ::testing::Test {
+ protected:
+  // Runs the kernel on ExecSpace and returns y [rows, hidden] on the host.
+  std::vector<float> Run(const std::vector<float>& x_host, const std::vector<float>& w_host,
+                         int64_t rows, int64_t hidden, float eps, bool in_place = false) {
+    Matrix<float, ExecSpace> x("x", rows, hidden);  // [T, H]
+    Vector<float, ExecSpace> w("w", hidden);        // [H]
+    Matrix<float, ExecSpace> y = in_place ? x : Matrix<float, ExecSpace>("y", rows, hidden);
+    Kokkos::deep_copy(x, Kokkos::View<const float**, Kokkos::LayoutRight, Kokkos::HostSpace,
+                                      Kokkos::MemoryUnmanaged>(x_host.data(), rows, hidden));
+    Kokkos::deep_copy(w, Kokkos::View<const float*, Kokkos::LayoutRight, Kokkos::HostSpace,
+                                      Kokkos::MemoryUnmanaged>(w_host.data(), hidden));
+    ExecSpace space;
+    absl::Status status = RmsNorm<ExecSpace>(space, x, w, y, eps);
+    EXPECT_TRUE(status.ok()) << status;
+    space.fence();
+    std::vector<float> y_host(rows * hidden);
+    Kokkos::deep_copy(Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace,
+                                   Kokkos::MemoryUnmanaged>(y_host.data(), rows, hidden),
+                      y);
+    return y_host;
+  }
+
+  // Float32 accumulation of H squares has relative error <= ~H * eps32/2 (worst case); the
+  // rsqrt, divide and two multiplies add a few ulps. Bound: (H + 8) * eps32 relative.
+  void ExpectMatchesReference(const Case& c, bool in_place = false) {
+    std::mt19937 rng(kSeed + c.rows * 1000 + c.hidden);
+    const std::vector<float> x = RandomVector(c.rows * c.hidden, c.scale, rng);
+    const std::vector<float> w = RandomVector(c.hidden, 1.0f, rng);
+    std::vector<float> expected;
+    reference::RmsNorm(x, w, c.rows, c.hidden, kRmsNormDefaultEps, expected);
+    const std::vector<float> actual = Run(x, w, c.rows, c.hidden, kRmsNormDefaultEps, in_place);
+    const double rel_tol = (c.hidden + 8) * double(FLT_EPSILON);
+    for (int64_t i = 0; i < c.rows * c.hidden; ++i) {
+      ASSERT_NEAR(actual[i], expected[i], rel_tol * std::fabs(expected[i]) + 1e-30)
+          << "backend " << ExecSpace::name() << " rows " << c.rows << " hidden " << c.hidden
+          << " at row " << i / c.hidden << " col " << i % c.hidden << " (seed " << kSeed << ")";
+    }
+  }
+};
+
+TYPED_TEST_SUITE_P(RmsNormTest);
+
+TYPED_TEST_P(RmsNormTest, MatchesReferenceOnAwkwardSizes) {
+  std::printf("seed %u, backend %s\n", kSeed, TypeParam::name());
+  for (const Case& c : {Case{19, 111, 1.0f}, Case{1, 1, 3.0f}, Case{3, 7, 0.5f},
+                        Case{33, 2048, 1.0f}, Case{5, 4096, 10.0f}, Case{2, 989, 1.0f}}) {
+    this->ExpectMatchesReference(c);
+  }
+}
+
+TYPED_TEST_P(RmsNormTest, EpsDominatesTinyInputs) {
+  // x ~ 1e-4 gives mean(x^2) ~ 1e-8 << eps = 1e-6: a kernel that drops or misplaces eps fails.
+  this->ExpectMatchesReference(Case{19, 111, 1e-4f});
+}
+
+TYPED_TEST_P(RmsNormTest, InPlaceEqualsOutOfPlace) {
+  this->ExpectMatchesReference(Case{19, 111, 1.0f}, /*in_place=*/true);
+}
+
+TYPED_TEST_P(RmsNormTest, EmptyInputIsANoOp) {
+  const std::vector<float> y = this->Run({}, std::vector<float>(111, 1.0f), 0, 111, 1e-6f);
+  EXPECT_TRUE(y.empty());
+}
+
+TYPED_TEST_P(RmsNormTest, RejectsMismatchedShapesNamingTheTensor) {
+  using Space = TypeParam;
+  Matrix<float, Space> x("x", 4, 8), y_bad("y_bad", 4, 9);
+  Vector<float, Space> w("w", 8), w_bad("w_bad", 7);
+  absl::Status s = RmsNorm<Space>(Space(), x, w_bad, x);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("w_bad"), std::string::npos) << s;
+  s = RmsNorm<Space>(Space(), x, w, y_bad);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("y_bad"), std::string::npos) << s;
+  s = RmsNorm<Space>(Space(), x, w, x, 0.0f);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("eps"), std::string::npos) << s;
+}
+
+REGISTER_TYPED_TEST_SUITE_P(RmsNormTest, MatchesReferenceOnAwkwardSizes, EpsDominatesTinyInputs,
+                            InPlaceEqualsOutOfPlace, EmptyInputIsANoOp,
+                            RejectsMismatchedShapesNamingTheTensor);
+INSTANTIATE_TYPED_TEST_SUITE_P(AllBackends, RmsNormTest,
+                               ToGTestTypes<EnabledExecutionSpaces>::type);
+
+}  // namespace
+}  // namespace openmoe::kernels
