@@ -1,6 +1,7 @@
 #include "kernels/rms_norm.h"
 
 #include "absl/strings/str_cat.h"
+#include "kernels/instantiate.h"
 
 namespace openmoe::kernels {
 
@@ -49,12 +50,6 @@ absl::Status RmsNorm(const ExecSpace& space, ConstMatrix<float, ExecSpace> x,
   template absl::Status RmsNorm<Space>(const Space&, ConstMatrix<float, Space>,           \
                                        ConstVector<float, Space>, Matrix<float, Space>, float);
 
-OPENMOE_INSTANTIATE_RMS_NORM(Kokkos::Serial)
-#if defined(KOKKOS_ENABLE_OPENMP)
-OPENMOE_INSTANTIATE_RMS_NORM(Kokkos::OpenMP)
-#endif
-#if defined(KOKKOS_ENABLE_CUDA)
-OPENMOE_INSTANTIATE_RMS_NORM(Kokkos::Cuda)
-#endif
+OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_RMS_NORM)
 
 }  // namespace openmoe::kernels

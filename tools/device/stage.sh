@@ -12,7 +12,7 @@ for b in "${binaries[@]}"; do
   [[ -x "bazel-bin/$b" ]] || { echo "stage.sh: bazel-bin/$b missing; build with --config=cuda" >&2; exit 1; }
   cp -f "bazel-bin/$b" "$dest/bin/"
   ldd "bazel-bin/$b" | awk '/=> \// {print $3}' \
-    | grep -E 'libabsl|libbenchmark|libsentencepiece|libgtest|libgmock' \
-    | xargs -r -I{} cp -fL {} "$dest/lib/"
+    | { grep -E 'libabsl|libbenchmark|libsentencepiece|libgtest|libgmock|libatomic' || true; } \
+    | xargs -r -I{} cp -fL {} "$dest/lib/" || true
 done
 ls -la "$dest/bin" "$dest/lib" | head -80

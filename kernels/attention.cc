@@ -1,0 +1,126 @@
+#include "kernels/attention.h"
+
+#include <cfloat>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/instantiate.h"
+
+namespace openmoe::kernels {
+
+template <class ExecSpace>
+absl::Status ApplyRope(const ExecSpace& space, Tensor3<float, ExecSpace> x, int64_t head_dim,
+                       int64_t position_offset) {
+  const int64_t B = x.extent(0), S = x.extent(1), width = x.extent(2);
+  if (head_dim <= 0 || head_dim % 2 != 0 || width % head_dim != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("ApplyRope: '", x.label(), "' width ", width,
+                                                   " is not a multiple of an even head_dim ", head_dim));
+  }
+  const int64_t half = head_dim / 2, pairs = width / 2;  // (head, j) pairs per row
+  Kokkos::parallel_for(
+      "openmoe::kernels::ApplyRope",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<3>>(space, {0, 0, 0}, {B, S, pairs}),
+      KOKKOS_LAMBDA(const int64_t b, const int64_t s, const int64_t pair) {
+        const int64_t head = pair / half, j = pair % half;
+        const int64_t lo = head * head_dim + j, hi = lo + half;
+        // Double for the angle: position * frequency must not lose the low bits at large p.
+        const double inv_freq = Kokkos::Experimental::pow(10000.0, -2.0 * double(j) / double(head_dim));
+        const double angle    = double(position_offset + s) * inv_freq;
+        const float c = float(Kokkos::Experimental::cos(angle));
+        const float sn = float(Kokkos::Experimental::sin(angle));
+        const float x_lo = x(b, s, lo), x_hi = x(b, s, hi);
+        x(b, s, lo) = x_lo * c - x_hi * sn;
+        x(b, s, hi) = x_hi * c + x_lo * sn;
+      });
+  return absl::OkStatus();
+}
+
+template <class ExecSpace>
+absl::Status CausalAttention(const ExecSpace& space, Tensor3<const float, ExecSpace> q,
+                             Tensor3<const float, ExecSpace> k, Tensor3<const float, ExecSpace> v,
+                             Kokkos::View<const int64_t**, Kokkos::LayoutRight,
+                                          typename ExecSpace::memory_space> key_mask,
+                             int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                             int64_t num_keys, int64_t q_offset, Tensor3<float, ExecSpace> out) {
+  const int64_t B = q.extent(0), Sq = q.extent(1);
+  if (q.extent(2) != size_t(num_heads * head_dim) || out.extent(2) != q.extent(2) ||
+      out.extent(0) != size_t(B) || out.extent(1) != size_t(Sq)) {
+    return absl::InvalidArgumentError(absl::StrCat("CausalAttention: q '", q.label(), "' / out '",
+                                                   out.label(), "' must be [B, Sq, ", num_heads * head_dim, "]"));
+  }
+  if (k.extent(2) != size_t(num_kv_heads * head_dim) || v.extent(2) != k.extent(2) ||
+      k.extent(0) != size_t(B) || v.extent(0) != size_t(B) || k.extent(1) < size_t(num_keys) ||
+      v.extent(1) < size_t(num_keys) || key_mask.extent(0) != size_t(B) ||
+      key_mask.extent(1) < size_t(num_keys)) {
+    return absl::InvalidArgumentError(absl::StrCat("CausalAttention: k '", k.label(), "', v '", v.label(),
+                                                   "' or key_mask do not fit [B, >=", num_keys, ", ",
+                                                   num_kv_heads * head_dim, "]"));
+  }
+  if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0) {
+    return absl::InvalidArgumentError("CausalAttention: num_kv_heads must divide num_heads");
+  }
+  if (B == 0 || Sq == 0 || num_keys == 0) return absl::OkStatus();
+  const int64_t group = num_heads / num_kv_heads;
+  constexpr float kMasked = -FLT_MAX;
+
+  using Policy  = Kokkos::TeamPolicy<ExecSpace>;
+  using Member  = typename Policy::member_type;
+  using Scratch = Kokkos::View<float*, typename ExecSpace::scratch_memory_space,
+                               Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+  const size_t scratch_bytes = Scratch::shmem_size(num_keys);
+  Policy policy(space, B * Sq * num_heads, Kokkos::AUTO);
+  policy.set_scratch_size(0, Kokkos::PerTeam(scratch_bytes));
+  Kokkos::parallel_for(
+      "openmoe::kernels::CausalAttention", policy, KOKKOS_LAMBDA(const Member& team) {
+        const int64_t idx = team.league_rank();
+        const int64_t head = idx % num_heads, s = (idx / num_heads) % Sq, b = idx / (num_heads * Sq);
+        const int64_t kv_head = head / group;
+        const int64_t q_col = head * head_dim, kv_col = kv_head * head_dim;
+        const int64_t position = q_offset + s;
+        const int64_t last = position < num_keys - 1 ? position : num_keys - 1;  // causal
+        Scratch scores(team.team_scratch(0), num_keys);  // [keys]
+
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, last + 1), [&](const int64_t j) {
+          if (j != 0 && key_mask(b, j) == 0) {
+            scores(j) = kMasked;
+            return;
+          }
+          float dot = 0.0f;
+          for (int64_t d = 0; d < head_dim; ++d) dot += q(b, s, q_col + d) * k(b, j, kv_col + d);
+          scores(j) = dot;  // no 1/sqrt(Dh): OpenMoE folds the scale into Wq
+        });
+        team.team_barrier();
+        float max_score = kMasked;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, last + 1),
+            [&](const int64_t j, float& m) { m = scores(j) > m ? scores(j) : m; },
+            Kokkos::Max<float>(max_score));
+        float sum = 0.0f;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, last + 1),
+            [&](const int64_t j, float& partial) {
+              const float p = scores(j) == kMasked ? 0.0f : Kokkos::Experimental::exp(scores(j) - max_score);
+              scores(j) = p;
+              partial += p;
+            },
+            sum);
+        team.team_barrier();
+        const float inv_sum = 1.0f / sum;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, head_dim), [&](const int64_t d) {
+          float acc = 0.0f;
+          for (int64_t j = 0; j <= last; ++j) acc += scores(j) * v(b, j, kv_col + d);
+          out(b, s, q_col + d) = acc * inv_sum;
+        });
+      });
+  return absl::OkStatus();
+}
+
+#define OPENMOE_INSTANTIATE_ATTENTION(Space)                                                   \
+  template absl::Status ApplyRope<Space>(const Space&, Tensor3<float, Space>, int64_t, int64_t); \
+  template absl::Status CausalAttention<Space>(                                                \
+      const Space&, Tensor3<const float, Space>, Tensor3<const float, Space>,                  \
+      Tensor3<const float, Space>,                                                             \
+      Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Space::memory_space>,        \
+      int64_t, int64_t, int64_t, int64_t, int64_t, Tensor3<float, Space>);
+OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_ATTENTION)
+
+}  // namespace openmoe::kernels

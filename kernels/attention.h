@@ -1,0 +1,41 @@
+// File: kernels/attention.h
+// OpenMoE attention pieces: rotary embedding and causal scaled-free attention.
+//
+// RoPE (GPT-NeoX / HF-Llama rotate-half over the full head_dim, base 1e4):
+//   inv_freq[j] = 10000^(-2j/Dh), angle = pos * inv_freq[j mod Dh/2]
+//   x' = x * cos(angle) + rotate_half(x) * sin(angle), rotate_half(x) = [-x[Dh/2:], x[:Dh/2]]
+//
+// Attention (OpenMoE quirks, spec 2.3): scores are q.k with NO 1/sqrt(Dh) scaling; a query at
+// absolute position p sees keys j <= p whose key_mask is 1, and key 0 always; softmax in float32.
+#ifndef KERNELS_ATTENTION_H_
+#define KERNELS_ATTENTION_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "openmoe/core/tensor_types.h"
+
+namespace openmoe::kernels {
+
+template <class T, class Space>
+using Tensor3 = Kokkos::View<T***, Kokkos::LayoutRight, typename Space::memory_space>;
+
+// Rotates x [B, S, Nh*Dh] in place; row s of every batch has position position_offset + s.
+template <class ExecSpace>
+absl::Status ApplyRope(const ExecSpace& space, Tensor3<float, ExecSpace> x, int64_t head_dim,
+                       int64_t position_offset);
+
+// q [B, Sq, Nh*Dh]; k, v [B, Sk_max, Nkv*Dh] of which the first num_keys rows are valid;
+// key_mask [B, Sk_max] (1 = attendable); query row s is at absolute position q_offset + s.
+// out [B, Sq, Nh*Dh]. Nkv divides Nh (grouped-query heads share k, v).
+template <class ExecSpace>
+absl::Status CausalAttention(const ExecSpace& space, Tensor3<const float, ExecSpace> q,
+                             Tensor3<const float, ExecSpace> k, Tensor3<const float, ExecSpace> v,
+                             Kokkos::View<const int64_t**, Kokkos::LayoutRight,
+                                          typename ExecSpace::memory_space> key_mask,
+                             int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                             int64_t num_keys, int64_t q_offset, Tensor3<float, ExecSpace> out);
+
+}  // namespace openmoe::kernels
+
+#endif  // KERNELS_ATTENTION_H_
