@@ -1,0 +1,81 @@
+// File: openmoe/model.h
+// The OpenMoE decoder over Kokkos Views (float32), written once for every backend.
+//
+//   h = embed[ids]                                                  // [T, H], T = B * S
+//   per layer i:  h += Attn(RMSNorm_in(h))
+//                 dense:  h += MLP(RMSNorm_post(h))
+//                 MoE:    h += SparseMoE(RMSNorm_post(h)); h += ExtraMLP(RMSNorm_pre_extra(h))
+//   logits = lm_head(RMSNorm_final(h))                              // [T, V]
+// The quirks (no attention scaling, key 0 always visible, 2I-wide gate with SiLU on its second
+// half, top-2 on probabilities with capacity and top-1-first queueing) live in //kernels.
+//
+//   OPENMOE_ASSIGN_OR_RETURN(auto model, OpenMoeModel<Kokkos::DefaultExecutionSpace>::Load(dir));
+//   OPENMOE_ASSIGN_OR_RETURN(std::vector<float> logits, model.Logits(ids, mask, B, S, RoutingMode::kEval));
+#ifndef OPENMOE_MODEL_H_
+#define OPENMOE_MODEL_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "openmoe/checkpoint.h"
+#include "openmoe/config.h"
+#include "openmoe/core/tensor_types.h"
+
+namespace openmoe {
+
+// Eval routing uses router_capacity_factor_eval (2.0), train routing _train (1.25).
+enum class RoutingMode { kEval, kTrain };
+
+// Per MoE layer: capacity C and how many of the 2 * T assignments were kept.
+struct MoeLayerStats {
+  int64_t layer    = 0;
+  int64_t capacity = 0;
+  int64_t kept     = 0;
+  int64_t assigned = 0;
+};
+
+template <class ExecSpace>
+class OpenMoeModel {
+ public:
+  using MemSpace = typename ExecSpace::memory_space;
+
+  // Reads config.json and the weights of `model_dir` (see CheckpointReader for the layouts).
+  static absl::StatusOr<OpenMoeModel> Load(const std::string& model_dir);
+  static absl::StatusOr<OpenMoeModel> FromCheckpoint(const OpenMoeConfig& config,
+                                                     const CheckpointReader& reader);
+
+  const OpenMoeConfig& config() const { return config_; }
+
+  // input_ids and attention_mask are row-major [B, S] (mask 1 = real token, 0 = padding).
+  // Returns float32 logits [B, S, V] on the host. Errors name the flag-level input
+  // (token id out of range, sequence too long, bad mask).
+  absl::StatusOr<std::vector<float>> Logits(const std::vector<int64_t>& input_ids,
+                                            const std::vector<int64_t>& attention_mask,
+                                            int64_t batch, int64_t seq_len, RoutingMode mode,
+                                            std::vector<MoeLayerStats>* stats = nullptr);
+
+ private:
+  Matrix<float, ExecSpace> Weight(const std::string& name, int64_t rows, int64_t cols) const;
+  Vector<float, ExecSpace> WeightVector(const std::string& name) const;
+
+  absl::Status Mlp(const ExecSpace& space, const std::string& prefix, ConstMatrix<float, ExecSpace> x,
+                   Matrix<float, ExecSpace> out);
+  absl::Status SparseMoe(const ExecSpace& space, int64_t layer, ConstMatrix<float, ExecSpace> x,
+                         RoutingMode mode, Matrix<float, ExecSpace> out,
+                         std::vector<MoeLayerStats>* stats);
+
+  OpenMoeConfig config_;
+  std::map<std::string, Kokkos::View<float*, MemSpace>> weights_;  // HF name -> flat data
+};
+
+// Checks ids/mask/shape against the config; used before any kernel runs.
+absl::Status ValidateInputs(const OpenMoeConfig& config, const std::vector<int64_t>& input_ids,
+                            const std::vector<int64_t>& attention_mask, int64_t batch,
+                            int64_t seq_len);
+
+}  // namespace openmoe
+
+#endif  // OPENMOE_MODEL_H_
