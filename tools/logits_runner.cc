@@ -1,0 +1,81 @@
+#include "tools/logits_runner.h"
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+
+#include <Kokkos_Core.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "openmoe/core/status_macros.h"
+#include "openmoe/io/safetensors.h"
+#include "openmoe/model.h"
+
+namespace openmoe::tools {
+namespace {
+
+absl::Status ReadInputs(const std::string& path, std::vector<int64_t>& ids, std::vector<int64_t>& mask,
+                        int64_t& batch, int64_t& seq_len) {
+  OPENMOE_ASSIGN_OR_RETURN(io::SafetensorsFile file, io::SafetensorsFile::Open(path));
+  const io::TensorInfo* ids_info = file.Find("input_ids");
+  if (ids_info == nullptr || ids_info->shape.size() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat("--inputs '", path, "' must hold int64 'input_ids' [B, S]"));
+  }
+  batch = ids_info->shape[0], seq_len = ids_info->shape[1];
+  ids.resize(batch * seq_len);
+  OPENMOE_RETURN_IF_ERROR(file.ReadAsInt64("input_ids", ids.data(), ids.size()));
+  const io::TensorInfo* mask_info = file.Find("attention_mask");
+  mask.assign(batch * seq_len, 1);  // absent mask: every token is real
+  if (mask_info != nullptr) {
+    if (mask_info->shape != ids_info->shape) {
+      return absl::InvalidArgumentError(absl::StrCat("--inputs '", path, "': attention_mask has shape ",
+                                                     mask_info->ShapeString(), ", input_ids ",
+                                                     ids_info->ShapeString()));
+    }
+    OPENMOE_RETURN_IF_ERROR(file.ReadAsInt64("attention_mask", mask.data(), mask.size()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status RunLogits(const LogitsOptions& options) {
+  RoutingMode mode;
+  if (options.mode == "eval") {
+    mode = RoutingMode::kEval;
+  } else if (options.mode == "train") {
+    mode = RoutingMode::kTrain;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("--mode must be 'eval' or 'train', got '", options.mode, "'"));
+  }
+  if (options.dtype != "fp32") {
+    return absl::UnimplementedError(absl::StrCat(
+        "--dtype ", options.dtype, " is not implemented yet; only fp32 runs today"));
+  }
+  std::vector<int64_t> ids, mask;
+  int64_t batch = 0, seq_len = 0;
+  OPENMOE_RETURN_IF_ERROR(ReadInputs(options.inputs_path, ids, mask, batch, seq_len));
+
+  setenv("OMP_PROC_BIND", "false", /*overwrite=*/0);  // silences Kokkos' binding advice
+  Kokkos::ScopeGuard kokkos;
+  using Space = Kokkos::DefaultExecutionSpace;
+  const auto start = std::chrono::steady_clock::now();
+  OPENMOE_ASSIGN_OR_RETURN(OpenMoeModel<Space> model, OpenMoeModel<Space>::Load(options.model_dir));
+  const auto loaded = std::chrono::steady_clock::now();
+  std::fprintf(stderr, "loaded %s on %s in %.2f s\n", options.model_dir.c_str(), Space::name(),
+               std::chrono::duration<double>(loaded - start).count());
+  OPENMOE_ASSIGN_OR_RETURN(std::vector<float> logits, model.Logits(ids, mask, batch, seq_len, mode));
+  std::fprintf(stderr, "forward [%lld, %lld] (%s routing) in %.3f s\n", static_cast<long long>(batch),
+               static_cast<long long>(seq_len), options.mode.c_str(),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - loaded).count());
+  OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors(
+      options.output_path,
+      {{"logits", io::DType::kF32, {batch, seq_len, model.config().vocab_size}, logits.data()}},
+      {{"model", options.model_dir}, {"mode", options.mode}, {"dtype", options.dtype}}));
+  std::fprintf(stderr, "wrote logits [%lld, %lld, %lld] to %s\n", static_cast<long long>(batch),
+               static_cast<long long>(seq_len), static_cast<long long>(model.config().vocab_size),
+               options.output_path.c_str());
+  return absl::OkStatus();
+}
+
+}  // namespace openmoe::tools
