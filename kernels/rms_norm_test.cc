@@ -11,17 +11,10 @@
 
 #include "gtest/gtest.h"
 #include "kernels/reference/rms_norm.h"
-#include "openmoe/core/execution_spaces.h"
+#include "openmoe/core/test_util.h"
 
 namespace openmoe::kernels {
 namespace {
-
-template <class List>
-struct ToGTestTypes;
-template <class... Spaces>
-struct ToGTestTypes<ExecutionSpaceList<Spaces...>> {
-  using type = ::testing::Types<Spaces...>;
-};
 
 constexpr uint32_t kSeed = 20261129;
 
@@ -123,7 +116,7 @@ REGISTER_TYPED_TEST_SUITE_P(RmsNormTest, MatchesReferenceOnAwkwardSizes, EpsDomi
                             InPlaceEqualsOutOfPlace, EmptyInputIsANoOp,
                             RejectsMismatchedShapesNamingTheTensor);
 INSTANTIATE_TYPED_TEST_SUITE_P(AllBackends, RmsNormTest,
-                               ToGTestTypes<EnabledExecutionSpaces>::type);
+                               testing::Backends);
 
 }  // namespace
 }  // namespace openmoe::kernels

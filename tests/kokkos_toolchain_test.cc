@@ -10,7 +10,7 @@
 #include <Kokkos_Core.hpp>
 
 #include "gtest/gtest.h"
-#include "openmoe/core/execution_spaces.h"
+#include "openmoe/core/test_util.h"
 
 namespace openmoe {
 namespace {
@@ -28,16 +28,9 @@ TEST(KokkosToolchain, BuildHasItsBackends) {
   EXPECT_EQ(KOKKOS_VERSION, 30401);
 }
 
-template <class List>
-struct ToGTestTypes;
-template <class... Spaces>
-struct ToGTestTypes<ExecutionSpaceList<Spaces...>> {
-  using type = ::testing::Types<Spaces...>;
-};
-
 template <class ExecSpace>
 class KokkosKernelsGemm : public ::testing::Test {};
-TYPED_TEST_SUITE(KokkosKernelsGemm, ToGTestTypes<EnabledExecutionSpaces>::type);
+TYPED_TEST_SUITE(KokkosKernelsGemm, testing::Backends);
 
 // C[m, n] = A[m, k] @ B[k, n] through KokkosBlas::gemm (LayoutLeft: the ETI'd layout).
 TYPED_TEST(KokkosKernelsGemm, MatchesNaiveLoop) {

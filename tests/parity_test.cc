@@ -15,19 +15,12 @@
 #include "gtest/gtest.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
-#include "openmoe/core/execution_spaces.h"
+#include "openmoe/core/test_util.h"
 #include "openmoe/io/safetensors.h"
 #include "openmoe/model.h"
 
 namespace openmoe {
 namespace {
-
-template <class List>
-struct ToGTestTypes;
-template <class... Spaces>
-struct ToGTestTypes<ExecutionSpaceList<Spaces...>> {
-  using type = ::testing::Types<Spaces...>;
-};
 
 constexpr double kLogitTolerance = 1e-4;
 
@@ -114,14 +107,15 @@ class ParityTest : public ::testing::Test {
   }
 };
 
-TYPED_TEST_SUITE(ParityTest, ToGTestTypes<EnabledExecutionSpaces>::type);
+TYPED_TEST_SUITE(ParityTest, testing::Backends);
 
 TYPED_TEST(ParityTest, Tiny8bFromSafetensors) { this->Check("tiny8b", "model.safetensors"); }
 TYPED_TEST(ParityTest, TinybaseFromSafetensors) { this->Check("tinybase", "model.safetensors"); }
 
 TYPED_TEST(ParityTest, Tiny8bFromPytorchBin) {
   // Same weights through the torch.save reader: hide model.safetensors by copying the folder.
-  const std::string dir = std::string(std::getenv("TEST_TMPDIR")) + "/tiny8b_bin";
+  const char* tmp = std::getenv("TEST_TMPDIR");  // set by bazel test; /tmp when run by hand
+  const std::string dir = std::string(tmp ? tmp : "/tmp") + "/openmoe_tiny8b_bin";
   std::filesystem::create_directories(dir);
   for (const char* f : {"config.json", "pytorch_model.bin"}) {
     std::filesystem::copy_file(std::string("tests/data/openmoe/tiny8b/") + f, dir + "/" + f,

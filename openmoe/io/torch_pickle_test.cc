@@ -54,7 +54,8 @@ TEST(TorchPickle, RejectsCodeExecutionAndGarbage) {
 TEST(TorchPickle, ReportsTruncatedArchives) {
   std::ifstream in(std::string(kDir) + "pytorch_model.bin", std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)), {});
-  const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/cut.bin";
+  const char* tmp = std::getenv("TEST_TMPDIR");  // set by bazel test; /tmp when run by hand
+  const std::string path = std::string(tmp ? tmp : "/tmp") + "/openmoe_cut.bin";
   std::ofstream(path, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
   absl::StatusOr<TorchCheckpoint> r = TorchCheckpoint::Open(path);
   ASSERT_FALSE(r.ok());

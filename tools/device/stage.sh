@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# stage.sh DIR: copies the CUDA-built binaries of bazel-bin and the non-system shared libraries
+# stage.sh DIR [TARGET_PATH...]: copies the CUDA-built binaries of bazel-bin and the non-system shared libraries
 # they load (Debian's Abseil, Google Benchmark, ...) into DIR/bin and DIR/lib, so that they run
 # on a GPU machine without Bazel: LD_LIBRARY_PATH=DIR/lib DIR/bin/<binary>.
 # CUDA libraries (cuBLAS, cuBLASLt) are not copied: the GPU machine has them in /usr/local/cuda.
 set -euo pipefail
-dest="${1:?usage: stage.sh DIR}"
+dest="${1:?usage: stage.sh DIR [bazel-bin relative binary paths]}"
+shift
 mkdir -p "$dest/bin" "$dest/lib"
-binaries=(kernels/rms_norm_test tests/kokkos_toolchain_test benchmarks/backend_portability
-          benchmarks/rms_norm_benchmark tools/kokkos_info)
+binaries=("$@")
+if ((${#binaries[@]} == 0)); then
+  binaries=(kernels/rms_norm_test tests/kokkos_toolchain_test tests/parity_test
+            benchmarks/backend_portability benchmarks/rms_norm_benchmark tools/kokkos_info tools/logits)
+fi
 for b in "${binaries[@]}"; do
   [[ -x "bazel-bin/$b" ]] || { echo "stage.sh: bazel-bin/$b missing; build with --config=cuda" >&2; exit 1; }
   cp -f "bazel-bin/$b" "$dest/bin/"

@@ -1,0 +1,94 @@
+// RoPE and OpenMoE attention on every backend against the double reference: padding (left
+// padded rows), key 0 always visible, causal offsets (a decode step), grouped kv heads.
+#include "kernels/attention.h"
+
+#include <cfloat>
+#include <cmath>
+
+#include "gtest/gtest.h"
+#include "kernels/reference/ops.h"
+#include "openmoe/core/test_util.h"
+
+namespace openmoe::kernels {
+namespace {
+
+using openmoe::testing::RandomNormal;
+using openmoe::testing::ToHost;
+
+template <class Space>
+Tensor3<float, Space> ToDevice3(const std::vector<float>& host, int64_t a, int64_t b, int64_t c,
+                                const std::string& label) {
+  Tensor3<float, Space> device(label, a, b, c);
+  Kokkos::deep_copy(device, Kokkos::View<const float***, Kokkos::LayoutRight, Kokkos::HostSpace,
+                                         Kokkos::MemoryUnmanaged>(host.data(), a, b, c));
+  return device;
+}
+
+std::vector<double> ToDouble(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+template <class Space>
+class AttentionTest : public ::testing::Test {};
+TYPED_TEST_SUITE(AttentionTest, openmoe::testing::Backends);
+
+TYPED_TEST(AttentionTest, RopeMatchesReference) {
+  using Space = TypeParam;
+  const int64_t B = 2, S = 19, heads = 3, Dh = 24;
+  const std::vector<float> x = RandomNormal(B * S * heads * Dh, 1.0f, 7);
+  for (int64_t offset : {0, 5, 2000}) {
+    auto xd = ToDevice3<Space>(x, B, S, heads * Dh, "x");
+    ASSERT_TRUE(ApplyRope<Space>(Space(), xd, Dh, offset).ok());
+    const std::vector<float> got = ToHost(xd);
+    const std::vector<double> want = reference::Rope(ToDouble(x), B, S, heads * Dh, Dh, offset);
+    // cos/sin are computed in double and rounded to float, then two float products and a sum:
+    // a few ulps of |x| (<= 5 for these draws).
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 8 * FLT_EPSILON * 5) << i << " offset " << offset;
+  }
+  auto bad = ToDevice3<Space>(x, B, S, heads * Dh, "odd");
+  EXPECT_FALSE(ApplyRope<Space>(Space(), bad, 7, 0).ok());
+}
+
+TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
+  using Space = TypeParam;
+  struct Case { int64_t B, Sq, Sk, Nh, Nkv, Dh, q_offset; };
+  for (const Case c : {Case{2, 19, 19, 4, 4, 24, 0}, Case{3, 1, 11, 4, 2, 16, 10}, Case{2, 5, 9, 6, 3, 8, 4}}) {
+    const uint32_t seed = 31 + c.Sq * 7 + c.Nkv;
+    const std::vector<float> q = RandomNormal(c.B * c.Sq * c.Nh * c.Dh, 0.5f, seed);
+    const std::vector<float> k = RandomNormal(c.B * c.Sk * c.Nkv * c.Dh, 0.5f, seed + 1);
+    const std::vector<float> v = RandomNormal(c.B * c.Sk * c.Nkv * c.Dh, 1.0f, seed + 2);
+    std::vector<int64_t> mask(c.B * c.Sk, 1);
+    for (int64_t j = 0; j < 3 && j < c.Sk; ++j) mask[(c.B - 1) * c.Sk + j] = 0;  // left-padded last row
+    auto qd = ToDevice3<Space>(q, c.B, c.Sq, c.Nh * c.Dh, "q");
+    auto kd = ToDevice3<Space>(k, c.B, c.Sk, c.Nkv * c.Dh, "k");
+    auto vd = ToDevice3<Space>(v, c.B, c.Sk, c.Nkv * c.Dh, "v");
+    Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", c.B, c.Sk);
+    Kokkos::deep_copy(md, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
+                              mask.data(), c.B, c.Sk));
+    Tensor3<float, Space> out("out", c.B, c.Sq, c.Nh * c.Dh);
+    absl::Status s = CausalAttention<Space>(Space(), qd, kd, vd, md, c.Nh, c.Nkv, c.Dh, c.Sk, c.q_offset, out);
+    ASSERT_TRUE(s.ok()) << s;
+    const std::vector<float> got = ToHost(out);
+    const std::vector<double> want = reference::Attention(ToDouble(q), ToDouble(k), ToDouble(v), mask, c.B, c.Sq,
+                                                          c.Sk, c.Nh, c.Nkv, c.Dh, c.q_offset);
+    // Score error <= Dh * eps32 * sum|q k| (<= Dh * 0.25 * 16 here); a softmax weight moves by at
+    // most that relative amount, so |out error| <= 2 * score error * max|v| (max|v| <= 5).
+    const double bound = 2.0 * c.Dh * FLT_EPSILON * (c.Dh * 0.25 * 16) * 5.0 + 1e-6;
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], bound) << i << " seed " << seed;
+  }
+}
+
+TYPED_TEST(AttentionTest, KeyZeroIsVisibleEvenWhenMasked) {
+  using Space = TypeParam;
+  // One query at position 2 whose keys 0..2 are all padding: only key 0 counts, so out = v[0].
+  const int64_t Dh = 4;
+  const std::vector<float> q = {1, 0, 0, 0}, k(3 * Dh, 0.5f), v = {1, 2, 3, 4, 10, 10, 10, 10, 20, 20, 20, 20};
+  auto qd = ToDevice3<Space>(q, 1, 1, Dh, "q");
+  auto kd = ToDevice3<Space>(k, 1, 3, Dh, "k");
+  auto vd = ToDevice3<Space>(v, 1, 3, Dh, "v");
+  Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", 1, 3);  // zeros
+  Tensor3<float, Space> out("out", 1, 1, Dh);
+  ASSERT_TRUE(CausalAttention<Space>(Space(), qd, kd, vd, md, 1, 1, Dh, 3, 2, out).ok());
+  EXPECT_EQ(ToHost(out), (std::vector<float>{1, 2, 3, 4}));
+}
+
+}  // namespace
+}  // namespace openmoe::kernels

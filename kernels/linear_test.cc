@@ -1,0 +1,70 @@
+// Linear (x @ w^T) and MatMul (x @ w) through Kokkos Kernels on every backend against the double
+// reference, on awkward sizes, including accumulation and shape errors.
+#include "kernels/linear.h"
+
+#include <cfloat>
+#include <cmath>
+
+#include "gtest/gtest.h"
+#include "kernels/reference/ops.h"
+#include "openmoe/core/test_util.h"
+
+namespace openmoe::kernels {
+namespace {
+
+using openmoe::testing::RandomNormal;
+using openmoe::testing::ToDevice;
+using openmoe::testing::ToHost;
+
+template <class Space>
+class LinearTest : public ::testing::Test {};
+TYPED_TEST_SUITE(LinearTest, openmoe::testing::Backends);
+
+TYPED_TEST(LinearTest, MatchesReference) {
+  using Space = TypeParam;
+  for (auto [M, K, N] : {std::make_tuple(19, 111, 37), std::make_tuple(1, 1, 1), std::make_tuple(48, 64, 192),
+                         std::make_tuple(7, 989, 3)}) {
+    for (bool out_in : {true, false}) {
+      const uint32_t seed = 100 + M + K + N;
+      const std::vector<float> x = RandomNormal(M * K, 1.0f, seed), w = RandomNormal(K * N, 1.0f, seed + 1);
+      const std::vector<float> y0 = RandomNormal(M * N, 1.0f, seed + 2);
+      for (bool accumulate : {false, true}) {
+        auto y = ToDevice<Space>(y0, M, N, "y");
+        auto xd = ToDevice<Space>(x, M, K, "x");
+        auto wd = out_in ? ToDevice<Space>(w, N, K, "w") : ToDevice<Space>(w, K, N, "w");
+        absl::Status s = out_in ? Linear(Space(), ConstMatrix<float, Space>(xd), ConstMatrix<float, Space>(wd), y, accumulate)
+                                : MatMul(Space(), ConstMatrix<float, Space>(xd), ConstMatrix<float, Space>(wd), y, accumulate);
+        ASSERT_TRUE(s.ok()) << s;
+        const std::vector<float> got = ToHost(y);
+        const std::vector<double> want = reference::MatMul(x, w, M, K, N, out_in);
+        std::vector<float> abs_x(x), abs_w(w);
+        for (float& e : abs_x) e = std::fabs(e);
+        for (float& e : abs_w) e = std::fabs(e);
+        const std::vector<double> abs_sum = reference::MatMul(abs_x, abs_w, M, K, N, out_in);
+        for (int64_t i = 0; i < M * N; ++i) {
+          // Float32 dot product, worst case: |error| <= K * eps32 * sum_k |x_k w_k| (+ one
+          // rounding of the accumulated y).
+          const double bound = double(K) * FLT_EPSILON * abs_sum[i] + FLT_EPSILON * std::fabs(y0[i]) + 1e-7;
+          const double expected = want[i] + (accumulate ? y0[i] : 0.0);
+          ASSERT_NEAR(got[i], expected, bound) << Space::name() << " M" << M << " K" << K << " N" << N
+                                               << (out_in ? " Linear" : " MatMul") << " acc " << accumulate
+                                               << " seed " << seed;
+        }
+      }
+    }
+  }
+}
+
+TYPED_TEST(LinearTest, RejectsMismatchedShapesNamingTheTensor) {
+  using Space = TypeParam;
+  Matrix<float, Space> x("x", 4, 8), w("w_proj", 5, 7), y("y", 4, 5);
+  absl::Status s = Linear(Space(), ConstMatrix<float, Space>(x), ConstMatrix<float, Space>(w), y);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("w_proj"), std::string::npos) << s;
+  Matrix<float, Space> w_ok("w", 5, 8), y_bad("y_bad", 3, 5);
+  s = Linear(Space(), ConstMatrix<float, Space>(x), ConstMatrix<float, Space>(w_ok), y_bad);
+  EXPECT_NE(std::string(s.message()).find("y_bad"), std::string::npos) << s;
+}
+
+}  // namespace
+}  // namespace openmoe::kernels

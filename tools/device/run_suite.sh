@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# run_suite.sh OUTDIR: on the GPU machine, from the repository root, runs the staged CUDA test
+# binaries (.device/bin, see stage.sh), the logits CLI against the fixtures, and the Hugging Face
+# reference generator against the fixtures; logs go to OUTDIR.
+set -uo pipefail
+out="${1:?usage: run_suite.sh OUTDIR}"
+export LD_LIBRARY_PATH="$PWD/.device/lib:/usr/local/cuda/lib64" PYTHONUNBUFFERED=1
+status=0
+step() { echo "=== $*"; "$@" || { echo "=== FAILED: $*"; status=1; }; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+step .device/bin/kokkos_info
+for t in kokkos_toolchain_test rms_norm_test parity_test; do
+  [[ -x .device/bin/$t ]] && step .device/bin/$t
+done
+data=tests/data/openmoe
+for case in tiny8b tinybase; do
+  for mode in eval train; do
+    if [[ -x .device/bin/logits ]]; then
+      step .device/bin/logits --model $data/$case --inputs $data/$case/expected.safetensors \
+        --output "$out/ours_${case}_$mode.safetensors" --mode $mode
+      step python3 tools/reference/compare_logits.py "$out/ours_${case}_$mode.safetensors" \
+        $data/$case/expected.safetensors --golden-key logits_$mode
+    fi
+    step python3 tools/reference/generate_goldens.py --model $data/$case \
+      --inputs $data/$case/expected.safetensors --output "$out/hf_${case}_$mode.safetensors" --mode $mode
+    step python3 tools/reference/compare_logits.py "$out/hf_${case}_$mode.safetensors" \
+      $data/$case/expected.safetensors --golden-key logits_$mode
+  done
+done
+rm -f "$out"/*.safetensors
+echo "=== suite status $status"
+exit $status
