@@ -7,8 +7,8 @@
 
 namespace openmoe::kernels {
 
-template <class ExecSpace>
-absl::Status ApplyRope(const ExecSpace& space, Tensor3<float, ExecSpace> x, int64_t head_dim,
+template <class T, class ExecSpace>
+absl::Status ApplyRope(const ExecSpace& space, Tensor3<T, ExecSpace> x, int64_t head_dim,
                        int64_t position_offset) {
   const int64_t B = x.extent(0), S = x.extent(1), width = x.extent(2);
   if (head_dim <= 0 || head_dim % 2 != 0 || width % head_dim != 0) {
@@ -27,20 +27,20 @@ absl::Status ApplyRope(const ExecSpace& space, Tensor3<float, ExecSpace> x, int6
         const double angle    = double(position_offset + s) * inv_freq;
         const float c = float(Kokkos::Experimental::cos(angle));
         const float sn = float(Kokkos::Experimental::sin(angle));
-        const float x_lo = x(b, s, lo), x_hi = x(b, s, hi);
-        x(b, s, lo) = x_lo * c - x_hi * sn;
-        x(b, s, hi) = x_hi * c + x_lo * sn;
+        const float x_lo = ToFloat(x(b, s, lo)), x_hi = ToFloat(x(b, s, hi));
+        x(b, s, lo) = FromFloat<T>(x_lo * c - x_hi * sn);
+        x(b, s, hi) = FromFloat<T>(x_hi * c + x_lo * sn);
       });
   return absl::OkStatus();
 }
 
-template <class ExecSpace>
-absl::Status CausalAttention(const ExecSpace& space, Tensor3<const float, ExecSpace> q,
-                             Tensor3<const float, ExecSpace> k, Tensor3<const float, ExecSpace> v,
+template <class T, class ExecSpace>
+absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q,
+                             Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
                              Kokkos::View<const int64_t**, Kokkos::LayoutRight,
                                           typename ExecSpace::memory_space> key_mask,
                              int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
-                             int64_t num_keys, int64_t q_offset, Tensor3<float, ExecSpace> out) {
+                             int64_t num_keys, int64_t q_offset, Tensor3<T, ExecSpace> out) {
   const int64_t B = q.extent(0), Sq = q.extent(1);
   if (q.extent(2) != size_t(num_heads * head_dim) || out.extent(2) != q.extent(2) ||
       out.extent(0) != size_t(B) || out.extent(1) != size_t(Sq)) {
@@ -85,7 +85,7 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const float, ExecSp
             return;
           }
           float dot = 0.0f;
-          for (int64_t d = 0; d < head_dim; ++d) dot += q(b, s, q_col + d) * k(b, j, kv_col + d);
+          for (int64_t d = 0; d < head_dim; ++d) dot += ToFloat(q(b, s, q_col + d)) * ToFloat(k(b, j, kv_col + d));
           scores(j) = dot;  // no 1/sqrt(Dh): OpenMoE folds the scale into Wq
         });
         team.team_barrier();
@@ -107,20 +107,19 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const float, ExecSp
         const float inv_sum = 1.0f / sum;
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, head_dim), [&](const int64_t d) {
           float acc = 0.0f;
-          for (int64_t j = 0; j <= last; ++j) acc += scores(j) * v(b, j, kv_col + d);
-          out(b, s, q_col + d) = acc * inv_sum;
+          for (int64_t j = 0; j <= last; ++j) acc += scores(j) * ToFloat(v(b, j, kv_col + d));
+          out(b, s, q_col + d) = FromFloat<T>(acc * inv_sum);
         });
       });
   return absl::OkStatus();
 }
 
-#define OPENMOE_INSTANTIATE_ATTENTION(Space)                                                   \
-  template absl::Status ApplyRope<Space>(const Space&, Tensor3<float, Space>, int64_t, int64_t); \
-  template absl::Status CausalAttention<Space>(                                                \
-      const Space&, Tensor3<const float, Space>, Tensor3<const float, Space>,                  \
-      Tensor3<const float, Space>,                                                             \
-      Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Space::memory_space>,        \
-      int64_t, int64_t, int64_t, int64_t, int64_t, Tensor3<float, Space>);
-OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_ATTENTION)
+#define OPENMOE_INSTANTIATE_ATTENTION(Space, T)                                                 \
+  template absl::Status ApplyRope<T, Space>(const Space&, Tensor3<T, Space>, int64_t, int64_t); \
+  template absl::Status CausalAttention<T, Space>(                                              \
+      const Space&, Tensor3<const T, Space>, Tensor3<const T, Space>, Tensor3<const T, Space>,  \
+      Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Space::memory_space>,         \
+      int64_t, int64_t, int64_t, int64_t, int64_t, Tensor3<T, Space>);
+OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_ATTENTION)
 
 }  // namespace openmoe::kernels

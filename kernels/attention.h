@@ -21,20 +21,21 @@ template <class T, class Space>
 using Tensor3 = Kokkos::View<T***, Kokkos::LayoutRight, typename Space::memory_space>;
 
 // Rotates x [B, S, Nh*Dh] in place; row s of every batch has position position_offset + s.
-template <class ExecSpace>
-absl::Status ApplyRope(const ExecSpace& space, Tensor3<float, ExecSpace> x, int64_t head_dim,
+template <class T, class ExecSpace>
+absl::Status ApplyRope(const ExecSpace& space, Tensor3<T, ExecSpace> x, int64_t head_dim,
                        int64_t position_offset);
 
 // q [B, Sq, Nh*Dh]; k, v [B, Sk_max, Nkv*Dh] of which the first num_keys rows are valid;
 // key_mask [B, Sk_max] (1 = attendable); query row s is at absolute position q_offset + s.
 // out [B, Sq, Nh*Dh]. Nkv divides Nh (grouped-query heads share k, v).
-template <class ExecSpace>
-absl::Status CausalAttention(const ExecSpace& space, Tensor3<const float, ExecSpace> q,
-                             Tensor3<const float, ExecSpace> k, Tensor3<const float, ExecSpace> v,
+// T is the storage type (float or bf16); scores, softmax and sums are float32.
+template <class T, class ExecSpace>
+absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q,
+                             Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
                              Kokkos::View<const int64_t**, Kokkos::LayoutRight,
                                           typename ExecSpace::memory_space> key_mask,
                              int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
-                             int64_t num_keys, int64_t q_offset, Tensor3<float, ExecSpace> out);
+                             int64_t num_keys, int64_t q_offset, Tensor3<T, ExecSpace> out);
 
 }  // namespace openmoe::kernels
 

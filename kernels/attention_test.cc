@@ -36,7 +36,7 @@ TYPED_TEST(AttentionTest, RopeMatchesReference) {
   const std::vector<float> x = RandomNormal(B * S * heads * Dh, 1.0f, 7);
   for (int64_t offset : {0, 5, 2000}) {
     auto xd = ToDevice3<Space>(x, B, S, heads * Dh, "x");
-    ASSERT_TRUE(ApplyRope<Space>(Space(), xd, Dh, offset).ok());
+    ASSERT_TRUE(ApplyRope<float>(Space(), xd, Dh, offset).ok());
     const std::vector<float> got = ToHost(xd);
     const std::vector<double> want = reference::Rope(ToDouble(x), B, S, heads * Dh, Dh, offset);
     // cos/sin are computed in double and rounded to float, then two float products and a sum:
@@ -44,7 +44,7 @@ TYPED_TEST(AttentionTest, RopeMatchesReference) {
     for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 8 * FLT_EPSILON * 5) << i << " offset " << offset;
   }
   auto bad = ToDevice3<Space>(x, B, S, heads * Dh, "odd");
-  EXPECT_FALSE(ApplyRope<Space>(Space(), bad, 7, 0).ok());
+  EXPECT_FALSE(ApplyRope<float>(Space(), bad, 7, 0).ok());
 }
 
 TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
@@ -64,7 +64,7 @@ TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
     Kokkos::deep_copy(md, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
                               mask.data(), c.B, c.Sk));
     Tensor3<float, Space> out("out", c.B, c.Sq, c.Nh * c.Dh);
-    absl::Status s = CausalAttention<Space>(Space(), qd, kd, vd, md, c.Nh, c.Nkv, c.Dh, c.Sk, c.q_offset, out);
+    absl::Status s = CausalAttention<float>(Space(), qd, kd, vd, md, c.Nh, c.Nkv, c.Dh, c.Sk, c.q_offset, out);
     ASSERT_TRUE(s.ok()) << s;
     const std::vector<float> got = ToHost(out);
     const std::vector<double> want = reference::Attention(ToDouble(q), ToDouble(k), ToDouble(v), mask, c.B, c.Sq,
@@ -86,7 +86,7 @@ TYPED_TEST(AttentionTest, KeyZeroIsVisibleEvenWhenMasked) {
   auto vd = ToDevice3<Space>(v, 1, 3, Dh, "v");
   Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", 1, 3);  // zeros
   Tensor3<float, Space> out("out", 1, 1, Dh);
-  ASSERT_TRUE(CausalAttention<Space>(Space(), qd, kd, vd, md, 1, 1, Dh, 3, 2, out).ok());
+  ASSERT_TRUE(CausalAttention<float>(Space(), qd, kd, vd, md, 1, 1, Dh, 3, 2, out).ok());
   EXPECT_EQ(ToHost(out), (std::vector<float>{1, 2, 3, 4}));
 }
 

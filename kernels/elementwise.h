@@ -1,5 +1,6 @@
 // File: kernels/elementwise.h
-// Small element-wise ops of the OpenMoE forward pass.
+// Small element-wise ops of the OpenMoE forward pass. T is the storage type (float or bf16);
+// arithmetic is float32, rounded to T on store.
 #ifndef KERNELS_ELEMENTWISE_H_
 #define KERNELS_ELEMENTWISE_H_
 
@@ -12,20 +13,19 @@ namespace openmoe::kernels {
 
 // out[t, :] = table[ids[t], :].  table [V, H], ids [T], out [T, H]. Ids must be validated by the
 // caller (the model checks them against V on the host before any kernel runs).
-template <class ExecSpace>
-absl::Status Embedding(const ExecSpace& space, ConstMatrix<float, ExecSpace> table,
-                       ConstVector<int64_t, ExecSpace> ids, Matrix<float, ExecSpace> out);
+template <class T, class ExecSpace>
+absl::Status Embedding(const ExecSpace& space, ConstMatrix<T, ExecSpace> table,
+                       ConstVector<int64_t, ExecSpace> ids, Matrix<T, ExecSpace> out);
 
 // y += x, both [T, H].
-template <class ExecSpace>
-absl::Status AddInPlace(const ExecSpace& space, Matrix<float, ExecSpace> y,
-                        ConstMatrix<float, ExecSpace> x);
+template <class T, class ExecSpace>
+absl::Status AddInPlace(const ExecSpace& space, Matrix<T, ExecSpace> y, ConstMatrix<T, ExecSpace> x);
 
 // OpenMoE's "swiglu" 3-way product: out = g[:, :I] * silu(g[:, I:]) * up.
 // gate [T, 2I], up [T, I], out [T, I]. (The first half of the gate is linear.)
-template <class ExecSpace>
-absl::Status SwigluCombine(const ExecSpace& space, ConstMatrix<float, ExecSpace> gate,
-                           ConstMatrix<float, ExecSpace> up, Matrix<float, ExecSpace> out);
+template <class T, class ExecSpace>
+absl::Status SwigluCombine(const ExecSpace& space, ConstMatrix<T, ExecSpace> gate,
+                           ConstMatrix<T, ExecSpace> up, Matrix<T, ExecSpace> out);
 
 }  // namespace openmoe::kernels
 

@@ -23,7 +23,7 @@ TYPED_TEST(ElementwiseTest, SwigluIsLinearFirstHalfTimesSiluSecondHalfTimesUp) {
   const int64_t T = 19, I = 111;
   const std::vector<float> gate = RandomNormal(T * 2 * I, 2.0f, 3), up = RandomNormal(T * I, 1.0f, 4);
   Matrix<float, Space> out("out", T, I);
-  ASSERT_TRUE(SwigluCombine<Space>(Space(), ToDevice<Space>(gate, T, 2 * I), ToDevice<Space>(up, T, I), out).ok());
+  ASSERT_TRUE(SwigluCombine<float>(Space(), ToDevice<Space>(gate, T, 2 * I), ToDevice<Space>(up, T, I), out).ok());
   const std::vector<float> got = ToHost(out);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < I; ++i) {
@@ -32,7 +32,7 @@ TYPED_TEST(ElementwiseTest, SwigluIsLinearFirstHalfTimesSiluSecondHalfTimesUp) {
       ASSERT_NEAR(got[t * I + i], want, 8 * FLT_EPSILON * std::fabs(want) + 1e-30) << t << "," << i;
     }
   Matrix<float, Space> bad("bad", T, I + 1);
-  EXPECT_FALSE(SwigluCombine<Space>(Space(), ToDevice<Space>(gate, T, 2 * I), ToDevice<Space>(up, T, I), bad).ok());
+  EXPECT_FALSE(SwigluCombine<float>(Space(), ToDevice<Space>(gate, T, 2 * I), ToDevice<Space>(up, T, I), bad).ok());
 }
 
 TYPED_TEST(ElementwiseTest, EmbeddingGathersRowsAndAddAccumulates) {
@@ -43,8 +43,8 @@ TYPED_TEST(ElementwiseTest, EmbeddingGathersRowsAndAddAccumulates) {
   Vector<int64_t, Space> idsd("ids", ids.size());
   Kokkos::deep_copy(idsd, Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(ids.data(), ids.size()));
   Matrix<float, Space> out("out", ids.size(), H);
-  ASSERT_TRUE(Embedding<Space>(Space(), ToDevice<Space>(table, V, H), idsd, out).ok());
-  ASSERT_TRUE(AddInPlace<Space>(Space(), out, ToDevice<Space>(std::vector<float>(ids.size() * H, 1.0f), ids.size(), H)).ok());
+  ASSERT_TRUE(Embedding<float>(Space(), ToDevice<Space>(table, V, H), idsd, out).ok());
+  ASSERT_TRUE(AddInPlace<float>(Space(), out, ToDevice<Space>(std::vector<float>(ids.size() * H, 1.0f), ids.size(), H)).ok());
   const std::vector<float> got = ToHost(out);
   for (size_t t = 0; t < ids.size(); ++t)
     for (int64_t h = 0; h < H; ++h) EXPECT_EQ(got[t * H + h], table[ids[t] * H + h] + 1.0f);

@@ -1,9 +1,15 @@
 #include "kernels/linear.h"
 
+#include <type_traits>
+
 #include <KokkosBlas3_gemm.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
+
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <cublas_v2.h>
+#endif
 
 namespace openmoe::kernels {
 namespace {
@@ -26,10 +32,49 @@ absl::Status CheckContiguous(const char* op, const View& v) {
   return absl::OkStatus();
 }
 
+// Float32-accumulating loop for bf16 on host backends: y[m, n] (+)= sum_k x[m, k] op(w)[k, n].
+template <class T, class ExecSpace>
+void LoopGemm(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
+              Matrix<T, ExecSpace> y, bool w_is_out_in, bool accumulate) {
+  const int64_t M = x.extent(0), K = x.extent(1), N = y.extent(1);
+  Kokkos::parallel_for(
+      "openmoe::kernels::LoopGemm",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {M, N}),
+      KOKKOS_LAMBDA(const int64_t m, const int64_t n) {
+        float acc = accumulate ? ToFloat(y(m, n)) : 0.0f;
+        for (int64_t k = 0; k < K; ++k) acc += ToFloat(x(m, k)) * ToFloat(w_is_out_in ? w(n, k) : w(k, n));
+        y(m, n) = FromFloat<T>(acc);
+      });
+}
+
+#if defined(KOKKOS_ENABLE_CUDA)
+absl::Status CublasBf16Gemm(const Kokkos::Cuda& space, const bf16* x, const bf16* w, bf16* y, int64_t M,
+                            int64_t K, int64_t N, bool w_is_out_in, bool accumulate) {
+  static cublasHandle_t handle = [] {
+    cublasHandle_t h = nullptr;
+    cublasCreate(&h);
+    return h;
+  }();
+  if (handle == nullptr) return absl::InternalError("cublasCreate failed");
+  cublasSetStream(handle, space.cuda_stream());
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  // Column-major view of row-major data: y^T[N, M] = op(w)^T[N, K] x^T[K, M].
+  const cublasStatus_t status = cublasGemmEx(
+      handle, w_is_out_in ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, w,
+      CUDA_R_16BF, w_is_out_in ? int(K) : int(N), x, CUDA_R_16BF, int(K), &beta, y, CUDA_R_16BF, int(N),
+      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    return absl::InternalError(absl::StrCat("cublasGemmEx (bf16) failed with status ", int(status)));
+  }
+  return absl::OkStatus();
+}
+#endif
+
 // y[M, N] (+)= x[M, K] @ op(w), op(w) = w^T (w is [N, K]) or w (w is [K, N]).
-template <class ExecSpace>
-absl::Status Gemm(const char* op, ConstMatrix<float, ExecSpace> x, ConstMatrix<float, ExecSpace> w,
-                  Matrix<float, ExecSpace> y, bool w_is_out_in, bool accumulate) {
+template <class T, class ExecSpace>
+absl::Status Gemm(const ExecSpace& space, const char* op, ConstMatrix<T, ExecSpace> x,
+                  ConstMatrix<T, ExecSpace> w, Matrix<T, ExecSpace> y, bool w_is_out_in,
+                  bool accumulate) {
   const size_t M = x.extent(0), K = x.extent(1);
   const size_t N = w_is_out_in ? w.extent(0) : w.extent(1);
   const size_t w_k = w_is_out_in ? w.extent(1) : w.extent(0);
@@ -49,41 +94,51 @@ absl::Status Gemm(const char* op, ConstMatrix<float, ExecSpace> x, ConstMatrix<f
   }
   if (M == 0 || N == 0) return absl::OkStatus();
   if (K == 0) {
-    if (!accumulate) Kokkos::deep_copy(y, 0.0f);
+    if (!accumulate) Kokkos::deep_copy(space, y, FromFloat<T>(0.0f));
     return absl::OkStatus();
   }
-  // Row-major [r, c] memory is column-major [c, r]: y^T[N, M] = op(w)^T[N, K] x^T[K, M].
-  ConstColMajor<ExecSpace> x_t(x.data(), K, M);
-  ColMajor<ExecSpace> y_t(y.data(), N, M);
-  if (w_is_out_in) {
-    ConstColMajor<ExecSpace> w_t(w.data(), K, N);  // w^T as stored; transposed in the call
-    KokkosBlas::gemm("T", "N", 1.0f, w_t, x_t, accumulate ? 1.0f : 0.0f, y_t);
+  if constexpr (std::is_same_v<T, float>) {
+    // Row-major [r, c] memory is column-major [c, r]: y^T[N, M] = op(w)^T[N, K] x^T[K, M].
+    ConstColMajor<ExecSpace> x_t(x.data(), K, M);
+    ColMajor<ExecSpace> y_t(y.data(), N, M);
+    if (w_is_out_in) {
+      ConstColMajor<ExecSpace> w_t(w.data(), K, N);  // w^T as stored; transposed in the call
+      KokkosBlas::gemm("T", "N", 1.0f, w_t, x_t, accumulate ? 1.0f : 0.0f, y_t);
+    } else {
+      ConstColMajor<ExecSpace> w_t(w.data(), N, K);
+      KokkosBlas::gemm("N", "N", 1.0f, w_t, x_t, accumulate ? 1.0f : 0.0f, y_t);
+    }
+    return absl::OkStatus();
   } else {
-    ConstColMajor<ExecSpace> w_t(w.data(), N, K);
-    KokkosBlas::gemm("N", "N", 1.0f, w_t, x_t, accumulate ? 1.0f : 0.0f, y_t);
+#if defined(KOKKOS_ENABLE_CUDA)
+    if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+      return CublasBf16Gemm(space, x.data(), w.data(), y.data(), M, K, N, w_is_out_in, accumulate);
+    }
+#endif
+    LoopGemm<T, ExecSpace>(space, x, w, y, w_is_out_in, accumulate);
+    return absl::OkStatus();
   }
-  return absl::OkStatus();
 }
 
 }  // namespace
 
-template <class ExecSpace>
-absl::Status Linear(const ExecSpace&, ConstMatrix<float, ExecSpace> x,
-                    ConstMatrix<float, ExecSpace> w, Matrix<float, ExecSpace> y, bool accumulate) {
-  return Gemm<ExecSpace>("Linear", x, w, y, /*w_is_out_in=*/true, accumulate);
+template <class T, class ExecSpace>
+absl::Status Linear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
+                    Matrix<T, ExecSpace> y, bool accumulate) {
+  return Gemm<T, ExecSpace>(space, "Linear", x, w, y, /*w_is_out_in=*/true, accumulate);
 }
 
-template <class ExecSpace>
-absl::Status MatMul(const ExecSpace&, ConstMatrix<float, ExecSpace> x,
-                    ConstMatrix<float, ExecSpace> w, Matrix<float, ExecSpace> y, bool accumulate) {
-  return Gemm<ExecSpace>("MatMul", x, w, y, /*w_is_out_in=*/false, accumulate);
+template <class T, class ExecSpace>
+absl::Status MatMul(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
+                    Matrix<T, ExecSpace> y, bool accumulate) {
+  return Gemm<T, ExecSpace>(space, "MatMul", x, w, y, /*w_is_out_in=*/false, accumulate);
 }
 
-#define OPENMOE_INSTANTIATE_LINEAR(Space)                                                    \
-  template absl::Status Linear<Space>(const Space&, ConstMatrix<float, Space>,               \
-                                      ConstMatrix<float, Space>, Matrix<float, Space>, bool); \
-  template absl::Status MatMul<Space>(const Space&, ConstMatrix<float, Space>,               \
-                                      ConstMatrix<float, Space>, Matrix<float, Space>, bool);
-OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_LINEAR)
+#define OPENMOE_INSTANTIATE_LINEAR(Space, T)                                                   \
+  template absl::Status Linear<T, Space>(const Space&, ConstMatrix<T, Space>, ConstMatrix<T, Space>, \
+                                         Matrix<T, Space>, bool);                               \
+  template absl::Status MatMul<T, Space>(const Space&, ConstMatrix<T, Space>, ConstMatrix<T, Space>, \
+                                         Matrix<T, Space>, bool);
+OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_LINEAR)
 
 }  // namespace openmoe::kernels

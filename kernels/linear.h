@@ -3,10 +3,14 @@
 // Kokkos Kernels is instantiated for column-major (LayoutLeft) float only, so a row-major
 // product is issued as the column-major product of the transposes: C^T = B^T A^T, with no copy.
 //
-//   Linear(space, x, w, y);   // y[M, N] = x[M, K] @ w[N, K]^T   (nn.Linear weight [out, in])
-//   MatMul(space, x, w, y);   // y[M, N] = x[M, K] @ w[K, N]     (OpenMoE expert weights, x@W)
+//   Linear<T>(space, x, w, y);   // y[M, N] = x[M, K] @ w[N, K]^T   (nn.Linear weight [out, in])
+//   MatMul<T>(space, x, w, y);   // y[M, N] = x[M, K] @ w[K, N]     (OpenMoE expert weights, x@W)
 // With accumulate = true the product is added to y (beta = 1).
-// All Views must be contiguous row-major.
+// All Views must be contiguous row-major. T = float goes through Kokkos Kernels (cuBLAS on CUDA);
+// T = bf16 through cublasGemmEx (bf16 in/out, float32 compute) on CUDA and a float32-accumulating
+// Kokkos loop on host.
+//
+//   Linear<float>(space, x, w, y);
 #ifndef KERNELS_LINEAR_H_
 #define KERNELS_LINEAR_H_
 
@@ -15,15 +19,13 @@
 
 namespace openmoe::kernels {
 
-template <class ExecSpace>
-absl::Status Linear(const ExecSpace& space, ConstMatrix<float, ExecSpace> x,
-                    ConstMatrix<float, ExecSpace> w, Matrix<float, ExecSpace> y,
-                    bool accumulate = false);
+template <class T, class ExecSpace>
+absl::Status Linear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
+                    Matrix<T, ExecSpace> y, bool accumulate = false);
 
-template <class ExecSpace>
-absl::Status MatMul(const ExecSpace& space, ConstMatrix<float, ExecSpace> x,
-                    ConstMatrix<float, ExecSpace> w, Matrix<float, ExecSpace> y,
-                    bool accumulate = false);
+template <class T, class ExecSpace>
+absl::Status MatMul(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
+                    Matrix<T, ExecSpace> y, bool accumulate = false);
 
 }  // namespace openmoe::kernels
 

@@ -7,6 +7,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/reference/ops.h"
+#include "openmoe/core/bf16.h"
 #include "openmoe/core/test_util.h"
 
 namespace openmoe::kernels {
@@ -32,8 +33,8 @@ TYPED_TEST(LinearTest, MatchesReference) {
         auto y = ToDevice<Space>(y0, M, N, "y");
         auto xd = ToDevice<Space>(x, M, K, "x");
         auto wd = out_in ? ToDevice<Space>(w, N, K, "w") : ToDevice<Space>(w, K, N, "w");
-        absl::Status s = out_in ? Linear(Space(), ConstMatrix<float, Space>(xd), ConstMatrix<float, Space>(wd), y, accumulate)
-                                : MatMul(Space(), ConstMatrix<float, Space>(xd), ConstMatrix<float, Space>(wd), y, accumulate);
+        absl::Status s = out_in ? Linear<float>(Space(), ConstMatrix<float, Space>(xd), ConstMatrix<float, Space>(wd), y, accumulate)
+                                : MatMul<float>(Space(), ConstMatrix<float, Space>(xd), ConstMatrix<float, Space>(wd), y, accumulate);
         ASSERT_TRUE(s.ok()) << s;
         const std::vector<float> got = ToHost(y);
         const std::vector<double> want = reference::MatMul(x, w, M, K, N, out_in);
@@ -55,14 +56,47 @@ TYPED_TEST(LinearTest, MatchesReference) {
   }
 }
 
+// bf16 storage (LoopGemm on host, cublasGemmEx on CUDA): inputs are bf16 values, so the double
+// reference of those exact values differs from the kernel by the float32 accumulation error plus
+// one rounding of the result to bf16 (unit roundoff u = 2^-8 for its 8-bit significand).
+TYPED_TEST(LinearTest, Bf16MatchesReferenceOfRoundedInputs) {
+  using Space = TypeParam;
+  for (auto [M, K, N] : {std::make_tuple(19, 111, 37), std::make_tuple(5, 989, 3), std::make_tuple(1, 1, 1)}) {
+    for (bool out_in : {true, false}) {
+      const uint32_t seed = 500 + M + K + N;
+      std::vector<float> x = RandomNormal(M * K, 1.0f, seed), w = RandomNormal(K * N, 1.0f, seed + 1);
+      std::vector<bf16> xb, wb;
+      for (float& e : x) xb.push_back(bf16(e)), e = float(xb.back());
+      for (float& e : w) wb.push_back(bf16(e)), e = float(wb.back());
+      auto xd = ToDevice<Space>(xb, M, K, "x");
+      auto wd = out_in ? ToDevice<Space>(wb, N, K, "w") : ToDevice<Space>(wb, K, N, "w");
+      Matrix<bf16, Space> y("y", M, N);
+      absl::Status s = out_in ? Linear<bf16>(Space(), ConstMatrix<bf16, Space>(xd), ConstMatrix<bf16, Space>(wd), y)
+                              : MatMul<bf16>(Space(), ConstMatrix<bf16, Space>(xd), ConstMatrix<bf16, Space>(wd), y);
+      ASSERT_TRUE(s.ok()) << s;
+      const std::vector<bf16> got = ToHost(y);
+      const std::vector<double> want = reference::MatMul(x, w, M, K, N, out_in);
+      std::vector<float> abs_x(x), abs_w(w);
+      for (float& e : abs_x) e = std::fabs(e);
+      for (float& e : abs_w) e = std::fabs(e);
+      const std::vector<double> abs_sum = reference::MatMul(abs_x, abs_w, M, K, N, out_in);
+      for (int64_t i = 0; i < M * N; ++i) {
+        const double bound = double(K) * FLT_EPSILON * abs_sum[i] + std::ldexp(std::fabs(want[i]), -8) + 1e-30;
+        ASSERT_NEAR(float(got[i]), want[i], bound) << Space::name() << " M" << M << " K" << K << " N" << N
+                                                   << (out_in ? " Linear" : " MatMul") << " seed " << seed;
+      }
+    }
+  }
+}
+
 TYPED_TEST(LinearTest, RejectsMismatchedShapesNamingTheTensor) {
   using Space = TypeParam;
   Matrix<float, Space> x("x", 4, 8), w("w_proj", 5, 7), y("y", 4, 5);
-  absl::Status s = Linear(Space(), ConstMatrix<float, Space>(x), ConstMatrix<float, Space>(w), y);
+  absl::Status s = Linear<float>(Space(), ConstMatrix<float, Space>(x), ConstMatrix<float, Space>(w), y);
   ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(s.message()).find("w_proj"), std::string::npos) << s;
   Matrix<float, Space> w_ok("w", 5, 8), y_bad("y_bad", 3, 5);
-  s = Linear(Space(), ConstMatrix<float, Space>(x), ConstMatrix<float, Space>(w_ok), y_bad);
+  s = Linear<float>(Space(), ConstMatrix<float, Space>(x), ConstMatrix<float, Space>(w_ok), y_bad);
   EXPECT_NE(std::string(s.message()).find("y_bad"), std::string::npos) << s;
 }
 

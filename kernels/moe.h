@@ -22,8 +22,10 @@ int64_t ExpertCapacity(int64_t num_tokens, int64_t num_experts, double capacity_
                        int64_t min_capacity, int64_t top_k = 2);
 
 // logits [T, E] -> probs [T, E] (float32 softmax), experts [T, 2] (top-1, top-2 expert ids).
-template <class ExecSpace>
-absl::Status RouterTop2(const ExecSpace& space, ConstMatrix<float, ExecSpace> logits,
+// T is the storage type of logits, tokens and expert outputs (float or bf16); probabilities are
+// float32.
+template <class T, class ExecSpace>
+absl::Status RouterTop2(const ExecSpace& space, ConstMatrix<T, ExecSpace> logits,
                         Matrix<float, ExecSpace> probs, Matrix<int32_t, ExecSpace> experts);
 
 // experts [T, 2] -> rank [T, 2]: each assignment's place in its expert's queue.
@@ -32,17 +34,17 @@ absl::Status AssignSlots(const ExecSpace& space, ConstMatrix<int32_t, ExecSpace>
                          int64_t num_experts, Matrix<int32_t, ExecSpace> rank);
 
 // buffer [E * C, H] (zeroed here); row e * C + rank of each kept assignment gets x[t].
-template <class ExecSpace>
-absl::Status Dispatch(const ExecSpace& space, ConstMatrix<float, ExecSpace> x,
+template <class T, class ExecSpace>
+absl::Status Dispatch(const ExecSpace& space, ConstMatrix<T, ExecSpace> x,
                       ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
-                      int64_t capacity, Matrix<float, ExecSpace> buffer);
+                      int64_t capacity, Matrix<T, ExecSpace> buffer);
 
 // y [T, H] = probability-weighted sum of the kept expert outputs, expert_out [E * C, H].
-template <class ExecSpace>
-absl::Status Combine(const ExecSpace& space, ConstMatrix<float, ExecSpace> expert_out,
+template <class T, class ExecSpace>
+absl::Status Combine(const ExecSpace& space, ConstMatrix<T, ExecSpace> expert_out,
                      ConstMatrix<float, ExecSpace> probs, ConstMatrix<int32_t, ExecSpace> experts,
                      ConstMatrix<int32_t, ExecSpace> rank, int64_t capacity,
-                     Matrix<float, ExecSpace> y);
+                     Matrix<T, ExecSpace> y);
 
 }  // namespace openmoe::kernels
 

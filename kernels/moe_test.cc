@@ -36,7 +36,7 @@ class MoeTest : public ::testing::Test {
     auto ld = ToDevice<Space>(logits, T, E, "logits");
     Matrix<float, Space> probs("probs", T, E);
     Matrix<int32_t, Space> experts("experts", T, 2), rank("rank", T, 2);
-    EXPECT_TRUE(RouterTop2<Space>(Space(), ld, probs, experts).ok());
+    EXPECT_TRUE(RouterTop2<float>(Space(), ld, probs, experts).ok());
     EXPECT_TRUE(AssignSlots<Space>(Space(), experts, E, rank).ok());
     return {ToHost(probs), ToHost(experts), ToHost(rank)};
   }
@@ -69,14 +69,14 @@ void CheckDispatchCombine(const std::vector<float>& logits, int64_t T, int64_t E
   auto xd = ToDevice<Space>(x, T, H, "x");
   Matrix<float, Space> probs("probs", T, E), buffer("buffer", E * capacity, H), y("y", T, H);
   Matrix<int32_t, Space> experts("experts", T, 2), rank("rank", T, 2);
-  ASSERT_TRUE(RouterTop2<Space>(Space(), ld, probs, experts).ok());
+  ASSERT_TRUE(RouterTop2<float>(Space(), ld, probs, experts).ok());
   ASSERT_TRUE(AssignSlots<Space>(Space(), experts, E, rank).ok());
-  ASSERT_TRUE(Dispatch<Space>(Space(), xd, experts, rank, capacity, buffer).ok());
+  ASSERT_TRUE(Dispatch<float>(Space(), xd, experts, rank, capacity, buffer).ok());
   auto buf = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), buffer);
   for (int64_t r = 0; r < E * capacity; ++r)
     for (int64_t h = 0; h < H; ++h) buf(r, h) *= float(r / capacity + 1);
   Kokkos::deep_copy(buffer, buf);
-  ASSERT_TRUE(Combine<Space>(Space(), buffer, probs, experts, rank, capacity, y).ok());
+  ASSERT_TRUE(Combine<float>(Space(), buffer, probs, experts, rank, capacity, y).ok());
   const std::vector<float> got = ToHost(y);
   const reference::Top2Routing r = reference::RouteTop2(logits, T, E);
   for (int64_t t = 0; t < T; ++t)

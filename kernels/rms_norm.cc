@@ -5,10 +5,9 @@
 
 namespace openmoe::kernels {
 
-template <class ExecSpace>
-absl::Status RmsNorm(const ExecSpace& space, ConstMatrix<float, ExecSpace> x,
-                     ConstVector<float, ExecSpace> weight, Matrix<float, ExecSpace> y,
-                     float eps) {
+template <class T, class ExecSpace>
+absl::Status RmsNorm(const ExecSpace& space, ConstMatrix<T, ExecSpace> x,
+                     ConstVector<T, ExecSpace> weight, Matrix<T, ExecSpace> y, float eps) {
   const int64_t rows   = x.extent(0);  // T
   const int64_t hidden = x.extent(1);  // H
   if (weight.extent(0) != size_t(hidden)) {
@@ -36,20 +35,26 @@ absl::Status RmsNorm(const ExecSpace& space, ConstMatrix<float, ExecSpace> x,
         float sum_squares = 0.0f;
         Kokkos::parallel_reduce(
             Kokkos::TeamThreadRange(team, hidden),
-            [&](const int64_t h, float& partial) { partial += x(t, h) * x(t, h); }, sum_squares);
+            [&](const int64_t h, float& partial) {
+              const float v = ToFloat(x(t, h));
+              partial += v * v;
+            },
+            sum_squares);
         const float inv_rms = 1.0f / Kokkos::Experimental::sqrt(sum_squares * inv_hidden + eps);
         // The reduction above is a team collective, so x(t, :) has been read; each h below is
         // read and written by the same thread, which keeps y == x (in place) correct.
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, hidden),
-                             [&](const int64_t h) { y(t, h) = weight(h) * (x(t, h) * inv_rms); });
+                             [&](const int64_t h) {
+                               const float normed = ToFloat(FromFloat<T>(ToFloat(x(t, h)) * inv_rms));
+                               y(t, h) = FromFloat<T>(ToFloat(weight(h)) * normed);
+                             });
       });
   return absl::OkStatus();
 }
 
-#define OPENMOE_INSTANTIATE_RMS_NORM(Space)                                               \
-  template absl::Status RmsNorm<Space>(const Space&, ConstMatrix<float, Space>,           \
-                                       ConstVector<float, Space>, Matrix<float, Space>, float);
-
-OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_RMS_NORM)
+#define OPENMOE_INSTANTIATE_RMS_NORM(Space, T)                                  \
+  template absl::Status RmsNorm<T, Space>(const Space&, ConstMatrix<T, Space>,   \
+                                          ConstVector<T, Space>, Matrix<T, Space>, float);
+OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_RMS_NORM)
 
 }  // namespace openmoe::kernels

@@ -7,10 +7,13 @@
 // OpenMoeRMSNorm do, which upcast to float32). One team per row; a team-level reduction over
 // the hidden dimension, then a team-parallel scale.
 //
+// T is float or bf16 (storage); the arithmetic is float32. As HF's LlamaRMSNorm in bf16, the
+// normalised value is rounded to T before the weight multiply.
+//
 // Example:
 //   Matrix<float, Kokkos::Cuda> x("x", T, H), y("y", T, H);  // [T, H]
 //   Vector<float, Kokkos::Cuda> w("w", H);                   // [H]
-//   absl::Status s = RmsNorm(Kokkos::Cuda(), x, w, y, 1e-6f);
+//   absl::Status s = RmsNorm<float>(Kokkos::Cuda(), x, w, y, 1e-6f);
 #ifndef KERNELS_RMS_NORM_H_
 #define KERNELS_RMS_NORM_H_
 
@@ -26,9 +29,9 @@ inline constexpr float kRmsNormDefaultEps = 1e-6f;
 // \param [in]  weight [H]
 // \param [out] y      [T, H]; may alias x
 // \return InvalidArgument naming the tensor on a shape mismatch or a non-positive eps.
-template <class ExecSpace>
-absl::Status RmsNorm(const ExecSpace& space, ConstMatrix<float, ExecSpace> x,
-                     ConstVector<float, ExecSpace> weight, Matrix<float, ExecSpace> y,
+template <class T, class ExecSpace>
+absl::Status RmsNorm(const ExecSpace& space, ConstMatrix<T, ExecSpace> x,
+                     ConstVector<T, ExecSpace> weight, Matrix<T, ExecSpace> y,
                      float eps = kRmsNormDefaultEps);
 
 }  // namespace openmoe::kernels

@@ -45,7 +45,7 @@ class RmsNormTest : public ::testing::Test {
     Kokkos::deep_copy(w, Kokkos::View<const float*, Kokkos::LayoutRight, Kokkos::HostSpace,
                                       Kokkos::MemoryUnmanaged>(w_host.data(), hidden));
     ExecSpace space;
-    absl::Status status = RmsNorm<ExecSpace>(space, x, w, y, eps);
+    absl::Status status = RmsNorm<float>(space, x, w, y, eps);
     EXPECT_TRUE(status.ok()) << status;
     space.fence();
     std::vector<float> y_host(rows * hidden);
@@ -101,13 +101,13 @@ TYPED_TEST_P(RmsNormTest, RejectsMismatchedShapesNamingTheTensor) {
   using Space = TypeParam;
   Matrix<float, Space> x("x", 4, 8), y_bad("y_bad", 4, 9);
   Vector<float, Space> w("w", 8), w_bad("w_bad", 7);
-  absl::Status s = RmsNorm<Space>(Space(), x, w_bad, x);
+  absl::Status s = RmsNorm<float>(Space(), x, w_bad, x);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(s.message()).find("w_bad"), std::string::npos) << s;
-  s = RmsNorm<Space>(Space(), x, w, y_bad);
+  s = RmsNorm<float>(Space(), x, w, y_bad);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(s.message()).find("y_bad"), std::string::npos) << s;
-  s = RmsNorm<Space>(Space(), x, w, x, 0.0f);
+  s = RmsNorm<float>(Space(), x, w, x, 0.0f);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(s.message()).find("eps"), std::string::npos) << s;
 }

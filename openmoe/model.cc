@@ -41,15 +41,15 @@ absl::Status ValidateInputs(const OpenMoeConfig& config, const std::vector<int64
   return absl::OkStatus();
 }
 
-template <class ExecSpace>
-absl::StatusOr<OpenMoeModel<ExecSpace>> OpenMoeModel<ExecSpace>::Load(const std::string& model_dir) {
+template <class ExecSpace, class T>
+absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::Load(const std::string& model_dir) {
   OPENMOE_ASSIGN_OR_RETURN(OpenMoeConfig config, LoadConfig(model_dir + "/config.json"));
   OPENMOE_ASSIGN_OR_RETURN(CheckpointReader reader, CheckpointReader::Open(model_dir));
   return FromCheckpoint(config, reader);
 }
 
-template <class ExecSpace>
-absl::StatusOr<OpenMoeModel<ExecSpace>> OpenMoeModel<ExecSpace>::FromCheckpoint(
+template <class ExecSpace, class T>
+absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::FromCheckpoint(
     const OpenMoeConfig& config, const CheckpointReader& reader) {
   const std::vector<TensorSpec> table = CheckpointTable(config);
   OPENMOE_RETURN_IF_ERROR(reader.Validate(table));
@@ -61,154 +61,155 @@ absl::StatusOr<OpenMoeModel<ExecSpace>> OpenMoeModel<ExecSpace>::FromCheckpoint(
     for (int64_t d : spec.shape) numel *= d;
     staging.resize(numel);
     OPENMOE_RETURN_IF_ERROR(reader.ReadAsFloat(spec.name, staging.data(), numel));
-    Kokkos::View<float*, MemSpace> device(spec.name, numel);
-    Kokkos::deep_copy(device, Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
-                                  staging.data(), numel));
+    Kokkos::View<T*, MemSpace> device(spec.name, numel);
+    auto host = Kokkos::create_mirror_view(device);
+    for (int64_t i = 0; i < numel; ++i) host(i) = FromFloat<T>(staging[i]);  // round to the run dtype
+    Kokkos::deep_copy(device, host);
     model.weights_.emplace(spec.name, device);
   }
   return model;
 }
 
-template <class ExecSpace>
-Matrix<float, ExecSpace> OpenMoeModel<ExecSpace>::Weight(const std::string& name, int64_t rows,
+template <class ExecSpace, class T>
+Matrix<T, ExecSpace> OpenMoeModel<ExecSpace, T>::Weight(const std::string& name, int64_t rows,
                                                          int64_t cols) const {
-  return Matrix<float, ExecSpace>(weights_.at(name).data(), rows, cols);
+  return Matrix<T, ExecSpace>(weights_.at(name).data(), rows, cols);
 }
 
-template <class ExecSpace>
-Vector<float, ExecSpace> OpenMoeModel<ExecSpace>::WeightVector(const std::string& name) const {
+template <class ExecSpace, class T>
+Vector<T, ExecSpace> OpenMoeModel<ExecSpace, T>::WeightVector(const std::string& name) const {
   return weights_.at(name);
 }
 
-template <class ExecSpace>
-absl::Status OpenMoeModel<ExecSpace>::Mlp(const ExecSpace& space, const std::string& prefix,
-                                          ConstMatrix<float, ExecSpace> x,
-                                          Matrix<float, ExecSpace> out) {
-  const int64_t T = x.extent(0), H = config_.hidden_size, I = config_.intermediate_size;
-  Matrix<float, ExecSpace> gate("mlp.gate", T, 2 * I), up("mlp.up", T, I), act("mlp.act", T, I);
-  OPENMOE_RETURN_IF_ERROR(kernels::Linear(space, x, Weight(prefix + ".gate_proj.weight", 2 * I, H), gate));
-  OPENMOE_RETURN_IF_ERROR(kernels::Linear(space, x, Weight(prefix + ".up_proj.weight", I, H), up));
-  OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<ExecSpace>(space, gate, up, act));
-  return kernels::Linear(space, ConstMatrix<float, ExecSpace>(act),
+template <class ExecSpace, class T>
+absl::Status OpenMoeModel<ExecSpace, T>::Mlp(const ExecSpace& space, const std::string& prefix,
+                                          ConstMatrix<T, ExecSpace> x,
+                                          Matrix<T, ExecSpace> out) {
+  const int64_t N = x.extent(0), H = config_.hidden_size, I = config_.intermediate_size;
+  Matrix<T, ExecSpace> gate("mlp.gate", N, 2 * I), up("mlp.up", N, I), act("mlp.act", N, I);
+  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, Weight(prefix + ".gate_proj.weight", 2 * I, H), gate));
+  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, Weight(prefix + ".up_proj.weight", I, H), up));
+  OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<T>(space, gate, up, act));
+  return kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(act),
                          Weight(prefix + ".down_proj.weight", H, I), out);
 }
 
-template <class ExecSpace>
-absl::Status OpenMoeModel<ExecSpace>::SparseMoe(const ExecSpace& space, int64_t layer,
-                                                ConstMatrix<float, ExecSpace> x, RoutingMode mode,
-                                                Matrix<float, ExecSpace> out,
+template <class ExecSpace, class T>
+absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64_t layer,
+                                                ConstMatrix<T, ExecSpace> x, RoutingMode mode,
+                                                Matrix<T, ExecSpace> out,
                                                 std::vector<MoeLayerStats>* stats) {
-  const int64_t T = x.extent(0), H = config_.hidden_size, I = config_.intermediate_size;
+  const int64_t N = x.extent(0), H = config_.hidden_size, I = config_.intermediate_size;
   const int64_t E = config_.num_experts;
   const std::string prefix = absl::StrCat("model.layers.", layer, ".mlp");
   // Router: float32 logits and probabilities, top-2, queue ranks.
-  Matrix<float, ExecSpace> router_logits("moe.router_logits", T, E), probs("moe.probs", T, E);  // [T, E]
-  Matrix<int32_t, ExecSpace> experts("moe.experts", T, 2), rank("moe.rank", T, 2);              // [T, 2]
-  OPENMOE_RETURN_IF_ERROR(kernels::Linear(space, x, Weight(prefix + ".gate_weight", E, H), router_logits));
-  OPENMOE_RETURN_IF_ERROR(kernels::RouterTop2<ExecSpace>(space, router_logits, probs, experts));
+  Matrix<T, ExecSpace> router_logits("moe.router_logits", N, E);  // [N, E]
+  Matrix<float, ExecSpace> probs("moe.probs", N, E);              // [N, E] float32
+  Matrix<int32_t, ExecSpace> experts("moe.experts", N, 2), rank("moe.rank", N, 2);              // [N, 2]
+  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, Weight(prefix + ".gate_weight", E, H), router_logits));
+  OPENMOE_RETURN_IF_ERROR(kernels::RouterTop2<T>(space, router_logits, probs, experts));
   OPENMOE_RETURN_IF_ERROR(kernels::AssignSlots<ExecSpace>(space, experts, E, rank));
   const double cf = mode == RoutingMode::kEval ? config_.router_capacity_factor_eval
                                                : config_.router_capacity_factor_train;
-  const int64_t C = kernels::ExpertCapacity(T, E, cf, config_.router_min_capacity);
+  const int64_t C = kernels::ExpertCapacity(N, E, cf, config_.router_min_capacity);
 
   // Dispatch -> experts (x @ W per expert on its C rows) -> combine.
-  Matrix<float, ExecSpace> dispatched("moe.dispatched", E * C, H);  // [E*C, H]
-  Matrix<float, ExecSpace> gate("moe.gate", E * C, 2 * I), up("moe.up", E * C, I);
-  Matrix<float, ExecSpace> act("moe.act", E * C, I), expert_out("moe.expert_out", E * C, H);
-  OPENMOE_RETURN_IF_ERROR(kernels::Dispatch<ExecSpace>(space, x, experts, rank, C, dispatched));
-  const float* wi_gate = weights_.at(prefix + ".experts.wi_gate").data();  // [E, H, 2I]
-  const float* wi_up   = weights_.at(prefix + ".experts.wi_up").data();    // [E, H, I]
-  const float* wo      = weights_.at(prefix + ".experts.wo").data();       // [E, I, H]
+  Matrix<T, ExecSpace> dispatched("moe.dispatched", E * C, H);  // [E*C, H]
+  Matrix<T, ExecSpace> gate("moe.gate", E * C, 2 * I), up("moe.up", E * C, I);
+  Matrix<T, ExecSpace> act("moe.act", E * C, I), expert_out("moe.expert_out", E * C, H);
+  OPENMOE_RETURN_IF_ERROR(kernels::Dispatch<T>(space, x, experts, rank, C, dispatched));
+  const T* wi_gate = weights_.at(prefix + ".experts.wi_gate").data();  // [E, H, 2I]
+  const T* wi_up   = weights_.at(prefix + ".experts.wi_up").data();    // [E, H, I]
+  const T* wo      = weights_.at(prefix + ".experts.wo").data();       // [E, I, H]
   for (int64_t e = 0; e < E; ++e) {
     auto rows = std::make_pair(e * C, (e + 1) * C);
-    Matrix<float, ExecSpace> in_e  = Kokkos::subview(dispatched, rows, Kokkos::ALL);
-    Matrix<float, ExecSpace> gate_e = Kokkos::subview(gate, rows, Kokkos::ALL);
-    Matrix<float, ExecSpace> up_e  = Kokkos::subview(up, rows, Kokkos::ALL);
+    Matrix<T, ExecSpace> in_e  = Kokkos::subview(dispatched, rows, Kokkos::ALL);
+    Matrix<T, ExecSpace> gate_e = Kokkos::subview(gate, rows, Kokkos::ALL);
+    Matrix<T, ExecSpace> up_e  = Kokkos::subview(up, rows, Kokkos::ALL);
     OPENMOE_RETURN_IF_ERROR(kernels::MatMul(
-        space, ConstMatrix<float, ExecSpace>(in_e),
-        ConstMatrix<float, ExecSpace>(wi_gate + e * H * 2 * I, H, 2 * I), gate_e));
-    OPENMOE_RETURN_IF_ERROR(kernels::MatMul(space, ConstMatrix<float, ExecSpace>(in_e),
-                                            ConstMatrix<float, ExecSpace>(wi_up + e * H * I, H, I), up_e));
+        space, ConstMatrix<T, ExecSpace>(in_e),
+        ConstMatrix<T, ExecSpace>(wi_gate + e * H * 2 * I, H, 2 * I), gate_e));
+    OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, ConstMatrix<T, ExecSpace>(in_e),
+                                            ConstMatrix<T, ExecSpace>(wi_up + e * H * I, H, I), up_e));
   }
-  OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<ExecSpace>(space, gate, up, act));
+  OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<T>(space, gate, up, act));
   for (int64_t e = 0; e < E; ++e) {
     auto rows = std::make_pair(e * C, (e + 1) * C);
-    Matrix<float, ExecSpace> act_e = Kokkos::subview(act, rows, Kokkos::ALL);
-    Matrix<float, ExecSpace> out_e = Kokkos::subview(expert_out, rows, Kokkos::ALL);
-    OPENMOE_RETURN_IF_ERROR(kernels::MatMul(space, ConstMatrix<float, ExecSpace>(act_e),
-                                            ConstMatrix<float, ExecSpace>(wo + e * I * H, I, H), out_e));
+    Matrix<T, ExecSpace> act_e = Kokkos::subview(act, rows, Kokkos::ALL);
+    Matrix<T, ExecSpace> out_e = Kokkos::subview(expert_out, rows, Kokkos::ALL);
+    OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, ConstMatrix<T, ExecSpace>(act_e),
+                                            ConstMatrix<T, ExecSpace>(wo + e * I * H, I, H), out_e));
   }
-  OPENMOE_RETURN_IF_ERROR(kernels::Combine<ExecSpace>(space, expert_out, probs, experts, rank, C, out));
+  OPENMOE_RETURN_IF_ERROR(kernels::Combine<T>(space, expert_out, probs, experts, rank, C, out));
 
   if (stats != nullptr) {  // named host sync: only when statistics are asked for
     auto rank_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rank);
-    MoeLayerStats s{layer, C, 0, 2 * T};
-    for (int64_t t = 0; t < T; ++t)
+    MoeLayerStats s{layer, C, 0, 2 * N};
+    for (int64_t t = 0; t < N; ++t)
       for (int k = 0; k < 2; ++k) s.kept += rank_host(t, k) < C;
     stats->push_back(s);
   }
   return absl::OkStatus();
 }
 
-template <class ExecSpace>
-absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace>::Logits(
+template <class ExecSpace, class T>
+absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Logits(
     const std::vector<int64_t>& input_ids, const std::vector<int64_t>& attention_mask, int64_t B,
     int64_t S, RoutingMode mode, std::vector<MoeLayerStats>* stats) {
   OPENMOE_RETURN_IF_ERROR(ValidateInputs(config_, input_ids, attention_mask, B, S));
   const OpenMoeConfig& c = config_;
-  const int64_t T = B * S, H = c.hidden_size, V = c.vocab_size;
+  const int64_t N = B * S, H = c.hidden_size, V = c.vocab_size;
   const int64_t Nh = c.num_attention_heads, Nkv = c.num_key_value_heads, Dh = c.head_dim;
   ExecSpace space;
 
-  Vector<int64_t, ExecSpace> ids("input_ids", T);  // [T]
+  Vector<int64_t, ExecSpace> ids("input_ids", N);  // [N]
   Kokkos::View<int64_t**, Kokkos::LayoutRight, MemSpace> mask("attention_mask", B, S);  // [B, S]
   Kokkos::deep_copy(ids, Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
-                             input_ids.data(), T));
+                             input_ids.data(), N));
   Kokkos::deep_copy(mask, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace,
                                        Kokkos::MemoryUnmanaged>(attention_mask.data(), B, S));
 
-  Matrix<float, ExecSpace> h("hidden", T, H), x("normed", T, H), delta("delta", T, H);  // [T, H]
-  kernels::Tensor3<float, ExecSpace> q("q", B, S, Nh * Dh), k("k", B, S, Nkv * Dh);
-  kernels::Tensor3<float, ExecSpace> v("v", B, S, Nkv * Dh), attn("attn", B, S, Nh * Dh);
-  Matrix<float, ExecSpace> q2(q.data(), T, Nh * Dh), k2(k.data(), T, Nkv * Dh);  // [T, Nh*Dh] views
-  Matrix<float, ExecSpace> v2(v.data(), T, Nkv * Dh), attn2(attn.data(), T, Nh * Dh);
+  Matrix<T, ExecSpace> h("hidden", N, H), x("normed", N, H), delta("delta", N, H);  // [N, H]
+  kernels::Tensor3<T, ExecSpace> q("q", B, S, Nh * Dh), k("k", B, S, Nkv * Dh);
+  kernels::Tensor3<T, ExecSpace> v("v", B, S, Nkv * Dh), attn("attn", B, S, Nh * Dh);
+  Matrix<T, ExecSpace> q2(q.data(), N, Nh * Dh), k2(k.data(), N, Nkv * Dh);  // [N, Nh*Dh] views
+  Matrix<T, ExecSpace> v2(v.data(), N, Nkv * Dh), attn2(attn.data(), N, Nh * Dh);
 
-  OPENMOE_RETURN_IF_ERROR(kernels::Embedding<ExecSpace>(space, Weight("model.embed_tokens.weight", V, H), ids, h));
+  OPENMOE_RETURN_IF_ERROR(kernels::Embedding<T>(space, Weight("model.embed_tokens.weight", V, H), ids, h));
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string layer = absl::StrCat("model.layers.", i);
     // Attention block.
-    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<ExecSpace>(space, h, WeightVector(layer + ".input_layernorm.weight"), x, c.rms_norm_eps));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear(space, ConstMatrix<float, ExecSpace>(x), Weight(layer + ".self_attn.q_proj.weight", Nh * Dh, H), q2));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear(space, ConstMatrix<float, ExecSpace>(x), Weight(layer + ".self_attn.k_proj.weight", Nkv * Dh, H), k2));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear(space, ConstMatrix<float, ExecSpace>(x), Weight(layer + ".self_attn.v_proj.weight", Nkv * Dh, H), v2));
-    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<ExecSpace>(space, q, Dh, /*position_offset=*/0));
-    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<ExecSpace>(space, k, Dh, /*position_offset=*/0));
-    OPENMOE_RETURN_IF_ERROR(kernels::CausalAttention<ExecSpace>(space, q, k, v, mask, Nh, Nkv, Dh, S, 0, attn));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear(space, ConstMatrix<float, ExecSpace>(attn2), Weight(layer + ".self_attn.o_proj.weight", H, Nh * Dh), delta));
-    OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<ExecSpace>(space, h, delta));
+    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h, WeightVector(layer + ".input_layernorm.weight"), x, c.rms_norm_eps));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.q_proj.weight", Nh * Dh, H), q2));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.k_proj.weight", Nkv * Dh, H), k2));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.v_proj.weight", Nkv * Dh, H), v2));
+    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, q, Dh, /*position_offset=*/0));
+    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, k, Dh, /*position_offset=*/0));
+    OPENMOE_RETURN_IF_ERROR(kernels::CausalAttention<T>(space, q, k, v, mask, Nh, Nkv, Dh, S, 0, attn));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(attn2), Weight(layer + ".self_attn.o_proj.weight", H, Nh * Dh), delta));
+    OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
     // Feed-forward block(s).
-    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<ExecSpace>(space, h, WeightVector(layer + ".post_attention_layernorm.weight"), x, c.rms_norm_eps));
+    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h, WeightVector(layer + ".post_attention_layernorm.weight"), x, c.rms_norm_eps));
     if (c.IsMoeLayer(i)) {
       OPENMOE_RETURN_IF_ERROR(SparseMoe(space, i, x, mode, delta, stats));
-      OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<ExecSpace>(space, h, delta));
-      OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<ExecSpace>(space, h, WeightVector(layer + ".pre_extra_mlp_layernorm.weight"), x, c.rms_norm_eps));
+      OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
+      OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h, WeightVector(layer + ".pre_extra_mlp_layernorm.weight"), x, c.rms_norm_eps));
       OPENMOE_RETURN_IF_ERROR(Mlp(space, layer + ".extra_mlp", x, delta));
     } else {
       OPENMOE_RETURN_IF_ERROR(Mlp(space, layer + ".mlp", x, delta));
     }
-    OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<ExecSpace>(space, h, delta));
+    OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
   }
-  OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<ExecSpace>(space, h, WeightVector("model.norm.weight"), x, c.rms_norm_eps));
-  Matrix<float, ExecSpace> logits("logits", T, V);  // [T, V]
-  OPENMOE_RETURN_IF_ERROR(kernels::Linear(space, ConstMatrix<float, ExecSpace>(x), Weight("lm_head.weight", V, H), logits));
-  std::vector<float> result(T * V);
-  Kokkos::deep_copy(Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
-                        result.data(), T, V),
-                    logits);
+  OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h, WeightVector("model.norm.weight"), x, c.rms_norm_eps));
+  Matrix<T, ExecSpace> logits("logits", N, V);  // [N, V]
+  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight("lm_head.weight", V, H), logits));
+  auto logits_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), logits);
+  std::vector<float> result(N * V);
+  for (int64_t i = 0; i < N * V; ++i) result[i] = ToFloat(logits_host.data()[i]);
   return result;
 }
 
-#define OPENMOE_INSTANTIATE_MODEL(Space) template class OpenMoeModel<Space>;
-OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_MODEL)
+#define OPENMOE_INSTANTIATE_MODEL(Space, T) template class OpenMoeModel<Space, T>;
+OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_MODEL)
 
 }  // namespace openmoe

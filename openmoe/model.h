@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "openmoe/checkpoint.h"
 #include "openmoe/config.h"
+#include "openmoe/core/bf16.h"
 #include "openmoe/core/tensor_types.h"
 
 namespace openmoe {
@@ -37,7 +38,9 @@ struct MoeLayerStats {
   int64_t assigned = 0;
 };
 
-template <class ExecSpace>
+// T is the run dtype of weights and activations: float or bf16 (float32 accumulation, float32
+// softmax and router probabilities, float32 logits out).
+template <class ExecSpace, class T = float>
 class OpenMoeModel {
  public:
   using MemSpace = typename ExecSpace::memory_space;
@@ -58,17 +61,17 @@ class OpenMoeModel {
                                             std::vector<MoeLayerStats>* stats = nullptr);
 
  private:
-  Matrix<float, ExecSpace> Weight(const std::string& name, int64_t rows, int64_t cols) const;
-  Vector<float, ExecSpace> WeightVector(const std::string& name) const;
+  Matrix<T, ExecSpace> Weight(const std::string& name, int64_t rows, int64_t cols) const;
+  Vector<T, ExecSpace> WeightVector(const std::string& name) const;
 
-  absl::Status Mlp(const ExecSpace& space, const std::string& prefix, ConstMatrix<float, ExecSpace> x,
-                   Matrix<float, ExecSpace> out);
-  absl::Status SparseMoe(const ExecSpace& space, int64_t layer, ConstMatrix<float, ExecSpace> x,
-                         RoutingMode mode, Matrix<float, ExecSpace> out,
+  absl::Status Mlp(const ExecSpace& space, const std::string& prefix, ConstMatrix<T, ExecSpace> x,
+                   Matrix<T, ExecSpace> out);
+  absl::Status SparseMoe(const ExecSpace& space, int64_t layer, ConstMatrix<T, ExecSpace> x,
+                         RoutingMode mode, Matrix<T, ExecSpace> out,
                          std::vector<MoeLayerStats>* stats);
 
   OpenMoeConfig config_;
-  std::map<std::string, Kokkos::View<float*, MemSpace>> weights_;  // HF name -> flat data
+  std::map<std::string, Kokkos::View<T*, MemSpace>> weights_;  // HF name -> flat data
 };
 
 // Checks ids/mask/shape against the config; used before any kernel runs.

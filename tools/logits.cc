@@ -2,7 +2,7 @@
 // logits; the numerical-regression tool of the reproducibility suite.
 //
 //   bazel run //tools:logits -- --model DIR --inputs in.safetensors --output out.safetensors \
-//       [--mode eval|train] [--dtype fp32]
+//       [--mode eval|train] [--dtype fp32|bf16]
 // Relative paths resolve against the directory bazel was run from.
 #include <cstdio>
 #include <cstdlib>
@@ -20,7 +20,8 @@ ABSL_FLAG(std::string, inputs, "", "Safetensors file with int64 input_ids [B, S]
 ABSL_FLAG(std::string, output, "", "Safetensors file to write: float32 logits [B, S, V] (atomic).");
 ABSL_FLAG(std::string, mode, "eval", "Routing mode: eval (capacity factor "
           "router_capacity_factor_eval, 2.0) or train (router_capacity_factor_train, 1.25).");
-ABSL_FLAG(std::string, dtype, "fp32", "Run dtype. Only fp32 is implemented so far.");
+ABSL_FLAG(std::string, dtype, "fp32", "Run dtype of weights and activations: fp32 or bf16 "
+          "(bf16 storage, float32 accumulation, softmax and router probabilities).");
 
 namespace {
 

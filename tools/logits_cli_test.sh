@@ -16,6 +16,12 @@ for case in tiny8b tinybase; do
   done
 done
 
+# bf16: within the bf16 error model of the reference (tests/bf16_parity_test.cc): no exact
+# match expected, so compare loosely and only check that it runs and lands near.
+"$logits" --model "$data/tiny8b" --inputs "$data/tiny8b/expected.safetensors" \
+  --output "$tmp/bf16.safetensors" --dtype bf16
+$compare "$tmp/bf16.safetensors" "$data/tiny8b/expected.safetensors" --golden-key logits_eval --atol 0.1 --max-argmax-mismatches 3
+
 expect_error() {  # expect_error "<text the message must contain>" args...
   local want="$1"; shift
   if "$logits" "$@" >"$tmp/out.txt" 2>&1; then
@@ -41,6 +47,8 @@ expect_error "sequence length 2049 exceeds the model's max_position_embeddings 2
   --model "$data/tiny8b" --inputs "$tmp/too_long.safetensors" --output "$tmp/x.safetensors"
 expect_error "--mode must be 'eval' or 'train'" \
   --model "$data/tiny8b" --inputs "$data/tiny8b/expected.safetensors" --output "$tmp/x.safetensors" --mode sideways
+expect_error "--dtype must be 'fp32' or 'bf16'" \
+  --model "$data/tiny8b" --inputs "$data/tiny8b/expected.safetensors" --output "$tmp/x.safetensors" --dtype fp8
 expect_error "cannot open model config" \
   --model "$tmp/nowhere" --inputs "$data/tiny8b/expected.safetensors" --output "$tmp/x.safetensors"
 expect_error "--inputs is required" --model "$data/tiny8b" --output "$tmp/x.safetensors"

@@ -37,6 +37,10 @@ absl::Status ReadInputs(const std::string& path, std::vector<int64_t>& ids, std:
   return absl::OkStatus();
 }
 
+template <class T>
+absl::Status Run(const LogitsOptions& options, RoutingMode mode, const std::vector<int64_t>& ids,
+                 const std::vector<int64_t>& mask, int64_t batch, int64_t seq_len);
+
 }  // namespace
 
 absl::Status RunLogits(const LogitsOptions& options) {
@@ -48,9 +52,8 @@ absl::Status RunLogits(const LogitsOptions& options) {
   } else {
     return absl::InvalidArgumentError(absl::StrCat("--mode must be 'eval' or 'train', got '", options.mode, "'"));
   }
-  if (options.dtype != "fp32") {
-    return absl::UnimplementedError(absl::StrCat(
-        "--dtype ", options.dtype, " is not implemented yet; only fp32 runs today"));
+  if (options.dtype != "fp32" && options.dtype != "bf16") {
+    return absl::InvalidArgumentError(absl::StrCat("--dtype must be 'fp32' or 'bf16', got '", options.dtype, "'"));
   }
   std::vector<int64_t> ids, mask;
   int64_t batch = 0, seq_len = 0;
@@ -58,11 +61,20 @@ absl::Status RunLogits(const LogitsOptions& options) {
 
   setenv("OMP_PROC_BIND", "false", /*overwrite=*/0);  // silences Kokkos' binding advice
   Kokkos::ScopeGuard kokkos;
+  return options.dtype == "bf16" ? Run<bf16>(options, mode, ids, mask, batch, seq_len)
+                                 : Run<float>(options, mode, ids, mask, batch, seq_len);
+}
+
+namespace {
+
+template <class T>
+absl::Status Run(const LogitsOptions& options, RoutingMode mode, const std::vector<int64_t>& ids,
+                 const std::vector<int64_t>& mask, int64_t batch, int64_t seq_len) {
   using Space = Kokkos::DefaultExecutionSpace;
   const auto start = std::chrono::steady_clock::now();
-  OPENMOE_ASSIGN_OR_RETURN(OpenMoeModel<Space> model, OpenMoeModel<Space>::Load(options.model_dir));
+  OPENMOE_ASSIGN_OR_RETURN(auto model, (OpenMoeModel<Space, T>::Load(options.model_dir)));
   const auto loaded = std::chrono::steady_clock::now();
-  std::fprintf(stderr, "loaded %s on %s in %.2f s\n", options.model_dir.c_str(), Space::name(),
+  std::fprintf(stderr, "loaded %s (%s) on %s in %.2f s\n", options.model_dir.c_str(), options.dtype.c_str(), Space::name(),
                std::chrono::duration<double>(loaded - start).count());
   OPENMOE_ASSIGN_OR_RETURN(std::vector<float> logits, model.Logits(ids, mask, batch, seq_len, mode));
   std::fprintf(stderr, "forward [%lld, %lld] (%s routing) in %.3f s\n", static_cast<long long>(batch),
@@ -78,4 +90,5 @@ absl::Status RunLogits(const LogitsOptions& options) {
   return absl::OkStatus();
 }
 
+}  // namespace
 }  // namespace openmoe::tools

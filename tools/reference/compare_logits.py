@@ -4,7 +4,7 @@ max absolute difference and argmax agreement per position.
 
     python3 tools/reference/compare_logits.py OURS.safetensors GOLDEN.safetensors \
         [--ours-key logits] [--golden-key logits] [--atol 1e-4]
-Exits 1 when the difference exceeds --atol or any argmax differs.
+Exits 1 when the difference exceeds --atol or more argmaxes differ than --max-argmax-mismatches (0).
 """
 import argparse
 import os
@@ -21,6 +21,7 @@ def main():
     parser.add_argument("--ours-key", default="logits")
     parser.add_argument("--golden-key", default="logits")
     parser.add_argument("--atol", type=float, default=1e-4)
+    parser.add_argument("--max-argmax-mismatches", type=int, default=0)
     args = parser.parse_args()
     _, shape_a, a = safetensors_lite.read(args.ours)[args.ours_key]
     _, shape_b, b = safetensors_lite.read(args.golden)[args.golden_key]
@@ -33,7 +34,7 @@ def main():
     for row in range(len(a) // vocab):
         ra, rb = a[row * vocab:(row + 1) * vocab], b[row * vocab:(row + 1) * vocab]
         mismatches += ra.index(max(ra)) != rb.index(max(rb))
-    ok = max_diff <= args.atol and mismatches == 0
+    ok = max_diff <= args.atol and mismatches <= args.max_argmax_mismatches
     print(f"max |ours - golden| = {max_diff:.3g} (atol {args.atol}), argmax mismatches {mismatches}: "
           f"{'OK' if ok else 'FAIL'}")
     return 0 if ok else 1
