@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 
 #include <Kokkos_Core.hpp>
 
@@ -80,10 +81,14 @@ absl::Status Run(const LogitsOptions& options, RoutingMode mode, const std::vect
   std::fprintf(stderr, "forward [%lld, %lld] (%s routing) in %.3f s\n", static_cast<long long>(batch),
                static_cast<long long>(seq_len), options.mode.c_str(),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - loaded).count());
-  OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors(
-      options.output_path,
-      {{"logits", io::DType::kF32, {batch, seq_len, model.config().vocab_size}, logits.data()}},
-      {{"model", options.model_dir}, {"mode", options.mode}, {"dtype", options.dtype}}));
+  std::vector<io::TensorToWrite> tensors(1);  // [B, S, V]
+  tensors[0].name  = "logits";
+  tensors[0].dtype = io::DType::kF32;
+  tensors[0].shape = {batch, seq_len, model.config().vocab_size};
+  tensors[0].data  = logits.data();
+  const std::map<std::string, std::string> metadata = {
+      {"model", options.model_dir}, {"mode", options.mode}, {"dtype", options.dtype}};
+  OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors(options.output_path, tensors, metadata));
   std::fprintf(stderr, "wrote logits [%lld, %lld, %lld] to %s\n", static_cast<long long>(batch),
                static_cast<long long>(seq_len), static_cast<long long>(model.config().vocab_size),
                options.output_path.c_str());

@@ -9,7 +9,8 @@ status=0
 step() { echo "=== $*"; "$@" || { echo "=== FAILED: $*"; status=1; }; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 step .device/bin/kokkos_info
-for t in kokkos_toolchain_test rms_norm_test parity_test; do
+for t in kokkos_toolchain_test rms_norm_test linear_test attention_test moe_test elementwise_test \
+         parity_test bf16_parity_test; do
   [[ -x .device/bin/$t ]] && step .device/bin/$t
 done
 data=tests/data/openmoe
@@ -20,6 +21,12 @@ for case in tiny8b tinybase; do
         --output "$out/ours_${case}_$mode.safetensors" --mode $mode
       step python3 tools/reference/compare_logits.py "$out/ours_${case}_$mode.safetensors" \
         $data/$case/expected.safetensors --golden-key logits_$mode
+    fi
+    if [[ -x .device/bin/logits ]]; then
+      step .device/bin/logits --model $data/$case --inputs $data/$case/expected.safetensors \
+        --output "$out/ours_bf16_${case}_$mode.safetensors" --mode $mode --dtype bf16
+      python3 tools/reference/compare_logits.py "$out/ours_bf16_${case}_$mode.safetensors" \
+        $data/$case/expected.safetensors --golden-key logits_$mode --atol 1 --max-argmax-mismatches 99
     fi
     step python3 tools/reference/generate_goldens.py --model $data/$case \
       --inputs $data/$case/expected.safetensors --output "$out/hf_${case}_$mode.safetensors" --mode $mode
