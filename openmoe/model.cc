@@ -157,17 +157,52 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Logits(
     const std::vector<int64_t>& input_ids, const std::vector<int64_t>& attention_mask, int64_t B,
     int64_t S, RoutingMode mode, std::vector<MoeLayerStats>* stats) {
   OPENMOE_RETURN_IF_ERROR(ValidateInputs(config_, input_ids, attention_mask, B, S));
+  OPENMOE_ASSIGN_OR_RETURN(Cache cache, NewCache(B, S));
+  return Step(cache, input_ids, attention_mask, S, mode, /*last_only=*/false, stats);
+}
+
+template <class ExecSpace, class T>
+absl::StatusOr<KvCache<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::NewCache(int64_t batch,
+                                                                          int64_t capacity) const {
+  if (batch <= 0 || capacity <= 0 || capacity > config_.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV cache of ", batch, " rows x ", capacity, " columns: need batch > 0 and 0 < columns <= ",
+        "max_position_embeddings (", config_.max_position_embeddings, ")"));
+  }
+  Cache cache;
+  cache.batch = batch, cache.capacity = capacity;
+  const int64_t width = config_.num_key_value_heads * config_.head_dim;
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    cache.keys.emplace_back(absl::StrCat("kv.keys.", i), batch, capacity, width);
+    cache.values.emplace_back(absl::StrCat("kv.values.", i), batch, capacity, width);
+  }
+  cache.mask = decltype(cache.mask)("kv.mask", batch, capacity);
+  return cache;
+}
+
+template <class ExecSpace, class T>
+absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
+    Cache& cache, const std::vector<int64_t>& input_ids, const std::vector<int64_t>& attention_mask,
+    int64_t S, RoutingMode mode, bool last_only, std::vector<MoeLayerStats>* stats) {
+  const int64_t B = cache.batch, L0 = cache.length;
+  OPENMOE_RETURN_IF_ERROR(ValidateInputs(config_, input_ids, attention_mask, B, S));
+  if (L0 + S > cache.capacity) {
+    return absl::InvalidArgumentError(absl::StrCat("sequence of ", L0 + S, " tokens exceeds the KV cache (",
+                                                   cache.capacity, " columns)"));
+  }
   const OpenMoeConfig& c = config_;
   const int64_t N = B * S, H = c.hidden_size, V = c.vocab_size;
   const int64_t Nh = c.num_attention_heads, Nkv = c.num_key_value_heads, Dh = c.head_dim;
+  const auto new_columns = std::make_pair(L0, L0 + S);
   ExecSpace space;
 
   Vector<int64_t, ExecSpace> ids("input_ids", N);  // [N]
-  Kokkos::View<int64_t**, Kokkos::LayoutRight, MemSpace> mask("attention_mask", B, S);  // [B, S]
   Kokkos::deep_copy(ids, Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
                              input_ids.data(), N));
-  Kokkos::deep_copy(mask, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace,
-                                       Kokkos::MemoryUnmanaged>(attention_mask.data(), B, S));
+  Kokkos::View<int64_t**, Kokkos::LayoutRight, MemSpace> new_mask("attention_mask", B, S);  // [B, S]
+  Kokkos::deep_copy(new_mask, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace,
+                                           Kokkos::MemoryUnmanaged>(attention_mask.data(), B, S));
+  Kokkos::deep_copy(Kokkos::subview(cache.mask, Kokkos::ALL, new_columns), new_mask);
 
   Matrix<T, ExecSpace> h("hidden", N, H), x("normed", N, H), delta("delta", N, H);  // [N, H]
   kernels::Tensor3<T, ExecSpace> q("q", B, S, Nh * Dh), k("k", B, S, Nkv * Dh);
@@ -178,14 +213,17 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Logits(
   OPENMOE_RETURN_IF_ERROR(kernels::Embedding<T>(space, Weight("model.embed_tokens.weight", V, H), ids, h));
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string layer = absl::StrCat("model.layers.", i);
-    // Attention block.
+    // Attention block: new keys/values join the cache at their absolute columns.
     OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h, WeightVector(layer + ".input_layernorm.weight"), x, c.rms_norm_eps));
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.q_proj.weight", Nh * Dh, H), q2));
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.k_proj.weight", Nkv * Dh, H), k2));
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.v_proj.weight", Nkv * Dh, H), v2));
-    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, q, Dh, /*position_offset=*/0));
-    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, k, Dh, /*position_offset=*/0));
-    OPENMOE_RETURN_IF_ERROR(kernels::CausalAttention<T>(space, q, k, v, mask, Nh, Nkv, Dh, S, 0, attn));
+    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, q, Dh, /*position_offset=*/L0));
+    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, k, Dh, /*position_offset=*/L0));
+    Kokkos::deep_copy(space, Kokkos::subview(cache.keys[i], Kokkos::ALL, new_columns, Kokkos::ALL), k);
+    Kokkos::deep_copy(space, Kokkos::subview(cache.values[i], Kokkos::ALL, new_columns, Kokkos::ALL), v);
+    OPENMOE_RETURN_IF_ERROR(kernels::CausalAttention<T>(space, q, cache.keys[i], cache.values[i], cache.mask, Nh, Nkv,
+                                                        Dh, /*num_keys=*/L0 + S, /*q_offset=*/L0, attn));
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(attn2), Weight(layer + ".self_attn.o_proj.weight", H, Nh * Dh), delta));
     OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
     // Feed-forward block(s).
@@ -200,12 +238,25 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Logits(
     }
     OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
   }
-  OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h, WeightVector("model.norm.weight"), x, c.rms_norm_eps));
-  Matrix<T, ExecSpace> logits("logits", N, V);  // [N, V]
-  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight("lm_head.weight", V, H), logits));
+  cache.length += S;
+
+  // Final norm and LM head, on every new column or only on the last one of each row.
+  const int64_t rows = last_only ? B : N;
+  Matrix<T, ExecSpace> head_in("head_in", rows, H);  // [rows, H]
+  if (last_only) {
+    Kokkos::parallel_for(
+        "openmoe::model::GatherLastColumn", Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {B, H}),
+        KOKKOS_LAMBDA(const int64_t b, const int64_t j) { head_in(b, j) = h(b * S + S - 1, j); });
+  } else {
+    Kokkos::deep_copy(space, head_in, h);
+  }
+  Matrix<T, ExecSpace> normed("head_normed", rows, H);
+  OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, head_in, WeightVector("model.norm.weight"), normed, c.rms_norm_eps));
+  Matrix<T, ExecSpace> logits("logits", rows, V);  // [rows, V]
+  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(normed), Weight("lm_head.weight", V, H), logits));
   auto logits_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), logits);
-  std::vector<float> result(N * V);
-  for (int64_t i = 0; i < N * V; ++i) result[i] = ToFloat(logits_host.data()[i]);
+  std::vector<float> result(rows * V);
+  for (int64_t i = 0; i < rows * V; ++i) result[i] = ToFloat(logits_host.data()[i]);
   return result;
 }
 

@@ -38,12 +38,26 @@ struct MoeLayerStats {
   int64_t assigned = 0;
 };
 
+// Keys and values of every layer for incremental decoding. Keys are stored after RoPE (at
+// their absolute column position, which is what re-rotating the un-rotated cache every step
+// gives); the mask records which columns are real tokens.
+template <class ExecSpace, class T>
+struct KvCache {
+  int64_t batch    = 0;  // B
+  int64_t capacity = 0;  // S_max
+  int64_t length   = 0;  // columns filled so far
+  std::vector<Kokkos::View<T***, Kokkos::LayoutRight, typename ExecSpace::memory_space>> keys;    // L x [B, S_max, Nkv*Dh]
+  std::vector<Kokkos::View<T***, Kokkos::LayoutRight, typename ExecSpace::memory_space>> values;  // L x [B, S_max, Nkv*Dh]
+  Kokkos::View<int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> mask;           // [B, S_max]
+};
+
 // T is the run dtype of weights and activations: float or bf16 (float32 accumulation, float32
 // softmax and router probabilities, float32 logits out).
 template <class ExecSpace, class T = float>
 class OpenMoeModel {
  public:
   using MemSpace = typename ExecSpace::memory_space;
+  using Cache    = KvCache<ExecSpace, T>;
 
   // Reads config.json and the weights of `model_dir` (see CheckpointReader for the layouts).
   static absl::StatusOr<OpenMoeModel> Load(const std::string& model_dir);
@@ -59,6 +73,17 @@ class OpenMoeModel {
                                             const std::vector<int64_t>& attention_mask,
                                             int64_t batch, int64_t seq_len, RoutingMode mode,
                                             std::vector<MoeLayerStats>* stats = nullptr);
+
+  // An empty cache for `batch` rows and up to `capacity` columns (<= max_position_embeddings).
+  absl::StatusOr<Cache> NewCache(int64_t batch, int64_t capacity) const;
+
+  // Appends [B, S] tokens to `cache` and runs them: the S*B new tokens form one routing group
+  // (the prompt in prefill, the B new tokens of a decode step). Returns float32 logits
+  // [B, S, V], or [B, 1, V] of the last new column when last_only.
+  absl::StatusOr<std::vector<float>> Step(Cache& cache, const std::vector<int64_t>& input_ids,
+                                          const std::vector<int64_t>& attention_mask, int64_t seq_len,
+                                          RoutingMode mode, bool last_only,
+                                          std::vector<MoeLayerStats>* stats = nullptr);
 
  private:
   Matrix<T, ExecSpace> Weight(const std::string& name, int64_t rows, int64_t cols) const;

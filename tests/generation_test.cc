@@ -1,0 +1,107 @@
+// Greedy KV-cache generation against the fixtures' gen_greedy_ids (the prompt is one routing
+// group, every decode step another), and KV-cache decoding against full recomputation when no
+// token is dropped, on every backend.
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "openmoe/core/test_util.h"
+#include "openmoe/generation.h"
+#include "openmoe/io/safetensors.h"
+
+namespace openmoe {
+namespace {
+
+struct Prompt {
+  std::vector<int64_t> ids, mask, greedy;
+  int64_t batch = 0, len = 0, steps = 0;
+};
+
+Prompt LoadPrompt(const std::string& dir) {
+  Prompt p;
+  auto file = io::SafetensorsFile::Open(dir + "/expected.safetensors");
+  EXPECT_TRUE(file.ok());
+  p.batch = file->Find("gen_prompt_ids")->shape[0], p.len = file->Find("gen_prompt_ids")->shape[1];
+  p.steps = file->Find("gen_greedy_ids")->shape[1];
+  p.ids.resize(p.batch * p.len), p.mask.resize(p.batch * p.len), p.greedy.resize(p.batch * p.steps);
+  EXPECT_TRUE(file->ReadAsInt64("gen_prompt_ids", p.ids.data(), p.ids.size()).ok());
+  EXPECT_TRUE(file->ReadAsInt64("gen_prompt_mask", p.mask.data(), p.mask.size()).ok());
+  EXPECT_TRUE(file->ReadAsInt64("gen_greedy_ids", p.greedy.data(), p.greedy.size()).ok());
+  return p;
+}
+
+template <class Space>
+class GenerationTest : public ::testing::Test {};
+TYPED_TEST_SUITE(GenerationTest, testing::Backends);
+
+TYPED_TEST(GenerationTest, GreedyMatchesTheFixtures) {
+  for (const std::string name : {"tiny8b", "tinybase"}) {
+    const std::string dir = "tests/data/openmoe/" + name;
+    const Prompt p = LoadPrompt(dir);
+    auto model = OpenMoeModel<TypeParam>::Load(dir);
+    ASSERT_TRUE(model.ok()) << model.status();
+    GenerationOptions options;
+    options.max_new_tokens = p.steps;
+    absl::StatusOr<GenerationResult> r = Generate(*model, p.ids, p.mask, p.batch, p.len, options);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->steps, p.steps);
+    EXPECT_EQ(r->ids, p.greedy) << name << " on " << TypeParam::name();
+  }
+}
+
+TYPED_TEST(GenerationTest, KvCacheDecodingEqualsRecomputationWithoutDrops) {
+  const std::string dir = "tests/data/openmoe/tiny8b";
+  absl::StatusOr<OpenMoeConfig> config = LoadConfig(dir + "/config.json");
+  ASSERT_TRUE(config.ok());
+  // Capacity >= every group's assignments: floor(2 * cf * N / E) >= N needs cf >= E / 2.
+  config->router_capacity_factor_eval = float(config->num_experts);
+  auto reader = CheckpointReader::Open(dir);
+  auto model = OpenMoeModel<TypeParam>::FromCheckpoint(*config, *reader);
+  ASSERT_TRUE(model.ok());
+  const Prompt p = LoadPrompt(dir);
+  const int64_t steps = 6, V = config->vocab_size;
+  auto cache = model->NewCache(p.batch, p.len + steps);
+  ASSERT_TRUE(cache.ok());
+  std::vector<int64_t> ids = p.ids, mask = p.mask;  // growing [B, len] for the recomputation
+  int64_t len = p.len;
+  auto step_logits = model->Step(*cache, p.ids, p.mask, p.len, RoutingMode::kEval, /*last_only=*/true);
+  for (int64_t s = 0; s < steps; ++s) {
+    ASSERT_TRUE(step_logits.ok()) << step_logits.status();
+    auto full = model->Logits(ids, mask, p.batch, len, RoutingMode::kEval);
+    ASSERT_TRUE(full.ok());
+    double max_diff = 0;
+    std::vector<int64_t> next(p.batch);
+    for (int64_t b = 0; b < p.batch; ++b) {
+      for (int64_t v = 0; v < V; ++v)
+        max_diff = std::max(max_diff, std::fabs(double((*step_logits)[b * V + v]) - (*full)[(b * len + len - 1) * V + v]));
+      next[b] = std::max_element(step_logits->begin() + b * V, step_logits->begin() + (b + 1) * V) - (step_logits->begin() + b * V);
+    }
+    // Same maths in another order (different GEMM shapes): float32 rounding only.
+    EXPECT_LE(max_diff, 1e-4) << "step " << s;
+    std::vector<int64_t> new_ids, new_mask;
+    for (int64_t b = 0; b < p.batch; ++b) {
+      new_ids.insert(new_ids.end(), ids.begin() + b * len, ids.begin() + (b + 1) * len);
+      new_ids.push_back(next[b]);
+      new_mask.insert(new_mask.end(), mask.begin() + b * len, mask.begin() + (b + 1) * len);
+      new_mask.push_back(1);
+    }
+    ids = new_ids, mask = new_mask, ++len;
+    step_logits = model->Step(*cache, next, std::vector<int64_t>(p.batch, 1), 1, RoutingMode::kEval, true);
+  }
+}
+
+TYPED_TEST(GenerationTest, RejectsPromptsThatDoNotFitTheContext) {
+  auto model = OpenMoeModel<TypeParam>::Load("tests/data/openmoe/tiny8b");
+  ASSERT_TRUE(model.ok());
+  GenerationOptions options;
+  options.max_new_tokens = 100;
+  std::vector<int64_t> ids(2000, 5), mask(2000, 1);
+  auto r = Generate(*model, ids, mask, 1, 2000, options);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("exceeds the model's context of 2048"), std::string::npos) << r.status();
+}
+
+}  // namespace
+}  // namespace openmoe
