@@ -71,6 +71,25 @@ absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::FromCheck
 }
 
 template <class ExecSpace, class T>
+template <class U>
+Kokkos::View<U*, typename ExecSpace::memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>
+OpenMoeModel<ExecSpace, T>::Buffer(const std::string& name, int64_t count) {
+  Kokkos::View<char*, MemSpace>& bytes = workspace_[name];
+  const size_t need = size_t(count) * sizeof(U);
+  if (bytes.extent(0) < need) {
+    bytes = Kokkos::View<char*, MemSpace>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "workspace." + name),
+                                          std::max(need, bytes.extent(0) * 2));
+  }
+  return Kokkos::View<U*, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(reinterpret_cast<U*>(bytes.data()), count);
+}
+
+template <class ExecSpace, class T>
+template <class U>
+Matrix<U, ExecSpace> OpenMoeModel<ExecSpace, T>::Buffer2(const std::string& name, int64_t rows, int64_t cols) {
+  return Matrix<U, ExecSpace>(Buffer<U>(name, rows * cols).data(), rows, cols);
+}
+
+template <class ExecSpace, class T>
 Matrix<T, ExecSpace> OpenMoeModel<ExecSpace, T>::Weight(const std::string& name, int64_t rows,
                                                          int64_t cols) const {
   return Matrix<T, ExecSpace>(weights_.at(name).data(), rows, cols);
@@ -86,7 +105,9 @@ absl::Status OpenMoeModel<ExecSpace, T>::Mlp(const ExecSpace& space, const std::
                                           ConstMatrix<T, ExecSpace> x,
                                           Matrix<T, ExecSpace> out) {
   const int64_t N = x.extent(0), H = config_.hidden_size, I = config_.intermediate_size;
-  Matrix<T, ExecSpace> gate("mlp.gate", N, 2 * I), up("mlp.up", N, I), act("mlp.act", N, I);
+  Matrix<T, ExecSpace> gate = Buffer2<T>("mlp.gate", N, 2 * I);  // [N, 2I]
+  Matrix<T, ExecSpace> up   = Buffer2<T>("mlp.up", N, I);        // [N, I]
+  Matrix<T, ExecSpace> act  = Buffer2<T>("mlp.act", N, I);       // [N, I]
   OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, Weight(prefix + ".gate_proj.weight", 2 * I, H), gate));
   OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, Weight(prefix + ".up_proj.weight", I, H), up));
   OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<T>(space, gate, up, act));
@@ -103,9 +124,10 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
   const int64_t E = config_.num_experts;
   const std::string prefix = absl::StrCat("model.layers.", layer, ".mlp");
   // Router: float32 logits and probabilities, top-2, queue ranks.
-  Matrix<T, ExecSpace> router_logits("moe.router_logits", N, E);  // [N, E]
-  Matrix<float, ExecSpace> probs("moe.probs", N, E);              // [N, E] float32
-  Matrix<int32_t, ExecSpace> experts("moe.experts", N, 2), rank("moe.rank", N, 2);              // [N, 2]
+  Matrix<T, ExecSpace> router_logits = Buffer2<T>("moe.router_logits", N, E);  // [N, E]
+  Matrix<float, ExecSpace> probs      = Buffer2<float>("moe.probs", N, E);     // [N, E] float32
+  Matrix<int32_t, ExecSpace> experts  = Buffer2<int32_t>("moe.experts", N, 2); // [N, 2]
+  Matrix<int32_t, ExecSpace> rank     = Buffer2<int32_t>("moe.rank", N, 2);    // [N, 2]
   OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, Weight(prefix + ".gate_weight", E, H), router_logits));
   OPENMOE_RETURN_IF_ERROR(kernels::RouterTop2<T>(space, router_logits, probs, experts));
   OPENMOE_RETURN_IF_ERROR(kernels::AssignSlots<ExecSpace>(space, experts, E, rank));
@@ -114,15 +136,26 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
   const int64_t C = kernels::ExpertCapacity(N, E, cf, config_.router_min_capacity);
 
   // Dispatch -> experts (x @ W per expert on its C rows) -> combine.
-  Matrix<T, ExecSpace> dispatched("moe.dispatched", E * C, H);  // [E*C, H]
-  Matrix<T, ExecSpace> gate("moe.gate", E * C, 2 * I), up("moe.up", E * C, I);
-  Matrix<T, ExecSpace> act("moe.act", E * C, I), expert_out("moe.expert_out", E * C, H);
+  Matrix<T, ExecSpace> dispatched = Buffer2<T>("moe.dispatched", E * C, H);  // [E*C, H]
+  Matrix<T, ExecSpace> gate       = Buffer2<T>("moe.gate", E * C, 2 * I);    // [E*C, 2I]
+  Matrix<T, ExecSpace> up         = Buffer2<T>("moe.up", E * C, I);          // [E*C, I]
+  Matrix<T, ExecSpace> act        = Buffer2<T>("moe.act", E * C, I);         // [E*C, I]
+  Matrix<T, ExecSpace> expert_out = Buffer2<T>("moe.expert_out", E * C, H);  // [E*C, H]
   OPENMOE_RETURN_IF_ERROR(kernels::Dispatch<T>(space, x, experts, rank, C, dispatched));
+  // Named host sync "moe.expert_counts_to_host": how many rows each expert really holds, so that
+  // idle experts cost nothing (a decode step of B tokens touches at most 2B of E experts).
+  auto experts_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), experts);
+  ++host_syncs_;
+  std::vector<int64_t> rows_used(E, 0);  // min(assignments, C) per expert
+  for (int64_t t = 0; t < N; ++t)
+    for (int k = 0; k < 2; ++k) ++rows_used[experts_host(t, k)];
+  for (int64_t& r : rows_used) r = std::min(r, C);
   const T* wi_gate = weights_.at(prefix + ".experts.wi_gate").data();  // [E, H, 2I]
   const T* wi_up   = weights_.at(prefix + ".experts.wi_up").data();    // [E, H, I]
   const T* wo      = weights_.at(prefix + ".experts.wo").data();       // [E, I, H]
   for (int64_t e = 0; e < E; ++e) {
-    auto rows = std::make_pair(e * C, (e + 1) * C);
+    if (rows_used[e] == 0) continue;
+    auto rows = std::make_pair(e * C, e * C + rows_used[e]);
     Matrix<T, ExecSpace> in_e  = Kokkos::subview(dispatched, rows, Kokkos::ALL);
     Matrix<T, ExecSpace> gate_e = Kokkos::subview(gate, rows, Kokkos::ALL);
     Matrix<T, ExecSpace> up_e  = Kokkos::subview(up, rows, Kokkos::ALL);
@@ -134,7 +167,8 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
   }
   OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<T>(space, gate, up, act));
   for (int64_t e = 0; e < E; ++e) {
-    auto rows = std::make_pair(e * C, (e + 1) * C);
+    if (rows_used[e] == 0) continue;
+    auto rows = std::make_pair(e * C, e * C + rows_used[e]);
     Matrix<T, ExecSpace> act_e = Kokkos::subview(act, rows, Kokkos::ALL);
     Matrix<T, ExecSpace> out_e = Kokkos::subview(expert_out, rows, Kokkos::ALL);
     OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, ConstMatrix<T, ExecSpace>(act_e),
@@ -204,9 +238,13 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
                                            Kokkos::MemoryUnmanaged>(attention_mask.data(), B, S));
   Kokkos::deep_copy(Kokkos::subview(cache.mask, Kokkos::ALL, new_columns), new_mask);
 
-  Matrix<T, ExecSpace> h("hidden", N, H), x("normed", N, H), delta("delta", N, H);  // [N, H]
-  kernels::Tensor3<T, ExecSpace> q("q", B, S, Nh * Dh), k("k", B, S, Nkv * Dh);
-  kernels::Tensor3<T, ExecSpace> v("v", B, S, Nkv * Dh), attn("attn", B, S, Nh * Dh);
+  Matrix<T, ExecSpace> h     = Buffer2<T>("hidden", N, H);  // [N, H]
+  Matrix<T, ExecSpace> x     = Buffer2<T>("normed", N, H);  // [N, H]
+  Matrix<T, ExecSpace> delta = Buffer2<T>("delta", N, H);   // [N, H]
+  kernels::Tensor3<T, ExecSpace> q(Buffer<T>("q", N * Nh * Dh).data(), B, S, Nh * Dh);        // [B, S, Nh*Dh]
+  kernels::Tensor3<T, ExecSpace> k(Buffer<T>("k", N * Nkv * Dh).data(), B, S, Nkv * Dh);      // [B, S, Nkv*Dh]
+  kernels::Tensor3<T, ExecSpace> v(Buffer<T>("v", N * Nkv * Dh).data(), B, S, Nkv * Dh);      // [B, S, Nkv*Dh]
+  kernels::Tensor3<T, ExecSpace> attn(Buffer<T>("attn", N * Nh * Dh).data(), B, S, Nh * Dh);  // [B, S, Nh*Dh]
   Matrix<T, ExecSpace> q2(q.data(), N, Nh * Dh), k2(k.data(), N, Nkv * Dh);  // [N, Nh*Dh] views
   Matrix<T, ExecSpace> v2(v.data(), N, Nkv * Dh), attn2(attn.data(), N, Nh * Dh);
 
@@ -242,7 +280,7 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
 
   // Final norm and LM head, on every new column or only on the last one of each row.
   const int64_t rows = last_only ? B : N;
-  Matrix<T, ExecSpace> head_in("head_in", rows, H);  // [rows, H]
+  Matrix<T, ExecSpace> head_in = Buffer2<T>("head_in", rows, H);  // [rows, H]
   if (last_only) {
     Kokkos::parallel_for(
         "openmoe::model::GatherLastColumn", Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {B, H}),
@@ -250,9 +288,9 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
   } else {
     Kokkos::deep_copy(space, head_in, h);
   }
-  Matrix<T, ExecSpace> normed("head_normed", rows, H);
+  Matrix<T, ExecSpace> normed = Buffer2<T>("head_normed", rows, H);
   OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, head_in, WeightVector("model.norm.weight"), normed, c.rms_norm_eps));
-  Matrix<T, ExecSpace> logits("logits", rows, V);  // [rows, V]
+  Matrix<T, ExecSpace> logits = Buffer2<T>("logits", rows, V);  // [rows, V]
   OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(normed), Weight("lm_head.weight", V, H), logits));
   auto logits_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), logits);
   std::vector<float> result(rows * V);

@@ -95,8 +95,21 @@ class OpenMoeModel {
                          RoutingMode mode, Matrix<T, ExecSpace> out,
                          std::vector<MoeLayerStats>* stats);
 
+  // Work buffers reused across calls (allocated once, grown when a call needs more, never
+  // initialised): the decode loop then allocates nothing.
+  template <class U>
+  Kokkos::View<U*, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> Buffer(const std::string& name, int64_t count);
+  template <class U>
+  Matrix<U, ExecSpace> Buffer2(const std::string& name, int64_t rows, int64_t cols);
+
   OpenMoeConfig config_;
-  std::map<std::string, Kokkos::View<T*, MemSpace>> weights_;  // HF name -> flat data
+  std::map<std::string, Kokkos::View<T*, MemSpace>> weights_;       // HF name -> flat data
+  std::map<std::string, Kokkos::View<char*, MemSpace>> workspace_;  // name -> bytes
+  int64_t host_syncs_ = 0;  // named device->host syncs ("moe.expert_counts_to_host")
+
+ public:
+  // Device->host synchronisations so far (one per MoE layer per Step: expert token counts).
+  int64_t host_syncs() const { return host_syncs_; }
 };
 
 // Checks ids/mask/shape against the config; used before any kernel runs.
