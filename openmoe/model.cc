@@ -1,5 +1,9 @@
 #include "openmoe/model.h"
 
+#include <cmath>
+
+#include <Kokkos_Random.hpp>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/attention.h"
 #include "kernels/elementwise.h"
@@ -68,6 +72,46 @@ absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::FromCheck
     model.weights_.emplace(spec.name, device);
   }
   return model;
+}
+
+template <class ExecSpace, class T>
+absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::RandomInit(const OpenMoeConfig& config,
+                                                                                uint64_t seed) {
+  OPENMOE_RETURN_IF_ERROR(ValidateConfig(config, "RandomInit"));
+  OpenMoeModel model;
+  model.config_ = config;
+  Kokkos::Random_XorShift64_Pool<ExecSpace> pool(seed);
+  for (const TensorSpec& spec : CheckpointTable(config)) {
+    int64_t numel = 1;
+    for (int64_t d : spec.shape) numel *= d;
+    Kokkos::View<T*, MemSpace> device(Kokkos::view_alloc(Kokkos::WithoutInitializing, spec.name), numel);
+    if (spec.orientation == Orientation::kVector) {
+      Kokkos::deep_copy(device, FromFloat<T>(1.0f));
+    } else {
+      const bool expert_out = spec.name.find(".experts.wo") != std::string::npos;
+      const bool moe_in = spec.name.find(".experts.wi_") != std::string::npos ||
+                          spec.name.find(".mlp.gate_weight") != std::string::npos;
+      const double std = expert_out ? std::sqrt(0.1 / config.intermediate_size)
+                                    : moe_in ? std::sqrt(0.1 / config.hidden_size) : 0.02;
+      const float bound = float(std * std::sqrt(3.0));  // uniform [-b, b] has standard deviation b / sqrt(3)
+      Kokkos::parallel_for(
+          "openmoe::model::RandomInit", Kokkos::RangePolicy<ExecSpace>(0, numel), KOKKOS_LAMBDA(const int64_t i) {
+            auto generator = pool.get_state();
+            device(i) = FromFloat<T>(generator.frand(-bound, bound));
+            pool.free_state(generator);
+          });
+    }
+    model.weights_.emplace(spec.name, device);
+  }
+  Kokkos::fence();
+  return model;
+}
+
+template <class ExecSpace, class T>
+int64_t OpenMoeModel<ExecSpace, T>::WeightBytes() const {
+  int64_t bytes = 0;
+  for (const auto& [name, view] : weights_) bytes += int64_t(view.extent(0) * sizeof(T));
+  return bytes;
 }
 
 template <class ExecSpace, class T>

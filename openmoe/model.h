@@ -63,6 +63,11 @@ class OpenMoeModel {
   static absl::StatusOr<OpenMoeModel> Load(const std::string& model_dir);
   static absl::StatusOr<OpenMoeModel> FromCheckpoint(const OpenMoeConfig& config,
                                                      const CheckpointReader& reader);
+  // Random weights drawn on the device (uniform with the spec 2.6 standard deviations; norms 1):
+  // for benchmarks at real shapes without a checkpoint on disk.
+  static absl::StatusOr<OpenMoeModel> RandomInit(const OpenMoeConfig& config, uint64_t seed);
+  // Bytes of weights in the run dtype.
+  int64_t WeightBytes() const;
 
   const OpenMoeConfig& config() const { return config_; }
 

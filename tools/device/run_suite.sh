@@ -10,7 +10,7 @@ step() { echo "=== $*"; "$@" || { echo "=== FAILED: $*"; status=1; }; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 step .device/bin/kokkos_info
 for t in kokkos_toolchain_test rms_norm_test linear_test attention_test moe_test elementwise_test \
-         parity_test bf16_parity_test; do
+         parity_test bf16_parity_test generation_test; do
   [[ -x .device/bin/$t ]] && step .device/bin/$t
 done
 data=tests/data/openmoe
@@ -33,6 +33,9 @@ for case in tiny8b tinybase; do
     step python3 tools/reference/compare_logits.py "$out/hf_${case}_$mode.safetensors" \
       $data/$case/expected.safetensors --golden-key logits_$mode
   done
+done
+for case in tiny8b tinybase; do
+  step python3 tools/reference/check_hf_greedy.py $data/$case --device cuda
 done
 rm -f "$out"/*.safetensors
 echo "=== suite status $status"

@@ -11,8 +11,8 @@ binaries=("$@")
 if ((${#binaries[@]} == 0)); then
   binaries=(kernels/rms_norm_test kernels/linear_test kernels/attention_test kernels/moe_test
             kernels/elementwise_test tests/kokkos_toolchain_test tests/parity_test
-            tests/bf16_parity_test benchmarks/backend_portability benchmarks/rms_norm_benchmark
-            tools/kokkos_info tools/logits)
+            tests/bf16_parity_test tests/generation_test benchmarks/backend_portability
+            benchmarks/rms_norm_benchmark benchmarks/generate_benchmark tools/kokkos_info tools/logits)
 fi
 for b in "${binaries[@]}"; do
   [[ -x "bazel-bin/$b" ]] || { echo "stage.sh: bazel-bin/$b missing; build with --config=cuda" >&2; exit 1; }

@@ -29,7 +29,7 @@ try:
 except ImportError:  # transformers >= 5 renamed it
     from transformers import PreTrainedConfig as PretrainedConfig
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 _OLD_KEYS = {"topk": "router_topk", "capacity_factor_train": "router_capacity_factor_train",
              "capacity_factor_eval": "router_capacity_factor_eval", "min_capacity": "router_min_capacity"}
@@ -101,27 +101,35 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(c.hidden_size, self.nkv * self.hd, bias=False)
         self.o_proj = nn.Linear(self.nh * self.hd, c.hidden_size, bias=False)
 
-    def forward(self, x, key_mask):
+    def forward(self, x, key_mask, past=None):
+        """x [B, S, H]; key_mask [B, L0 + S] over past and new columns; past = (k, v) of the
+        earlier columns, keys already rotated at their absolute positions (equivalent to
+        re-rotating un-rotated keys every step). Returns (out, (k_all, v_all))."""
         B, S, _ = x.shape
+        L0 = 0 if past is None else past[0].shape[2]
         q = self.q_proj(x).view(B, S, self.nh, self.hd).transpose(1, 2)  # [B, nh, S, hd]
         k = self.k_proj(x).view(B, S, self.nkv, self.hd).transpose(1, 2)
         v = self.v_proj(x).view(B, S, self.nkv, self.hd).transpose(1, 2)
         inv_freq = 1.0 / (10000 ** (torch.arange(0, self.hd, 2, dtype=torch.float64, device=x.device) / self.hd))
-        angle = torch.arange(S, dtype=torch.float64, device=x.device)[:, None] * inv_freq[None]
-        angle = torch.cat((angle, angle), dim=-1)  # [S, hd]
+        angle = torch.arange(L0, L0 + S, dtype=torch.float64, device=x.device)[:, None] * inv_freq[None]
+        angle = torch.cat((angle, angle), dim=-1)  # [S, hd], absolute column positions
         cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        if past is not None:
+            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
+        present = (k, v)
         if self.nkv != self.nh:
             k = k.repeat_interleave(self.nh // self.nkv, dim=1)
             v = v.repeat_interleave(self.nh // self.nkv, dim=1)
-        scores = q @ k.transpose(-1, -2)  # no 1/sqrt(hd)
-        causal = torch.ones(S, S, dtype=torch.bool, device=x.device).tril()
+        scores = q @ k.transpose(-1, -2)  # no 1/sqrt(hd); [B, nh, S, L0 + S]
+        rows = torch.arange(L0, L0 + S, device=x.device)[:, None]
+        causal = torch.arange(L0 + S, device=x.device)[None, :] <= rows
         allowed = causal[None, None] & key_mask[:, None, None, :].bool()
         allowed[..., 0] = True  # key 0 is always attendable
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores.to(torch.float32) if scores.dtype != torch.float64 else scores, -1).to(v.dtype)
         out = (probs @ v).transpose(1, 2).reshape(B, S, self.nh * self.hd)
-        return self.o_proj(out)
+        return self.o_proj(out), present
 
 
 class Mlp(nn.Module):
@@ -202,12 +210,13 @@ class DecoderLayer(nn.Module):
             self.pre_extra_mlp_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
             self.extra_mlp = Mlp(c)
 
-    def forward(self, h, key_mask):
-        h = h + self.self_attn(self.input_layernorm(h), key_mask)
+    def forward(self, h, key_mask, past=None):
+        attn, present = self.self_attn(self.input_layernorm(h), key_mask, past)
+        h = h + attn
         h = h + self.mlp(self.post_attention_layernorm(h))
         if self.moe:
             h = h + self.extra_mlp(self.pre_extra_mlp_layernorm(h))
-        return h
+        return h, present
 
 
 class OpenMoeModel(nn.Module):
@@ -243,16 +252,37 @@ class OpenMoeForCausalLM(PreTrainedModel):
         elif isinstance(module, SparseMoe):
             module.gate_weight.data.normal_(0.0, math.sqrt(0.1 / self.config.hidden_size))
 
-    def forward(self, input_ids, attention_mask=None, **kwargs):
+    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False,
+                last_only=False, **kwargs):
+        """attention_mask covers past and new columns [B, L0 + S]. With use_cache, returns the
+        per-layer (k, v) in past_key_values; the new tokens of one call form one routing group."""
+        L0 = 0 if past_key_values is None else past_key_values[0][0].shape[2]
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if input_ids.shape[1] > self.config.max_position_embeddings:
+            attention_mask = torch.ones(input_ids.shape[0], L0 + input_ids.shape[1], dtype=torch.long,
+                                        device=input_ids.device)
+        if L0 + input_ids.shape[1] > self.config.max_position_embeddings:
             raise ValueError("sequence longer than max_position_embeddings")
         h = self.model.embed_tokens(input_ids)
-        for layer in self.model.layers:
-            h = layer(h, attention_mask)
+        presents = []
+        for i, layer in enumerate(self.model.layers):
+            h, present = layer(h, attention_mask, None if past_key_values is None else past_key_values[i])
+            presents.append(present)
+        if last_only:
+            h = h[:, -1:]
         logits = self.lm_head(self.model.norm(h)).float()
-        return CausalLMOutput(logits=logits)
+        return CausalLMOutputWithPast(logits=logits, past_key_values=tuple(presents) if use_cache else None)
+
+    @torch.no_grad()
+    def greedy(self, input_ids, attention_mask, steps):
+        """KV-cache greedy decoding (prompt = one routing group, each step another); [B, steps]."""
+        out = self(input_ids, attention_mask=attention_mask, use_cache=True, last_only=True)
+        mask, tokens = attention_mask, []
+        for _ in range(steps):
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            tokens.append(nxt)
+            mask = torch.cat((mask, torch.ones_like(nxt)), dim=1)
+            out = self(nxt, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True, last_only=True)
+        return torch.cat(tokens, dim=1)
 
     def routing_stats(self):
         return [layer.mlp.last_stats for layer in self.model.layers if layer.moe]
