@@ -84,6 +84,7 @@ int Run(const std::string& preset, const std::string& dtype, int64_t prompt_len,
     options.max_new_tokens = new_tokens;
     options.allowed_vocab  = 256000;
     const int64_t syncs_before = model->host_syncs();
+    model->profile().Clear();
     auto result = openmoe::Generate(*model, ids, mask, B, prompt_len, options);
     if (!result.ok()) {
       std::fprintf(stderr, "%s\n", std::string(result.status().message()).c_str());
@@ -98,6 +99,11 @@ int Run(const std::string& preset, const std::string& dtype, int64_t prompt_len,
                 result->prefill_seconds * 1e3, decode_tok_s,
                 B == 1 ? decode_tok_s / (kH200Bandwidth / active_bytes) : 0.0, GpuMemoryInUseGiB(),
                 double(model->host_syncs() - syncs_before) / double(result->steps));
+    if (model->profile().enabled()) {
+      std::printf("per-step phase times (OPENMOE_PROFILE, fenced; prefill included), batch %lld:\n",
+                  static_cast<long long>(B));
+      model->profile().Print(stdout, double(result->steps));
+    }
   }
   return 0;
 }

@@ -1,5 +1,6 @@
 #include "kernels/attention.h"
 
+#include <algorithm>
 #include <cfloat>
 
 #include "absl/strings/str_cat.h"
@@ -67,7 +68,14 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
   using Scratch = Kokkos::View<float*, typename ExecSpace::scratch_memory_space,
                                Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
   const size_t scratch_bytes = Scratch::shmem_size(num_keys);
-  Policy policy(space, B * Sq * num_heads, Kokkos::AUTO);
+  // One team per (row, query, head). Vector lanes split head_dim, so that a key's dot product and
+  // the P.V sum read contiguous memory (coalesced on GPUs); team threads split the keys.
+  // GPUs: 8 threads x 32 lanes per team (decode has only B * Nh teams, so each needs width);
+  // host backends: Kokkos' choice of team size with one lane.
+  constexpr bool kOnHost =
+      Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename ExecSpace::memory_space>::accessible;
+  Policy policy = kOnHost ? Policy(space, B * Sq * num_heads, Kokkos::AUTO, 1)
+                          : Policy(space, B * Sq * num_heads, 8, 32);
   policy.set_scratch_size(0, Kokkos::PerTeam(scratch_bytes));
   Kokkos::parallel_for(
       "openmoe::kernels::CausalAttention", policy, KOKKOS_LAMBDA(const Member& team) {
@@ -80,13 +88,16 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
         Scratch scores(team.team_scratch(0), num_keys);  // [keys]
 
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, last + 1), [&](const int64_t j) {
-          if (j != 0 && key_mask(b, j) == 0) {
-            scores(j) = kMasked;
-            return;
+          float dot = kMasked;
+          if (j == 0 || key_mask(b, j) != 0) {
+            Kokkos::parallel_reduce(
+                Kokkos::ThreadVectorRange(team, head_dim),
+                [&](const int64_t d, float& partial) {
+                  partial += ToFloat(q(b, s, q_col + d)) * ToFloat(k(b, j, kv_col + d));
+                },
+                dot);  // no 1/sqrt(Dh): OpenMoE folds the scale into Wq
           }
-          float dot = 0.0f;
-          for (int64_t d = 0; d < head_dim; ++d) dot += ToFloat(q(b, s, q_col + d)) * ToFloat(k(b, j, kv_col + d));
-          scores(j) = dot;  // no 1/sqrt(Dh): OpenMoE folds the scale into Wq
+          Kokkos::single(Kokkos::PerThread(team), [&]() { scores(j) = dot; });
         });
         team.team_barrier();
         float max_score = kMasked;
@@ -94,18 +105,24 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
             Kokkos::TeamThreadRange(team, last + 1),
             [&](const int64_t j, float& m) { m = scores(j) > m ? scores(j) : m; },
             Kokkos::Max<float>(max_score));
+        team.team_barrier();
         float sum = 0.0f;
         Kokkos::parallel_reduce(
             Kokkos::TeamThreadRange(team, last + 1),
             [&](const int64_t j, float& partial) {
               const float p = scores(j) == kMasked ? 0.0f : Kokkos::Experimental::exp(scores(j) - max_score);
-              scores(j) = p;
               partial += p;
             },
             sum);
         team.team_barrier();
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, last + 1), [&](const int64_t j) {
+          Kokkos::single(Kokkos::PerThread(team), [&]() {
+            scores(j) = scores(j) == kMasked ? 0.0f : Kokkos::Experimental::exp(scores(j) - max_score);
+          });
+        });
+        team.team_barrier();
         const float inv_sum = 1.0f / sum;
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, head_dim), [&](const int64_t d) {
+        Kokkos::parallel_for(Kokkos::TeamVectorRange(team, head_dim), [&](const int64_t d) {
           float acc = 0.0f;
           for (int64_t j = 0; j <= last; ++j) acc += scores(j) * ToFloat(v(b, j, kv_col + d));
           out(b, s, q_col + d) = FromFloat<T>(acc * inv_sum);

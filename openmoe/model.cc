@@ -172,6 +172,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
   Matrix<float, ExecSpace> probs      = Buffer2<float>("moe.probs", N, E);     // [N, E] float32
   Matrix<int32_t, ExecSpace> experts  = Buffer2<int32_t>("moe.experts", N, 2); // [N, 2]
   Matrix<int32_t, ExecSpace> rank     = Buffer2<int32_t>("moe.rank", N, 2);    // [N, 2]
+  profile_.Mark(space, "norm+residual");
   OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, Weight(prefix + ".gate_weight", E, H), router_logits));
   OPENMOE_RETURN_IF_ERROR(kernels::RouterTop2<T>(space, router_logits, probs, experts));
   OPENMOE_RETURN_IF_ERROR(kernels::AssignSlots<ExecSpace>(space, experts, E, rank));
@@ -185,7 +186,9 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
   Matrix<T, ExecSpace> up         = Buffer2<T>("moe.up", E * C, I);          // [E*C, I]
   Matrix<T, ExecSpace> act        = Buffer2<T>("moe.act", E * C, I);         // [E*C, I]
   Matrix<T, ExecSpace> expert_out = Buffer2<T>("moe.expert_out", E * C, H);  // [E*C, H]
+  profile_.Mark(space, "moe.router");
   OPENMOE_RETURN_IF_ERROR(kernels::Dispatch<T>(space, x, experts, rank, C, dispatched));
+  profile_.Mark(space, "moe.dispatch+combine");
   // Named host sync "moe.expert_counts_to_host": how many rows each expert really holds, so that
   // idle experts cost nothing (a decode step of B tokens touches at most 2B of E experts).
   auto experts_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), experts);
@@ -194,6 +197,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
   for (int64_t t = 0; t < N; ++t)
     for (int k = 0; k < 2; ++k) ++rows_used[experts_host(t, k)];
   for (int64_t& r : rows_used) r = std::min(r, C);
+  profile_.Mark(space, "moe.host_sync");
   const T* wi_gate = weights_.at(prefix + ".experts.wi_gate").data();  // [E, H, 2I]
   const T* wi_up   = weights_.at(prefix + ".experts.wi_up").data();    // [E, H, I]
   const T* wo      = weights_.at(prefix + ".experts.wo").data();       // [E, I, H]
@@ -218,7 +222,9 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
     OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, ConstMatrix<T, ExecSpace>(act_e),
                                             ConstMatrix<T, ExecSpace>(wo + e * I * H, I, H), out_e));
   }
+  profile_.Mark(space, "moe.experts");
   OPENMOE_RETURN_IF_ERROR(kernels::Combine<T>(space, expert_out, probs, experts, rank, C, out));
+  profile_.Mark(space, "moe.dispatch+combine");
 
   if (stats != nullptr) {  // named host sync: only when statistics are asked for
     auto rank_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rank);
@@ -263,6 +269,7 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
     Cache& cache, const std::vector<int64_t>& input_ids, const std::vector<int64_t>& attention_mask,
     int64_t S, RoutingMode mode, bool last_only, std::vector<MoeLayerStats>* stats) {
   const int64_t B = cache.batch, L0 = cache.length;
+  profile_.Restart();
   OPENMOE_RETURN_IF_ERROR(ValidateInputs(config_, input_ids, attention_mask, B, S));
   if (L0 + S > cache.capacity) {
     return absl::InvalidArgumentError(absl::StrCat("sequence of ", L0 + S, " tokens exceeds the KV cache (",
@@ -292,21 +299,28 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
   Matrix<T, ExecSpace> q2(q.data(), N, Nh * Dh), k2(k.data(), N, Nkv * Dh);  // [N, Nh*Dh] views
   Matrix<T, ExecSpace> v2(v.data(), N, Nkv * Dh), attn2(attn.data(), N, Nh * Dh);
 
+  profile_.Mark(space, "inputs");
   OPENMOE_RETURN_IF_ERROR(kernels::Embedding<T>(space, Weight("model.embed_tokens.weight", V, H), ids, h));
+  profile_.Mark(space, "embedding");
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string layer = absl::StrCat("model.layers.", i);
     // Attention block: new keys/values join the cache at their absolute columns.
     OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h, WeightVector(layer + ".input_layernorm.weight"), x, c.rms_norm_eps));
+    profile_.Mark(space, "norm+residual");
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.q_proj.weight", Nh * Dh, H), q2));
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.k_proj.weight", Nkv * Dh, H), k2));
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.v_proj.weight", Nkv * Dh, H), v2));
+    profile_.Mark(space, "attn.qkv_proj");
     OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, q, Dh, /*position_offset=*/L0));
     OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, k, Dh, /*position_offset=*/L0));
     Kokkos::deep_copy(space, Kokkos::subview(cache.keys[i], Kokkos::ALL, new_columns, Kokkos::ALL), k);
     Kokkos::deep_copy(space, Kokkos::subview(cache.values[i], Kokkos::ALL, new_columns, Kokkos::ALL), v);
+    profile_.Mark(space, "attn.rope+cache");
     OPENMOE_RETURN_IF_ERROR(kernels::CausalAttention<T>(space, q, cache.keys[i], cache.values[i], cache.mask, Nh, Nkv,
                                                         Dh, /*num_keys=*/L0 + S, /*q_offset=*/L0, attn));
+    profile_.Mark(space, "attn.scores+softmax+pv");
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(attn2), Weight(layer + ".self_attn.o_proj.weight", H, Nh * Dh), delta));
+    profile_.Mark(space, "attn.o_proj");
     OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
     // Feed-forward block(s).
     OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h, WeightVector(layer + ".post_attention_layernorm.weight"), x, c.rms_norm_eps));
@@ -314,9 +328,13 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
       OPENMOE_RETURN_IF_ERROR(SparseMoe(space, i, x, mode, delta, stats));
       OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
       OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h, WeightVector(layer + ".pre_extra_mlp_layernorm.weight"), x, c.rms_norm_eps));
+      profile_.Mark(space, "norm+residual");
       OPENMOE_RETURN_IF_ERROR(Mlp(space, layer + ".extra_mlp", x, delta));
+      profile_.Mark(space, "dense_mlp");
     } else {
+      profile_.Mark(space, "norm+residual");
       OPENMOE_RETURN_IF_ERROR(Mlp(space, layer + ".mlp", x, delta));
+      profile_.Mark(space, "dense_mlp");
     }
     OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
   }
@@ -335,10 +353,13 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
   Matrix<T, ExecSpace> normed = Buffer2<T>("head_normed", rows, H);
   OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, head_in, WeightVector("model.norm.weight"), normed, c.rms_norm_eps));
   Matrix<T, ExecSpace> logits = Buffer2<T>("logits", rows, V);  // [rows, V]
+  profile_.Mark(space, "norm+residual");
   OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(normed), Weight("lm_head.weight", V, H), logits));
+  profile_.Mark(space, "lm_head");
   auto logits_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), logits);
   std::vector<float> result(rows * V);
   for (int64_t i = 0; i < rows * V; ++i) result[i] = ToFloat(logits_host.data()[i]);
+  profile_.Mark(space, "logits_to_host");
   return result;
 }
 

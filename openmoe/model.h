@@ -23,6 +23,7 @@
 #include "openmoe/checkpoint.h"
 #include "openmoe/config.h"
 #include "openmoe/core/bf16.h"
+#include "openmoe/core/op_timer.h"
 #include "openmoe/core/tensor_types.h"
 
 namespace openmoe {
@@ -115,6 +116,11 @@ class OpenMoeModel {
  public:
   // Device->host synchronisations so far (one per MoE layer per Step: expert token counts).
   int64_t host_syncs() const { return host_syncs_; }
+  // Per-phase times of Step when OPENMOE_PROFILE is set (see op_timer.h).
+  OpTimer& profile() { return profile_; }
+
+ private:
+  OpTimer profile_;
 };
 
 // Checks ids/mask/shape against the config; used before any kernel runs.
