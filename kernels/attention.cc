@@ -67,15 +67,19 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
   using Member  = typename Policy::member_type;
   using Scratch = Kokkos::View<float*, typename ExecSpace::scratch_memory_space,
                                Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
-  const size_t scratch_bytes = Scratch::shmem_size(num_keys);
+  // Team threads on GPUs (x 32 lanes): wide teams when there are few (decode: B * Nh teams, so
+  // latency hiding needs width), narrow ones when there are many (prefill). Each thread sums P.V
+  // over every gpu_threads-th key.
+  constexpr int kMaxGpuThreads = 32;
+  const int64_t league         = B * Sq * num_heads;
+  const int gpu_threads        = league < 2048 ? 32 : 8;
+  const size_t scratch_bytes = Scratch::shmem_size(num_keys + kMaxGpuThreads * head_dim);
   // One team per (row, query, head). Vector lanes split head_dim, so that a key's dot product and
   // the P.V sum read contiguous memory (coalesced on GPUs); team threads split the keys.
-  // GPUs: 8 threads x 32 lanes per team (decode has only B * Nh teams, so each needs width);
-  // host backends: Kokkos' choice of team size with one lane.
+  // Host backends: Kokkos' choice of team size with one lane.
   constexpr bool kOnHost =
       Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename ExecSpace::memory_space>::accessible;
-  Policy policy = kOnHost ? Policy(space, B * Sq * num_heads, Kokkos::AUTO, 1)
-                          : Policy(space, B * Sq * num_heads, 8, 32);
+  Policy policy = kOnHost ? Policy(space, league, Kokkos::AUTO, 1) : Policy(space, league, gpu_threads, 32);
   policy.set_scratch_size(0, Kokkos::PerTeam(scratch_bytes));
   Kokkos::parallel_for(
       "openmoe::kernels::CausalAttention", policy, KOKKOS_LAMBDA(const Member& team) {
@@ -85,7 +89,10 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
         const int64_t q_col = head * head_dim, kv_col = kv_head * head_dim;
         const int64_t position = q_offset + s;
         const int64_t last = position < num_keys - 1 ? position : num_keys - 1;  // causal
-        Scratch scores(team.team_scratch(0), num_keys);  // [keys]
+        Scratch scratch(team.team_scratch(0), num_keys + kMaxGpuThreads * head_dim);
+        float* scores_data  = scratch.data();             // [keys]
+        float* partial_data = scratch.data() + num_keys;  // [threads, Dh] (GPU path)
+        Scratch scores(scores_data, num_keys);
 
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, last + 1), [&](const int64_t j) {
           float dot = kMasked;
@@ -122,11 +129,29 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
         });
         team.team_barrier();
         const float inv_sum = 1.0f / sum;
-        Kokkos::parallel_for(Kokkos::TeamVectorRange(team, head_dim), [&](const int64_t d) {
-          float acc = 0.0f;
-          for (int64_t j = 0; j <= last; ++j) acc += scores(j) * ToFloat(v(b, j, kv_col + d));
-          out(b, s, q_col + d) = FromFloat<T>(acc * inv_sum);
-        });
+        if (kOnHost) {  // compile-time constant; nvcc forbids captures under if constexpr
+          Kokkos::parallel_for(Kokkos::TeamVectorRange(team, head_dim), [&](const int64_t d) {
+            float acc = 0.0f;
+            for (int64_t j = 0; j <= last; ++j) acc += scores(j) * ToFloat(v(b, j, kv_col + d));
+            out(b, s, q_col + d) = FromFloat<T>(acc * inv_sum);
+          });
+        } else {
+          // Threads split the keys, lanes split head_dim (coalesced rows of v); then a sum over
+          // the threads' partial results.
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, gpu_threads), [&](const int t) {
+            Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, head_dim), [&](const int64_t d) {
+              float acc = 0.0f;
+              for (int64_t j = t; j <= last; j += gpu_threads) acc += scores(j) * ToFloat(v(b, j, kv_col + d));
+              partial_data[t * head_dim + d] = acc;
+            });
+          });
+          team.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamVectorRange(team, head_dim), [&](const int64_t d) {
+            float acc = 0.0f;
+            for (int t = 0; t < gpu_threads; ++t) acc += partial_data[t * head_dim + d];
+            out(b, s, q_col + d) = FromFloat<T>(acc * inv_sum);
+          });
+        }
       });
   return absl::OkStatus();
 }
