@@ -228,10 +228,13 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
 
   if (stats != nullptr) {  // named host sync: only when statistics are asked for
     auto rank_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rank);
-    MoeLayerStats s{layer, C, 0, 2 * N};
+    MoeLayerStats s{layer, C, 0, 2 * N, {}};
     for (int64_t t = 0; t < N; ++t)
       for (int k = 0; k < 2; ++k) s.kept += rank_host(t, k) < C;
-    stats->push_back(s);
+    auto logits_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), router_logits);
+    s.router_logits.resize(N * E);
+    for (int64_t i = 0; i < N * E; ++i) s.router_logits[i] = ToFloat(logits_host.data()[i]);
+    stats->push_back(std::move(s));
   }
   return absl::OkStatus();
 }

@@ -31,12 +31,14 @@ namespace openmoe {
 // Eval routing uses router_capacity_factor_eval (2.0), train routing _train (1.25).
 enum class RoutingMode { kEval, kTrain };
 
-// Per MoE layer: capacity C and how many of the 2 * T assignments were kept.
+// Per MoE layer: capacity C, how many of the 2 * N assignments were kept, and the float32
+// router logits [N, E] (for the router losses).
 struct MoeLayerStats {
   int64_t layer    = 0;
   int64_t capacity = 0;
   int64_t kept     = 0;
   int64_t assigned = 0;
+  std::vector<float> router_logits;  // [N, E]
 };
 
 // Keys and values of every layer for incremental decoding. Keys are stored after RoPE (at
