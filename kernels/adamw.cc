@@ -1,0 +1,42 @@
+#include "kernels/adamw.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/instantiate.h"
+
+namespace openmoe::kernels {
+
+template <class ExecSpace>
+absl::Status AdamWStep(const ExecSpace& space, Vector<float, ExecSpace> param, ConstVector<float, ExecSpace> grad,
+                       Vector<float, ExecSpace> m, Vector<float, ExecSpace> v, int64_t step,
+                       const AdamWOptions& o) {
+  const size_t n = param.extent(0);
+  if (grad.extent(0) != n || m.extent(0) != n || v.extent(0) != n) {
+    return absl::InvalidArgumentError(absl::StrCat("AdamWStep: '", param.label(), "' has ", n,
+                                                   " elements but its gradient or moments differ"));
+  }
+  if (step < 1) return absl::InvalidArgumentError("AdamWStep: step counts from 1");
+  const float lr = float(o.lr), beta1 = float(o.beta1), beta2 = float(o.beta2), eps = float(o.eps);
+  const float decay = float(1.0 - o.lr * o.weight_decay);
+  const float correction1 = float(1.0 - std::pow(o.beta1, double(step)));
+  const float correction2 = float(1.0 - std::pow(o.beta2, double(step)));
+  Kokkos::parallel_for(
+      "openmoe::kernels::AdamWStep", Kokkos::RangePolicy<ExecSpace>(space, 0, n), KOKKOS_LAMBDA(const size_t i) {
+        const float g = grad(i);
+        const float m_i = beta1 * m(i) + (1.0f - beta1) * g;
+        const float v_i = beta2 * v(i) + (1.0f - beta2) * g * g;
+        m(i) = m_i, v(i) = v_i;
+        const float denom = Kokkos::Experimental::sqrt(v_i / correction2) + eps;
+        param(i) = param(i) * decay - lr * (m_i / correction1) / denom;
+      });
+  return absl::OkStatus();
+}
+
+#define OPENMOE_INSTANTIATE_ADAMW(Space)                                                            \
+  template absl::Status AdamWStep<Space>(const Space&, Vector<float, Space>, ConstVector<float, Space>, \
+                                         Vector<float, Space>, Vector<float, Space>, int64_t,          \
+                                         const AdamWOptions&);
+OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_ADAMW)
+
+}  // namespace openmoe::kernels
