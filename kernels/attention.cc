@@ -8,6 +8,106 @@
 
 namespace openmoe::kernels {
 
+namespace {
+
+// Decode attention with few queries (B * Sq * Nh teams cannot fill a GPU): the keys are split
+// in chunks of kSplitKeys, one team per (query, head, chunk) computes its chunk's max score, sum
+// of exponentials and exp-weighted sum of values; a second kernel merges the chunks
+// (flash-decoding). Same maths as the one-pass kernel, regrouped sums.
+constexpr int64_t kSplitKeys = 32;
+
+// Partial results [teams, chunks, Dh + 2], kept between calls (grown on demand) and released at
+// Kokkos::finalize.
+template <class MemSpace>
+Kokkos::View<float*, MemSpace> SplitBuffer(size_t count) {
+  static Kokkos::View<float*, MemSpace> buffer;
+  static bool hooked = false;
+  if (!hooked) {
+    Kokkos::push_finalize_hook([] { buffer = Kokkos::View<float*, MemSpace>(); });
+    hooked = true;
+  }
+  if (buffer.extent(0) < count) {
+    buffer = Kokkos::View<float*, MemSpace>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "attention.split"), count);
+  }
+  return buffer;
+}
+
+template <class T, class ExecSpace>
+void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Tensor3<const T, ExecSpace> k,
+                       Tensor3<const T, ExecSpace> v,
+                       Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
+                       int64_t num_heads, int64_t group, int64_t head_dim, int64_t num_keys, int64_t q_offset,
+                       Tensor3<T, ExecSpace> out) {
+  using Policy  = Kokkos::TeamPolicy<ExecSpace>;
+  using Member  = typename Policy::member_type;
+  using Scratch = Kokkos::View<float*, typename ExecSpace::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+  constexpr float kMasked = -FLT_MAX;
+  const int64_t Sq = q.extent(1), queries = q.extent(0) * Sq * num_heads;
+  const int64_t chunks = (num_keys + kSplitKeys - 1) / kSplitKeys, width = head_dim + 2;
+  auto partial = SplitBuffer<typename ExecSpace::memory_space>(size_t(queries * chunks * width));
+  Policy split(space, queries * chunks, 4, 32);
+  split.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(kSplitKeys)));
+  Kokkos::parallel_for(
+      "openmoe::kernels::SplitKeyAttention", split, KOKKOS_LAMBDA(const Member& team) {
+        const int64_t chunk = team.league_rank() % chunks, idx = team.league_rank() / chunks;
+        const int64_t head = idx % num_heads, s = (idx / num_heads) % Sq, b = idx / (num_heads * Sq);
+        const int64_t q_col = head * head_dim, kv_col = (head / group) * head_dim;
+        const int64_t position = q_offset + s;
+        const int64_t j0 = chunk * kSplitKeys;
+        int64_t j1 = j0 + kSplitKeys;
+        if (j1 > num_keys) j1 = num_keys;
+        if (j1 > position + 1) j1 = position + 1;  // causal
+        float* result = partial.data() + (idx * chunks + chunk) * width;  // [max, sum, acc(Dh)]
+        Scratch scores(team.team_scratch(0), kSplitKeys);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, j0, j1 > j0 ? j1 : j0), [&](const int64_t j) {
+          float dot = kMasked;
+          if (j == 0 || key_mask(b, j) != 0) {
+            Kokkos::parallel_reduce(
+                Kokkos::ThreadVectorRange(team, head_dim),
+                [&](const int64_t d, float& partial_dot) {
+                  partial_dot += ToFloat(q(b, s, q_col + d)) * ToFloat(k(b, j, kv_col + d));
+                },
+                dot);
+          }
+          Kokkos::single(Kokkos::PerThread(team), [&]() { scores(j - j0) = dot; });
+        });
+        team.team_barrier();
+        float m = kMasked;
+        for (int64_t j = j0; j < j1; ++j) m = scores(j - j0) > m ? scores(j - j0) : m;
+        float l = 0.0f;
+        for (int64_t j = j0; j < j1; ++j) l += scores(j - j0) == kMasked ? 0.0f : Kokkos::Experimental::exp(scores(j - j0) - m);
+        Kokkos::parallel_for(Kokkos::TeamVectorRange(team, head_dim), [&](const int64_t d) {
+          float acc = 0.0f;
+          for (int64_t j = j0; j < j1; ++j) {
+            const float p = scores(j - j0) == kMasked ? 0.0f : Kokkos::Experimental::exp(scores(j - j0) - m);
+            acc += p * ToFloat(v(b, j, kv_col + d));
+          }
+          result[2 + d] = acc;
+        });
+        Kokkos::single(Kokkos::PerTeam(team), [&]() { result[0] = m, result[1] = l; });
+      });
+  Kokkos::parallel_for(
+      "openmoe::kernels::SplitKeyAttentionMerge", Policy(space, queries, 4, 32), KOKKOS_LAMBDA(const Member& team) {
+        const int64_t idx = team.league_rank();
+        const int64_t head = idx % num_heads, s = (idx / num_heads) % Sq, b = idx / (num_heads * Sq);
+        const float* base = partial.data() + idx * chunks * width;
+        float m = kMasked;
+        for (int64_t c = 0; c < chunks; ++c) m = base[c * width] > m ? base[c * width] : m;
+        float l = 0.0f;
+        for (int64_t c = 0; c < chunks; ++c)
+          if (base[c * width + 1] > 0.0f) l += base[c * width + 1] * Kokkos::Experimental::exp(base[c * width] - m);
+        Kokkos::parallel_for(Kokkos::TeamVectorRange(team, head_dim), [&](const int64_t d) {
+          float acc = 0.0f;
+          for (int64_t c = 0; c < chunks; ++c)
+            if (base[c * width + 1] > 0.0f) acc += base[c * width + 2 + d] * Kokkos::Experimental::exp(base[c * width] - m);
+          out(b, s, head * head_dim + d) = FromFloat<T>(acc / l);
+        });
+      });
+}
+
+}  // namespace
+
+
 template <class T, class ExecSpace>
 absl::Status ApplyRope(const ExecSpace& space, Tensor3<T, ExecSpace> x, int64_t head_dim,
                        int64_t position_offset) {
@@ -62,6 +162,12 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
   if (B == 0 || Sq == 0 || num_keys == 0) return absl::OkStatus();
   const int64_t group = num_heads / num_kv_heads;
   constexpr float kMasked = -FLT_MAX;
+  constexpr bool kOnHostSpace =
+      Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename ExecSpace::memory_space>::accessible;
+  if (!kOnHostSpace && B * Sq * num_heads < 1024 && num_keys > 2 * kSplitKeys) {
+    SplitKeyAttention<T, ExecSpace>(space, q, k, v, key_mask, num_heads, group, head_dim, num_keys, q_offset, out);
+    return absl::OkStatus();
+  }
 
   using Policy  = Kokkos::TeamPolicy<ExecSpace>;
   using Member  = typename Policy::member_type;
