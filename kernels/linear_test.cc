@@ -17,6 +17,15 @@ using openmoe::testing::RandomNormal;
 using openmoe::testing::ToDevice;
 using openmoe::testing::ToHost;
 
+// sum_k |x_k w_k| for every output: the scale of the float32 dot-product error bound.
+std::vector<double> AbsProductSums(const std::vector<float>& x, const std::vector<float>& w, int64_t M, int64_t K,
+                                   int64_t N, bool out_in) {
+  std::vector<float> abs_x(x), abs_w(w);
+  for (float& e : abs_x) e = std::fabs(e);
+  for (float& e : abs_w) e = std::fabs(e);
+  return reference::MatMul(abs_x, abs_w, M, K, N, out_in);
+}
+
 template <class Space>
 class LinearTest : public ::testing::Test {};
 TYPED_TEST_SUITE(LinearTest, openmoe::testing::Backends);
@@ -38,10 +47,7 @@ TYPED_TEST(LinearTest, MatchesReference) {
         ASSERT_TRUE(s.ok()) << s;
         const std::vector<float> got = ToHost(y);
         const std::vector<double> want = reference::MatMul(x, w, M, K, N, out_in);
-        std::vector<float> abs_x(x), abs_w(w);
-        for (float& e : abs_x) e = std::fabs(e);
-        for (float& e : abs_w) e = std::fabs(e);
-        const std::vector<double> abs_sum = reference::MatMul(abs_x, abs_w, M, K, N, out_in);
+        const std::vector<double> abs_sum = AbsProductSums(x, w, M, K, N, out_in);
         for (int64_t i = 0; i < M * N; ++i) {
           // Float32 dot product, worst case: |error| <= K * eps32 * sum_k |x_k w_k| (+ one
           // rounding of the accumulated y).
@@ -76,10 +82,7 @@ TYPED_TEST(LinearTest, Bf16MatchesReferenceOfRoundedInputs) {
       ASSERT_TRUE(s.ok()) << s;
       const std::vector<bf16> got = ToHost(y);
       const std::vector<double> want = reference::MatMul(x, w, M, K, N, out_in);
-      std::vector<float> abs_x(x), abs_w(w);
-      for (float& e : abs_x) e = std::fabs(e);
-      for (float& e : abs_w) e = std::fabs(e);
-      const std::vector<double> abs_sum = reference::MatMul(abs_x, abs_w, M, K, N, out_in);
+      const std::vector<double> abs_sum = AbsProductSums(x, w, M, K, N, out_in);
       for (int64_t i = 0; i < M * N; ++i) {
         const double bound = double(K) * FLT_EPSILON * abs_sum[i] + std::ldexp(std::fabs(want[i]), -8) + 1e-30;
         ASSERT_NEAR(float(got[i]), want[i], bound) << Space::name() << " M" << M << " K" << K << " N" << N

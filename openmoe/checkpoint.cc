@@ -17,9 +17,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class SafetensorsTensorFile : public TensorFile {
+// A TensorFile over a reader with path(), tensors() (name -> info with .shape) and ReadAsFloat:
+// io::SafetensorsFile or io::TorchCheckpoint.
+template <class File>
+class TensorFileOf : public TensorFile {
  public:
-  explicit SafetensorsTensorFile(io::SafetensorsFile file) : file_(std::move(file)) {}
+  explicit TensorFileOf(File file) : file_(std::move(file)) {}
   const std::string& path() const override { return file_.path(); }
   std::map<std::string, std::vector<int64_t>> Shapes() const override {
     std::map<std::string, std::vector<int64_t>> shapes;
@@ -31,33 +34,16 @@ class SafetensorsTensorFile : public TensorFile {
   }
 
  private:
-  io::SafetensorsFile file_;
-};
-
-class TorchTensorFile : public TensorFile {
- public:
-  explicit TorchTensorFile(io::TorchCheckpoint file) : file_(std::move(file)) {}
-  const std::string& path() const override { return file_.path(); }
-  std::map<std::string, std::vector<int64_t>> Shapes() const override {
-    std::map<std::string, std::vector<int64_t>> shapes;
-    for (const auto& [name, info] : file_.tensors()) shapes[name] = info.shape;
-    return shapes;
-  }
-  absl::Status ReadAsFloat(const std::string& name, float* out, int64_t count) const override {
-    return file_.ReadAsFloat(name, out, count);
-  }
-
- private:
-  io::TorchCheckpoint file_;
+  File file_;
 };
 
 absl::StatusOr<std::shared_ptr<TensorFile>> OpenTensorFile(const std::string& path) {
   if (path.size() >= 12 && path.substr(path.size() - 12) == ".safetensors") {
     OPENMOE_ASSIGN_OR_RETURN(io::SafetensorsFile file, io::SafetensorsFile::Open(path));
-    return std::shared_ptr<TensorFile>(new SafetensorsTensorFile(std::move(file)));
+    return std::shared_ptr<TensorFile>(new TensorFileOf<io::SafetensorsFile>(std::move(file)));
   }
   OPENMOE_ASSIGN_OR_RETURN(io::TorchCheckpoint file, io::TorchCheckpoint::Open(path));
-  return std::shared_ptr<TensorFile>(new TorchTensorFile(std::move(file)));
+  return std::shared_ptr<TensorFile>(new TensorFileOf<io::TorchCheckpoint>(std::move(file)));
 }
 
 // Shard file names of an HF index file ({"weight_map": {tensor: file}}).

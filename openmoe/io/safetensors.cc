@@ -166,13 +166,20 @@ T LoadLE(const unsigned char* p) {
 
 }  // namespace
 
-absl::Status SafetensorsFile::ReadAsFloat(const std::string& name, float* out, int64_t count) const {
+absl::StatusOr<const TensorInfo*> SafetensorsFile::FindWithCount(const std::string& name, int64_t count) const {
   const TensorInfo* info = Find(name);
   if (info == nullptr) return FileError(path_, absl::StrCat("no tensor named '", name, "'"));
   if (info->num_elements() != count) {
     return FileError(path_, absl::StrCat("tensor '", name, "' has ", info->num_elements(),
                                          " elements ", info->ShapeString(), ", expected ", count));
   }
+  return info;
+}
+
+absl::Status SafetensorsFile::ReadAsFloat(const std::string& name, float* out, int64_t count) const {
+  absl::StatusOr<const TensorInfo*> found = FindWithCount(name, count);
+  if (!found.ok()) return found.status();
+  const TensorInfo* info = *found;
   const uint64_t offset = data_start_ + info->begin;
   const size_t size     = DTypeSize(info->dtype);
   switch (info->dtype) {
@@ -197,12 +204,9 @@ absl::Status SafetensorsFile::ReadAsFloat(const std::string& name, float* out, i
 }
 
 absl::Status SafetensorsFile::ReadAsInt64(const std::string& name, int64_t* out, int64_t count) const {
-  const TensorInfo* info = Find(name);
-  if (info == nullptr) return FileError(path_, absl::StrCat("no tensor named '", name, "'"));
-  if (info->num_elements() != count) {
-    return FileError(path_, absl::StrCat("tensor '", name, "' has ", info->num_elements(),
-                                         " elements ", info->ShapeString(), ", expected ", count));
-  }
+  absl::StatusOr<const TensorInfo*> found = FindWithCount(name, count);
+  if (!found.ok()) return found.status();
+  const TensorInfo* info = *found;
   const uint64_t offset = data_start_ + info->begin;
   if (info->dtype == DType::kI64) return StreamConvert(path_, offset, count, 8, out, LoadLE<int64_t>);
   if (info->dtype == DType::kI32) {

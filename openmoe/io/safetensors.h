@@ -52,6 +52,9 @@ class SafetensorsFile {
   absl::Status ReadAsInt64(const std::string& name, int64_t* out, int64_t count) const;
 
  private:
+  // The tensor `name`, checked to hold `count` elements.
+  absl::StatusOr<const TensorInfo*> FindWithCount(const std::string& name, int64_t count) const;
+
   std::string path_;
   uint64_t data_start_ = 0;
   std::map<std::string, TensorInfo> tensors_;
