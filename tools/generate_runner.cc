@@ -11,6 +11,7 @@
 #include "openmoe/core/status_macros.h"
 #include "openmoe/generation.h"
 #include "openmoe/io/safetensors.h"
+#include "openmoe/io/token_batch.h"
 #include "openmoe/tokenizer.h"
 
 namespace openmoe::tools {
@@ -27,23 +28,6 @@ bool CutAtStop(std::string& text, const std::vector<std::string>& stops) {
   return true;
 }
 
-absl::Status ReadIds(const std::string& path, std::vector<int64_t>& ids, std::vector<int64_t>& mask,
-                     int64_t& batch, int64_t& len) {
-  OPENMOE_ASSIGN_OR_RETURN(io::SafetensorsFile file, io::SafetensorsFile::Open(path));
-  const io::TensorInfo* info = file.Find("input_ids");
-  if (info == nullptr || info->shape.size() != 2) {
-    return absl::InvalidArgumentError(absl::StrCat("--input_ids_file '", path, "' must hold int64 'input_ids' [B, P]"));
-  }
-  batch = info->shape[0], len = info->shape[1];
-  ids.resize(batch * len);
-  mask.assign(batch * len, 1);
-  OPENMOE_RETURN_IF_ERROR(file.ReadAsInt64("input_ids", ids.data(), ids.size()));
-  if (file.Find("attention_mask") != nullptr) {
-    OPENMOE_RETURN_IF_ERROR(file.ReadAsInt64("attention_mask", mask.data(), mask.size()));
-  }
-  return absl::OkStatus();
-}
-
 template <class T>
 absl::Status Run(const GenerateRequest& request) {
   using Space = Kokkos::DefaultExecutionSpace;
@@ -52,7 +36,8 @@ absl::Status Run(const GenerateRequest& request) {
   std::vector<int64_t> ids, mask;
   int64_t batch = 0, len = 0;
   if (!request.input_ids_file.empty()) {
-    OPENMOE_RETURN_IF_ERROR(ReadIds(request.input_ids_file, ids, mask, batch, len));
+    OPENMOE_ASSIGN_OR_RETURN(io::TokenBatch inputs, io::ReadTokenBatch(request.input_ids_file, "--input_ids_file"));
+    ids = std::move(inputs.ids), mask = std::move(inputs.mask), batch = inputs.batch, len = inputs.seq_len;
   } else {
     OPENMOE_ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::Load(request.model_dir));
     tokenizer = std::move(t);

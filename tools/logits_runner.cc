@@ -10,33 +10,11 @@
 #include "absl/strings/str_cat.h"
 #include "openmoe/core/status_macros.h"
 #include "openmoe/io/safetensors.h"
+#include "openmoe/io/token_batch.h"
 #include "openmoe/model.h"
 
 namespace openmoe::tools {
 namespace {
-
-absl::Status ReadInputs(const std::string& path, std::vector<int64_t>& ids, std::vector<int64_t>& mask,
-                        int64_t& batch, int64_t& seq_len) {
-  OPENMOE_ASSIGN_OR_RETURN(io::SafetensorsFile file, io::SafetensorsFile::Open(path));
-  const io::TensorInfo* ids_info = file.Find("input_ids");
-  if (ids_info == nullptr || ids_info->shape.size() != 2) {
-    return absl::InvalidArgumentError(absl::StrCat("--inputs '", path, "' must hold int64 'input_ids' [B, S]"));
-  }
-  batch = ids_info->shape[0], seq_len = ids_info->shape[1];
-  ids.resize(batch * seq_len);
-  OPENMOE_RETURN_IF_ERROR(file.ReadAsInt64("input_ids", ids.data(), ids.size()));
-  const io::TensorInfo* mask_info = file.Find("attention_mask");
-  mask.assign(batch * seq_len, 1);  // absent mask: every token is real
-  if (mask_info != nullptr) {
-    if (mask_info->shape != ids_info->shape) {
-      return absl::InvalidArgumentError(absl::StrCat("--inputs '", path, "': attention_mask has shape ",
-                                                     mask_info->ShapeString(), ", input_ids ",
-                                                     ids_info->ShapeString()));
-    }
-    OPENMOE_RETURN_IF_ERROR(file.ReadAsInt64("attention_mask", mask.data(), mask.size()));
-  }
-  return absl::OkStatus();
-}
 
 template <class T>
 absl::Status Run(const LogitsOptions& options, RoutingMode mode, const std::vector<int64_t>& ids,
@@ -56,9 +34,10 @@ absl::Status RunLogits(const LogitsOptions& options) {
   if (options.dtype != "fp32" && options.dtype != "bf16") {
     return absl::InvalidArgumentError(absl::StrCat("--dtype must be 'fp32' or 'bf16', got '", options.dtype, "'"));
   }
-  std::vector<int64_t> ids, mask;
-  int64_t batch = 0, seq_len = 0;
-  OPENMOE_RETURN_IF_ERROR(ReadInputs(options.inputs_path, ids, mask, batch, seq_len));
+  OPENMOE_ASSIGN_OR_RETURN(io::TokenBatch inputs, io::ReadTokenBatch(options.inputs_path, "--inputs"));
+  const std::vector<int64_t>& ids = inputs.ids;
+  const std::vector<int64_t>& mask = inputs.mask;
+  const int64_t batch = inputs.batch, seq_len = inputs.seq_len;
 
   setenv("OMP_PROC_BIND", "false", /*overwrite=*/0);  // silences Kokkos' binding advice
   Kokkos::ScopeGuard kokkos;
