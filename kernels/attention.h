@@ -25,6 +25,15 @@ template <class T, class ExecSpace>
 absl::Status ApplyRope(const ExecSpace& space, Tensor3<T, ExecSpace> x, int64_t head_dim,
                        int64_t position_offset);
 
+// Fused step of a KV-cache update (one launch instead of four): rotates q [B, S, Nh*Dh] in place
+// and k [B, S, Nkv*Dh] at positions offset + s, and writes the rotated k and v [B, S, Nkv*Dh]
+// into k_cache / v_cache [B, S_max, Nkv*Dh] at columns [offset, offset + S). Identical results to
+// two ApplyRope calls and two copies.
+template <class T, class ExecSpace>
+absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<T, ExecSpace> q, Tensor3<T, ExecSpace> k,
+                           Tensor3<const T, ExecSpace> v, int64_t head_dim, int64_t offset,
+                           Tensor3<T, ExecSpace> k_cache, Tensor3<T, ExecSpace> v_cache);
+
 // q [B, Sq, Nh*Dh]; k, v [B, Sk_max, Nkv*Dh] of which the first num_keys rows are valid;
 // key_mask [B, Sk_max] (1 = attendable); query row s is at absolute position q_offset + s.
 // out [B, Sq, Nh*Dh]. Nkv divides Nh (grouped-query heads share k, v).

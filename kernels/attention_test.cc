@@ -78,6 +78,30 @@ TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
   }
 }
 
+TYPED_TEST(AttentionTest, RopeAndAppendEqualsRopeThenCopies) {
+  using Space = TypeParam;
+  const int64_t B = 2, S = 3, Nh = 4, Nkv = 2, Dh = 8, S_max = 9, offset = 5;
+  const std::vector<float> q = RandomNormal(B * S * Nh * Dh, 1.0f, 71), k = RandomNormal(B * S * Nkv * Dh, 1.0f, 72);
+  const std::vector<float> v = RandomNormal(B * S * Nkv * Dh, 1.0f, 73);
+  auto q1 = ToDevice3<Space>(q, B, S, Nh * Dh, "q1"), k1 = ToDevice3<Space>(k, B, S, Nkv * Dh, "k1");
+  auto q2 = ToDevice3<Space>(q, B, S, Nh * Dh, "q2"), k2 = ToDevice3<Space>(k, B, S, Nkv * Dh, "k2");
+  auto vd = ToDevice3<Space>(v, B, S, Nkv * Dh, "v");
+  Tensor3<float, Space> kc1("kc1", B, S_max, Nkv * Dh), vc1("vc1", B, S_max, Nkv * Dh);
+  Tensor3<float, Space> kc2("kc2", B, S_max, Nkv * Dh), vc2("vc2", B, S_max, Nkv * Dh);
+  ASSERT_TRUE(ApplyRope<float>(Space(), q1, Dh, offset).ok());
+  ASSERT_TRUE(ApplyRope<float>(Space(), k1, Dh, offset).ok());
+  const auto columns = std::make_pair(offset, offset + S);
+  Kokkos::deep_copy(Kokkos::subview(kc1, Kokkos::ALL, columns, Kokkos::ALL), k1);
+  Kokkos::deep_copy(Kokkos::subview(vc1, Kokkos::ALL, columns, Kokkos::ALL), vd);
+  ASSERT_TRUE(RopeAndAppend<float>(Space(), q2, k2, vd, Dh, offset, kc2, vc2).ok());
+  EXPECT_EQ(ToHost(q2), ToHost(q1));
+  EXPECT_EQ(ToHost(k2), ToHost(k1));
+  EXPECT_EQ(ToHost(kc2), ToHost(kc1));
+  EXPECT_EQ(ToHost(vc2), ToHost(vc1));
+  Tensor3<float, Space> small("small", B, offset + S - 1, Nkv * Dh);
+  EXPECT_FALSE(RopeAndAppend<float>(Space(), q2, k2, vd, Dh, offset, small, small).ok());
+}
+
 TYPED_TEST(AttentionTest, KeyZeroIsVisibleEvenWhenMasked) {
   using Space = TypeParam;
   // One query at position 2 whose keys 0..2 are all padding: only key 0 counts, so out = v[0].

@@ -52,9 +52,51 @@ absl::Status RmsNorm(const ExecSpace& space, ConstMatrix<T, ExecSpace> x,
   return absl::OkStatus();
 }
 
-#define OPENMOE_INSTANTIATE_RMS_NORM(Space, T)                                  \
-  template absl::Status RmsNorm<T, Space>(const Space&, ConstMatrix<T, Space>,   \
-                                          ConstVector<T, Space>, Matrix<T, Space>, float);
+template <class T, class ExecSpace>
+absl::Status AddRmsNorm(const ExecSpace& space, Matrix<T, ExecSpace> h, ConstMatrix<T, ExecSpace> delta,
+                        ConstVector<T, ExecSpace> weight, Matrix<T, ExecSpace> y, float eps) {
+  const int64_t rows = h.extent(0), hidden = h.extent(1);
+  if (delta.extent(0) != size_t(rows) || delta.extent(1) != size_t(hidden)) {
+    return absl::InvalidArgumentError(absl::StrCat("AddRmsNorm: delta '", delta.label(), "' differs in shape from '",
+                                                   h.label(), "'"));
+  }
+  if (weight.extent(0) != size_t(hidden) || y.extent(0) != size_t(rows) || y.extent(1) != size_t(hidden)) {
+    return absl::InvalidArgumentError(absl::StrCat("AddRmsNorm: weight '", weight.label(), "' or output '",
+                                                   y.label(), "' do not fit [", rows, ", ", hidden, "]"));
+  }
+  if (!(eps > 0.0f)) return absl::InvalidArgumentError(absl::StrCat("AddRmsNorm: eps must be > 0, got ", eps));
+  if (rows == 0 || hidden == 0) return absl::OkStatus();
+  using Policy = Kokkos::TeamPolicy<ExecSpace>;
+  using Member = typename Policy::member_type;
+  const float inv_hidden = 1.0f / float(hidden);
+  Kokkos::parallel_for(
+      "openmoe::kernels::AddRmsNorm", Policy(space, rows, Kokkos::AUTO), KOKKOS_LAMBDA(const Member& team) {
+        const int64_t t   = team.league_rank();
+        float sum_squares = 0.0f;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, hidden),
+            [&](const int64_t j, float& partial) {
+              const T sum   = FromFloat<T>(ToFloat(h(t, j)) + ToFloat(delta(t, j)));
+              h(t, j)       = sum;
+              const float v = ToFloat(sum);
+              partial += v * v;
+            },
+            sum_squares);
+        const float inv_rms = 1.0f / Kokkos::Experimental::sqrt(sum_squares * inv_hidden + eps);
+        // Each j is written and read back by the same thread (same TeamThreadRange split).
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, hidden), [&](const int64_t j) {
+          const float normed = ToFloat(FromFloat<T>(ToFloat(h(t, j)) * inv_rms));
+          y(t, j)            = FromFloat<T>(ToFloat(weight(j)) * normed);
+        });
+      });
+  return absl::OkStatus();
+}
+
+#define OPENMOE_INSTANTIATE_RMS_NORM(Space, T)                                                          \
+  template absl::Status RmsNorm<T, Space>(const Space&, ConstMatrix<T, Space>, ConstVector<T, Space>,    \
+                                          Matrix<T, Space>, float);                                     \
+  template absl::Status AddRmsNorm<T, Space>(const Space&, Matrix<T, Space>, ConstMatrix<T, Space>,      \
+                                             ConstVector<T, Space>, Matrix<T, Space>, float);
 OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_RMS_NORM)
 
 }  // namespace openmoe::kernels

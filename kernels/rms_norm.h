@@ -34,6 +34,16 @@ absl::Status RmsNorm(const ExecSpace& space, ConstMatrix<T, ExecSpace> x,
                      ConstVector<T, ExecSpace> weight, Matrix<T, ExecSpace> y,
                      float eps = kRmsNormDefaultEps);
 
+// Fused residual add and norm (one launch instead of two): h += delta, then y = RmsNorm(h).
+// Same arithmetic as AddInPlace followed by RmsNorm, so results are identical.
+// \param [in,out] h     [T, H] residual stream
+// \param [in]     delta [T, H]
+// \param [out]    y     [T, H]; must not alias h or delta
+template <class T, class ExecSpace>
+absl::Status AddRmsNorm(const ExecSpace& space, Matrix<T, ExecSpace> h, ConstMatrix<T, ExecSpace> delta,
+                        ConstVector<T, ExecSpace> weight, Matrix<T, ExecSpace> y,
+                        float eps = kRmsNormDefaultEps);
+
 }  // namespace openmoe::kernels
 
 #endif  // KERNELS_RMS_NORM_H_

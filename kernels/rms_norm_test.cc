@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/elementwise.h"
 #include "kernels/reference/rms_norm.h"
 #include "openmoe/core/test_util.h"
 
@@ -112,9 +113,27 @@ TYPED_TEST_P(RmsNormTest, RejectsMismatchedShapesNamingTheTensor) {
   EXPECT_NE(std::string(s.message()).find("eps"), std::string::npos) << s;
 }
 
+TYPED_TEST_P(RmsNormTest, FusedAddNormEqualsAddThenNorm) {
+  using Space = TypeParam;
+  const int64_t rows = 19, hidden = 111;
+  std::mt19937 rng(kSeed);
+  const std::vector<float> h0 = RandomVector(rows * hidden, 1.0f, rng), delta = RandomVector(rows * hidden, 1.0f, rng);
+  const std::vector<float> w = RandomVector(hidden, 1.0f, rng);
+  auto h1 = testing::ToDevice<Space>(h0, rows, hidden, "h1"), h2 = testing::ToDevice<Space>(h0, rows, hidden, "h2");
+  auto d = testing::ToDevice<Space>(delta, rows, hidden, "delta");
+  auto wd = testing::ToDevice<Space>(w, 1, hidden, "w");
+  Vector<float, Space> weight(wd.data(), hidden);
+  Matrix<float, Space> y1("y1", rows, hidden), y2("y2", rows, hidden);
+  ASSERT_TRUE(AddInPlace<float>(Space(), h1, d).ok());
+  ASSERT_TRUE(RmsNorm<float>(Space(), h1, weight, y1).ok());
+  ASSERT_TRUE(AddRmsNorm<float>(Space(), h2, d, weight, y2).ok());
+  EXPECT_EQ(testing::ToHost(h2), testing::ToHost(h1));
+  EXPECT_EQ(testing::ToHost(y2), testing::ToHost(y1));
+}
+
 REGISTER_TYPED_TEST_SUITE_P(RmsNormTest, MatchesReferenceOnAwkwardSizes, EpsDominatesTinyInputs,
                             InPlaceEqualsOutOfPlace, EmptyInputIsANoOp,
-                            RejectsMismatchedShapesNamingTheTensor);
+                            RejectsMismatchedShapesNamingTheTensor, FusedAddNormEqualsAddThenNorm);
 INSTANTIATE_TYPED_TEST_SUITE_P(AllBackends, RmsNormTest,
                                testing::Backends);
 

@@ -172,7 +172,6 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
   Matrix<float, ExecSpace> probs      = Buffer2<float>("moe.probs", N, E);     // [N, E] float32
   Matrix<int32_t, ExecSpace> experts  = Buffer2<int32_t>("moe.experts", N, 2); // [N, 2]
   Matrix<int32_t, ExecSpace> rank     = Buffer2<int32_t>("moe.rank", N, 2);    // [N, 2]
-  profile_.Mark(space, "norm+residual");
   OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, Weight(prefix + ".gate_weight", E, H), router_logits));
   OPENMOE_RETURN_IF_ERROR(kernels::RouterTop2<T>(space, router_logits, probs, experts));
   OPENMOE_RETURN_IF_ERROR(kernels::AssignSlots<ExecSpace>(space, experts, E, rank));
@@ -284,10 +283,10 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
   const auto new_columns = std::make_pair(L0, L0 + S);
   ExecSpace space;
 
-  Vector<int64_t, ExecSpace> ids("input_ids", N);  // [N]
+  Vector<int64_t, ExecSpace> ids(Buffer<int64_t>("input_ids", N).data(), N);  // [N]
   Kokkos::deep_copy(ids, Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
                              input_ids.data(), N));
-  Kokkos::View<int64_t**, Kokkos::LayoutRight, MemSpace> new_mask("attention_mask", B, S);  // [B, S]
+  Matrix<int64_t, ExecSpace> new_mask = Buffer2<int64_t>("attention_mask", B, S);  // [B, S]
   Kokkos::deep_copy(new_mask, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace,
                                            Kokkos::MemoryUnmanaged>(attention_mask.data(), B, S));
   Kokkos::deep_copy(Kokkos::subview(cache.mask, Kokkos::ALL, new_columns), new_mask);
@@ -305,42 +304,44 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
   profile_.Mark(space, "inputs");
   OPENMOE_RETURN_IF_ERROR(kernels::Embedding<T>(space, Weight("model.embed_tokens.weight", V, H), ids, h));
   profile_.Mark(space, "embedding");
+  // The residual add of each block is fused into the norm that follows it.
+  bool delta_pending = false;  // delta not yet added to h
+  auto norm_into_x = [&](const std::string& weight) -> absl::Status {
+    const absl::Status status = delta_pending
+        ? kernels::AddRmsNorm<T>(space, h, delta, WeightVector(weight), x, c.rms_norm_eps)
+        : kernels::RmsNorm<T>(space, h, WeightVector(weight), x, c.rms_norm_eps);
+    delta_pending = false;
+    profile_.Mark(space, "norm+residual");
+    return status;
+  };
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string layer = absl::StrCat("model.layers.", i);
     // Attention block: new keys/values join the cache at their absolute columns.
-    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h, WeightVector(layer + ".input_layernorm.weight"), x, c.rms_norm_eps));
-    profile_.Mark(space, "norm+residual");
+    OPENMOE_RETURN_IF_ERROR(norm_into_x(layer + ".input_layernorm.weight"));
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.q_proj.weight", Nh * Dh, H), q2));
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.k_proj.weight", Nkv * Dh, H), k2));
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.v_proj.weight", Nkv * Dh, H), v2));
     profile_.Mark(space, "attn.qkv_proj");
-    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, q, Dh, /*position_offset=*/L0));
-    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, k, Dh, /*position_offset=*/L0));
-    Kokkos::deep_copy(space, Kokkos::subview(cache.keys[i], Kokkos::ALL, new_columns, Kokkos::ALL), k);
-    Kokkos::deep_copy(space, Kokkos::subview(cache.values[i], Kokkos::ALL, new_columns, Kokkos::ALL), v);
+    OPENMOE_RETURN_IF_ERROR(kernels::RopeAndAppend<T>(space, q, k, v, Dh, /*offset=*/L0, cache.keys[i], cache.values[i]));
     profile_.Mark(space, "attn.rope+cache");
     OPENMOE_RETURN_IF_ERROR(kernels::CausalAttention<T>(space, q, cache.keys[i], cache.values[i], cache.mask, Nh, Nkv,
                                                         Dh, /*num_keys=*/L0 + S, /*q_offset=*/L0, attn));
     profile_.Mark(space, "attn.scores+softmax+pv");
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(attn2), Weight(layer + ".self_attn.o_proj.weight", H, Nh * Dh), delta));
     profile_.Mark(space, "attn.o_proj");
-    OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
+    delta_pending = true;
     // Feed-forward block(s).
-    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h, WeightVector(layer + ".post_attention_layernorm.weight"), x, c.rms_norm_eps));
+    OPENMOE_RETURN_IF_ERROR(norm_into_x(layer + ".post_attention_layernorm.weight"));
     if (c.IsMoeLayer(i)) {
       OPENMOE_RETURN_IF_ERROR(SparseMoe(space, i, x, mode, delta, stats));
-      OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
-      OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h, WeightVector(layer + ".pre_extra_mlp_layernorm.weight"), x, c.rms_norm_eps));
-      profile_.Mark(space, "norm+residual");
-      OPENMOE_RETURN_IF_ERROR(Mlp(space, layer + ".extra_mlp", x, delta));
-      profile_.Mark(space, "dense_mlp");
-    } else {
-      profile_.Mark(space, "norm+residual");
-      OPENMOE_RETURN_IF_ERROR(Mlp(space, layer + ".mlp", x, delta));
-      profile_.Mark(space, "dense_mlp");
+      delta_pending = true;
+      OPENMOE_RETURN_IF_ERROR(norm_into_x(layer + ".pre_extra_mlp_layernorm.weight"));
     }
-    OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
+    OPENMOE_RETURN_IF_ERROR(Mlp(space, layer + (c.IsMoeLayer(i) ? ".extra_mlp" : ".mlp"), x, delta));
+    profile_.Mark(space, "dense_mlp");
+    delta_pending = true;
   }
+  if (delta_pending) OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
   cache.length += S;
 
   // Final norm and LM head, on every new column or only on the last one of each row.
