@@ -57,8 +57,9 @@ def main():
     torch.manual_seed(20261129)
     config = OpenMoeConfig(**PRESETS[args.preset])
     t = time.perf_counter()
+    torch.set_default_dtype(torch.bfloat16)  # build in bf16: 34B in float32 would not fit
     with torch.device(device):
-        model = OpenMoeForCausalLM(config).to(torch.bfloat16).eval()
+        model = OpenMoeForCausalLM(config).eval()
     print(f"HF eager {args.preset} bf16 on {torch.cuda.get_device_name()}: built in {time.perf_counter() - t:.1f} s, "
           f"{sum(p.numel() for p in model.parameters()) / 1e9:.3f} B params")
     run(model, 1, 16, 4, device)  # warm-up
