@@ -136,20 +136,22 @@ absl::Status ApplyRope(const ExecSpace& space, Tensor3<T, ExecSpace> x, int64_t 
 }
 
 template <class T, class ExecSpace>
-absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<T, ExecSpace> q, Tensor3<T, ExecSpace> k,
-                           Tensor3<const T, ExecSpace> v, int64_t head_dim, int64_t offset,
+absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<const T, ExecSpace> qkv, int64_t head_dim,
+                           int64_t kv_width, int64_t offset, Tensor3<T, ExecSpace> q_out,
                            Tensor3<T, ExecSpace> k_cache, Tensor3<T, ExecSpace> v_cache) {
-  const int64_t B = q.extent(0), S = q.extent(1), q_width = q.extent(2), kv_width = k.extent(2);
-  if (head_dim <= 0 || head_dim % 2 != 0 || q_width % head_dim != 0 || kv_width % head_dim != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("RopeAndAppend: widths ", q_width, "/", kv_width,
-                                                   " are not multiples of an even head_dim ", head_dim));
+  const int64_t B = qkv.extent(0), S = qkv.extent(1), q_width = q_out.extent(2);
+  if (head_dim <= 0 || head_dim % 2 != 0 || q_width % head_dim != 0 || kv_width % head_dim != 0 ||
+      qkv.extent(2) != size_t(q_width + 2 * kv_width)) {
+    return absl::InvalidArgumentError(absl::StrCat("RopeAndAppend: qkv width ", qkv.extent(2), " is not ",
+                                                   q_width, " + 2 x ", kv_width, " in multiples of an even head_dim ",
+                                                   head_dim));
   }
-  if (k.extent(0) != size_t(B) || k.extent(1) != size_t(S) || v.extent(0) != size_t(B) || v.extent(1) != size_t(S) ||
-      v.extent(2) != size_t(kv_width) || k_cache.extent(0) != size_t(B) || v_cache.extent(0) != size_t(B) ||
-      k_cache.extent(2) != size_t(kv_width) || v_cache.extent(2) != size_t(kv_width) ||
-      k_cache.extent(1) < size_t(offset + S) || v_cache.extent(1) < size_t(offset + S)) {
-    return absl::InvalidArgumentError(absl::StrCat("RopeAndAppend: k/v [", B, ", ", S, ", ", kv_width,
-                                                   "] do not fit the caches from column ", offset));
+  if (q_out.extent(0) != size_t(B) || q_out.extent(1) != size_t(S) || k_cache.extent(0) != size_t(B) ||
+      v_cache.extent(0) != size_t(B) || k_cache.extent(2) != size_t(kv_width) ||
+      v_cache.extent(2) != size_t(kv_width) || k_cache.extent(1) < size_t(offset + S) ||
+      v_cache.extent(1) < size_t(offset + S)) {
+    return absl::InvalidArgumentError(absl::StrCat("RopeAndAppend: q_out or the caches do not fit [", B, ", ", S,
+                                                   "] new columns from column ", offset));
   }
   const int64_t half = head_dim / 2, q_pairs = q_width / 2, kv_pairs = kv_width / 2;
   const int64_t pairs = q_pairs > kv_pairs ? q_pairs : kv_pairs;
@@ -164,16 +166,17 @@ absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<T, ExecSpace> q, Tens
         const float c = float(Kokkos::Experimental::cos(angle));
         const float sn = float(Kokkos::Experimental::sin(angle));
         if (pair < q_pairs) {
-          const float x_lo = ToFloat(q(b, s, lo)), x_hi = ToFloat(q(b, s, hi));
-          q(b, s, lo) = FromFloat<T>(x_lo * c - x_hi * sn);
-          q(b, s, hi) = FromFloat<T>(x_hi * c + x_lo * sn);
+          const float x_lo = ToFloat(qkv(b, s, lo)), x_hi = ToFloat(qkv(b, s, hi));
+          q_out(b, s, lo) = FromFloat<T>(x_lo * c - x_hi * sn);
+          q_out(b, s, hi) = FromFloat<T>(x_hi * c + x_lo * sn);
         }
         if (pair < kv_pairs) {
-          const float x_lo = ToFloat(k(b, s, lo)), x_hi = ToFloat(k(b, s, hi));
-          const T r_lo = FromFloat<T>(x_lo * c - x_hi * sn), r_hi = FromFloat<T>(x_hi * c + x_lo * sn);
-          k(b, s, lo) = r_lo, k(b, s, hi) = r_hi;
-          k_cache(b, offset + s, lo) = r_lo, k_cache(b, offset + s, hi) = r_hi;
-          v_cache(b, offset + s, lo) = v(b, s, lo), v_cache(b, offset + s, hi) = v(b, s, hi);
+          const int64_t k0 = q_width, v0 = q_width + kv_width;
+          const float x_lo = ToFloat(qkv(b, s, k0 + lo)), x_hi = ToFloat(qkv(b, s, k0 + hi));
+          k_cache(b, offset + s, lo) = FromFloat<T>(x_lo * c - x_hi * sn);
+          k_cache(b, offset + s, hi) = FromFloat<T>(x_hi * c + x_lo * sn);
+          v_cache(b, offset + s, lo) = qkv(b, s, v0 + lo);
+          v_cache(b, offset + s, hi) = qkv(b, s, v0 + hi);
         }
       });
   return absl::OkStatus();
@@ -308,9 +311,9 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
 
 #define OPENMOE_INSTANTIATE_ATTENTION(Space, T)                                                 \
   template absl::Status ApplyRope<T, Space>(const Space&, Tensor3<T, Space>, int64_t, int64_t); \
-  template absl::Status RopeAndAppend<T, Space>(const Space&, Tensor3<T, Space>, Tensor3<T, Space>,    \
-                                                Tensor3<const T, Space>, int64_t, int64_t,             \
-                                                Tensor3<T, Space>, Tensor3<T, Space>);                 \
+  template absl::Status RopeAndAppend<T, Space>(const Space&, Tensor3<const T, Space>, int64_t, int64_t, \
+                                                int64_t, Tensor3<T, Space>, Tensor3<T, Space>,          \
+                                                Tensor3<T, Space>);                                     \
   template absl::Status CausalAttention<T, Space>(                                              \
       const Space&, Tensor3<const T, Space>, Tensor3<const T, Space>, Tensor3<const T, Space>,  \
       Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Space::memory_space>,         \

@@ -25,13 +25,14 @@ template <class T, class ExecSpace>
 absl::Status ApplyRope(const ExecSpace& space, Tensor3<T, ExecSpace> x, int64_t head_dim,
                        int64_t position_offset);
 
-// Fused step of a KV-cache update (one launch instead of four): rotates q [B, S, Nh*Dh] in place
-// and k [B, S, Nkv*Dh] at positions offset + s, and writes the rotated k and v [B, S, Nkv*Dh]
-// into k_cache / v_cache [B, S_max, Nkv*Dh] at columns [offset, offset + S). Identical results to
-// two ApplyRope calls and two copies.
+// Fused step of a KV-cache update (one launch instead of four), from the output of one fused
+// q/k/v projection: qkv [B, S, Nh*Dh + 2 Nkv*Dh] = [q | k | v]. Writes q rotated at positions
+// offset + s into q_out [B, S, Nh*Dh], and the rotated k and the v into k_cache / v_cache
+// [B, S_max, Nkv*Dh] at columns [offset, offset + S). Identical results to ApplyRope on q and k
+// and two copies.
 template <class T, class ExecSpace>
-absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<T, ExecSpace> q, Tensor3<T, ExecSpace> k,
-                           Tensor3<const T, ExecSpace> v, int64_t head_dim, int64_t offset,
+absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<const T, ExecSpace> qkv, int64_t head_dim,
+                           int64_t kv_width, int64_t offset, Tensor3<T, ExecSpace> q_out,
                            Tensor3<T, ExecSpace> k_cache, Tensor3<T, ExecSpace> v_cache);
 
 // q [B, Sq, Nh*Dh]; k, v [B, Sk_max, Nkv*Dh] of which the first num_keys rows are valid;

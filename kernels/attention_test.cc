@@ -81,25 +81,32 @@ TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
 TYPED_TEST(AttentionTest, RopeAndAppendEqualsRopeThenCopies) {
   using Space = TypeParam;
   const int64_t B = 2, S = 3, Nh = 4, Nkv = 2, Dh = 8, S_max = 9, offset = 5;
-  const std::vector<float> q = RandomNormal(B * S * Nh * Dh, 1.0f, 71), k = RandomNormal(B * S * Nkv * Dh, 1.0f, 72);
-  const std::vector<float> v = RandomNormal(B * S * Nkv * Dh, 1.0f, 73);
-  auto q1 = ToDevice3<Space>(q, B, S, Nh * Dh, "q1"), k1 = ToDevice3<Space>(k, B, S, Nkv * Dh, "k1");
-  auto q2 = ToDevice3<Space>(q, B, S, Nh * Dh, "q2"), k2 = ToDevice3<Space>(k, B, S, Nkv * Dh, "k2");
-  auto vd = ToDevice3<Space>(v, B, S, Nkv * Dh, "v");
-  Tensor3<float, Space> kc1("kc1", B, S_max, Nkv * Dh), vc1("vc1", B, S_max, Nkv * Dh);
-  Tensor3<float, Space> kc2("kc2", B, S_max, Nkv * Dh), vc2("vc2", B, S_max, Nkv * Dh);
+  const int64_t Wq = Nh * Dh, Wkv = Nkv * Dh;
+  const std::vector<float> q = RandomNormal(B * S * Wq, 1.0f, 71), k = RandomNormal(B * S * Wkv, 1.0f, 72);
+  const std::vector<float> v = RandomNormal(B * S * Wkv, 1.0f, 73);
+  std::vector<float> qkv;  // rows [q | k | v]
+  for (int64_t r = 0; r < B * S; ++r) {
+    qkv.insert(qkv.end(), q.begin() + r * Wq, q.begin() + (r + 1) * Wq);
+    qkv.insert(qkv.end(), k.begin() + r * Wkv, k.begin() + (r + 1) * Wkv);
+    qkv.insert(qkv.end(), v.begin() + r * Wkv, v.begin() + (r + 1) * Wkv);
+  }
+  auto q1 = ToDevice3<Space>(q, B, S, Wq, "q1"), k1 = ToDevice3<Space>(k, B, S, Wkv, "k1");
+  auto vd = ToDevice3<Space>(v, B, S, Wkv, "v");
+  auto qkvd = ToDevice3<Space>(qkv, B, S, Wq + 2 * Wkv, "qkv");
+  Tensor3<float, Space> q2("q2", B, S, Wq);
+  Tensor3<float, Space> kc1("kc1", B, S_max, Wkv), vc1("vc1", B, S_max, Wkv);
+  Tensor3<float, Space> kc2("kc2", B, S_max, Wkv), vc2("vc2", B, S_max, Wkv);
   ASSERT_TRUE(ApplyRope<float>(Space(), q1, Dh, offset).ok());
   ASSERT_TRUE(ApplyRope<float>(Space(), k1, Dh, offset).ok());
   const auto columns = std::make_pair(offset, offset + S);
   Kokkos::deep_copy(Kokkos::subview(kc1, Kokkos::ALL, columns, Kokkos::ALL), k1);
   Kokkos::deep_copy(Kokkos::subview(vc1, Kokkos::ALL, columns, Kokkos::ALL), vd);
-  ASSERT_TRUE(RopeAndAppend<float>(Space(), q2, k2, vd, Dh, offset, kc2, vc2).ok());
+  ASSERT_TRUE(RopeAndAppend<float>(Space(), qkvd, Dh, Wkv, offset, q2, kc2, vc2).ok());
   EXPECT_EQ(ToHost(q2), ToHost(q1));
-  EXPECT_EQ(ToHost(k2), ToHost(k1));
   EXPECT_EQ(ToHost(kc2), ToHost(kc1));
   EXPECT_EQ(ToHost(vc2), ToHost(vc1));
-  Tensor3<float, Space> small("small", B, offset + S - 1, Nkv * Dh);
-  EXPECT_FALSE(RopeAndAppend<float>(Space(), q2, k2, vd, Dh, offset, small, small).ok());
+  Tensor3<float, Space> small("small", B, offset + S - 1, Wkv);
+  EXPECT_FALSE(RopeAndAppend<float>(Space(), qkvd, Dh, Wkv, offset, q2, small, small).ok());
 }
 
 TYPED_TEST(AttentionTest, KeyZeroIsVisibleEvenWhenMasked) {

@@ -57,12 +57,31 @@ absl::Status SwigluCombine(const ExecSpace& space, ConstMatrix<T, ExecSpace> gat
   return absl::OkStatus();
 }
 
+template <class T, class ExecSpace>
+absl::Status SwigluCombineFused(const ExecSpace& space, ConstMatrix<T, ExecSpace> gate_up, Matrix<T, ExecSpace> out) {
+  const int64_t N = out.extent(0), I = out.extent(1);
+  if (gate_up.extent(0) != size_t(N) || gate_up.extent(1) != size_t(3 * I)) {
+    return absl::InvalidArgumentError(absl::StrCat("SwigluCombineFused: expected gate_up [", N, ", ", 3 * I,
+                                                   "], got [", gate_up.extent(0), ", ", gate_up.extent(1), "]"));
+  }
+  Kokkos::parallel_for(
+      "openmoe::kernels::SwigluCombineFused",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {N, I}),
+      KOKKOS_LAMBDA(const int64_t t, const int64_t i) {
+        const float linear = ToFloat(gate_up(t, i)), gated = ToFloat(gate_up(t, I + i));
+        const float silu   = gated / (1.0f + Kokkos::Experimental::exp(-gated));
+        out(t, i)          = FromFloat<T>(linear * silu * ToFloat(gate_up(t, 2 * I + i)));
+      });
+  return absl::OkStatus();
+}
+
 #define OPENMOE_INSTANTIATE_ELEMENTWISE(Space, T)                                           \
   template absl::Status Embedding<T, Space>(const Space&, ConstMatrix<T, Space>,            \
                                             ConstVector<int64_t, Space>, Matrix<T, Space>); \
   template absl::Status AddInPlace<T, Space>(const Space&, Matrix<T, Space>, ConstMatrix<T, Space>); \
   template absl::Status SwigluCombine<T, Space>(const Space&, ConstMatrix<T, Space>,        \
-                                                ConstMatrix<T, Space>, Matrix<T, Space>);
+                                                ConstMatrix<T, Space>, Matrix<T, Space>);     \
+  template absl::Status SwigluCombineFused<T, Space>(const Space&, ConstMatrix<T, Space>, Matrix<T, Space>);
 OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_ELEMENTWISE)
 
 }  // namespace openmoe::kernels

@@ -27,6 +27,12 @@ template <class T, class ExecSpace>
 absl::Status SwigluCombine(const ExecSpace& space, ConstMatrix<T, ExecSpace> gate,
                            ConstMatrix<T, ExecSpace> up, Matrix<T, ExecSpace> out);
 
+// The same with gate and up side by side, as one fused projection writes them:
+// gate_up [T, 3I] = [g1 | g2 | up] -> out [T, I] = g1 * silu(g2) * up.
+template <class T, class ExecSpace>
+absl::Status SwigluCombineFused(const ExecSpace& space, ConstMatrix<T, ExecSpace> gate_up,
+                                Matrix<T, ExecSpace> out);
+
 }  // namespace openmoe::kernels
 
 #endif  // KERNELS_ELEMENTWISE_H_

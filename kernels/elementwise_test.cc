@@ -35,6 +35,22 @@ TYPED_TEST(ElementwiseTest, SwigluIsLinearFirstHalfTimesSiluSecondHalfTimesUp) {
   EXPECT_FALSE(SwigluCombine<float>(Space(), ToDevice<Space>(gate, T, 2 * I), ToDevice<Space>(up, T, I), bad).ok());
 }
 
+TYPED_TEST(ElementwiseTest, FusedSwigluEqualsSwigluOnTheSplitParts) {
+  using Space = TypeParam;
+  const int64_t T = 19, I = 37;
+  const std::vector<float> gate = RandomNormal(T * 2 * I, 2.0f, 13), up = RandomNormal(T * I, 1.0f, 14);
+  std::vector<float> gate_up;
+  for (int64_t t = 0; t < T; ++t) {
+    gate_up.insert(gate_up.end(), gate.begin() + t * 2 * I, gate.begin() + (t + 1) * 2 * I);
+    gate_up.insert(gate_up.end(), up.begin() + t * I, up.begin() + (t + 1) * I);
+  }
+  Matrix<float, Space> a("a", T, I), b("b", T, I);
+  ASSERT_TRUE(SwigluCombine<float>(Space(), ToDevice<Space>(gate, T, 2 * I), ToDevice<Space>(up, T, I), a).ok());
+  ASSERT_TRUE(SwigluCombineFused<float>(Space(), ToDevice<Space>(gate_up, T, 3 * I), b).ok());
+  EXPECT_EQ(ToHost(b), ToHost(a));
+  EXPECT_FALSE(SwigluCombineFused<float>(Space(), ToDevice<Space>(gate, T, 2 * I), b).ok());
+}
+
 TYPED_TEST(ElementwiseTest, EmbeddingGathersRowsAndAddAccumulates) {
   using Space = TypeParam;
   const int64_t V = 7, H = 5;

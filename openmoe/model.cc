@@ -71,6 +71,7 @@ absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::FromCheck
     Kokkos::deep_copy(device, host);
     model.weights_.emplace(spec.name, device);
   }
+  model.FuseProjections();
   return model;
 }
 
@@ -103,8 +104,34 @@ absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::RandomIni
     }
     model.weights_.emplace(spec.name, device);
   }
+  model.FuseProjections();
   Kokkos::fence();
   return model;
+}
+
+template <class ExecSpace, class T>
+void OpenMoeModel<ExecSpace, T>::FuseProjections() {
+  auto concat_rows = [this](const std::vector<std::string>& parts, const std::string& fused) {
+    size_t total = 0;
+    for (const std::string& part : parts) total += weights_.at(part).extent(0);
+    Kokkos::View<T*, MemSpace> out(Kokkos::view_alloc(Kokkos::WithoutInitializing, fused), total);
+    size_t offset = 0;
+    for (const std::string& part : parts) {
+      const auto& piece = weights_.at(part);
+      Kokkos::deep_copy(Kokkos::subview(out, std::make_pair(offset, offset + piece.extent(0))), piece);
+      offset += piece.extent(0);
+      weights_.erase(part);
+    }
+    weights_.emplace(fused, out);
+  };
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    const std::string layer = absl::StrCat("model.layers.", i);
+    concat_rows({layer + ".self_attn.q_proj.weight", layer + ".self_attn.k_proj.weight",
+                 layer + ".self_attn.v_proj.weight"},
+                layer + ".self_attn.qkv_proj.weight");
+    const std::string mlp = layer + (config_.IsMoeLayer(i) ? ".extra_mlp" : ".mlp");
+    concat_rows({mlp + ".gate_proj.weight", mlp + ".up_proj.weight"}, mlp + ".gate_up_proj.weight");
+  }
 }
 
 template <class ExecSpace, class T>
@@ -149,12 +176,10 @@ absl::Status OpenMoeModel<ExecSpace, T>::Mlp(const ExecSpace& space, const std::
                                           ConstMatrix<T, ExecSpace> x,
                                           Matrix<T, ExecSpace> out) {
   const int64_t N = x.extent(0), H = config_.hidden_size, I = config_.intermediate_size;
-  Matrix<T, ExecSpace> gate = Buffer2<T>("mlp.gate", N, 2 * I);  // [N, 2I]
-  Matrix<T, ExecSpace> up   = Buffer2<T>("mlp.up", N, I);        // [N, I]
-  Matrix<T, ExecSpace> act  = Buffer2<T>("mlp.act", N, I);       // [N, I]
-  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, Weight(prefix + ".gate_proj.weight", 2 * I, H), gate));
-  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, Weight(prefix + ".up_proj.weight", I, H), up));
-  OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<T>(space, gate, up, act));
+  Matrix<T, ExecSpace> gate_up = Buffer2<T>("mlp.gate_up", N, 3 * I);  // [N, 3I] = [g1 | g2 | up]
+  Matrix<T, ExecSpace> act     = Buffer2<T>("mlp.act", N, I);          // [N, I]
+  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, Weight(prefix + ".gate_up_proj.weight", 3 * I, H), gate_up));
+  OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombineFused<T>(space, gate_up, act));
   return kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(act),
                          Weight(prefix + ".down_proj.weight", H, I), out);
 }
@@ -294,12 +319,12 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
   Matrix<T, ExecSpace> h     = Buffer2<T>("hidden", N, H);  // [N, H]
   Matrix<T, ExecSpace> x     = Buffer2<T>("normed", N, H);  // [N, H]
   Matrix<T, ExecSpace> delta = Buffer2<T>("delta", N, H);   // [N, H]
+  const int64_t qkv_width = (Nh + 2 * Nkv) * Dh;
+  Matrix<T, ExecSpace> qkv2 = Buffer2<T>("qkv", N, qkv_width);                                 // [N, (Nh+2Nkv)*Dh]
+  kernels::Tensor3<const T, ExecSpace> qkv(qkv2.data(), B, S, qkv_width);                     // [B, S, (Nh+2Nkv)*Dh]
   kernels::Tensor3<T, ExecSpace> q(Buffer<T>("q", N * Nh * Dh).data(), B, S, Nh * Dh);        // [B, S, Nh*Dh]
-  kernels::Tensor3<T, ExecSpace> k(Buffer<T>("k", N * Nkv * Dh).data(), B, S, Nkv * Dh);      // [B, S, Nkv*Dh]
-  kernels::Tensor3<T, ExecSpace> v(Buffer<T>("v", N * Nkv * Dh).data(), B, S, Nkv * Dh);      // [B, S, Nkv*Dh]
   kernels::Tensor3<T, ExecSpace> attn(Buffer<T>("attn", N * Nh * Dh).data(), B, S, Nh * Dh);  // [B, S, Nh*Dh]
-  Matrix<T, ExecSpace> q2(q.data(), N, Nh * Dh), k2(k.data(), N, Nkv * Dh);  // [N, Nh*Dh] views
-  Matrix<T, ExecSpace> v2(v.data(), N, Nkv * Dh), attn2(attn.data(), N, Nh * Dh);
+  Matrix<T, ExecSpace> attn2(attn.data(), N, Nh * Dh);                                         // [N, Nh*Dh] view
 
   profile_.Mark(space, "inputs");
   OPENMOE_RETURN_IF_ERROR(kernels::Embedding<T>(space, Weight("model.embed_tokens.weight", V, H), ids, h));
@@ -318,11 +343,9 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
     const std::string layer = absl::StrCat("model.layers.", i);
     // Attention block: new keys/values join the cache at their absolute columns.
     OPENMOE_RETURN_IF_ERROR(norm_into_x(layer + ".input_layernorm.weight"));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.q_proj.weight", Nh * Dh, H), q2));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.k_proj.weight", Nkv * Dh, H), k2));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.v_proj.weight", Nkv * Dh, H), v2));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.qkv_proj.weight", qkv_width, H), qkv2));
     profile_.Mark(space, "attn.qkv_proj");
-    OPENMOE_RETURN_IF_ERROR(kernels::RopeAndAppend<T>(space, q, k, v, Dh, /*offset=*/L0, cache.keys[i], cache.values[i]));
+    OPENMOE_RETURN_IF_ERROR(kernels::RopeAndAppend<T>(space, qkv, Dh, Nkv * Dh, /*offset=*/L0, q, cache.keys[i], cache.values[i]));
     profile_.Mark(space, "attn.rope+cache");
     OPENMOE_RETURN_IF_ERROR(kernels::CausalAttention<T>(space, q, cache.keys[i], cache.values[i], cache.mask, Nh, Nkv,
                                                         Dh, /*num_keys=*/L0 + S, /*q_offset=*/L0, attn));

@@ -95,6 +95,10 @@ class OpenMoeModel {
 
  private:
   Matrix<T, ExecSpace> Weight(const std::string& name, int64_t rows, int64_t cols) const;
+  // Replaces q/k/v_proj by one "self_attn.qkv_proj" [Nh*Dh + 2 Nkv*Dh, H] and gate/up_proj by one
+  // "gate_up_proj" [3I, H] per MLP (row concatenation of nn.Linear weights), so that each is one
+  // GEMM per step. Called once after the weights are in place.
+  void FuseProjections();
   Vector<T, ExecSpace> WeightVector(const std::string& name) const;
 
   absl::Status Mlp(const ExecSpace& space, const std::string& prefix, ConstMatrix<T, ExecSpace> x,
