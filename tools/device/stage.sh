@@ -21,4 +21,5 @@ for b in "${binaries[@]}"; do
     | { grep -E 'libabsl|libbenchmark|libsentencepiece|libgtest|libgmock|libatomic' || true; } \
     | xargs -r -I{} cp -fL {} "$dest/lib/" || true
 done
+chmod -R u+w "$dest" && strip "$dest"/bin/*  # the device call carries at most 64 MiB
 ls -la "$dest/bin" "$dest/lib" | head -80
