@@ -10,6 +10,15 @@ namespace openmoe::kernels {
 
 namespace {
 
+// cos and sin of the rotary angle (position * 10000^(-2j/Dh)), computed in double so that the
+// product does not lose the low bits at large positions, then rounded to float.
+KOKKOS_INLINE_FUNCTION void RopeCosSin(int64_t position, int64_t j, int64_t head_dim, float& c, float& s) {
+  const double inv_freq = Kokkos::Experimental::pow(10000.0, -2.0 * double(j) / double(head_dim));
+  const double angle    = double(position) * inv_freq;
+  c = float(Kokkos::Experimental::cos(angle));
+  s = float(Kokkos::Experimental::sin(angle));
+}
+
 // Decode attention with few queries (B * Sq * Nh teams cannot fill a GPU): the keys are split
 // in chunks of kSplitKeys, one team per (query, head, chunk) computes its chunk's max score, sum
 // of exponentials and exp-weighted sum of values; a second kernel merges the chunks
@@ -123,11 +132,8 @@ absl::Status ApplyRope(const ExecSpace& space, Tensor3<T, ExecSpace> x, int64_t 
       KOKKOS_LAMBDA(const int64_t b, const int64_t s, const int64_t pair) {
         const int64_t head = pair / half, j = pair % half;
         const int64_t lo = head * head_dim + j, hi = lo + half;
-        // Double for the angle: position * frequency must not lose the low bits at large p.
-        const double inv_freq = Kokkos::Experimental::pow(10000.0, -2.0 * double(j) / double(head_dim));
-        const double angle    = double(position_offset + s) * inv_freq;
-        const float c = float(Kokkos::Experimental::cos(angle));
-        const float sn = float(Kokkos::Experimental::sin(angle));
+        float c, sn;
+        RopeCosSin(position_offset + s, j, head_dim, c, sn);
         const float x_lo = ToFloat(x(b, s, lo)), x_hi = ToFloat(x(b, s, hi));
         x(b, s, lo) = FromFloat<T>(x_lo * c - x_hi * sn);
         x(b, s, hi) = FromFloat<T>(x_hi * c + x_lo * sn);
@@ -161,10 +167,8 @@ absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<const T, ExecSpace> q
       KOKKOS_LAMBDA(const int64_t b, const int64_t s, const int64_t pair) {
         const int64_t head = pair / half, j = pair % half;
         const int64_t lo = head * head_dim + j, hi = lo + half;
-        const double inv_freq = Kokkos::Experimental::pow(10000.0, -2.0 * double(j) / double(head_dim));
-        const double angle    = double(offset + s) * inv_freq;
-        const float c = float(Kokkos::Experimental::cos(angle));
-        const float sn = float(Kokkos::Experimental::sin(angle));
+        float c, sn;
+        RopeCosSin(offset + s, j, head_dim, c, sn);
         if (pair < q_pairs) {
           const float x_lo = ToFloat(qkv(b, s, lo)), x_hi = ToFloat(qkv(b, s, hi));
           q_out(b, s, lo) = FromFloat<T>(x_lo * c - x_hi * sn);

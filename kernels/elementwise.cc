@@ -4,6 +4,14 @@
 #include "kernels/instantiate.h"
 
 namespace openmoe::kernels {
+namespace {
+
+// OpenMoE's "swiglu": the first half of the gate is linear, the second goes through SiLU.
+KOKKOS_INLINE_FUNCTION float Swiglu(float linear, float gated, float up) {
+  return linear * (gated / (1.0f + Kokkos::Experimental::exp(-gated))) * up;
+}
+
+}  // namespace
 
 template <class T, class ExecSpace>
 absl::Status Embedding(const ExecSpace& space, ConstMatrix<T, ExecSpace> table,
@@ -50,9 +58,7 @@ absl::Status SwigluCombine(const ExecSpace& space, ConstMatrix<T, ExecSpace> gat
       "openmoe::kernels::SwigluCombine",
       Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {N, I}),
       KOKKOS_LAMBDA(const int64_t t, const int64_t i) {
-        const float linear = ToFloat(gate(t, i)), gated = ToFloat(gate(t, I + i));
-        const float silu   = gated / (1.0f + Kokkos::Experimental::exp(-gated));
-        out(t, i)          = FromFloat<T>(linear * silu * ToFloat(up(t, i)));
+        out(t, i) = FromFloat<T>(Swiglu(ToFloat(gate(t, i)), ToFloat(gate(t, I + i)), ToFloat(up(t, i))));
       });
   return absl::OkStatus();
 }
@@ -68,9 +74,8 @@ absl::Status SwigluCombineFused(const ExecSpace& space, ConstMatrix<T, ExecSpace
       "openmoe::kernels::SwigluCombineFused",
       Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {N, I}),
       KOKKOS_LAMBDA(const int64_t t, const int64_t i) {
-        const float linear = ToFloat(gate_up(t, i)), gated = ToFloat(gate_up(t, I + i));
-        const float silu   = gated / (1.0f + Kokkos::Experimental::exp(-gated));
-        out(t, i)          = FromFloat<T>(linear * silu * ToFloat(gate_up(t, 2 * I + i)));
+        out(t, i) = FromFloat<T>(Swiglu(ToFloat(gate_up(t, i)), ToFloat(gate_up(t, I + i)),
+                                        ToFloat(gate_up(t, 2 * I + i))));
       });
   return absl::OkStatus();
 }
