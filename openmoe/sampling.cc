@@ -20,6 +20,9 @@ absl::Status ValidateSampling(const SamplingOptions& o) {
 
 int64_t SelectToken(const float* logits, int64_t allowed_vocab, const std::vector<int64_t>& history,
                     const SamplingOptions& o, std::mt19937_64& rng) {
+  if (o.greedy && o.repetition_penalty == 1.0f) {  // the common decode path: no copy of the row
+    return std::max_element(logits, logits + allowed_vocab) - logits;
+  }
   std::vector<float> scores(logits, logits + allowed_vocab);
   if (o.repetition_penalty != 1.0f) {
     std::vector<bool> seen(allowed_vocab, false);
