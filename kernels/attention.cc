@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
+#include "kernels/launch.h"
 
 namespace openmoe::kernels {
 
@@ -22,8 +23,19 @@ KOKKOS_INLINE_FUNCTION void RopeCosSin(int64_t position, int64_t j, int64_t head
 // Decode attention with few queries (B * Sq * Nh teams cannot fill a GPU): the keys are split
 // in chunks of kSplitKeys, one team per (query, head, chunk) computes its chunk's max score, sum
 // of exponentials and exp-weighted sum of values; a second kernel merges the chunks
-// (flash-decoding). Same maths as the one-pass kernel, regrouped sums.
-constexpr int64_t kSplitKeys = 32;
+// (flash-decoding). Same maths as the one-pass kernel, regrouped sums. Rows of q, k and v are
+// read as 16-byte packs: kLanes lanes per key for the dot products, (pack, key slice) units for
+// the P.V sum, so that every thread issues only a few independent vector loads.
+constexpr int64_t kSplitKeys = 32;  // keys per team = team threads
+constexpr int kLanes = 8;           // vector lanes per team thread
+
+// Whether SplitKeyAttention can read these rows as packs (16-byte aligned rows of head_dim).
+template <class T>
+bool SplitKeyShapesFit(const T* q, const T* k, const T* v, int64_t head_dim) {
+  const int64_t packs = head_dim / Pack<T>::kSize;
+  return head_dim % Pack<T>::kSize == 0 && packs <= kSplitKeys * kLanes && (kSplitKeys * kLanes) % packs == 0 &&
+         IsPackAligned(q, head_dim) && IsPackAligned(k, head_dim) && IsPackAligned(v, head_dim);
+}
 
 // Partial results [teams, chunks, Dh + 2], kept between calls (grown on demand) and released at
 // Kokkos::finalize.
@@ -50,12 +62,15 @@ void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Te
   using Policy  = Kokkos::TeamPolicy<ExecSpace>;
   using Member  = typename Policy::member_type;
   using Scratch = Kokkos::View<float*, typename ExecSpace::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+  using P       = Pack<T>;
   constexpr float kMasked = -FLT_MAX;
   const int64_t Sq = q.extent(1), queries = q.extent(0) * Sq * num_heads;
   const int64_t chunks = (num_keys + kSplitKeys - 1) / kSplitKeys, width = head_dim + 2;
+  const int64_t packs  = head_dim / P::kSize;             // 16-byte packs per head row
+  const int64_t slices = kSplitKeys * kLanes / packs;     // key slices of the P.V sum
   auto partial = SplitBuffer<typename ExecSpace::memory_space>(size_t(queries * chunks * width));
-  Policy split(space, queries * chunks, 4, 32);
-  split.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(kSplitKeys)));
+  Policy split(space, queries * chunks, kSplitKeys, kLanes);
+  split.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(kSplitKeys + slices * head_dim)));
   Kokkos::parallel_for(
       "openmoe::kernels::SplitKeyAttention", split, KOKKOS_LAMBDA(const Member& team) {
         const int64_t chunk = team.league_rank() % chunks, idx = team.league_rank() / chunks;
@@ -67,48 +82,85 @@ void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Te
         if (j1 > num_keys) j1 = num_keys;
         if (j1 > position + 1) j1 = position + 1;  // causal
         float* result = partial.data() + (idx * chunks + chunk) * width;  // [max, sum, acc(Dh)]
-        Scratch scores(team.team_scratch(0), kSplitKeys);
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, j0, j1 > j0 ? j1 : j0), [&](const int64_t j) {
+        Scratch scratch(team.team_scratch(0), kSplitKeys + slices * head_dim);
+        float* scores = scratch.data();               // [kSplitKeys], then probabilities
+        float* sums   = scratch.data() + kSplitKeys;  // [slices, Dh]
+        const P* q_row = reinterpret_cast<const P*>(&q(b, s, q_col));
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kSplitKeys), [&](const int64_t i) {
+          const int64_t j = j0 + i;
           float dot = kMasked;
-          if (j == 0 || key_mask(b, j) != 0) {
+          if (j < j1 && (j == 0 || key_mask(b, j) != 0)) {
+            const P* k_row = reinterpret_cast<const P*>(&k(b, j, kv_col));
             Kokkos::parallel_reduce(
-                Kokkos::ThreadVectorRange(team, head_dim),
-                [&](const int64_t d, float& partial_dot) {
-                  partial_dot += ToFloat(q(b, s, q_col + d)) * ToFloat(k(b, j, kv_col + d));
+                Kokkos::ThreadVectorRange(team, packs),
+                [&](const int64_t p, float& partial_dot) {
+                  const P kp = k_row[p], qp = q_row[p];
+                  for (int e = 0; e < P::kSize; ++e) partial_dot += ToFloat(qp.v[e]) * ToFloat(kp.v[e]);
                 },
-                dot);
+                dot);  // no 1/sqrt(Dh): OpenMoE folds the scale into Wq
           }
-          Kokkos::single(Kokkos::PerThread(team), [&]() { scores(j - j0) = dot; });
+          Kokkos::single(Kokkos::PerThread(team), [&]() { scores[i] = dot; });
         });
         team.team_barrier();
         float m = kMasked;
-        for (int64_t j = j0; j < j1; ++j) m = scores(j - j0) > m ? scores(j - j0) : m;
+        for (int64_t i = 0; i < kSplitKeys; ++i) m = scores[i] > m ? scores[i] : m;
+        team.team_barrier();  // every thread has its max before the scores become probabilities
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kSplitKeys), [&](const int64_t i) {
+          Kokkos::single(Kokkos::PerThread(team), [&]() {
+            scores[i] = scores[i] == kMasked ? 0.0f : Kokkos::Experimental::exp(scores[i] - m);
+          });
+        });
+        team.team_barrier();
         float l = 0.0f;
-        for (int64_t j = j0; j < j1; ++j) l += scores(j - j0) == kMasked ? 0.0f : Kokkos::Experimental::exp(scores(j - j0) - m);
+        for (int64_t i = 0; i < kSplitKeys; ++i) l += scores[i];
+        // P.V: unit (slice, pack) sums keys slice, slice + slices, ... of one 16-byte column pack.
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kSplitKeys), [&](const int64_t g) {
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, kLanes), [&](const int64_t lane) {
+            const int64_t unit = g * kLanes + lane, p = unit % packs, slice = unit / packs;
+            float acc[P::kSize];
+            for (int e = 0; e < P::kSize; ++e) acc[e] = 0.0f;
+            for (int64_t i = slice; i < kSplitKeys && j0 + i < j1; i += slices) {
+              const P vp = reinterpret_cast<const P*>(&v(b, j0 + i, kv_col))[p];
+              for (int e = 0; e < P::kSize; ++e) acc[e] += scores[i] * ToFloat(vp.v[e]);
+            }
+            for (int e = 0; e < P::kSize; ++e) sums[slice * head_dim + p * P::kSize + e] = acc[e];
+          });
+        });
+        team.team_barrier();
         Kokkos::parallel_for(Kokkos::TeamVectorRange(team, head_dim), [&](const int64_t d) {
           float acc = 0.0f;
-          for (int64_t j = j0; j < j1; ++j) {
-            const float p = scores(j - j0) == kMasked ? 0.0f : Kokkos::Experimental::exp(scores(j - j0) - m);
-            acc += p * ToFloat(v(b, j, kv_col + d));
-          }
+          for (int64_t slice = 0; slice < slices; ++slice) acc += sums[slice * head_dim + d];
           result[2 + d] = acc;
         });
         Kokkos::single(Kokkos::PerTeam(team), [&]() { result[0] = m, result[1] = l; });
       });
+  // Merge: weights exp(m_c - M) of the chunks (0 for chunks without a visible key), then the sums.
+  Policy merge(space, queries, 4, 32);
+  merge.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(2 * chunks)));
   Kokkos::parallel_for(
-      "openmoe::kernels::SplitKeyAttentionMerge", Policy(space, queries, 4, 32), KOKKOS_LAMBDA(const Member& team) {
+      "openmoe::kernels::SplitKeyAttentionMerge", merge, KOKKOS_LAMBDA(const Member& team) {
         const int64_t idx = team.league_rank();
         const int64_t head = idx % num_heads, s = (idx / num_heads) % Sq, b = idx / (num_heads * Sq);
         const float* base = partial.data() + idx * chunks * width;
+        Scratch scratch(team.team_scratch(0), 2 * chunks);
+        float* chunk_max = scratch.data();           // [chunks]
+        float* weight    = scratch.data() + chunks;  // [chunks]
+        Kokkos::parallel_for(Kokkos::TeamVectorRange(team, chunks), [&](const int64_t c) {
+          chunk_max[c] = base[c * width + 1] > 0.0f ? base[c * width] : kMasked;
+        });
+        team.team_barrier();
         float m = kMasked;
-        for (int64_t c = 0; c < chunks; ++c) m = base[c * width] > m ? base[c * width] : m;
+        for (int64_t c = 0; c < chunks; ++c) m = chunk_max[c] > m ? chunk_max[c] : m;
+        team.team_barrier();
+        Kokkos::parallel_for(Kokkos::TeamVectorRange(team, chunks), [&](const int64_t c) {
+          weight[c] = base[c * width + 1] > 0.0f ? Kokkos::Experimental::exp(chunk_max[c] - m) : 0.0f;
+        });
+        team.team_barrier();
         float l = 0.0f;
-        for (int64_t c = 0; c < chunks; ++c)
-          if (base[c * width + 1] > 0.0f) l += base[c * width + 1] * Kokkos::Experimental::exp(base[c * width] - m);
+        for (int64_t c = 0; c < chunks; ++c) l += weight[c] * base[c * width + 1];
         Kokkos::parallel_for(Kokkos::TeamVectorRange(team, head_dim), [&](const int64_t d) {
           float acc = 0.0f;
-          for (int64_t c = 0; c < chunks; ++c)
-            if (base[c * width + 1] > 0.0f) acc += base[c * width + 2 + d] * Kokkos::Experimental::exp(base[c * width] - m);
+          for (int64_t c = 0; c < chunks; ++c) acc += weight[c] * base[c * width + 2 + d];
           out(b, s, head * head_dim + d) = FromFloat<T>(acc / l);
         });
       });
@@ -128,8 +180,8 @@ absl::Status ApplyRope(const ExecSpace& space, Tensor3<T, ExecSpace> x, int64_t 
   const int64_t half = head_dim / 2, pairs = width / 2;  // (head, j) pairs per row
   Kokkos::parallel_for(
       "openmoe::kernels::ApplyRope",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<3>>(space, {0, 0, 0}, {B, S, pairs}),
-      KOKKOS_LAMBDA(const int64_t b, const int64_t s, const int64_t pair) {
+      FlatRange(space, B * S * pairs), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t pair = idx % pairs, s = (idx / pairs) % S, b = idx / (pairs * S);
         const int64_t head = pair / half, j = pair % half;
         const int64_t lo = head * head_dim + j, hi = lo + half;
         float c, sn;
@@ -163,8 +215,8 @@ absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<const T, ExecSpace> q
   const int64_t pairs = q_pairs > kv_pairs ? q_pairs : kv_pairs;
   Kokkos::parallel_for(
       "openmoe::kernels::RopeAndAppend",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<3>>(space, {0, 0, 0}, {B, S, pairs}),
-      KOKKOS_LAMBDA(const int64_t b, const int64_t s, const int64_t pair) {
+      FlatRange(space, B * S * pairs), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t pair = idx % pairs, s = (idx / pairs) % S, b = idx / (pairs * S);
         const int64_t head = pair / half, j = pair % half;
         const int64_t lo = head * head_dim + j, hi = lo + half;
         float c, sn;
@@ -215,7 +267,8 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
   constexpr float kMasked = -FLT_MAX;
   constexpr bool kOnHostSpace =
       Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename ExecSpace::memory_space>::accessible;
-  if (!kOnHostSpace && B * Sq * num_heads < 1024 && num_keys > 2 * kSplitKeys) {
+  if (!kOnHostSpace && B * Sq * num_heads < 1024 && num_keys > 2 * kSplitKeys &&
+      SplitKeyShapesFit(q.data(), k.data(), v.data(), head_dim)) {
     SplitKeyAttention<T, ExecSpace>(space, q, k, v, key_mask, num_heads, group, head_dim, num_keys, q_offset, out);
     return absl::OkStatus();
   }

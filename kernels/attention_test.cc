@@ -7,6 +7,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/reference/ops.h"
+#include "openmoe/core/bf16.h"
 #include "openmoe/core/test_util.h"
 
 namespace openmoe::kernels {
@@ -15,11 +16,10 @@ namespace {
 using openmoe::testing::RandomNormal;
 using openmoe::testing::ToHost;
 
-template <class Space>
-Tensor3<float, Space> ToDevice3(const std::vector<float>& host, int64_t a, int64_t b, int64_t c,
-                                const std::string& label) {
-  Tensor3<float, Space> device(label, a, b, c);
-  Kokkos::deep_copy(device, Kokkos::View<const float***, Kokkos::LayoutRight, Kokkos::HostSpace,
+template <class Space, class T = float>
+Tensor3<T, Space> ToDevice3(const std::vector<T>& host, int64_t a, int64_t b, int64_t c, const std::string& label) {
+  Tensor3<T, Space> device(label, a, b, c);
+  Kokkos::deep_copy(device, Kokkos::View<const T***, Kokkos::LayoutRight, Kokkos::HostSpace,
                                          Kokkos::MemoryUnmanaged>(host.data(), a, b, c));
   return device;
 }
@@ -52,7 +52,8 @@ TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
   struct Case { int64_t B, Sq, Sk, Nh, Nkv, Dh, q_offset; };
   // The last two are decode-shaped (few queries, > 64 keys): the split-key path on GPUs.
   for (const Case c : {Case{2, 19, 19, 4, 4, 24, 0}, Case{3, 1, 11, 4, 2, 16, 10}, Case{2, 5, 9, 6, 3, 8, 4},
-                       Case{2, 1, 150, 4, 2, 16, 149}, Case{1, 3, 200, 4, 4, 8, 120}}) {
+                       Case{2, 1, 150, 4, 2, 16, 149}, Case{1, 3, 200, 4, 4, 8, 120},
+                       Case{2, 1, 300, 2, 1, 128, 299}}) {
     const uint32_t seed = 31 + c.Sq * 7 + c.Nkv;
     const std::vector<float> q = RandomNormal(c.B * c.Sq * c.Nh * c.Dh, 0.5f, seed);
     const std::vector<float> k = RandomNormal(c.B * c.Sk * c.Nkv * c.Dh, 0.5f, seed + 1);
@@ -75,6 +76,42 @@ TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
     // most that relative amount, so |out error| <= 2 * score error * max|v| (max|v| <= 5).
     const double bound = 2.0 * c.Dh * FLT_EPSILON * (c.Dh * 0.25 * 16) * 5.0 + 1e-6;
     for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], bound) << i << " seed " << seed;
+  }
+}
+
+// bf16 storage at decode shapes with the models' head_dim of 128 (the split-key path with
+// 16-byte packs on GPUs), rows padded on the left by more than one key chunk: reference of the
+// rounded inputs; the only extra error is the bf16 rounding of the output (2^-8 relative to
+// max|v|).
+TYPED_TEST(AttentionTest, Bf16DecodeMatchesReferenceOfRoundedInputs) {
+  using Space = TypeParam;
+  const int64_t B = 2, Sq = 1, Sk = 301, Nh = 4, Nkv = 2, Dh = 128, q_offset = 300;
+  const uint32_t seed = 77;
+  std::vector<float> q = RandomNormal(B * Sq * Nh * Dh, 0.1f, seed);
+  std::vector<float> k = RandomNormal(B * Sk * Nkv * Dh, 0.1f, seed + 1);
+  std::vector<float> v = RandomNormal(B * Sk * Nkv * Dh, 1.0f, seed + 2);
+  std::vector<bf16> qb, kb, vb;
+  for (float& e : q) qb.push_back(bf16(e)), e = float(qb.back());
+  for (float& e : k) kb.push_back(bf16(e)), e = float(kb.back());
+  for (float& e : v) vb.push_back(bf16(e)), e = float(vb.back());
+  std::vector<int64_t> mask(B * Sk, 1);
+  for (int64_t j = 0; j < 70; ++j) mask[Sk + j] = 0;  // row 1: 70 padding keys (> 2 chunks of 32)
+  auto qd = ToDevice3<Space>(qb, B, Sq, Nh * Dh, "q");
+  auto kd = ToDevice3<Space>(kb, B, Sk, Nkv * Dh, "k");
+  auto vd = ToDevice3<Space>(vb, B, Sk, Nkv * Dh, "v");
+  Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", B, Sk);
+  Kokkos::deep_copy(md, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
+                            mask.data(), B, Sk));
+  Tensor3<bf16, Space> out("out", B, Sq, Nh * Dh);
+  absl::Status s = CausalAttention<bf16>(Space(), qd, kd, vd, md, Nh, Nkv, Dh, Sk, q_offset, out);
+  ASSERT_TRUE(s.ok()) << s;
+  const std::vector<bf16> got = ToHost(out);
+  const std::vector<double> want =
+      reference::Attention(ToDouble(q), ToDouble(k), ToDouble(v), mask, B, Sq, Sk, Nh, Nkv, Dh, q_offset);
+  // Scores: |q.k| sums of 128 products of ~0.01 each (float32 error ~1e-7 relative), so the
+  // float32 part is far below the output rounding: 2^-8 * |out| (|v| <= 5) + 1e-5.
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_NEAR(float(got[i]), want[i], std::ldexp(std::fabs(want[i]), -8) + 1e-5) << i << " seed " << seed;
   }
 }
 

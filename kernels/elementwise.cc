@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
+#include "kernels/launch.h"
 
 namespace openmoe::kernels {
 namespace {
@@ -23,8 +24,10 @@ absl::Status Embedding(const ExecSpace& space, ConstMatrix<T, ExecSpace> table,
   }
   Kokkos::parallel_for(
       "openmoe::kernels::Embedding",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {N, H}),
-      KOKKOS_LAMBDA(const int64_t t, const int64_t h) { out(t, h) = table(ids(t), h); });
+      FlatRange(space, N * H), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t t = idx / H, h = idx % H;
+        out(t, h) = table(ids(t), h);
+      });
   return absl::OkStatus();
 }
 
@@ -37,8 +40,8 @@ absl::Status AddInPlace(const ExecSpace& space, Matrix<T, ExecSpace> y, ConstMat
   const int64_t N = y.extent(0), H = y.extent(1);
   Kokkos::parallel_for(
       "openmoe::kernels::AddInPlace",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {N, H}),
-      KOKKOS_LAMBDA(const int64_t t, const int64_t h) {
+      FlatRange(space, N * H), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t t = idx / H, h = idx % H;
         y(t, h) = FromFloat<T>(ToFloat(y(t, h)) + ToFloat(x(t, h)));
       });
   return absl::OkStatus();
@@ -56,8 +59,8 @@ absl::Status SwigluCombine(const ExecSpace& space, ConstMatrix<T, ExecSpace> gat
   }
   Kokkos::parallel_for(
       "openmoe::kernels::SwigluCombine",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {N, I}),
-      KOKKOS_LAMBDA(const int64_t t, const int64_t i) {
+      FlatRange(space, N * I), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t t = idx / I, i = idx % I;
         out(t, i) = FromFloat<T>(Swiglu(ToFloat(gate(t, i)), ToFloat(gate(t, I + i)), ToFloat(up(t, i))));
       });
   return absl::OkStatus();
@@ -72,8 +75,8 @@ absl::Status SwigluCombineFused(const ExecSpace& space, ConstMatrix<T, ExecSpace
   }
   Kokkos::parallel_for(
       "openmoe::kernels::SwigluCombineFused",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {N, I}),
-      KOKKOS_LAMBDA(const int64_t t, const int64_t i) {
+      FlatRange(space, N * I), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t t = idx / I, i = idx % I;
         out(t, i) = FromFloat<T>(Swiglu(ToFloat(gate_up(t, i)), ToFloat(gate_up(t, I + i)),
                                         ToFloat(gate_up(t, 2 * I + i))));
       });

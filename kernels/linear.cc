@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
+#include "kernels/launch.h"
 
 #if defined(KOKKOS_ENABLE_CUDA)
 #include <cublas_v2.h>
@@ -44,6 +45,47 @@ void LoopGemm(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T
         float acc = accumulate ? ToFloat(y(m, n)) : 0.0f;
         for (int64_t k = 0; k < K; ++k) acc += ToFloat(x(m, k)) * ToFloat(w_is_out_in ? w(n, k) : w(k, n));
         y(m, n) = FromFloat<T>(acc);
+      });
+}
+
+// y[m, n] (+)= x[m, :] . w[n, :] for a few rows m (a decode step): one warp per output column
+// n streams w's row as 16-byte packs, so the weights are read once at close to HBM speed (cuBLAS
+// picks split-K kernels for these shapes that reach 30-80% of it). Float32 accumulation and one
+// rounding of the result, as cublasGemmEx with CUBLAS_COMPUTE_32F.
+constexpr int64_t kSmallBatchRows = 4;
+bool small_batch_linear_enabled = true;
+constexpr int kColumnsPerTeam = 4;
+
+template <class T, class ExecSpace>
+void SmallBatchLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
+                      Matrix<T, ExecSpace> y, bool accumulate) {
+  using Policy = Kokkos::TeamPolicy<ExecSpace>;
+  using Member = typename Policy::member_type;
+  using P      = Pack<T>;
+  const int64_t M = x.extent(0), K = x.extent(1), N = w.extent(0), packs = K / P::kSize;
+  const int64_t league = (N + kColumnsPerTeam - 1) / kColumnsPerTeam;
+  const T* x_data = x.data();  // [M, K]
+  const T* w_data = w.data();  // [N, K]
+  Kokkos::parallel_for(
+      "openmoe::kernels::SmallBatchLinear", Policy(space, league, kColumnsPerTeam, 32),
+      KOKKOS_LAMBDA(const Member& team) {
+        const int64_t n = team.league_rank() * kColumnsPerTeam + team.team_rank();
+        if (n >= N) return;
+        const P* w_row = reinterpret_cast<const P*>(w_data + n * K);
+        for (int64_t m = 0; m < M; ++m) {
+          const P* x_row = reinterpret_cast<const P*>(x_data + m * K);
+          float dot = 0.0f;
+          Kokkos::parallel_reduce(
+              Kokkos::ThreadVectorRange(team, packs),
+              [&](const int64_t p, float& acc) {
+                const P wp = w_row[p], xp = x_row[p];
+                for (int e = 0; e < P::kSize; ++e) acc += ToFloat(xp.v[e]) * ToFloat(wp.v[e]);
+              },
+              dot);
+          Kokkos::single(Kokkos::PerThread(team), [&]() {
+            y(m, n) = FromFloat<T>(accumulate ? ToFloat(y(m, n)) + dot : dot);
+          });
+        }
       });
 }
 
@@ -112,6 +154,11 @@ absl::Status Gemm(const ExecSpace& space, const char* op, ConstMatrix<T, ExecSpa
   } else {
 #if defined(KOKKOS_ENABLE_CUDA)
     if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+      if (small_batch_linear_enabled && w_is_out_in && M <= size_t(kSmallBatchRows) && IsPackAligned(x.data(), K) &&
+          IsPackAligned(w.data(), K)) {
+        SmallBatchLinear<T, ExecSpace>(space, x, w, y, accumulate);
+        return absl::OkStatus();
+      }
       return CublasBf16Gemm(space, x.data(), w.data(), y.data(), M, K, N, w_is_out_in, accumulate);
     }
 #endif
@@ -121,6 +168,8 @@ absl::Status Gemm(const ExecSpace& space, const char* op, ConstMatrix<T, ExecSpa
 }
 
 }  // namespace
+
+void SetSmallBatchLinearEnabled(bool enabled) { small_batch_linear_enabled = enabled; }
 
 template <class T, class ExecSpace>
 absl::Status Linear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,

@@ -8,7 +8,9 @@
 // With accumulate = true the product is added to y (beta = 1).
 // All Views must be contiguous row-major. T = float goes through Kokkos Kernels (cuBLAS on CUDA);
 // T = bf16 through cublasGemmEx (bf16 in/out, float32 compute) on CUDA and a float32-accumulating
-// Kokkos loop on host.
+// Kokkos loop on host; on CUDA, Linear with at most 4 rows (a decode step) uses the project's own
+// weight-streaming kernel instead (one warp per output column, 16-byte loads), which reads the
+// weights at close to HBM speed where cuBLAS picks split-K kernels.
 //
 //   Linear<float>(space, x, w, y);
 #ifndef KERNELS_LINEAR_H_
@@ -26,6 +28,10 @@ absl::Status Linear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMa
 template <class T, class ExecSpace>
 absl::Status MatMul(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
                     Matrix<T, ExecSpace> y, bool accumulate = false);
+
+// Whether Linear may use the weight-streaming kernel for <= 4 rows on CUDA (default true).
+// For benchmarks that compare it with cuBLAS in the same run; not thread-safe.
+void SetSmallBatchLinearEnabled(bool enabled);
 
 }  // namespace openmoe::kernels
 

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
+#include "kernels/launch.h"
 
 namespace openmoe::kernels {
 
@@ -89,8 +90,8 @@ absl::Status Dispatch(const ExecSpace& space, ConstMatrix<T, ExecSpace> x,
   Kokkos::deep_copy(space, buffer, FromFloat<T>(0.0f));
   Kokkos::parallel_for(
       "openmoe::kernels::Dispatch",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<3>>(space, {0, 0, 0}, {N, 2, H}),
-      KOKKOS_LAMBDA(const int64_t t, const int64_t k, const int64_t h) {
+      FlatRange(space, N * 2 * H), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t h = idx % H, k = (idx / H) % 2, t = idx / (2 * H);
         const int32_t slot = rank(t, k);
         if (slot < capacity) buffer(experts(t, k) * capacity + slot, h) = x(t, h);
       });
@@ -108,12 +109,132 @@ absl::Status Combine(const ExecSpace& space, ConstMatrix<T, ExecSpace> expert_ou
   }
   Kokkos::parallel_for(
       "openmoe::kernels::Combine",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {N, H}),
-      KOKKOS_LAMBDA(const int64_t t, const int64_t h) {
+      FlatRange(space, N * H), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t t = idx / H, h = idx % H;
         float acc = 0.0f;
         for (int k = 0; k < 2; ++k) {
           const int32_t e = experts(t, k), slot = rank(t, k);
           if (slot < capacity) acc += probs(t, e) * ToFloat(expert_out(e * capacity + slot, h));
+        }
+        y(t, h) = FromFloat<T>(acc);
+      });
+  return absl::OkStatus();
+}
+
+namespace {
+constexpr int kExpertWarps = 8;      // team threads; each takes every 8th row of the slice
+constexpr int kExpertLanes = 32;     // lanes; each takes one 16-byte pack of columns
+constexpr int64_t kTargetTeams = 512;
+}  // namespace
+
+int64_t GroupedExpertSplits(int64_t assignments, int64_t inner, int64_t cols, int64_t pack_size) {
+  const int64_t col_blocks = (cols + kExpertLanes * pack_size - 1) / (kExpertLanes * pack_size);
+  int64_t splits = (kTargetTeams + assignments * col_blocks - 1) / (assignments * col_blocks);
+  const int64_t max_splits = inner / 64 > 1 ? inner / 64 : 1;  // >= 64 rows per slice
+  return splits < 1 ? 1 : (splits > max_splits ? max_splits : splits);
+}
+
+template <class T>
+bool GroupedExpertShapesFit(const T* weights, int64_t cols) {
+  return IsPackAligned(weights, cols) && cols % Pack<T>::kSize == 0;
+}
+
+template <class T, class ExecSpace>
+absl::Status GroupedExpertProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, bool x_per_token,
+                                  ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
+                                  int64_t capacity, const T* weights, int64_t num_experts,
+                                  Partials<T, ExecSpace> partial) {
+  using P = Pack<T>;
+  const int64_t K = x.extent(1), A = 2 * experts.extent(0);
+  const int64_t splits = partial.extent(0), cols = partial.extent(2);
+  if (partial.extent(1) != size_t(A) || x.extent(0) != size_t(x_per_token ? A / 2 : A) ||
+      splits != GroupedExpertSplits(A, K, cols, P::kSize) || !GroupedExpertShapesFit(weights, cols) || num_experts <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("GroupedExpertProduct: partial [", partial.extent(0), ", ",
+                                                   partial.extent(1), ", ", cols, "] does not fit x [",
+                                                   x.extent(0), ", ", K, "] and ", A, " assignments"));
+  }
+  constexpr int64_t kCols = kExpertLanes * P::kSize;  // columns per team
+  const int64_t col_blocks = (cols + kCols - 1) / kCols, rows_per_split = (K + splits - 1) / splits;
+  using Member  = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  using Scratch = Kokkos::View<float**, Kokkos::LayoutRight, typename ExecSpace::scratch_memory_space,
+                               Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+  auto policy = WarpTeams(space, A * col_blocks * splits, kExpertWarps);
+  policy.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(kExpertWarps, kCols)));
+  Kokkos::parallel_for(
+      "openmoe::kernels::GroupedExpertProduct", policy, KOKKOS_LAMBDA(const Member& team) {
+        const int64_t split = team.league_rank() % splits, block = (team.league_rank() / splits) % col_blocks;
+        const int64_t a = team.league_rank() / (splits * col_blocks), t = a / 2, k = a % 2;
+        if (rank(t, k) >= capacity) return;  // dropped: the consumers skip it
+        const int64_t e = experts(t, k), row = x_per_token ? t : a;
+        const int64_t k0 = split * rows_per_split, k1 = k0 + rows_per_split < K ? k0 + rows_per_split : K;
+        const T* w = weights + e * K * cols;  // [K, cols]
+        Scratch sums(team.team_scratch(0), kExpertWarps, kCols);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kExpertWarps), [&](const int warp) {
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, kExpertLanes), [&](const int lane) {
+            const int64_t col0 = block * kCols + lane * P::kSize;
+            float acc[P::kSize];
+            for (int i = 0; i < P::kSize; ++i) acc[i] = 0.0f;
+            if (col0 < cols) {
+              for (int64_t r = k0 + warp; r < k1; r += kExpertWarps) {
+                const float xr = ToFloat(x(row, r));
+                const P wp     = *reinterpret_cast<const P*>(w + r * cols + col0);
+                for (int i = 0; i < P::kSize; ++i) acc[i] += xr * ToFloat(wp.v[i]);
+              }
+            }
+            for (int i = 0; i < P::kSize; ++i) sums(warp, lane * P::kSize + i) = acc[i];
+          });
+        });
+        team.team_barrier();
+        Kokkos::parallel_for(Kokkos::TeamVectorRange(team, kCols), [&](const int64_t c) {
+          const int64_t col = block * kCols + c;
+          if (col < cols) {
+            float total = 0.0f;
+            for (int warp = 0; warp < kExpertWarps; ++warp) total += sums(warp, c);
+            partial(split, a, col) = total;
+          }
+        });
+      });
+  return absl::OkStatus();
+}
+
+template <class T, class ExecSpace>
+absl::Status SwigluFromPartials(const ExecSpace& space, Partials<T, ExecSpace> gate_partial,
+                                Partials<T, ExecSpace> up_partial, Matrix<T, ExecSpace> act) {
+  const int64_t A = act.extent(0), I = act.extent(1);
+  const int64_t gate_splits = gate_partial.extent(0), up_splits = up_partial.extent(0);
+  if (gate_partial.extent(1) != size_t(A) || gate_partial.extent(2) != size_t(2 * I) ||
+      up_partial.extent(1) != size_t(A) || up_partial.extent(2) != size_t(I)) {
+    return absl::InvalidArgumentError(absl::StrCat("SwigluFromPartials: partials do not fit act [", A, ", ", I, "]"));
+  }
+  Kokkos::parallel_for(
+      "openmoe::kernels::SwigluFromPartials", FlatRange(space, A * I), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t a = idx / I, i = idx % I;
+        float linear = 0.0f, gated = 0.0f, up = 0.0f;
+        for (int64_t s = 0; s < gate_splits; ++s) linear += gate_partial(s, a, i), gated += gate_partial(s, a, I + i);
+        for (int64_t s = 0; s < up_splits; ++s) up += up_partial(s, a, i);
+        linear = ToFloat(FromFloat<T>(linear)), gated = ToFloat(FromFloat<T>(gated)), up = ToFloat(FromFloat<T>(up));
+        act(a, i) = FromFloat<T>(linear * (gated / (1.0f + Kokkos::Experimental::exp(-gated))) * up);
+      });
+  return absl::OkStatus();
+}
+
+template <class T, class ExecSpace>
+absl::Status CombineFromPartials(const ExecSpace& space, Partials<T, ExecSpace> out_partial,
+                                 ConstMatrix<float, ExecSpace> probs, ConstMatrix<int32_t, ExecSpace> experts,
+                                 ConstMatrix<int32_t, ExecSpace> rank, int64_t capacity, Matrix<T, ExecSpace> y) {
+  const int64_t N = y.extent(0), H = y.extent(1), splits = out_partial.extent(0);
+  if (out_partial.extent(1) != size_t(2 * N) || out_partial.extent(2) != size_t(H) || probs.extent(0) != size_t(N)) {
+    return absl::InvalidArgumentError("CombineFromPartials: out_partial must be [splits, 2N, H] and probs [N, E]");
+  }
+  Kokkos::parallel_for(
+      "openmoe::kernels::CombineFromPartials", FlatRange(space, N * H), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t t = idx / H, h = idx % H;
+        float acc = 0.0f;
+        for (int k = 0; k < 2; ++k) {
+          if (rank(t, k) >= capacity) continue;
+          float out = 0.0f;
+          for (int64_t s = 0; s < splits; ++s) out += out_partial(s, 2 * t + k, h);
+          acc += probs(t, experts(t, k)) * ToFloat(FromFloat<T>(out));
         }
         y(t, h) = FromFloat<T>(acc);
       });
@@ -128,11 +249,21 @@ absl::Status Combine(const ExecSpace& space, ConstMatrix<T, ExecSpace> expert_ou
                                            int64_t, Matrix<T, Space>);                            \
   template absl::Status Combine<T, Space>(const Space&, ConstMatrix<T, Space>, ConstMatrix<float, Space>, \
                                           ConstMatrix<int32_t, Space>, ConstMatrix<int32_t, Space>, \
-                                          int64_t, Matrix<T, Space>);
+                                          int64_t, Matrix<T, Space>);                            \
+  template absl::Status GroupedExpertProduct<T, Space>(const Space&, ConstMatrix<T, Space>, bool,  \
+                                                       ConstMatrix<int32_t, Space>, ConstMatrix<int32_t, Space>, \
+                                                       int64_t, const T*, int64_t, Partials<T, Space>); \
+  template absl::Status SwigluFromPartials<T, Space>(const Space&, Partials<T, Space>, Partials<T, Space>, \
+                                                     Matrix<T, Space>);                           \
+  template absl::Status CombineFromPartials<T, Space>(const Space&, Partials<T, Space>,            \
+                                                      ConstMatrix<float, Space>, ConstMatrix<int32_t, Space>, \
+                                                      ConstMatrix<int32_t, Space>, int64_t, Matrix<T, Space>);
 #define OPENMOE_INSTANTIATE_SLOTS(Space)                                                          \
   template absl::Status AssignSlots<Space>(const Space&, ConstMatrix<int32_t, Space>, int64_t,    \
                                            Matrix<int32_t, Space>);
 OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_MOE)
 OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_SLOTS)
+template bool GroupedExpertShapesFit<float>(const float*, int64_t);
+template bool GroupedExpertShapesFit<bf16>(const bf16*, int64_t);
 
 }  // namespace openmoe::kernels

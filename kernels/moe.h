@@ -46,6 +46,42 @@ absl::Status Combine(const ExecSpace& space, ConstMatrix<T, ExecSpace> expert_ou
                      ConstMatrix<int32_t, ExecSpace> rank, int64_t capacity,
                      Matrix<T, ExecSpace> y);
 
+// ---- Decode steps: the experts of a few tokens without a host round trip -------------------
+// Assignment a = 2 t + k (token t's k-th choice, expert e = experts(t, k)) is kept when
+// rank(t, k) < capacity. Each kept assignment is multiplied by its own expert's weights; the
+// products are written as float32 partial sums over `splits` slices of the inner dimension,
+// which the consumers below add up (deterministic, no atomics).
+template <class T, class Space>
+using Partials = Kokkos::View<float***, Kokkos::LayoutRight, typename Space::memory_space>;  // [splits, 2T, N]
+
+// How many inner-dimension slices GroupedExpertProduct uses (the caller sizes `partial` by it).
+int64_t GroupedExpertSplits(int64_t assignments, int64_t inner, int64_t cols, int64_t pack_size);
+
+// Whether weights [E, inner, cols] can be read as 16-byte packs (else use Dispatch/Combine).
+template <class T>
+bool GroupedExpertShapesFit(const T* weights, int64_t cols);
+
+// partial[s, a, :] = x[row(a), slice s] @ W_e[slice s, :] for kept a, W = weights [E, K, cols]
+// row-major (OpenMoE's x @ W layout); row(a) = t when x holds tokens [T, K] (x_per_token), a
+// when x holds one row per assignment [2T, K].
+template <class T, class ExecSpace>
+absl::Status GroupedExpertProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, bool x_per_token,
+                                  ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
+                                  int64_t capacity, const T* weights, int64_t num_experts,
+                                  Partials<T, ExecSpace> partial);
+
+// act[a, i] = swiglu(g[a, i], g[a, I + i], u[a, i]) (OpenMoE's: linear first half, SiLU second),
+// g and u the partial sums rounded to T as a GEMM output would be; act [2T, I].
+template <class T, class ExecSpace>
+absl::Status SwigluFromPartials(const ExecSpace& space, Partials<T, ExecSpace> gate_partial,
+                                Partials<T, ExecSpace> up_partial, Matrix<T, ExecSpace> act);
+
+// y[t, :] = sum over kept k of probs(t, e_k) * T(sum_s out_partial[s, 2t + k, :]), as Combine.
+template <class T, class ExecSpace>
+absl::Status CombineFromPartials(const ExecSpace& space, Partials<T, ExecSpace> out_partial,
+                                 ConstMatrix<float, ExecSpace> probs, ConstMatrix<int32_t, ExecSpace> experts,
+                                 ConstMatrix<int32_t, ExecSpace> rank, int64_t capacity, Matrix<T, ExecSpace> y);
+
 }  // namespace openmoe::kernels
 
 #endif  // KERNELS_MOE_H_

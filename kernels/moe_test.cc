@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "gtest/gtest.h"
+#include "kernels/launch.h"
 #include "kernels/reference/ops.h"
 #include "openmoe/core/test_util.h"
 
@@ -107,6 +108,70 @@ TYPED_TEST(MoeTest, CapacityOverflowDropsLaterTokensAndIdleExpertsStayEmpty) {
   for (int64_t t = C; t < T; ++t)
     for (int64_t h = 0; h < H; ++h) EXPECT_EQ(y[t * H + h], 0.0f) << "token " << t;
   for (int64_t t = 0; t < C; ++t) EXPECT_NE(y[t * H], 0.0f) << "token " << t;
+}
+
+// The decode-step expert path (GroupedExpertProduct -> SwigluFromPartials -> GroupedExpert-
+// Product -> CombineFromPartials) against a double evaluation of OpenMoE's expert MLP,
+// y[t] = sum over kept k of p[t, e] * ((x W_gate[:, :I]) * silu(x W_gate[:, I:]) * (x W_up)) W_o,
+// with token 2's top-1 assignment dropped (capacity 2, all three tokens prefer expert 0).
+TYPED_TEST(MoeTest, GroupedExpertsMatchTheExpertMlpAndSkipDroppedAssignments) {
+  using Space = TypeParam;
+  const int64_t T = 3, E = 4, H = 16, I = 8, C = 2;
+  const std::vector<float> logits = {3, 1, 0, -1, /**/ 3, 0, 1, -1, /**/ 3, -1, 0, 1};
+  const std::vector<float> x = RandomNormal(T * H, 1.0f, 21);
+  const std::vector<float> wi_gate = RandomNormal(E * H * 2 * I, 0.5f, 22), wi_up = RandomNormal(E * H * I, 0.5f, 23);
+  const std::vector<float> wo = RandomNormal(E * I * H, 0.5f, 24);
+  auto ld = ToDevice<Space>(logits, T, E, "logits");
+  auto xd = ToDevice<Space>(x, T, H, "x");
+  auto gate_w = ToDevice<Space>(wi_gate, E * H, 2 * I, "wi_gate");
+  auto up_w = ToDevice<Space>(wi_up, E * H, I, "wi_up");
+  auto out_w = ToDevice<Space>(wo, E * I, H, "wo");
+  Matrix<float, Space> probs("probs", T, E), act("act", 2 * T, I), y("y", T, H);
+  Matrix<int32_t, Space> experts("experts", T, 2), rank("rank", T, 2);
+  ASSERT_TRUE(RouterTop2<float>(Space(), ld, probs, experts).ok());
+  ASSERT_TRUE(AssignSlots<Space>(Space(), experts, E, rank).ok());
+  auto partials = [&](const char* name, int64_t inner, int64_t cols) {
+    return Partials<float, Space>(std::string(name), GroupedExpertSplits(2 * T, inner, cols, Pack<float>::kSize), 2 * T, cols);
+  };
+  auto gate_p = partials("gate_p", H, 2 * I), up_p = partials("up_p", H, I), out_p = partials("out_p", I, H);
+  ASSERT_TRUE(GroupedExpertShapesFit(gate_w.data(), 2 * I) && GroupedExpertShapesFit(up_w.data(), I) &&
+              GroupedExpertShapesFit(out_w.data(), H));
+  ASSERT_TRUE(GroupedExpertProduct<float>(Space(), xd, true, experts, rank, C, gate_w.data(), E, gate_p).ok());
+  ASSERT_TRUE(GroupedExpertProduct<float>(Space(), xd, true, experts, rank, C, up_w.data(), E, up_p).ok());
+  ASSERT_TRUE(SwigluFromPartials<float>(Space(), gate_p, up_p, act).ok());
+  ASSERT_TRUE(GroupedExpertProduct<float>(Space(), ConstMatrix<float, Space>(act), false, experts, rank, C,
+                                          out_w.data(), E, out_p).ok());
+  ASSERT_TRUE(CombineFromPartials<float>(Space(), out_p, probs, experts, rank, C, y).ok());
+  const std::vector<float> got = ToHost(y);
+
+  const reference::Top2Routing r = reference::RouteTop2(logits, T, E);
+  ASSERT_EQ(r.expert[2 * 2], 0);
+  ASSERT_GE(r.rank[2 * 2], C);  // token 2's top-1 is dropped
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<double> want(H, 0.0);
+    for (int k = 0; k < 2; ++k) {
+      const int64_t e = r.expert[t * 2 + k];
+      if (r.rank[t * 2 + k] >= C) continue;
+      std::vector<double> hidden(I);
+      for (int64_t i = 0; i < I; ++i) {
+        double lin = 0, gated = 0, up = 0;
+        for (int64_t h = 0; h < H; ++h) {
+          lin += double(x[t * H + h]) * wi_gate[(e * H + h) * 2 * I + i];
+          gated += double(x[t * H + h]) * wi_gate[(e * H + h) * 2 * I + I + i];
+          up += double(x[t * H + h]) * wi_up[(e * H + h) * I + i];
+        }
+        hidden[i] = lin * (gated / (1.0 + std::exp(-gated))) * up;
+      }
+      for (int64_t h = 0; h < H; ++h) {
+        double o = 0;
+        for (int64_t i = 0; i < I; ++i) o += hidden[i] * wo[(e * I + i) * H + h];
+        want[h] += r.probs[t * E + e] * o;
+      }
+    }
+    // Three chained float32 products of <= 16 terms of O(1) values: ~1e-5 relative error; 1e-4
+    // of (1 + |want|) leaves margin without hiding a wrong expert, slice or dropped row (O(1)).
+    for (int64_t h = 0; h < H; ++h) ASSERT_NEAR(got[t * H + h], want[h], 1e-4 * (1.0 + std::fabs(want[h]))) << t << "," << h;
+  }
 }
 
 }  // namespace

@@ -2,8 +2,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
+#include "kernels/launch.h"
 
 namespace openmoe::kernels {
+namespace {
+// Threads per row on GPUs: 8 elements each at H = 2048.
+constexpr int kGpuThreads = 256;
+}  // namespace
 
 template <class T, class ExecSpace>
 absl::Status RmsNorm(const ExecSpace& space, ConstMatrix<T, ExecSpace> x,
@@ -29,7 +34,7 @@ absl::Status RmsNorm(const ExecSpace& space, ConstMatrix<T, ExecSpace> x,
   using Member = typename Policy::member_type;
   const float inv_hidden = 1.0f / float(hidden);
   Kokkos::parallel_for(
-      "openmoe::kernels::RmsNorm", Policy(space, rows, Kokkos::AUTO),
+      "openmoe::kernels::RmsNorm", RowTeams(space, rows, kGpuThreads),
       KOKKOS_LAMBDA(const Member& team) {
         const int64_t t   = team.league_rank();
         float sum_squares = 0.0f;
@@ -70,7 +75,7 @@ absl::Status AddRmsNorm(const ExecSpace& space, Matrix<T, ExecSpace> h, ConstMat
   using Member = typename Policy::member_type;
   const float inv_hidden = 1.0f / float(hidden);
   Kokkos::parallel_for(
-      "openmoe::kernels::AddRmsNorm", Policy(space, rows, Kokkos::AUTO), KOKKOS_LAMBDA(const Member& team) {
+      "openmoe::kernels::AddRmsNorm", RowTeams(space, rows, kGpuThreads), KOKKOS_LAMBDA(const Member& team) {
         const int64_t t   = team.league_rank();
         float sum_squares = 0.0f;
         Kokkos::parallel_reduce(

@@ -8,12 +8,19 @@
 #include "kernels/attention.h"
 #include "kernels/elementwise.h"
 #include "kernels/instantiate.h"
+#include "kernels/launch.h"
 #include "kernels/linear.h"
 #include "kernels/moe.h"
 #include "kernels/rms_norm.h"
 #include "openmoe/core/status_macros.h"
 
 namespace openmoe {
+namespace {
+// Steps of at most this many tokens (decode steps of small batches) run the experts per
+// assignment (GroupedExpertProduct) instead of dispatch + per-expert GEMMs.
+constexpr int64_t kDecodeTokens = 4;
+}  // namespace
+
 
 absl::Status ValidateInputs(const OpenMoeConfig& config, const std::vector<int64_t>& input_ids,
                             const std::vector<int64_t>& attention_mask, int64_t batch,
@@ -185,6 +192,24 @@ absl::Status OpenMoeModel<ExecSpace, T>::Mlp(const ExecSpace& space, const std::
 }
 
 template <class ExecSpace, class T>
+absl::Status OpenMoeModel<ExecSpace, T>::RecordStats(int64_t layer, int64_t C, Matrix<T, ExecSpace> router_logits,
+                                                  Matrix<int32_t, ExecSpace> rank,
+                                                  std::vector<MoeLayerStats>* stats) {
+  const int64_t N = router_logits.extent(0), E = router_logits.extent(1);
+  if (stats != nullptr) {  // named host sync: only when statistics are asked for
+    auto rank_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rank);
+    MoeLayerStats s{layer, C, 0, 2 * N, {}};
+    for (int64_t t = 0; t < N; ++t)
+      for (int k = 0; k < 2; ++k) s.kept += rank_host(t, k) < C;
+    auto logits_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), router_logits);
+    s.router_logits.resize(N * E);
+    for (int64_t i = 0; i < N * E; ++i) s.router_logits[i] = ToFloat(logits_host.data()[i]);
+    stats->push_back(std::move(s));
+  }
+  return absl::OkStatus();
+}
+
+template <class ExecSpace, class T>
 absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64_t layer,
                                                 ConstMatrix<T, ExecSpace> x, RoutingMode mode,
                                                 Matrix<T, ExecSpace> out,
@@ -204,6 +229,32 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
                                                : config_.router_capacity_factor_train;
   const int64_t C = kernels::ExpertCapacity(N, E, cf, config_.router_min_capacity);
 
+  const T* wi_gate = weights_.at(prefix + ".experts.wi_gate").data();  // [E, H, 2I]
+  const T* wi_up   = weights_.at(prefix + ".experts.wi_up").data();    // [E, H, I]
+  const T* wo      = weights_.at(prefix + ".experts.wo").data();       // [E, I, H]
+  if (N <= kDecodeTokens && kernels::GroupedExpertShapesFit(wi_gate, 2 * I) &&
+      kernels::GroupedExpertShapesFit(wi_up, I) && kernels::GroupedExpertShapesFit(wo, H)) {
+    // A decode step: each kept assignment a = 2 t + k runs through its expert's weights directly,
+    // no dispatch buffer and no host round trip (so the step can be captured as a CUDA graph).
+    const int64_t A = 2 * N;
+    auto partials = [&](const char* name, int64_t inner, int64_t cols) {
+      const int64_t splits = kernels::GroupedExpertSplits(A, inner, cols, kernels::Pack<T>::kSize);
+      return kernels::Partials<T, ExecSpace>(Buffer<float>(name, splits * A * cols).data(), splits, A, cols);
+    };
+    auto gate_partial = partials("moe.gate_partial", H, 2 * I);  // [splits, A, 2I]
+    auto up_partial   = partials("moe.up_partial", H, I);        // [splits, A, I]
+    auto out_partial  = partials("moe.out_partial", I, H);       // [splits, A, H]
+    Matrix<T, ExecSpace> act = Buffer2<T>("moe.act", A, I);      // [A, I]
+    OPENMOE_RETURN_IF_ERROR(kernels::GroupedExpertProduct<T>(space, x, true, experts, rank, C, wi_gate, E, gate_partial));
+    OPENMOE_RETURN_IF_ERROR(kernels::GroupedExpertProduct<T>(space, x, true, experts, rank, C, wi_up, E, up_partial));
+    OPENMOE_RETURN_IF_ERROR(kernels::SwigluFromPartials<T>(space, gate_partial, up_partial, act));
+    OPENMOE_RETURN_IF_ERROR(kernels::GroupedExpertProduct<T>(space, ConstMatrix<T, ExecSpace>(act), false, experts,
+                                                             rank, C, wo, E, out_partial));
+    OPENMOE_RETURN_IF_ERROR(kernels::CombineFromPartials<T>(space, out_partial, probs, experts, rank, C, out));
+    profile_.Mark(space, "moe.experts");
+    return RecordStats(layer, C, router_logits, rank, stats);
+  }
+
   // Dispatch -> experts (x @ W per expert on its C rows) -> combine.
   Matrix<T, ExecSpace> dispatched = Buffer2<T>("moe.dispatched", E * C, H);  // [E*C, H]
   Matrix<T, ExecSpace> gate       = Buffer2<T>("moe.gate", E * C, 2 * I);    // [E*C, 2I]
@@ -222,9 +273,6 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
     for (int k = 0; k < 2; ++k) ++rows_used[experts_host(t, k)];
   for (int64_t& r : rows_used) r = std::min(r, C);
   profile_.Mark(space, "moe.host_sync");
-  const T* wi_gate = weights_.at(prefix + ".experts.wi_gate").data();  // [E, H, 2I]
-  const T* wi_up   = weights_.at(prefix + ".experts.wi_up").data();    // [E, H, I]
-  const T* wo      = weights_.at(prefix + ".experts.wo").data();       // [E, I, H]
   for (int64_t e = 0; e < E; ++e) {
     if (rows_used[e] == 0) continue;
     auto rows = std::make_pair(e * C, e * C + rows_used[e]);
@@ -250,17 +298,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
   OPENMOE_RETURN_IF_ERROR(kernels::Combine<T>(space, expert_out, probs, experts, rank, C, out));
   profile_.Mark(space, "moe.dispatch+combine");
 
-  if (stats != nullptr) {  // named host sync: only when statistics are asked for
-    auto rank_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rank);
-    MoeLayerStats s{layer, C, 0, 2 * N, {}};
-    for (int64_t t = 0; t < N; ++t)
-      for (int k = 0; k < 2; ++k) s.kept += rank_host(t, k) < C;
-    auto logits_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), router_logits);
-    s.router_logits.resize(N * E);
-    for (int64_t i = 0; i < N * E; ++i) s.router_logits[i] = ToFloat(logits_host.data()[i]);
-    stats->push_back(std::move(s));
-  }
-  return absl::OkStatus();
+  return RecordStats(layer, C, router_logits, rank, stats);
 }
 
 template <class ExecSpace, class T>
@@ -372,8 +410,11 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
   Matrix<T, ExecSpace> head_in = Buffer2<T>("head_in", rows, H);  // [rows, H]
   if (last_only) {
     Kokkos::parallel_for(
-        "openmoe::model::GatherLastColumn", Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {B, H}),
-        KOKKOS_LAMBDA(const int64_t b, const int64_t j) { head_in(b, j) = h(b * S + S - 1, j); });
+        "openmoe::model::GatherLastColumn", Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>(space, 0, B * H),
+        KOKKOS_LAMBDA(const int64_t idx) {
+          const int64_t b = idx / H, j = idx % H;
+          head_in(b, j) = h(b * S + S - 1, j);
+        });
   } else {
     Kokkos::deep_copy(space, head_in, h);
   }

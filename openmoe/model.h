@@ -103,6 +103,9 @@ class OpenMoeModel {
 
   absl::Status Mlp(const ExecSpace& space, const std::string& prefix, ConstMatrix<T, ExecSpace> x,
                    Matrix<T, ExecSpace> out);
+  // Appends layer statistics (kept assignments, router logits) when `stats` is given.
+  absl::Status RecordStats(int64_t layer, int64_t capacity, Matrix<T, ExecSpace> router_logits,
+                           Matrix<int32_t, ExecSpace> rank, std::vector<MoeLayerStats>* stats);
   absl::Status SparseMoe(const ExecSpace& space, int64_t layer, ConstMatrix<T, ExecSpace> x,
                          RoutingMode mode, Matrix<T, ExecSpace> out,
                          std::vector<MoeLayerStats>* stats);

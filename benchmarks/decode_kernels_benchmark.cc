@@ -1,0 +1,132 @@
+// Google Benchmark cases for the kernels of a batch-1 decode step at OpenMoE-8B shapes (bf16),
+// on the build's default backend: the weight-streaming Linear against cuBLAS (same run), the
+// fused residual-add RMSNorm, RoPE + cache append and split-key attention, and the cost of one
+// empty Kokkos launch (the floor of a launch-bound step).
+//
+// Each iteration enqueues kRepeats calls and fences once, so the time per call is the device
+// throughput with launches overlapped; "host_us" is the host time to enqueue one call.
+#include <benchmark/benchmark.h>
+
+#include <string>
+
+#include <Kokkos_Core.hpp>
+#include <Kokkos_Random.hpp>
+
+#include "kernels/attention.h"
+#include "kernels/linear.h"
+#include "kernels/rms_norm.h"
+#include "openmoe/core/bf16.h"
+
+namespace openmoe::benchmarks {
+namespace {
+
+using Space = Kokkos::DefaultExecutionSpace;
+constexpr int kRepeats = 20;
+
+template <class View>
+void FillRandom(View v, float scale) {  // uniform in [-scale, scale), bf16-rounded
+  Kokkos::View<float*, typename View::memory_space> tmp("tmp", v.size());
+  Kokkos::Random_XorShift64_Pool<Space> pool(/*seed=*/2026);
+  Kokkos::fill_random(tmp, pool, -scale, scale);
+  auto* data = v.data();
+  Kokkos::parallel_for("fill", Kokkos::RangePolicy<Space>(0, v.size()),
+                       KOKKOS_LAMBDA(const int64_t i) { data[i] = bf16(tmp(i)); });
+  Kokkos::fence();
+}
+
+// Times `call` kRepeats times per iteration; sets time per call, bytes/s and host enqueue time.
+template <class Call>
+void TimeCalls(benchmark::State& state, double bytes_per_call, Call&& call) {
+  double host_seconds = 0.0;
+  for (auto _ : state) {
+    Kokkos::Timer timer;
+    for (int r = 0; r < kRepeats; ++r) call();
+    host_seconds += timer.seconds();
+    Kokkos::fence();
+    state.SetIterationTime(timer.seconds() / kRepeats);
+  }
+  state.counters["GB/s"] = benchmark::Counter(bytes_per_call * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["host_us"] = host_seconds * 1e6 / (double(state.iterations()) * kRepeats);
+}
+
+// y[1, N] = x[1, K] @ w[N, K]^T; arg 2 selects cuBLAS (0) or the streaming kernel (1).
+void BM_DecodeLinear(benchmark::State& state) {
+  const int64_t N = state.range(0), K = state.range(1);
+  const bool streaming = state.range(2) != 0;
+  Matrix<bf16, Space> x("x", 1, K), w("w", N, K), y("y", 1, N);
+  FillRandom(x, 1.0f);
+  FillRandom(w, 0.02f);
+  kernels::SetSmallBatchLinearEnabled(streaming);
+  TimeCalls(state, double(N * K + K + N) * sizeof(bf16), [&] {
+    absl::Status s = kernels::Linear<bf16>(Space(), ConstMatrix<bf16, Space>(x), ConstMatrix<bf16, Space>(w), y);
+    if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
+  });
+  kernels::SetSmallBatchLinearEnabled(true);
+  state.SetLabel(streaming ? "streaming" : "cublas");
+}
+
+void BM_DecodeAddRmsNorm(benchmark::State& state) {
+  const int64_t H = state.range(0);
+  Matrix<bf16, Space> h("h", 1, H), delta("delta", 1, H), y("y", 1, H);
+  Vector<bf16, Space> w("w", H);
+  FillRandom(h, 1.0f);
+  FillRandom(delta, 0.0f);  // h stays put across repeats
+  FillRandom(w, 1.0f);
+  TimeCalls(state, 5.0 * H * sizeof(bf16), [&] {
+    absl::Status s = kernels::AddRmsNorm<bf16>(Space(), h, delta, w, y, 1e-6f);
+    if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
+  });
+}
+
+// One query per head over `keys` cached keys (Nh = Nkv = 24, Dh = 128, as OpenMoE-8B).
+void BM_DecodeAttention(benchmark::State& state) {
+  const int64_t keys = state.range(0), Nh = 24, Dh = 128;
+  kernels::Tensor3<bf16, Space> q("q", 1, 1, Nh * Dh), out("out", 1, 1, Nh * Dh);
+  kernels::Tensor3<bf16, Space> k("k", 1, keys, Nh * Dh), v("v", 1, keys, Nh * Dh);
+  Kokkos::View<int64_t**, Kokkos::LayoutRight, Space::memory_space> mask("mask", 1, keys);
+  Kokkos::deep_copy(mask, 1);
+  FillRandom(q, 0.1f);
+  FillRandom(k, 0.1f);
+  FillRandom(v, 1.0f);
+  TimeCalls(state, 2.0 * keys * Nh * Dh * sizeof(bf16), [&] {
+    absl::Status s = kernels::CausalAttention<bf16>(Space(), q, k, v, mask, Nh, Nh, Dh, keys, keys - 1, out);
+    if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
+  });
+}
+
+void BM_DecodeRopeAndAppend(benchmark::State& state) {
+  const int64_t Nh = 24, Dh = 128, width = Nh * Dh, S_max = 1024;
+  kernels::Tensor3<bf16, Space> qkv("qkv", 1, 1, 3 * width), q("q", 1, 1, width);
+  kernels::Tensor3<bf16, Space> kc("kc", 1, S_max, width), vc("vc", 1, S_max, width);
+  FillRandom(qkv, 1.0f);
+  TimeCalls(state, 5.0 * width * sizeof(bf16), [&] {
+    absl::Status s = kernels::RopeAndAppend<bf16>(Space(), qkv, Dh, width, 600, q, kc, vc);
+    if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
+  });
+}
+
+void BM_EmptyLaunch(benchmark::State& state) {
+  Kokkos::View<int*, Space::memory_space> sink("sink", 1);
+  TimeCalls(state, 0.0, [&] {
+    Kokkos::parallel_for("empty", Kokkos::RangePolicy<Space>(0, 1), KOKKOS_LAMBDA(const int) { sink(0) = 1; });
+  });
+}
+
+// Linear shapes of an 8B decode step: q/k/v fused, o_proj, gate/up fused, down, router, LM head.
+BENCHMARK(BM_DecodeLinear)
+    ->ArgNames({"N", "K", "streaming"})
+    ->ArgsProduct({{9216}, {2048}, {0, 1}})
+    ->ArgsProduct({{2048}, {3072}, {0, 1}})
+    ->ArgsProduct({{24576}, {2048}, {0, 1}})
+    ->ArgsProduct({{2048}, {8192}, {0, 1}})
+    ->ArgsProduct({{32}, {2048}, {0, 1}})
+    ->ArgsProduct({{256384}, {2048}, {0, 1}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_DecodeAddRmsNorm)->Arg(2048)->Arg(3072)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_DecodeAttention)->Arg(512)->Arg(2048)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_DecodeRopeAndAppend)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_EmptyLaunch)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+}  // namespace openmoe::benchmarks

@@ -1,0 +1,65 @@
+// File: kernels/launch.h
+// Launch shapes shared by the ops: how many threads a row-wise team gets on each backend, flat
+// ranges for element-wise work, and 16-byte packs for vectorised loads.
+//
+//   Kokkos::parallel_for("op", RowTeams(space, rows, 256), KOKKOS_LAMBDA(const Member& team) {...});
+//   Kokkos::parallel_for("op", FlatRange(space, rows * cols), KOKKOS_LAMBDA(const int64_t i) {...});
+#ifndef KERNELS_LAUNCH_H_
+#define KERNELS_LAUNCH_H_
+
+#include <cstdint>
+#include <type_traits>
+
+#include <Kokkos_Core.hpp>
+
+namespace openmoe::kernels {
+
+// One team per row: `gpu_threads` threads on CUDA (a decode step has a single row, which must
+// still be read by many threads to hide memory latency), Kokkos' choice on host backends.
+template <class ExecSpace>
+Kokkos::TeamPolicy<ExecSpace> RowTeams(const ExecSpace& space, int64_t rows, int gpu_threads) {
+#if defined(KOKKOS_ENABLE_CUDA)
+  if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+    return Kokkos::TeamPolicy<ExecSpace>(space, rows, gpu_threads);
+  }
+#endif
+  (void)gpu_threads;
+  return Kokkos::TeamPolicy<ExecSpace>(space, rows, Kokkos::AUTO);
+}
+
+// Teams of `warps` x 32 lanes on CUDA (lanes index 16-byte column packs), Kokkos' choice of
+// team size with one lane on host backends.
+template <class ExecSpace>
+Kokkos::TeamPolicy<ExecSpace> WarpTeams(const ExecSpace& space, int64_t league, int warps) {
+#if defined(KOKKOS_ENABLE_CUDA)
+  if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+    return Kokkos::TeamPolicy<ExecSpace>(space, league, warps, 32);
+  }
+#endif
+  (void)warps;
+  return Kokkos::TeamPolicy<ExecSpace>(space, league, Kokkos::AUTO, 1);
+}
+
+// A 1-D range for element-wise work over a [rows, cols] matrix (Kokkos 3.4's MDRangePolicy
+// launches 32-thread blocks on CUDA, which leaves most of the GPU idle at decode shapes).
+template <class ExecSpace>
+Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>> FlatRange(const ExecSpace& space, int64_t count) {
+  return Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>(space, 0, count);
+}
+
+// 16 bytes of consecutive elements, loaded and stored as one vector access (ld.global.v4 on
+// CUDA). Only for data whose address is a multiple of 16 bytes: see IsPackAligned.
+template <class T>
+struct alignas(16) Pack {
+  static constexpr int kSize = 16 / sizeof(T);
+  T v[kSize];
+};
+
+template <class T>
+bool IsPackAligned(const T* data, int64_t row_length) {
+  return reinterpret_cast<uintptr_t>(data) % 16 == 0 && (row_length * int64_t(sizeof(T))) % 16 == 0;
+}
+
+}  // namespace openmoe::kernels
+
+#endif  // KERNELS_LAUNCH_H_
