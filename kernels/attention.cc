@@ -58,7 +58,7 @@ void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Te
                        Tensor3<const T, ExecSpace> v,
                        Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
                        int64_t num_heads, int64_t group, int64_t head_dim, int64_t num_keys, int64_t q_offset,
-                       Tensor3<T, ExecSpace> out) {
+                       Tensor3<T, ExecSpace> out, const int64_t* device_offset) {
   using Policy  = Kokkos::TeamPolicy<ExecSpace>;
   using Member  = typename Policy::member_type;
   using Scratch = Kokkos::View<float*, typename ExecSpace::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
@@ -76,10 +76,11 @@ void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Te
         const int64_t chunk = team.league_rank() % chunks, idx = team.league_rank() / chunks;
         const int64_t head = idx % num_heads, s = (idx / num_heads) % Sq, b = idx / (num_heads * Sq);
         const int64_t q_col = head * head_dim, kv_col = (head / group) * head_dim;
-        const int64_t position = q_offset + s;
+        const int64_t keys     = device_offset != nullptr ? *device_offset + Sq : num_keys;
+        const int64_t position = (device_offset != nullptr ? *device_offset : q_offset) + s;
         const int64_t j0 = chunk * kSplitKeys;
         int64_t j1 = j0 + kSplitKeys;
-        if (j1 > num_keys) j1 = num_keys;
+        if (j1 > keys) j1 = keys;
         if (j1 > position + 1) j1 = position + 1;  // causal
         float* result = partial.data() + (idx * chunks + chunk) * width;  // [max, sum, acc(Dh)]
         Scratch scratch(team.team_scratch(0), kSplitKeys + slices * head_dim);
@@ -196,7 +197,8 @@ absl::Status ApplyRope(const ExecSpace& space, Tensor3<T, ExecSpace> x, int64_t 
 template <class T, class ExecSpace>
 absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<const T, ExecSpace> qkv, int64_t head_dim,
                            int64_t kv_width, int64_t offset, Tensor3<T, ExecSpace> q_out,
-                           Tensor3<T, ExecSpace> k_cache, Tensor3<T, ExecSpace> v_cache) {
+                           Tensor3<T, ExecSpace> k_cache, Tensor3<T, ExecSpace> v_cache,
+                           const int64_t* device_offset) {
   const int64_t B = qkv.extent(0), S = qkv.extent(1), q_width = q_out.extent(2);
   if (head_dim <= 0 || head_dim % 2 != 0 || q_width % head_dim != 0 || kv_width % head_dim != 0 ||
       qkv.extent(2) != size_t(q_width + 2 * kv_width)) {
@@ -219,8 +221,9 @@ absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<const T, ExecSpace> q
         const int64_t pair = idx % pairs, s = (idx / pairs) % S, b = idx / (pairs * S);
         const int64_t head = pair / half, j = pair % half;
         const int64_t lo = head * head_dim + j, hi = lo + half;
+        const int64_t column = offset + (device_offset != nullptr ? *device_offset : 0) + s;
         float c, sn;
-        RopeCosSin(offset + s, j, head_dim, c, sn);
+        RopeCosSin(column, j, head_dim, c, sn);
         if (pair < q_pairs) {
           const float x_lo = ToFloat(qkv(b, s, lo)), x_hi = ToFloat(qkv(b, s, hi));
           q_out(b, s, lo) = FromFloat<T>(x_lo * c - x_hi * sn);
@@ -229,10 +232,10 @@ absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<const T, ExecSpace> q
         if (pair < kv_pairs) {
           const int64_t k0 = q_width, v0 = q_width + kv_width;
           const float x_lo = ToFloat(qkv(b, s, k0 + lo)), x_hi = ToFloat(qkv(b, s, k0 + hi));
-          k_cache(b, offset + s, lo) = FromFloat<T>(x_lo * c - x_hi * sn);
-          k_cache(b, offset + s, hi) = FromFloat<T>(x_hi * c + x_lo * sn);
-          v_cache(b, offset + s, lo) = qkv(b, s, v0 + lo);
-          v_cache(b, offset + s, hi) = qkv(b, s, v0 + hi);
+          k_cache(b, column, lo) = FromFloat<T>(x_lo * c - x_hi * sn);
+          k_cache(b, column, hi) = FromFloat<T>(x_hi * c + x_lo * sn);
+          v_cache(b, column, lo) = qkv(b, s, v0 + lo);
+          v_cache(b, column, hi) = qkv(b, s, v0 + hi);
         }
       });
   return absl::OkStatus();
@@ -244,7 +247,8 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
                              Kokkos::View<const int64_t**, Kokkos::LayoutRight,
                                           typename ExecSpace::memory_space> key_mask,
                              int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
-                             int64_t num_keys, int64_t q_offset, Tensor3<T, ExecSpace> out) {
+                             int64_t num_keys, int64_t q_offset, Tensor3<T, ExecSpace> out,
+                             const int64_t* device_offset) {
   const int64_t B = q.extent(0), Sq = q.extent(1);
   if (q.extent(2) != size_t(num_heads * head_dim) || out.extent(2) != q.extent(2) ||
       out.extent(0) != size_t(B) || out.extent(1) != size_t(Sq)) {
@@ -269,7 +273,8 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
       Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename ExecSpace::memory_space>::accessible;
   if (!kOnHostSpace && B * Sq * num_heads < 1024 && num_keys > 2 * kSplitKeys &&
       SplitKeyShapesFit(q.data(), k.data(), v.data(), head_dim)) {
-    SplitKeyAttention<T, ExecSpace>(space, q, k, v, key_mask, num_heads, group, head_dim, num_keys, q_offset, out);
+    SplitKeyAttention<T, ExecSpace>(space, q, k, v, key_mask, num_heads, group, head_dim, num_keys, q_offset, out,
+                                    device_offset);
     return absl::OkStatus();
   }
 
@@ -297,8 +302,9 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
         const int64_t head = idx % num_heads, s = (idx / num_heads) % Sq, b = idx / (num_heads * Sq);
         const int64_t kv_head = head / group;
         const int64_t q_col = head * head_dim, kv_col = kv_head * head_dim;
-        const int64_t position = q_offset + s;
-        const int64_t last = position < num_keys - 1 ? position : num_keys - 1;  // causal
+        const int64_t keys     = device_offset != nullptr ? *device_offset + Sq : num_keys;
+        const int64_t position = (device_offset != nullptr ? *device_offset : q_offset) + s;
+        const int64_t last = position < keys - 1 ? position : keys - 1;  // causal
         Scratch scratch(team.team_scratch(0), num_keys + kMaxGpuThreads * head_dim);
         float* scores_data  = scratch.data();             // [keys]
         float* partial_data = scratch.data() + num_keys;  // [threads, Dh] (GPU path)
@@ -370,11 +376,11 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
   template absl::Status ApplyRope<T, Space>(const Space&, Tensor3<T, Space>, int64_t, int64_t); \
   template absl::Status RopeAndAppend<T, Space>(const Space&, Tensor3<const T, Space>, int64_t, int64_t, \
                                                 int64_t, Tensor3<T, Space>, Tensor3<T, Space>,          \
-                                                Tensor3<T, Space>);                                     \
+                                                Tensor3<T, Space>, const int64_t*);                     \
   template absl::Status CausalAttention<T, Space>(                                              \
       const Space&, Tensor3<const T, Space>, Tensor3<const T, Space>, Tensor3<const T, Space>,  \
       Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Space::memory_space>,         \
-      int64_t, int64_t, int64_t, int64_t, int64_t, Tensor3<T, Space>);
+      int64_t, int64_t, int64_t, int64_t, int64_t, Tensor3<T, Space>, const int64_t*);
 OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_ATTENTION)
 
 }  // namespace openmoe::kernels

@@ -29,23 +29,31 @@ absl::Status ApplyRope(const ExecSpace& space, Tensor3<T, ExecSpace> x, int64_t 
 // q/k/v projection: qkv [B, S, Nh*Dh + 2 Nkv*Dh] = [q | k | v]. Writes q rotated at positions
 // offset + s into q_out [B, S, Nh*Dh], and the rotated k and the v into k_cache / v_cache
 // [B, S_max, Nkv*Dh] at columns [offset, offset + S). Identical results to ApplyRope on q and k
-// and two copies.
+// and two copies. With `device_offset` (a device pointer, for steps captured once and replayed
+// as a CUDA graph), the columns start at offset + *device_offset, read when the kernel runs; the
+// caller guarantees they fit the caches.
 template <class T, class ExecSpace>
 absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<const T, ExecSpace> qkv, int64_t head_dim,
                            int64_t kv_width, int64_t offset, Tensor3<T, ExecSpace> q_out,
-                           Tensor3<T, ExecSpace> k_cache, Tensor3<T, ExecSpace> v_cache);
+                           Tensor3<T, ExecSpace> k_cache, Tensor3<T, ExecSpace> v_cache,
+                           const int64_t* device_offset = nullptr);
 
 // q [B, Sq, Nh*Dh]; k, v [B, Sk_max, Nkv*Dh] of which the first num_keys rows are valid;
 // key_mask [B, Sk_max] (1 = attendable); query row s is at absolute position q_offset + s.
 // out [B, Sq, Nh*Dh]. Nkv divides Nh (grouped-query heads share k, v).
 // T is the storage type (float or bf16); scores, softmax and sums are float32.
+// With `device_offset` (a device pointer, read when the kernel runs: steps replayed as a CUDA
+// graph), the queries are at *device_offset + s and the valid keys are the first
+// *device_offset + Sq; num_keys is then only an upper bound (the cache's capacity) and q_offset
+// is ignored.
 template <class T, class ExecSpace>
 absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q,
                              Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
                              Kokkos::View<const int64_t**, Kokkos::LayoutRight,
                                           typename ExecSpace::memory_space> key_mask,
                              int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
-                             int64_t num_keys, int64_t q_offset, Tensor3<T, ExecSpace> out);
+                             int64_t num_keys, int64_t q_offset, Tensor3<T, ExecSpace> out,
+                             const int64_t* device_offset = nullptr);
 
 }  // namespace openmoe::kernels
 

@@ -146,6 +146,36 @@ TYPED_TEST(AttentionTest, RopeAndAppendEqualsRopeThenCopies) {
   EXPECT_FALSE(RopeAndAppend<float>(Space(), qkvd, Dh, Wkv, offset, q2, small, small).ok());
 }
 
+// A step replayed as a CUDA graph reads its position from device memory: with the offset there
+// (and only a capacity bound on the host), RoPE + append and attention give exactly the results
+// of the host-offset calls.
+TYPED_TEST(AttentionTest, DeviceOffsetEqualsHostOffset) {
+  using Space = TypeParam;
+  const int64_t B = 2, Nh = 4, Nkv = 2, Dh = 16, capacity = 200, L = 149;
+  const int64_t Wq = Nh * Dh, Wkv = Nkv * Dh;
+  const std::vector<float> qkv = RandomNormal(B * (Wq + 2 * Wkv), 0.5f, 81);
+  const std::vector<float> cache0 = RandomNormal(B * capacity * Wkv, 0.5f, 82);
+  std::vector<int64_t> mask(B * capacity, 1);
+  for (int64_t j = 0; j < 40; ++j) mask[capacity + j] = 0;  // row 1 left-padded
+  Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", B, capacity);
+  Kokkos::deep_copy(md, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
+                            mask.data(), B, capacity));
+  Kokkos::View<int64_t, typename Space::memory_space> offset("offset");
+  Kokkos::deep_copy(offset, L);
+  std::vector<std::vector<float>> results[2];
+  for (int device = 0; device < 2; ++device) {
+    auto qkvd = ToDevice3<Space>(qkv, B, 1, Wq + 2 * Wkv, "qkv");
+    auto kc = ToDevice3<Space>(cache0, B, capacity, Wkv, "k"), vc = ToDevice3<Space>(cache0, B, capacity, Wkv, "v");
+    Tensor3<float, Space> q("q", B, 1, Wq), out("out", B, 1, Wq);
+    const int64_t* dev = device ? offset.data() : nullptr;
+    ASSERT_TRUE(RopeAndAppend<float>(Space(), qkvd, Dh, Wkv, device ? 0 : L, q, kc, vc, dev).ok());
+    ASSERT_TRUE(CausalAttention<float>(Space(), q, kc, vc, md, Nh, Nkv, Dh, device ? capacity : L + 1,
+                                       device ? 0 : L, out, dev).ok());
+    results[device] = {ToHost(q), ToHost(kc), ToHost(vc), ToHost(out)};
+  }
+  EXPECT_EQ(results[1], results[0]);
+}
+
 TYPED_TEST(AttentionTest, KeyZeroIsVisibleEvenWhenMasked) {
   using Space = TypeParam;
   // One query at position 2 whose keys 0..2 are all padding: only key 0 counts, so out = v[0].

@@ -48,43 +48,56 @@ void LoopGemm(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T
       });
 }
 
-// y[m, n] (+)= x[m, :] . w[n, :] for a few rows m (a decode step): one warp per output column
-// n streams w's row as 16-byte packs, so the weights are read once at close to HBM speed (cuBLAS
-// picks split-K kernels for these shapes that reach 30-80% of it). Float32 accumulation and one
-// rounding of the result, as cublasGemmEx with CUBLAS_COMPUTE_32F.
+// y[m, n] (+)= x[m, :] . w[n, :] for a few rows m (a decode step) and few columns n (o_proj,
+// down_proj, the router: N < 8192), where cuBLAS picks split-K kernels that read the weights at
+// 30-60% of HBM speed. The 4 warps of a team split one column's K (so that enough warps stream
+// at once), lanes read 16-byte packs of w's row. Float32 accumulation and one rounding of the
+// result, as cublasGemmEx with CUBLAS_COMPUTE_32F. Wide products stay with cuBLAS, which is
+// faster there (decode_kernels_benchmark).
 constexpr int64_t kSmallBatchRows = 4;
+constexpr int64_t kSmallBatchMaxColumns = 8192;
 bool small_batch_linear_enabled = true;
-constexpr int kColumnsPerTeam = 4;
+constexpr int kTeamWarps = 4;
 
 template <class T, class ExecSpace>
 void SmallBatchLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
                       Matrix<T, ExecSpace> y, bool accumulate) {
-  using Policy = Kokkos::TeamPolicy<ExecSpace>;
-  using Member = typename Policy::member_type;
-  using P      = Pack<T>;
+  using Policy  = Kokkos::TeamPolicy<ExecSpace>;
+  using Member  = typename Policy::member_type;
+  using P       = Pack<T>;
+  using Scratch = Kokkos::View<float*, typename ExecSpace::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
   const int64_t M = x.extent(0), K = x.extent(1), N = w.extent(0), packs = K / P::kSize;
-  const int64_t league = (N + kColumnsPerTeam - 1) / kColumnsPerTeam;
   const T* x_data = x.data();  // [M, K]
   const T* w_data = w.data();  // [N, K]
+  Policy policy(space, N, kTeamWarps, 32);
+  policy.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(kTeamWarps)));
   Kokkos::parallel_for(
-      "openmoe::kernels::SmallBatchLinear", Policy(space, league, kColumnsPerTeam, 32),
-      KOKKOS_LAMBDA(const Member& team) {
-        const int64_t n = team.league_rank() * kColumnsPerTeam + team.team_rank();
-        if (n >= N) return;
-        const P* w_row = reinterpret_cast<const P*>(w_data + n * K);
+      "openmoe::kernels::SmallBatchLinear", policy, KOKKOS_LAMBDA(const Member& team) {
+        const int64_t n = team.league_rank();
+        const P* w_row  = reinterpret_cast<const P*>(w_data + n * K);
+        Scratch partial(team.team_scratch(0), kTeamWarps);
         for (int64_t m = 0; m < M; ++m) {
           const P* x_row = reinterpret_cast<const P*>(x_data + m * K);
-          float dot = 0.0f;
-          Kokkos::parallel_reduce(
-              Kokkos::ThreadVectorRange(team, packs),
-              [&](const int64_t p, float& acc) {
-                const P wp = w_row[p], xp = x_row[p];
-                for (int e = 0; e < P::kSize; ++e) acc += ToFloat(xp.v[e]) * ToFloat(wp.v[e]);
-              },
-              dot);
-          Kokkos::single(Kokkos::PerThread(team), [&]() {
-            y(m, n) = FromFloat<T>(accumulate ? ToFloat(y(m, n)) + dot : dot);
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kTeamWarps), [&](const int warp) {
+            float dot = 0.0f;
+            Kokkos::parallel_reduce(
+                Kokkos::ThreadVectorRange(team, 32),
+                [&](const int lane, float& acc) {
+                  for (int64_t p = warp * 32 + lane; p < packs; p += kTeamWarps * 32) {
+                    const P wp = w_row[p], xp = x_row[p];
+                    for (int e = 0; e < P::kSize; ++e) acc += ToFloat(xp.v[e]) * ToFloat(wp.v[e]);
+                  }
+                },
+                dot);
+            Kokkos::single(Kokkos::PerThread(team), [&]() { partial(warp) = dot; });
           });
+          team.team_barrier();
+          Kokkos::single(Kokkos::PerTeam(team), [&]() {
+            float sum = 0.0f;
+            for (int warp = 0; warp < kTeamWarps; ++warp) sum += partial(warp);
+            y(m, n) = FromFloat<T>(accumulate ? ToFloat(y(m, n)) + sum : sum);
+          });
+          team.team_barrier();
         }
       });
 }
@@ -154,7 +167,8 @@ absl::Status Gemm(const ExecSpace& space, const char* op, ConstMatrix<T, ExecSpa
   } else {
 #if defined(KOKKOS_ENABLE_CUDA)
     if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
-      if (small_batch_linear_enabled && w_is_out_in && M <= size_t(kSmallBatchRows) && IsPackAligned(x.data(), K) &&
+      if (small_batch_linear_enabled && w_is_out_in && M <= size_t(kSmallBatchRows) &&
+          N < size_t(kSmallBatchMaxColumns) && IsPackAligned(x.data(), K) &&
           IsPackAligned(w.data(), K)) {
         SmallBatchLinear<T, ExecSpace>(space, x, w, y, accumulate);
         return absl::OkStatus();

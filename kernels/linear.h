@@ -8,9 +8,10 @@
 // With accumulate = true the product is added to y (beta = 1).
 // All Views must be contiguous row-major. T = float goes through Kokkos Kernels (cuBLAS on CUDA);
 // T = bf16 through cublasGemmEx (bf16 in/out, float32 compute) on CUDA and a float32-accumulating
-// Kokkos loop on host; on CUDA, Linear with at most 4 rows (a decode step) uses the project's own
-// weight-streaming kernel instead (one warp per output column, 16-byte loads), which reads the
-// weights at close to HBM speed where cuBLAS picks split-K kernels.
+// Kokkos loop on host; on CUDA, Linear with at most 4 rows (a decode step) and fewer than 8192
+// output columns (o_proj, down_proj, router) uses the project's own weight-streaming kernel
+// instead (a team of 4 warps per output column, 16-byte loads), which reads the weights faster
+// than the split-K kernels cuBLAS picks for these shapes (decode_kernels_benchmark).
 //
 //   Linear<float>(space, x, w, y);
 #ifndef KERNELS_LINEAR_H_

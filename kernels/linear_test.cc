@@ -70,7 +70,8 @@ TYPED_TEST(LinearTest, MatchesReference) {
 TYPED_TEST(LinearTest, Bf16MatchesReferenceOfRoundedInputs) {
   using Space = TypeParam;
   for (auto [M, K, N] : {std::make_tuple(19, 111, 37), std::make_tuple(5, 989, 3), std::make_tuple(1, 1, 1),
-                         std::make_tuple(1, 2048, 37), std::make_tuple(3, 264, 129)}) {
+                         std::make_tuple(1, 2048, 37), std::make_tuple(3, 264, 129),
+                         std::make_tuple(2, 8192, 64)}) {
     for (bool out_in : {true, false}) {
       for (bool accumulate : {false, true}) {
         const uint32_t seed = 500 + M + K + N;

@@ -175,7 +175,20 @@ absl::Status GroupedExpertProduct(const ExecSpace& space, ConstMatrix<T, ExecSpa
             float acc[P::kSize];
             for (int i = 0; i < P::kSize; ++i) acc[i] = 0.0f;
             if (col0 < cols) {
-              for (int64_t r = k0 + warp; r < k1; r += kExpertWarps) {
+              constexpr int64_t kStep = kExpertWarps;
+              int64_t r = k0 + warp;
+              for (; r + 3 * kStep < k1; r += 4 * kStep) {  // four independent row loads in flight
+                const P w0 = *reinterpret_cast<const P*>(w + r * cols + col0);
+                const P w1 = *reinterpret_cast<const P*>(w + (r + kStep) * cols + col0);
+                const P w2 = *reinterpret_cast<const P*>(w + (r + 2 * kStep) * cols + col0);
+                const P w3 = *reinterpret_cast<const P*>(w + (r + 3 * kStep) * cols + col0);
+                const float x0 = ToFloat(x(row, r)), x1 = ToFloat(x(row, r + kStep));
+                const float x2 = ToFloat(x(row, r + 2 * kStep)), x3 = ToFloat(x(row, r + 3 * kStep));
+                for (int i = 0; i < P::kSize; ++i) {
+                  acc[i] += x0 * ToFloat(w0.v[i]) + x1 * ToFloat(w1.v[i]) + x2 * ToFloat(w2.v[i]) + x3 * ToFloat(w3.v[i]);
+                }
+              }
+              for (; r < k1; r += kStep) {
                 const float xr = ToFloat(x(row, r));
                 const P wp     = *reinterpret_cast<const P*>(w + r * cols + col0);
                 for (int i = 0; i < P::kSize; ++i) acc[i] += xr * ToFloat(wp.v[i]);

@@ -35,17 +35,30 @@ absl::StatusOr<GenerationResult> Generate(OpenMoeModel<ExecSpace, T>& model,
   GenerationResult result;
   result.batch = B;
 
+  // Greedy without a repetition penalty picks on the device (only B ids come back); everything
+  // else samples on the host from the last column's logits.
+  const bool device_greedy = options.sampling.greedy && options.sampling.repetition_penalty == 1.0f;
+  std::vector<float> logits;        // [B, V] (host sampling)
+  std::vector<int64_t> greedy_ids;  // [B]   (device greedy)
+  auto run_step = [&](const std::vector<int64_t>& ids, const std::vector<int64_t>& mask, int64_t S) -> absl::Status {
+    if (device_greedy) {
+      OPENMOE_ASSIGN_OR_RETURN(greedy_ids, model.StepGreedy(cache, ids, mask, S, options.mode, allowed));
+    } else {
+      OPENMOE_ASSIGN_OR_RETURN(logits, model.Step(cache, ids, mask, S, options.mode, /*last_only=*/true));
+    }
+    return absl::OkStatus();
+  };
   const auto start = std::chrono::steady_clock::now();
-  OPENMOE_ASSIGN_OR_RETURN(std::vector<float> logits,
-                           model.Step(cache, prompt_ids, prompt_mask, P, options.mode, /*last_only=*/true));
+  OPENMOE_RETURN_IF_ERROR(run_step(prompt_ids, prompt_mask, P));
   auto first_token = std::chrono::steady_clock::now();
   result.prefill_seconds = std::chrono::duration<double>(first_token - start).count();
 
   std::vector<int64_t> step_ids(B), ones(B, 1);
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
     for (int64_t b = 0; b < B; ++b) {
-      step_ids[b] = finished[b] ? config.pad_token_id
-                                : SelectToken(logits.data() + b * V, allowed, history[b], options.sampling, rng);
+      step_ids[b] = finished[b]     ? config.pad_token_id
+                    : device_greedy ? greedy_ids[b]
+                                    : SelectToken(logits.data() + b * V, allowed, history[b], options.sampling, rng);
       if (!finished[b]) {
         history[b].push_back(step_ids[b]);
         generated[b].push_back(step_ids[b]);
@@ -54,12 +67,13 @@ absl::StatusOr<GenerationResult> Generate(OpenMoeModel<ExecSpace, T>& model,
         }
       }
     }
+    model.profile().Mark(Kokkos::DefaultHostExecutionSpace(), "sampling (host)");
     result.ids.insert(result.ids.end(), step_ids.begin(), step_ids.end());  // [steps, B] for now
     ++result.steps;
     if (options.on_step) options.on_step(step_ids);
     if (std::all_of(finished.begin(), finished.end(), [](bool f) { return f; })) break;
     if (step + 1 == options.max_new_tokens) break;
-    OPENMOE_ASSIGN_OR_RETURN(logits, model.Step(cache, step_ids, ones, 1, options.mode, /*last_only=*/true));
+    OPENMOE_RETURN_IF_ERROR(run_step(step_ids, ones, 1));
   }
   result.decode_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - first_token).count();

@@ -1,10 +1,14 @@
 #include "openmoe/model.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <type_traits>
 
 #include <Kokkos_Random.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/argmax.h"
 #include "kernels/attention.h"
 #include "kernels/elementwise.h"
 #include "kernels/instantiate.h"
@@ -155,6 +159,7 @@ OpenMoeModel<ExecSpace, T>::Buffer(const std::string& name, int64_t count) {
   Kokkos::View<char*, MemSpace>& bytes = workspace_[name];
   const size_t need = size_t(count) * sizeof(U);
   if (bytes.extent(0) < need) {
+    ++workspace_generation_;  // captured decode graphs point at the old buffer
     bytes = Kokkos::View<char*, MemSpace>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "workspace." + name),
                                           std::max(need, bytes.extent(0) * 2));
   }
@@ -330,9 +335,38 @@ absl::StatusOr<KvCache<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::NewCache(int64
 }
 
 template <class ExecSpace, class T>
-absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
-    Cache& cache, const std::vector<int64_t>& input_ids, const std::vector<int64_t>& attention_mask,
-    int64_t S, RoutingMode mode, bool last_only, std::vector<MoeLayerStats>* stats) {
+bool OpenMoeModel<ExecSpace, T>::UseDecodeGraph(int64_t B, int64_t S, bool last_only,
+                                                const std::vector<MoeLayerStats>* stats) {
+  if (!DecodeGraphs<ExecSpace>::kSupported || !std::is_same_v<T, bf16> || S != 1 || B * S > kDecodeTokens ||
+      !last_only || stats != nullptr || !decode_graphs_) {
+    return false;
+  }
+  static const bool enabled = [] {
+    const char* env = std::getenv("OPENMOE_CUDA_GRAPHS");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  if (!enabled) return false;
+  if (experts_grouped_ < 0) {  // every MoE layer must take the sync-free grouped-expert path
+    experts_grouped_ = 1;
+    for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+      if (!config_.IsMoeLayer(i)) continue;
+      const std::string prefix = absl::StrCat("model.layers.", i, ".mlp.experts.");
+      const int64_t H = config_.hidden_size, I = config_.intermediate_size;
+      if (!kernels::GroupedExpertShapesFit(weights_.at(prefix + "wi_gate").data(), 2 * I) ||
+          !kernels::GroupedExpertShapesFit(weights_.at(prefix + "wi_up").data(), I) ||
+          !kernels::GroupedExpertShapesFit(weights_.at(prefix + "wo").data(), H)) {
+        experts_grouped_ = 0;
+      }
+    }
+  }
+  return experts_grouped_ == 1;
+}
+
+template <class ExecSpace, class T>
+absl::Status OpenMoeModel<ExecSpace, T>::RunStep(Cache& cache, const std::vector<int64_t>& input_ids,
+                                                 const std::vector<int64_t>& attention_mask, int64_t S,
+                                                 RoutingMode mode, bool last_only,
+                                                 std::vector<MoeLayerStats>* stats, ExecSpace* used_space) {
   const int64_t B = cache.batch, L0 = cache.length;
   profile_.Restart();
   OPENMOE_RETURN_IF_ERROR(ValidateInputs(config_, input_ids, attention_mask, B, S));
@@ -340,19 +374,90 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
     return absl::InvalidArgumentError(absl::StrCat("sequence of ", L0 + S, " tokens exceeds the KV cache (",
                                                    cache.capacity, " columns)"));
   }
+  const int64_t N = B * S;
+  const bool graphed = UseDecodeGraph(B, S, last_only, stats);
+  if (graphed && graphs_ == nullptr) graphs_ = std::make_shared<DecodeGraphs<ExecSpace>>();
+  const ExecSpace space = graphed ? graphs_->space() : ExecSpace();
+  *used_space = space;
+
+  // Per-step inputs in one device buffer [ids (N) | mask (N) | position (1)], written before
+  // the kernels run (a replayed graph reads them from there).
+  Vector<int64_t, ExecSpace> inputs(Buffer<int64_t>("step_inputs", 2 * N + 1).data(), 2 * N + 1);
+  std::vector<int64_t> staged(input_ids);
+  staged.insert(staged.end(), attention_mask.begin(), attention_mask.end());
+  staged.push_back(L0);
+  Kokkos::deep_copy(space, inputs, Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
+                                       staged.data(), staged.size()));
+  const int64_t* position = inputs.data() + 2 * N;  // device pointer
+  auto enqueue = [&]() -> absl::Status {
+    return Forward(space, cache, inputs, S, graphed ? position : nullptr, mode, last_only, stats);
+  };
+  profile_.Mark(space, "inputs");
+  if (graphed) {  // under OPENMOE_PROFILE the whole replayed step is one phase
+    const DecodeGraphKey key{cache.keys.front().data(), B, cache.capacity, workspace_generation_};
+    profile_.set_paused(true);
+    const absl::Status status = graphs_->Run(key, workspace_generation_, enqueue);
+    profile_.set_paused(false);
+    OPENMOE_RETURN_IF_ERROR(status);
+    profile_.Mark(space, "decode_step_graph");
+  } else {
+    OPENMOE_RETURN_IF_ERROR(enqueue());
+  }
+  cache.length += S;
+  return absl::OkStatus();
+}
+
+template <class ExecSpace, class T>
+absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
+    Cache& cache, const std::vector<int64_t>& input_ids, const std::vector<int64_t>& attention_mask,
+    int64_t S, RoutingMode mode, bool last_only, std::vector<MoeLayerStats>* stats) {
+  ExecSpace space;
+  OPENMOE_RETURN_IF_ERROR(RunStep(cache, input_ids, attention_mask, S, mode, last_only, stats, &space));
+  const int64_t rows = last_only ? cache.batch : cache.batch * S, V = config_.vocab_size;
+  Matrix<T, ExecSpace> logits = Buffer2<T>("logits", rows, V);  // [rows, V], written by Forward
+  auto logits_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), logits);
+  std::vector<float> result(rows * V);
+  for (int64_t i = 0; i < rows * V; ++i) result[i] = ToFloat(logits_host.data()[i]);
+  profile_.Mark(space, "logits_to_host");
+  return result;
+}
+
+template <class ExecSpace, class T>
+absl::StatusOr<std::vector<int64_t>> OpenMoeModel<ExecSpace, T>::StepGreedy(
+    Cache& cache, const std::vector<int64_t>& input_ids, const std::vector<int64_t>& attention_mask,
+    int64_t S, RoutingMode mode, int64_t allowed_vocab) {
+  ExecSpace space;
+  OPENMOE_RETURN_IF_ERROR(RunStep(cache, input_ids, attention_mask, S, mode, /*last_only=*/true, nullptr, &space));
+  const int64_t B = cache.batch, V = config_.vocab_size;
+  Matrix<T, ExecSpace> logits = Buffer2<T>("logits", B, V);  // [B, V], written by Forward
+  Vector<int64_t, ExecSpace> ids(Buffer<int64_t>("greedy_ids", B).data(), B);
+  OPENMOE_RETURN_IF_ERROR(kernels::RowArgmax<T>(space, ConstMatrix<T, ExecSpace>(logits),
+                                                allowed_vocab > 0 ? std::min(allowed_vocab, V) : V, ids));
+  std::vector<int64_t> result(B);
+  Kokkos::deep_copy(space, Kokkos::View<int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(result.data(), B), ids);
+  space.fence();
+  profile_.Mark(space, "argmax+ids_to_host");
+  return result;
+}
+
+template <class ExecSpace, class T>
+absl::Status OpenMoeModel<ExecSpace, T>::Forward(const ExecSpace& space, Cache& cache,
+                                                 Vector<int64_t, ExecSpace> inputs, int64_t S,
+                                                 const int64_t* device_position, RoutingMode mode,
+                                                 bool last_only, std::vector<MoeLayerStats>* stats) {
   const OpenMoeConfig& c = config_;
+  const int64_t B = cache.batch, L0 = cache.length;
   const int64_t N = B * S, H = c.hidden_size, V = c.vocab_size;
   const int64_t Nh = c.num_attention_heads, Nkv = c.num_key_value_heads, Dh = c.head_dim;
-  const auto new_columns = std::make_pair(L0, L0 + S);
-  ExecSpace space;
-
-  Vector<int64_t, ExecSpace> ids(Buffer<int64_t>("input_ids", N).data(), N);  // [N]
-  Kokkos::deep_copy(ids, Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
-                             input_ids.data(), N));
-  Matrix<int64_t, ExecSpace> new_mask = Buffer2<int64_t>("attention_mask", B, S);  // [B, S]
-  Kokkos::deep_copy(new_mask, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace,
-                                           Kokkos::MemoryUnmanaged>(attention_mask.data(), B, S));
-  Kokkos::deep_copy(Kokkos::subview(cache.mask, Kokkos::ALL, new_columns), new_mask);
+  Vector<int64_t, ExecSpace> ids(inputs.data(), N);  // [N]
+  const int64_t* new_mask = inputs.data() + N;       // [B, S]
+  auto mask = cache.mask;
+  Kokkos::parallel_for(
+      "openmoe::model::AppendMask", Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>(space, 0, N),
+      KOKKOS_LAMBDA(const int64_t i) {
+        const int64_t column = (device_position != nullptr ? *device_position : L0) + i % S;
+        mask(i / S, column) = new_mask[i];
+      });
 
   Matrix<T, ExecSpace> h     = Buffer2<T>("hidden", N, H);  // [N, H]
   Matrix<T, ExecSpace> x     = Buffer2<T>("normed", N, H);  // [N, H]
@@ -383,10 +488,12 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
     OPENMOE_RETURN_IF_ERROR(norm_into_x(layer + ".input_layernorm.weight"));
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.qkv_proj.weight", qkv_width, H), qkv2));
     profile_.Mark(space, "attn.qkv_proj");
-    OPENMOE_RETURN_IF_ERROR(kernels::RopeAndAppend<T>(space, qkv, Dh, Nkv * Dh, /*offset=*/L0, q, cache.keys[i], cache.values[i]));
+    OPENMOE_RETURN_IF_ERROR(kernels::RopeAndAppend<T>(space, qkv, Dh, Nkv * Dh, /*offset=*/device_position ? 0 : L0, q, cache.keys[i], cache.values[i], device_position));
     profile_.Mark(space, "attn.rope+cache");
-    OPENMOE_RETURN_IF_ERROR(kernels::CausalAttention<T>(space, q, cache.keys[i], cache.values[i], cache.mask, Nh, Nkv,
-                                                        Dh, /*num_keys=*/L0 + S, /*q_offset=*/L0, attn));
+    OPENMOE_RETURN_IF_ERROR(kernels::CausalAttention<T>(
+        space, q, cache.keys[i], cache.values[i], cache.mask, Nh, Nkv, Dh,
+        /*num_keys=*/device_position ? cache.capacity : L0 + S, /*q_offset=*/device_position ? 0 : L0, attn,
+        device_position));
     profile_.Mark(space, "attn.scores+softmax+pv");
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(attn2), Weight(layer + ".self_attn.o_proj.weight", H, Nh * Dh), delta));
     profile_.Mark(space, "attn.o_proj");
@@ -403,8 +510,6 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
     delta_pending = true;
   }
   if (delta_pending) OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
-  cache.length += S;
-
   // Final norm and LM head, on every new column or only on the last one of each row.
   const int64_t rows = last_only ? B : N;
   Matrix<T, ExecSpace> head_in = Buffer2<T>("head_in", rows, H);  // [rows, H]
@@ -424,11 +529,7 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
   profile_.Mark(space, "norm+residual");
   OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(normed), Weight("lm_head.weight", V, H), logits));
   profile_.Mark(space, "lm_head");
-  auto logits_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), logits);
-  std::vector<float> result(rows * V);
-  for (int64_t i = 0; i < rows * V; ++i) result[i] = ToFloat(logits_host.data()[i]);
-  profile_.Mark(space, "logits_to_host");
-  return result;
+  return absl::OkStatus();
 }
 
 #define OPENMOE_INSTANTIATE_MODEL(Space, T) template class OpenMoeModel<Space, T>;

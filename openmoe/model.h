@@ -16,12 +16,14 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "openmoe/checkpoint.h"
 #include "openmoe/config.h"
+#include "openmoe/decode_graph.h"
 #include "openmoe/core/bf16.h"
 #include "openmoe/core/op_timer.h"
 #include "openmoe/core/tensor_types.h"
@@ -93,6 +95,13 @@ class OpenMoeModel {
                                           RoutingMode mode, bool last_only,
                                           std::vector<MoeLayerStats>* stats = nullptr);
 
+  // Step followed by greedy selection on the device: the first largest logit of each row's last
+  // new column among ids < allowed_vocab (0 = all), as SelectToken's greedy path. Returns [B]
+  // ids; the logits never leave the device.
+  absl::StatusOr<std::vector<int64_t>> StepGreedy(Cache& cache, const std::vector<int64_t>& input_ids,
+                                                  const std::vector<int64_t>& attention_mask, int64_t seq_len,
+                                                  RoutingMode mode, int64_t allowed_vocab);
+
  private:
   Matrix<T, ExecSpace> Weight(const std::string& name, int64_t rows, int64_t cols) const;
   // Replaces q/k/v_proj by one "self_attn.qkv_proj" [Nh*Dh + 2 Nkv*Dh, H] and gate/up_proj by one
@@ -103,6 +112,24 @@ class OpenMoeModel {
 
   absl::Status Mlp(const ExecSpace& space, const std::string& prefix, ConstMatrix<T, ExecSpace> x,
                    Matrix<T, ExecSpace> out);
+  // Everything of Step but reading the results: the logits are left in the "logits" buffer;
+  // *used_space is the instance the work was enqueued on.
+  absl::Status RunStep(Cache& cache, const std::vector<int64_t>& input_ids,
+                       const std::vector<int64_t>& attention_mask, int64_t seq_len, RoutingMode mode,
+                       bool last_only, std::vector<MoeLayerStats>* stats, ExecSpace* used_space);
+  // Whether this step runs as a replayed CUDA graph (bf16 decode steps of <= 4 tokens on CUDA
+  // whose experts take the grouped path; OPENMOE_CUDA_GRAPHS=0 turns it off).
+  bool UseDecodeGraph(int64_t batch, int64_t seq_len, bool last_only, const std::vector<MoeLayerStats>* stats);
+
+ public:  // (public only because nvcc's device lambdas cannot live in private member functions)
+  // Enqueues a whole step on `space`: mask append, layers, final norm and LM head into the
+  // "logits" buffer. inputs = [ids (B*S) | mask (B*S) | position] on the device; with
+  // device_position the kernels read the step's column from there (graph replay).
+  absl::Status Forward(const ExecSpace& space, Cache& cache, Vector<int64_t, ExecSpace> inputs, int64_t seq_len,
+                       const int64_t* device_position, RoutingMode mode, bool last_only,
+                       std::vector<MoeLayerStats>* stats);
+
+ private:
   // Appends layer statistics (kept assignments, router logits) when `stats` is given.
   absl::Status RecordStats(int64_t layer, int64_t capacity, Matrix<T, ExecSpace> router_logits,
                            Matrix<int32_t, ExecSpace> rank, std::vector<MoeLayerStats>* stats);
@@ -121,10 +148,16 @@ class OpenMoeModel {
   std::map<std::string, Kokkos::View<T*, MemSpace>> weights_;       // HF name -> flat data
   std::map<std::string, Kokkos::View<char*, MemSpace>> workspace_;  // name -> bytes
   int64_t host_syncs_ = 0;  // named device->host syncs ("moe.expert_counts_to_host")
+  uint64_t workspace_generation_ = 0;  // bumped when a work buffer is reallocated
+  bool decode_graphs_ = true;
+  int experts_grouped_ = -1;           // all MoE layers fit the grouped-expert path (-1: not checked)
+  std::shared_ptr<DecodeGraphs<ExecSpace>> graphs_;  // created on the first graphed step
 
  public:
   // Device->host synchronisations so far (one per MoE layer per Step: expert token counts).
   int64_t host_syncs() const { return host_syncs_; }
+  // Decode steps as replayed CUDA graphs (on by default where supported; see UseDecodeGraph).
+  void set_decode_graphs(bool enabled) { decode_graphs_ = enabled; }
   // Per-phase times of Step when OPENMOE_PROFILE is set (see op_timer.h).
   OpTimer& profile() { return profile_; }
 

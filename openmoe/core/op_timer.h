@@ -21,12 +21,14 @@ class OpTimer {
   bool enabled() const { return enabled_; }
   template <class ExecSpace>
   void Mark(const ExecSpace& space, const char* phase) {
-    if (!enabled_) return;
+    if (!enabled_ || paused_) return;
     space.fence();
     const auto now = std::chrono::steady_clock::now();
     totals_[phase] += std::chrono::duration<double>(now - last_).count();
     last_ = now;
   }
+  // While paused, Mark does nothing (no fence): for work being captured into a CUDA graph.
+  void set_paused(bool paused) { paused_ = paused; }
   void Restart() { last_ = std::chrono::steady_clock::now(); }
   void Clear() { totals_.clear(); }
   void Print(std::FILE* out, double divide_by = 1.0, const char* unit = "ms") const {
@@ -40,6 +42,7 @@ class OpTimer {
 
  private:
   bool enabled_;
+  bool paused_ = false;
   std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
   std::map<std::string, double> totals_;
 };

@@ -1,0 +1,71 @@
+// File: openmoe/decode_graph.h
+// Decode steps captured once as a CUDA graph and replayed: a batch-1 decode step is ~350 small
+// kernels whose host launch cost (~5 us each through Kokkos) exceeds their GPU time; replaying
+// the captured graph costs one launch. Host backends run the step directly.
+//
+//   DecodeGraphs<Space> graphs;                       // owns a stream on CUDA
+//   graphs.Run(key, generation, [&] { return EnqueueStep(graphs.space()); });
+// The first Run with a key runs the step uncaptured (so that every buffer it needs exists), the
+// second captures and launches it, later ones replay it. The captured kernels keep pointing at
+// the same buffers, so the key names them: the KV cache, the batch and the workspace generation
+// (which the model bumps whenever a work buffer is reallocated). Inputs that change per step
+// (token ids, position) must be read by the kernels from device memory written before Run.
+#ifndef OPENMOE_DECODE_GRAPH_H_
+#define OPENMOE_DECODE_GRAPH_H_
+
+#include <cstdint>
+#include <functional>
+
+#include <Kokkos_Core.hpp>
+
+#include "absl/status/status.h"
+
+namespace openmoe {
+
+struct DecodeGraphKey {
+  const void* cache     = nullptr;  // first key-cache buffer of the KvCache
+  int64_t batch         = 0;
+  int64_t capacity      = 0;
+  uint64_t generation   = 0;  // workspace generation
+  bool operator==(const DecodeGraphKey& o) const {
+    return cache == o.cache && batch == o.batch && capacity == o.capacity && generation == o.generation;
+  }
+};
+
+// Host backends: no graphs.
+template <class ExecSpace>
+class DecodeGraphs {
+ public:
+  static constexpr bool kSupported = false;
+  ExecSpace space() const { return ExecSpace(); }
+  absl::Status Run(DecodeGraphKey, const uint64_t&, const std::function<absl::Status()>& enqueue) { return enqueue(); }
+};
+
+#if defined(KOKKOS_ENABLE_CUDA)
+template <>
+class DecodeGraphs<Kokkos::Cuda> {
+ public:
+  static constexpr bool kSupported = true;
+  DecodeGraphs();
+  ~DecodeGraphs();
+  DecodeGraphs(const DecodeGraphs&) = delete;
+  DecodeGraphs& operator=(const DecodeGraphs&) = delete;
+
+  // A Kokkos instance on the graphs' own stream (a blocking stream: ordered with work on the
+  // default stream, as capture requires nothing else to run on it).
+  Kokkos::Cuda space() const { return space_; }
+  // `generation` is read again after the step ran, so that a first run that allocated its
+  // buffers is followed by a capture rather than another uncaptured run.
+  absl::Status Run(DecodeGraphKey key, const uint64_t& generation, const std::function<absl::Status()>& enqueue);
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  Kokkos::Cuda space_;
+  cudaGraphExec_t exec_ = nullptr;
+  DecodeGraphKey warm_, captured_;
+};
+#endif
+
+}  // namespace openmoe
+
+#endif  // OPENMOE_DECODE_GRAPH_H_
