@@ -22,8 +22,9 @@ KOKKOS_INLINE_FUNCTION void RopeCosSin(int64_t position, int64_t j, int64_t head
 
 // Decode attention with few queries (B * Sq * Nh teams cannot fill a GPU): the keys are split
 // in chunks of kSplitKeys, one team per (query, head, chunk) computes its chunk's max score, sum
-// of exponentials and exp-weighted sum of values; a second kernel merges the chunks
-// (flash-decoding). Same maths as the one-pass kernel, regrouped sums. Rows of q, k and v are
+// of exponentials and exp-weighted sum of values; the chunks are then merged
+// (flash-decoding); the last team of a query to finish does the merge. Same maths as the
+// one-pass kernel, regrouped sums. Rows of q, k and v are
 // read as 16-byte packs: kLanes lanes per key for the dot products, (pack, key slice) units for
 // the P.V sum, so that every thread issues only a few independent vector loads.
 constexpr int64_t kSplitKeys = 32;  // keys per team = team threads
@@ -53,6 +54,20 @@ Kokkos::View<float*, MemSpace> SplitBuffer(size_t count) {
   return buffer;
 }
 
+// Per-query count of finished chunk teams [queries]; zero between calls (the merging team resets
+// its entry), grown on demand, released at Kokkos::finalize.
+template <class MemSpace>
+Kokkos::View<int*, MemSpace> FinishedCounters(size_t count) {
+  static Kokkos::View<int*, MemSpace> counters;
+  static bool hooked = false;
+  if (!hooked) {
+    Kokkos::push_finalize_hook([] { counters = Kokkos::View<int*, MemSpace>(); });
+    hooked = true;
+  }
+  if (counters.extent(0) < count) counters = Kokkos::View<int*, MemSpace>("attention.finished", count);
+  return counters;
+}
+
 template <class T, class ExecSpace>
 void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Tensor3<const T, ExecSpace> k,
                        Tensor3<const T, ExecSpace> v,
@@ -68,9 +83,11 @@ void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Te
   const int64_t chunks = (num_keys + kSplitKeys - 1) / kSplitKeys, width = head_dim + 2;
   const int64_t packs  = head_dim / P::kSize;             // 16-byte packs per head row
   const int64_t slices = kSplitKeys * kLanes / packs;     // key slices of the P.V sum
-  auto partial = SplitBuffer<typename ExecSpace::memory_space>(size_t(queries * chunks * width));
+  auto partial  = SplitBuffer<typename ExecSpace::memory_space>(size_t(queries * chunks * width));
+  auto finished = FinishedCounters<typename ExecSpace::memory_space>(size_t(queries));  // zeros
+  const int64_t scratch_floats = std::max(kSplitKeys + slices * head_dim, 2 * chunks);
   Policy split(space, queries * chunks, kSplitKeys, kLanes);
-  split.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(kSplitKeys + slices * head_dim)));
+  split.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(scratch_floats)));
   Kokkos::parallel_for(
       "openmoe::kernels::SplitKeyAttention", split, KOKKOS_LAMBDA(const Member& team) {
         const int64_t chunk = team.league_rank() % chunks, idx = team.league_rank() / chunks;
@@ -83,14 +100,15 @@ void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Te
         if (j1 > keys) j1 = keys;
         if (j1 > position + 1) j1 = position + 1;  // causal
         float* result = partial.data() + (idx * chunks + chunk) * width;  // [max, sum, acc(Dh)]
-        Scratch scratch(team.team_scratch(0), kSplitKeys + slices * head_dim);
+        Scratch scratch(team.team_scratch(0), scratch_floats);
         float* scores = scratch.data();               // [kSplitKeys], then probabilities
         float* sums   = scratch.data() + kSplitKeys;  // [slices, Dh]
         const P* q_row = reinterpret_cast<const P*>(&q(b, s, q_col));
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kSplitKeys), [&](const int64_t i) {
           const int64_t j = j0 + i;
           float dot = kMasked;
-          if (j < j1 && (j == 0 || key_mask(b, j) != 0)) {
+          if (j < j1) {  // the mask is applied after the dot product, so both loads overlap
+            const bool visible = j == 0 || key_mask(b, j) != 0;
             const P* k_row = reinterpret_cast<const P*>(&k(b, j, kv_col));
             Kokkos::parallel_reduce(
                 Kokkos::ThreadVectorRange(team, packs),
@@ -99,6 +117,7 @@ void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Te
                   for (int e = 0; e < P::kSize; ++e) partial_dot += ToFloat(qp.v[e]) * ToFloat(kp.v[e]);
                 },
                 dot);  // no 1/sqrt(Dh): OpenMoE folds the scale into Wq
+            if (!visible) dot = kMasked;
           }
           Kokkos::single(Kokkos::PerThread(team), [&]() { scores[i] = dot; });
         });
@@ -134,36 +153,40 @@ void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Te
           result[2 + d] = acc;
         });
         Kokkos::single(Kokkos::PerTeam(team), [&]() { result[0] = m, result[1] = l; });
-      });
-  // Merge: weights exp(m_c - M) of the chunks (0 for chunks without a visible key), then the sums.
-  Policy merge(space, queries, 4, 32);
-  merge.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(2 * chunks)));
-  Kokkos::parallel_for(
-      "openmoe::kernels::SplitKeyAttentionMerge", merge, KOKKOS_LAMBDA(const Member& team) {
-        const int64_t idx = team.league_rank();
-        const int64_t head = idx % num_heads, s = (idx / num_heads) % Sq, b = idx / (num_heads * Sq);
-        const float* base = partial.data() + idx * chunks * width;
-        Scratch scratch(team.team_scratch(0), 2 * chunks);
-        float* chunk_max = scratch.data();           // [chunks]
+
+        // The last team of this query to finish merges all its chunks (no second kernel): every
+        // thread publishes its writes, one thread counts the team in, the count is broadcast.
+        Kokkos::memory_fence();
+        team.team_barrier();
+        int last = 0;
+        Kokkos::single(
+            Kokkos::PerTeam(team),
+            [&](int& is_last) { is_last = Kokkos::atomic_fetch_add(&finished(idx), 1) == int(chunks) - 1; }, last);
+        if (!last) return;
+        Kokkos::memory_fence();
+        // Chunk weights exp(m_c - M) (0 for chunks without a visible key), then the weighted sums.
+        const volatile float* base = partial.data() + idx * chunks * width;  // other teams' writes
+        float* chunk_max = scratch.data();           // [chunks] (the scores area is free again)
         float* weight    = scratch.data() + chunks;  // [chunks]
         Kokkos::parallel_for(Kokkos::TeamVectorRange(team, chunks), [&](const int64_t c) {
           chunk_max[c] = base[c * width + 1] > 0.0f ? base[c * width] : kMasked;
         });
         team.team_barrier();
-        float m = kMasked;
-        for (int64_t c = 0; c < chunks; ++c) m = chunk_max[c] > m ? chunk_max[c] : m;
+        float max_all = kMasked;
+        for (int64_t c = 0; c < chunks; ++c) max_all = chunk_max[c] > max_all ? chunk_max[c] : max_all;
         team.team_barrier();
         Kokkos::parallel_for(Kokkos::TeamVectorRange(team, chunks), [&](const int64_t c) {
-          weight[c] = base[c * width + 1] > 0.0f ? Kokkos::Experimental::exp(chunk_max[c] - m) : 0.0f;
+          weight[c] = base[c * width + 1] > 0.0f ? Kokkos::Experimental::exp(chunk_max[c] - max_all) : 0.0f;
         });
         team.team_barrier();
-        float l = 0.0f;
-        for (int64_t c = 0; c < chunks; ++c) l += weight[c] * base[c * width + 1];
+        float l_all = 0.0f;
+        for (int64_t c = 0; c < chunks; ++c) l_all += weight[c] * base[c * width + 1];
         Kokkos::parallel_for(Kokkos::TeamVectorRange(team, head_dim), [&](const int64_t d) {
           float acc = 0.0f;
           for (int64_t c = 0; c < chunks; ++c) acc += weight[c] * base[c * width + 2 + d];
-          out(b, s, head * head_dim + d) = FromFloat<T>(acc / l);
+          out(b, s, head * head_dim + d) = FromFloat<T>(acc / l_all);
         });
+        Kokkos::single(Kokkos::PerTeam(team), [&]() { finished(idx) = 0; });  // ready for the next call
       });
 }
 

@@ -83,7 +83,19 @@ void SmallBatchLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, Const
             Kokkos::parallel_reduce(
                 Kokkos::ThreadVectorRange(team, 32),
                 [&](const int lane, float& acc) {
-                  for (int64_t p = warp * 32 + lane; p < packs; p += kTeamWarps * 32) {
+                  constexpr int64_t kStride = kTeamWarps * 32;
+                  int64_t p = warp * 32 + lane;
+                  for (; p + 3 * kStride < packs; p += 4 * kStride) {  // four loads in flight per lane
+                    const P w0 = w_row[p], w1 = w_row[p + kStride], w2 = w_row[p + 2 * kStride],
+                            w3 = w_row[p + 3 * kStride];
+                    const P x0 = x_row[p], x1 = x_row[p + kStride], x2 = x_row[p + 2 * kStride],
+                            x3 = x_row[p + 3 * kStride];
+                    for (int e = 0; e < P::kSize; ++e) {
+                      acc += ToFloat(x0.v[e]) * ToFloat(w0.v[e]) + ToFloat(x1.v[e]) * ToFloat(w1.v[e]) +
+                             ToFloat(x2.v[e]) * ToFloat(w2.v[e]) + ToFloat(x3.v[e]) * ToFloat(w3.v[e]);
+                    }
+                  }
+                  for (; p < packs; p += kStride) {
                     const P wp = w_row[p], xp = x_row[p];
                     for (int e = 0; e < P::kSize; ++e) acc += ToFloat(xp.v[e]) * ToFloat(wp.v[e]);
                   }

@@ -124,7 +124,7 @@ absl::Status Combine(const ExecSpace& space, ConstMatrix<T, ExecSpace> expert_ou
 namespace {
 constexpr int kExpertWarps = 8;      // team threads; each takes every 8th row of the slice
 constexpr int kExpertLanes = 32;     // lanes; each takes one 16-byte pack of columns
-constexpr int64_t kTargetTeams = 512;
+constexpr int64_t kTargetTeams = 512;  // more splits make the consumers (which add them up) slower
 }  // namespace
 
 int64_t GroupedExpertSplits(int64_t assignments, int64_t inner, int64_t cols, int64_t pack_size) {
