@@ -165,26 +165,31 @@ void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Te
         if (!last) return;
         Kokkos::memory_fence();
         // Chunk weights exp(m_c - M) (0 for chunks without a visible key), then the weighted sums.
-        const volatile float* base = partial.data() + idx * chunks * width;  // other teams' writes
-        float* chunk_max = scratch.data();           // [chunks] (the scores area is free again)
-        float* weight    = scratch.data() + chunks;  // [chunks]
+        // The chunks' (max, sum) pairs are first loaded in parallel into shared memory: the
+        // serial loops below then read no global memory.
+        const float* base = partial.data() + idx * chunks * width;  // other teams' writes, fenced
+        float* chunk_max = scratch.data();               // [chunks] (the scores area is free again)
+        float* weight    = scratch.data() + chunks;      // [chunks]
         Kokkos::parallel_for(Kokkos::TeamVectorRange(team, chunks), [&](const int64_t c) {
-          chunk_max[c] = base[c * width + 1] > 0.0f ? base[c * width] : kMasked;
+          const float chunk_l = base[c * width + 1];
+          chunk_max[c] = chunk_l > 0.0f ? base[c * width] : kMasked;
+          weight[c]    = chunk_l;
         });
         team.team_barrier();
         float max_all = kMasked;
         for (int64_t c = 0; c < chunks; ++c) max_all = chunk_max[c] > max_all ? chunk_max[c] : max_all;
-        team.team_barrier();
+        float l_all = 0.0f;
+        for (int64_t c = 0; c < chunks; ++c)
+          if (weight[c] > 0.0f) l_all += weight[c] * Kokkos::Experimental::exp(chunk_max[c] - max_all);
+        team.team_barrier();  // every thread has read weight[] as sums before it becomes factors
         Kokkos::parallel_for(Kokkos::TeamVectorRange(team, chunks), [&](const int64_t c) {
-          weight[c] = base[c * width + 1] > 0.0f ? Kokkos::Experimental::exp(chunk_max[c] - max_all) : 0.0f;
+          weight[c] = weight[c] > 0.0f ? Kokkos::Experimental::exp(chunk_max[c] - max_all) / l_all : 0.0f;
         });
         team.team_barrier();
-        float l_all = 0.0f;
-        for (int64_t c = 0; c < chunks; ++c) l_all += weight[c] * base[c * width + 1];
         Kokkos::parallel_for(Kokkos::TeamVectorRange(team, head_dim), [&](const int64_t d) {
           float acc = 0.0f;
           for (int64_t c = 0; c < chunks; ++c) acc += weight[c] * base[c * width + 2 + d];
-          out(b, s, head * head_dim + d) = FromFloat<T>(acc / l_all);
+          out(b, s, head * head_dim + d) = FromFloat<T>(acc);
         });
         Kokkos::single(Kokkos::PerTeam(team), [&]() { finished(idx) = 0; });  // ready for the next call
       });
