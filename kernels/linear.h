@@ -30,6 +30,18 @@ template <class T, class ExecSpace>
 absl::Status MatMul(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
                     Matrix<T, ExecSpace> y, bool accumulate = false);
 
+// Weight gradients (float32, training), accumulated into dw:
+//   LinearWeightGrad:  dw[N, K] += dy[M, N]^T x[M, K]   (for Linear's w [N, K])
+//   MatMulWeightGrad:  dw[K, N] += x[M, K]^T dy[M, N]   (for MatMul's w [K, N])
+// The input gradients are products the forward ops already compute: dx = MatMul(dy, w) for
+// Linear, dx = Linear(dy, w) for MatMul.
+template <class ExecSpace>
+absl::Status LinearWeightGrad(const ExecSpace& space, ConstMatrix<float, ExecSpace> x, ConstMatrix<float, ExecSpace> dy,
+                              Matrix<float, ExecSpace> dw);
+template <class ExecSpace>
+absl::Status MatMulWeightGrad(const ExecSpace& space, ConstMatrix<float, ExecSpace> x, ConstMatrix<float, ExecSpace> dy,
+                              Matrix<float, ExecSpace> dw);
+
 // Whether Linear may use the weight-streaming kernel for <= 4 rows on CUDA (default true).
 // For benchmarks that compare it with cuBLAS in the same run; not thread-safe.
 void SetSmallBatchLinearEnabled(bool enabled);

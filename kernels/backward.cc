@@ -1,0 +1,313 @@
+#include "kernels/backward.h"
+
+#include <cfloat>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/instantiate.h"
+#include "kernels/launch.h"
+
+namespace openmoe::kernels {
+
+template <class ExecSpace>
+absl::Status RmsNormBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> x, ConstVector<float, ExecSpace> w,
+                             ConstMatrix<float, ExecSpace> dy, float eps, Matrix<float, ExecSpace> dx,
+                             Vector<float, ExecSpace> dw) {
+  const int64_t N = x.extent(0), H = x.extent(1);
+  if (w.extent(0) != size_t(H) || dw.extent(0) != size_t(H) || dy.extent(0) != size_t(N) || dy.extent(1) != size_t(H) ||
+      dx.extent(0) != size_t(N) || dx.extent(1) != size_t(H)) {
+    return absl::InvalidArgumentError(absl::StrCat("RmsNormBackward: shapes do not fit x [", N, ", ", H, "]"));
+  }
+  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  const float inv_h = 1.0f / float(H);
+  Kokkos::parallel_for(
+      "openmoe::kernels::RmsNormBackward.dx", RowTeams(space, N, 256), KOKKOS_LAMBDA(const Member& team) {
+        const int64_t t = team.league_rank();
+        float sum_sq = 0.0f, sum_wdx = 0.0f;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, H), [&](const int64_t j, float& s) { s += x(t, j) * x(t, j); }, sum_sq);
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, H), [&](const int64_t j, float& s) { s += w(j) * dy(t, j) * x(t, j); },
+            sum_wdx);
+        const float r = 1.0f / Kokkos::Experimental::sqrt(sum_sq * inv_h + eps);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, H), [&](const int64_t j) {
+          dx(t, j) = r * w(j) * dy(t, j) - x(t, j) * r * r * r * sum_wdx * inv_h;
+        });
+      });
+  // dw: one thread per column, rows in order (deterministic); r recomputed per row.
+  Kokkos::View<float*, typename ExecSpace::memory_space> r("rms_backward.r", N);
+  Kokkos::parallel_for(
+      "openmoe::kernels::RmsNormBackward.r", RowTeams(space, N, 256), KOKKOS_LAMBDA(const Member& team) {
+        const int64_t t = team.league_rank();
+        float sum_sq = 0.0f;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, H), [&](const int64_t j, float& s) { s += x(t, j) * x(t, j); }, sum_sq);
+        Kokkos::single(Kokkos::PerTeam(team), [&]() { r(t) = 1.0f / Kokkos::Experimental::sqrt(sum_sq * inv_h + eps); });
+      });
+  Kokkos::parallel_for(
+      "openmoe::kernels::RmsNormBackward.dw", FlatRange(space, H), KOKKOS_LAMBDA(const int64_t j) {
+        float acc = 0.0f;
+        for (int64_t t = 0; t < N; ++t) acc += dy(t, j) * x(t, j) * r(t);
+        dw(j) += acc;
+      });
+  return absl::OkStatus();
+}
+
+template <class ExecSpace>
+absl::Status SwigluBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> gate, ConstMatrix<float, ExecSpace> up,
+                            ConstMatrix<float, ExecSpace> dact, Matrix<float, ExecSpace> dgate,
+                            Matrix<float, ExecSpace> dup) {
+  const int64_t N = up.extent(0), I = up.extent(1);
+  if (gate.extent(0) != size_t(N) || gate.extent(1) != size_t(2 * I) || dact.extent(0) != size_t(N) ||
+      dact.extent(1) != size_t(I) || dgate.extent(1) != size_t(2 * I) || dup.extent(1) != size_t(I)) {
+    return absl::InvalidArgumentError(absl::StrCat("SwigluBackward: expected gate [N, ", 2 * I, "], up/dact [N, ", I, "]"));
+  }
+  Kokkos::parallel_for(
+      "openmoe::kernels::SwigluBackward", FlatRange(space, N * I), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t t = idx / I, i = idx % I;
+        const float a = gate(t, i), b = gate(t, I + i), u = up(t, i), d = dact(t, idx % I);
+        const float sigma = 1.0f / (1.0f + Kokkos::Experimental::exp(-b));
+        const float silu  = b * sigma;
+        dgate(t, i)     = d * silu * u;
+        dgate(t, I + i) = d * a * u * sigma * (1.0f + b * (1.0f - sigma));
+        dup(t, i)       = d * a * silu;
+      });
+  return absl::OkStatus();
+}
+
+template <class ExecSpace>
+absl::Status RopeBackward(const ExecSpace& space, Tensor3<float, ExecSpace> dx, int64_t head_dim, int64_t position_offset) {
+  const int64_t B = dx.extent(0), S = dx.extent(1), width = dx.extent(2);
+  if (head_dim <= 0 || head_dim % 2 != 0 || width % head_dim != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("RopeBackward: width ", width, " is not a multiple of an even head_dim"));
+  }
+  const int64_t half = head_dim / 2, pairs = width / 2;
+  Kokkos::parallel_for(
+      "openmoe::kernels::RopeBackward", FlatRange(space, B * S * pairs), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t pair = idx % pairs, s = (idx / pairs) % S, b = idx / (pairs * S);
+        const int64_t head = pair / half, j = pair % half;
+        const int64_t lo = head * head_dim + j, hi = lo + half;
+        const double inv_freq = Kokkos::Experimental::pow(10000.0, -2.0 * double(j) / double(head_dim));
+        const double angle    = double(position_offset + s) * inv_freq;
+        const float c = float(Kokkos::Experimental::cos(angle)), sn = float(Kokkos::Experimental::sin(angle));
+        const float d_lo = dx(b, s, lo), d_hi = dx(b, s, hi);
+        dx(b, s, lo) = d_lo * c + d_hi * sn;
+        dx(b, s, hi) = d_hi * c - d_lo * sn;
+      });
+  return absl::OkStatus();
+}
+
+template <class ExecSpace>
+absl::Status CausalAttentionBackward(const ExecSpace& space, Tensor3<const float, ExecSpace> q,
+                                     Tensor3<const float, ExecSpace> k, Tensor3<const float, ExecSpace> v,
+                                     Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> mask,
+                                     Tensor3<const float, ExecSpace> dout, int64_t Nh, int64_t Nkv, int64_t Dh,
+                                     Tensor3<float, ExecSpace> dq, Tensor3<float, ExecSpace> dk,
+                                     Tensor3<float, ExecSpace> dv) {
+  const int64_t B = q.extent(0), S = q.extent(1);
+  if (Nkv <= 0 || Nh % Nkv != 0 || q.extent(2) != size_t(Nh * Dh) || k.extent(2) != size_t(Nkv * Dh) ||
+      k.extent(1) < size_t(S) || dk.extent(1) != size_t(S) || dq.extent(1) != size_t(S)) {
+    return absl::InvalidArgumentError("CausalAttentionBackward: q, k, v, dq, dk, dv do not fit [B, S, heads * Dh]");
+  }
+  const int64_t group = Nh / Nkv;
+  using MemSpace = typename ExecSpace::memory_space;
+  Kokkos::View<float***, Kokkos::LayoutRight, MemSpace> lse("attention_backward.lse", B, S, Nh);    // log-sum-exp
+  Kokkos::View<float***, Kokkos::LayoutRight, MemSpace> delta("attention_backward.delta", B, S, Nh);  // sum_j P dP
+  auto visible = KOKKOS_LAMBDA(const int64_t b, const int64_t i, const int64_t j) {
+    return j <= i && (j == 0 || mask(b, j) != 0);
+  };
+  auto score = KOKKOS_LAMBDA(const int64_t b, const int64_t i, const int64_t j, const int64_t h) {
+    const int64_t qc = h * Dh, kc = (h / group) * Dh;
+    float s = 0.0f;
+    for (int64_t d = 0; d < Dh; ++d) s += q(b, i, qc + d) * k(b, j, kc + d);
+    return s;  // no 1/sqrt(Dh)
+  };
+  // Pass 1, per query row: softmax statistics, delta and dq.
+  Kokkos::parallel_for(
+      "openmoe::kernels::CausalAttentionBackward.dq", FlatRange(space, B * S * Nh), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t h = idx % Nh, i = (idx / Nh) % S, b = idx / (Nh * S);
+        const int64_t qc = h * Dh, kc = (h / group) * Dh;
+        float m = -FLT_MAX;
+        for (int64_t j = 0; j <= i; ++j)
+          if (visible(b, i, j)) {
+            const float s = score(b, i, j, h);
+            m = s > m ? s : m;
+          }
+        float sum = 0.0f;
+        for (int64_t j = 0; j <= i; ++j)
+          if (visible(b, i, j)) sum += Kokkos::Experimental::exp(score(b, i, j, h) - m);
+        const float log_sum = m + Kokkos::Experimental::log(sum);
+        float dsum = 0.0f;
+        for (int64_t j = 0; j <= i; ++j)
+          if (visible(b, i, j)) {
+            float dp = 0.0f;
+            for (int64_t d = 0; d < Dh; ++d) dp += dout(b, i, qc + d) * v(b, j, kc + d);
+            dsum += Kokkos::Experimental::exp(score(b, i, j, h) - log_sum) * dp;
+          }
+        lse(b, i, h) = log_sum, delta(b, i, h) = dsum;
+        for (int64_t d = 0; d < Dh; ++d) dq(b, i, qc + d) = 0.0f;
+        for (int64_t j = 0; j <= i; ++j)
+          if (visible(b, i, j)) {
+            float dp = 0.0f;
+            for (int64_t d = 0; d < Dh; ++d) dp += dout(b, i, qc + d) * v(b, j, kc + d);
+            const float ds = Kokkos::Experimental::exp(score(b, i, j, h) - log_sum) * (dp - dsum);
+            for (int64_t d = 0; d < Dh; ++d) dq(b, i, qc + d) += ds * k(b, j, kc + d);
+          }
+      });
+  // Pass 2, per key row and kv head: dk and dv summed over the queries (and heads) that see it.
+  Kokkos::parallel_for(
+      "openmoe::kernels::CausalAttentionBackward.dkdv", FlatRange(space, B * S * Nkv), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t g = idx % Nkv, j = (idx / Nkv) % S, b = idx / (Nkv * S);
+        const int64_t kc = g * Dh;
+        for (int64_t d = 0; d < Dh; ++d) dk(b, j, kc + d) = 0.0f, dv(b, j, kc + d) = 0.0f;
+        for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+          const int64_t qc = h * Dh;
+          for (int64_t i = j; i < S; ++i) {
+            if (!visible(b, i, j)) continue;
+            const float p = Kokkos::Experimental::exp(score(b, i, j, h) - lse(b, i, h));
+            float dp = 0.0f;
+            for (int64_t d = 0; d < Dh; ++d) dp += dout(b, i, qc + d) * v(b, j, kc + d);
+            const float ds = p * (dp - delta(b, i, h));
+            for (int64_t d = 0; d < Dh; ++d) {
+              dk(b, j, kc + d) += ds * q(b, i, qc + d);
+              dv(b, j, kc + d) += p * dout(b, i, qc + d);
+            }
+          }
+        }
+      });
+  return absl::OkStatus();
+}
+
+template <class ExecSpace>
+absl::Status EmbeddingBackward(const ExecSpace& space, ConstVector<int64_t, ExecSpace> ids,
+                               ConstMatrix<float, ExecSpace> dh, int64_t pad_id, Matrix<float, ExecSpace> dtable) {
+  const int64_t N = ids.extent(0), H = dh.extent(1), V = dtable.extent(0);
+  if (dh.extent(0) != size_t(N) || dtable.extent(1) != size_t(H)) {
+    return absl::InvalidArgumentError("EmbeddingBackward: dh must be [N, H] and dtable [V, H]");
+  }
+  Kokkos::parallel_for(
+      "openmoe::kernels::EmbeddingBackward", FlatRange(space, H), KOKKOS_LAMBDA(const int64_t h) {
+        for (int64_t t = 0; t < N; ++t) {  // tokens in order: deterministic sums
+          const int64_t id = ids(t);
+          if (id != pad_id && id >= 0 && id < V) dtable(id, h) += dh(t, h);
+        }
+      });
+  return absl::OkStatus();
+}
+
+template <class ExecSpace>
+absl::Status LmLossBackward(const ExecSpace& space, Matrix<float, ExecSpace> logits, ConstVector<int64_t, ExecSpace> labels,
+                            double label_smoothing, double z_loss_factor, Vector<double, ExecSpace> loss) {
+  const int64_t R = logits.extent(0), V = logits.extent(1);
+  if (labels.extent(0) != size_t(R) || loss.extent(0) != size_t(R) || V < 2) {
+    return absl::InvalidArgumentError("LmLossBackward: labels and loss must have one entry per logits row");
+  }
+  const double ls = label_smoothing, off = ls / double(V - 1);
+  const double constant = -((1 - ls) * std::log(1 - ls) + double(V - 1) * off * std::log(off + 1e-20));
+  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  Kokkos::parallel_for(
+      "openmoe::kernels::LmLossBackward", RowTeams(space, R, 256), KOKKOS_LAMBDA(const Member& team) {
+        const int64_t r = team.league_rank(), label = labels(r);
+        if (label < 0) {
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, V), [&](const int64_t v) { logits(r, v) = 0.0f; });
+          Kokkos::single(Kokkos::PerTeam(team), [&]() { loss(r) = 0.0; });
+          return;
+        }
+        double m = -DBL_MAX;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, V), [&](const int64_t v, double& mx) { mx = logits(r, v) > mx ? logits(r, v) : mx; },
+            Kokkos::Max<double>(m));
+        double sum_exp = 0.0, sum_logits = 0.0;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, V),
+            [&](const int64_t v, double& s) { s += Kokkos::Experimental::exp(double(logits(r, v)) - m); }, sum_exp);
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, V), [&](const int64_t v, double& s) { s += logits(r, v); }, sum_logits);
+        const double log_z = m + Kokkos::Experimental::log(sum_exp);
+        const double label_logit = logits(r, label);
+        team.team_barrier();  // every thread has read the row before it is overwritten
+        Kokkos::single(Kokkos::PerTeam(team), [&]() {
+          const double label_term = label_logit - log_z, all_terms = sum_logits - double(V) * log_z;
+          const double cross = (1 - ls) * label_term + off * (all_terms - label_term);
+          loss(r) = -cross + z_loss_factor * log_z * log_z - constant;
+        });
+        const double scale = 1.0 + 2.0 * z_loss_factor * log_z;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, V), [&](const int64_t v) {
+          const double p = Kokkos::Experimental::exp(double(logits(r, v)) - log_z);
+          logits(r, v) = float(p * scale - (v == label ? 1 - ls : off));
+        });
+      });
+  return absl::OkStatus();
+}
+
+template <class ExecSpace>
+absl::Status CombineBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> dy,
+                             ConstMatrix<float, ExecSpace> expert_out, ConstMatrix<float, ExecSpace> probs,
+                             ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
+                             int64_t capacity, Matrix<float, ExecSpace> d_expert_out, Matrix<float, ExecSpace> dprobs) {
+  const int64_t N = dy.extent(0), H = dy.extent(1), E = probs.extent(1);
+  if (expert_out.extent(1) != size_t(H) || d_expert_out.extent(0) != expert_out.extent(0) ||
+      dprobs.extent(0) != size_t(N) || dprobs.extent(1) != size_t(E)) {
+    return absl::InvalidArgumentError("CombineBackward: expert_out [E*C, H], probs/dprobs [N, E] and dy [N, H] must agree");
+  }
+  Kokkos::deep_copy(space, d_expert_out, 0.0f);
+  Kokkos::deep_copy(space, dprobs, 0.0f);
+  Kokkos::parallel_for(
+      "openmoe::kernels::CombineBackward", FlatRange(space, N * 2), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t t = idx / 2, k = idx % 2;
+        const int32_t e = experts(t, k), slot = rank(t, k);
+        if (slot >= capacity) return;
+        const int64_t row = e * capacity + slot;
+        float dot = 0.0f;
+        for (int64_t h = 0; h < H; ++h) {
+          dot += dy(t, h) * expert_out(row, h);
+          d_expert_out(row, h) = probs(t, e) * dy(t, h);
+        }
+        dprobs(t, e) = dot;  // the two experts of a token differ
+      });
+  return absl::OkStatus();
+}
+
+template <class ExecSpace>
+absl::Status DispatchBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> d_dispatched,
+                              ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
+                              int64_t capacity, Matrix<float, ExecSpace> dx) {
+  const int64_t N = dx.extent(0), H = dx.extent(1);
+  if (d_dispatched.extent(1) != size_t(H)) return absl::InvalidArgumentError("DispatchBackward: widths differ");
+  Kokkos::parallel_for(
+      "openmoe::kernels::DispatchBackward", FlatRange(space, N * H), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t t = idx / H, h = idx % H;
+        float acc = dx(t, h);
+        for (int k = 0; k < 2; ++k) {
+          const int32_t slot = rank(t, k);
+          if (slot < capacity) acc += d_dispatched(experts(t, k) * capacity + slot, h);
+        }
+        dx(t, h) = acc;
+      });
+  return absl::OkStatus();
+}
+
+#define OPENMOE_INSTANTIATE_BACKWARD(Space)                                                                        \
+  template absl::Status RmsNormBackward<Space>(const Space&, ConstMatrix<float, Space>, ConstVector<float, Space>,  \
+                                               ConstMatrix<float, Space>, float, Matrix<float, Space>,             \
+                                               Vector<float, Space>);                                              \
+  template absl::Status SwigluBackward<Space>(const Space&, ConstMatrix<float, Space>, ConstMatrix<float, Space>,   \
+                                              ConstMatrix<float, Space>, Matrix<float, Space>, Matrix<float, Space>); \
+  template absl::Status RopeBackward<Space>(const Space&, Tensor3<float, Space>, int64_t, int64_t);                \
+  template absl::Status CausalAttentionBackward<Space>(                                                            \
+      const Space&, Tensor3<const float, Space>, Tensor3<const float, Space>, Tensor3<const float, Space>,         \
+      Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Space::memory_space>, Tensor3<const float, Space>, \
+      int64_t, int64_t, int64_t, Tensor3<float, Space>, Tensor3<float, Space>, Tensor3<float, Space>);             \
+  template absl::Status EmbeddingBackward<Space>(const Space&, ConstVector<int64_t, Space>, ConstMatrix<float, Space>, \
+                                                 int64_t, Matrix<float, Space>);                                    \
+  template absl::Status LmLossBackward<Space>(const Space&, Matrix<float, Space>, ConstVector<int64_t, Space>,      \
+                                              double, double, Vector<double, Space>);                              \
+  template absl::Status CombineBackward<Space>(const Space&, ConstMatrix<float, Space>, ConstMatrix<float, Space>,  \
+                                               ConstMatrix<float, Space>, ConstMatrix<int32_t, Space>,             \
+                                               ConstMatrix<int32_t, Space>, int64_t, Matrix<float, Space>,          \
+                                               Matrix<float, Space>);                                               \
+  template absl::Status DispatchBackward<Space>(const Space&, ConstMatrix<float, Space>, ConstMatrix<int32_t, Space>, \
+                                                ConstMatrix<int32_t, Space>, int64_t, Matrix<float, Space>);
+OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_BACKWARD)
+
+}  // namespace openmoe::kernels

@@ -1,0 +1,72 @@
+// File: kernels/backward.h
+// Gradients of the OpenMoE layers for training (float32), over Kokkos Views on every backend.
+// Each op's forward lives in its own file (rms_norm.h, elementwise.h, attention.h, moe.h); the
+// weight gradients of the projections are in linear.h (LinearWeightGrad, MatMulWeightGrad).
+// Every kernel is deterministic (no atomics): sums over rows run in a fixed order.
+#ifndef KERNELS_BACKWARD_H_
+#define KERNELS_BACKWARD_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/attention.h"
+#include "openmoe/core/tensor_types.h"
+
+namespace openmoe::kernels {
+
+// y = w * x / rms(x): dx = r (w dy) - x r^3 mean(w dy x); dw += sum_rows dy x r.
+// x, dy, dx [N, H]; w, dw [H].
+template <class ExecSpace>
+absl::Status RmsNormBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> x, ConstVector<float, ExecSpace> w,
+                             ConstMatrix<float, ExecSpace> dy, float eps, Matrix<float, ExecSpace> dx,
+                             Vector<float, ExecSpace> dw);
+
+// act = g[:, :I] * silu(g[:, I:]) * u  ->  dg [N, 2I], du [N, I] (written).
+template <class ExecSpace>
+absl::Status SwigluBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> gate, ConstMatrix<float, ExecSpace> up,
+                            ConstMatrix<float, ExecSpace> dact, Matrix<float, ExecSpace> dgate,
+                            Matrix<float, ExecSpace> dup);
+
+// In place: dx' [B, S, width] -> dx, the transpose of ApplyRope's rotation (rotation by -angle).
+template <class ExecSpace>
+absl::Status RopeBackward(const ExecSpace& space, Tensor3<float, ExecSpace> dx, int64_t head_dim, int64_t position_offset);
+
+// Gradients of CausalAttention (q_offset 0, Sq = Sk = S) with respect to its rotated q, k and v:
+// dq [B, S, Nh*Dh], dk, dv [B, S, Nkv*Dh] (written). The softmax is recomputed.
+template <class ExecSpace>
+absl::Status CausalAttentionBackward(const ExecSpace& space, Tensor3<const float, ExecSpace> q,
+                                     Tensor3<const float, ExecSpace> k, Tensor3<const float, ExecSpace> v,
+                                     Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> mask,
+                                     Tensor3<const float, ExecSpace> dout, int64_t num_heads, int64_t num_kv_heads,
+                                     int64_t head_dim, Tensor3<float, ExecSpace> dq, Tensor3<float, ExecSpace> dk,
+                                     Tensor3<float, ExecSpace> dv);
+
+// dtable[ids[t]] += dh[t] for every token whose id is not pad_id (nn.Embedding(padding_idx)).
+template <class ExecSpace>
+absl::Status EmbeddingBackward(const ExecSpace& space, ConstVector<int64_t, ExecSpace> ids,
+                               ConstMatrix<float, ExecSpace> dh, int64_t pad_id, Matrix<float, ExecSpace> dtable);
+
+// Label-smoothed cross entropy with z-loss, row by row, in place: logits [R, V] become dloss/dlogits
+// = softmax * (1 + 2 z logZ) - target (target: 1 - ls on the label, ls / (V - 1) elsewhere); rows
+// whose label is < 0 get zero gradient and zero loss. loss [R] = the row's loss (losses.h).
+template <class ExecSpace>
+absl::Status LmLossBackward(const ExecSpace& space, Matrix<float, ExecSpace> logits, ConstVector<int64_t, ExecSpace> labels,
+                            double label_smoothing, double z_loss_factor, Vector<double, ExecSpace> loss);
+
+// Backward of Combine: d_expert_out [E*C, H] = probs(t, e) dy[t] in kept slots, 0 elsewhere;
+// dprobs [N, E] = dy[t] . expert_out[slot] for kept assignments, 0 elsewhere.
+template <class ExecSpace>
+absl::Status CombineBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> dy,
+                             ConstMatrix<float, ExecSpace> expert_out, ConstMatrix<float, ExecSpace> probs,
+                             ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
+                             int64_t capacity, Matrix<float, ExecSpace> d_expert_out, Matrix<float, ExecSpace> dprobs);
+
+// Backward of Dispatch: dx[t] += d_dispatched[e * C + rank] over t's kept assignments.
+template <class ExecSpace>
+absl::Status DispatchBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> d_dispatched,
+                              ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
+                              int64_t capacity, Matrix<float, ExecSpace> dx);
+
+}  // namespace openmoe::kernels
+
+#endif  // KERNELS_BACKWARD_H_

@@ -1,0 +1,60 @@
+// File: openmoe/trainable_model.h
+// The OpenMoE decoder for training: float32 master weights under their Hugging Face names (q/k/v
+// and gate/up kept separate, as the checkpoints hold them), one forward pass over a [B, S] batch
+// that keeps the activations the backward pass needs, and the gradients of OpenMoE's training
+// loss (losses.h) for every parameter. The batch is one routing group with training capacity
+// (router_capacity_factor_train); labels are the inputs shifted by one, padding not masked.
+//
+//   OPENMOE_ASSIGN_OR_RETURN(auto model, TrainableModel<Space>::Load(dir));
+//   OPENMOE_ASSIGN_OR_RETURN(LossParts loss, model.ForwardBackward(ids, mask, B, S));
+//   model.grad("lm_head.weight")  // dloss/dW, float32 [V * H]
+#ifndef OPENMOE_TRAINABLE_MODEL_H_
+#define OPENMOE_TRAINABLE_MODEL_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "openmoe/checkpoint.h"
+#include "openmoe/checkpoint_table.h"
+#include "openmoe/config.h"
+#include "openmoe/core/tensor_types.h"
+#include "openmoe/losses.h"
+
+namespace openmoe {
+
+template <class ExecSpace>
+class TrainableModel {
+ public:
+  using MemSpace = typename ExecSpace::memory_space;
+
+  static absl::StatusOr<TrainableModel> Load(const std::string& model_dir);
+  static absl::StatusOr<TrainableModel> FromCheckpoint(const OpenMoeConfig& config, const CheckpointReader& reader);
+  // Upstream's initialiser (spec 2.6): normal with std 0.02, router and expert inputs
+  // sqrt(0.1 / H), expert outputs sqrt(0.1 / I), norms 1; the pad row of the embedding 0.
+  static absl::StatusOr<TrainableModel> RandomInit(const OpenMoeConfig& config, uint64_t seed);
+
+  const OpenMoeConfig& config() const { return config_; }
+  const std::vector<TensorSpec>& table() const { return table_; }
+  Vector<float, ExecSpace> param(const std::string& name) const { return params_.at(name); }
+  Vector<float, ExecSpace> grad(const std::string& name) const { return grads_.at(name); }
+
+  // Loss of the batch and, in grad(), its gradient for every parameter (overwritten).
+  absl::StatusOr<LossParts> ForwardBackward(const std::vector<int64_t>& input_ids,
+                                            const std::vector<int64_t>& attention_mask, int64_t batch,
+                                            int64_t seq_len);
+
+ private:
+  Matrix<float, ExecSpace> P(const std::string& name, int64_t rows, int64_t cols) const;
+  Matrix<float, ExecSpace> G(const std::string& name, int64_t rows, int64_t cols) const;
+
+  OpenMoeConfig config_;
+  std::vector<TensorSpec> table_;
+  std::map<std::string, Vector<float, ExecSpace>> params_, grads_;  // HF name -> flat data
+};
+
+}  // namespace openmoe
+
+#endif  // OPENMOE_TRAINABLE_MODEL_H_
