@@ -166,4 +166,26 @@ absl::StatusOr<OpenMoeConfig> PresetConfig(const std::string& name) {
       absl::StrCat("unknown model preset '", name, "'; expected one of: base, 8b, 34b"));
 }
 
+std::string ConfigToJson(const OpenMoeConfig& c) {
+  nlohmann::ordered_json j;
+  j["architectures"] = {"OpenMoeForCausalLM"};
+  j["model_type"] = "llama";
+  j["vocab_size"] = c.vocab_size, j["hidden_size"] = c.hidden_size, j["intermediate_size"] = c.intermediate_size;
+  j["num_hidden_layers"] = c.num_hidden_layers, j["num_attention_heads"] = c.num_attention_heads;
+  j["num_key_value_heads"] = c.num_key_value_heads, j["head_dim"] = c.head_dim;
+  j["max_position_embeddings"] = c.max_position_embeddings, j["rms_norm_eps"] = double(c.rms_norm_eps);
+  j["hidden_act"] = "swiglu", j["tie_word_embeddings"] = false, j["pretraining_tp"] = 1;
+  j["pad_token_id"] = c.pad_token_id, j["bos_token_id"] = c.bos_token_id, j["eos_token_id"] = c.eos_token_id;
+  j["torch_dtype"] = "float32";
+  j["num_experts"] = c.num_experts, j["moe_layer_interval"] = c.moe_layer_interval, j["router_topk"] = c.router_topk;
+  j["router_capacity_factor_train"] = double(c.router_capacity_factor_train);
+  j["router_capacity_factor_eval"] = double(c.router_capacity_factor_eval);
+  j["router_min_capacity"] = c.router_min_capacity, j["router_noisy_policy"] = nullptr, j["router_drop_tks"] = true;
+  j["mlp_gated"] = true;
+  j["label_smoothing"] = double(c.label_smoothing), j["z_loss_factor"] = double(c.z_loss_factor);
+  j["router_aux_loss_factor"] = double(c.router_aux_loss_factor);
+  j["router_z_loss_factor"] = double(c.router_z_loss_factor);
+  return j.dump(2) + "\n";
+}
+
 }  // namespace openmoe

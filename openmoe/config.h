@@ -50,6 +50,9 @@ absl::StatusOr<OpenMoeConfig> ParseConfig(const std::string& json_text, const st
 absl::StatusOr<OpenMoeConfig> LoadConfig(const std::string& path);
 // "base", "8b" or "34b" (spec section 1.1).
 absl::StatusOr<OpenMoeConfig> PresetConfig(const std::string& name);
+// config.json text in the Hugging Face layout (the keys ParseConfig reads, plus model_type and
+// architectures), for checkpoints the trainer writes.
+std::string ConfigToJson(const OpenMoeConfig& config);
 // Checks ranges and supported features; errors name the offending key.
 absl::Status ValidateConfig(const OpenMoeConfig& config, const std::string& source);
 

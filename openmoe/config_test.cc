@@ -82,3 +82,21 @@ TEST(Config, RejectsUnsupportedOrInconsistentConfigsNamingTheKey) {
 
 }  // namespace
 }  // namespace openmoe
+
+namespace openmoe {
+namespace {
+TEST(Config, ConfigToJsonRoundTrips) {
+  auto preset = PresetConfig("8b");
+  ASSERT_TRUE(preset.ok());
+  preset->label_smoothing = 0.0f, preset->z_loss_factor = 0.0001f;
+  auto parsed = ParseConfig(ConfigToJson(*preset), "roundtrip");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->hidden_size, 2048);
+  EXPECT_EQ(parsed->num_attention_heads * parsed->head_dim, preset->num_attention_heads * preset->head_dim);
+  EXPECT_EQ(parsed->moe_layer_interval, preset->moe_layer_interval);
+  EXPECT_EQ(parsed->label_smoothing, 0.0f);
+  EXPECT_FLOAT_EQ(parsed->z_loss_factor, 0.0001f);
+  EXPECT_EQ(CountParameters(*parsed), CountParameters(*preset));
+}
+}  // namespace
+}  // namespace openmoe
