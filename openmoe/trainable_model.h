@@ -37,6 +37,13 @@ class TrainableModel {
   static absl::StatusOr<TrainableModel> RandomInit(const OpenMoeConfig& config, uint64_t seed);
 
   const OpenMoeConfig& config() const { return config_; }
+  // The loss factors (label smoothing, output z-loss, router aux / z) of later ForwardBackward calls.
+  void SetLossFactors(double label_smoothing, double z_loss_factor, double router_aux_loss_factor,
+                      double router_z_loss_factor) {
+    config_.label_smoothing = float(label_smoothing), config_.z_loss_factor = float(z_loss_factor);
+    config_.router_aux_loss_factor = float(router_aux_loss_factor);
+    config_.router_z_loss_factor = float(router_z_loss_factor);
+  }
   const std::vector<TensorSpec>& table() const { return table_; }
   Vector<float, ExecSpace> param(const std::string& name) const { return params_.at(name); }
   Vector<float, ExecSpace> grad(const std::string& name) const { return grads_.at(name); }

@@ -22,7 +22,8 @@
 #include "tools/generate_runner.h"
 
 ABSL_FLAG(std::string, model, "", "Model folder (config.json, weights, tokenizer.model or spiece.model). "
-          "Default: the embedded tiny random model (tools/default_model).");
+          "Default: the checkpoint of `bazel run //tools:train`'s default run (outputs/default_finetune) if it "
+          "exists, else the embedded tiny random model (tools/default_model).");
 ABSL_FLAG(std::string, prompt, "", "Prompt text. Default when no prompt source is given: a short sample prompt.");
 ABSL_FLAG(std::string, prompt_file, "", "Read the prompt from this file; '-' reads standard input.");
 ABSL_FLAG(std::string, batch_file, "", "One prompt per line, generated together as one left-padded batch.");
@@ -47,12 +48,26 @@ ABSL_FLAG(std::string, output_ids_file, "", "Write the generated ids as int64 ou
 namespace {
 
 constexpr char kDefaultModel[] = "tools/default_model/openmoe-tiny-random";  // runfiles path
-constexpr char kDefaultPrompt[] = "The MoE layer routes tokens to";
+constexpr char kDefaultPrompt[] = "The capital of France is";
 
 std::string Resolve(const std::string& path) {
   const char* cwd = std::getenv("BUILD_WORKING_DIRECTORY");  // set by `bazel run`
   if (path.empty() || path[0] == '/' || path == "-" || cwd == nullptr) return path;
   return std::string(cwd) + "/" + path;
+}
+
+// The default model: the checkpoint of `bazel run //tools:train`'s default run when it exists
+// (outputs/default_finetune/latest in the workspace), else the embedded random tiny model.
+std::string DefaultModel() {
+  const char* workspace = std::getenv("BUILD_WORKSPACE_DIRECTORY");  // set by `bazel run`
+  const std::string root = std::string(workspace ? workspace : ".") + "/outputs/default_finetune";
+  std::ifstream latest(root + "/latest");
+  std::string name;
+  if (latest >> name) {
+    const std::string dir = root + "/" + name;
+    if (std::ifstream(dir + "/config.json")) return dir;
+  }
+  return kDefaultModel;
 }
 
 std::vector<std::string> g_args;  // argv as given, to know which flags the user set
@@ -98,7 +113,8 @@ int main(int argc, char** argv) {
   g_args.assign(argv + 1, argv + argc);
   absl::ParseCommandLine(argc, argv);
   openmoe::tools::GenerateRequest r;
-  r.model_dir = Specified("model") ? Resolve(absl::GetFlag(FLAGS_model)) : kDefaultModel;
+  r.model_dir = Specified("model") ? Resolve(absl::GetFlag(FLAGS_model)) : DefaultModel();
+  if (!Specified("model")) std::fprintf(stderr, "model: %s\n", r.model_dir.c_str());
 
   // Prompt sources: exactly one of --prompt, --prompt_file, --batch_file, --input_ids_file.
   int sources = Specified("prompt") + Specified("prompt_file") + Specified("batch_file") + Specified("input_ids_file");

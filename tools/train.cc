@@ -1,0 +1,162 @@
+// train: fine-tunes an OpenMoE model (single device, fp32 master weights) with the flags of
+// Colossal-AI's OpenMoE train.py; see --help and tools/train_runner.h for the output layout.
+//
+//   bazel run //tools:train          # default run: the embedded tiny model on the shipped data
+//   bazel run //tools:train -- --model DIR --dataset data.jsonl --output_path out --batch_size 4
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <Kokkos_Core.hpp>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "tools/train_runner.h"
+
+ABSL_FLAG(std::string, model, "", "Model folder to fine-tune (config.json, weights; tokenizer.model for text data).");
+ABSL_FLAG(std::string, model_name, "", "Instead of --model: random init of a preset, base | 8b | 34b (upstream's "
+          "initialiser); needs pre-tokenized --dataset.");
+ABSL_FLAG(std::string, output_path, "./outputs", "Checkpoints (step-N/ folders + `latest`), metrics.jsonl, loss_curve.png.");
+ABSL_FLAG(int64_t, num_epochs, 1, "Epochs over the dataset (upstream --num_epoch).");
+ABSL_FLAG(int64_t, num_epoch, 1, "Alias of --num_epochs (upstream spelling).");
+ABSL_FLAG(int64_t, max_steps, 0, "Stop after this many optimizer steps (0 = all epochs).");
+ABSL_FLAG(int64_t, batch_size, 1, "Examples per step (upstream default 1).");
+ABSL_FLAG(int64_t, save_interval, 1000, "Save a checkpoint every this many steps (and at the end). Alias: -i.");
+ABSL_FLAG(int64_t, i, 0, "Alias of --save_interval (upstream README's -i).");
+ABSL_FLAG(std::string, precision, "fp32", "fp32 | bf16 | fp16. Only fp32 is implemented so far (upstream's default "
+          "is bf16: give --precision fp32 explicitly to silence nothing, it is the default here).");
+ABSL_FLAG(int64_t, max_length, 2048, "Tokens per example (text data: padded / truncated to this).");
+ABSL_FLAG(std::string, dataset, "", "Local .jsonl / .json self_instruct records {\"prompt\", \"completion\"}, or a "
+          ".safetensors file with int64 input_ids, attention_mask [N, S].");
+ABSL_FLAG(std::string, task_name, "super_natural_instructions", "Recorded in the checkpoints (upstream's dataset config).");
+ABSL_FLAG(double, lr, 1e-5, "Peak learning rate (upstream 1e-5, constant).");
+ABSL_FLAG(double, weight_decay, 0.0, "AdamW decoupled weight decay (upstream 0).");
+ABSL_FLAG(uint64_t, seed, 42, "Seed of the data order and of --model_name's random init (printed).");
+ABSL_FLAG(bool, shuffle, true, "Shuffle the examples every epoch (false: file order).");
+ABSL_FLAG(int64_t, warmup_steps, 0, "Linear warmup steps (upstream: none).");
+ABSL_FLAG(std::string, lr_schedule, "constant", "After warmup: constant (upstream) or cosine (to 0 at the last step).");
+ABSL_FLAG(double, max_grad_norm, 0.0, "Clip the global gradient norm to this (0 = off, as upstream).");
+ABSL_FLAG(double, label_smoothing, -1, "Label smoothing of the LM loss (default: the config's, 0.001 for OpenMoE). "
+          "Unlike upstream's train.py, the flag takes effect.");
+ABSL_FLAG(double, z_loss_factor, -1, "Output z-loss factor (default: the config's, 0.01).");
+ABSL_FLAG(double, router_aux_loss_factor, -1, "Router load-balancing loss factor (default: the config's, 0.01).");
+ABSL_FLAG(double, router_z_loss_factor, -1, "Router z-loss factor (default: the config's, 0.0001).");
+ABSL_FLAG(std::string, resume, "", "Continue from a step-N folder or an --output_path with a `latest` file "
+          "(bit-identical to an uninterrupted run with the same flags).");
+ABSL_FLAG(std::string, dump_step_state, "", "After the first optimizer step, write loss.*, grad.<param> (step-1 "
+          "gradient) and param.<param> (after the step) to this safetensors file.");
+ABSL_FLAG(bool, progress, true, "Progress bar on stderr.");
+// Upstream's parallelism and kernel flags: parsed, not implemented yet (single device).
+ABSL_FLAG(std::string, plugin, "hybrid", "Not supported yet: hybrid | ep | ep_zero (multi-GPU plugins).");
+ABSL_FLAG(int64_t, zero_stage, 2, "Not supported yet (ZeRO sharding).");
+ABSL_FLAG(int64_t, extra_dp_size, 1, "Not supported yet (ep_zero).");
+ABSL_FLAG(int64_t, pp_size, 2, "Not supported yet (hybrid plugin).");
+ABSL_FLAG(int64_t, dp_size, 1, "Not supported yet (hybrid plugin).");
+ABSL_FLAG(int64_t, ep_size, 2, "Not supported yet (hybrid plugin).");
+ABSL_FLAG(int64_t, microbatch_size, 1, "Not supported yet (hybrid plugin).");
+ABSL_FLAG(bool, use_kernel, false, "Not supported yet (upstream's Triton/CUDA MoE kernels).");
+ABSL_FLAG(bool, use_layernorm_kernel, false, "Not supported yet (fused normalization).");
+ABSL_FLAG(bool, load_balance, false, "Not supported yet (expert load balancing).");
+ABSL_FLAG(int64_t, load_balance_interval, 1000, "Not supported yet.");
+ABSL_FLAG(bool, comm_overlap, false, "Not supported yet.");
+
+namespace {
+
+constexpr char kDefaultModel[] = "tools/default_model/openmoe-tiny-random";   // runfiles paths
+constexpr char kDefaultData[] = "tools/train_data/tiny_instructions.jsonl";
+
+std::vector<std::string> g_args;
+
+bool Specified(const std::string& name) {
+  for (const std::string& a : g_args) {
+    if (a == "--" + name || a == "-" + name || a.rfind("--" + name + "=", 0) == 0 || a.rfind("-" + name + "=", 0) == 0 ||
+        a == "--no" + name) {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string Resolve(const std::string& path) {
+  const char* cwd = std::getenv("BUILD_WORKING_DIRECTORY");  // set by `bazel run`
+  if (path.empty() || path[0] == '/' || cwd == nullptr) return path;
+  return std::string(cwd) + "/" + path;
+}
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "train: %s\n", message.c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Fine-tunes an OpenMoE model with the flags of Colossal-AI's OpenMoE train.py (single device, fp32).\n"
+      "  train                                   # default run: the embedded tiny model (tools/default_model) on\n"
+      "                                          # tools/train_data/tiny_instructions.jsonl, on CPU in about a minute;\n"
+      "                                          # writes outputs/default_finetune, which `generate` then uses\n"
+      "  train --model DIR --dataset data.jsonl [--output_path out] [--batch_size 4] [--lr 1e-5] ...\n"
+      "  train --model_name base --dataset tokens.safetensors --max_steps 10\n"
+      "  train --resume out [same flags]         # continue from out/latest\n"
+      "  train --model DIR --dataset d --max_steps 1 --dump_step_state step1.safetensors");
+  std::vector<char*> args(argv, argv + argc);
+  g_args.assign(argv + 1, argv + argc);
+  absl::ParseCommandLine(argc, argv);
+
+  for (const char* flag : {"plugin", "zero_stage", "extra_dp_size", "pp_size", "dp_size", "ep_size", "microbatch_size",
+                           "use_kernel", "use_layernorm_kernel", "load_balance", "load_balance_interval", "comm_overlap"}) {
+    if (Specified(flag)) {
+      return Fail(std::string("--") + flag + " is not supported yet: training runs on a single device, without "
+                  "upstream's multi-GPU plugins or fused kernels. Drop the flag to train on one device.");
+    }
+  }
+  openmoe::tools::TrainOptions o;
+  const bool default_run = g_args.empty() || (!Specified("model") && !Specified("model_name") && !Specified("dataset") &&
+                                              !Specified("resume"));
+  if (default_run) {  // the demo: every other flag still applies on top
+    o.model_dir = kDefaultModel, o.dataset = kDefaultData;
+    const char* workspace = std::getenv("BUILD_WORKSPACE_DIRECTORY");
+    o.output_path = std::string(workspace ? workspace : ".") + "/outputs/default_finetune";
+    o.max_length = 24, o.batch_size = 16, o.lr = 2e-3, o.num_epochs = 40, o.save_interval = 1000000;
+    o.warmup_steps = 20, o.lr_schedule = "cosine", o.max_grad_norm = 1.0;
+  }
+  if (Specified("model")) o.model_dir = Resolve(absl::GetFlag(FLAGS_model));
+  if (Specified("model_name")) o.model_name = absl::GetFlag(FLAGS_model_name);
+  if (Specified("dataset")) o.dataset = Resolve(absl::GetFlag(FLAGS_dataset));
+  if (Specified("output_path") || !default_run) o.output_path = Resolve(absl::GetFlag(FLAGS_output_path));
+  if (Specified("num_epochs") || !default_run) o.num_epochs = absl::GetFlag(FLAGS_num_epochs);
+  if (Specified("num_epoch")) o.num_epochs = absl::GetFlag(FLAGS_num_epoch);
+  if (Specified("batch_size") || !default_run) o.batch_size = absl::GetFlag(FLAGS_batch_size);
+  if (Specified("save_interval") || !default_run) o.save_interval = absl::GetFlag(FLAGS_save_interval);
+  if (Specified("i")) o.save_interval = absl::GetFlag(FLAGS_i);
+  if (Specified("max_length") || !default_run) o.max_length = absl::GetFlag(FLAGS_max_length);
+  if (Specified("lr") || !default_run) o.lr = absl::GetFlag(FLAGS_lr);
+  if (Specified("warmup_steps") || !default_run) o.warmup_steps = absl::GetFlag(FLAGS_warmup_steps);
+  if (Specified("lr_schedule") || !default_run) o.lr_schedule = absl::GetFlag(FLAGS_lr_schedule);
+  if (Specified("max_grad_norm") || !default_run) o.max_grad_norm = absl::GetFlag(FLAGS_max_grad_norm);
+  o.max_steps = absl::GetFlag(FLAGS_max_steps);
+  o.precision = absl::GetFlag(FLAGS_precision);
+  o.task_name = absl::GetFlag(FLAGS_task_name);
+  o.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  o.seed = absl::GetFlag(FLAGS_seed);
+  o.shuffle = absl::GetFlag(FLAGS_shuffle);
+  o.resume = Resolve(absl::GetFlag(FLAGS_resume));
+  o.dump_step_state = Resolve(absl::GetFlag(FLAGS_dump_step_state));
+  o.progress = absl::GetFlag(FLAGS_progress) && isatty(2);
+  if (absl::GetFlag(FLAGS_label_smoothing) >= 0) o.label_smoothing = absl::GetFlag(FLAGS_label_smoothing);
+  if (absl::GetFlag(FLAGS_z_loss_factor) >= 0) o.z_loss_factor = absl::GetFlag(FLAGS_z_loss_factor);
+  if (absl::GetFlag(FLAGS_router_aux_loss_factor) >= 0) o.router_aux_loss_factor = absl::GetFlag(FLAGS_router_aux_loss_factor);
+  if (absl::GetFlag(FLAGS_router_z_loss_factor) >= 0) o.router_z_loss_factor = absl::GetFlag(FLAGS_router_z_loss_factor);
+  if (!o.resume.empty() && Specified("model") == false && Specified("model_name") == false) o.model_dir.clear();
+
+  setenv("OMP_PROC_BIND", "false", 0);
+  Kokkos::ScopeGuard kokkos(argc, argv);
+  const absl::Status status = openmoe::tools::RunTraining(o);
+  if (!status.ok()) return Fail(std::string(status.message()));
+  return 0;
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# //tools:train from the command line:
+#  1. --dump_step_state on the fixtures (pre-tokenized batch, one step, the fixtures' AdamW
+#     settings): loss, every gradient and every parameter after the step against the float64
+#     reference, with the fixture README's tolerances;
+#  2. a run resumed from its step-3 checkpoint ends bit-identical to an uninterrupted run;
+#  3. bad input (malformed / incomplete / empty data, unwritable output, mismatched resume,
+#     unsupported flags, a loss that becomes NaN) stops with a clear message, keeping the last
+#     checkpoint.
+set -euo pipefail
+train=tools/train
+data=tests/data/openmoe
+tmp="${TEST_TMPDIR:-/tmp}/train_cli"
+rm -rf "$tmp" && mkdir -p "$tmp"
+py() { PYTHONPATH=tools/reference python3 "$@"; }
+
+for case in tiny8b tinybase; do
+  py - "$data/$case/expected.safetensors" "$tmp/$case.batch.safetensors" <<'PY'
+import sys, safetensors_lite as st
+t = st.read(sys.argv[1])
+st.write(sys.argv[2], {"input_ids": t["input_ids"], "attention_mask": t["attention_mask"]})
+PY
+  "$train" --model "$data/$case" --dataset "$tmp/$case.batch.safetensors" --batch_size 2 --shuffle=false \
+    --max_steps 1 --lr 1e-3 --weight_decay 0.01 --output_path "$tmp/$case.out" \
+    --dump_step_state "$tmp/$case.step1.safetensors" 2>"$tmp/$case.log"
+  py - "$tmp/$case.step1.safetensors" "$data/$case" <<'PY'
+import json, sys, safetensors_lite as st
+ours, want = st.read(sys.argv[1]), st.read(sys.argv[2] + "/expected.safetensors")
+ref = json.load(open(sys.argv[2] + "/expected.json"))
+total = ours["loss.total"][2][0]
+assert abs(total - ref["loss_total"]) <= 1e-4 * abs(ref["loss_total"]), (total, ref["loss_total"])
+lr = ref["adamw"]["lr"]
+checked = 0
+for name in [k[len("grad."):] for k in ours if k.startswith("grad.")]:
+    g, r = ours["grad." + name][2], want["grad." + name][2]
+    big = max(abs(x) for x in r)
+    assert all(abs(a - b) <= 1e-3 * big for a, b in zip(g, r)), "grad." + name
+    p, q = ours["param." + name][2], want["adamw_step1." + name][2]
+    for a, b, gr in zip(p, q, r):
+        assert abs(a - b) <= (1e-6 if abs(gr) >= 1e-3 * big else 2 * lr), ("param." + name, a, b, gr)
+    checked += 1
+assert checked == sum(1 for k in want if k.startswith("grad.")), checked
+print(f"{sys.argv[2]}: loss {total:.6f} (reference {ref['loss_total']:.6f}), {checked} gradients and parameters match")
+PY
+done
+
+# Resume: 6 steps straight vs 3 steps + resume to 6, same flags.
+common=(--model tools/default_model/openmoe-tiny-random --dataset tools/train_data/tiny_instructions.jsonl
+        --max_length 16 --batch_size 4 --lr 1e-3 --seed 5 --progress=false)
+"$train" "${common[@]}" --max_steps 6 --save_interval 3 --output_path "$tmp/straight" 2>/dev/null
+"$train" "${common[@]}" --max_steps 3 --output_path "$tmp/resumed" 2>/dev/null
+[[ "$(cat "$tmp/resumed/latest")" == "step-3" ]]
+"$train" "${common[@]}" --max_steps 6 --output_path "$tmp/resumed" --resume "$tmp/resumed" 2>"$tmp/resume.log"
+for f in model.safetensors trainer_state.safetensors; do
+  cmp "$tmp/straight/step-6/$f" "$tmp/resumed/step-6/$f" || { echo "FAIL: resumed $f differs"; exit 1; }
+done
+[[ -f "$tmp/resumed/loss_curve.png" && $(wc -l <"$tmp/resumed/metrics.jsonl") -eq 6 ]]
+echo "resume: step-6 weights and optimizer state bit-identical"
+
+expect_error() {  # expect_error "<text the message must contain>" args...
+  local want="$1"; shift
+  if "$train" "$@" >"$tmp/out.txt" 2>&1; then echo "FAIL: expected an error for: $*"; exit 1; fi
+  grep -qF -- "$want" "$tmp/out.txt" || { echo "FAIL: '$want' not in: $(cat "$tmp/out.txt")"; exit 1; }
+}
+printf '{"prompt": "a", "completion": "b"}\n{"prompt": oops}\n' >"$tmp/bad.jsonl"
+printf '{"prompt": "a"}\n' >"$tmp/missing.jsonl"
+printf '\n' >"$tmp/empty.jsonl"
+m=(--model tools/default_model/openmoe-tiny-random --output_path "$tmp/bad_out" --progress=false)
+expect_error "bad.jsonl:2: malformed JSON line" "${m[@]}" --dataset "$tmp/bad.jsonl"
+expect_error 'missing.jsonl:1: missing field "completion"' "${m[@]}" --dataset "$tmp/missing.jsonl"
+expect_error "holds no records" "${m[@]}" --dataset "$tmp/empty.jsonl"
+expect_error "is not writable" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --output_path /proc/no_such_dir
+expect_error "the checkpoint's vocab_size is 640, --model has 320" --model "$data/tiny8b" --resume "$tmp/straight" \
+  --dataset tools/train_data/tiny_instructions.jsonl --output_path "$tmp/x"
+expect_error "--plugin is not supported yet" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --plugin ep
+expect_error "only fp32 training" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --precision bf16
+expect_error "--batch_size must be positive" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --batch_size 0
+# A learning rate that blows the weights up: the loss is not finite at step 2; step-1 stays.
+expect_error "the last checkpoint" "${common[@]}" --lr 1e30 --max_steps 5 --save_interval 1 --output_path "$tmp/nan"
+[[ "$(cat "$tmp/nan/latest")" == "step-1" ]] || { echo "FAIL: latest is $(cat "$tmp/nan/latest")"; exit 1; }
+echo "bad input refused with clear messages"

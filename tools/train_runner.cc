@@ -1,0 +1,406 @@
+#include "tools/train_runner.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <vector>
+
+#include <Kokkos_Core.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/adamw.h"
+#include "nlohmann/json.hpp"
+#include "openmoe/core/status_macros.h"
+#include "openmoe/io/safetensors.h"
+#include "openmoe/train_data.h"
+#include "openmoe/trainable_model.h"
+#include "tools/loss_plot.h"
+
+namespace openmoe::tools {
+namespace {
+
+namespace fs = std::filesystem;
+using Space = Kokkos::DefaultExecutionSpace;
+using Model = TrainableModel<Space>;
+
+std::vector<float> ToHost(Vector<float, Space> v) {
+  std::vector<float> out(v.extent(0));
+  Kokkos::deep_copy(Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(out.data(), out.size()), v);
+  return out;
+}
+
+void FromHost(const std::vector<float>& host, Vector<float, Space> v) {
+  Kokkos::deep_copy(v, Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(host.data(), host.size()));
+}
+
+absl::StatusOr<std::string> ReadText(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+absl::Status WriteTextAtomically(const std::string& path, const std::string& text) {
+  const std::string tmp = absl::StrCat(path, ".tmp-", getpid());
+  {
+    std::ofstream out(tmp);
+    out << text;
+    if (!out) return absl::UnavailableError(absl::StrCat("cannot write '", tmp, "'"));
+  }
+  std::error_code error;
+  fs::rename(tmp, path, error);
+  if (error) return absl::UnavailableError(absl::StrCat("cannot rename '", tmp, "' to '", path, "': ", error.message()));
+  return absl::OkStatus();
+}
+
+// Where training continues: the step reached and the next batch of the data order.
+struct Position {
+  int64_t step = 0, epoch = 0, batch = 0;
+};
+
+struct Optimizer {
+  std::map<std::string, Vector<float, Space>> m, v;  // AdamW moments, float32
+};
+
+struct Run {
+  TrainOptions options;
+  Model model;
+  Optimizer optimizer;
+  io::TokenBatch data;  // [N, S]
+  std::string tokenizer_file;  // copied into checkpoints when known
+  Position position;
+};
+
+absl::Status SaveCheckpoint(const Run& run) {
+  const fs::path root(run.options.output_path);
+  const std::string name = absl::StrCat("step-", run.position.step);
+  const fs::path tmp = root / absl::StrCat(".", name, ".tmp-", getpid()), final_dir = root / name;
+  std::error_code error;
+  fs::remove_all(tmp, error);
+  fs::create_directories(tmp, error);
+  if (error) return absl::UnavailableError(absl::StrCat("--output_path: cannot create '", tmp.string(), "': ", error.message()));
+  OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "config.json").string(), ConfigToJson(run.model.config())));
+  std::vector<std::vector<float>> hold;  // host copies alive until written
+  std::vector<io::TensorToWrite> weights, state;
+  hold.reserve(3 * run.model.table().size());
+  for (const TensorSpec& spec : run.model.table()) {
+    hold.push_back(ToHost(run.model.param(spec.name)));
+    weights.push_back({spec.name, io::DType::kF32, spec.shape, hold.back().data()});
+    hold.push_back(ToHost(run.optimizer.m.at(spec.name)));
+    state.push_back({"m." + spec.name, io::DType::kF32, spec.shape, hold.back().data()});
+    hold.push_back(ToHost(run.optimizer.v.at(spec.name)));
+    state.push_back({"v." + spec.name, io::DType::kF32, spec.shape, hold.back().data()});
+  }
+  OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors((tmp / "model.safetensors").string(), weights, {{"format", "pt"}}));
+  OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors((tmp / "trainer_state.safetensors").string(), state));
+  if (!run.tokenizer_file.empty()) {
+    fs::copy_file(run.tokenizer_file, tmp / "tokenizer.model", fs::copy_options::overwrite_existing, error);
+    if (error) return absl::UnavailableError(absl::StrCat("cannot copy the tokenizer: ", error.message()));
+  }
+  nlohmann::ordered_json j;
+  j["step"] = run.position.step, j["epoch"] = run.position.epoch, j["next_batch"] = run.position.batch;
+  j["seed"] = run.options.seed, j["shuffle"] = run.options.shuffle, j["batch_size"] = run.options.batch_size;
+  j["examples"] = run.data.batch, j["seq_len"] = run.data.seq_len, j["dataset"] = run.options.dataset;
+  j["task_name"] = run.options.task_name;
+  j["rng"] = "data order = EpochOrder(seed, epoch); no other random state";
+  OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "trainer_state.json").string(), j.dump(2) + "\n"));
+  fs::remove_all(final_dir, error);
+  fs::rename(tmp, final_dir, error);
+  if (error) return absl::UnavailableError(absl::StrCat("cannot rename '", tmp.string(), "': ", error.message()));
+  OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((root / "latest").string(), name + "\n"));
+  // Keep the two newest checkpoints.
+  std::vector<std::pair<int64_t, fs::path>> folders;
+  for (const auto& entry : fs::directory_iterator(root, error)) {
+    const std::string n = entry.path().filename().string();
+    if (entry.is_directory() && n.rfind("step-", 0) == 0) folders.push_back({std::atoll(n.c_str() + 5), entry.path()});
+  }
+  std::sort(folders.begin(), folders.end());
+  for (size_t i = 0; i + 2 < folders.size(); ++i) fs::remove_all(folders[i].second, error);
+  return absl::OkStatus();
+}
+
+// The folder a --resume argument names: a step-<N> folder, or an output path with `latest`.
+absl::StatusOr<std::string> ResumeFolder(const std::string& resume) {
+  if (fs::exists(fs::path(resume) / "trainer_state.json")) return resume;
+  if (fs::exists(fs::path(resume) / "latest")) {
+    OPENMOE_ASSIGN_OR_RETURN(std::string name, ReadText((fs::path(resume) / "latest").string()));
+    while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+    return (fs::path(resume) / name).string();
+  }
+  return absl::NotFoundError(absl::StrCat("--resume '", resume, "': no trainer_state.json and no `latest` file there"));
+}
+
+absl::Status CheckSameShapes(const OpenMoeConfig& a, const OpenMoeConfig& b, const std::string& what) {
+  const std::vector<std::pair<const char*, std::pair<int64_t, int64_t>>> keys = {
+      {"vocab_size", {a.vocab_size, b.vocab_size}}, {"hidden_size", {a.hidden_size, b.hidden_size}},
+      {"intermediate_size", {a.intermediate_size, b.intermediate_size}},
+      {"num_hidden_layers", {a.num_hidden_layers, b.num_hidden_layers}},
+      {"num_attention_heads", {a.num_attention_heads, b.num_attention_heads}},
+      {"num_experts", {a.num_experts, b.num_experts}}, {"moe_layer_interval", {a.moe_layer_interval, b.moe_layer_interval}}};
+  for (const auto& [key, values] : keys) {
+    if (values.first != values.second) {
+      return absl::InvalidArgumentError(absl::StrCat("--resume: the checkpoint's ", key, " is ", values.second, ", ", what,
+                                                     " has ", values.first));
+    }
+  }
+  return absl::OkStatus();
+}
+
+double LearningRate(const TrainOptions& o, int64_t step, int64_t total_steps) {  // step counts from 1
+  if (o.warmup_steps > 0 && step <= o.warmup_steps) return o.lr * double(step) / double(o.warmup_steps);
+  if (o.lr_schedule == "cosine" && total_steps > o.warmup_steps) {
+    const double t = double(step - o.warmup_steps) / double(total_steps - o.warmup_steps);
+    return o.lr * 0.5 * (1.0 + std::cos(M_PI * std::min(1.0, t)));
+  }
+  return o.lr;
+}
+
+std::string Duration(double seconds) {
+  const int64_t s = int64_t(seconds + 0.5);
+  return s >= 3600 ? absl::StrCat(s / 3600, "h", (s / 60) % 60, "m") : absl::StrCat(s / 60, ":", (s % 60) < 10 ? "0" : "", s % 60);
+}
+
+absl::Status Validate(const TrainOptions& o) {
+  if (o.precision == "bf16" || o.precision == "fp16") {
+    return absl::UnimplementedError(absl::StrCat("--precision ", o.precision,
+                                                 ": only fp32 training (fp32 weights, gradients and AdamW) is implemented "
+                                                 "so far; use --precision fp32"));
+  }
+  if (o.precision != "fp32") return absl::InvalidArgumentError(absl::StrCat("--precision must be fp32, bf16 or fp16, got ", o.precision));
+  if (o.batch_size <= 0) return absl::InvalidArgumentError(absl::StrCat("--batch_size must be positive, got ", o.batch_size));
+  if (o.num_epochs <= 0) return absl::InvalidArgumentError(absl::StrCat("--num_epochs must be positive, got ", o.num_epochs));
+  if (o.save_interval <= 0) return absl::InvalidArgumentError(absl::StrCat("--save_interval must be positive, got ", o.save_interval));
+  if (o.max_steps < 0 || o.warmup_steps < 0) return absl::InvalidArgumentError("--max_steps and --warmup_steps must be >= 0");
+  if (!(o.lr > 0)) return absl::InvalidArgumentError(absl::StrCat("--lr must be positive, got ", o.lr));
+  if (o.weight_decay < 0 || o.max_grad_norm < 0) return absl::InvalidArgumentError("--weight_decay and --max_grad_norm must be >= 0");
+  if (o.lr_schedule != "constant" && o.lr_schedule != "cosine") {
+    return absl::InvalidArgumentError(absl::StrCat("--lr_schedule must be constant or cosine, got ", o.lr_schedule));
+  }
+  if (o.dataset.empty()) return absl::InvalidArgumentError("--dataset is required (a .jsonl/.json file or a .safetensors batch)");
+  if (o.model_dir.empty() == o.model_name.empty() && o.resume.empty()) {
+    return absl::InvalidArgumentError("give exactly one of --model DIR and --model_name base|8b|34b (or --resume)");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status RunTraining(const TrainOptions& o) {
+  OPENMOE_RETURN_IF_ERROR(Validate(o));
+  // Output path first: an unwritable one fails before any work.
+  std::error_code error;
+  fs::create_directories(o.output_path, error);
+  const std::string probe = (fs::path(o.output_path) / absl::StrCat(".probe-", getpid())).string();
+  if (error || !std::ofstream(probe)) {
+    return absl::PermissionDeniedError(absl::StrCat("--output_path '", o.output_path, "' is not writable",
+                                                    error ? ": " + error.message() : ""));
+  }
+  fs::remove(probe, error);
+
+  // Model (and where to continue from).
+  std::string model_source = o.model_dir;
+  Position start;
+  nlohmann::json resume_state;
+  if (!o.resume.empty()) {
+    OPENMOE_ASSIGN_OR_RETURN(model_source, ResumeFolder(o.resume));
+    OPENMOE_ASSIGN_OR_RETURN(std::string text, ReadText(model_source + "/trainer_state.json"));
+    resume_state = nlohmann::json::parse(text, nullptr, false);
+    if (resume_state.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(model_source, "/trainer_state.json is not valid JSON"));
+    start.step = resume_state.value("step", int64_t(0)), start.epoch = resume_state.value("epoch", int64_t(0));
+    start.batch = resume_state.value("next_batch", int64_t(0));
+  }
+  absl::StatusOr<Model> model = absl::UnknownError("no model");
+  if (!model_source.empty()) {
+    model = Model::Load(model_source);
+  } else {
+    OPENMOE_ASSIGN_OR_RETURN(OpenMoeConfig preset, PresetConfig(o.model_name));
+    std::fprintf(stderr, "random init of the %s preset (seed %llu)\n", o.model_name.c_str(), (unsigned long long)o.seed);
+    model = Model::RandomInit(preset, o.seed);
+  }
+  if (!model.ok()) return model.status();
+  if (!o.resume.empty() && (!o.model_dir.empty() || !o.model_name.empty())) {  // the run's own model must match
+    OPENMOE_ASSIGN_OR_RETURN(OpenMoeConfig given, !o.model_dir.empty() ? LoadConfig(o.model_dir + "/config.json")
+                                                                        : PresetConfig(o.model_name));
+    OPENMOE_RETURN_IF_ERROR(CheckSameShapes(given, model->config(), !o.model_dir.empty() ? "--model" : "--model_name"));
+  }
+  const OpenMoeConfig& c = model->config();
+  model->SetLossFactors(o.label_smoothing.value_or(c.label_smoothing), o.z_loss_factor.value_or(c.z_loss_factor),
+                        o.router_aux_loss_factor.value_or(c.router_aux_loss_factor),
+                        o.router_z_loss_factor.value_or(c.router_z_loss_factor));
+
+  // Data.
+  Run run{o, std::move(*model), {}, {}, "", start};
+  const bool pretokenized = o.dataset.size() > 12 && o.dataset.rfind(".safetensors") == o.dataset.size() - 12;
+  for (const std::string& dir : {model_source, o.model_dir}) {
+    for (const char* name : {"tokenizer.model", "spiece.model"})
+      if (run.tokenizer_file.empty() && !dir.empty() && fs::exists(fs::path(dir) / name)) run.tokenizer_file = (fs::path(dir) / name).string();
+  }
+  if (pretokenized) {
+    OPENMOE_ASSIGN_OR_RETURN(run.data, io::ReadTokenBatch(o.dataset, "--dataset"));
+  } else {
+    if (run.tokenizer_file.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("--dataset '", o.dataset, "' is text, but the model has no tokenizer.model "
+                                                        "or spiece.model; give --model DIR with one, or pre-tokenized "
+                                                        ".safetensors data"));
+    }
+    OPENMOE_ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::LoadFile(run.tokenizer_file));
+    OPENMOE_ASSIGN_OR_RETURN(std::vector<InstructionRecord> records, ReadInstructionRecords(o.dataset));
+    OPENMOE_ASSIGN_OR_RETURN(run.data, TokenizeRecords(records, tokenizer, std::min(o.max_length, c.max_position_embeddings)));
+  }
+  const int64_t N = run.data.batch, S = run.data.seq_len, B = o.batch_size;
+  if (N < B) {
+    return absl::InvalidArgumentError(absl::StrCat("--dataset has ", N, " examples, fewer than one batch of --batch_size ", B));
+  }
+  if (!o.resume.empty()) {
+    for (const auto& [key, now] : std::vector<std::pair<const char*, int64_t>>{
+             {"batch_size", B}, {"examples", N}, {"seq_len", S}, {"seed", int64_t(o.seed)}, {"shuffle", int64_t(o.shuffle)}}) {
+      const int64_t then = resume_state[key].is_boolean() ? int64_t(resume_state[key].get<bool>()) : resume_state.value(key, int64_t(-1));
+      if (then != now) {
+        return absl::InvalidArgumentError(absl::StrCat("--resume: the checkpoint was trained with ", key, " = ", then,
+                                                       ", this run has ", now, " (the data order would differ)"));
+      }
+    }
+  }
+  const int64_t batches_per_epoch = N / B;  // drop_last
+  int64_t total_steps = batches_per_epoch * o.num_epochs;
+  if (o.max_steps > 0) total_steps = std::min(total_steps, o.max_steps);
+
+  // Optimizer state: zeros, or the checkpoint's moments.
+  std::unique_ptr<io::SafetensorsFile> state_file;
+  if (!o.resume.empty()) {
+    OPENMOE_ASSIGN_OR_RETURN(io::SafetensorsFile f, io::SafetensorsFile::Open(model_source + "/trainer_state.safetensors"));
+    state_file = std::make_unique<io::SafetensorsFile>(std::move(f));
+  }
+  for (const TensorSpec& spec : run.model.table()) {
+    const int64_t n = run.model.param(spec.name).extent(0);
+    Vector<float, Space> m("m." + spec.name, n), v("v." + spec.name, n);
+    if (state_file) {
+      std::vector<float> host(n);
+      OPENMOE_RETURN_IF_ERROR(state_file->ReadAsFloat("m." + spec.name, host.data(), n));
+      FromHost(host, m);
+      OPENMOE_RETURN_IF_ERROR(state_file->ReadAsFloat("v." + spec.name, host.data(), n));
+      FromHost(host, v);
+    }
+    run.optimizer.m.emplace(spec.name, m), run.optimizer.v.emplace(spec.name, v);
+  }
+
+  std::fprintf(stderr, "training %lld examples of %lld tokens, batch %lld, %lld steps (from step %lld), lr %g (%s), "
+               "seed %llu, on %s; checkpoints in %s\n", (long long)N, (long long)S, (long long)B, (long long)total_steps,
+               (long long)start.step, o.lr, o.lr_schedule.c_str(), (unsigned long long)o.seed, Space::name(),
+               o.output_path.c_str());
+  std::ofstream metrics((fs::path(o.output_path) / "metrics.jsonl").string(), start.step > 0 ? std::ios::app : std::ios::trunc);
+  std::vector<double> losses;
+  if (start.step > 0) {  // the curve of the steps before the resume
+    std::ifstream old((fs::path(o.output_path) / "metrics.jsonl").string());
+    for (std::string line; std::getline(old, line);) {
+      const auto j = nlohmann::json::parse(line, nullptr, false);
+      if (!j.is_discarded() && j.value("step", int64_t(0)) <= start.step) losses.push_back(j.value("loss", 0.0));
+    }
+  }
+  kernels::AdamWOptions adamw;
+  adamw.weight_decay = o.weight_decay;
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t steps_this_run = 0;
+  bool saved_last = false;
+  for (int64_t epoch = start.epoch; epoch < o.num_epochs && run.position.step < total_steps; ++epoch) {
+    const std::vector<int64_t> order = EpochOrder(N, o.seed, epoch, o.shuffle);
+    for (int64_t batch = epoch == start.epoch ? start.batch : 0; batch < batches_per_epoch && run.position.step < total_steps;
+         ++batch) {
+      std::vector<int64_t> ids(B * S), mask(B * S);
+      for (int64_t r = 0; r < B; ++r) {
+        const int64_t n = order[batch * B + r];
+        std::copy(run.data.ids.begin() + n * S, run.data.ids.begin() + (n + 1) * S, ids.begin() + r * S);
+        std::copy(run.data.mask.begin() + n * S, run.data.mask.begin() + (n + 1) * S, mask.begin() + r * S);
+      }
+      OPENMOE_ASSIGN_OR_RETURN(LossParts loss, run.model.ForwardBackward(ids, mask, B, S));
+      const int64_t step = run.position.step + 1;
+      if (!std::isfinite(loss.total)) {
+        return absl::InternalError(absl::StrCat("the loss is ", loss.total, " at step ", step,
+                                                "; stopping without saving (the last checkpoint in '", o.output_path,
+                                                "' is kept)"));
+      }
+      double sum_sq = 0;
+      for (const TensorSpec& spec : run.model.table()) {
+        Vector<float, Space> g = run.model.grad(spec.name);
+        double part = 0;
+        Kokkos::parallel_reduce(
+            "openmoe::train::GradNorm", Kokkos::RangePolicy<Space>(0, g.extent(0)),
+            KOKKOS_LAMBDA(const int64_t i, double& s) { s += double(g(i)) * double(g(i)); }, part);
+        sum_sq += part;
+      }
+      const double grad_norm = std::sqrt(sum_sq);
+      std::map<std::string, std::vector<float>> dump_grads;
+      if (!o.dump_step_state.empty() && steps_this_run == 0) {
+        for (const TensorSpec& spec : run.model.table()) dump_grads[spec.name] = ToHost(run.model.grad(spec.name));
+      }
+      const float clip = o.max_grad_norm > 0 && grad_norm > o.max_grad_norm ? float(o.max_grad_norm / grad_norm) : 1.0f;
+      adamw.lr = LearningRate(o, step, total_steps);
+      for (const TensorSpec& spec : run.model.table()) {
+        Vector<float, Space> g = run.model.grad(spec.name);
+        if (clip != 1.0f) {
+          Kokkos::parallel_for("openmoe::train::Clip", Kokkos::RangePolicy<Space>(0, g.extent(0)),
+                               KOKKOS_LAMBDA(const int64_t i) { g(i) *= clip; });
+        }
+        OPENMOE_RETURN_IF_ERROR(kernels::AdamWStep<Space>(Space(), run.model.param(spec.name), g, run.optimizer.m.at(spec.name),
+                                                          run.optimizer.v.at(spec.name), step, adamw));
+      }
+      Kokkos::fence();
+      run.position = {step, epoch, batch + 1};
+      if (run.position.batch == batches_per_epoch) run.position = {step, epoch + 1, 0};
+      ++steps_this_run;
+      losses.push_back(loss.total);
+      if (!dump_grads.empty()) {
+        std::vector<std::vector<float>> hold;
+        std::vector<io::TensorToWrite> tensors;
+        const float parts[4] = {float(loss.total), float(loss.lm), float(loss.router_aux), float(loss.router_z)};
+        const char* names[4] = {"loss.total", "loss.lm", "loss.router_aux", "loss.router_z"};
+        for (int i = 0; i < 4; ++i) tensors.push_back({names[i], io::DType::kF32, {1}, &parts[i]});
+        hold.reserve(run.model.table().size());
+        for (const TensorSpec& spec : run.model.table()) {
+          tensors.push_back({"grad." + spec.name, io::DType::kF32, spec.shape, dump_grads[spec.name].data()});
+          hold.push_back(ToHost(run.model.param(spec.name)));
+          tensors.push_back({"param." + spec.name, io::DType::kF32, spec.shape, hold.back().data()});
+        }
+        OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors(o.dump_step_state, tensors));
+      }
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double tokens_per_s = double(steps_this_run * B * S) / elapsed;
+      nlohmann::ordered_json line;
+      line["step"] = step, line["epoch"] = epoch, line["loss"] = loss.total, line["lm"] = loss.lm;
+      line["router_aux"] = loss.router_aux, line["router_z"] = loss.router_z, line["lr"] = adamw.lr;
+      line["grad_norm"] = grad_norm, line["tokens_per_s"] = tokens_per_s;
+      metrics << line.dump() << "\n" << std::flush;
+      if (o.progress) {
+        const int width = 30, filled = int(width * double(step) / double(total_steps));
+        const double eta = elapsed / double(steps_this_run) * double(total_steps - step);
+        std::fprintf(stderr, "\rstep %lld/%lld [%s%s] loss %.4f | %.0f tok/s | ETA %s   ", (long long)step,
+                     (long long)total_steps, std::string(filled, '#').c_str(), std::string(width - filled, '-').c_str(),
+                     loss.total, tokens_per_s, Duration(eta).c_str());
+      }
+      saved_last = false;
+      if (step % o.save_interval == 0) {
+        OPENMOE_RETURN_IF_ERROR(SaveCheckpoint(run));
+        saved_last = true;
+      }
+    }
+  }
+  if (o.progress) std::fprintf(stderr, "\n");
+  if (!saved_last && steps_this_run > 0) OPENMOE_RETURN_IF_ERROR(SaveCheckpoint(run));
+  const std::string png = (fs::path(o.output_path) / "loss_curve.png").string();
+  OPENMOE_RETURN_IF_ERROR(WriteLossCurvePng(png, losses));
+  if (!losses.empty()) {
+    std::fprintf(stderr, "done: step %lld, loss %.4f (first %.4f); checkpoint %s/step-%lld, curve %s\n",
+                 (long long)run.position.step, losses.back(), losses.front(), o.output_path.c_str(),
+                 (long long)run.position.step, png.c_str());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace openmoe::tools

@@ -1,0 +1,46 @@
+// File: tools/train_runner.h
+// The training loop of //tools:train (single device): data, forward/backward, AdamW with fp32
+// master weights, LR schedule and clipping, progress bar, metrics, atomic checkpoints, resume.
+//
+// Output layout (`output_path`):
+//   step-<N>/            a Hugging Face model folder (config.json, model.safetensors,
+//                        tokenizer.model) plus trainer_state.safetensors (AdamW moments) and
+//                        trainer_state.json (step, epoch, next batch, seed, options)
+//   latest               the name of the newest complete step-<N> folder
+//   metrics.jsonl        one line per step; loss_curve.png at the end
+// Folders are written under a temporary name and renamed, and `latest` is replaced by rename, so
+// a run killed at any moment leaves the previous checkpoint intact.
+#ifndef TOOLS_TRAIN_RUNNER_H_
+#define TOOLS_TRAIN_RUNNER_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace openmoe::tools {
+
+struct TrainOptions {
+  std::string model_dir;   // load a checkpoint ...
+  std::string model_name;  // ... or random-init a preset (base, 8b, 34b)
+  std::string output_path = "./outputs";
+  std::string dataset;     // .jsonl / .json records or a pre-tokenized .safetensors
+  std::string task_name = "super_natural_instructions";  // recorded in trainer_state.json
+  std::string resume;      // a step-<N> folder, or an output_path with a `latest` file
+  std::string dump_step_state;
+  std::string precision = "fp32";
+  std::string lr_schedule = "constant";  // constant | cosine (after warmup)
+  int64_t num_epochs = 1, max_steps = 0, batch_size = 1, save_interval = 1000, max_length = 2048;
+  int64_t warmup_steps = 0;
+  uint64_t seed = 42;
+  double lr = 1e-5, weight_decay = 0.0, max_grad_norm = 0.0;
+  bool shuffle = true, progress = true;
+  std::optional<double> label_smoothing, z_loss_factor, router_aux_loss_factor, router_z_loss_factor;
+};
+
+absl::Status RunTraining(const TrainOptions& options);
+
+}  // namespace openmoe::tools
+
+#endif  // TOOLS_TRAIN_RUNNER_H_
