@@ -125,7 +125,8 @@ absl::Status CausalAttentionBackward(const ExecSpace& space, Tensor3<const float
   // Pass 1, per query row: softmax statistics, delta and dq.
   Kokkos::parallel_for(
       "openmoe::kernels::CausalAttentionBackward.dq", FlatRange(space, B * S * Nh), KOKKOS_LAMBDA(const int64_t idx) {
-        const int64_t h = idx % Nh, i = (idx / Nh) % S, b = idx / (Nh * S);
+        // Query rows vary fastest: the threads of a warp read the same key row (a broadcast).
+        const int64_t i = idx % S, h = (idx / S) % Nh, b = idx / (Nh * S);
         const int64_t qc = h * Dh, kc = (h / group) * Dh;
         float m = -FLT_MAX;
         for (int64_t j = 0; j <= i; ++j)
@@ -157,7 +158,8 @@ absl::Status CausalAttentionBackward(const ExecSpace& space, Tensor3<const float
   // Pass 2, per key row and kv head: dk and dv summed over the queries (and heads) that see it.
   Kokkos::parallel_for(
       "openmoe::kernels::CausalAttentionBackward.dkdv", FlatRange(space, B * S * Nkv), KOKKOS_LAMBDA(const int64_t idx) {
-        const int64_t g = idx % Nkv, j = (idx / Nkv) % S, b = idx / (Nkv * S);
+        // Key rows vary fastest: the threads of a warp read the same query row (a broadcast).
+        const int64_t j = idx % S, g = (idx / S) % Nkv, b = idx / (Nkv * S);
         const int64_t kc = g * Dh;
         for (int64_t d = 0; d < Dh; ++d) dk(b, j, kc + d) = 0.0f, dv(b, j, kc + d) = 0.0f;
         for (int64_t h = g * group; h < (g + 1) * group; ++h) {
