@@ -149,8 +149,9 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::
 
   M h("h", N, H);
   OPENMOE_RETURN_IF_ERROR(kernels::Embedding<float>(space, P("model.embed_tokens.weight", V, H), ids, h));
-  std::vector<std::vector<float>> router_logits_host;
-  for (int64_t i = 0; i < L; ++i) {
+  // One layer's forward: h (the residual stream) goes from the layer's input to its output;
+  // layers[i] receives every activation the backward pass reads.
+  auto layer_forward = [&](int64_t i, M h) -> absl::Status {
     const std::string pre = absl::StrCat("model.layers.", i);
     Layer& a = layers[i];
     a.h_in = copy(h);
@@ -208,7 +209,15 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::
     } else {
       OPENMOE_ASSIGN_OR_RETURN(a.mlp, run_mlp(pre + ".mlp", CM(a.x2), delta));
     }
-    OPENMOE_RETURN_IF_ERROR(add(h, delta));
+    return add(h, delta);
+  };
+  for (int64_t i = 0; i < L; ++i) {
+    OPENMOE_RETURN_IF_ERROR(layer_forward(i, h));
+    if (recompute_) {  // keep only the layer's input; the backward pass runs the layer again
+      M h_in = layers[i].h_in;
+      layers[i] = Layer{};
+      layers[i].h_in = h_in;
+    }
   }
   M h_final = copy(h), xf("xf", N, H);
   OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<float>(space, h_final, params_.at("model.norm.weight"), xf, eps));
@@ -267,6 +276,10 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::
   std::vector<std::pair<double, double>> router_parts;  // per MoE layer (aux, z), unweighted
   for (int64_t i = L - 1; i >= 0; --i) {
     const std::string pre = absl::StrCat("model.layers.", i);
+    if (recompute_) {  // the same kernels on the same input: the same activations, bit for bit
+      M h_again = copy(layers[i].h_in);
+      OPENMOE_RETURN_IF_ERROR(layer_forward(i, h_again));
+    }
     Layer& a = layers[i];
     if (c.IsMoeLayer(i)) {
       const int64_t C = a.capacity;
@@ -356,6 +369,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::
     OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, CM(a.x1), CM(dk), G(pre + ".self_attn.k_proj.weight", Wkv, H)));
     OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, CM(a.x1), CM(dv), G(pre + ".self_attn.v_proj.weight", Wkv, H)));
     OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".input_layernorm.weight", CM(a.h_in), CM(dx)));
+    a = Layer{};  // this layer's activations are no longer needed
   }
   OPENMOE_RETURN_IF_ERROR(kernels::EmbeddingBackward<ExecSpace>(space, ids, CM(dh), c.pad_token_id,
                                                                 G("model.embed_tokens.weight", V, H)));

@@ -48,6 +48,10 @@ class TrainableModel {
   Vector<float, ExecSpace> param(const std::string& name) const { return params_.at(name); }
   Vector<float, ExecSpace> grad(const std::string& name) const { return grads_.at(name); }
 
+  // Activation recomputation (gradient checkpointing): the forward pass keeps only each layer's
+  // input, and the backward pass runs the layer again before its gradients; same results.
+  void set_recompute_activations(bool recompute) { recompute_ = recompute; }
+
   // Loss of the batch and, in grad(), its gradient for every parameter (overwritten).
   absl::StatusOr<LossParts> ForwardBackward(const std::vector<int64_t>& input_ids,
                                             const std::vector<int64_t>& attention_mask, int64_t batch,
@@ -58,6 +62,7 @@ class TrainableModel {
   Matrix<float, ExecSpace> G(const std::string& name, int64_t rows, int64_t cols) const;
 
   OpenMoeConfig config_;
+  bool recompute_ = false;
   std::vector<TensorSpec> table_;
   std::map<std::string, Vector<float, ExecSpace>> params_, grads_;  // HF name -> flat data
 };

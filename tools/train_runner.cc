@@ -231,6 +231,7 @@ absl::Status RunTraining(const TrainOptions& o) {
     OPENMOE_RETURN_IF_ERROR(CheckSameShapes(given, model->config(), !o.model_dir.empty() ? "--model" : "--model_name"));
   }
   const OpenMoeConfig& c = model->config();
+  model->set_recompute_activations(o.grad_checkpoint);
   model->SetLossFactors(o.label_smoothing.value_or(c.label_smoothing), o.z_loss_factor.value_or(c.z_loss_factor),
                         o.router_aux_loss_factor.value_or(c.router_aux_loss_factor),
                         o.router_z_loss_factor.value_or(c.router_z_loss_factor));

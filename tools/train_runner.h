@@ -36,6 +36,7 @@ struct TrainOptions {
   uint64_t seed = 42;
   double lr = 1e-5, weight_decay = 0.0, max_grad_norm = 0.0;
   bool shuffle = true, progress = true;
+  bool grad_checkpoint = false;  // recompute each layer's activations in the backward pass
   std::optional<double> label_smoothing, z_loss_factor, router_aux_loss_factor, router_z_loss_factor;
 };
 
