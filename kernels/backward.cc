@@ -8,6 +8,9 @@
 #include "kernels/launch.h"
 
 namespace openmoe::kernels {
+namespace {
+constexpr int64_t kMaxHeadDim = 128;  // per-thread rows of the attention backward
+}  // namespace
 
 template <class ExecSpace>
 absl::Status RmsNormBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> x, ConstVector<float, ExecSpace> w,
@@ -109,6 +112,9 @@ absl::Status CausalAttentionBackward(const ExecSpace& space, Tensor3<const float
       k.extent(1) < size_t(S) || dk.extent(1) != size_t(S) || dq.extent(1) != size_t(S)) {
     return absl::InvalidArgumentError("CausalAttentionBackward: q, k, v, dq, dk, dv do not fit [B, S, heads * Dh]");
   }
+  if (Dh > kMaxHeadDim) {
+    return absl::InvalidArgumentError(absl::StrCat("CausalAttentionBackward: head_dim ", Dh, " > ", kMaxHeadDim));
+  }
   const int64_t group = Nh / Nkv;
   using MemSpace = typename ExecSpace::memory_space;
   Kokkos::View<float***, Kokkos::LayoutRight, MemSpace> lse("attention_backward.lse", B, S, Nh);    // log-sum-exp
@@ -116,66 +122,58 @@ absl::Status CausalAttentionBackward(const ExecSpace& space, Tensor3<const float
   auto visible = KOKKOS_LAMBDA(const int64_t b, const int64_t i, const int64_t j) {
     return j <= i && (j == 0 || mask(b, j) != 0);
   };
-  auto score = KOKKOS_LAMBDA(const int64_t b, const int64_t i, const int64_t j, const int64_t h) {
-    const int64_t qc = h * Dh, kc = (h / group) * Dh;
-    float s = 0.0f;
-    for (int64_t d = 0; d < Dh; ++d) s += q(b, i, qc + d) * k(b, j, kc + d);
-    return s;  // no 1/sqrt(Dh)
-  };
-  // Pass 1, per query row: softmax statistics, delta and dq.
+  // Pass 1, per query row (rows vary fastest, so the threads of a warp walk the same key row:
+  // broadcast loads): online softmax statistics, then in one more walk
+  // delta = sum_j P dP, A = sum_j P dP k_j and Pk = sum_j P k_j, so dq = A - delta * Pk.
+  // The row's q and dout and the accumulators live in per-thread arrays (coalesced local memory).
   Kokkos::parallel_for(
       "openmoe::kernels::CausalAttentionBackward.dq", FlatRange(space, B * S * Nh), KOKKOS_LAMBDA(const int64_t idx) {
-        // Query rows vary fastest: the threads of a warp read the same key row (a broadcast).
         const int64_t i = idx % S, h = (idx / S) % Nh, b = idx / (Nh * S);
         const int64_t qc = h * Dh, kc = (h / group) * Dh;
-        float m = -FLT_MAX;
-        for (int64_t j = 0; j <= i; ++j)
-          if (visible(b, i, j)) {
-            const float s = score(b, i, j, h);
-            m = s > m ? s : m;
-          }
-        float sum = 0.0f;
-        for (int64_t j = 0; j <= i; ++j)
-          if (visible(b, i, j)) sum += Kokkos::Experimental::exp(score(b, i, j, h) - m);
+        float q_row[kMaxHeadDim], do_row[kMaxHeadDim], acc[kMaxHeadDim], pk[kMaxHeadDim];
+        for (int64_t d = 0; d < Dh; ++d) q_row[d] = q(b, i, qc + d), do_row[d] = dout(b, i, qc + d), acc[d] = pk[d] = 0.0f;
+        float m = -FLT_MAX, sum = 0.0f;
+        for (int64_t j = 0; j <= i; ++j) {
+          if (!visible(b, i, j)) continue;
+          float s = 0.0f;
+          for (int64_t d = 0; d < Dh; ++d) s += q_row[d] * k(b, j, kc + d);
+          if (s > m) sum = sum * Kokkos::Experimental::exp(m - s), m = s;
+          sum += Kokkos::Experimental::exp(s - m);
+        }
         const float log_sum = m + Kokkos::Experimental::log(sum);
         float dsum = 0.0f;
-        for (int64_t j = 0; j <= i; ++j)
-          if (visible(b, i, j)) {
-            float dp = 0.0f;
-            for (int64_t d = 0; d < Dh; ++d) dp += dout(b, i, qc + d) * v(b, j, kc + d);
-            dsum += Kokkos::Experimental::exp(score(b, i, j, h) - log_sum) * dp;
-          }
+        for (int64_t j = 0; j <= i; ++j) {
+          if (!visible(b, i, j)) continue;
+          float s = 0.0f, dp = 0.0f;
+          for (int64_t d = 0; d < Dh; ++d) s += q_row[d] * k(b, j, kc + d), dp += do_row[d] * v(b, j, kc + d);
+          const float p = Kokkos::Experimental::exp(s - log_sum);
+          dsum += p * dp;
+          for (int64_t d = 0; d < Dh; ++d) acc[d] += p * dp * k(b, j, kc + d), pk[d] += p * k(b, j, kc + d);
+        }
         lse(b, i, h) = log_sum, delta(b, i, h) = dsum;
-        for (int64_t d = 0; d < Dh; ++d) dq(b, i, qc + d) = 0.0f;
-        for (int64_t j = 0; j <= i; ++j)
-          if (visible(b, i, j)) {
-            float dp = 0.0f;
-            for (int64_t d = 0; d < Dh; ++d) dp += dout(b, i, qc + d) * v(b, j, kc + d);
-            const float ds = Kokkos::Experimental::exp(score(b, i, j, h) - log_sum) * (dp - dsum);
-            for (int64_t d = 0; d < Dh; ++d) dq(b, i, qc + d) += ds * k(b, j, kc + d);
-          }
+        for (int64_t d = 0; d < Dh; ++d) dq(b, i, qc + d) = acc[d] - dsum * pk[d];
       });
-  // Pass 2, per key row and kv head: dk and dv summed over the queries (and heads) that see it.
+  // Pass 2, per key row and kv head (key rows vary fastest; every thread of a warp starts its
+  // query walk at the warp's first key row, so they read the same query row: broadcast): dk and
+  // dv summed over the queries (and heads) that see the key.
   Kokkos::parallel_for(
       "openmoe::kernels::CausalAttentionBackward.dkdv", FlatRange(space, B * S * Nkv), KOKKOS_LAMBDA(const int64_t idx) {
-        // Key rows vary fastest: the threads of a warp read the same query row (a broadcast).
         const int64_t j = idx % S, g = (idx / S) % Nkv, b = idx / (Nkv * S);
         const int64_t kc = g * Dh;
-        for (int64_t d = 0; d < Dh; ++d) dk(b, j, kc + d) = 0.0f, dv(b, j, kc + d) = 0.0f;
+        float k_row[kMaxHeadDim], v_row[kMaxHeadDim], dk_row[kMaxHeadDim], dv_row[kMaxHeadDim];
+        for (int64_t d = 0; d < Dh; ++d) k_row[d] = k(b, j, kc + d), v_row[d] = v(b, j, kc + d), dk_row[d] = dv_row[d] = 0.0f;
         for (int64_t h = g * group; h < (g + 1) * group; ++h) {
           const int64_t qc = h * Dh;
-          for (int64_t i = j; i < S; ++i) {
-            if (!visible(b, i, j)) continue;
-            const float p = Kokkos::Experimental::exp(score(b, i, j, h) - lse(b, i, h));
-            float dp = 0.0f;
-            for (int64_t d = 0; d < Dh; ++d) dp += dout(b, i, qc + d) * v(b, j, kc + d);
+          for (int64_t i = j - j % 32; i < S; ++i) {
+            if (i < j || !visible(b, i, j)) continue;
+            float s = 0.0f, dp = 0.0f;
+            for (int64_t d = 0; d < Dh; ++d) s += q(b, i, qc + d) * k_row[d], dp += dout(b, i, qc + d) * v_row[d];
+            const float p  = Kokkos::Experimental::exp(s - lse(b, i, h));
             const float ds = p * (dp - delta(b, i, h));
-            for (int64_t d = 0; d < Dh; ++d) {
-              dk(b, j, kc + d) += ds * q(b, i, qc + d);
-              dv(b, j, kc + d) += p * dout(b, i, qc + d);
-            }
+            for (int64_t d = 0; d < Dh; ++d) dk_row[d] += ds * q(b, i, qc + d), dv_row[d] += p * dout(b, i, qc + d);
           }
         }
+        for (int64_t d = 0; d < Dh; ++d) dk(b, j, kc + d) = dk_row[d], dv(b, j, kc + d) = dv_row[d];
       });
   return absl::OkStatus();
 }
