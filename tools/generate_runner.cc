@@ -92,6 +92,7 @@ absl::Status Run(const GenerateRequest& request) {
       if (request.stream && batch == 1) {
         if (text.size() > printed[0].size()) std::fwrite(text.data() + printed[0].size(), 1, text.size() - printed[0].size(), stdout);
         std::printf("\n");
+        std::fflush(stdout);  // the text's line ends before the statistics on stderr
       } else {
         std::printf("%s[%lld] %s\n", b == 0 ? "" : "", static_cast<long long>(b), text.c_str());
       }

@@ -78,6 +78,10 @@ expect_error "the checkpoint's vocab_size is 640, --model has 320" --model "$dat
   --dataset tools/train_data/tiny_instructions.jsonl --output_path "$tmp/x"
 expect_error "--plugin is not supported yet" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --plugin ep
 expect_error "only fp32 training" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --precision bf16
+expect_error "has no tokenizer.model" --model_name base --dataset tools/train_data/tiny_instructions.jsonl --output_path "$tmp/x"
+expect_error "no trainer_state.json and no \`latest\` file" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --resume "$tmp"
+expect_error "give exactly one of --model DIR and --model_name" --model tools/default_model/openmoe-tiny-random --model_name base \
+  --dataset tools/train_data/tiny_instructions.jsonl --output_path "$tmp/x"
 expect_error "--batch_size must be positive" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --batch_size 0
 # A learning rate that blows the weights up: the loss is not finite at step 2; step-1 stays.
 expect_error "the last checkpoint" "${common[@]}" --lr 1e30 --max_steps 5 --save_interval 1 --output_path "$tmp/nan"
