@@ -184,14 +184,14 @@ absl::Status Validate(const TrainOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat("--lr_schedule must be constant or cosine, got ", o.lr_schedule));
   }
   if (o.dataset.empty()) return absl::InvalidArgumentError("--dataset is required (a .jsonl/.json file or a .safetensors batch)");
+  if (o.model_dir.empty() == o.model_name.empty() && o.resume.empty()) {
+    return absl::InvalidArgumentError("give exactly one of --model DIR and --model_name base|8b|34b (or --resume)");
+  }
   const bool pretokenized = o.dataset.size() > 12 && o.dataset.rfind(".safetensors") == o.dataset.size() - 12;
   if (!o.model_name.empty() && o.resume.empty() && !pretokenized) {  // checked before a long random init
     return absl::FailedPreconditionError(absl::StrCat("--dataset '", o.dataset, "' is text, but --model_name ", o.model_name,
                                                       " has no tokenizer.model; give --model DIR with one, or "
                                                       "pre-tokenized .safetensors data"));
-  }
-  if (o.model_dir.empty() == o.model_name.empty() && o.resume.empty()) {
-    return absl::InvalidArgumentError("give exactly one of --model DIR and --model_name base|8b|34b (or --resume)");
   }
   return absl::OkStatus();
 }
