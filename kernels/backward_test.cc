@@ -1,0 +1,159 @@
+// The backward ops on every backend against central finite differences of double-precision
+// forwards (the spec's formulas, kernels/reference for attention): L = sum(g * f(x)) for a
+// random g, so dL/dx is the op's vector-Jacobian product with g. Steps h = 1e-4 in double give
+// derivative errors ~1e-8; the bounds below are float32 accumulation errors of the kernels.
+#include "kernels/backward.h"
+
+#include <cfloat>
+#include <cmath>
+#include <functional>
+
+#include "gtest/gtest.h"
+#include "kernels/reference/ops.h"
+#include "openmoe/core/test_util.h"
+
+namespace openmoe::kernels {
+namespace {
+
+using openmoe::testing::RandomNormal;
+using openmoe::testing::ToDevice;
+using openmoe::testing::ToHost;
+
+template <class Space>
+class BackwardTest : public ::testing::Test {};
+TYPED_TEST_SUITE(BackwardTest, openmoe::testing::Backends);
+
+// d/dx_i of f at x (double), by central differences.
+std::vector<double> NumericGradient(const std::function<double(const std::vector<double>&)>& f, std::vector<double> x) {
+  std::vector<double> grad(x.size());
+  const double h = 1e-4;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double keep = x[i];
+    x[i] = keep + h;
+    const double up = f(x);
+    x[i] = keep - h;
+    const double down = f(x);
+    x[i] = keep;
+    grad[i] = (up - down) / (2 * h);
+  }
+  return grad;
+}
+
+std::vector<double> ToDouble(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+void ExpectClose(const std::vector<float>& got, const std::vector<double>& want, double tol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double scale = 0;
+  for (double w : want) scale = std::max(scale, std::fabs(w));
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], tol * (1 + scale)) << what << "[" << i << "]";
+}
+
+TYPED_TEST(BackwardTest, RmsNormMatchesFiniteDifferences) {
+  using Space = TypeParam;
+  const int64_t N = 3, H = 10;
+  const float eps = 1e-6f;
+  const std::vector<float> x = RandomNormal(N * H, 1.0f, 1), w = RandomNormal(H, 1.0f, 2), g = RandomNormal(N * H, 1.0f, 3);
+  auto loss = [&](const std::vector<double>& xs, const std::vector<double>& ws) {
+    double total = 0;
+    for (int64_t t = 0; t < N; ++t) {
+      double ms = 0;
+      for (int64_t j = 0; j < H; ++j) ms += xs[t * H + j] * xs[t * H + j] / H;
+      for (int64_t j = 0; j < H; ++j) total += g[t * H + j] * ws[j] * xs[t * H + j] / std::sqrt(ms + eps);
+    }
+    return total;
+  };
+  auto xd = ToDevice<Space>(x, N, H, "x"), gd = ToDevice<Space>(g, N, H, "g"), wd = ToDevice<Space>(w, 1, H, "w");
+  Matrix<float, Space> dx("dx", N, H);
+  Vector<float, Space> dw("dw", H);
+  ASSERT_TRUE(RmsNormBackward<Space>(Space(), xd, ConstVector<float, Space>(wd.data(), H), gd, eps, dx, dw).ok());
+  ExpectClose(ToHost(dx), NumericGradient([&](const std::vector<double>& v) { return loss(v, ToDouble(w)); }, ToDouble(x)),
+              1e-5, "dx");
+  ExpectClose(ToHost(Matrix<float, Space>(dw.data(), 1, H)),
+              NumericGradient([&](const std::vector<double>& v) { return loss(ToDouble(x), v); }, ToDouble(w)), 1e-5, "dw");
+}
+
+TYPED_TEST(BackwardTest, SwigluMatchesFiniteDifferences) {
+  using Space = TypeParam;
+  const int64_t N = 2, I = 5;
+  const std::vector<float> gate = RandomNormal(N * 2 * I, 1.5f, 4), up = RandomNormal(N * I, 1.0f, 5);
+  const std::vector<float> g = RandomNormal(N * I, 1.0f, 6);
+  auto loss = [&](const std::vector<double>& gt, const std::vector<double>& u) {
+    double total = 0;
+    for (int64_t t = 0; t < N; ++t)
+      for (int64_t i = 0; i < I; ++i) {
+        const double a = gt[t * 2 * I + i], b = gt[t * 2 * I + I + i];
+        total += g[t * I + i] * a * (b / (1 + std::exp(-b))) * u[t * I + i];
+      }
+    return total;
+  };
+  auto gd = ToDevice<Space>(gate, N, 2 * I, "gate"), ud = ToDevice<Space>(up, N, I, "up"), dd = ToDevice<Space>(g, N, I, "g");
+  Matrix<float, Space> dgate("dgate", N, 2 * I), dup("dup", N, I);
+  ASSERT_TRUE(SwigluBackward<Space>(Space(), gd, ud, dd, dgate, dup).ok());
+  ExpectClose(ToHost(dgate), NumericGradient([&](const std::vector<double>& v) { return loss(v, ToDouble(up)); }, ToDouble(gate)),
+              1e-5, "dgate");
+  ExpectClose(ToHost(dup), NumericGradient([&](const std::vector<double>& v) { return loss(ToDouble(gate), v); }, ToDouble(up)),
+              1e-5, "dup");
+}
+
+TYPED_TEST(BackwardTest, RopeBackwardIsTheInverseRotation) {
+  using Space = TypeParam;
+  const int64_t B = 2, S = 7, W = 3 * 8;
+  const std::vector<float> x = RandomNormal(B * S * W, 1.0f, 7);
+  Tensor3<float, Space> xd("x", B, S, W);
+  Kokkos::deep_copy(xd, Kokkos::View<const float***, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(x.data(), B, S, W));
+  ASSERT_TRUE(ApplyRope<float>(Space(), xd, 8, 30).ok());
+  ASSERT_TRUE(RopeBackward<Space>(Space(), xd, 8, 30).ok());
+  const std::vector<float> back = ToHost(Matrix<float, Space>(xd.data(), 1, B * S * W));
+  for (size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(back[i], x[i], 1e-5) << i;  // R^T R = I, float rounding
+}
+
+TYPED_TEST(BackwardTest, CausalAttentionMatchesFiniteDifferences) {
+  using Space = TypeParam;
+  const int64_t B = 2, S = 6, Nh = 4, Nkv = 2, Dh = 4, Wq = Nh * Dh, Wkv = Nkv * Dh;
+  const std::vector<float> q = RandomNormal(B * S * Wq, 0.7f, 8), k = RandomNormal(B * S * Wkv, 0.7f, 9);
+  const std::vector<float> v = RandomNormal(B * S * Wkv, 1.0f, 10), g = RandomNormal(B * S * Wq, 1.0f, 11);
+  std::vector<int64_t> mask(B * S, 1);
+  mask[S + 0] = mask[S + 1] = mask[S + 2] = 0;  // row 1 left-padded (key 0 stays visible)
+  auto loss = [&](const std::vector<double>& qs, const std::vector<double>& ks, const std::vector<double>& vs) {
+    const std::vector<double> out = reference::Attention(qs, ks, vs, mask, B, S, S, Nh, Nkv, Dh, 0);
+    double total = 0;
+    for (size_t i = 0; i < out.size(); ++i) total += g[i] * out[i];
+    return total;
+  };
+  auto dev3 = [](const std::vector<float>& h, int64_t w, const char* name) {
+    Tensor3<float, Space> d(std::string(name), B, S, w);
+    Kokkos::deep_copy(d, Kokkos::View<const float***, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(h.data(), B, S, w));
+    return d;
+  };
+  Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", B, S);
+  Kokkos::deep_copy(md, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(mask.data(), B, S));
+  Tensor3<float, Space> dq("dq", B, S, Wq), dk("dk", B, S, Wkv), dv("dv", B, S, Wkv);
+  ASSERT_TRUE(CausalAttentionBackward<Space>(Space(), dev3(q, Wq, "q"), dev3(k, Wkv, "k"), dev3(v, Wkv, "v"), md,
+                                             dev3(g, Wq, "g"), Nh, Nkv, Dh, dq, dk, dv).ok());
+  const auto Q = ToDouble(q), K = ToDouble(k), V = ToDouble(v);
+  auto flat = [](Tensor3<float, Space> t) { return ToHost(Matrix<float, Space>(t.data(), 1, t.size())); };
+  ExpectClose(flat(dq), NumericGradient([&](const std::vector<double>& x) { return loss(x, K, V); }, Q), 1e-5, "dq");
+  ExpectClose(flat(dk), NumericGradient([&](const std::vector<double>& x) { return loss(Q, x, V); }, K), 1e-5, "dk");
+  ExpectClose(flat(dv), NumericGradient([&](const std::vector<double>& x) { return loss(Q, K, x); }, V), 1e-5, "dv");
+}
+
+TYPED_TEST(BackwardTest, EmbeddingGradientSkipsThePadRow) {
+  using Space = TypeParam;
+  const int64_t N = 5, H = 3, V = 4;
+  const std::vector<int64_t> ids = {2, 0, 2, 3, 0};
+  const std::vector<float> dh = RandomNormal(N * H, 1.0f, 12);
+  Vector<int64_t, Space> idd("ids", N);
+  Kokkos::deep_copy(idd, Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(ids.data(), N));
+  Matrix<float, Space> table("dtable", V, H);
+  ASSERT_TRUE(EmbeddingBackward<Space>(Space(), idd, ToDevice<Space>(dh, N, H, "dh"), 0, table).ok());
+  const std::vector<float> got = ToHost(table);
+  for (int64_t h = 0; h < H; ++h) {
+    EXPECT_EQ(got[0 * H + h], 0.0f);  // <pad>: no gradient
+    EXPECT_EQ(got[1 * H + h], 0.0f);  // unused id
+    EXPECT_FLOAT_EQ(got[2 * H + h], dh[0 * H + h] + dh[2 * H + h]);
+    EXPECT_FLOAT_EQ(got[3 * H + h], dh[3 * H + h]);
+  }
+}
+
+}  // namespace
+}  // namespace openmoe::kernels
