@@ -49,6 +49,8 @@ bool SplitKeyShapesFit(const T* q, const T* k, const T* v, int64_t head_dim) {
          IsPackAligned(q, head_dim) && IsPackAligned(k, head_dim) && IsPackAligned(v, head_dim);
 }
 
+uint64_t scratch_generation = 0;  // see AttentionScratchGeneration
+
 // Partial results [teams, chunks, Dh + 2], kept between calls (grown on demand) and released at
 // Kokkos::finalize.
 template <class MemSpace>
@@ -60,6 +62,7 @@ Kokkos::View<float*, MemSpace> SplitBuffer(size_t count) {
     hooked = true;
   }
   if (buffer.extent(0) < count) {
+    ++scratch_generation;
     buffer = Kokkos::View<float*, MemSpace>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "attention.split"), count);
   }
   return buffer;
@@ -75,7 +78,10 @@ Kokkos::View<int*, MemSpace> FinishedCounters(size_t count) {
     Kokkos::push_finalize_hook([] { counters = Kokkos::View<int*, MemSpace>(); });
     hooked = true;
   }
-  if (counters.extent(0) < count) counters = Kokkos::View<int*, MemSpace>("attention.finished", count);
+  if (counters.extent(0) < count) {
+    ++scratch_generation;
+    counters = Kokkos::View<int*, MemSpace>("attention.finished", count);
+  }
   return counters;
 }
 
@@ -411,6 +417,8 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
       });
   return absl::OkStatus();
 }
+
+uint64_t AttentionScratchGeneration() { return scratch_generation; }
 
 #define OPENMOE_INSTANTIATE_ATTENTION(Space, T)                                                 \
   template absl::Status ApplyRope<T, Space>(const Space&, Tensor3<T, Space>, int64_t, int64_t); \

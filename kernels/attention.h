@@ -55,6 +55,10 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
                              int64_t num_keys, int64_t q_offset, Tensor3<T, ExecSpace> out,
                              const int64_t* device_offset = nullptr);
 
+// Bumped whenever the decode attention's scratch buffers (kept between calls) are reallocated:
+// work captured in a CUDA graph must not be replayed across a change.
+uint64_t AttentionScratchGeneration();
+
 }  // namespace openmoe::kernels
 
 #endif  // KERNELS_ATTENTION_H_

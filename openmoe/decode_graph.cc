@@ -24,13 +24,13 @@ DecodeGraphs<Kokkos::Cuda>::~DecodeGraphs() {
   cudaStreamDestroy(stream_);
 }
 
-absl::Status DecodeGraphs<Kokkos::Cuda>::Run(DecodeGraphKey key, const uint64_t& generation,
+absl::Status DecodeGraphs<Kokkos::Cuda>::Run(DecodeGraphKey key, const std::function<uint64_t()>& generation,
                                              const std::function<absl::Status()>& enqueue) {
   if (exec_ != nullptr && key == captured_) return CudaCheck(cudaGraphLaunch(exec_, stream_), "cudaGraphLaunch");
   if (!(key == warm_)) {  // first step with these buffers: run it as it is, allocating what it needs
     absl::Status status = enqueue();
     warm_ = key;
-    warm_.generation = generation;
+    warm_.generation = generation();
     return status;
   }
   if (exec_ != nullptr) {
@@ -44,7 +44,7 @@ absl::Status DecodeGraphs<Kokkos::Cuda>::Run(DecodeGraphKey key, const uint64_t&
   cudaGraph_t graph = nullptr;
   const absl::Status ended = CudaCheck(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
   if (status.ok()) status = ended;
-  if (status.ok() && generation != key.generation) {
+  if (status.ok() && generation() != key.generation) {
     status = absl::InternalError("a work buffer was reallocated while the decode step was being captured");
   }
   if (status.ok()) status = CudaCheck(cudaGraphInstantiate(&exec_, graph, 0), "cudaGraphInstantiate");

@@ -4,11 +4,12 @@
 // the captured graph costs one launch. Host backends run the step directly.
 //
 //   DecodeGraphs<Space> graphs;                       // owns a stream on CUDA
-//   graphs.Run(key, generation, [&] { return EnqueueStep(graphs.space()); });
+//   graphs.Run(key, [&] { return BufferGeneration(); }, [&] { return EnqueueStep(graphs.space()); });
 // The first Run with a key runs the step uncaptured (so that every buffer it needs exists), the
 // second captures and launches it, later ones replay it. The captured kernels keep pointing at
-// the same buffers, so the key names them: the KV cache, the batch and the workspace generation
-// (which the model bumps whenever a work buffer is reallocated). Inputs that change per step
+// the same buffers, so the key names them: the KV cache's buffers, the batch and a generation
+// that changes whenever a work buffer the step uses is reallocated (the model's workspace and
+// the attention kernels' scratch). Inputs that change per step
 // (token ids, position) must be read by the kernels from device memory written before Run.
 #ifndef OPENMOE_DECODE_GRAPH_H_
 #define OPENMOE_DECODE_GRAPH_H_
@@ -23,10 +24,10 @@
 namespace openmoe {
 
 struct DecodeGraphKey {
-  const void* cache     = nullptr;  // first key-cache buffer of the KvCache
+  uint64_t cache        = 0;  // identity of the KvCache's buffers (a hash of their addresses)
   int64_t batch         = 0;
   int64_t capacity      = 0;
-  uint64_t generation   = 0;  // workspace generation
+  uint64_t generation   = 0;  // buffer generation
   bool operator==(const DecodeGraphKey& o) const {
     return cache == o.cache && batch == o.batch && capacity == o.capacity && generation == o.generation;
   }
@@ -38,7 +39,9 @@ class DecodeGraphs {
  public:
   static constexpr bool kSupported = false;
   ExecSpace space() const { return ExecSpace(); }
-  absl::Status Run(DecodeGraphKey, const uint64_t&, const std::function<absl::Status()>& enqueue) { return enqueue(); }
+  absl::Status Run(DecodeGraphKey, const std::function<uint64_t()>&, const std::function<absl::Status()>& enqueue) {
+    return enqueue();
+  }
 };
 
 #if defined(KOKKOS_ENABLE_CUDA)
@@ -56,7 +59,8 @@ class DecodeGraphs<Kokkos::Cuda> {
   Kokkos::Cuda space() const { return space_; }
   // `generation` is read again after the step ran, so that a first run that allocated its
   // buffers is followed by a capture rather than another uncaptured run.
-  absl::Status Run(DecodeGraphKey key, const uint64_t& generation, const std::function<absl::Status()>& enqueue);
+  absl::Status Run(DecodeGraphKey key, const std::function<uint64_t()>& generation,
+                   const std::function<absl::Status()>& enqueue);
 
  private:
   cudaStream_t stream_ = nullptr;

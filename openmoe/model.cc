@@ -394,9 +394,16 @@ absl::Status OpenMoeModel<ExecSpace, T>::RunStep(Cache& cache, const std::vector
   };
   profile_.Mark(space, "inputs");
   if (graphed) {  // under OPENMOE_PROFILE the whole replayed step is one phase
-    const DecodeGraphKey key{cache.keys.front().data(), B, cache.capacity, workspace_generation_};
+    // The captured kernels point at the cache's buffers, the workspace and the attention scratch.
+    uint64_t cache_id = reinterpret_cast<uintptr_t>(cache.mask.data());
+    for (size_t i = 0; i < cache.keys.size(); ++i) {
+      cache_id = cache_id * 1000003u ^ reinterpret_cast<uintptr_t>(cache.keys[i].data());
+      cache_id = cache_id * 1000003u ^ reinterpret_cast<uintptr_t>(cache.values[i].data());
+    }
+    auto generation = [this] { return workspace_generation_ + (kernels::AttentionScratchGeneration() << 32); };
+    const DecodeGraphKey key{cache_id, B, cache.capacity, generation()};
     profile_.set_paused(true);
-    const absl::Status status = graphs_->Run(key, workspace_generation_, enqueue);
+    const absl::Status status = graphs_->Run(key, generation, enqueue);
     profile_.set_paused(false);
     OPENMOE_RETURN_IF_ERROR(status);
     profile_.Mark(space, "decode_step_graph");
