@@ -13,15 +13,15 @@ absl::Status CudaCheck(cudaError_t error, const char* call) {
 }  // namespace
 
 DecodeGraphs<Kokkos::Cuda>::DecodeGraphs() {
-  cudaStreamCreate(&stream_);
+  (void)cudaStreamCreate(&stream_);
   space_ = Kokkos::Cuda(stream_);
 }
 
 DecodeGraphs<Kokkos::Cuda>::~DecodeGraphs() {
-  if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
+  if (exec_ != nullptr) (void)cudaGraphExecDestroy(exec_);
   space_.fence();
   space_ = Kokkos::Cuda();  // release the instance before its stream
-  cudaStreamDestroy(stream_);
+  (void)cudaStreamDestroy(stream_);
 }
 
 absl::Status DecodeGraphs<Kokkos::Cuda>::Run(DecodeGraphKey key, const std::function<uint64_t()>& generation,
@@ -34,7 +34,7 @@ absl::Status DecodeGraphs<Kokkos::Cuda>::Run(DecodeGraphKey key, const std::func
     return status;
   }
   if (exec_ != nullptr) {
-    cudaGraphExecDestroy(exec_);
+    (void)cudaGraphExecDestroy(exec_);
     exec_ = nullptr;
   }
   space_.fence();
@@ -48,7 +48,7 @@ absl::Status DecodeGraphs<Kokkos::Cuda>::Run(DecodeGraphKey key, const std::func
     status = absl::InternalError("a work buffer was reallocated while the decode step was being captured");
   }
   if (status.ok()) status = CudaCheck(cudaGraphInstantiate(&exec_, graph, 0), "cudaGraphInstantiate");
-  if (graph != nullptr) cudaGraphDestroy(graph);
+  if (graph != nullptr) (void)cudaGraphDestroy(graph);
   if (!status.ok()) {
     exec_ = nullptr;
     return status;
