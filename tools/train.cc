@@ -50,6 +50,8 @@ ABSL_FLAG(std::string, resume, "", "Continue from a step-N folder or an --output
 ABSL_FLAG(std::string, dump_step_state, "", "After the first optimizer step, write loss.*, grad.<param> (step-1 "
           "gradient) and param.<param> (after the step) to this safetensors file.");
 ABSL_FLAG(bool, progress, true, "Progress bar on stderr.");
+ABSL_FLAG(int64_t, max_shard_bytes, int64_t(5) << 30, "Checkpoint weights larger than this are written as "
+          "model-0000K-of-0000N.safetensors shards plus model.safetensors.index.json.");
 ABSL_FLAG(bool, grad_checkpoint, false, "Activation recomputation (upstream's gradient checkpointing): keep only "
           "each layer's input and run the layer again in the backward pass; same results, less memory.");
 // Upstream's parallelism and kernel flags: parsed, not implemented yet (single device).
@@ -148,6 +150,7 @@ int main(int argc, char** argv) {
   o.seed = absl::GetFlag(FLAGS_seed);
   o.shuffle = absl::GetFlag(FLAGS_shuffle);
   o.grad_checkpoint = absl::GetFlag(FLAGS_grad_checkpoint);
+  o.max_shard_bytes = absl::GetFlag(FLAGS_max_shard_bytes);
   o.resume = Resolve(absl::GetFlag(FLAGS_resume));
   o.dump_step_state = Resolve(absl::GetFlag(FLAGS_dump_step_state));
   o.progress = absl::GetFlag(FLAGS_progress) && isatty(2);

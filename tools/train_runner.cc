@@ -98,7 +98,30 @@ absl::Status SaveCheckpoint(const Run& run) {
     hold.push_back(ToHost(run.optimizer.v.at(spec.name)));
     state.push_back({"v." + spec.name, io::DType::kF32, spec.shape, hold.back().data()});
   }
-  OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors((tmp / "model.safetensors").string(), weights, {{"format", "pt"}}));
+  // Weights: one file, or shards of at most max_shard_bytes (a tensor larger than that gets a
+  // shard of its own) with the Hugging Face index.
+  std::vector<std::vector<io::TensorToWrite>> shards(1);
+  int64_t shard_bytes = 0, total_bytes = 0;
+  for (const io::TensorToWrite& t : weights) {
+    int64_t bytes = 4;
+    for (int64_t d : t.shape) bytes *= d;
+    if (!shards.back().empty() && shard_bytes + bytes > run.options.max_shard_bytes) shards.emplace_back(), shard_bytes = 0;
+    shards.back().push_back(t);
+    shard_bytes += bytes, total_bytes += bytes;
+  }
+  if (shards.size() == 1) {
+    OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors((tmp / "model.safetensors").string(), weights, {{"format", "pt"}}));
+  } else {
+    nlohmann::ordered_json index;
+    index["metadata"]["total_size"] = total_bytes;
+    for (size_t k = 0; k < shards.size(); ++k) {
+      char name[64];
+      std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", k + 1, shards.size());
+      OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors((tmp / name).string(), shards[k], {{"format", "pt"}}));
+      for (const io::TensorToWrite& t : shards[k]) index["weight_map"][t.name] = name;
+    }
+    OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "model.safetensors.index.json").string(), index.dump(2) + "\n"));
+  }
   OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors((tmp / "trainer_state.safetensors").string(), state));
   if (!run.tokenizer_file.empty()) {
     fs::copy_file(run.tokenizer_file, tmp / "tokenizer.model", fs::copy_options::overwrite_existing, error);

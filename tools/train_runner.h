@@ -3,8 +3,10 @@
 // master weights, LR schedule and clipping, progress bar, metrics, atomic checkpoints, resume.
 //
 // Output layout (`output_path`):
-//   step-<N>/            a Hugging Face model folder (config.json, model.safetensors,
-//                        tokenizer.model) plus trainer_state.safetensors (AdamW moments) and
+//   step-<N>/            a Hugging Face model folder (config.json, model.safetensors or, above
+//                        max_shard_bytes, model-0000K-of-0000N.safetensors shards with
+//                        model.safetensors.index.json; tokenizer.model) plus
+//                        trainer_state.safetensors (AdamW moments) and
 //                        trainer_state.json (step, epoch, next batch, seed, options)
 //   latest               the name of the newest complete step-<N> folder
 //   metrics.jsonl        one line per step; loss_curve.png at the end
@@ -37,6 +39,7 @@ struct TrainOptions {
   double lr = 1e-5, weight_decay = 0.0, max_grad_norm = 0.0;
   bool shuffle = true, progress = true;
   bool grad_checkpoint = false;  // recompute each layer's activations in the backward pass
+  int64_t max_shard_bytes = int64_t(5) << 30;  // weights above this go to model-0000K-of-0000N shards
   std::optional<double> label_smoothing, z_loss_factor, router_aux_loss_factor, router_z_loss_factor;
 };
 
