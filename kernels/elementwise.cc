@@ -83,6 +83,26 @@ absl::Status SwigluCombineFused(const ExecSpace& space, ConstMatrix<T, ExecSpace
   return absl::OkStatus();
 }
 
+template <class TIn, class TOut, class ExecSpace>
+absl::Status Convert(const ExecSpace& space, ConstMatrix<TIn, ExecSpace> x, Matrix<TOut, ExecSpace> y) {
+  const int64_t N = x.extent(0), C = x.extent(1);
+  if (y.extent(0) != size_t(N) || y.extent(1) != size_t(C)) {
+    return absl::InvalidArgumentError(absl::StrCat("Convert: '", x.label(), "' and '", y.label(), "' differ in shape"));
+  }
+  Kokkos::parallel_for(
+      "openmoe::kernels::Convert", FlatRange(space, N * C), KOKKOS_LAMBDA(const int64_t idx) {
+        y(idx / C, idx % C) = FromFloat<TOut>(ToFloat(x(idx / C, idx % C)));
+      });
+  return absl::OkStatus();
+}
+
+#define OPENMOE_INSTANTIATE_CONVERT(Space)                                                                      \
+  template absl::Status Convert<float, ::openmoe::bf16, Space>(const Space&, ConstMatrix<float, Space>,         \
+                                                               Matrix<::openmoe::bf16, Space>);                 \
+  template absl::Status Convert<::openmoe::bf16, float, Space>(const Space&, ConstMatrix<::openmoe::bf16, Space>, \
+                                                               Matrix<float, Space>);
+OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_CONVERT)
+
 #define OPENMOE_INSTANTIATE_ELEMENTWISE(Space, T)                                           \
   template absl::Status Embedding<T, Space>(const Space&, ConstMatrix<T, Space>,            \
                                             ConstVector<int64_t, Space>, Matrix<T, Space>); \

@@ -18,6 +18,11 @@ absl::Status Embedding(const ExecSpace& space, ConstMatrix<T, ExecSpace> table,
                        ConstVector<int64_t, ExecSpace> ids, Matrix<T, ExecSpace> out);
 
 // y += x, both [T, H].
+// y = x element-wise in another storage type (float <-> bf16: exact widening, round to nearest
+// even when narrowing). x, y [N, C].
+template <class TIn, class TOut, class ExecSpace>
+absl::Status Convert(const ExecSpace& space, ConstMatrix<TIn, ExecSpace> x, Matrix<TOut, ExecSpace> y);
+
 template <class T, class ExecSpace>
 absl::Status AddInPlace(const ExecSpace& space, Matrix<T, ExecSpace> y, ConstMatrix<T, ExecSpace> x);
 

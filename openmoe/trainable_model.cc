@@ -1,6 +1,7 @@
 #include "openmoe/trainable_model.h"
 
 #include <cmath>
+#include <type_traits>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -99,11 +100,37 @@ template <class ExecSpace>
 absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::vector<int64_t>& input_ids,
                                                                     const std::vector<int64_t>& attention_mask,
                                                                     int64_t B, int64_t S) {
-  using M    = Matrix<float, ExecSpace>;
-  using CM   = ConstMatrix<float, ExecSpace>;
-  using T3   = kernels::Tensor3<float, ExecSpace>;
-  using CT3  = kernels::Tensor3<const float, ExecSpace>;
+  if (bf16_) return Step<bf16>(input_ids, attention_mask, B, S);
+  return Step<float>(input_ids, attention_mask, B, S);
+}
+
+// Working weights of the step in T: the master weights themselves for float, a bf16 copy
+// (rounded once per step) for bf16.
+template <class ExecSpace>
+template <class T>
+const T* TrainableModel<ExecSpace>::Working(const std::string& name) const {
+  if constexpr (std::is_same_v<T, float>) {
+    return params_.at(name).data();
+  } else {
+    return working_.at(name).data();
+  }
+}
+
+template <class ExecSpace>
+template <class T>
+absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int64_t>& input_ids,
+                                                         const std::vector<int64_t>& attention_mask, int64_t B,
+                                                         int64_t S) {
+  using M    = Matrix<T, ExecSpace>;   // activations, in the run dtype
+  using CM   = ConstMatrix<T, ExecSpace>;
+  using FM   = Matrix<float, ExecSpace>;  // gradients, float32
+  using CFM  = ConstMatrix<float, ExecSpace>;
+  using T3   = kernels::Tensor3<T, ExecSpace>;
+  using CT3  = kernels::Tensor3<const T, ExecSpace>;
+  using F3   = kernels::Tensor3<float, ExecSpace>;
+  using CF3  = kernels::Tensor3<const float, ExecSpace>;
   using IntM = Matrix<int32_t, ExecSpace>;
+  constexpr bool kFloat = std::is_same_v<T, float>;
   const OpenMoeConfig& c = config_;
   OPENMOE_RETURN_IF_ERROR(ValidateInputs(c, input_ids, attention_mask, B, S));
   const int64_t N = B * S, H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size, E = c.num_experts;
@@ -112,6 +139,37 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::
   const float eps = c.rms_norm_eps;
   ExecSpace space;
   for (auto& [name, g] : grads_) Kokkos::deep_copy(g, 0.0f);
+  if constexpr (!kFloat) {  // bf16 working weights from the fp32 masters
+    for (const TensorSpec& spec : table_) {
+      Vector<float, ExecSpace> master = params_.at(spec.name);
+      auto& w = working_[spec.name];
+      if (w.extent(0) != master.extent(0)) w = Vector<bf16, ExecSpace>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "bf16." + spec.name), master.extent(0));
+      OPENMOE_RETURN_IF_ERROR((kernels::Convert<float, bf16>(space, CFM(master.data(), 1, master.extent(0)),
+                                                             Matrix<bf16, ExecSpace>(w.data(), 1, w.extent(0)))));
+    }
+  }
+  auto W = [&](const std::string& name, int64_t rows, int64_t cols) { return CM(Working<T>(name), rows, cols); };
+  auto WV = [&](const std::string& name) { return ConstVector<T, ExecSpace>(Working<T>(name), H); };
+  // Float views of run-dtype data (no copy for float) and run-dtype views of float gradients.
+  auto to_f = [&](CM x) -> absl::StatusOr<CFM> {
+    if constexpr (kFloat) {
+      return CFM(x.data(), x.extent(0), x.extent(1));
+    } else {
+      FM y("to_float", x.extent(0), x.extent(1));
+      OPENMOE_RETURN_IF_ERROR((kernels::Convert<T, float>(space, x, y)));
+      return CFM(y);
+    }
+  };
+  auto to_t = [&](CFM x) -> absl::StatusOr<CM> {
+    if constexpr (kFloat) {
+      return CM(x.data(), x.extent(0), x.extent(1));
+    } else {
+      M y("to_run_dtype", x.extent(0), x.extent(1));
+      OPENMOE_RETURN_IF_ERROR((kernels::Convert<float, T>(space, x, y)));
+      return CM(y);
+    }
+  };
+  auto rows_of = [](auto x, int64_t r0, int64_t r1) { return Kokkos::subview(x, std::make_pair(r0, r1), Kokkos::ALL); };
 
   Vector<int64_t, ExecSpace> ids("ids", N);
   Kokkos::deep_copy(ids, Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(input_ids.data(), N));
@@ -127,20 +185,21 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::
     M h_in, x1, q, k, v, attn, h_mid, x2;  // q, k rotated; [N, width]
     Mlp mlp;                              // dense layers: the MLP; MoE layers: the extra MLP
     M h2, x3;                             // MoE layers: after the experts, normed for the extra MLP
-    M router_logits, probs, dispatched, eg, eu, eact, eo;
+    M router_logits, dispatched, eg, eu, eact, eo;
+    FM probs;
     IntM experts, rank;
     int64_t capacity = 0;
   };
   std::vector<Layer> layers(L);
   auto run_mlp = [&](const std::string& prefix, CM x, M out) -> absl::StatusOr<Mlp> {
     Mlp m{M("mlp.g", N, 2 * I), M("mlp.u", N, I), M("mlp.act", N, I)};
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<float>(space, x, P(prefix + ".gate_proj.weight", 2 * I, H), m.g));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<float>(space, x, P(prefix + ".up_proj.weight", I, H), m.u));
-    OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<float>(space, m.g, m.u, m.act));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<float>(space, CM(m.act), P(prefix + ".down_proj.weight", H, I), out));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, W(prefix + ".gate_proj.weight", 2 * I, H), m.g));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, W(prefix + ".up_proj.weight", I, H), m.u));
+    OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<T>(space, m.g, m.u, m.act));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(m.act), W(prefix + ".down_proj.weight", H, I), out));
     return m;
   };
-  auto add = [&](M y, M x) { return kernels::AddInPlace<float>(space, y, CM(x)); };
+  auto add = [&](M y, M x) { return kernels::AddInPlace<T>(space, y, CM(x)); };
   auto copy = [&](M x) {
     M y(x.label(), x.extent(0), x.extent(1));
     Kokkos::deep_copy(y, x);
@@ -148,7 +207,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::
   };
 
   M h("h", N, H);
-  OPENMOE_RETURN_IF_ERROR(kernels::Embedding<float>(space, P("model.embed_tokens.weight", V, H), ids, h));
+  OPENMOE_RETURN_IF_ERROR(kernels::Embedding<T>(space, W("model.embed_tokens.weight", V, H), ids, h));
   // One layer's forward: h (the residual stream) goes from the layer's input to its output;
   // layers[i] receives every activation the backward pass reads.
   auto layer_forward = [&](int64_t i, M h) -> absl::Status {
@@ -156,55 +215,51 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::
     Layer& a = layers[i];
     a.h_in = copy(h);
     a.x1   = M("x1", N, H);
-    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<float>(space, a.h_in, params_.at(pre + ".input_layernorm.weight"), a.x1, eps));
+    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h_in, WV(pre + ".input_layernorm.weight"), a.x1, eps));
     a.q = M("q", N, Wq), a.k = M("k", N, Wkv), a.v = M("v", N, Wkv);
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<float>(space, CM(a.x1), P(pre + ".self_attn.q_proj.weight", Wq, H), a.q));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<float>(space, CM(a.x1), P(pre + ".self_attn.k_proj.weight", Wkv, H), a.k));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<float>(space, CM(a.x1), P(pre + ".self_attn.v_proj.weight", Wkv, H), a.v));
-    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<float>(space, T3(a.q.data(), B, S, Wq), Dh, 0));
-    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<float>(space, T3(a.k.data(), B, S, Wkv), Dh, 0));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x1), W(pre + ".self_attn.q_proj.weight", Wq, H), a.q));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x1), W(pre + ".self_attn.k_proj.weight", Wkv, H), a.k));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x1), W(pre + ".self_attn.v_proj.weight", Wkv, H), a.v));
+    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, T3(a.q.data(), B, S, Wq), Dh, 0));
+    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, T3(a.k.data(), B, S, Wkv), Dh, 0));
     a.attn = M("attn", N, Wq);
-    OPENMOE_RETURN_IF_ERROR(kernels::CausalAttention<float>(space, CT3(a.q.data(), B, S, Wq), CT3(a.k.data(), B, S, Wkv),
-                                                            CT3(a.v.data(), B, S, Wkv), mask, Nh, Nkv, Dh, S, 0,
-                                                            T3(a.attn.data(), B, S, Wq)));
+    OPENMOE_RETURN_IF_ERROR(kernels::CausalAttention<T>(space, CT3(a.q.data(), B, S, Wq), CT3(a.k.data(), B, S, Wkv),
+                                                        CT3(a.v.data(), B, S, Wkv), mask, Nh, Nkv, Dh, S, 0,
+                                                        T3(a.attn.data(), B, S, Wq)));
     M delta("delta", N, H);
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<float>(space, CM(a.attn), P(pre + ".self_attn.o_proj.weight", H, Wq), delta));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.attn), W(pre + ".self_attn.o_proj.weight", H, Wq), delta));
     OPENMOE_RETURN_IF_ERROR(add(h, delta));
     a.h_mid = copy(h);
     a.x2    = M("x2", N, H);
-    OPENMOE_RETURN_IF_ERROR(
-        kernels::RmsNorm<float>(space, a.h_mid, params_.at(pre + ".post_attention_layernorm.weight"), a.x2, eps));
+    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h_mid, WV(pre + ".post_attention_layernorm.weight"), a.x2, eps));
     if (c.IsMoeLayer(i)) {
-      a.router_logits = M("router_logits", N, E), a.probs = M("probs", N, E);
+      a.router_logits = M("router_logits", N, E), a.probs = FM("probs", N, E);
       a.experts = IntM("experts", N, 2), a.rank = IntM("rank", N, 2);
-      OPENMOE_RETURN_IF_ERROR(kernels::Linear<float>(space, CM(a.x2), P(pre + ".mlp.gate_weight", E, H), a.router_logits));
-      OPENMOE_RETURN_IF_ERROR(kernels::RouterTop2<float>(space, a.router_logits, a.probs, a.experts));
+      OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x2), W(pre + ".mlp.gate_weight", E, H), a.router_logits));
+      OPENMOE_RETURN_IF_ERROR(kernels::RouterTop2<T>(space, a.router_logits, a.probs, a.experts));
       OPENMOE_RETURN_IF_ERROR(kernels::AssignSlots<ExecSpace>(space, a.experts, E, a.rank));
       const int64_t C = a.capacity = kernels::ExpertCapacity(N, E, c.router_capacity_factor_train, c.router_min_capacity);
       a.dispatched = M("dispatched", E * C, H), a.eg = M("eg", E * C, 2 * I), a.eu = M("eu", E * C, I);
       a.eact = M("eact", E * C, I), a.eo = M("eo", E * C, H);
-      OPENMOE_RETURN_IF_ERROR(kernels::Dispatch<float>(space, a.x2, a.experts, a.rank, C, a.dispatched));
+      OPENMOE_RETURN_IF_ERROR(kernels::Dispatch<T>(space, a.x2, a.experts, a.rank, C, a.dispatched));
+      const T* wi_gate = Working<T>(pre + ".mlp.experts.wi_gate");
+      const T* wi_up   = Working<T>(pre + ".mlp.experts.wi_up");
+      const T* wo      = Working<T>(pre + ".mlp.experts.wo");
       for (int64_t e = 0; e < E; ++e) {
-        const auto rows = std::make_pair(e * C, (e + 1) * C);
-        OPENMOE_RETURN_IF_ERROR(kernels::MatMul<float>(space, CM(Kokkos::subview(a.dispatched, rows, Kokkos::ALL)),
-                                                       CM(params_.at(pre + ".mlp.experts.wi_gate").data() + e * H * 2 * I, H, 2 * I),
-                                                       Kokkos::subview(a.eg, rows, Kokkos::ALL)));
-        OPENMOE_RETURN_IF_ERROR(kernels::MatMul<float>(space, CM(Kokkos::subview(a.dispatched, rows, Kokkos::ALL)),
-                                                       CM(params_.at(pre + ".mlp.experts.wi_up").data() + e * H * I, H, I),
-                                                       Kokkos::subview(a.eu, rows, Kokkos::ALL)));
+        OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, CM(rows_of(a.dispatched, e * C, (e + 1) * C)),
+                                                   CM(wi_gate + e * H * 2 * I, H, 2 * I), rows_of(a.eg, e * C, (e + 1) * C)));
+        OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, CM(rows_of(a.dispatched, e * C, (e + 1) * C)),
+                                                   CM(wi_up + e * H * I, H, I), rows_of(a.eu, e * C, (e + 1) * C)));
       }
-      OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<float>(space, a.eg, a.eu, a.eact));
+      OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<T>(space, a.eg, a.eu, a.eact));
       for (int64_t e = 0; e < E; ++e) {
-        const auto rows = std::make_pair(e * C, (e + 1) * C);
-        OPENMOE_RETURN_IF_ERROR(kernels::MatMul<float>(space, CM(Kokkos::subview(a.eact, rows, Kokkos::ALL)),
-                                                       CM(params_.at(pre + ".mlp.experts.wo").data() + e * I * H, I, H),
-                                                       Kokkos::subview(a.eo, rows, Kokkos::ALL)));
+        OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, CM(rows_of(a.eact, e * C, (e + 1) * C)),
+                                                   CM(wo + e * I * H, I, H), rows_of(a.eo, e * C, (e + 1) * C)));
       }
-      OPENMOE_RETURN_IF_ERROR(kernels::Combine<float>(space, a.eo, a.probs, a.experts, a.rank, C, delta));
+      OPENMOE_RETURN_IF_ERROR(kernels::Combine<T>(space, a.eo, a.probs, a.experts, a.rank, C, delta));
       OPENMOE_RETURN_IF_ERROR(add(h, delta));
       a.h2 = copy(h), a.x3 = M("x3", N, H);
-      OPENMOE_RETURN_IF_ERROR(
-          kernels::RmsNorm<float>(space, a.h2, params_.at(pre + ".pre_extra_mlp_layernorm.weight"), a.x3, eps));
+      OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h2, WV(pre + ".pre_extra_mlp_layernorm.weight"), a.x3, eps));
       OPENMOE_ASSIGN_OR_RETURN(a.mlp, run_mlp(pre + ".extra_mlp", CM(a.x3), delta));
     } else {
       OPENMOE_ASSIGN_OR_RETURN(a.mlp, run_mlp(pre + ".mlp", CM(a.x2), delta));
@@ -220,11 +275,17 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::
     }
   }
   M h_final = copy(h), xf("xf", N, H);
-  OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<float>(space, h_final, params_.at("model.norm.weight"), xf, eps));
+  OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h_final, WV("model.norm.weight"), xf, eps));
+
+  // Float copies of the norm weights the backward pass reads (the step's working values).
+  auto norm_weight = [&](const std::string& name) -> absl::StatusOr<ConstVector<float, ExecSpace>> {
+    OPENMOE_ASSIGN_OR_RETURN(CFM w, to_f(CM(Working<T>(name), 1, H)));
+    return ConstVector<float, ExecSpace>(w.data(), H);
+  };
 
   // ---- LM loss and its gradient, a chunk of rows at a time (never [N, V] logits at once) ----
   LossParts parts;
-  M dh("dh", N, H);  // gradient of the residual stream, walked backwards
+  FM dh("dh", N, H);  // gradient of the residual stream, walked backwards (float32)
   {
     std::vector<int64_t> labels(N);
     for (int64_t b = 0; b < B; ++b)
@@ -234,43 +295,65 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::
     M dxf("dxf", N, H);
     const int64_t chunk = std::min(N, kLossRowsPerChunk);
     M logits("logits_chunk", chunk, V);
+    FM logits_f("logits_chunk_f32", kFloat ? 0 : chunk, kFloat ? 0 : V);
     Vector<double, ExecSpace> row_loss("row_loss", chunk);
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t r1 = std::min(N, r0 + chunk), R = r1 - r0;
-      const auto rows = std::make_pair(r0, r1);
       M lg(logits.data(), R, V);
-      CM x_rows(Kokkos::subview(xf, rows, Kokkos::ALL));
-      OPENMOE_RETURN_IF_ERROR(kernels::Linear<float>(space, x_rows, P("lm_head.weight", V, H), lg));
+      CM x_rows(rows_of(xf, r0, r1));
+      OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x_rows, W("lm_head.weight", V, H), lg));
+      FM lgf = kFloat ? FM(reinterpret_cast<float*>(lg.data()), R, V) : FM(logits_f.data(), R, V);  // float logits
+      if constexpr (!kFloat) OPENMOE_RETURN_IF_ERROR((kernels::Convert<T, float>(space, CM(lg), lgf)));
       Vector<double, ExecSpace> loss_rows(row_loss.data(), R);
-      OPENMOE_RETURN_IF_ERROR(kernels::LmLossBackward<ExecSpace>(space, lg, Kokkos::subview(labels_d, rows),
+      OPENMOE_RETURN_IF_ERROR(kernels::LmLossBackward<ExecSpace>(space, lgf, Kokkos::subview(labels_d, std::make_pair(r0, r1)),
                                                                  c.label_smoothing, c.z_loss_factor, loss_rows));
       auto loss_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), loss_rows);
       for (int64_t r = 0; r < R; ++r) parts.lm += loss_host(r);
-      OPENMOE_RETURN_IF_ERROR(kernels::MatMul<float>(space, CM(lg), P("lm_head.weight", V, H),
-                                                     Kokkos::subview(dxf, rows, Kokkos::ALL)));
-      OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, x_rows, CM(lg), G("lm_head.weight", V, H)));
+      OPENMOE_ASSIGN_OR_RETURN(CM dlg, to_t(CFM(lgf)));
+      OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, dlg, W("lm_head.weight", V, H), rows_of(dxf, r0, r1)));
+      OPENMOE_ASSIGN_OR_RETURN(CFM x_rows_f, to_f(x_rows));
+      OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, x_rows_f, CFM(lgf), G("lm_head.weight", V, H)));
     }
-    OPENMOE_RETURN_IF_ERROR(kernels::RmsNormBackward<ExecSpace>(space, CM(h_final), params_.at("model.norm.weight"),
-                                                                CM(dxf), eps, dh, grads_.at("model.norm.weight")));
+    OPENMOE_ASSIGN_OR_RETURN(CFM hf, to_f(CM(h_final)));
+    OPENMOE_ASSIGN_OR_RETURN(CFM dxf_f, to_f(CM(dxf)));
+    OPENMOE_ASSIGN_OR_RETURN(auto w_norm, norm_weight("model.norm.weight"));
+    OPENMOE_RETURN_IF_ERROR(kernels::RmsNormBackward<ExecSpace>(space, hf, w_norm, dxf_f, eps, dh, grads_.at("model.norm.weight")));
   }
 
-  // ---- backward through the layers ----
-  M dx("dx", N, H), dnorm("dnorm", N, H);
+  // ---- backward through the layers (float32 gradients; products in the run dtype) ----
+  FM dx("dx", N, H), dnorm("dnorm", N, H);
+  // out (float) = sum of dy_k (float) @ w_k (run dtype) over the given pairs, via a run-dtype product.
+  auto matmul_sum = [&](const std::vector<std::pair<CFM, CM>>& terms, FM out) -> absl::Status {
+    M acc("matmul_sum", out.extent(0), out.extent(1));
+    for (size_t k = 0; k < terms.size(); ++k) {
+      OPENMOE_ASSIGN_OR_RETURN(CM dy, to_t(terms[k].first));
+      OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, dy, terms[k].second, acc, k > 0));
+    }
+    OPENMOE_ASSIGN_OR_RETURN(CFM acc_f, to_f(CM(acc)));
+    Kokkos::deep_copy(out, acc_f);
+    return absl::OkStatus();
+  };
   // MLP backward: dy -> dx (written); weight gradients accumulated.
-  auto mlp_backward = [&](const std::string& prefix, CM x, const Mlp& m, CM dy, M dx_out) -> absl::Status {
-    M dact("dact", N, I), dg("dg", N, 2 * I), du("du", N, I);
-    OPENMOE_RETURN_IF_ERROR(kernels::MatMul<float>(space, dy, P(prefix + ".down_proj.weight", H, I), dact));
-    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, CM(m.act), dy, G(prefix + ".down_proj.weight", H, I)));
-    OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackward<ExecSpace>(space, CM(m.g), CM(m.u), CM(dact), dg, du));
-    OPENMOE_RETURN_IF_ERROR(kernels::MatMul<float>(space, CM(dg), P(prefix + ".gate_proj.weight", 2 * I, H), dx_out));
-    OPENMOE_RETURN_IF_ERROR(kernels::MatMul<float>(space, CM(du), P(prefix + ".up_proj.weight", I, H), dx_out, true));
-    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, x, CM(dg), G(prefix + ".gate_proj.weight", 2 * I, H)));
-    return kernels::LinearWeightGrad<ExecSpace>(space, x, CM(du), G(prefix + ".up_proj.weight", I, H));
+  auto mlp_backward = [&](const std::string& prefix, CM x, const Mlp& m, CFM dy, FM dx_out) -> absl::Status {
+    FM dact("dact", N, I), dg("dg", N, 2 * I), du("du", N, I);
+    OPENMOE_RETURN_IF_ERROR(matmul_sum({{dy, W(prefix + ".down_proj.weight", H, I)}}, dact));
+    OPENMOE_ASSIGN_OR_RETURN(CFM act_f, to_f(CM(m.act)));
+    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, act_f, dy, G(prefix + ".down_proj.weight", H, I)));
+    OPENMOE_ASSIGN_OR_RETURN(CFM g_f, to_f(CM(m.g)));
+    OPENMOE_ASSIGN_OR_RETURN(CFM u_f, to_f(CM(m.u)));
+    OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackward<ExecSpace>(space, g_f, u_f, CFM(dact), dg, du));
+    OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(dg), W(prefix + ".gate_proj.weight", 2 * I, H)},
+                                        {CFM(du), W(prefix + ".up_proj.weight", I, H)}}, dx_out));
+    OPENMOE_ASSIGN_OR_RETURN(CFM x_f, to_f(x));
+    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, x_f, CFM(dg), G(prefix + ".gate_proj.weight", 2 * I, H)));
+    return kernels::LinearWeightGrad<ExecSpace>(space, x_f, CFM(du), G(prefix + ".up_proj.weight", I, H));
   };
   // Norm backward into the residual gradient: dh += RmsNormBackward(x_in, dy).
-  auto norm_backward = [&](const std::string& weight, CM x_in, CM dy) -> absl::Status {
-    OPENMOE_RETURN_IF_ERROR(kernels::RmsNormBackward<ExecSpace>(space, x_in, params_.at(weight), dy, eps, dnorm, grads_.at(weight)));
-    return add(dh, dnorm);
+  auto norm_backward = [&](const std::string& weight, CM x_in, CFM dy) -> absl::Status {
+    OPENMOE_ASSIGN_OR_RETURN(CFM x_f, to_f(x_in));
+    OPENMOE_ASSIGN_OR_RETURN(auto w, norm_weight(weight));
+    OPENMOE_RETURN_IF_ERROR(kernels::RmsNormBackward<ExecSpace>(space, x_f, w, dy, eps, dnorm, grads_.at(weight)));
+    return kernels::AddInPlace<float>(space, dh, CFM(dnorm));
   };
   const double moe_layers = std::max<int64_t>(1, c.NumMoeLayers());
   std::vector<std::pair<double, double>> router_parts;  // per MoE layer (aux, z), unweighted
@@ -283,44 +366,56 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::
     Layer& a = layers[i];
     if (c.IsMoeLayer(i)) {
       const int64_t C = a.capacity;
-      OPENMOE_RETURN_IF_ERROR(mlp_backward(pre + ".extra_mlp", CM(a.x3), a.mlp, CM(dh), dx));
-      OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".pre_extra_mlp_layernorm.weight", CM(a.h2), CM(dx)));
+      OPENMOE_RETURN_IF_ERROR(mlp_backward(pre + ".extra_mlp", CM(a.x3), a.mlp, CFM(dh), dx));
+      OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".pre_extra_mlp_layernorm.weight", CM(a.h2), CFM(dx)));
       // Experts: dh is the gradient of the combined output.
-      M d_eo("d_eo", E * C, H), dprobs("dprobs", N, E), d_eact("d_eact", E * C, I);
-      M d_eg("d_eg", E * C, 2 * I), d_eu("d_eu", E * C, I), d_disp("d_disp", E * C, H);
-      OPENMOE_RETURN_IF_ERROR(kernels::CombineBackward<ExecSpace>(space, CM(dh), CM(a.eo), CM(a.probs), a.experts, a.rank,
+      FM d_eo("d_eo", E * C, H), dprobs("dprobs", N, E), d_eact("d_eact", E * C, I);
+      FM d_eg("d_eg", E * C, 2 * I), d_eu("d_eu", E * C, I), d_disp("d_disp", E * C, H);
+      OPENMOE_ASSIGN_OR_RETURN(CFM eo_f, to_f(CM(a.eo)));
+      OPENMOE_RETURN_IF_ERROR(kernels::CombineBackward<ExecSpace>(space, CFM(dh), eo_f, CFM(a.probs), a.experts, a.rank,
                                                                   C, d_eo, dprobs));
-      const float* wi_gate = params_.at(pre + ".mlp.experts.wi_gate").data();
-      const float* wi_up = params_.at(pre + ".mlp.experts.wi_up").data();
-      const float* wo = params_.at(pre + ".mlp.experts.wo").data();
+      const T* wi_gate = Working<T>(pre + ".mlp.experts.wi_gate");
+      const T* wi_up   = Working<T>(pre + ".mlp.experts.wi_up");
+      const T* wo      = Working<T>(pre + ".mlp.experts.wo");
       float* g_wi_gate = grads_.at(pre + ".mlp.experts.wi_gate").data();
-      float* g_wi_up = grads_.at(pre + ".mlp.experts.wi_up").data();
-      float* g_wo = grads_.at(pre + ".mlp.experts.wo").data();
+      float* g_wi_up   = grads_.at(pre + ".mlp.experts.wi_up").data();
+      float* g_wo      = grads_.at(pre + ".mlp.experts.wo").data();
+      OPENMOE_ASSIGN_OR_RETURN(CFM eact_f, to_f(CM(a.eact)));
+      OPENMOE_ASSIGN_OR_RETURN(CFM disp_f, to_f(CM(a.dispatched)));
+      OPENMOE_ASSIGN_OR_RETURN(CFM eg_f, to_f(CM(a.eg)));
+      OPENMOE_ASSIGN_OR_RETURN(CFM eu_f, to_f(CM(a.eu)));
       for (int64_t e = 0; e < E; ++e) {
-        const auto rows = std::make_pair(e * C, (e + 1) * C);
-        CM d_eo_e(Kokkos::subview(d_eo, rows, Kokkos::ALL));
-        OPENMOE_RETURN_IF_ERROR(kernels::Linear<float>(space, d_eo_e, CM(wo + e * I * H, I, H), Kokkos::subview(d_eact, rows, Kokkos::ALL)));
-        OPENMOE_RETURN_IF_ERROR(kernels::MatMulWeightGrad<ExecSpace>(space, CM(Kokkos::subview(a.eact, rows, Kokkos::ALL)), d_eo_e,
-                                                                     M(g_wo + e * I * H, I, H)));
+        // d_eact_e = d_eo_e @ wo_e^T (wo_e [I, H] is Linear's [out = I, in = H]).
+        OPENMOE_ASSIGN_OR_RETURN(CM d_eo_t, to_t(CFM(rows_of(d_eo, e * C, (e + 1) * C))));
+        M d_eact_t("d_eact_t", C, I);
+        OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, d_eo_t, CM(wo + e * I * H, I, H), d_eact_t));
+        OPENMOE_ASSIGN_OR_RETURN(CFM d_eact_f, to_f(CM(d_eact_t)));
+        Kokkos::deep_copy(rows_of(d_eact, e * C, (e + 1) * C), d_eact_f);
+        OPENMOE_RETURN_IF_ERROR(kernels::MatMulWeightGrad<ExecSpace>(space, CFM(rows_of(eact_f, e * C, (e + 1) * C)),
+                                                                     CFM(rows_of(d_eo, e * C, (e + 1) * C)), FM(g_wo + e * I * H, I, H)));
       }
-      OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackward<ExecSpace>(space, CM(a.eg), CM(a.eu), CM(d_eact), d_eg, d_eu));
+      OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackward<ExecSpace>(space, eg_f, eu_f, CFM(d_eact), d_eg, d_eu));
       for (int64_t e = 0; e < E; ++e) {
-        const auto rows = std::make_pair(e * C, (e + 1) * C);
-        CM disp_e(Kokkos::subview(a.dispatched, rows, Kokkos::ALL));
-        CM d_eg_e(Kokkos::subview(d_eg, rows, Kokkos::ALL)), d_eu_e(Kokkos::subview(d_eu, rows, Kokkos::ALL));
-        M d_disp_e = Kokkos::subview(d_disp, rows, Kokkos::ALL);
-        OPENMOE_RETURN_IF_ERROR(kernels::Linear<float>(space, d_eg_e, CM(wi_gate + e * H * 2 * I, H, 2 * I), d_disp_e));
-        OPENMOE_RETURN_IF_ERROR(kernels::Linear<float>(space, d_eu_e, CM(wi_up + e * H * I, H, I), d_disp_e, true));
-        OPENMOE_RETURN_IF_ERROR(kernels::MatMulWeightGrad<ExecSpace>(space, disp_e, d_eg_e, M(g_wi_gate + e * H * 2 * I, H, 2 * I)));
-        OPENMOE_RETURN_IF_ERROR(kernels::MatMulWeightGrad<ExecSpace>(space, disp_e, d_eu_e, M(g_wi_up + e * H * I, H, I)));
+        OPENMOE_ASSIGN_OR_RETURN(CM d_eg_t, to_t(CFM(rows_of(d_eg, e * C, (e + 1) * C))));
+        OPENMOE_ASSIGN_OR_RETURN(CM d_eu_t, to_t(CFM(rows_of(d_eu, e * C, (e + 1) * C))));
+        M d_disp_t("d_disp_t", C, H);
+        OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, d_eg_t, CM(wi_gate + e * H * 2 * I, H, 2 * I), d_disp_t));
+        OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, d_eu_t, CM(wi_up + e * H * I, H, I), d_disp_t, true));
+        OPENMOE_ASSIGN_OR_RETURN(CFM d_disp_f, to_f(CM(d_disp_t)));
+        Kokkos::deep_copy(rows_of(d_disp, e * C, (e + 1) * C), d_disp_f);
+        CFM disp_e(rows_of(disp_f, e * C, (e + 1) * C));
+        OPENMOE_RETURN_IF_ERROR(kernels::MatMulWeightGrad<ExecSpace>(space, disp_e, CFM(rows_of(d_eg, e * C, (e + 1) * C)),
+                                                                     FM(g_wi_gate + e * H * 2 * I, H, 2 * I)));
+        OPENMOE_RETURN_IF_ERROR(kernels::MatMulWeightGrad<ExecSpace>(space, disp_e, CFM(rows_of(d_eu, e * C, (e + 1) * C)),
+                                                                     FM(g_wi_up + e * H * I, H, I)));
       }
       Kokkos::deep_copy(dx, 0.0f);
-      OPENMOE_RETURN_IF_ERROR(kernels::DispatchBackward<ExecSpace>(space, CM(d_disp), a.experts, a.rank, C, dx));
+      OPENMOE_RETURN_IF_ERROR(kernels::DispatchBackward<ExecSpace>(space, CFM(d_disp), a.experts, a.rank, C, dx));
       // Router: combine weights + aux loss through the softmax, z-loss on the logits (host,
       // double: [N, E] is small).
-      auto probs_h  = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), a.probs);
+      OPENMOE_ASSIGN_OR_RETURN(CFM router_f, to_f(CM(a.router_logits)));
       auto dprobs_h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), dprobs);
-      auto logits_h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), a.router_logits);
+      auto logits_h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), router_f);
       std::vector<float> layer_logits(logits_h.data(), logits_h.data() + N * E);
       double aux = 0, z = 0;
       RouterLosses(layer_logits, N, E, aux, z);
@@ -329,7 +424,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::
       std::vector<double> fraction(E, 0.0);
       auto experts_h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), a.experts);
       for (int64_t t = 0; t < N; ++t) fraction[experts_h(t, 0)] += 1.0 / N, fraction[experts_h(t, 1)] += 1.0 / N;
-      auto d_logits_h = Kokkos::create_mirror_view(a.router_logits);
+      FM d_router("d_router", N, E);
+      auto d_logits_h = Kokkos::create_mirror_view(d_router);
       for (int64_t t = 0; t < N; ++t) {
         double mx = logits_h(t, 0);
         for (int64_t e = 1; e < E; ++e) mx = std::max(mx, double(logits_h(t, e)));
@@ -345,33 +441,40 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::
         }
         for (int64_t e = 0; e < E; ++e) d_logits_h(t, e) = float(p[e] * (dp[e] - dot) + z_w * 2.0 * log_z * p[e] / double(N));
       }
-      M d_router("d_router", N, E);
       Kokkos::deep_copy(d_router, d_logits_h);
-      OPENMOE_RETURN_IF_ERROR(kernels::MatMul<float>(space, CM(d_router), P(pre + ".mlp.gate_weight", E, H), dx, true));
-      OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, CM(a.x2), CM(d_router), G(pre + ".mlp.gate_weight", E, H)));
+      FM dx_router("dx_router", N, H);
+      OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(d_router), W(pre + ".mlp.gate_weight", E, H)}}, dx_router));
+      OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<float>(space, dx, CFM(dx_router)));
+      OPENMOE_ASSIGN_OR_RETURN(CFM x2_f, to_f(CM(a.x2)));
+      OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, x2_f, CFM(d_router), G(pre + ".mlp.gate_weight", E, H)));
     } else {
-      OPENMOE_RETURN_IF_ERROR(mlp_backward(pre + ".mlp", CM(a.x2), a.mlp, CM(dh), dx));
+      OPENMOE_RETURN_IF_ERROR(mlp_backward(pre + ".mlp", CM(a.x2), a.mlp, CFM(dh), dx));
     }
-    OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".post_attention_layernorm.weight", CM(a.h_mid), CM(dx)));
+    OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".post_attention_layernorm.weight", CM(a.h_mid), CFM(dx)));
     // Attention block: dh is the gradient of h_mid = h_in + o_proj(attn).
-    M dattn("dattn", N, Wq), dq("dq", N, Wq), dk("dk", N, Wkv), dv("dv", N, Wkv);
-    OPENMOE_RETURN_IF_ERROR(kernels::MatMul<float>(space, CM(dh), P(pre + ".self_attn.o_proj.weight", H, Wq), dattn));
-    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, CM(a.attn), CM(dh), G(pre + ".self_attn.o_proj.weight", H, Wq)));
+    FM dattn("dattn", N, Wq), dq("dq", N, Wq), dk("dk", N, Wkv), dv("dv", N, Wkv);
+    OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(dh), W(pre + ".self_attn.o_proj.weight", H, Wq)}}, dattn));
+    OPENMOE_ASSIGN_OR_RETURN(CFM attn_f, to_f(CM(a.attn)));
+    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, attn_f, CFM(dh), G(pre + ".self_attn.o_proj.weight", H, Wq)));
+    OPENMOE_ASSIGN_OR_RETURN(CFM q_f, to_f(CM(a.q)));
+    OPENMOE_ASSIGN_OR_RETURN(CFM k_f, to_f(CM(a.k)));
+    OPENMOE_ASSIGN_OR_RETURN(CFM v_f, to_f(CM(a.v)));
     OPENMOE_RETURN_IF_ERROR(kernels::CausalAttentionBackward<ExecSpace>(
-        space, CT3(a.q.data(), B, S, Wq), CT3(a.k.data(), B, S, Wkv), CT3(a.v.data(), B, S, Wkv), mask,
-        CT3(dattn.data(), B, S, Wq), Nh, Nkv, Dh, T3(dq.data(), B, S, Wq), T3(dk.data(), B, S, Wkv), T3(dv.data(), B, S, Wkv)));
-    OPENMOE_RETURN_IF_ERROR(kernels::RopeBackward<ExecSpace>(space, T3(dq.data(), B, S, Wq), Dh, 0));
-    OPENMOE_RETURN_IF_ERROR(kernels::RopeBackward<ExecSpace>(space, T3(dk.data(), B, S, Wkv), Dh, 0));
-    OPENMOE_RETURN_IF_ERROR(kernels::MatMul<float>(space, CM(dq), P(pre + ".self_attn.q_proj.weight", Wq, H), dx));
-    OPENMOE_RETURN_IF_ERROR(kernels::MatMul<float>(space, CM(dk), P(pre + ".self_attn.k_proj.weight", Wkv, H), dx, true));
-    OPENMOE_RETURN_IF_ERROR(kernels::MatMul<float>(space, CM(dv), P(pre + ".self_attn.v_proj.weight", Wkv, H), dx, true));
-    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, CM(a.x1), CM(dq), G(pre + ".self_attn.q_proj.weight", Wq, H)));
-    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, CM(a.x1), CM(dk), G(pre + ".self_attn.k_proj.weight", Wkv, H)));
-    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, CM(a.x1), CM(dv), G(pre + ".self_attn.v_proj.weight", Wkv, H)));
-    OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".input_layernorm.weight", CM(a.h_in), CM(dx)));
+        space, CF3(q_f.data(), B, S, Wq), CF3(k_f.data(), B, S, Wkv), CF3(v_f.data(), B, S, Wkv), mask,
+        CF3(dattn.data(), B, S, Wq), Nh, Nkv, Dh, F3(dq.data(), B, S, Wq), F3(dk.data(), B, S, Wkv), F3(dv.data(), B, S, Wkv)));
+    OPENMOE_RETURN_IF_ERROR(kernels::RopeBackward<ExecSpace>(space, F3(dq.data(), B, S, Wq), Dh, 0));
+    OPENMOE_RETURN_IF_ERROR(kernels::RopeBackward<ExecSpace>(space, F3(dk.data(), B, S, Wkv), Dh, 0));
+    OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(dq), W(pre + ".self_attn.q_proj.weight", Wq, H)},
+                                        {CFM(dk), W(pre + ".self_attn.k_proj.weight", Wkv, H)},
+                                        {CFM(dv), W(pre + ".self_attn.v_proj.weight", Wkv, H)}}, dx));
+    OPENMOE_ASSIGN_OR_RETURN(CFM x1_f, to_f(CM(a.x1)));
+    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, x1_f, CFM(dq), G(pre + ".self_attn.q_proj.weight", Wq, H)));
+    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, x1_f, CFM(dk), G(pre + ".self_attn.k_proj.weight", Wkv, H)));
+    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, x1_f, CFM(dv), G(pre + ".self_attn.v_proj.weight", Wkv, H)));
+    OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".input_layernorm.weight", CM(a.h_in), CFM(dx)));
     a = Layer{};  // this layer's activations are no longer needed
   }
-  OPENMOE_RETURN_IF_ERROR(kernels::EmbeddingBackward<ExecSpace>(space, ids, CM(dh), c.pad_token_id,
+  OPENMOE_RETURN_IF_ERROR(kernels::EmbeddingBackward<ExecSpace>(space, ids, CFM(dh), c.pad_token_id,
                                                                 G("model.embed_tokens.weight", V, H)));
   Kokkos::fence();
   double aux_sum = 0, z_sum = 0;

@@ -20,6 +20,7 @@
 #include "openmoe/checkpoint.h"
 #include "openmoe/checkpoint_table.h"
 #include "openmoe/config.h"
+#include "openmoe/core/bf16.h"
 #include "openmoe/core/tensor_types.h"
 #include "openmoe/losses.h"
 
@@ -51,6 +52,11 @@ class TrainableModel {
   // Activation recomputation (gradient checkpointing): the forward pass keeps only each layer's
   // input, and the backward pass runs the layer again before its gradients; same results.
   void set_recompute_activations(bool recompute) { recompute_ = recompute; }
+  // bf16 mixed precision: fp32 master weights, gradients and optimizer; each step computes with
+  // bf16 copies of the weights, keeps its activations in bf16 and runs the products (forward
+  // and input gradients) in bf16 with float32 accumulation; the element-wise backward ops and
+  // the weight gradients accumulate in float32.
+  void set_bf16(bool bf16) { bf16_ = bf16; }
 
   // Loss of the batch and, in grad(), its gradient for every parameter (overwritten).
   absl::StatusOr<LossParts> ForwardBackward(const std::vector<int64_t>& input_ids,
@@ -58,11 +64,18 @@ class TrainableModel {
                                             int64_t seq_len);
 
  private:
+  template <class T>
+  absl::StatusOr<LossParts> Step(const std::vector<int64_t>& input_ids, const std::vector<int64_t>& attention_mask,
+                                 int64_t batch, int64_t seq_len);
+  template <class T>
+  const T* Working(const std::string& name) const;
   Matrix<float, ExecSpace> P(const std::string& name, int64_t rows, int64_t cols) const;
   Matrix<float, ExecSpace> G(const std::string& name, int64_t rows, int64_t cols) const;
 
   OpenMoeConfig config_;
   bool recompute_ = false;
+  bool bf16_ = false;
+  std::map<std::string, Vector<bf16, ExecSpace>> working_;  // bf16 copies of params_ (bf16 runs)
   std::vector<TensorSpec> table_;
   std::map<std::string, Vector<float, ExecSpace>> params_, grads_;  // HF name -> flat data
 };

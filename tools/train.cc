@@ -27,8 +27,9 @@ ABSL_FLAG(int64_t, max_steps, 0, "Stop after this many optimizer steps (0 = all 
 ABSL_FLAG(int64_t, batch_size, 1, "Examples per step (upstream default 1).");
 ABSL_FLAG(int64_t, save_interval, 1000, "Save a checkpoint every this many steps (and at the end). Alias: -i.");
 ABSL_FLAG(int64_t, i, 0, "Alias of --save_interval (upstream README's -i).");
-ABSL_FLAG(std::string, precision, "fp32", "fp32 | bf16 | fp16. Only fp32 is implemented so far (upstream's default "
-          "is bf16: give --precision fp32 explicitly to silence nothing, it is the default here).");
+ABSL_FLAG(std::string, precision, "fp32", "fp32 | bf16 | fp16. bf16: fp32 master weights, gradients and AdamW; each "
+          "step computes with bf16 weight copies and bf16 activations. fp16 (dynamic loss scaling) is not implemented "
+          "yet. Upstream's default is bf16; ours is fp32.");
 ABSL_FLAG(int64_t, max_length, 2048, "Tokens per example (text data: padded / truncated to this).");
 ABSL_FLAG(std::string, dataset, "", "Local .jsonl / .json self_instruct records {\"prompt\", \"completion\"}, or a "
           ".safetensors file with int64 input_ids, attention_mask [N, S].");

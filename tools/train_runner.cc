@@ -191,12 +191,12 @@ std::string Duration(double seconds) {
 }
 
 absl::Status Validate(const TrainOptions& o) {
-  if (o.precision == "bf16" || o.precision == "fp16") {
-    return absl::UnimplementedError(absl::StrCat("--precision ", o.precision,
-                                                 ": only fp32 training (fp32 weights, gradients and AdamW) is implemented "
-                                                 "so far; use --precision fp32"));
+  if (o.precision == "fp16") {
+    return absl::UnimplementedError("--precision fp16 (with dynamic loss scaling) is not implemented yet; use bf16 or fp32");
   }
-  if (o.precision != "fp32") return absl::InvalidArgumentError(absl::StrCat("--precision must be fp32, bf16 or fp16, got ", o.precision));
+  if (o.precision != "fp32" && o.precision != "bf16") {
+    return absl::InvalidArgumentError(absl::StrCat("--precision must be fp32, bf16 or fp16, got ", o.precision));
+  }
   if (o.batch_size <= 0) return absl::InvalidArgumentError(absl::StrCat("--batch_size must be positive, got ", o.batch_size));
   if (o.num_epochs <= 0) return absl::InvalidArgumentError(absl::StrCat("--num_epochs must be positive, got ", o.num_epochs));
   if (o.save_interval <= 0) return absl::InvalidArgumentError(absl::StrCat("--save_interval must be positive, got ", o.save_interval));
@@ -261,6 +261,7 @@ absl::Status RunTraining(const TrainOptions& o) {
   }
   const OpenMoeConfig& c = model->config();
   model->set_recompute_activations(o.grad_checkpoint);
+  model->set_bf16(o.precision == "bf16");
   model->SetLossFactors(o.label_smoothing.value_or(c.label_smoothing), o.z_loss_factor.value_or(c.z_loss_factor),
                         o.router_aux_loss_factor.value_or(c.router_aux_loss_factor),
                         o.router_z_loss_factor.value_or(c.router_z_loss_factor));
@@ -322,9 +323,9 @@ absl::Status RunTraining(const TrainOptions& o) {
   }
 
   std::fprintf(stderr, "training %lld examples of %lld tokens, batch %lld, %lld steps (from step %lld), lr %g (%s), "
-               "seed %llu, on %s; checkpoints in %s\n", (long long)N, (long long)S, (long long)B, (long long)total_steps,
-               (long long)start.step, o.lr, o.lr_schedule.c_str(), (unsigned long long)o.seed, Space::name(),
-               o.output_path.c_str());
+               "%s, seed %llu, on %s; checkpoints in %s\n", (long long)N, (long long)S, (long long)B, (long long)total_steps,
+               (long long)start.step, o.lr, o.lr_schedule.c_str(), o.precision.c_str(), (unsigned long long)o.seed,
+               Space::name(), o.output_path.c_str());
   std::ofstream metrics((fs::path(o.output_path) / "metrics.jsonl").string(), start.step > 0 ? std::ios::app : std::ios::trunc);
   std::vector<double> losses;
   if (start.step > 0) {  // the curve of the steps before the resume

@@ -31,7 +31,7 @@ struct TrainOptions {
   std::string task_name = "super_natural_instructions";  // recorded in trainer_state.json
   std::string resume;      // a step-<N> folder, or an output_path with a `latest` file
   std::string dump_step_state;
-  std::string precision = "fp32";
+  std::string precision = "fp32";  // fp32 | bf16 (fp32 masters, bf16 compute)
   std::string lr_schedule = "constant";  // constant | cosine (after warmup)
   int64_t num_epochs = 1, max_steps = 0, batch_size = 1, save_interval = 1000, max_length = 2048;
   int64_t warmup_steps = 0;
