@@ -390,7 +390,9 @@ absl::Status OpenMoeModel<ExecSpace, T>::RunStep(Cache& cache, const std::vector
                                        staged.data(), staged.size()));
   const int64_t* position = inputs.data() + 2 * N;  // device pointer
   auto enqueue = [&]() -> absl::Status {
-    return Forward(space, cache, inputs, S, graphed ? position : nullptr, mode, last_only, stats);
+    // Decode steps read their position from device memory whether or not they are replayed as a
+    // graph, so that both run the same kernels (the attention variant depends on it).
+    return Forward(space, cache, inputs, S, graphed || S == 1 ? position : nullptr, mode, last_only, stats);
   };
   profile_.Mark(space, "inputs");
   if (graphed) {  // under OPENMOE_PROFILE the whole replayed step is one phase
