@@ -54,18 +54,8 @@ int Run(const std::string& preset, const std::string& dtype, int64_t prompt_len,
     std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
     return 1;
   }
-  // Weights a batch-1 decode step must read: everything but the embedding table (one row is
-  // read) and the experts a token does not use (2 of E per MoE layer).
-  const openmoe::OpenMoeConfig& c = *config;
-  int64_t expert_params = 0, embed_params = c.vocab_size * c.hidden_size;
-  for (const auto& spec : openmoe::CheckpointTable(c))
-    if (spec.name.find(".experts.") != std::string::npos) {
-      int64_t n = 1;
-      for (int64_t d : spec.shape) n *= d;
-      expert_params += n;
-    }
-  const double active_bytes = double(model->WeightBytes()) -
-                              double(embed_params + expert_params * (c.num_experts - 2) / c.num_experts) * sizeof(T);
+  // Weights a batch-1 decode step must read.
+  const double active_bytes = double(openmoe::ActiveParameters(*config)) * sizeof(T);
   std::printf("openmoe-kokkos %s %s on %s: random init in %.1f s, %.2f GB of weights, %.2f GB read per "
               "batch-1 token (roofline %.0f tokens/s at %.1f TB/s)\n",
               preset.c_str(), dtype.c_str(), Space::name(), timer.seconds(), model->WeightBytes() / 1e9,

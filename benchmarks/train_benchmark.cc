@@ -38,14 +38,7 @@ int Run(const std::string& preset, const std::string& precision, int64_t S, int6
   if (!model.ok()) return std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str()), 1;
   model->set_bf16(precision == "bf16");
   const openmoe::OpenMoeConfig& c = *config;
-  int64_t active = 0;
-  for (const auto& spec : openmoe::CheckpointTable(c)) {
-    int64_t n = 1;
-    for (int64_t d : spec.shape) n *= d;
-    if (spec.name == "model.embed_tokens.weight") continue;
-    if (spec.name.find(".experts.") != std::string::npos) n = n / c.num_experts * 2;
-    active += n;
-  }
+  const int64_t active = openmoe::ActiveParameters(c);
   const double flops_per_token = 6.0 * double(active) +
                                  12.0 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * double(S);
   openmoe::kernels::AdamWOptions adamw;

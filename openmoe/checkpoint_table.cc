@@ -1,5 +1,7 @@
 #include "openmoe/checkpoint_table.h"
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 
 namespace openmoe {
@@ -40,12 +42,27 @@ std::vector<TensorSpec> CheckpointTable(const OpenMoeConfig& c) {
 
 int64_t CountParameters(const OpenMoeConfig& config) {
   int64_t total = 0;
-  for (const TensorSpec& spec : CheckpointTable(config)) {
-    int64_t n = 1;
-    for (int64_t d : spec.shape) n *= d;
-    total += n;
-  }
+  for (const TensorSpec& spec : CheckpointTable(config)) total += spec.numel();
   return total;
+}
+
+int64_t ActiveParameters(const OpenMoeConfig& config) {
+  int64_t active = 0;
+  for (const TensorSpec& spec : CheckpointTable(config)) {
+    if (spec.name == "model.embed_tokens.weight") continue;
+    const bool expert = spec.name.find(".experts.") != std::string::npos;
+    active += expert ? spec.numel() / config.num_experts * 2 : spec.numel();
+  }
+  return active;
+}
+
+double InitStd(const OpenMoeConfig& config, const TensorSpec& spec) {
+  if (spec.orientation == Orientation::kVector) return 0.0;
+  if (spec.name.find(".experts.wo") != std::string::npos) return std::sqrt(0.1 / double(config.intermediate_size));
+  if (spec.name.find(".experts.wi_") != std::string::npos || spec.name.find(".mlp.gate_weight") != std::string::npos) {
+    return std::sqrt(0.1 / double(config.hidden_size));
+  }
+  return 0.02;
 }
 
 }  // namespace openmoe

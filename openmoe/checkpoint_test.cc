@@ -68,9 +68,7 @@ TEST(Checkpoint, ShardedSafetensorsEqualsTheSingleFile) {
   ASSERT_TRUE(config.ok());
   ASSERT_TRUE(sharded->Validate(CheckpointTable(*config)).ok());
   for (const TensorSpec& spec : CheckpointTable(*config)) {
-    int64_t n = 1;
-    for (int64_t d : spec.shape) n *= d;
-    EXPECT_EQ(Read(*sharded, spec.name, n), Read(*single, spec.name, n)) << spec.name;
+    EXPECT_EQ(Read(*sharded, spec.name, spec.numel()), Read(*single, spec.name, spec.numel())) << spec.name;
   }
 }
 

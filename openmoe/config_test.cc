@@ -27,6 +27,14 @@ TEST(Config, PresetParameterCountsMatchTheReleasedCheckpoints) {
   EXPECT_FALSE(PresetConfig("7b").ok());
 }
 
+TEST(Config, ActiveParametersLeaveOutTheEmbeddingAndUnusedExperts) {
+  // 8B: 11,855,046,656 total - embedding 256384 x 2048 - 30/32 of 4 MoE layers x 32 experts x
+  // (2048 x 16384 + 2048 x 8192 + 8192 x 2048) = 3,276,908,544 (6.55 GB in bf16).
+  EXPECT_EQ(ActiveParameters(*PresetConfig("8b")), 11855046656 - 256384LL * 2048 - 4LL * 30 * 67108864);
+  // base: 799,663,104 - 256384 x 768 - 14/16 of 3 layers x 16 experts x 6,291,456.
+  EXPECT_EQ(ActiveParameters(*PresetConfig("base")), 799663104 - 256384LL * 768 - 3LL * 14 * 6291456);
+}
+
 TEST(Config, MoeLayersFollowTheInterval) {
   OpenMoeConfig eight_b = *PresetConfig("8b");
   std::vector<int64_t> moe;

@@ -72,8 +72,7 @@ absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::FromCheck
   model.config_ = config;
   std::vector<float> staging;  // one tensor at a time: host memory stays at the largest tensor
   for (const TensorSpec& spec : table) {
-    int64_t numel = 1;
-    for (int64_t d : spec.shape) numel *= d;
+    const int64_t numel = spec.numel();
     staging.resize(numel);
     OPENMOE_RETURN_IF_ERROR(reader.ReadAsFloat(spec.name, staging.data(), numel));
     Kokkos::View<T*, MemSpace> device(spec.name, numel);
@@ -94,18 +93,12 @@ absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::RandomIni
   model.config_ = config;
   Kokkos::Random_XorShift64_Pool<ExecSpace> pool(seed);
   for (const TensorSpec& spec : CheckpointTable(config)) {
-    int64_t numel = 1;
-    for (int64_t d : spec.shape) numel *= d;
+    const int64_t numel = spec.numel();
     Kokkos::View<T*, MemSpace> device(Kokkos::view_alloc(Kokkos::WithoutInitializing, spec.name), numel);
     if (spec.orientation == Orientation::kVector) {
       Kokkos::deep_copy(device, FromFloat<T>(1.0f));
     } else {
-      const bool expert_out = spec.name.find(".experts.wo") != std::string::npos;
-      const bool moe_in = spec.name.find(".experts.wi_") != std::string::npos ||
-                          spec.name.find(".mlp.gate_weight") != std::string::npos;
-      const double std = expert_out ? std::sqrt(0.1 / config.intermediate_size)
-                                    : moe_in ? std::sqrt(0.1 / config.hidden_size) : 0.02;
-      const float bound = float(std * std::sqrt(3.0));  // uniform [-b, b] has standard deviation b / sqrt(3)
+      const float bound = float(InitStd(config, spec) * std::sqrt(3.0));  // uniform [-b, b] has standard deviation b / sqrt(3)
       Kokkos::parallel_for(
           "openmoe::model::RandomInit", Kokkos::RangePolicy<ExecSpace>(0, numel), KOKKOS_LAMBDA(const int64_t i) {
             auto generator = pool.get_state();

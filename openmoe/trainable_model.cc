@@ -18,12 +18,6 @@
 namespace openmoe {
 namespace {
 
-int64_t Numel(const TensorSpec& spec) {
-  int64_t n = 1;
-  for (int64_t d : spec.shape) n *= d;
-  return n;
-}
-
 constexpr int64_t kLossRowsPerChunk = 256;  // LM head rows whose [rows, V] logits exist at once
 
 }  // namespace
@@ -43,7 +37,7 @@ absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::FromCheckpo
   model.table_  = CheckpointTable(config);
   OPENMOE_RETURN_IF_ERROR(reader.Validate(model.table_));
   for (const TensorSpec& spec : model.table_) {
-    const int64_t n = Numel(spec);
+    const int64_t n = spec.numel();
     Vector<float, ExecSpace> p(spec.name, n);
     auto host = Kokkos::create_mirror_view(p);
     OPENMOE_RETURN_IF_ERROR(reader.ReadAsFloat(spec.name, host.data(), n));
@@ -63,18 +57,13 @@ absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::RandomInit(
   model.table_  = CheckpointTable(config);
   std::mt19937_64 rng(seed);  // host draws: the same weights on every backend
   for (const TensorSpec& spec : model.table_) {
-    const int64_t n = Numel(spec);
+    const int64_t n = spec.numel();
     Vector<float, ExecSpace> p(spec.name, n);
     auto host = Kokkos::create_mirror_view(p);
     if (spec.orientation == Orientation::kVector) {
       for (int64_t i = 0; i < n; ++i) host(i) = 1.0f;
     } else {
-      const bool expert_out = spec.name.find(".experts.wo") != std::string::npos;
-      const bool moe_in = spec.name.find(".experts.wi_") != std::string::npos ||
-                          spec.name.find(".mlp.gate_weight") != std::string::npos;
-      const double std = expert_out ? std::sqrt(0.1 / config.intermediate_size)
-                                    : moe_in ? std::sqrt(0.1 / config.hidden_size) : 0.02;
-      std::normal_distribution<float> normal(0.0f, float(std));
+      std::normal_distribution<float> normal(0.0f, float(InitStd(config, spec)));
       for (int64_t i = 0; i < n; ++i) host(i) = normal(rng);
       if (spec.name == "model.embed_tokens.weight") {
         for (int64_t h = 0; h < config.hidden_size; ++h) host(config.pad_token_id * config.hidden_size + h) = 0.0f;

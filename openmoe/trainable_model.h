@@ -33,8 +33,7 @@ class TrainableModel {
 
   static absl::StatusOr<TrainableModel> Load(const std::string& model_dir);
   static absl::StatusOr<TrainableModel> FromCheckpoint(const OpenMoeConfig& config, const CheckpointReader& reader);
-  // Upstream's initialiser (spec 2.6): normal with std 0.02, router and expert inputs
-  // sqrt(0.1 / H), expert outputs sqrt(0.1 / I), norms 1; the pad row of the embedding 0.
+  // Upstream's initialiser (spec 2.6, InitStd): normal draws, norms 1, the embedding's pad row 0.
   static absl::StatusOr<TrainableModel> RandomInit(const OpenMoeConfig& config, uint64_t seed);
 
   const OpenMoeConfig& config() const { return config_; }
