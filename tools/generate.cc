@@ -19,6 +19,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
+#include "tools/cli_flags.h"
 #include "tools/generate_runner.h"
 
 ABSL_FLAG(std::string, model, "", "Model folder (config.json, weights, tokenizer.model or spiece.model). "
@@ -47,20 +48,16 @@ ABSL_FLAG(std::string, output_ids_file, "", "Write the generated ids as int64 ou
 
 namespace {
 
+using openmoe::tools::FlagGiven;
+using openmoe::tools::ResolvePath;
+
 constexpr char kDefaultModel[] = "tools/default_model/openmoe-tiny-random";  // runfiles path
 constexpr char kDefaultPrompt[] = "The capital of France is";
-
-std::string Resolve(const std::string& path) {
-  const char* cwd = std::getenv("BUILD_WORKING_DIRECTORY");  // set by `bazel run`
-  if (path.empty() || path[0] == '/' || path == "-" || cwd == nullptr) return path;
-  return std::string(cwd) + "/" + path;
-}
 
 // The default model: the checkpoint of `bazel run //tools:train`'s default run when it exists
 // (outputs/default_finetune/latest in the workspace), else the embedded random tiny model.
 std::string DefaultModel() {
-  const char* workspace = std::getenv("BUILD_WORKSPACE_DIRECTORY");  // set by `bazel run`
-  const std::string root = std::string(workspace ? workspace : ".") + "/outputs/default_finetune";
+  const std::string root = openmoe::tools::DefaultFinetuneDir();
   std::ifstream latest(root + "/latest");
   std::string name;
   if (latest >> name) {
@@ -68,19 +65,6 @@ std::string DefaultModel() {
     if (std::ifstream(dir + "/config.json")) return dir;
   }
   return kDefaultModel;
-}
-
-std::vector<std::string> g_args;  // argv as given, to know which flags the user set
-
-// True if --name / --name=... / --noname was given (Abseil 20220623 does not expose this).
-bool Specified(const std::string& name) {
-  for (const std::string& arg : g_args) {
-    if (arg == "--") break;
-    std::string a = arg;
-    while (!a.empty() && a[0] == '-') a.erase(0, 1);
-    if (a == name || a.rfind(name + "=", 0) == 0 || a == "no" + name) return true;
-  }
-  return false;
 }
 
 int Fail(const std::string& message) {
@@ -110,41 +94,41 @@ int main(int argc, char** argv) {
       "      [--chat [--system TEXT]] [--max_new_tokens N] [--greedy | --temperature T --top_k K --top_p P]\n"
       "      [--repetition_penalty R] [--seed S] [--stop a,b] [--dtype fp32|bf16]\n"
       "      [--input_ids_file IN --output_ids_file OUT]");
-  g_args.assign(argv + 1, argv + argc);
+  openmoe::tools::RecordArgs(argc, argv);
   absl::ParseCommandLine(argc, argv);
   openmoe::tools::GenerateRequest r;
-  r.model_dir = Specified("model") ? Resolve(absl::GetFlag(FLAGS_model)) : DefaultModel();
-  if (!Specified("model")) std::fprintf(stderr, "model: %s\n", r.model_dir.c_str());
+  r.model_dir = FlagGiven("model") ? ResolvePath(absl::GetFlag(FLAGS_model)) : DefaultModel();
+  if (!FlagGiven("model")) std::fprintf(stderr, "model: %s\n", r.model_dir.c_str());
 
   // Prompt sources: exactly one of --prompt, --prompt_file, --batch_file, --input_ids_file.
-  int sources = Specified("prompt") + Specified("prompt_file") + Specified("batch_file") + Specified("input_ids_file");
+  int sources = FlagGiven("prompt") + FlagGiven("prompt_file") + FlagGiven("batch_file") + FlagGiven("input_ids_file");
   if (sources > 1) return Fail("give only one of --prompt, --prompt_file, --batch_file, --input_ids_file");
-  r.input_ids_file  = Resolve(absl::GetFlag(FLAGS_input_ids_file));
-  r.output_ids_file = Resolve(absl::GetFlag(FLAGS_output_ids_file));
-  if (Specified("input_ids_file") && Specified("chat")) return Fail("--chat needs text prompts, not --input_ids_file");
-  if (Specified("prompt")) {
+  r.input_ids_file  = ResolvePath(absl::GetFlag(FLAGS_input_ids_file));
+  r.output_ids_file = ResolvePath(absl::GetFlag(FLAGS_output_ids_file));
+  if (FlagGiven("input_ids_file") && FlagGiven("chat")) return Fail("--chat needs text prompts, not --input_ids_file");
+  if (FlagGiven("prompt")) {
     r.prompts = {absl::GetFlag(FLAGS_prompt)};
-  } else if (Specified("prompt_file")) {
+  } else if (FlagGiven("prompt_file")) {
     std::string text;
-    if (!ReadAll(Resolve(absl::GetFlag(FLAGS_prompt_file)), text)) return Fail("cannot read --prompt_file " + absl::GetFlag(FLAGS_prompt_file));
+    if (!ReadAll(ResolvePath(absl::GetFlag(FLAGS_prompt_file)), text)) return Fail("cannot read --prompt_file " + absl::GetFlag(FLAGS_prompt_file));
     while (!text.empty() && text.back() == '\n') text.pop_back();
     r.prompts = {text};
-  } else if (Specified("batch_file")) {
+  } else if (FlagGiven("batch_file")) {
     std::string text;
-    if (!ReadAll(Resolve(absl::GetFlag(FLAGS_batch_file)), text)) return Fail("cannot read --batch_file " + absl::GetFlag(FLAGS_batch_file));
+    if (!ReadAll(ResolvePath(absl::GetFlag(FLAGS_batch_file)), text)) return Fail("cannot read --batch_file " + absl::GetFlag(FLAGS_batch_file));
     for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipWhitespace())) r.prompts.emplace_back(line);
     if (r.prompts.empty()) return Fail("--batch_file has no prompts");
-  } else if (!Specified("input_ids_file")) {
+  } else if (!FlagGiven("input_ids_file")) {
     r.prompts = {kDefaultPrompt};
     std::fprintf(stderr, "no prompt given; using \"%s\"\n", kDefaultPrompt);
   }
 
   // Decoding flags: sampling flags switch greedy off; an explicit --greedy contradicts them.
-  const bool sampling_flag = Specified("temperature") || Specified("top_k") || Specified("top_p");
-  if (sampling_flag && Specified("greedy") && absl::GetFlag(FLAGS_greedy)) {
+  const bool sampling_flag = FlagGiven("temperature") || FlagGiven("top_k") || FlagGiven("top_p");
+  if (sampling_flag && FlagGiven("greedy") && absl::GetFlag(FLAGS_greedy)) {
     return Fail("--greedy contradicts --temperature/--top_k/--top_p (sampling); give one or the other");
   }
-  r.sampling.greedy             = Specified("greedy") ? absl::GetFlag(FLAGS_greedy) : !sampling_flag;
+  r.sampling.greedy             = FlagGiven("greedy") ? absl::GetFlag(FLAGS_greedy) : !sampling_flag;
   r.sampling.temperature        = absl::GetFlag(FLAGS_temperature);
   r.sampling.top_k              = absl::GetFlag(FLAGS_top_k);
   r.sampling.top_p              = absl::GetFlag(FLAGS_top_p);

@@ -15,6 +15,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "tools/cli_flags.h"
 #include "tools/train_runner.h"
 
 ABSL_FLAG(std::string, model, "", "Model folder to fine-tune (config.json, weights; tokenizer.model for text data).");
@@ -74,23 +75,8 @@ namespace {
 constexpr char kDefaultModel[] = "tools/default_model/openmoe-tiny-random";   // runfiles paths
 constexpr char kDefaultData[] = "tools/train_data/tiny_instructions.jsonl";
 
-std::vector<std::string> g_args;
-
-bool Specified(const std::string& name) {
-  for (const std::string& a : g_args) {
-    if (a == "--" + name || a == "-" + name || a.rfind("--" + name + "=", 0) == 0 || a.rfind("-" + name + "=", 0) == 0 ||
-        a == "--no" + name) {
-      return true;
-    }
-  }
-  return false;
-}
-
-std::string Resolve(const std::string& path) {
-  const char* cwd = std::getenv("BUILD_WORKING_DIRECTORY");  // set by `bazel run`
-  if (path.empty() || path[0] == '/' || cwd == nullptr) return path;
-  return std::string(cwd) + "/" + path;
-}
+using openmoe::tools::FlagGiven;
+using openmoe::tools::ResolvePath;
 
 int Fail(const std::string& message) {
   std::fprintf(stderr, "train: %s\n", message.c_str());
@@ -109,41 +95,38 @@ int main(int argc, char** argv) {
       "  train --model_name base --dataset tokens.safetensors --max_steps 10\n"
       "  train --resume out [same flags]         # continue from out/latest\n"
       "  train --model DIR --dataset d --max_steps 1 --dump_step_state step1.safetensors");
-  std::vector<char*> args(argv, argv + argc);
-  g_args.assign(argv + 1, argv + argc);
+  openmoe::tools::RecordArgs(argc, argv);
   absl::ParseCommandLine(argc, argv);
 
   for (const char* flag : {"plugin", "zero_stage", "extra_dp_size", "pp_size", "dp_size", "ep_size", "microbatch_size",
                            "use_kernel", "use_layernorm_kernel", "load_balance", "load_balance_interval", "comm_overlap"}) {
-    if (Specified(flag)) {
+    if (FlagGiven(flag)) {
       return Fail(std::string("--") + flag + " is not supported yet: training runs on a single device, without "
                   "upstream's multi-GPU plugins or fused kernels. Drop the flag to train on one device.");
     }
   }
   openmoe::tools::TrainOptions o;
-  const bool default_run = g_args.empty() || (!Specified("model") && !Specified("model_name") && !Specified("dataset") &&
-                                              !Specified("resume"));
+  const bool default_run = !FlagGiven("model") && !FlagGiven("model_name") && !FlagGiven("dataset") && !FlagGiven("resume");
   if (default_run) {  // the demo: every other flag still applies on top
     o.model_dir = kDefaultModel, o.dataset = kDefaultData;
-    const char* workspace = std::getenv("BUILD_WORKSPACE_DIRECTORY");
-    o.output_path = std::string(workspace ? workspace : ".") + "/outputs/default_finetune";
+    o.output_path = openmoe::tools::DefaultFinetuneDir();
     o.max_length = 24, o.batch_size = 16, o.lr = 2e-3, o.num_epochs = 40, o.save_interval = 1000000;
     o.warmup_steps = 20, o.lr_schedule = "cosine", o.max_grad_norm = 1.0;
   }
-  if (Specified("model")) o.model_dir = Resolve(absl::GetFlag(FLAGS_model));
-  if (Specified("model_name")) o.model_name = absl::GetFlag(FLAGS_model_name);
-  if (Specified("dataset")) o.dataset = Resolve(absl::GetFlag(FLAGS_dataset));
-  if (Specified("output_path") || !default_run) o.output_path = Resolve(absl::GetFlag(FLAGS_output_path));
-  if (Specified("num_epochs") || !default_run) o.num_epochs = absl::GetFlag(FLAGS_num_epochs);
-  if (Specified("num_epoch")) o.num_epochs = absl::GetFlag(FLAGS_num_epoch);
-  if (Specified("batch_size") || !default_run) o.batch_size = absl::GetFlag(FLAGS_batch_size);
-  if (Specified("save_interval") || !default_run) o.save_interval = absl::GetFlag(FLAGS_save_interval);
-  if (Specified("i")) o.save_interval = absl::GetFlag(FLAGS_i);
-  if (Specified("max_length") || !default_run) o.max_length = absl::GetFlag(FLAGS_max_length);
-  if (Specified("lr") || !default_run) o.lr = absl::GetFlag(FLAGS_lr);
-  if (Specified("warmup_steps") || !default_run) o.warmup_steps = absl::GetFlag(FLAGS_warmup_steps);
-  if (Specified("lr_schedule") || !default_run) o.lr_schedule = absl::GetFlag(FLAGS_lr_schedule);
-  if (Specified("max_grad_norm") || !default_run) o.max_grad_norm = absl::GetFlag(FLAGS_max_grad_norm);
+  if (FlagGiven("model")) o.model_dir = ResolvePath(absl::GetFlag(FLAGS_model));
+  if (FlagGiven("model_name")) o.model_name = absl::GetFlag(FLAGS_model_name);
+  if (FlagGiven("dataset")) o.dataset = ResolvePath(absl::GetFlag(FLAGS_dataset));
+  if (FlagGiven("output_path") || !default_run) o.output_path = ResolvePath(absl::GetFlag(FLAGS_output_path));
+  if (FlagGiven("num_epochs") || !default_run) o.num_epochs = absl::GetFlag(FLAGS_num_epochs);
+  if (FlagGiven("num_epoch")) o.num_epochs = absl::GetFlag(FLAGS_num_epoch);
+  if (FlagGiven("batch_size") || !default_run) o.batch_size = absl::GetFlag(FLAGS_batch_size);
+  if (FlagGiven("save_interval") || !default_run) o.save_interval = absl::GetFlag(FLAGS_save_interval);
+  if (FlagGiven("i")) o.save_interval = absl::GetFlag(FLAGS_i);
+  if (FlagGiven("max_length") || !default_run) o.max_length = absl::GetFlag(FLAGS_max_length);
+  if (FlagGiven("lr") || !default_run) o.lr = absl::GetFlag(FLAGS_lr);
+  if (FlagGiven("warmup_steps") || !default_run) o.warmup_steps = absl::GetFlag(FLAGS_warmup_steps);
+  if (FlagGiven("lr_schedule") || !default_run) o.lr_schedule = absl::GetFlag(FLAGS_lr_schedule);
+  if (FlagGiven("max_grad_norm") || !default_run) o.max_grad_norm = absl::GetFlag(FLAGS_max_grad_norm);
   o.max_steps = absl::GetFlag(FLAGS_max_steps);
   o.precision = absl::GetFlag(FLAGS_precision);
   o.task_name = absl::GetFlag(FLAGS_task_name);
@@ -152,14 +135,14 @@ int main(int argc, char** argv) {
   o.shuffle = absl::GetFlag(FLAGS_shuffle);
   o.grad_checkpoint = absl::GetFlag(FLAGS_grad_checkpoint);
   o.max_shard_bytes = absl::GetFlag(FLAGS_max_shard_bytes);
-  o.resume = Resolve(absl::GetFlag(FLAGS_resume));
-  o.dump_step_state = Resolve(absl::GetFlag(FLAGS_dump_step_state));
+  o.resume = ResolvePath(absl::GetFlag(FLAGS_resume));
+  o.dump_step_state = ResolvePath(absl::GetFlag(FLAGS_dump_step_state));
   o.progress = absl::GetFlag(FLAGS_progress) && isatty(2);
   if (absl::GetFlag(FLAGS_label_smoothing) >= 0) o.label_smoothing = absl::GetFlag(FLAGS_label_smoothing);
   if (absl::GetFlag(FLAGS_z_loss_factor) >= 0) o.z_loss_factor = absl::GetFlag(FLAGS_z_loss_factor);
   if (absl::GetFlag(FLAGS_router_aux_loss_factor) >= 0) o.router_aux_loss_factor = absl::GetFlag(FLAGS_router_aux_loss_factor);
   if (absl::GetFlag(FLAGS_router_z_loss_factor) >= 0) o.router_z_loss_factor = absl::GetFlag(FLAGS_router_z_loss_factor);
-  if (!o.resume.empty() && Specified("model") == false && Specified("model_name") == false) o.model_dir.clear();
+  if (!o.resume.empty() && !FlagGiven("model") && !FlagGiven("model_name")) o.model_dir.clear();
 
   setenv("OMP_PROC_BIND", "false", 0);
   Kokkos::ScopeGuard kokkos(argc, argv);
