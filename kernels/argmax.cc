@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
+#include "kernels/scratch.h"
 
 namespace openmoe::kernels {
 namespace {
@@ -23,20 +24,7 @@ KOKKOS_INLINE_FUNCTION uint64_t ArgmaxKey(float value, int64_t index) {
 
 constexpr int64_t kChunk = 4096;  // logits per team in the first pass
 
-// Partial keys [B, chunks], kept between calls (grown on demand) and released at finalize.
-template <class MemSpace>
-Kokkos::View<uint64_t*, MemSpace> ChunkKeys(size_t count) {
-  static Kokkos::View<uint64_t*, MemSpace> buffer;
-  static bool hooked = false;
-  if (!hooked) {
-    Kokkos::push_finalize_hook([] { buffer = Kokkos::View<uint64_t*, MemSpace>(); });
-    hooked = true;
-  }
-  if (buffer.extent(0) < count) {
-    buffer = Kokkos::View<uint64_t*, MemSpace>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "argmax.chunks"), count);
-  }
-  return buffer;
-}
+struct ChunkKeysTag;  // partial keys [B, chunks]
 
 }  // namespace
 
@@ -52,7 +40,7 @@ absl::Status RowArgmax(const ExecSpace& space, ConstMatrix<T, ExecSpace> logits,
   // Two passes: teams over (row, chunk of kChunk logits), then one team per row over its chunks.
   using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
   const int64_t chunks = (allowed + kChunk - 1) / kChunk;
-  auto keys = ChunkKeys<typename ExecSpace::memory_space>(size_t(B * chunks));
+  auto keys = GrowingScratch<ChunkKeysTag, uint64_t, typename ExecSpace::memory_space>("argmax.chunks", size_t(B * chunks));
   Kokkos::parallel_for(
       "openmoe::kernels::RowArgmaxChunks", RowTeams(space, B * chunks, 256), KOKKOS_LAMBDA(const Member& team) {
         const int64_t b = team.league_rank() / chunks, chunk = team.league_rank() % chunks;

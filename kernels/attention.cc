@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
+#include "kernels/scratch.h"
 
 namespace openmoe::kernels {
 
@@ -51,39 +52,9 @@ bool SplitKeyShapesFit(const T* q, const T* k, const T* v, int64_t head_dim) {
 
 uint64_t scratch_generation = 0;  // see AttentionScratchGeneration
 
-// Partial results [teams, chunks, Dh + 2], kept between calls (grown on demand) and released at
-// Kokkos::finalize.
-template <class MemSpace>
-Kokkos::View<float*, MemSpace> SplitBuffer(size_t count) {
-  static Kokkos::View<float*, MemSpace> buffer;
-  static bool hooked = false;
-  if (!hooked) {
-    Kokkos::push_finalize_hook([] { buffer = Kokkos::View<float*, MemSpace>(); });
-    hooked = true;
-  }
-  if (buffer.extent(0) < count) {
-    ++scratch_generation;
-    buffer = Kokkos::View<float*, MemSpace>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "attention.split"), count);
-  }
-  return buffer;
-}
-
-// Per-query count of finished chunk teams [queries]; zero between calls (the merging team resets
-// its entry), grown on demand, released at Kokkos::finalize.
-template <class MemSpace>
-Kokkos::View<int*, MemSpace> FinishedCounters(size_t count) {
-  static Kokkos::View<int*, MemSpace> counters;
-  static bool hooked = false;
-  if (!hooked) {
-    Kokkos::push_finalize_hook([] { counters = Kokkos::View<int*, MemSpace>(); });
-    hooked = true;
-  }
-  if (counters.extent(0) < count) {
-    ++scratch_generation;
-    counters = Kokkos::View<int*, MemSpace>("attention.finished", count);
-  }
-  return counters;
-}
+struct SplitTag;     // partial results [queries, chunks, Dh + 2]
+struct FinishedTag;  // per-query count of finished chunk teams; zero between calls (the merging
+                     // team resets its entry)
 
 template <class T, class ExecSpace>
 void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Tensor3<const T, ExecSpace> k,
@@ -101,8 +72,11 @@ void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Te
   const int64_t chunks = (num_keys + split_keys - 1) / split_keys, width = head_dim + 2;
   const int64_t packs  = head_dim / P::kSize;             // 16-byte packs per head row
   const int64_t slices = kTeamThreads * kLanes / packs;   // key slices of the P.V sum
-  auto partial  = SplitBuffer<typename ExecSpace::memory_space>(size_t(queries * chunks * width));
-  auto finished = FinishedCounters<typename ExecSpace::memory_space>(size_t(queries));  // zeros
+  using MemSpace = typename ExecSpace::memory_space;
+  bool grew_partial = false, grew_finished = false;
+  auto partial  = GrowingScratch<SplitTag, float, MemSpace>("attention.split", size_t(queries * chunks * width), false, &grew_partial);
+  auto finished = GrowingScratch<FinishedTag, int, MemSpace>("attention.finished", size_t(queries), true, &grew_finished);
+  if (grew_partial || grew_finished) ++scratch_generation;
   const int64_t scratch_floats = std::max(split_keys + slices * head_dim, 2 * chunks);
   Policy split(space, queries * chunks, kTeamThreads, kLanes);
   split.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(scratch_floats)));
