@@ -7,20 +7,13 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
+#include "kernels/layer_math.h"
 #include "kernels/scratch.h"
 
 namespace openmoe::kernels {
 
 namespace {
 
-// cos and sin of the rotary angle (position * 10000^(-2j/Dh)), computed in double so that the
-// product does not lose the low bits at large positions, then rounded to float.
-KOKKOS_INLINE_FUNCTION void RopeCosSin(int64_t position, int64_t j, int64_t head_dim, float& c, float& s) {
-  const double inv_freq = Kokkos::Experimental::pow(10000.0, -2.0 * double(j) / double(head_dim));
-  const double angle    = double(position) * inv_freq;
-  c = float(Kokkos::Experimental::cos(angle));
-  s = float(Kokkos::Experimental::sin(angle));
-}
 
 // Decode attention with few queries (B * Sq * Nh teams cannot fill a GPU): the keys are split
 // in chunks of kSplitKeys, one team per (query, head, chunk) computes its chunk's max score, sum

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
+#include "kernels/layer_math.h"
 
 namespace openmoe::kernels {
 namespace {
@@ -90,9 +91,8 @@ absl::Status RopeBackward(const ExecSpace& space, Tensor3<float, ExecSpace> dx, 
         const int64_t pair = idx % pairs, s = (idx / pairs) % S, b = idx / (pairs * S);
         const int64_t head = pair / half, j = pair % half;
         const int64_t lo = head * head_dim + j, hi = lo + half;
-        const double inv_freq = Kokkos::Experimental::pow(10000.0, -2.0 * double(j) / double(head_dim));
-        const double angle    = double(position_offset + s) * inv_freq;
-        const float c = float(Kokkos::Experimental::cos(angle)), sn = float(Kokkos::Experimental::sin(angle));
+        float c, sn;
+        RopeCosSin(position_offset + s, j, head_dim, c, sn);
         const float d_lo = dx(b, s, lo), d_hi = dx(b, s, hi);
         dx(b, s, lo) = d_lo * c + d_hi * sn;
         dx(b, s, hi) = d_hi * c - d_lo * sn;

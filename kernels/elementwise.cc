@@ -3,16 +3,9 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
+#include "kernels/layer_math.h"
 
 namespace openmoe::kernels {
-namespace {
-
-// OpenMoE's "swiglu": the first half of the gate is linear, the second goes through SiLU.
-KOKKOS_INLINE_FUNCTION float Swiglu(float linear, float gated, float up) {
-  return linear * (gated / (1.0f + Kokkos::Experimental::exp(-gated))) * up;
-}
-
-}  // namespace
 
 template <class T, class ExecSpace>
 absl::Status Embedding(const ExecSpace& space, ConstMatrix<T, ExecSpace> table,

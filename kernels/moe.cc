@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
+#include "kernels/layer_math.h"
 
 namespace openmoe::kernels {
 
@@ -226,7 +227,7 @@ absl::Status SwigluFromPartials(const ExecSpace& space, Partials<T, ExecSpace> g
         for (int64_t s = 0; s < gate_splits; ++s) linear += gate_partial(s, a, i), gated += gate_partial(s, a, I + i);
         for (int64_t s = 0; s < up_splits; ++s) up += up_partial(s, a, i);
         linear = ToFloat(FromFloat<T>(linear)), gated = ToFloat(FromFloat<T>(gated)), up = ToFloat(FromFloat<T>(up));
-        act(a, i) = FromFloat<T>(linear * (gated / (1.0f + Kokkos::Experimental::exp(-gated))) * up);
+        act(a, i) = FromFloat<T>(Swiglu(linear, gated, up));
       });
   return absl::OkStatus();
 }
