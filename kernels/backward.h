@@ -1,7 +1,7 @@
 // File: kernels/backward.h
 // Gradients of the OpenMoE layers for training (float32), over Kokkos Views on every backend.
 // Each op's forward lives in its own file (rms_norm.h, elementwise.h, attention.h, moe.h); the
-// weight gradients of the projections are in linear.h (LinearWeightGrad, MatMulWeightGrad).
+// weight gradients of the projections are in linear.h (AddTransposedProduct).
 // Every kernel is deterministic (no atomics): sums over rows run in a fixed order.
 #ifndef KERNELS_BACKWARD_H_
 #define KERNELS_BACKWARD_H_

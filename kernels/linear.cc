@@ -210,53 +210,31 @@ absl::Status MatMul(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMa
 }
 
 template <class ExecSpace>
-absl::Status LinearWeightGrad(const ExecSpace& space, ConstMatrix<float, ExecSpace> x, ConstMatrix<float, ExecSpace> dy,
-                              Matrix<float, ExecSpace> dw) {
-  const size_t M = x.extent(0), K = x.extent(1), N = dy.extent(1);
-  if (dy.extent(0) != M || dw.extent(0) != N || dw.extent(1) != K) {
-    return absl::InvalidArgumentError(absl::StrCat("LinearWeightGrad: dw '", dw.label(), "' ", Shape(dw.extent(0), dw.extent(1)),
-                                                   " does not fit dy ", Shape(dy.extent(0), N), " and x ", Shape(M, K)));
+absl::Status AddTransposedProduct(const ExecSpace& space, ConstMatrix<float, ExecSpace> a, ConstMatrix<float, ExecSpace> b,
+                                  Matrix<float, ExecSpace> c) {
+  const size_t M = a.extent(0), P = a.extent(1), Q = b.extent(1);
+  if (b.extent(0) != M || c.extent(0) != P || c.extent(1) != Q) {
+    return absl::InvalidArgumentError(absl::StrCat("AddTransposedProduct: '", c.label(), "' ", Shape(c.extent(0), c.extent(1)),
+                                                   " does not fit '", a.label(), "' ", Shape(M, P), " and '", b.label(),
+                                                   "' ", Shape(b.extent(0), Q)));
   }
-  for (absl::Status s : {CheckContiguous("LinearWeightGrad", x), CheckContiguous("LinearWeightGrad", dy),
-                         CheckContiguous("LinearWeightGrad", dw)}) {
+  for (absl::Status s : {CheckContiguous("AddTransposedProduct", a), CheckContiguous("AddTransposedProduct", b),
+                         CheckContiguous("AddTransposedProduct", c)}) {
     if (!s.ok()) return s;
   }
-  if (M == 0 || N == 0 || K == 0) return absl::OkStatus();
-  // Column-major views: dw^T[K, N] += x^T[K, M] (dy^T[N, M])^T.
-  ConstColMajor<ExecSpace> x_t(x.data(), K, M), dy_t(dy.data(), N, M);
-  ColMajor<ExecSpace> dw_t(dw.data(), K, N);
+  if (M == 0 || P == 0 || Q == 0) return absl::OkStatus();
+  // Column-major views: c^T[Q, P] += b^T[Q, M] (a^T[P, M])^T.
+  ConstColMajor<ExecSpace> a_t(a.data(), P, M), b_t(b.data(), Q, M);
+  ColMajor<ExecSpace> c_t(c.data(), Q, P);
   (void)space;
-  KokkosBlas::gemm("N", "T", 1.0f, x_t, dy_t, 1.0f, dw_t);
+  KokkosBlas::gemm("N", "T", 1.0f, b_t, a_t, 1.0f, c_t);
   return absl::OkStatus();
 }
 
-template <class ExecSpace>
-absl::Status MatMulWeightGrad(const ExecSpace& space, ConstMatrix<float, ExecSpace> x, ConstMatrix<float, ExecSpace> dy,
-                              Matrix<float, ExecSpace> dw) {
-  const size_t M = x.extent(0), K = x.extent(1), N = dy.extent(1);
-  if (dy.extent(0) != M || dw.extent(0) != K || dw.extent(1) != N) {
-    return absl::InvalidArgumentError(absl::StrCat("MatMulWeightGrad: dw '", dw.label(), "' ", Shape(dw.extent(0), dw.extent(1)),
-                                                   " does not fit x ", Shape(M, K), " and dy ", Shape(dy.extent(0), N)));
-  }
-  for (absl::Status s : {CheckContiguous("MatMulWeightGrad", x), CheckContiguous("MatMulWeightGrad", dy),
-                         CheckContiguous("MatMulWeightGrad", dw)}) {
-    if (!s.ok()) return s;
-  }
-  if (M == 0 || N == 0 || K == 0) return absl::OkStatus();
-  // Column-major views: dw^T[N, K] += dy^T[N, M] (x^T[K, M])^T.
-  ConstColMajor<ExecSpace> x_t(x.data(), K, M), dy_t(dy.data(), N, M);
-  ColMajor<ExecSpace> dw_t(dw.data(), N, K);
-  (void)space;
-  KokkosBlas::gemm("N", "T", 1.0f, dy_t, x_t, 1.0f, dw_t);
-  return absl::OkStatus();
-}
-
-#define OPENMOE_INSTANTIATE_WEIGHT_GRAD(Space)                                                             \
-  template absl::Status LinearWeightGrad<Space>(const Space&, ConstMatrix<float, Space>, ConstMatrix<float, Space>, \
-                                                Matrix<float, Space>);                                    \
-  template absl::Status MatMulWeightGrad<Space>(const Space&, ConstMatrix<float, Space>, ConstMatrix<float, Space>, \
-                                                Matrix<float, Space>);
-OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_WEIGHT_GRAD)
+#define OPENMOE_INSTANTIATE_TRANSPOSED_PRODUCT(Space)                                                    \
+  template absl::Status AddTransposedProduct<Space>(const Space&, ConstMatrix<float, Space>,             \
+                                                    ConstMatrix<float, Space>, Matrix<float, Space>);
+OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_TRANSPOSED_PRODUCT)
 
 #define OPENMOE_INSTANTIATE_LINEAR(Space, T)                                                   \
   template absl::Status Linear<T, Space>(const Space&, ConstMatrix<T, Space>, ConstMatrix<T, Space>, \

@@ -30,17 +30,14 @@ template <class T, class ExecSpace>
 absl::Status MatMul(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
                     Matrix<T, ExecSpace> y, bool accumulate = false);
 
-// Weight gradients (float32, training), accumulated into dw:
-//   LinearWeightGrad:  dw[N, K] += dy[M, N]^T x[M, K]   (for Linear's w [N, K])
-//   MatMulWeightGrad:  dw[K, N] += x[M, K]^T dy[M, N]   (for MatMul's w [K, N])
+// c[P, Q] += a[M, P]^T b[M, Q] (float32): the weight gradients of training, accumulated.
+//   Linear's w [N, K]:  AddTransposedProduct(space, dy, x, dw)   (dw += dy^T x)
+//   MatMul's w [K, N]:  AddTransposedProduct(space, x, dy, dw)   (dw += x^T dy)
 // The input gradients are products the forward ops already compute: dx = MatMul(dy, w) for
 // Linear, dx = Linear(dy, w) for MatMul.
 template <class ExecSpace>
-absl::Status LinearWeightGrad(const ExecSpace& space, ConstMatrix<float, ExecSpace> x, ConstMatrix<float, ExecSpace> dy,
-                              Matrix<float, ExecSpace> dw);
-template <class ExecSpace>
-absl::Status MatMulWeightGrad(const ExecSpace& space, ConstMatrix<float, ExecSpace> x, ConstMatrix<float, ExecSpace> dy,
-                              Matrix<float, ExecSpace> dw);
+absl::Status AddTransposedProduct(const ExecSpace& space, ConstMatrix<float, ExecSpace> a, ConstMatrix<float, ExecSpace> b,
+                                  Matrix<float, ExecSpace> c);
 
 // Whether Linear may use the weight-streaming kernel for <= 4 rows on CUDA (default true).
 // For benchmarks that compare it with cuBLAS in the same run; not thread-safe.

@@ -105,6 +105,26 @@ TYPED_TEST(LinearTest, Bf16MatchesReferenceOfRoundedInputs) {
   }
 }
 
+// c += a^T b (the weight gradients of training) against a double sum, awkward sizes.
+TYPED_TEST(LinearTest, AddTransposedProductAccumulatesATransposeB) {
+  using Space = TypeParam;
+  const int64_t M = 19, P = 7, Q = 11;
+  const std::vector<float> a = RandomNormal(M * P, 1.0f, 61), b = RandomNormal(M * Q, 1.0f, 62);
+  const std::vector<float> c0 = RandomNormal(P * Q, 1.0f, 63);
+  auto c = ToDevice<Space>(c0, P, Q, "c");
+  ASSERT_TRUE(AddTransposedProduct<Space>(Space(), ToDevice<Space>(a, M, P, "a"), ToDevice<Space>(b, M, Q, "b"), c).ok());
+  const std::vector<float> got = ToHost(c);
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t q = 0; q < Q; ++q) {
+      double want = c0[p * Q + q], abs_sum = std::fabs(c0[p * Q + q]);
+      for (int64_t m = 0; m < M; ++m) want += double(a[m * P + p]) * b[m * Q + q], abs_sum += std::fabs(a[m * P + p] * b[m * Q + q]);
+      ASSERT_NEAR(got[p * Q + q], want, double(M + 1) * FLT_EPSILON * abs_sum) << p << "," << q;  // float32 sum bound
+    }
+  Matrix<float, Space> wrong("c_wrong", Q, P);
+  EXPECT_NE(std::string(AddTransposedProduct<Space>(Space(), ToDevice<Space>(a, M, P, "a"), ToDevice<Space>(b, M, Q, "b"), wrong)
+                            .message()).find("c_wrong"), std::string::npos);
+}
+
 TYPED_TEST(LinearTest, RejectsMismatchedShapesNamingTheTensor) {
   using Space = TypeParam;
   Matrix<float, Space> x("x", 4, 8), w("w_proj", 5, 7), y("y", 4, 5);

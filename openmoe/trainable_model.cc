@@ -18,6 +18,18 @@
 namespace openmoe {
 namespace {
 
+// x as a U matrix: the same data when its element type already is U, else a converted copy.
+template <class U, class V, class ExecSpace>
+absl::StatusOr<ConstMatrix<U, ExecSpace>> As(const ExecSpace& space, ConstMatrix<V, ExecSpace> x) {
+  if constexpr (std::is_same_v<U, V>) {
+    return x;
+  } else {
+    Matrix<U, ExecSpace> y("converted", x.extent(0), x.extent(1));
+    OPENMOE_RETURN_IF_ERROR((kernels::Convert<V, U>(space, x, y)));
+    return ConstMatrix<U, ExecSpace>(y);
+  }
+}
+
 constexpr int64_t kLossRowsPerChunk = 256;  // LM head rows whose [rows, V] logits exist at once
 
 }  // namespace
@@ -139,25 +151,9 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   }
   auto W = [&](const std::string& name, int64_t rows, int64_t cols) { return CM(Working<T>(name), rows, cols); };
   auto WV = [&](const std::string& name) { return ConstVector<T, ExecSpace>(Working<T>(name), H); };
-  // Float views of run-dtype data (no copy for float) and run-dtype views of float gradients.
-  auto to_f = [&](CM x) -> absl::StatusOr<CFM> {
-    if constexpr (kFloat) {
-      return CFM(x.data(), x.extent(0), x.extent(1));
-    } else {
-      FM y("to_float", x.extent(0), x.extent(1));
-      OPENMOE_RETURN_IF_ERROR((kernels::Convert<T, float>(space, x, y)));
-      return CFM(y);
-    }
-  };
-  auto to_t = [&](CFM x) -> absl::StatusOr<CM> {
-    if constexpr (kFloat) {
-      return CM(x.data(), x.extent(0), x.extent(1));
-    } else {
-      M y("to_run_dtype", x.extent(0), x.extent(1));
-      OPENMOE_RETURN_IF_ERROR((kernels::Convert<float, T>(space, x, y)));
-      return CM(y);
-    }
-  };
+  // Float views of run-dtype data and run-dtype views of float gradients (no copy for float runs).
+  auto to_f = [&](CM x) { return As<float>(space, x); };
+  auto to_t = [&](CFM x) { return As<T>(space, x); };
   auto rows_of = [](auto x, int64_t r0, int64_t r1) { return Kokkos::subview(x, std::make_pair(r0, r1), Kokkos::ALL); };
 
   Vector<int64_t, ExecSpace> ids("ids", N);
@@ -301,7 +297,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       OPENMOE_ASSIGN_OR_RETURN(CM dlg, to_t(CFM(lgf)));
       OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, dlg, W("lm_head.weight", V, H), rows_of(dxf, r0, r1)));
       OPENMOE_ASSIGN_OR_RETURN(CFM x_rows_f, to_f(x_rows));
-      OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, x_rows_f, CFM(lgf), G("lm_head.weight", V, H)));
+      OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(lgf), x_rows_f, G("lm_head.weight", V, H)));
     }
     OPENMOE_ASSIGN_OR_RETURN(CFM hf, to_f(CM(h_final)));
     OPENMOE_ASSIGN_OR_RETURN(CFM dxf_f, to_f(CM(dxf)));
@@ -327,15 +323,15 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     FM dact("dact", N, I), dg("dg", N, 2 * I), du("du", N, I);
     OPENMOE_RETURN_IF_ERROR(matmul_sum({{dy, W(prefix + ".down_proj.weight", H, I)}}, dact));
     OPENMOE_ASSIGN_OR_RETURN(CFM act_f, to_f(CM(m.act)));
-    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, act_f, dy, G(prefix + ".down_proj.weight", H, I)));
+    OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, dy, act_f, G(prefix + ".down_proj.weight", H, I)));
     OPENMOE_ASSIGN_OR_RETURN(CFM g_f, to_f(CM(m.g)));
     OPENMOE_ASSIGN_OR_RETURN(CFM u_f, to_f(CM(m.u)));
     OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackward<ExecSpace>(space, g_f, u_f, CFM(dact), dg, du));
     OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(dg), W(prefix + ".gate_proj.weight", 2 * I, H)},
                                         {CFM(du), W(prefix + ".up_proj.weight", I, H)}}, dx_out));
     OPENMOE_ASSIGN_OR_RETURN(CFM x_f, to_f(x));
-    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, x_f, CFM(dg), G(prefix + ".gate_proj.weight", 2 * I, H)));
-    return kernels::LinearWeightGrad<ExecSpace>(space, x_f, CFM(du), G(prefix + ".up_proj.weight", I, H));
+    OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(dg), x_f, G(prefix + ".gate_proj.weight", 2 * I, H)));
+    return kernels::AddTransposedProduct<ExecSpace>(space, CFM(du), x_f, G(prefix + ".up_proj.weight", I, H));
   };
   // Norm backward into the residual gradient: dh += RmsNormBackward(x_in, dy).
   auto norm_backward = [&](const std::string& weight, CM x_in, CFM dy) -> absl::Status {
@@ -380,8 +376,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, d_eo_t, CM(wo + e * I * H, I, H), d_eact_t));
         OPENMOE_ASSIGN_OR_RETURN(CFM d_eact_f, to_f(CM(d_eact_t)));
         Kokkos::deep_copy(rows_of(d_eact, e * C, (e + 1) * C), d_eact_f);
-        OPENMOE_RETURN_IF_ERROR(kernels::MatMulWeightGrad<ExecSpace>(space, CFM(rows_of(eact_f, e * C, (e + 1) * C)),
-                                                                     CFM(rows_of(d_eo, e * C, (e + 1) * C)), FM(g_wo + e * I * H, I, H)));
+        OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(rows_of(eact_f, e * C, (e + 1) * C)), CFM(rows_of(d_eo, e * C, (e + 1) * C)), FM(g_wo + e * I * H, I, H)));
       }
       OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackward<ExecSpace>(space, eg_f, eu_f, CFM(d_eact), d_eg, d_eu));
       for (int64_t e = 0; e < E; ++e) {
@@ -393,10 +388,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         OPENMOE_ASSIGN_OR_RETURN(CFM d_disp_f, to_f(CM(d_disp_t)));
         Kokkos::deep_copy(rows_of(d_disp, e * C, (e + 1) * C), d_disp_f);
         CFM disp_e(rows_of(disp_f, e * C, (e + 1) * C));
-        OPENMOE_RETURN_IF_ERROR(kernels::MatMulWeightGrad<ExecSpace>(space, disp_e, CFM(rows_of(d_eg, e * C, (e + 1) * C)),
-                                                                     FM(g_wi_gate + e * H * 2 * I, H, 2 * I)));
-        OPENMOE_RETURN_IF_ERROR(kernels::MatMulWeightGrad<ExecSpace>(space, disp_e, CFM(rows_of(d_eu, e * C, (e + 1) * C)),
-                                                                     FM(g_wi_up + e * H * I, H, I)));
+        OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, disp_e, CFM(rows_of(d_eg, e * C, (e + 1) * C)), FM(g_wi_gate + e * H * 2 * I, H, 2 * I)));
+        OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, disp_e, CFM(rows_of(d_eu, e * C, (e + 1) * C)), FM(g_wi_up + e * H * I, H, I)));
       }
       Kokkos::deep_copy(dx, 0.0f);
       OPENMOE_RETURN_IF_ERROR(kernels::DispatchBackward<ExecSpace>(space, CFM(d_disp), a.experts, a.rank, C, dx));
@@ -435,7 +428,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(d_router), W(pre + ".mlp.gate_weight", E, H)}}, dx_router));
       OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<float>(space, dx, CFM(dx_router)));
       OPENMOE_ASSIGN_OR_RETURN(CFM x2_f, to_f(CM(a.x2)));
-      OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, x2_f, CFM(d_router), G(pre + ".mlp.gate_weight", E, H)));
+      OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(d_router), x2_f, G(pre + ".mlp.gate_weight", E, H)));
     } else {
       OPENMOE_RETURN_IF_ERROR(mlp_backward(pre + ".mlp", CM(a.x2), a.mlp, CFM(dh), dx));
     }
@@ -444,7 +437,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     FM dattn("dattn", N, Wq), dq("dq", N, Wq), dk("dk", N, Wkv), dv("dv", N, Wkv);
     OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(dh), W(pre + ".self_attn.o_proj.weight", H, Wq)}}, dattn));
     OPENMOE_ASSIGN_OR_RETURN(CFM attn_f, to_f(CM(a.attn)));
-    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, attn_f, CFM(dh), G(pre + ".self_attn.o_proj.weight", H, Wq)));
+    OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(dh), attn_f, G(pre + ".self_attn.o_proj.weight", H, Wq)));
     OPENMOE_ASSIGN_OR_RETURN(CFM q_f, to_f(CM(a.q)));
     OPENMOE_ASSIGN_OR_RETURN(CFM k_f, to_f(CM(a.k)));
     OPENMOE_ASSIGN_OR_RETURN(CFM v_f, to_f(CM(a.v)));
@@ -457,9 +450,9 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
                                         {CFM(dk), W(pre + ".self_attn.k_proj.weight", Wkv, H)},
                                         {CFM(dv), W(pre + ".self_attn.v_proj.weight", Wkv, H)}}, dx));
     OPENMOE_ASSIGN_OR_RETURN(CFM x1_f, to_f(CM(a.x1)));
-    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, x1_f, CFM(dq), G(pre + ".self_attn.q_proj.weight", Wq, H)));
-    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, x1_f, CFM(dk), G(pre + ".self_attn.k_proj.weight", Wkv, H)));
-    OPENMOE_RETURN_IF_ERROR(kernels::LinearWeightGrad<ExecSpace>(space, x1_f, CFM(dv), G(pre + ".self_attn.v_proj.weight", Wkv, H)));
+    OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(dq), x1_f, G(pre + ".self_attn.q_proj.weight", Wq, H)));
+    OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(dk), x1_f, G(pre + ".self_attn.k_proj.weight", Wkv, H)));
+    OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(dv), x1_f, G(pre + ".self_attn.v_proj.weight", Wkv, H)));
     OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".input_layernorm.weight", CM(a.h_in), CFM(dx)));
     a = Layer{};  // this layer's activations are no longer needed
   }
