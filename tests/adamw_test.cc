@@ -4,15 +4,13 @@
 // the update is a well-defined lr * sign(g); 2 lr elsewhere, where a float32 gradient's sign is
 // not determined).
 #include <cmath>
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "gtest/gtest.h"
 #include "kernels/adamw.h"
-#include "nlohmann/json.hpp"
 #include "openmoe/core/test_util.h"
 #include "openmoe/io/safetensors.h"
+#include "tests/fixtures.h"
 
 namespace openmoe {
 namespace {
@@ -25,13 +23,7 @@ TYPED_TEST(AdamWTest, StepOneMatchesTheFixtures) {
   using Space = TypeParam;
   for (const std::string name : {"tiny8b", "tinybase"}) {
     const std::string dir = "tests/data/openmoe/" + name;
-    std::ifstream in(dir + "/expected.json");
-    std::stringstream text;
-    text << in.rdbuf();
-    const nlohmann::json adamw = nlohmann::json::parse(text.str())["adamw"];
-    kernels::AdamWOptions options;
-    options.lr = adamw["lr"], options.beta1 = adamw["betas"][0], options.beta2 = adamw["betas"][1];
-    options.eps = adamw["eps"], options.weight_decay = adamw["weight_decay"];
+    const kernels::AdamWOptions options = testing::FixtureAdamW(testing::FixtureJson(dir));
     auto model = io::SafetensorsFile::Open(dir + "/model.safetensors");
     auto expected = io::SafetensorsFile::Open(dir + "/expected.safetensors");
     ASSERT_TRUE(model.ok() && expected.ok());

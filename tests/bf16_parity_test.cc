@@ -17,8 +17,8 @@
 
 #include "gtest/gtest.h"
 #include "openmoe/core/test_util.h"
-#include "openmoe/io/safetensors.h"
 #include "openmoe/model.h"
+#include "tests/fixtures.h"
 
 namespace openmoe {
 namespace {
@@ -33,12 +33,11 @@ TYPED_TEST_SUITE(Bf16ParityTest, testing::Backends);
 TYPED_TEST(Bf16ParityTest, StaysWithinTheBf16ErrorModelOfFloat32) {
   for (const std::string case_name : {"tiny8b", "tinybase"}) {
     const std::string dir = "tests/data/openmoe/" + case_name;
-    absl::StatusOr<io::SafetensorsFile> inputs = io::SafetensorsFile::Open(dir + "/expected.safetensors");
-    ASSERT_TRUE(inputs.ok());
-    const int64_t B = inputs->Find("input_ids")->shape[0], S = inputs->Find("input_ids")->shape[1];
-    std::vector<int64_t> ids(B * S), mask(B * S);
-    ASSERT_TRUE(inputs->ReadAsInt64("input_ids", ids.data(), ids.size()).ok());
-    ASSERT_TRUE(inputs->ReadAsInt64("attention_mask", mask.data(), mask.size()).ok());
+    absl::StatusOr<io::TokenBatch> batch = testing::FixtureBatch(dir);
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    const int64_t B = batch->batch, S = batch->seq_len;
+    const std::vector<int64_t>& ids = batch->ids;
+    const std::vector<int64_t>& mask = batch->mask;
     auto fp32 = OpenMoeModel<TypeParam, float>::Load(dir);
     auto bf = OpenMoeModel<TypeParam, bf16>::Load(dir);
     ASSERT_TRUE(fp32.ok() && bf.ok()) << fp32.status() << bf.status();

@@ -2,16 +2,14 @@
 // against the float64 reference within 1e-4 relative (the fixtures README's bound for a
 // float32 implementation), on every backend.
 #include <cmath>
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "openmoe/core/test_util.h"
-#include "openmoe/io/safetensors.h"
 #include "openmoe/losses.h"
 #include "openmoe/model.h"
+#include "tests/fixtures.h"
 
 namespace openmoe {
 namespace {
@@ -23,16 +21,12 @@ TYPED_TEST_SUITE(LossTest, testing::Backends);
 TYPED_TEST(LossTest, MatchesTheFixtureLosses) {
   for (const std::string name : {"tiny8b", "tinybase"}) {
     const std::string dir = "tests/data/openmoe/" + name;
-    std::ifstream in(dir + "/expected.json");
-    std::stringstream text;
-    text << in.rdbuf();
-    const nlohmann::json expected = nlohmann::json::parse(text.str());
-    auto inputs = io::SafetensorsFile::Open(dir + "/expected.safetensors");
-    ASSERT_TRUE(inputs.ok());
-    const int64_t B = inputs->Find("input_ids")->shape[0], S = inputs->Find("input_ids")->shape[1];
-    std::vector<int64_t> ids(B * S), mask(B * S);
-    ASSERT_TRUE(inputs->ReadAsInt64("input_ids", ids.data(), ids.size()).ok());
-    ASSERT_TRUE(inputs->ReadAsInt64("attention_mask", mask.data(), mask.size()).ok());
+    const nlohmann::json expected = testing::FixtureJson(dir);
+    absl::StatusOr<io::TokenBatch> batch = testing::FixtureBatch(dir);
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    const int64_t B = batch->batch, S = batch->seq_len;
+    const std::vector<int64_t>& ids = batch->ids;
+    const std::vector<int64_t>& mask = batch->mask;
     auto model = OpenMoeModel<TypeParam>::Load(dir);
     ASSERT_TRUE(model.ok()) << model.status();
     std::vector<MoeLayerStats> stats;

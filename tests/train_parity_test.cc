@@ -6,16 +6,14 @@
 // largest, 2 lr elsewhere).
 #include <cmath>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "gtest/gtest.h"
 #include "kernels/adamw.h"
-#include "nlohmann/json.hpp"
 #include "openmoe/core/test_util.h"
 #include "openmoe/io/safetensors.h"
 #include "openmoe/trainable_model.h"
+#include "tests/fixtures.h"
 
 namespace openmoe {
 namespace {
@@ -27,22 +25,15 @@ TYPED_TEST_SUITE(TrainParityTest, testing::Backends);
 TYPED_TEST(TrainParityTest, LossGradientsAndAdamWStepMatchTheFixtures) {
   using Space = TypeParam;
   for (const std::string name : {"tiny8b", "tinybase"}) {
-    const std::string dir = "tests/data/openmoe/" + name;
-    std::ifstream in(dir + "/expected.json");
-    std::stringstream text;
-    text << in.rdbuf();
-    const nlohmann::json want = nlohmann::json::parse(text.str());
+    const std::string dir = testing::FixtureDir(name);
+    const nlohmann::json want = testing::FixtureJson(dir);
+    absl::StatusOr<io::TokenBatch> batch = testing::FixtureBatch(dir);
+    ASSERT_TRUE(batch.ok()) << batch.status();
     auto expected = io::SafetensorsFile::Open(dir + "/expected.safetensors");
     ASSERT_TRUE(expected.ok());
-    const auto& shape = expected->Find("input_ids")->shape;
-    const int64_t B = shape[0], S = shape[1];
-    std::vector<int64_t> ids(B * S), mask(B * S);
-    ASSERT_TRUE(expected->ReadAsInt64("input_ids", ids.data(), ids.size()).ok());
-    ASSERT_TRUE(expected->ReadAsInt64("attention_mask", mask.data(), mask.size()).ok());
-
     auto model = TrainableModel<Space>::Load(dir);
     ASSERT_TRUE(model.ok()) << model.status();
-    absl::StatusOr<LossParts> loss = model->ForwardBackward(ids, mask, B, S);
+    absl::StatusOr<LossParts> loss = model->ForwardBackward(batch->ids, batch->mask, batch->batch, batch->seq_len);
     ASSERT_TRUE(loss.ok()) << loss.status();
     const double total = want["loss_total"];
     EXPECT_NEAR(loss->total, total, 1e-4 * std::fabs(total)) << name;
@@ -50,10 +41,7 @@ TYPED_TEST(TrainParityTest, LossGradientsAndAdamWStepMatchTheFixtures) {
     EXPECT_NEAR(loss->router_aux, double(want["loss_parts"]["router_aux"]), 1e-4 * double(want["loss_parts"]["router_aux"]));
     EXPECT_NEAR(loss->router_z, double(want["loss_parts"]["router_z"]), 1e-4 * double(want["loss_parts"]["router_z"]));
 
-    kernels::AdamWOptions options;
-    const nlohmann::json adamw = want["adamw"];
-    options.lr = adamw["lr"], options.beta1 = adamw["betas"][0], options.beta2 = adamw["betas"][1];
-    options.eps = adamw["eps"], options.weight_decay = adamw["weight_decay"];
+    const kernels::AdamWOptions options = testing::FixtureAdamW(want);
     for (const TensorSpec& spec : model->table()) {
       Vector<float, Space> g = model->grad(spec.name), p = model->param(spec.name);
       const int64_t n = g.extent(0);
@@ -78,27 +66,19 @@ TYPED_TEST(TrainParityTest, LossGradientsAndAdamWStepMatchTheFixtures) {
   }
 }
 
-}  // namespace
-}  // namespace openmoe
-
-namespace openmoe {
-namespace {
 
 // Activation recomputation runs each layer's forward again in the backward pass: the loss and
 // every gradient must come out bit-identical to keeping the activations.
 TYPED_TEST(TrainParityTest, ActivationRecomputationGivesIdenticalGradients) {
   using Space = TypeParam;
-  const std::string dir = "tests/data/openmoe/tiny8b";
-  auto expected = io::SafetensorsFile::Open(dir + "/expected.safetensors");
-  ASSERT_TRUE(expected.ok());
-  const int64_t B = expected->Find("input_ids")->shape[0], S = expected->Find("input_ids")->shape[1];
-  std::vector<int64_t> ids(B * S), mask(B * S);
-  ASSERT_TRUE(expected->ReadAsInt64("input_ids", ids.data(), ids.size()).ok());
-  ASSERT_TRUE(expected->ReadAsInt64("attention_mask", mask.data(), mask.size()).ok());
+  const std::string dir = testing::FixtureDir("tiny8b");
+  absl::StatusOr<io::TokenBatch> batch = testing::FixtureBatch(dir);
+  ASSERT_TRUE(batch.ok()) << batch.status();
   auto kept = TrainableModel<Space>::Load(dir), recomputed = TrainableModel<Space>::Load(dir);
   ASSERT_TRUE(kept.ok() && recomputed.ok());
   recomputed->set_recompute_activations(true);
-  auto a = kept->ForwardBackward(ids, mask, B, S), b = recomputed->ForwardBackward(ids, mask, B, S);
+  auto a = kept->ForwardBackward(batch->ids, batch->mask, batch->batch, batch->seq_len);
+  auto b = recomputed->ForwardBackward(batch->ids, batch->mask, batch->batch, batch->seq_len);
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_EQ(a->total, b->total);
   EXPECT_EQ(a->router_aux, b->router_aux);
@@ -110,11 +90,6 @@ TYPED_TEST(TrainParityTest, ActivationRecomputationGivesIdenticalGradients) {
   }
 }
 
-}  // namespace
-}  // namespace openmoe
-
-namespace openmoe {
-namespace {
 
 // bf16 mixed precision against the fp32 step on both fixtures: bf16 keeps 8 significant bits
 // (2^-9 = 0.2% relative rounding per stored value); through the ~20 stored activations of a
@@ -124,17 +99,14 @@ namespace {
 TYPED_TEST(TrainParityTest, Bf16MixedPrecisionTracksFp32) {
   using Space = TypeParam;
   for (const std::string name : {"tiny8b", "tinybase"}) {
-    const std::string dir = "tests/data/openmoe/" + name;
-    auto expected = io::SafetensorsFile::Open(dir + "/expected.safetensors");
-    ASSERT_TRUE(expected.ok());
-    const int64_t B = expected->Find("input_ids")->shape[0], S = expected->Find("input_ids")->shape[1];
-    std::vector<int64_t> ids(B * S), mask(B * S);
-    ASSERT_TRUE(expected->ReadAsInt64("input_ids", ids.data(), ids.size()).ok());
-    ASSERT_TRUE(expected->ReadAsInt64("attention_mask", mask.data(), mask.size()).ok());
+    const std::string dir = testing::FixtureDir(name);
+    absl::StatusOr<io::TokenBatch> batch = testing::FixtureBatch(dir);
+    ASSERT_TRUE(batch.ok()) << batch.status();
     auto fp32 = TrainableModel<Space>::Load(dir), mixed = TrainableModel<Space>::Load(dir);
     ASSERT_TRUE(fp32.ok() && mixed.ok());
     mixed->set_bf16(true);
-    auto a = fp32->ForwardBackward(ids, mask, B, S), b = mixed->ForwardBackward(ids, mask, B, S);
+    auto a = fp32->ForwardBackward(batch->ids, batch->mask, batch->batch, batch->seq_len);
+    auto b = mixed->ForwardBackward(batch->ids, batch->mask, batch->batch, batch->seq_len);
     ASSERT_TRUE(a.ok() && b.ok()) << b.status();
     EXPECT_NEAR(b->total, a->total, 0.02 * a->total) << name;
     double worst_cos = 1, worst_norm = 0;
