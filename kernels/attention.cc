@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cfloat>
-#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
@@ -22,17 +21,8 @@ namespace {
 // one-pass kernel, regrouped sums. Rows of q, k and v are
 // read as 16-byte packs: kLanes lanes per key for the dot products, (pack, key slice) units for
 // the P.V sum, so that every thread issues only a few independent vector loads.
-constexpr int64_t kSplitKeys = 32;  // keys per team (default; OPENMOE_SPLIT_KEYS overrides, for tuning)
+constexpr int64_t kSplitKeys = 32;    // keys per team (64 and 128 measured the same on the H200)
 constexpr int64_t kTeamThreads = 32;  // team threads (x kLanes lanes)
-
-int64_t SplitKeys() {
-  static const int64_t keys = [] {
-    const char* env = std::getenv("OPENMOE_SPLIT_KEYS");
-    const int64_t k = env != nullptr ? std::atoll(env) : kSplitKeys;
-    return k >= 8 && k <= 1024 ? k : kSplitKeys;
-  }();
-  return keys;
-}
 constexpr int kLanes = 8;           // vector lanes per team thread
 
 // Whether SplitKeyAttention can read these rows as packs (16-byte aligned rows of head_dim).
@@ -61,8 +51,7 @@ void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Te
   using P       = Pack<T>;
   constexpr float kMasked = -FLT_MAX;
   const int64_t Sq = q.extent(1), queries = q.extent(0) * Sq * num_heads;
-  const int64_t split_keys = SplitKeys();
-  const int64_t chunks = (num_keys + split_keys - 1) / split_keys, width = head_dim + 2;
+  const int64_t chunks = (num_keys + kSplitKeys - 1) / kSplitKeys, width = head_dim + 2;
   const int64_t packs  = head_dim / P::kSize;             // 16-byte packs per head row
   const int64_t slices = kTeamThreads * kLanes / packs;   // key slices of the P.V sum
   using MemSpace = typename ExecSpace::memory_space;
@@ -70,7 +59,7 @@ void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Te
   auto partial  = GrowingScratch<SplitTag, float, MemSpace>("attention.split", size_t(queries * chunks * width), false, &grew_partial);
   auto finished = GrowingScratch<FinishedTag, int, MemSpace>("attention.finished", size_t(queries), true, &grew_finished);
   if (grew_partial || grew_finished) ++scratch_generation;
-  const int64_t scratch_floats = std::max(split_keys + slices * head_dim, 2 * chunks);
+  const int64_t scratch_floats = std::max(kSplitKeys + slices * head_dim, 2 * chunks);
   Policy split(space, queries * chunks, kTeamThreads, kLanes);
   split.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(scratch_floats)));
   Kokkos::parallel_for(
@@ -80,16 +69,16 @@ void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Te
         const int64_t q_col = head * head_dim, kv_col = (head / group) * head_dim;
         const int64_t keys     = device_offset != nullptr ? *device_offset + Sq : num_keys;
         const int64_t position = (device_offset != nullptr ? *device_offset : q_offset) + s;
-        const int64_t j0 = chunk * split_keys;
-        int64_t j1 = j0 + split_keys;
+        const int64_t j0 = chunk * kSplitKeys;
+        int64_t j1 = j0 + kSplitKeys;
         if (j1 > keys) j1 = keys;
         if (j1 > position + 1) j1 = position + 1;  // causal
         float* result = partial.data() + (idx * chunks + chunk) * width;  // [max, sum, acc(Dh)]
         Scratch scratch(team.team_scratch(0), scratch_floats);
-        float* scores = scratch.data();               // [split_keys], then probabilities
-        float* sums   = scratch.data() + split_keys;  // [slices, Dh]
+        float* scores = scratch.data();               // [kSplitKeys], then probabilities
+        float* sums   = scratch.data() + kSplitKeys;  // [slices, Dh]
         const P* q_row = reinterpret_cast<const P*>(&q(b, s, q_col));
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, split_keys), [&](const int64_t i) {
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kSplitKeys), [&](const int64_t i) {
           const int64_t j = j0 + i;
           float dot = kMasked;
           if (j < j1) {  // the mask is applied after the dot product, so both loads overlap
@@ -108,23 +97,23 @@ void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Te
         });
         team.team_barrier();
         float m = kMasked;
-        for (int64_t i = 0; i < split_keys; ++i) m = scores[i] > m ? scores[i] : m;
+        for (int64_t i = 0; i < kSplitKeys; ++i) m = scores[i] > m ? scores[i] : m;
         team.team_barrier();  // every thread has its max before the scores become probabilities
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, split_keys), [&](const int64_t i) {
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kSplitKeys), [&](const int64_t i) {
           Kokkos::single(Kokkos::PerThread(team), [&]() {
             scores[i] = scores[i] == kMasked ? 0.0f : Kokkos::Experimental::exp(scores[i] - m);
           });
         });
         team.team_barrier();
         float l = 0.0f;
-        for (int64_t i = 0; i < split_keys; ++i) l += scores[i];
+        for (int64_t i = 0; i < kSplitKeys; ++i) l += scores[i];
         // P.V: unit (slice, pack) sums keys slice, slice + slices, ... of one 16-byte column pack.
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kTeamThreads), [&](const int64_t g) {
           Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, kLanes), [&](const int64_t lane) {
             const int64_t unit = g * kLanes + lane, p = unit % packs, slice = unit / packs;
             float acc[P::kSize];
             for (int e = 0; e < P::kSize; ++e) acc[e] = 0.0f;
-            for (int64_t i = slice; i < split_keys && j0 + i < j1; i += slices) {
+            for (int64_t i = slice; i < kSplitKeys && j0 + i < j1; i += slices) {
               const P vp = reinterpret_cast<const P*>(&v(b, j0 + i, kv_col))[p];
               for (int e = 0; e < P::kSize; ++e) acc[e] += scores[i] * ToFloat(vp.v[e]);
             }
@@ -284,7 +273,7 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
   constexpr float kMasked = -FLT_MAX;
   constexpr bool kOnHostSpace =
       Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename ExecSpace::memory_space>::accessible;
-  if (!kOnHostSpace && B * Sq * num_heads < 1024 && num_keys > 2 * SplitKeys() &&
+  if (!kOnHostSpace && B * Sq * num_heads < 1024 && num_keys > 2 * kSplitKeys &&
       SplitKeyShapesFit(q.data(), k.data(), v.data(), head_dim)) {
     SplitKeyAttention<T, ExecSpace>(space, q, k, v, key_mask, num_heads, group, head_dim, num_keys, q_offset, out,
                                     device_offset);

@@ -30,6 +30,12 @@ namespace fs = std::filesystem;
 using Space = TrainSpace;
 using Model = TrainableModel<Space>;
 
+// A .safetensors dataset holds token ids; anything else is text records.
+bool IsPretokenized(const std::string& dataset) {
+  const std::string suffix = ".safetensors";
+  return dataset.size() > suffix.size() && dataset.compare(dataset.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
 absl::Status CheckSameShapes(const OpenMoeConfig& a, const OpenMoeConfig& b, const std::string& what) {
   const std::vector<std::pair<const char*, std::pair<int64_t, int64_t>>> keys = {
       {"vocab_size", {a.vocab_size, b.vocab_size}}, {"hidden_size", {a.hidden_size, b.hidden_size}},
@@ -80,8 +86,7 @@ absl::Status Validate(const TrainOptions& o) {
   if (o.model_dir.empty() == o.model_name.empty() && o.resume.empty()) {
     return absl::InvalidArgumentError("give exactly one of --model DIR and --model_name base|8b|34b (or --resume)");
   }
-  const bool pretokenized = o.dataset.size() > 12 && o.dataset.rfind(".safetensors") == o.dataset.size() - 12;
-  if (!o.model_name.empty() && o.resume.empty() && !pretokenized) {  // checked before a long random init
+  if (!o.model_name.empty() && o.resume.empty() && !IsPretokenized(o.dataset)) {  // checked before a long random init
     return absl::FailedPreconditionError(absl::StrCat("--dataset '", o.dataset, "' is text, but --model_name ", o.model_name,
                                                       " has no tokenizer.model; give --model DIR with one, or "
                                                       "pre-tokenized .safetensors data"));
@@ -138,12 +143,11 @@ absl::Status RunTraining(const TrainOptions& o) {
 
   // Data.
   Run run{o, std::move(*model), {}, {}, "", start};
-  const bool pretokenized = o.dataset.size() > 12 && o.dataset.rfind(".safetensors") == o.dataset.size() - 12;
   for (const std::string& dir : {model_source, o.model_dir}) {
     for (const char* name : {"tokenizer.model", "spiece.model"})
       if (run.tokenizer_file.empty() && !dir.empty() && fs::exists(fs::path(dir) / name)) run.tokenizer_file = (fs::path(dir) / name).string();
   }
-  if (pretokenized) {
+  if (IsPretokenized(o.dataset)) {
     OPENMOE_ASSIGN_OR_RETURN(run.data, io::ReadTokenBatch(o.dataset, "--dataset"));
   } else {
     if (run.tokenizer_file.empty()) {
