@@ -174,7 +174,7 @@ void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Te
 
 template <class T, class ExecSpace>
 absl::Status ApplyRope(const ExecSpace& space, Tensor3<T, ExecSpace> x, int64_t head_dim,
-                       int64_t position_offset) {
+                       int64_t position_offset, bool inverse) {
   const int64_t B = x.extent(0), S = x.extent(1), width = x.extent(2);
   if (head_dim <= 0 || head_dim % 2 != 0 || width % head_dim != 0) {
     return absl::InvalidArgumentError(absl::StrCat("ApplyRope: '", x.label(), "' width ", width,
@@ -189,6 +189,7 @@ absl::Status ApplyRope(const ExecSpace& space, Tensor3<T, ExecSpace> x, int64_t 
         const int64_t lo = head * head_dim + j, hi = lo + half;
         float c, sn;
         RopeCosSin(position_offset + s, j, head_dim, c, sn);
+        if (inverse) sn = -sn;
         const float x_lo = ToFloat(x(b, s, lo)), x_hi = ToFloat(x(b, s, hi));
         x(b, s, lo) = FromFloat<T>(x_lo * c - x_hi * sn);
         x(b, s, hi) = FromFloat<T>(x_hi * c + x_lo * sn);
@@ -377,7 +378,7 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
 uint64_t AttentionScratchGeneration() { return scratch_generation; }
 
 #define OPENMOE_INSTANTIATE_ATTENTION(Space, T)                                                 \
-  template absl::Status ApplyRope<T, Space>(const Space&, Tensor3<T, Space>, int64_t, int64_t); \
+  template absl::Status ApplyRope<T, Space>(const Space&, Tensor3<T, Space>, int64_t, int64_t, bool); \
   template absl::Status RopeAndAppend<T, Space>(const Space&, Tensor3<const T, Space>, int64_t, int64_t, \
                                                 int64_t, Tensor3<T, Space>, Tensor3<T, Space>,          \
                                                 Tensor3<T, Space>, const int64_t*);                     \

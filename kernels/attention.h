@@ -21,9 +21,11 @@ template <class T, class Space>
 using Tensor3 = Kokkos::View<T***, Kokkos::LayoutRight, typename Space::memory_space>;
 
 // Rotates x [B, S, Nh*Dh] in place; row s of every batch has position position_offset + s.
+// With inverse, rotates by minus the angle: the transpose of the rotation, i.e. RoPE's backward
+// (dx = R^T dx').
 template <class T, class ExecSpace>
 absl::Status ApplyRope(const ExecSpace& space, Tensor3<T, ExecSpace> x, int64_t head_dim,
-                       int64_t position_offset);
+                       int64_t position_offset, bool inverse = false);
 
 // Fused step of a KV-cache update (one launch instead of four), from the output of one fused
 // q/k/v projection: qkv [B, S, Nh*Dh + 2 Nkv*Dh] = [q | k | v]. Writes q rotated at positions

@@ -6,7 +6,6 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
-#include "kernels/layer_math.h"
 
 namespace openmoe::kernels {
 namespace {
@@ -75,27 +74,6 @@ absl::Status SwigluBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace
         dgate(t, i)     = d * silu * u;
         dgate(t, I + i) = d * a * u * sigma * (1.0f + b * (1.0f - sigma));
         dup(t, i)       = d * a * silu;
-      });
-  return absl::OkStatus();
-}
-
-template <class ExecSpace>
-absl::Status RopeBackward(const ExecSpace& space, Tensor3<float, ExecSpace> dx, int64_t head_dim, int64_t position_offset) {
-  const int64_t B = dx.extent(0), S = dx.extent(1), width = dx.extent(2);
-  if (head_dim <= 0 || head_dim % 2 != 0 || width % head_dim != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("RopeBackward: width ", width, " is not a multiple of an even head_dim"));
-  }
-  const int64_t half = head_dim / 2, pairs = width / 2;
-  Kokkos::parallel_for(
-      "openmoe::kernels::RopeBackward", FlatRange(space, B * S * pairs), KOKKOS_LAMBDA(const int64_t idx) {
-        const int64_t pair = idx % pairs, s = (idx / pairs) % S, b = idx / (pairs * S);
-        const int64_t head = pair / half, j = pair % half;
-        const int64_t lo = head * head_dim + j, hi = lo + half;
-        float c, sn;
-        RopeCosSin(position_offset + s, j, head_dim, c, sn);
-        const float d_lo = dx(b, s, lo), d_hi = dx(b, s, hi);
-        dx(b, s, lo) = d_lo * c + d_hi * sn;
-        dx(b, s, hi) = d_hi * c - d_lo * sn;
       });
   return absl::OkStatus();
 }
@@ -293,7 +271,6 @@ absl::Status DispatchBackward(const ExecSpace& space, ConstMatrix<float, ExecSpa
                                                Vector<float, Space>);                                              \
   template absl::Status SwigluBackward<Space>(const Space&, ConstMatrix<float, Space>, ConstMatrix<float, Space>,   \
                                               ConstMatrix<float, Space>, Matrix<float, Space>, Matrix<float, Space>); \
-  template absl::Status RopeBackward<Space>(const Space&, Tensor3<float, Space>, int64_t, int64_t);                \
   template absl::Status CausalAttentionBackward<Space>(                                                            \
       const Space&, Tensor3<const float, Space>, Tensor3<const float, Space>, Tensor3<const float, Space>,         \
       Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Space::memory_space>, Tensor3<const float, Space>, \

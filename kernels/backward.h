@@ -1,7 +1,8 @@
 // File: kernels/backward.h
 // Gradients of the OpenMoE layers for training (float32), over Kokkos Views on every backend.
-// Each op's forward lives in its own file (rms_norm.h, elementwise.h, attention.h, moe.h); the
-// weight gradients of the projections are in linear.h (AddTransposedProduct).
+// Each op's forward lives in its own file (rms_norm.h, elementwise.h, attention.h, moe.h); RoPE's
+// backward is ApplyRope with inverse = true, the weight gradients of the projections are
+// linear.h's AddTransposedProduct.
 // Every kernel is deterministic (no atomics): sums over rows run in a fixed order.
 #ifndef KERNELS_BACKWARD_H_
 #define KERNELS_BACKWARD_H_
@@ -26,10 +27,6 @@ template <class ExecSpace>
 absl::Status SwigluBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> gate, ConstMatrix<float, ExecSpace> up,
                             ConstMatrix<float, ExecSpace> dact, Matrix<float, ExecSpace> dgate,
                             Matrix<float, ExecSpace> dup);
-
-// In place: dx' [B, S, width] -> dx, the transpose of ApplyRope's rotation (rotation by -angle).
-template <class ExecSpace>
-absl::Status RopeBackward(const ExecSpace& space, Tensor3<float, ExecSpace> dx, int64_t head_dim, int64_t position_offset);
 
 // Gradients of CausalAttention (q_offset 0, Sq = Sk = S) with respect to its rotated q, k and v:
 // dq [B, S, Nh*Dh], dk, dv [B, S, Nkv*Dh] (written). The softmax is recomputed.

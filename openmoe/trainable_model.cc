@@ -444,8 +444,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     OPENMOE_RETURN_IF_ERROR(kernels::CausalAttentionBackward<ExecSpace>(
         space, CF3(q_f.data(), B, S, Wq), CF3(k_f.data(), B, S, Wkv), CF3(v_f.data(), B, S, Wkv), mask,
         CF3(dattn.data(), B, S, Wq), Nh, Nkv, Dh, F3(dq.data(), B, S, Wq), F3(dk.data(), B, S, Wkv), F3(dv.data(), B, S, Wkv)));
-    OPENMOE_RETURN_IF_ERROR(kernels::RopeBackward<ExecSpace>(space, F3(dq.data(), B, S, Wq), Dh, 0));
-    OPENMOE_RETURN_IF_ERROR(kernels::RopeBackward<ExecSpace>(space, F3(dk.data(), B, S, Wkv), Dh, 0));
+    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<float>(space, F3(dq.data(), B, S, Wq), Dh, 0, /*inverse=*/true));
+    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<float>(space, F3(dk.data(), B, S, Wkv), Dh, 0, /*inverse=*/true));
     OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(dq), W(pre + ".self_attn.q_proj.weight", Wq, H)},
                                         {CFM(dk), W(pre + ".self_attn.k_proj.weight", Wkv, H)},
                                         {CFM(dv), W(pre + ".self_attn.v_proj.weight", Wkv, H)}}, dx));
