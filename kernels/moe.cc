@@ -144,7 +144,7 @@ template <class T, class ExecSpace>
 absl::Status GroupedExpertProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, bool x_per_token,
                                   ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
                                   int64_t capacity, const T* weights, int64_t num_experts,
-                                  Partials<T, ExecSpace> partial) {
+                                  Partials<ExecSpace> partial) {
   using P = Pack<T>;
   const int64_t K = x.extent(1), A = 2 * experts.extent(0);
   const int64_t splits = partial.extent(0), cols = partial.extent(2);
@@ -212,8 +212,8 @@ absl::Status GroupedExpertProduct(const ExecSpace& space, ConstMatrix<T, ExecSpa
 }
 
 template <class T, class ExecSpace>
-absl::Status SwigluFromPartials(const ExecSpace& space, Partials<T, ExecSpace> gate_partial,
-                                Partials<T, ExecSpace> up_partial, Matrix<T, ExecSpace> act) {
+absl::Status SwigluFromPartials(const ExecSpace& space, Partials<ExecSpace> gate_partial,
+                                Partials<ExecSpace> up_partial, Matrix<T, ExecSpace> act) {
   const int64_t A = act.extent(0), I = act.extent(1);
   const int64_t gate_splits = gate_partial.extent(0), up_splits = up_partial.extent(0);
   if (gate_partial.extent(1) != size_t(A) || gate_partial.extent(2) != size_t(2 * I) ||
@@ -233,7 +233,7 @@ absl::Status SwigluFromPartials(const ExecSpace& space, Partials<T, ExecSpace> g
 }
 
 template <class T, class ExecSpace>
-absl::Status CombineFromPartials(const ExecSpace& space, Partials<T, ExecSpace> out_partial,
+absl::Status CombineFromPartials(const ExecSpace& space, Partials<ExecSpace> out_partial,
                                  ConstMatrix<float, ExecSpace> probs, ConstMatrix<int32_t, ExecSpace> experts,
                                  ConstMatrix<int32_t, ExecSpace> rank, int64_t capacity, Matrix<T, ExecSpace> y) {
   const int64_t N = y.extent(0), H = y.extent(1), splits = out_partial.extent(0);
@@ -266,10 +266,10 @@ absl::Status CombineFromPartials(const ExecSpace& space, Partials<T, ExecSpace> 
                                           int64_t, Matrix<T, Space>);                            \
   template absl::Status GroupedExpertProduct<T, Space>(const Space&, ConstMatrix<T, Space>, bool,  \
                                                        ConstMatrix<int32_t, Space>, ConstMatrix<int32_t, Space>, \
-                                                       int64_t, const T*, int64_t, Partials<T, Space>); \
-  template absl::Status SwigluFromPartials<T, Space>(const Space&, Partials<T, Space>, Partials<T, Space>, \
+                                                       int64_t, const T*, int64_t, Partials<Space>); \
+  template absl::Status SwigluFromPartials<T, Space>(const Space&, Partials<Space>, Partials<Space>, \
                                                      Matrix<T, Space>);                           \
-  template absl::Status CombineFromPartials<T, Space>(const Space&, Partials<T, Space>,            \
+  template absl::Status CombineFromPartials<T, Space>(const Space&, Partials<Space>,            \
                                                       ConstMatrix<float, Space>, ConstMatrix<int32_t, Space>, \
                                                       ConstMatrix<int32_t, Space>, int64_t, Matrix<T, Space>);
 #define OPENMOE_INSTANTIATE_SLOTS(Space)                                                          \

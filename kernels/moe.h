@@ -51,7 +51,7 @@ absl::Status Combine(const ExecSpace& space, ConstMatrix<T, ExecSpace> expert_ou
 // rank(t, k) < capacity. Each kept assignment is multiplied by its own expert's weights; the
 // products are written as float32 partial sums over `splits` slices of the inner dimension,
 // which the consumers below add up (deterministic, no atomics).
-template <class T, class Space>
+template <class Space>
 using Partials = Kokkos::View<float***, Kokkos::LayoutRight, typename Space::memory_space>;  // [splits, 2T, N]
 
 // How many inner-dimension slices GroupedExpertProduct uses (the caller sizes `partial` by it).
@@ -68,17 +68,17 @@ template <class T, class ExecSpace>
 absl::Status GroupedExpertProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, bool x_per_token,
                                   ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
                                   int64_t capacity, const T* weights, int64_t num_experts,
-                                  Partials<T, ExecSpace> partial);
+                                  Partials<ExecSpace> partial);
 
 // act[a, i] = swiglu(g[a, i], g[a, I + i], u[a, i]) (OpenMoE's: linear first half, SiLU second),
 // g and u the partial sums rounded to T as a GEMM output would be; act [2T, I].
 template <class T, class ExecSpace>
-absl::Status SwigluFromPartials(const ExecSpace& space, Partials<T, ExecSpace> gate_partial,
-                                Partials<T, ExecSpace> up_partial, Matrix<T, ExecSpace> act);
+absl::Status SwigluFromPartials(const ExecSpace& space, Partials<ExecSpace> gate_partial,
+                                Partials<ExecSpace> up_partial, Matrix<T, ExecSpace> act);
 
 // y[t, :] = sum over kept k of probs(t, e_k) * T(sum_s out_partial[s, 2t + k, :]), as Combine.
 template <class T, class ExecSpace>
-absl::Status CombineFromPartials(const ExecSpace& space, Partials<T, ExecSpace> out_partial,
+absl::Status CombineFromPartials(const ExecSpace& space, Partials<ExecSpace> out_partial,
                                  ConstMatrix<float, ExecSpace> probs, ConstMatrix<int32_t, ExecSpace> experts,
                                  ConstMatrix<int32_t, ExecSpace> rank, int64_t capacity, Matrix<T, ExecSpace> y);
 

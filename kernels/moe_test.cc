@@ -131,7 +131,7 @@ TYPED_TEST(MoeTest, GroupedExpertsMatchTheExpertMlpAndSkipDroppedAssignments) {
   ASSERT_TRUE(RouterTop2<float>(Space(), ld, probs, experts).ok());
   ASSERT_TRUE(AssignSlots<Space>(Space(), experts, E, rank).ok());
   auto partials = [&](const char* name, int64_t inner, int64_t cols) {
-    return Partials<float, Space>(std::string(name), GroupedExpertSplits(2 * T, inner, cols, Pack<float>::kSize), 2 * T, cols);
+    return Partials<Space>(std::string(name), GroupedExpertSplits(2 * T, inner, cols, Pack<float>::kSize), 2 * T, cols);
   };
   auto gate_p = partials("gate_p", H, 2 * I), up_p = partials("up_p", H, I), out_p = partials("out_p", I, H);
   ASSERT_TRUE(GroupedExpertShapesFit(gate_w.data(), 2 * I) && GroupedExpertShapesFit(up_w.data(), I) &&

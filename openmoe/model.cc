@@ -237,7 +237,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
     const int64_t A = 2 * N;
     auto partials = [&](const char* name, int64_t inner, int64_t cols) {
       const int64_t splits = kernels::GroupedExpertSplits(A, inner, cols, kernels::Pack<T>::kSize);
-      return kernels::Partials<T, ExecSpace>(Buffer<float>(name, splits * A * cols).data(), splits, A, cols);
+      return kernels::Partials<ExecSpace>(Buffer<float>(name, splits * A * cols).data(), splits, A, cols);
     };
     auto gate_partial = partials("moe.gate_partial", H, 2 * I);  // [splits, A, 2I]
     auto up_partial   = partials("moe.up_partial", H, I);        // [splits, A, I]

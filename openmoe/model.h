@@ -154,7 +154,8 @@ class OpenMoeModel {
   std::shared_ptr<DecodeGraphs<ExecSpace>> graphs_;  // created on the first graphed step
 
  public:
-  // Device->host synchronisations so far (one per MoE layer per Step: expert token counts).
+  // Device->host synchronisations so far (expert token counts: one per MoE layer in steps of more
+  // than 4 tokens; decode steps take the grouped-expert path and have none).
   int64_t host_syncs() const { return host_syncs_; }
   // Decode steps as replayed CUDA graphs (on by default where supported; see UseDecodeGraph).
   void set_decode_graphs(bool enabled) { decode_graphs_ = enabled; }
