@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """The PyTorch-eager peer of //benchmarks:train_benchmark: a training step of the project's
 Hugging Face OpenMoE model (openmoe_hf.py) at a preset's shapes with random weights and tokens,
-fp32 (as ours), torch.optim.AdamW (lr 1e-5), on one GPU: forward, OpenMoE's LM loss (label
+fp32 master weights with fp32 or bf16 (torch.autocast, as ours: bf16 compute copies, fp32
+masters) compute, torch.optim.AdamW (lr 1e-5), on one GPU: forward, OpenMoE's LM loss (label
 smoothing 0.001 + z-loss 0.01, summed; the router losses are left out: they are O(N*E) work),
 backward, optimizer step. Prints step time, tokens/s and peak memory.
 
-    python3 tools/reference/bench_hf_train.py --preset base --seq 2048 --batch 1 --steps 3
+    python3 tools/reference/bench_hf_train.py --preset base --seq 2048 --batch 1 --steps 3 [--precision bf16]
+    [--layers N]   (N < the preset's layers: 8B with fp32 masters + AdamW does not fit one H200)
 """
 import argparse
 import os
@@ -37,15 +39,20 @@ def main():
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--layers", type=int, default=0, help="override num_hidden_layers (0: the preset's)")
     a = p.parse_args()
     device = "cuda"
     torch.manual_seed(0)
-    config = OpenMoeConfig(**PRESETS[a.preset])
+    shapes = dict(PRESETS[a.preset])
+    if a.layers:
+        shapes["num_hidden_layers"] = a.layers
+    config = OpenMoeConfig(**shapes)
     t0 = time.time()
     model = OpenMoeForCausalLM(config).to(device=device, dtype=torch.float32)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
-    print(f"HF eager {a.preset} fp32 on {torch.cuda.get_device_name()}: built in {time.time() - t0:.1f} s")
+    print(f"HF eager {a.preset} {a.precision} ({config.num_hidden_layers} layers) on {torch.cuda.get_device_name()}: built in {time.time() - t0:.1f} s")
     g = torch.Generator(device="cpu").manual_seed(1234)
     ids = torch.randint(3, 256000, (a.batch, a.seq), generator=g).to(device)
     ids[:, 0] = 0
@@ -55,7 +62,9 @@ def main():
         torch.cuda.synchronize()
         t = time.time()
         opt.zero_grad(set_to_none=True)
-        loss = lm_loss(model(ids, attention_mask=mask).logits, ids)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            logits = model(ids, attention_mask=mask).logits
+        loss = lm_loss(logits, ids)
         loss.backward()
         opt.step()
         torch.cuda.synchronize()
@@ -63,7 +72,7 @@ def main():
         print(f"step {step}: {dt:.3f} s, loss {loss.item():.2f}")
         if step > 0:
             best = min(best, dt)
-    print(f"RESULT peer=torch_eager preset={a.preset} precision=fp32 batch={a.batch} seq={a.seq} step_s={best:.3f} "
+    print(f"RESULT peer=torch_eager preset={a.preset} precision={a.precision} layers={config.num_hidden_layers} batch={a.batch} seq={a.seq} step_s={best:.3f} "
           f"tokens_s={a.batch * a.seq / best:.1f} peak_gib={torch.cuda.max_memory_allocated() / 2**30:.1f}")
 
 
