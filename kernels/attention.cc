@@ -4,6 +4,7 @@
 #include <cfloat>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/attention_gemm.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
 #include "kernels/layer_math.h"
@@ -270,6 +271,10 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
     return absl::InvalidArgumentError("CausalAttention: num_kv_heads must divide num_heads");
   }
   if (B == 0 || Sq == 0 || num_keys == 0) return absl::OkStatus();
+  if (device_offset == nullptr && UseGemmAttention<ExecSpace>(Sq)) {  // prefill, training (attention_gemm.h)
+    return GemmAttention<T, ExecSpace>(space, q, k, v, key_mask, num_heads, num_kv_heads, head_dim, num_keys,
+                                       q_offset, out);
+  }
   const int64_t group = num_heads / num_kv_heads;
   constexpr float kMasked = -FLT_MAX;
   constexpr bool kOnHostSpace =

@@ -2,6 +2,8 @@
 // padded rows), key 0 always visible, causal offsets (a decode step), grouped kv heads.
 #include "kernels/attention.h"
 
+#include "kernels/attention_gemm.h"
+
 #include <cfloat>
 #include <cmath>
 
@@ -25,6 +27,21 @@ Tensor3<T, Space> ToDevice3(const std::vector<T>& host, int64_t a, int64_t b, in
 }
 
 std::vector<double> ToDouble(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+// Both attention paths on every backend: the fused kernels, and the batched GEMMs with the
+// default scores budget and with one so small that every chunk has a few query rows.
+struct PathCase {
+  AttentionPath path;
+  int64_t max_score_elements;
+  const char* name;
+};
+constexpr PathCase kPaths[] = {{AttentionPath::kFused, 0, "fused"},
+                               {AttentionPath::kGemm, 0, "gemm"},
+                               {AttentionPath::kGemm, 300, "gemm, small chunks"}};
+struct ScopedPath {
+  explicit ScopedPath(const PathCase& c) { SetAttentionPathForTesting(c.path, c.max_score_elements); }
+  ~ScopedPath() { SetAttentionPathForTesting(AttentionPath::kAuto); }
+};
 
 template <class Space>
 class AttentionTest : public ::testing::Test {};
@@ -51,9 +68,11 @@ TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
   using Space = TypeParam;
   struct Case { int64_t B, Sq, Sk, Nh, Nkv, Dh, q_offset; };
   // The last two are decode-shaped (few queries, > 64 keys): the split-key path on GPUs.
+  for (const PathCase& path : kPaths)
   for (const Case c : {Case{2, 19, 19, 4, 4, 24, 0}, Case{3, 1, 11, 4, 2, 16, 10}, Case{2, 5, 9, 6, 3, 8, 4},
                        Case{2, 1, 150, 4, 2, 16, 149}, Case{1, 3, 200, 4, 4, 8, 120},
-                       Case{2, 1, 300, 2, 1, 128, 299}}) {
+                       Case{2, 1, 300, 2, 1, 128, 299}, Case{2, 40, 50, 4, 2, 16, 10}}) {
+    ScopedPath scoped(path);
     const uint32_t seed = 31 + c.Sq * 7 + c.Nkv;
     const std::vector<float> q = RandomNormal(c.B * c.Sq * c.Nh * c.Dh, 0.5f, seed);
     const std::vector<float> k = RandomNormal(c.B * c.Sk * c.Nkv * c.Dh, 0.5f, seed + 1);
@@ -75,7 +94,7 @@ TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
     // Score error <= Dh * eps32 * sum|q k| (<= Dh * 0.25 * 16 here); a softmax weight moves by at
     // most that relative amount, so |out error| <= 2 * score error * max|v| (max|v| <= 5).
     const double bound = 2.0 * c.Dh * FLT_EPSILON * (c.Dh * 0.25 * 16) * 5.0 + 1e-6;
-    for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], bound) << i << " seed " << seed;
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], bound) << i << " seed " << seed << " " << path.name;
   }
 }
 
@@ -102,16 +121,20 @@ TYPED_TEST(AttentionTest, Bf16DecodeMatchesReferenceOfRoundedInputs) {
   Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", B, Sk);
   Kokkos::deep_copy(md, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
                             mask.data(), B, Sk));
-  Tensor3<bf16, Space> out("out", B, Sq, Nh * Dh);
-  absl::Status s = CausalAttention<bf16>(Space(), qd, kd, vd, md, Nh, Nkv, Dh, Sk, q_offset, out);
-  ASSERT_TRUE(s.ok()) << s;
-  const std::vector<bf16> got = ToHost(out);
   const std::vector<double> want =
       reference::Attention(ToDouble(q), ToDouble(k), ToDouble(v), mask, B, Sq, Sk, Nh, Nkv, Dh, q_offset);
-  // Scores: |q.k| sums of 128 products of ~0.01 each (float32 error ~1e-7 relative), so the
-  // float32 part is far below the output rounding: 2^-8 * |out| (|v| <= 5) + 1e-5.
-  for (size_t i = 0; i < got.size(); ++i) {
-    ASSERT_NEAR(float(got[i]), want[i], std::ldexp(std::fabs(want[i]), -8) + 1e-5) << i << " seed " << seed;
+  for (const PathCase& path : kPaths) {
+    ScopedPath scoped(path);
+    Tensor3<bf16, Space> out("out", B, Sq, Nh * Dh);
+    absl::Status s = CausalAttention<bf16>(Space(), qd, kd, vd, md, Nh, Nkv, Dh, Sk, q_offset, out);
+    ASSERT_TRUE(s.ok()) << s;
+    const std::vector<bf16> got = ToHost(out);
+    // Scores: |q.k| sums of 128 products of ~0.01 each (float32 error ~1e-7 relative), so the
+    // float32 part is far below the output rounding: 2^-8 * |out| (|v| <= 5) + 1e-5.
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_NEAR(float(got[i]), want[i], std::ldexp(std::fabs(want[i]), -8) + 1e-5)
+          << i << " seed " << seed << " " << path.name;
+    }
   }
 }
 

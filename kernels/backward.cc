@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/attention_gemm.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
 
@@ -89,6 +90,9 @@ absl::Status CausalAttentionBackward(const ExecSpace& space, Tensor3<const float
   if (Nkv <= 0 || Nh % Nkv != 0 || q.extent(2) != size_t(Nh * Dh) || k.extent(2) != size_t(Nkv * Dh) ||
       k.extent(1) < size_t(S) || dk.extent(1) != size_t(S) || dq.extent(1) != size_t(S)) {
     return absl::InvalidArgumentError("CausalAttentionBackward: q, k, v, dq, dk, dv do not fit [B, S, heads * Dh]");
+  }
+  if (UseGemmAttention<ExecSpace>(S)) {  // CUDA (attention_gemm.h)
+    return GemmAttentionBackward<ExecSpace>(space, q, k, v, mask, dout, Nh, Nkv, Dh, dq, dk, dv);
   }
   if (Dh > kMaxHeadDim) {
     return absl::InvalidArgumentError(absl::StrCat("CausalAttentionBackward: head_dim ", Dh, " > ", kMaxHeadDim));

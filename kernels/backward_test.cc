@@ -4,6 +4,10 @@
 // derivative errors ~1e-8; the bounds below are float32 accumulation errors of the kernels.
 #include "kernels/backward.h"
 
+#include <tuple>
+
+#include "kernels/attention_gemm.h"
+
 #include <cfloat>
 #include <cmath>
 #include <functional>
@@ -127,14 +131,28 @@ TYPED_TEST(BackwardTest, CausalAttentionMatchesFiniteDifferences) {
   };
   Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", B, S);
   Kokkos::deep_copy(md, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(mask.data(), B, S));
-  Tensor3<float, Space> dq("dq", B, S, Wq), dk("dk", B, S, Wkv), dv("dv", B, S, Wkv);
-  ASSERT_TRUE(CausalAttentionBackward<Space>(Space(), dev3(q, Wq, "q"), dev3(k, Wkv, "k"), dev3(v, Wkv, "v"), md,
-                                             dev3(g, Wq, "g"), Nh, Nkv, Dh, dq, dk, dv).ok());
   const auto Q = ToDouble(q), K = ToDouble(k), V = ToDouble(v);
+  const auto want_dq = NumericGradient([&](const std::vector<double>& x) { return loss(x, K, V); }, Q);
+  const auto want_dk = NumericGradient([&](const std::vector<double>& x) { return loss(Q, x, V); }, K);
+  const auto want_dv = NumericGradient([&](const std::vector<double>& x) { return loss(Q, K, x); }, V);
   auto flat = [](Tensor3<float, Space> t) { return ToHost(Matrix<float, Space>(t.data(), 1, t.size())); };
-  ExpectClose(flat(dq), NumericGradient([&](const std::vector<double>& x) { return loss(x, K, V); }, Q), 1e-5, "dq");
-  ExpectClose(flat(dk), NumericGradient([&](const std::vector<double>& x) { return loss(Q, x, V); }, K), 1e-5, "dk");
-  ExpectClose(flat(dv), NumericGradient([&](const std::vector<double>& x) { return loss(Q, K, x); }, V), 1e-5, "dv");
+  // Both paths (attention_gemm.h); the small scores budget makes chunks of 2 query rows.
+  for (const auto& [path, budget, name] : {std::tuple{AttentionPath::kFused, 0, "fused"},
+                                           std::tuple{AttentionPath::kGemm, 0, "gemm"},
+                                           std::tuple{AttentionPath::kGemm, 40, "gemm, small chunks"}}) {
+    SCOPED_TRACE(name);
+    SetAttentionPathForTesting(path, budget);
+    Tensor3<float, Space> dq("dq", B, S, Wq), dk("dk", B, S, Wkv), dv("dv", B, S, Wkv);
+    Kokkos::deep_copy(dk, 7.0f);  // written, not accumulated
+    const absl::Status status = CausalAttentionBackward<Space>(Space(), dev3(q, Wq, "q"), dev3(k, Wkv, "k"),
+                                                               dev3(v, Wkv, "v"), md, dev3(g, Wq, "g"), Nh, Nkv, Dh,
+                                                               dq, dk, dv);
+    SetAttentionPathForTesting(AttentionPath::kAuto);
+    ASSERT_TRUE(status.ok()) << status;
+    ExpectClose(flat(dq), want_dq, 1e-5, "dq");
+    ExpectClose(flat(dk), want_dk, 1e-5, "dk");
+    ExpectClose(flat(dv), want_dv, 1e-5, "dv");
+  }
 }
 
 TYPED_TEST(BackwardTest, EmbeddingGradientSkipsThePadRow) {

@@ -8,9 +8,7 @@
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
 
-#if defined(KOKKOS_ENABLE_CUDA)
-#include <cublas_v2.h>
-#endif
+#include "kernels/cublas_handle.h"
 
 namespace openmoe::kernels {
 namespace {
@@ -117,13 +115,8 @@ void SmallBatchLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, Const
 #if defined(KOKKOS_ENABLE_CUDA)
 absl::Status CublasBf16Gemm(const Kokkos::Cuda& space, const bf16* x, const bf16* w, bf16* y, int64_t M,
                             int64_t K, int64_t N, bool w_is_out_in, bool accumulate) {
-  static cublasHandle_t handle = [] {
-    cublasHandle_t h = nullptr;
-    cublasCreate(&h);
-    return h;
-  }();
+  cublasHandle_t handle = CublasHandle(space);
   if (handle == nullptr) return absl::InternalError("cublasCreate failed");
-  cublasSetStream(handle, space.cuda_stream());
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   // Column-major view of row-major data: y^T[N, M] = op(w)^T[N, K] x^T[K, M].
   const cublasStatus_t status = cublasGemmEx(

@@ -128,4 +128,38 @@ TYPED_TEST(TrainParityTest, Bf16MixedPrecisionTracksFp32) {
 }
 
 }  // namespace
+// --model_name's random init: every matrix has mean 0 and upstream's standard deviation (InitStd)
+// within 4 standard errors, norms are 1, the embedding's pad row is 0, the draws repeat for a
+// seed and change with it.
+TYPED_TEST(TrainParityTest, RandomInitDrawsUpstreamInitialiser) {
+  using Space = TypeParam;
+  absl::StatusOr<OpenMoeConfig> config = LoadConfig(testing::FixtureDir("tiny8b") + "/config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto a = TrainableModel<Space>::RandomInit(*config, 7), b = TrainableModel<Space>::RandomInit(*config, 7);
+  auto c = TrainableModel<Space>::RandomInit(*config, 8);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  for (const TensorSpec& spec : a->table()) {
+    const int64_t n = spec.numel();
+    auto host = [&](auto& model) { return testing::ToHost(Matrix<float, Space>(model->param(spec.name).data(), 1, n)); };
+    const std::vector<float> x = host(a);
+    EXPECT_EQ(x, host(b)) << spec.name;
+    if (spec.orientation == Orientation::kVector) {
+      for (float e : x) ASSERT_EQ(e, 1.0f) << spec.name;
+      continue;
+    }
+    EXPECT_NE(x, host(c)) << spec.name;
+    int64_t skip = 0;
+    if (spec.name == "model.embed_tokens.weight") {
+      for (int64_t h = 0; h < config->hidden_size; ++h) ASSERT_EQ(x[config->pad_token_id * config->hidden_size + h], 0.0f);
+      skip = config->hidden_size;
+    }
+    double sum = 0, sq = 0;
+    for (float e : x) sum += e, sq += double(e) * e;
+    const double count = double(n - skip), mean = sum / count, stddev = std::sqrt(sq / count - mean * mean);
+    const double want = InitStd(*config, spec);
+    EXPECT_LT(std::fabs(mean), 4 * want / std::sqrt(count)) << spec.name;
+    EXPECT_LT(std::fabs(stddev / want - 1), 4 / std::sqrt(2 * count)) << spec.name << " std " << stddev << " want " << want;
+  }
+}
+
 }  // namespace openmoe

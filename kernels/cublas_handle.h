@@ -1,0 +1,28 @@
+// File: kernels/cublas_handle.h
+// The process's cuBLAS handle (created on first use, shared by every op that calls cuBLAS
+// directly), bound to the stream of the execution space it is asked for.
+#ifndef KERNELS_CUBLAS_HANDLE_H_
+#define KERNELS_CUBLAS_HANDLE_H_
+
+#include <Kokkos_Core.hpp>
+
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <cublas_v2.h>
+
+namespace openmoe::kernels {
+
+// nullptr when cublasCreate failed.
+inline cublasHandle_t CublasHandle(const Kokkos::Cuda& space) {
+  static cublasHandle_t handle = [] {
+    cublasHandle_t h = nullptr;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) h = nullptr;
+    return h;
+  }();
+  if (handle != nullptr) cublasSetStream(handle, space.cuda_stream());
+  return handle;
+}
+
+}  // namespace openmoe::kernels
+
+#endif  // KOKKOS_ENABLE_CUDA
+#endif  // KERNELS_CUBLAS_HANDLE_H_
