@@ -40,7 +40,8 @@ int Run(const std::string& preset, const std::string& precision, int64_t S, int6
   if (layers > 0) config->num_hidden_layers = layers;
   auto model = openmoe::TrainableModel<Space>::RandomInit(*config, 20261129);
   if (!model.ok()) return std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str()), 1;
-  model->set_bf16(precision == "bf16");
+  model->set_compute_dtype(precision == "bf16" ? openmoe::TrainableModel<Space>::ComputeDtype::kBf16
+                                              : openmoe::TrainableModel<Space>::ComputeDtype::kFp32);
   const openmoe::OpenMoeConfig& c = *config;
   const int64_t active = openmoe::ActiveParameters(c);
   const double flops_per_token = 6.0 * double(active) +

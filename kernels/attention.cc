@@ -391,6 +391,6 @@ uint64_t AttentionScratchGeneration() { return scratch_generation; }
       const Space&, Tensor3<const T, Space>, Tensor3<const T, Space>, Tensor3<const T, Space>,  \
       Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Space::memory_space>,         \
       int64_t, int64_t, int64_t, int64_t, int64_t, Tensor3<T, Space>, const int64_t*);
-OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_ATTENTION)
+OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_ATTENTION)
 
 }  // namespace openmoe::kernels

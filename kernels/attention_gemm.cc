@@ -253,7 +253,7 @@ absl::Status GemmAttentionBackward(const ExecSpace& space, Tensor3<const float, 
   template absl::Status GemmAttention<T, Space>(const Space&, Tensor3<const T, Space>, Tensor3<const T, Space>,   \
                                                 Tensor3<const T, Space>, MaskView<Space>, int64_t, int64_t, int64_t, \
                                                 int64_t, int64_t, Tensor3<T, Space>);
-OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_GEMM_ATTENTION)
+OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_GEMM_ATTENTION)
 
 #define OPENMOE_INSTANTIATE_GEMM_ATTENTION_BACKWARD(Space)                                                          \
   template bool UseGemmAttention<Space>(int64_t);                                                                   \

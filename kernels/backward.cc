@@ -179,7 +179,8 @@ absl::Status EmbeddingBackward(const ExecSpace& space, ConstVector<int64_t, Exec
 
 template <class ExecSpace>
 absl::Status LmLossBackward(const ExecSpace& space, Matrix<float, ExecSpace> logits, ConstVector<int64_t, ExecSpace> labels,
-                            double label_smoothing, double z_loss_factor, Vector<double, ExecSpace> loss) {
+                            double label_smoothing, double z_loss_factor, Vector<double, ExecSpace> loss,
+                            double grad_scale) {
   const int64_t R = logits.extent(0), V = logits.extent(1);
   if (labels.extent(0) != size_t(R) || loss.extent(0) != size_t(R) || V < 2) {
     return absl::InvalidArgumentError("LmLossBackward: labels and loss must have one entry per logits row");
@@ -216,7 +217,7 @@ absl::Status LmLossBackward(const ExecSpace& space, Matrix<float, ExecSpace> log
         const double scale = 1.0 + 2.0 * z_loss_factor * log_z;
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, V), [&](const int64_t v) {
           const double p = Kokkos::Experimental::exp(double(logits(r, v)) - log_z);
-          logits(r, v) = float(p * scale - (v == label ? 1 - ls : off));
+          logits(r, v) = float(grad_scale * (p * scale - (v == label ? 1 - ls : off)));
         });
       });
   return absl::OkStatus();
@@ -282,7 +283,7 @@ absl::Status DispatchBackward(const ExecSpace& space, ConstMatrix<float, ExecSpa
   template absl::Status EmbeddingBackward<Space>(const Space&, ConstVector<int64_t, Space>, ConstMatrix<float, Space>, \
                                                  int64_t, Matrix<float, Space>);                                    \
   template absl::Status LmLossBackward<Space>(const Space&, Matrix<float, Space>, ConstVector<int64_t, Space>,      \
-                                              double, double, Vector<double, Space>);                              \
+                                              double, double, Vector<double, Space>, double);                              \
   template absl::Status CombineBackward<Space>(const Space&, ConstMatrix<float, Space>, ConstMatrix<float, Space>,  \
                                                ConstMatrix<float, Space>, ConstMatrix<int32_t, Space>,             \
                                                ConstMatrix<int32_t, Space>, int64_t, Matrix<float, Space>,          \

@@ -46,9 +46,11 @@ absl::Status EmbeddingBackward(const ExecSpace& space, ConstVector<int64_t, Exec
 // Label-smoothed cross entropy with z-loss, row by row, in place: logits [R, V] become dloss/dlogits
 // = softmax * (1 + 2 z logZ) - target (target: 1 - ls on the label, ls / (V - 1) elsewhere); rows
 // whose label is < 0 get zero gradient and zero loss. loss [R] = the row's loss (losses.h).
+// grad_scale multiplies the gradient (fp16 loss scaling), not the loss.
 template <class ExecSpace>
 absl::Status LmLossBackward(const ExecSpace& space, Matrix<float, ExecSpace> logits, ConstVector<int64_t, ExecSpace> labels,
-                            double label_smoothing, double z_loss_factor, Vector<double, ExecSpace> loss);
+                            double label_smoothing, double z_loss_factor, Vector<double, ExecSpace> loss,
+                            double grad_scale = 1.0);
 
 // Backward of Combine: d_expert_out [E*C, H] = probs(t, e) dy[t] in kept slots, 0 elsewhere;
 // dprobs [N, E] = dy[t] . expert_out[slot] for kept assignments, 0 elsewhere.

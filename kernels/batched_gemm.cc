@@ -35,10 +35,6 @@ void LoopBatchedGemm(const ExecSpace& space, const BatchedGemmShape& s, const TI
 }
 
 #if defined(KOKKOS_ENABLE_CUDA)
-template <class T>
-constexpr cudaDataType_t CudaType() {
-  return std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_16BF;
-}
 
 template <class TIn, class TOut>
 absl::Status CublasBatchedGemm(const Kokkos::Cuda& space, const BatchedGemmShape& s, const TIn* a, const TIn* b,
@@ -76,10 +72,12 @@ absl::Status StridedBatchedGemm(const ExecSpace& space, const BatchedGemmShape& 
 
 #define OPENMOE_INSTANTIATE_BATCHED_GEMM(Space, T) \
   template absl::Status StridedBatchedGemm<T, T, Space>(const Space&, const BatchedGemmShape&, const T*, const T*, T*);
-OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_BATCHED_GEMM)
-#define OPENMOE_INSTANTIATE_BATCHED_GEMM_BF16_TO_FLOAT(Space)                                           \
-  template absl::Status StridedBatchedGemm<bf16, float, Space>(const Space&, const BatchedGemmShape&, \
-                                                               const bf16*, const bf16*, float*);
-OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_BATCHED_GEMM_BF16_TO_FLOAT)
+OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_BATCHED_GEMM)
+#define OPENMOE_INSTANTIATE_BATCHED_GEMM_TO_FLOAT(Space)                                                         \
+  template absl::Status StridedBatchedGemm<bf16, float, Space>(const Space&, const BatchedGemmShape&, const bf16*, \
+                                                               const bf16*, float*);                               \
+  template absl::Status StridedBatchedGemm<f16, float, Space>(const Space&, const BatchedGemmShape&, const f16*,   \
+                                                              const f16*, float*);
+OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_BATCHED_GEMM_TO_FLOAT)
 
 }  // namespace openmoe::kernels

@@ -89,12 +89,23 @@ absl::Status Convert(const ExecSpace& space, ConstMatrix<TIn, ExecSpace> x, Matr
   return absl::OkStatus();
 }
 
-#define OPENMOE_INSTANTIATE_CONVERT(Space)                                                                      \
-  template absl::Status Convert<float, ::openmoe::bf16, Space>(const Space&, ConstMatrix<float, Space>,         \
-                                                               Matrix<::openmoe::bf16, Space>);                 \
-  template absl::Status Convert<::openmoe::bf16, float, Space>(const Space&, ConstMatrix<::openmoe::bf16, Space>, \
-                                                               Matrix<float, Space>);
-OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_CONVERT)
+template <class ExecSpace>
+absl::Status Scale(const ExecSpace& space, Vector<float, ExecSpace> x, float factor) {
+  Kokkos::parallel_for("openmoe::kernels::Scale", FlatRange(space, x.extent(0)),
+                       KOKKOS_LAMBDA(const int64_t i) { x(i) *= factor; });
+  return absl::OkStatus();
+}
+
+#define OPENMOE_INSTANTIATE_SCALE(Space) \
+  template absl::Status Scale<Space>(const Space&, Vector<float, Space>, float);
+OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_SCALE)
+
+#define OPENMOE_INSTANTIATE_CONVERT(Space, T)                                                                  \
+  template absl::Status Convert<float, T, Space>(const Space&, ConstMatrix<float, Space>, Matrix<T, Space>);     \
+  template absl::Status Convert<T, float, Space>(const Space&, ConstMatrix<T, Space>, Matrix<float, Space>);
+#define OPENMOE_INSTANTIATE_CONVERT_16(Space) \
+  OPENMOE_INSTANTIATE_CONVERT(Space, ::openmoe::bf16) OPENMOE_INSTANTIATE_CONVERT(Space, ::openmoe::f16)
+OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_CONVERT_16)
 
 #define OPENMOE_INSTANTIATE_ELEMENTWISE(Space, T)                                           \
   template absl::Status Embedding<T, Space>(const Space&, ConstMatrix<T, Space>,            \
@@ -103,6 +114,6 @@ OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_CONVERT)
   template absl::Status SwigluCombine<T, Space>(const Space&, ConstMatrix<T, Space>,        \
                                                 ConstMatrix<T, Space>, Matrix<T, Space>);     \
   template absl::Status SwigluCombineFused<T, Space>(const Space&, ConstMatrix<T, Space>, Matrix<T, Space>);
-OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_ELEMENTWISE)
+OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_ELEMENTWISE)
 
 }  // namespace openmoe::kernels

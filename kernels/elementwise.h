@@ -1,5 +1,5 @@
 // File: kernels/elementwise.h
-// Small element-wise ops of the OpenMoE forward pass. T is the storage type (float or bf16);
+// Small element-wise ops of the OpenMoE forward pass. T is the storage type (float, bf16, f16);
 // arithmetic is float32, rounded to T on store.
 #ifndef KERNELS_ELEMENTWISE_H_
 #define KERNELS_ELEMENTWISE_H_
@@ -17,9 +17,13 @@ template <class T, class ExecSpace>
 absl::Status Embedding(const ExecSpace& space, ConstMatrix<T, ExecSpace> table,
                        ConstVector<int64_t, ExecSpace> ids, Matrix<T, ExecSpace> out);
 
+// x *= factor (float32 gradients: loss-scale removal, clipping).
+template <class ExecSpace>
+absl::Status Scale(const ExecSpace& space, Vector<float, ExecSpace> x, float factor);
+
 // y += x, both [T, H].
-// y = x element-wise in another storage type (float <-> bf16: exact widening, round to nearest
-// even when narrowing). x, y [N, C].
+// y = x element-wise in another storage type (float <-> bf16 / f16: exact widening, round to
+// nearest even when narrowing). x, y [N, C].
 template <class TIn, class TOut, class ExecSpace>
 absl::Status Convert(const ExecSpace& space, ConstMatrix<TIn, ExecSpace> x, Matrix<TOut, ExecSpace> y);
 

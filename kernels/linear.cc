@@ -113,18 +113,19 @@ void SmallBatchLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, Const
 }
 
 #if defined(KOKKOS_ENABLE_CUDA)
-absl::Status CublasBf16Gemm(const Kokkos::Cuda& space, const bf16* x, const bf16* w, bf16* y, int64_t M,
-                            int64_t K, int64_t N, bool w_is_out_in, bool accumulate) {
+template <class T>  // bf16 or f16
+absl::Status Cublas16Gemm(const Kokkos::Cuda& space, const T* x, const T* w, T* y, int64_t M, int64_t K, int64_t N,
+                          bool w_is_out_in, bool accumulate) {
   cublasHandle_t handle = CublasHandle(space);
   if (handle == nullptr) return absl::InternalError("cublasCreate failed");
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   // Column-major view of row-major data: y^T[N, M] = op(w)^T[N, K] x^T[K, M].
   const cublasStatus_t status = cublasGemmEx(
       handle, w_is_out_in ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, w,
-      CUDA_R_16BF, w_is_out_in ? int(K) : int(N), x, CUDA_R_16BF, int(K), &beta, y, CUDA_R_16BF, int(N),
+      CudaType<T>(), w_is_out_in ? int(K) : int(N), x, CudaType<T>(), int(K), &beta, y, CudaType<T>(), int(N),
       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   if (status != CUBLAS_STATUS_SUCCESS) {
-    return absl::InternalError(absl::StrCat("cublasGemmEx (bf16) failed with status ", int(status)));
+    return absl::InternalError(absl::StrCat("cublasGemmEx (16-bit) failed with status ", int(status)));
   }
   return absl::OkStatus();
 }
@@ -178,7 +179,7 @@ absl::Status Gemm(const ExecSpace& space, const char* op, ConstMatrix<T, ExecSpa
         SmallBatchLinear<T, ExecSpace>(space, x, w, y, accumulate);
         return absl::OkStatus();
       }
-      return CublasBf16Gemm(space, x.data(), w.data(), y.data(), M, K, N, w_is_out_in, accumulate);
+      return Cublas16Gemm<T>(space, x.data(), w.data(), y.data(), M, K, N, w_is_out_in, accumulate);
     }
 #endif
     LoopGemm<T, ExecSpace>(space, x, w, y, w_is_out_in, accumulate);
@@ -234,6 +235,6 @@ OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_TRANSPOSED_PRODUCT)
                                          Matrix<T, Space>, bool);                               \
   template absl::Status MatMul<T, Space>(const Space&, ConstMatrix<T, Space>, ConstMatrix<T, Space>, \
                                          Matrix<T, Space>, bool);
-OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_LINEAR)
+OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_LINEAR)
 
 }  // namespace openmoe::kernels

@@ -275,7 +275,7 @@ absl::Status CombineFromPartials(const ExecSpace& space, Partials<ExecSpace> out
 #define OPENMOE_INSTANTIATE_SLOTS(Space)                                                          \
   template absl::Status AssignSlots<Space>(const Space&, ConstMatrix<int32_t, Space>, int64_t,    \
                                            Matrix<int32_t, Space>);
-OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_MOE)
+OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_MOE)
 OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_SLOTS)
 template bool GroupedExpertShapesFit<float>(const float*, int64_t);
 template bool GroupedExpertShapesFit<bf16>(const bf16*, int64_t);

@@ -142,6 +142,6 @@ absl::Status AddRmsNorm(const ExecSpace& space, Matrix<T, ExecSpace> h, ConstMat
                                           Matrix<T, Space>, float);                                     \
   template absl::Status AddRmsNorm<T, Space>(const Space&, Matrix<T, Space>, ConstMatrix<T, Space>,      \
                                              ConstVector<T, Space>, Matrix<T, Space>, float);
-OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_RMS_NORM)
+OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_RMS_NORM)
 
 }  // namespace openmoe::kernels

@@ -131,19 +131,22 @@ template <class ExecSpace>
 absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::vector<int64_t>& input_ids,
                                                                     const std::vector<int64_t>& attention_mask,
                                                                     int64_t B, int64_t S) {
-  if (bf16_) return Step<bf16>(input_ids, attention_mask, B, S);
-  return Step<float>(input_ids, attention_mask, B, S);
+  switch (dtype_) {
+    case ComputeDtype::kBf16: return Step<bf16>(input_ids, attention_mask, B, S);
+    case ComputeDtype::kFp16: return Step<f16>(input_ids, attention_mask, B, S);
+    default: return Step<float>(input_ids, attention_mask, B, S);
+  }
 }
 
-// Working weights of the step in T: the master weights themselves for float, a bf16 copy
-// (rounded once per step) for bf16.
+// Working weights of the step in T: the master weights themselves for float, a 16-bit copy
+// (rounded once per step) for bf16 and f16.
 template <class ExecSpace>
 template <class T>
 const T* TrainableModel<ExecSpace>::Working(const std::string& name) const {
   if constexpr (std::is_same_v<T, float>) {
     return params_.at(name).data();
   } else {
-    return working_.at(name).data();
+    return reinterpret_cast<const T*>(working_.at(name).data());
   }
 }
 
@@ -170,13 +173,15 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   const float eps = c.rms_norm_eps;
   ExecSpace space;
   for (auto& [name, g] : grads_) Kokkos::deep_copy(g, 0.0f);
-  if constexpr (!kFloat) {  // bf16 working weights from the fp32 masters
+  if constexpr (!kFloat) {  // 16-bit working weights from the fp32 masters
     for (const TensorSpec& spec : table_) {
       Vector<float, ExecSpace> master = params_.at(spec.name);
       auto& w = working_[spec.name];
-      if (w.extent(0) != master.extent(0)) w = Vector<bf16, ExecSpace>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "bf16." + spec.name), master.extent(0));
-      OPENMOE_RETURN_IF_ERROR((kernels::Convert<float, bf16>(space, CFM(master.data(), 1, master.extent(0)),
-                                                             Matrix<bf16, ExecSpace>(w.data(), 1, w.extent(0)))));
+      if (w.extent(0) != master.extent(0)) {
+        w = Vector<uint16_t, ExecSpace>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "working." + spec.name), master.extent(0));
+      }
+      OPENMOE_RETURN_IF_ERROR((kernels::Convert<float, T>(space, CFM(master.data(), 1, master.extent(0)),
+                                                          Matrix<T, ExecSpace>(reinterpret_cast<T*>(w.data()), 1, w.extent(0)))));
     }
   }
   auto W = [&](const std::string& name, int64_t rows, int64_t cols) { return CM(Working<T>(name), rows, cols); };
@@ -321,7 +326,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       if constexpr (!kFloat) OPENMOE_RETURN_IF_ERROR((kernels::Convert<T, float>(space, CM(lg), lgf)));
       Vector<double, ExecSpace> loss_rows(row_loss.data(), R);
       OPENMOE_RETURN_IF_ERROR(kernels::LmLossBackward<ExecSpace>(space, lgf, Kokkos::subview(labels_d, std::make_pair(r0, r1)),
-                                                                 c.label_smoothing, c.z_loss_factor, loss_rows));
+                                                                 c.label_smoothing, c.z_loss_factor, loss_rows,
+                                                                 loss_scale_));
       auto loss_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), loss_rows);
       for (int64_t r = 0; r < R; ++r) parts.lm += loss_host(r);
       OPENMOE_ASSIGN_OR_RETURN(CM dlg, to_t(CFM(lgf)));
@@ -445,13 +451,17 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         std::vector<double> p(E), dp(E);
         for (int64_t e = 0; e < E; ++e) sum += p[e] = std::exp(double(logits_h(t, e)) - mx);
         const double log_z = mx + std::log(sum);
+        // dprobs carries the loss scale already (it comes from the scaled LM gradient); the
+        // router losses' own terms get it here.
         double dot = 0;
         for (int64_t e = 0; e < E; ++e) {
           p[e] /= sum;
-          dp[e] = dprobs_h(t, e) + aux_w * double(E) * fraction[e] / double(N);
+          dp[e] = dprobs_h(t, e) + loss_scale_ * aux_w * double(E) * fraction[e] / double(N);
           dot += p[e] * dp[e];
         }
-        for (int64_t e = 0; e < E; ++e) d_logits_h(t, e) = float(p[e] * (dp[e] - dot) + z_w * 2.0 * log_z * p[e] / double(N));
+        for (int64_t e = 0; e < E; ++e) {
+          d_logits_h(t, e) = float(p[e] * (dp[e] - dot) + loss_scale_ * z_w * 2.0 * log_z * p[e] / double(N));
+        }
       }
       Kokkos::deep_copy(d_router, d_logits_h);
       FM dx_router("dx_router", N, H);
@@ -488,6 +498,9 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   }
   OPENMOE_RETURN_IF_ERROR(kernels::EmbeddingBackward<ExecSpace>(space, ids, CFM(dh), c.pad_token_id,
                                                                 G("model.embed_tokens.weight", V, H)));
+  if (loss_scale_ != 1.0f) {  // back to the loss's own gradients (inf / NaN stay)
+    for (auto& entry : grads_) OPENMOE_RETURN_IF_ERROR(kernels::Scale<ExecSpace>(space, entry.second, 1.0f / loss_scale_));
+  }
   Kokkos::fence();
   double aux_sum = 0, z_sum = 0;
   for (auto [aux, z] : router_parts) aux_sum += aux, z_sum += z;

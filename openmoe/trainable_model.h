@@ -51,11 +51,16 @@ class TrainableModel {
   // Activation recomputation (gradient checkpointing): the forward pass keeps only each layer's
   // input, and the backward pass runs the layer again before its gradients; same results.
   void set_recompute_activations(bool recompute) { recompute_ = recompute; }
-  // bf16 mixed precision: fp32 master weights, gradients and optimizer; each step computes with
-  // bf16 copies of the weights, keeps its activations in bf16 and runs the products (forward
-  // and input gradients) in bf16 with float32 accumulation; the element-wise backward ops and
-  // the weight gradients accumulate in float32.
-  void set_bf16(bool bf16) { bf16_ = bf16; }
+  // Mixed precision (bf16 or fp16): fp32 master weights, gradients and optimizer; each step
+  // computes with 16-bit copies of the weights, keeps its activations in 16 bits and runs the
+  // products (forward and input gradients) in 16 bits with float32 accumulation; the element-wise
+  // backward ops and the weight gradients accumulate in float32.
+  enum class ComputeDtype { kFp32, kBf16, kFp16 };
+  void set_compute_dtype(ComputeDtype dtype) { dtype_ = dtype; }
+  // Loss scaling (fp16): the backward pass starts from loss_scale x the loss gradients, so that
+  // small gradients survive fp16's range in the 16-bit products; grad() holds them divided by
+  // the scale again. Where the scaled gradients overflow, grad() has inf/NaN (LossScaler).
+  void set_loss_scale(float loss_scale) { loss_scale_ = loss_scale; }
 
   // Loss of the batch and, in grad(), its gradient for every parameter (overwritten).
   absl::StatusOr<LossParts> ForwardBackward(const std::vector<int64_t>& input_ids,
@@ -73,8 +78,10 @@ class TrainableModel {
 
   OpenMoeConfig config_;
   bool recompute_ = false;
-  bool bf16_ = false;
-  std::map<std::string, Vector<bf16, ExecSpace>> working_;  // bf16 copies of params_ (bf16 runs)
+  ComputeDtype dtype_ = ComputeDtype::kFp32;
+  float loss_scale_ = 1.0f;
+  // 16-bit copies of params_ (bf16 / fp16 runs): raw bits, read as the step's type.
+  std::map<std::string, Vector<uint16_t, ExecSpace>> working_;
   std::vector<TensorSpec> table_;
   std::map<std::string, Vector<float, ExecSpace>> params_, grads_;  // HF name -> flat data
 };

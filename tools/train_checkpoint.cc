@@ -106,6 +106,9 @@ absl::Status SaveCheckpoint(const Run& run) {
   j["examples"] = run.data.batch, j["seq_len"] = run.data.seq_len, j["dataset"] = run.options.dataset;
   j["task_name"] = run.options.task_name;
   j["rng"] = "data order = EpochOrder(seed, epoch); no other random state";
+  j["optimizer_steps"] = run.optimizer.steps, j["precision"] = run.options.precision;
+  const LossScalerState& scaler = run.optimizer.scaler.state();
+  j["loss_scaler"] = {{"scale", scaler.scale}, {"growth_steps", scaler.growth_steps}, {"overflow_steps", scaler.overflow_steps}};
   OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "trainer_state.json").string(), j.dump(2) + "\n"));
   fs::remove_all(final_dir, error);
   fs::rename(tmp, final_dir, error);

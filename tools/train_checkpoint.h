@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "openmoe/io/token_batch.h"
+#include "openmoe/loss_scaler.h"
 #include "openmoe/trainable_model.h"
 #include "tools/train_runner.h"
 
@@ -27,6 +28,8 @@ struct Position {
 
 struct Optimizer {
   std::map<std::string, Vector<float, TrainSpace>> m, v;  // AdamW moments, float32
+  int64_t steps = 0;   // updates applied (AdamW's bias-correction step; fp16 skips overflowing steps)
+  LossScaler scaler;   // fp16 runs
 };
 
 struct Run {

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/adamw.h"
+#include "kernels/elementwise.h"
 #include "nlohmann/json.hpp"
 #include "openmoe/core/status_macros.h"
 #include "openmoe/io/safetensors.h"
@@ -67,10 +68,7 @@ std::string Duration(double seconds) {
 }
 
 absl::Status Validate(const TrainOptions& o) {
-  if (o.precision == "fp16") {
-    return absl::UnimplementedError("--precision fp16 (with dynamic loss scaling) is not implemented yet; use bf16 or fp32");
-  }
-  if (o.precision != "fp32" && o.precision != "bf16") {
+  if (o.precision != "fp32" && o.precision != "bf16" && o.precision != "fp16") {
     return absl::InvalidArgumentError(absl::StrCat("--precision must be fp32, bf16 or fp16, got ", o.precision));
   }
   if (o.batch_size <= 0) return absl::InvalidArgumentError(absl::StrCat("--batch_size must be positive, got ", o.batch_size));
@@ -78,6 +76,9 @@ absl::Status Validate(const TrainOptions& o) {
   if (o.save_interval <= 0) return absl::InvalidArgumentError(absl::StrCat("--save_interval must be positive, got ", o.save_interval));
   if (o.max_steps < 0 || o.warmup_steps < 0) return absl::InvalidArgumentError("--max_steps and --warmup_steps must be >= 0");
   if (!(o.lr > 0)) return absl::InvalidArgumentError(absl::StrCat("--lr must be positive, got ", o.lr));
+  if (!(o.initial_loss_scale >= 1) || !std::isfinite(o.initial_loss_scale)) {
+    return absl::InvalidArgumentError(absl::StrCat("--initial_loss_scale must be a finite number >= 1, got ", o.initial_loss_scale));
+  }
   if (o.weight_decay < 0 || o.max_grad_norm < 0) return absl::InvalidArgumentError("--weight_decay and --max_grad_norm must be >= 0");
   if (o.lr_schedule != "constant" && o.lr_schedule != "cosine") {
     return absl::InvalidArgumentError(absl::StrCat("--lr_schedule must be constant or cosine, got ", o.lr_schedule));
@@ -136,7 +137,8 @@ absl::Status RunTraining(const TrainOptions& o) {
   }
   const OpenMoeConfig& c = model->config();
   model->set_recompute_activations(o.grad_checkpoint);
-  model->set_bf16(o.precision == "bf16");
+  using Dtype = TrainableModel<Space>::ComputeDtype;
+  model->set_compute_dtype(o.precision == "bf16" ? Dtype::kBf16 : o.precision == "fp16" ? Dtype::kFp16 : Dtype::kFp32);
   model->SetLossFactors(o.label_smoothing.value_or(c.label_smoothing), o.z_loss_factor.value_or(c.z_loss_factor),
                         o.router_aux_loss_factor.value_or(c.router_aux_loss_factor),
                         o.router_z_loss_factor.value_or(c.router_z_loss_factor));
@@ -195,6 +197,19 @@ absl::Status RunTraining(const TrainOptions& o) {
     }
     run.optimizer.m.emplace(spec.name, m), run.optimizer.v.emplace(spec.name, v);
   }
+  const bool fp16 = o.precision == "fp16";
+  LossScalerOptions scaler_options;
+  scaler_options.initial_scale = o.initial_loss_scale;
+  run.optimizer.scaler = LossScaler(scaler_options);
+  run.optimizer.steps  = start.step;
+  if (!o.resume.empty()) {
+    run.optimizer.steps = resume_state.value("optimizer_steps", start.step);
+    if (fp16 && resume_state.contains("loss_scaler")) {
+      const nlohmann::json& ls = resume_state["loss_scaler"];
+      run.optimizer.scaler.Restore({ls.value("scale", o.initial_loss_scale), ls.value("growth_steps", int64_t(0)),
+                                    ls.value("overflow_steps", int64_t(0))});
+    }
+  }
 
   std::fprintf(stderr, "training %lld examples of %lld tokens, batch %lld, %lld steps (from step %lld), lr %g (%s), "
                "%s, seed %llu, on %s; checkpoints in %s\n", (long long)N, (long long)S, (long long)B, (long long)total_steps,
@@ -224,9 +239,11 @@ absl::Status RunTraining(const TrainOptions& o) {
         std::copy(run.data.ids.begin() + n * S, run.data.ids.begin() + (n + 1) * S, ids.begin() + r * S);
         std::copy(run.data.mask.begin() + n * S, run.data.mask.begin() + (n + 1) * S, mask.begin() + r * S);
       }
+      const double loss_scale = fp16 ? run.optimizer.scaler.scale() : 1.0;
+      run.model.set_loss_scale(float(loss_scale));
       OPENMOE_ASSIGN_OR_RETURN(LossParts loss, run.model.ForwardBackward(ids, mask, B, S));
       const int64_t step = run.position.step + 1;
-      if (!std::isfinite(loss.total)) {
+      if (!fp16 && !std::isfinite(loss.total)) {
         return absl::InternalError(absl::StrCat("the loss is ", loss.total, " at step ", step,
                                                 "; stopping without saving (the last checkpoint in '", o.output_path,
                                                 "' is kept)"));
@@ -241,26 +258,35 @@ absl::Status RunTraining(const TrainOptions& o) {
         sum_sq += part;
       }
       const double grad_norm = std::sqrt(sum_sq);
+      // fp16: an overflow (inf / NaN loss or gradients at this scale) skips the update.
+      const bool apply = !fp16 || run.optimizer.scaler.Update(std::isfinite(loss.total) && std::isfinite(grad_norm));
+      if (!apply && run.optimizer.scaler.AtMinimum() && loss_scale <= 1.0) {
+        return absl::InternalError(absl::StrCat("fp16 overflow at step ", step, " even at loss scale 1 (loss ", loss.total,
+                                                "): the values exceed fp16's range (e.g. a zero <pad> embedding row: "
+                                                "position 0 then enters RMSNorm as a zero vector, whose gradient is "
+                                                "1/sqrt(eps) times larger); use --precision bf16 (the last checkpoint in '",
+                                                o.output_path, "' is kept)"));
+      }
       std::map<std::string, std::vector<float>> dump_grads;
       if (!o.dump_step_state.empty() && steps_this_run == 0) {
         for (const TensorSpec& spec : run.model.table()) dump_grads[spec.name] = ToHost(run.model.grad(spec.name));
       }
       const float clip = o.max_grad_norm > 0 && grad_norm > o.max_grad_norm ? float(o.max_grad_norm / grad_norm) : 1.0f;
       adamw.lr = LearningRate(o, step, total_steps);
-      for (const TensorSpec& spec : run.model.table()) {
-        Vector<float, Space> g = run.model.grad(spec.name);
-        if (clip != 1.0f) {
-          Kokkos::parallel_for("openmoe::train::Clip", Kokkos::RangePolicy<Space>(0, g.extent(0)),
-                               KOKKOS_LAMBDA(const int64_t i) { g(i) *= clip; });
+      if (apply) {
+        ++run.optimizer.steps;
+        for (const TensorSpec& spec : run.model.table()) {
+          Vector<float, Space> g = run.model.grad(spec.name);
+          if (clip != 1.0f) OPENMOE_RETURN_IF_ERROR(kernels::Scale<Space>(Space(), g, clip));
+          OPENMOE_RETURN_IF_ERROR(kernels::AdamWStep<Space>(Space(), run.model.param(spec.name), g, run.optimizer.m.at(spec.name),
+                                                            run.optimizer.v.at(spec.name), run.optimizer.steps, adamw));
         }
-        OPENMOE_RETURN_IF_ERROR(kernels::AdamWStep<Space>(Space(), run.model.param(spec.name), g, run.optimizer.m.at(spec.name),
-                                                          run.optimizer.v.at(spec.name), step, adamw));
       }
       Kokkos::fence();
       run.position = {step, epoch, batch + 1};
       if (run.position.batch == batches_per_epoch) run.position = {step, epoch + 1, 0};
       ++steps_this_run;
-      losses.push_back(loss.total);
+      if (std::isfinite(loss.total)) losses.push_back(loss.total);  // fp16 overflow steps are not plotted
       if (!dump_grads.empty()) {
         std::vector<std::vector<float>> hold;
         std::vector<io::TensorToWrite> tensors;
@@ -281,6 +307,7 @@ absl::Status RunTraining(const TrainOptions& o) {
       line["step"] = step, line["epoch"] = epoch, line["loss"] = loss.total, line["lm"] = loss.lm;
       line["router_aux"] = loss.router_aux, line["router_z"] = loss.router_z, line["lr"] = adamw.lr;
       line["grad_norm"] = grad_norm, line["tokens_per_s"] = tokens_per_s;
+      if (fp16) line["loss_scale"] = loss_scale, line["skipped"] = !apply;
       metrics << line.dump() << "\n" << std::flush;
       if (o.progress) {
         const int width = 30, filled = int(width * double(step) / double(total_steps));

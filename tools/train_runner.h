@@ -31,12 +31,13 @@ struct TrainOptions {
   std::string task_name = "super_natural_instructions";  // recorded in trainer_state.json
   std::string resume;      // a step-<N> folder, or an output_path with a `latest` file
   std::string dump_step_state;
-  std::string precision = "fp32";  // fp32 | bf16 (fp32 masters, bf16 compute)
+  std::string precision = "fp32";  // fp32 | bf16 | fp16 (fp32 masters, 16-bit compute; fp16 with loss scaling)
   std::string lr_schedule = "constant";  // constant | cosine (after warmup)
   int64_t num_epochs = 1, max_steps = 0, batch_size = 1, save_interval = 1000, max_length = 2048;
   int64_t warmup_steps = 0;
   uint64_t seed = 42;
   double lr = 1e-5, weight_decay = 0.0, max_grad_norm = 0.0;
+  double initial_loss_scale = 65536.0;  // fp16 only (openmoe/loss_scaler.h)
   bool shuffle = true, progress = true;
   bool grad_checkpoint = false;  // recompute each layer's activations in the backward pass
   int64_t max_shard_bytes = int64_t(5) << 30;  // weights above this go to model-0000K-of-0000N shards
