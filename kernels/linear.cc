@@ -203,8 +203,45 @@ absl::Status MatMul(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMa
   return Gemm<T, ExecSpace>(space, "MatMul", x, w, y, /*w_is_out_in=*/false, accumulate);
 }
 
-template <class ExecSpace>
-absl::Status AddTransposedProduct(const ExecSpace& space, ConstMatrix<float, ExecSpace> a, ConstMatrix<float, ExecSpace> b,
+namespace {
+
+// c[p, q] += sum_m a[m, p] b[m, q] for 16-bit a, b on host backends (float32 sums).
+template <class T, class ExecSpace>
+void LoopTransposedProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> a, ConstMatrix<T, ExecSpace> b,
+                           Matrix<float, ExecSpace> c) {
+  const int64_t M = a.extent(0), Q = b.extent(1);
+  Kokkos::parallel_for(
+      "openmoe::kernels::LoopTransposedProduct", FlatRange(space, int64_t(c.extent(0)) * Q),
+      KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t p = idx / Q, q = idx % Q;
+        float acc = 0.0f;
+        for (int64_t m = 0; m < M; ++m) acc += ToFloat(a(m, p)) * ToFloat(b(m, q));
+        c(p, q) += acc;
+      });
+}
+
+#if defined(KOKKOS_ENABLE_CUDA)
+// Column-major views: c^T[Q, P] += b^T[Q, M] (a^T[P, M])^T, 16-bit operands, float32 c.
+template <class T>
+absl::Status CublasTransposedProduct(const Kokkos::Cuda& space, const T* a, const T* b, float* c, int64_t M, int64_t P,
+                                     int64_t Q) {
+  cublasHandle_t handle = CublasHandle(space);
+  if (handle == nullptr) return absl::InternalError("cublasCreate failed");
+  const float alpha = 1.0f, beta = 1.0f;
+  const cublasStatus_t status =
+      cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_T, int(Q), int(P), int(M), &alpha, b, CudaType<T>(), int(Q), a,
+                   CudaType<T>(), int(P), &beta, c, CUDA_R_32F, int(Q), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    return absl::InternalError(absl::StrCat("cublasGemmEx (weight gradient) failed with status ", int(status)));
+  }
+  return absl::OkStatus();
+}
+#endif
+
+}  // namespace
+
+template <class T, class ExecSpace>
+absl::Status AddTransposedProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> a, ConstMatrix<T, ExecSpace> b,
                                   Matrix<float, ExecSpace> c) {
   const size_t M = a.extent(0), P = a.extent(1), Q = b.extent(1);
   if (b.extent(0) != M || c.extent(0) != P || c.extent(1) != Q) {
@@ -217,18 +254,28 @@ absl::Status AddTransposedProduct(const ExecSpace& space, ConstMatrix<float, Exe
     if (!s.ok()) return s;
   }
   if (M == 0 || P == 0 || Q == 0) return absl::OkStatus();
-  // Column-major views: c^T[Q, P] += b^T[Q, M] (a^T[P, M])^T.
-  ConstColMajor<ExecSpace> a_t(a.data(), P, M), b_t(b.data(), Q, M);
-  ColMajor<ExecSpace> c_t(c.data(), Q, P);
-  (void)space;
-  KokkosBlas::gemm("N", "T", 1.0f, b_t, a_t, 1.0f, c_t);
-  return absl::OkStatus();
+  if constexpr (std::is_same_v<T, float>) {
+    // Column-major views: c^T[Q, P] += b^T[Q, M] (a^T[P, M])^T.
+    ConstColMajor<ExecSpace> a_t(a.data(), P, M), b_t(b.data(), Q, M);
+    ColMajor<ExecSpace> c_t(c.data(), Q, P);
+    (void)space;
+    KokkosBlas::gemm("N", "T", 1.0f, b_t, a_t, 1.0f, c_t);
+    return absl::OkStatus();
+  } else {
+#if defined(KOKKOS_ENABLE_CUDA)
+    if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+      return CublasTransposedProduct<T>(space, a.data(), b.data(), c.data(), M, P, Q);
+    }
+#endif
+    LoopTransposedProduct<T, ExecSpace>(space, a, b, c);
+    return absl::OkStatus();
+  }
 }
 
-#define OPENMOE_INSTANTIATE_TRANSPOSED_PRODUCT(Space)                                                    \
-  template absl::Status AddTransposedProduct<Space>(const Space&, ConstMatrix<float, Space>,             \
-                                                    ConstMatrix<float, Space>, Matrix<float, Space>);
-OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_TRANSPOSED_PRODUCT)
+#define OPENMOE_INSTANTIATE_TRANSPOSED_PRODUCT(Space, T)                                                   \
+  template absl::Status AddTransposedProduct<T, Space>(const Space&, ConstMatrix<T, Space>, ConstMatrix<T, Space>, \
+                                                       Matrix<float, Space>);
+OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_TRANSPOSED_PRODUCT)
 
 #define OPENMOE_INSTANTIATE_LINEAR(Space, T)                                                   \
   template absl::Status Linear<T, Space>(const Space&, ConstMatrix<T, Space>, ConstMatrix<T, Space>, \

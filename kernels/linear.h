@@ -30,13 +30,15 @@ template <class T, class ExecSpace>
 absl::Status MatMul(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
                     Matrix<T, ExecSpace> y, bool accumulate = false);
 
-// c[P, Q] += a[M, P]^T b[M, Q] (float32): the weight gradients of training, accumulated.
+// c[P, Q] += a[M, P]^T b[M, Q], c float32: the weight gradients of training, accumulated.
 //   Linear's w [N, K]:  AddTransposedProduct(space, dy, x, dw)   (dw += dy^T x)
 //   MatMul's w [K, N]:  AddTransposedProduct(space, x, dy, dw)   (dw += x^T dy)
+// T = float (SGEMM), or bf16 / f16 operands with float32 accumulation and output (mixed
+// precision: cublasGemmEx on CUDA, a loop on host backends).
 // The input gradients are products the forward ops already compute: dx = MatMul(dy, w) for
 // Linear, dx = Linear(dy, w) for MatMul.
-template <class ExecSpace>
-absl::Status AddTransposedProduct(const ExecSpace& space, ConstMatrix<float, ExecSpace> a, ConstMatrix<float, ExecSpace> b,
+template <class T, class ExecSpace>
+absl::Status AddTransposedProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> a, ConstMatrix<T, ExecSpace> b,
                                   Matrix<float, ExecSpace> c);
 
 // Whether Linear may use the weight-streaming kernel for <= 4 rows on CUDA (default true).

@@ -105,14 +105,20 @@ TYPED_TEST(LinearTest, Bf16MatchesReferenceOfRoundedInputs) {
   }
 }
 
-// c += a^T b (the weight gradients of training) against a double sum, awkward sizes.
-TYPED_TEST(LinearTest, AddTransposedProductAccumulatesATransposeB) {
-  using Space = TypeParam;
+// c += a^T b (the weight gradients of training) against a double sum of the same (for bf16 / f16:
+// rounded) operands, awkward sizes; c is float32 for every operand type.
+template <class Space, class T>
+void CheckTransposedProduct() {
   const int64_t M = 19, P = 7, Q = 11;
-  const std::vector<float> a = RandomNormal(M * P, 1.0f, 61), b = RandomNormal(M * Q, 1.0f, 62);
+  std::vector<float> a = RandomNormal(M * P, 1.0f, 61), b = RandomNormal(M * Q, 1.0f, 62);
   const std::vector<float> c0 = RandomNormal(P * Q, 1.0f, 63);
+  std::vector<T> a_t, b_t;
+  for (float& e : a) a_t.push_back(FromFloat<T>(e)), e = ToFloat(a_t.back());
+  for (float& e : b) b_t.push_back(FromFloat<T>(e)), e = ToFloat(b_t.back());
   auto c = ToDevice<Space>(c0, P, Q, "c");
-  ASSERT_TRUE(AddTransposedProduct<Space>(Space(), ToDevice<Space>(a, M, P, "a"), ToDevice<Space>(b, M, Q, "b"), c).ok());
+  const absl::Status status = AddTransposedProduct<T, Space>(Space(), ToDevice<Space, T>(a_t, M, P, "a"),
+                                                             ToDevice<Space, T>(b_t, M, Q, "b"), c);
+  ASSERT_TRUE(status.ok()) << status;
   const std::vector<float> got = ToHost(c);
   for (int64_t p = 0; p < P; ++p)
     for (int64_t q = 0; q < Q; ++q) {
@@ -121,8 +127,15 @@ TYPED_TEST(LinearTest, AddTransposedProductAccumulatesATransposeB) {
       ASSERT_NEAR(got[p * Q + q], want, double(M + 1) * FLT_EPSILON * abs_sum) << p << "," << q;  // float32 sum bound
     }
   Matrix<float, Space> wrong("c_wrong", Q, P);
-  EXPECT_NE(std::string(AddTransposedProduct<Space>(Space(), ToDevice<Space>(a, M, P, "a"), ToDevice<Space>(b, M, Q, "b"), wrong)
-                            .message()).find("c_wrong"), std::string::npos);
+  EXPECT_NE(std::string(AddTransposedProduct<T, Space>(Space(), ToDevice<Space, T>(a_t, M, P, "a"),
+                                                       ToDevice<Space, T>(b_t, M, Q, "b"), wrong).message())
+                .find("c_wrong"), std::string::npos);
+}
+
+TYPED_TEST(LinearTest, AddTransposedProductAccumulatesATransposeB) {
+  CheckTransposedProduct<TypeParam, float>();
+  CheckTransposedProduct<TypeParam, bf16>();
+  CheckTransposedProduct<TypeParam, f16>();
 }
 
 TYPED_TEST(LinearTest, RejectsMismatchedShapesNamingTheTensor) {

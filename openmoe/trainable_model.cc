@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <thread>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -189,6 +190,9 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   // Float views of run-dtype data and run-dtype views of float gradients (no copy for float runs).
   auto to_f = [&](CM x) { return As<float>(space, x); };
   auto to_t = [&](CFM x) { return As<T>(space, x); };
+  // Weight gradient c += a^T b in the run dtype (16-bit operands, float32 accumulation and c, as
+  // autocast does; float runs: SGEMM).
+  auto weight_grad = [&](CM a, CM b, FM c) { return kernels::AddTransposedProduct<T, ExecSpace>(space, a, b, c); };
   auto rows_of = [](auto x, int64_t r0, int64_t r1) { return Kokkos::subview(x, std::make_pair(r0, r1), Kokkos::ALL); };
 
   Vector<int64_t, ExecSpace> ids("ids", N);
@@ -332,8 +336,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       for (int64_t r = 0; r < R; ++r) parts.lm += loss_host(r);
       OPENMOE_ASSIGN_OR_RETURN(CM dlg, to_t(CFM(lgf)));
       OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, dlg, W("lm_head.weight", V, H), rows_of(dxf, r0, r1)));
-      OPENMOE_ASSIGN_OR_RETURN(CFM x_rows_f, to_f(x_rows));
-      OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(lgf), x_rows_f, G("lm_head.weight", V, H)));
+      OPENMOE_RETURN_IF_ERROR(weight_grad(dlg, x_rows, G("lm_head.weight", V, H)));
     }
     OPENMOE_ASSIGN_OR_RETURN(CFM hf, to_f(CM(h_final)));
     OPENMOE_ASSIGN_OR_RETURN(CFM dxf_f, to_f(CM(dxf)));
@@ -358,16 +361,17 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   auto mlp_backward = [&](const std::string& prefix, CM x, const Mlp& m, CFM dy, FM dx_out) -> absl::Status {
     FM dact("dact", N, I), dg("dg", N, 2 * I), du("du", N, I);
     OPENMOE_RETURN_IF_ERROR(matmul_sum({{dy, W(prefix + ".down_proj.weight", H, I)}}, dact));
-    OPENMOE_ASSIGN_OR_RETURN(CFM act_f, to_f(CM(m.act)));
-    OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, dy, act_f, G(prefix + ".down_proj.weight", H, I)));
+    OPENMOE_ASSIGN_OR_RETURN(CM dy_t, to_t(dy));
+    OPENMOE_RETURN_IF_ERROR(weight_grad(dy_t, CM(m.act), G(prefix + ".down_proj.weight", H, I)));
     OPENMOE_ASSIGN_OR_RETURN(CFM g_f, to_f(CM(m.g)));
     OPENMOE_ASSIGN_OR_RETURN(CFM u_f, to_f(CM(m.u)));
     OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackward<ExecSpace>(space, g_f, u_f, CFM(dact), dg, du));
     OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(dg), W(prefix + ".gate_proj.weight", 2 * I, H)},
                                         {CFM(du), W(prefix + ".up_proj.weight", I, H)}}, dx_out));
-    OPENMOE_ASSIGN_OR_RETURN(CFM x_f, to_f(x));
-    OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(dg), x_f, G(prefix + ".gate_proj.weight", 2 * I, H)));
-    return kernels::AddTransposedProduct<ExecSpace>(space, CFM(du), x_f, G(prefix + ".up_proj.weight", I, H));
+    OPENMOE_ASSIGN_OR_RETURN(CM dg_t, to_t(CFM(dg)));
+    OPENMOE_RETURN_IF_ERROR(weight_grad(dg_t, x, G(prefix + ".gate_proj.weight", 2 * I, H)));
+    OPENMOE_ASSIGN_OR_RETURN(CM du_t, to_t(CFM(du)));
+    return weight_grad(du_t, x, G(prefix + ".up_proj.weight", I, H));
   };
   // Norm backward into the residual gradient: dh += RmsNormBackward(x_in, dy).
   auto norm_backward = [&](const std::string& weight, CM x_in, CFM dy) -> absl::Status {
@@ -401,8 +405,6 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       float* g_wi_gate = grads_.at(pre + ".mlp.experts.wi_gate").data();
       float* g_wi_up   = grads_.at(pre + ".mlp.experts.wi_up").data();
       float* g_wo      = grads_.at(pre + ".mlp.experts.wo").data();
-      OPENMOE_ASSIGN_OR_RETURN(CFM eact_f, to_f(CM(a.eact)));
-      OPENMOE_ASSIGN_OR_RETURN(CFM disp_f, to_f(CM(a.dispatched)));
       OPENMOE_ASSIGN_OR_RETURN(CFM eg_f, to_f(CM(a.eg)));
       OPENMOE_ASSIGN_OR_RETURN(CFM eu_f, to_f(CM(a.eu)));
       for (int64_t e = 0; e < E; ++e) {
@@ -412,7 +414,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, d_eo_t, CM(wo + e * I * H, I, H), d_eact_t));
         OPENMOE_ASSIGN_OR_RETURN(CFM d_eact_f, to_f(CM(d_eact_t)));
         Kokkos::deep_copy(rows_of(d_eact, e * C, (e + 1) * C), d_eact_f);
-        OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(rows_of(eact_f, e * C, (e + 1) * C)), CFM(rows_of(d_eo, e * C, (e + 1) * C)), FM(g_wo + e * I * H, I, H)));
+        OPENMOE_RETURN_IF_ERROR(weight_grad(CM(rows_of(a.eact, e * C, (e + 1) * C)), d_eo_t, FM(g_wo + e * I * H, I, H)));
       }
       OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackward<ExecSpace>(space, eg_f, eu_f, CFM(d_eact), d_eg, d_eu));
       for (int64_t e = 0; e < E; ++e) {
@@ -423,9 +425,9 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, d_eu_t, CM(wi_up + e * H * I, H, I), d_disp_t, true));
         OPENMOE_ASSIGN_OR_RETURN(CFM d_disp_f, to_f(CM(d_disp_t)));
         Kokkos::deep_copy(rows_of(d_disp, e * C, (e + 1) * C), d_disp_f);
-        CFM disp_e(rows_of(disp_f, e * C, (e + 1) * C));
-        OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, disp_e, CFM(rows_of(d_eg, e * C, (e + 1) * C)), FM(g_wi_gate + e * H * 2 * I, H, 2 * I)));
-        OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, disp_e, CFM(rows_of(d_eu, e * C, (e + 1) * C)), FM(g_wi_up + e * H * I, H, I)));
+        CM disp_e(rows_of(a.dispatched, e * C, (e + 1) * C));
+        OPENMOE_RETURN_IF_ERROR(weight_grad(disp_e, d_eg_t, FM(g_wi_gate + e * H * 2 * I, H, 2 * I)));
+        OPENMOE_RETURN_IF_ERROR(weight_grad(disp_e, d_eu_t, FM(g_wi_up + e * H * I, H, I)));
       }
       Kokkos::deep_copy(dx, 0.0f);
       OPENMOE_RETURN_IF_ERROR(kernels::DispatchBackward<ExecSpace>(space, CFM(d_disp), a.experts, a.rank, C, dx));
@@ -468,7 +470,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(d_router), W(pre + ".mlp.gate_weight", E, H)}}, dx_router));
       OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<float>(space, dx, CFM(dx_router)));
       OPENMOE_ASSIGN_OR_RETURN(CFM x2_f, to_f(CM(a.x2)));
-      OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(d_router), x2_f, G(pre + ".mlp.gate_weight", E, H)));
+      // float32 for the router (its gradient is the sensitive one; [N, E] is small).
+      OPENMOE_RETURN_IF_ERROR((kernels::AddTransposedProduct<float, ExecSpace>(space, CFM(d_router), x2_f, G(pre + ".mlp.gate_weight", E, H))));
     } else {
       OPENMOE_RETURN_IF_ERROR(mlp_backward(pre + ".mlp", CM(a.x2), a.mlp, CFM(dh), dx));
     }
@@ -476,8 +479,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     // Attention block: dh is the gradient of h_mid = h_in + o_proj(attn).
     FM dattn("dattn", N, Wq), dq("dq", N, Wq), dk("dk", N, Wkv), dv("dv", N, Wkv);
     OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(dh), W(pre + ".self_attn.o_proj.weight", H, Wq)}}, dattn));
-    OPENMOE_ASSIGN_OR_RETURN(CFM attn_f, to_f(CM(a.attn)));
-    OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(dh), attn_f, G(pre + ".self_attn.o_proj.weight", H, Wq)));
+    OPENMOE_ASSIGN_OR_RETURN(CM dh_t, to_t(CFM(dh)));
+    OPENMOE_RETURN_IF_ERROR(weight_grad(dh_t, CM(a.attn), G(pre + ".self_attn.o_proj.weight", H, Wq)));
     OPENMOE_ASSIGN_OR_RETURN(CFM q_f, to_f(CM(a.q)));
     OPENMOE_ASSIGN_OR_RETURN(CFM k_f, to_f(CM(a.k)));
     OPENMOE_ASSIGN_OR_RETURN(CFM v_f, to_f(CM(a.v)));
@@ -489,10 +492,12 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(dq), W(pre + ".self_attn.q_proj.weight", Wq, H)},
                                         {CFM(dk), W(pre + ".self_attn.k_proj.weight", Wkv, H)},
                                         {CFM(dv), W(pre + ".self_attn.v_proj.weight", Wkv, H)}}, dx));
-    OPENMOE_ASSIGN_OR_RETURN(CFM x1_f, to_f(CM(a.x1)));
-    OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(dq), x1_f, G(pre + ".self_attn.q_proj.weight", Wq, H)));
-    OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(dk), x1_f, G(pre + ".self_attn.k_proj.weight", Wkv, H)));
-    OPENMOE_RETURN_IF_ERROR(kernels::AddTransposedProduct<ExecSpace>(space, CFM(dv), x1_f, G(pre + ".self_attn.v_proj.weight", Wkv, H)));
+    for (const auto& [grad, name, rows] : {std::tuple{CFM(dq), ".self_attn.q_proj.weight", Wq},
+                                           std::tuple{CFM(dk), ".self_attn.k_proj.weight", Wkv},
+                                           std::tuple{CFM(dv), ".self_attn.v_proj.weight", Wkv}}) {
+      OPENMOE_ASSIGN_OR_RETURN(CM grad_t, to_t(grad));
+      OPENMOE_RETURN_IF_ERROR(weight_grad(grad_t, CM(a.x1), G(pre + name, rows, H)));
+    }
     OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".input_layernorm.weight", CM(a.h_in), CFM(dx)));
     a = Layer{};  // this layer's activations are no longer needed
   }
