@@ -27,7 +27,8 @@ absl::StatusOr<ConstMatrix<U, ExecSpace>> As(const ExecSpace& space, ConstMatrix
   if constexpr (std::is_same_v<U, V>) {
     return x;
   } else {
-    Matrix<U, ExecSpace> y("converted", x.extent(0), x.extent(1));
+    Matrix<U, ExecSpace> y(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("converted")), x.extent(0),
+                           x.extent(1));  // every element written below
     OPENMOE_RETURN_IF_ERROR((kernels::Convert<V, U>(space, x, y)));
     return ConstMatrix<U, ExecSpace>(y);
   }
@@ -215,8 +216,16 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     int64_t capacity = 0;
   };
   std::vector<Layer> layers(L);
+  // Buffers that the op writing them fills completely: no zero-fill kernel (one per buffer and
+  // step otherwise). Buffers that are accumulated into or partly written keep the zero-fill.
+  auto fresh = [](const char* label, int64_t rows, int64_t cols) {
+    return M(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), rows, cols);
+  };
+  auto fresh_f = [](const char* label, int64_t rows, int64_t cols) {
+    return FM(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), rows, cols);
+  };
   auto run_mlp = [&](const std::string& prefix, CM x, M out) -> absl::StatusOr<Mlp> {
-    Mlp m{M("mlp.g", N, 2 * I), M("mlp.u", N, I), M("mlp.act", N, I)};
+    Mlp m{fresh("mlp.g", N, 2 * I), fresh("mlp.u", N, I), fresh("mlp.act", N, I)};
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, W(prefix + ".gate_proj.weight", 2 * I, H), m.g));
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, W(prefix + ".up_proj.weight", I, H), m.u));
     OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<T>(space, m.g, m.u, m.act));
@@ -225,7 +234,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   };
   auto add = [&](M y, M x) { return kernels::AddInPlace<T>(space, y, CM(x)); };
   auto copy = [&](M x) {
-    M y(x.label(), x.extent(0), x.extent(1));
+    M y(Kokkos::view_alloc(Kokkos::WithoutInitializing, x.label()), x.extent(0), x.extent(1));
     Kokkos::deep_copy(y, x);
     return y;
   };
@@ -238,23 +247,23 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     const std::string pre = absl::StrCat("model.layers.", i);
     Layer& a = layers[i];
     a.h_in = copy(h);
-    a.x1   = M("x1", N, H);
+    a.x1   = fresh("x1", N, H);
     OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h_in, WV(pre + ".input_layernorm.weight"), a.x1, eps));
-    a.q = M("q", N, Wq), a.k = M("k", N, Wkv), a.v = M("v", N, Wkv);
+    a.q = fresh("q", N, Wq), a.k = fresh("k", N, Wkv), a.v = fresh("v", N, Wkv);
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x1), W(pre + ".self_attn.q_proj.weight", Wq, H), a.q));
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x1), W(pre + ".self_attn.k_proj.weight", Wkv, H), a.k));
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x1), W(pre + ".self_attn.v_proj.weight", Wkv, H), a.v));
     OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, T3(a.q.data(), B, S, Wq), Dh, 0));
     OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, T3(a.k.data(), B, S, Wkv), Dh, 0));
-    a.attn = M("attn", N, Wq);
+    a.attn = fresh("attn", N, Wq);
     OPENMOE_RETURN_IF_ERROR(kernels::CausalAttention<T>(space, CT3(a.q.data(), B, S, Wq), CT3(a.k.data(), B, S, Wkv),
                                                         CT3(a.v.data(), B, S, Wkv), mask, Nh, Nkv, Dh, S, 0,
                                                         T3(a.attn.data(), B, S, Wq)));
-    M delta("delta", N, H);
+    M delta = fresh("delta", N, H);
     OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.attn), W(pre + ".self_attn.o_proj.weight", H, Wq), delta));
     OPENMOE_RETURN_IF_ERROR(add(h, delta));
     a.h_mid = copy(h);
-    a.x2    = M("x2", N, H);
+    a.x2    = fresh("x2", N, H);
     OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h_mid, WV(pre + ".post_attention_layernorm.weight"), a.x2, eps));
     if (c.IsMoeLayer(i)) {
       a.router_logits = M("router_logits", N, E), a.probs = FM("probs", N, E);
@@ -348,7 +357,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   FM dx("dx", N, H), dnorm("dnorm", N, H);
   // out (float) = sum of dy_k (float) @ w_k (run dtype) over the given pairs, via a run-dtype product.
   auto matmul_sum = [&](const std::vector<std::pair<CFM, CM>>& terms, FM out) -> absl::Status {
-    M acc("matmul_sum", out.extent(0), out.extent(1));
+    M acc = fresh("matmul_sum", out.extent(0), out.extent(1));  // the first product writes it
     for (size_t k = 0; k < terms.size(); ++k) {
       OPENMOE_ASSIGN_OR_RETURN(CM dy, to_t(terms[k].first));
       OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, dy, terms[k].second, acc, k > 0));
@@ -477,7 +486,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     }
     OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".post_attention_layernorm.weight", CM(a.h_mid), CFM(dx)));
     // Attention block: dh is the gradient of h_mid = h_in + o_proj(attn).
-    FM dattn("dattn", N, Wq), dq("dq", N, Wq), dk("dk", N, Wkv), dv("dv", N, Wkv);
+    FM dattn = fresh_f("dattn", N, Wq), dq = fresh_f("dq", N, Wq), dk = fresh_f("dk", N, Wkv), dv = fresh_f("dv", N, Wkv);
     OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(dh), W(pre + ".self_attn.o_proj.weight", H, Wq)}}, dattn));
     OPENMOE_ASSIGN_OR_RETURN(CM dh_t, to_t(CFM(dh)));
     OPENMOE_RETURN_IF_ERROR(weight_grad(dh_t, CM(a.attn), G(pre + ".self_attn.o_proj.weight", H, Wq)));
