@@ -35,6 +35,9 @@ std::string Arg(int argc, char** argv, const std::string& name, const std::strin
 
 int Run(const std::string& preset, const std::string& precision, int64_t S, int64_t B, int steps, int layers) {
   using Space = Kokkos::DefaultExecutionSpace;
+  if (precision != "fp32" && precision != "bf16") {  // fp16 needs loss scaling: //tools:train
+    return std::fprintf(stderr, "--precision must be fp32 or bf16, got %s\n", precision.c_str()), 1;
+  }
   auto config = openmoe::PresetConfig(preset);
   if (!config.ok()) return std::fprintf(stderr, "%s\n", std::string(config.status().message()).c_str()), 1;
   if (layers > 0) config->num_hidden_layers = layers;
