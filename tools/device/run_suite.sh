@@ -9,7 +9,7 @@ status=0
 step() { echo "=== $*"; "$@" || { echo "=== FAILED: $*"; status=1; }; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 step .device/bin/kokkos_info
-for t in kokkos_toolchain_test rms_norm_test linear_test attention_test moe_test argmax_test backward_test \
+for t in kokkos_toolchain_test rms_norm_test linear_test attention_test batched_gemm_test moe_test argmax_test backward_test \
          parity_test bf16_parity_test generation_test train_parity_test; do
   [[ -x .device/bin/$t ]] && step .device/bin/$t
 done
