@@ -43,7 +43,7 @@ absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<const T, ExecSpace> q
 // q [B, Sq, Nh*Dh]; k, v [B, Sk_max, Nkv*Dh] of which the first num_keys rows are valid;
 // key_mask [B, Sk_max] (1 = attendable); query row s is at absolute position q_offset + s.
 // out [B, Sq, Nh*Dh]. Nkv divides Nh (grouped-query heads share k, v).
-// T is the storage type (float or bf16); scores, softmax and sums are float32.
+// T is the storage type (float, bf16, f16); scores, softmax and sums are float32.
 // With `device_offset` (a device pointer, read when the kernel runs: steps replayed as a CUDA
 // graph), the queries are at *device_offset + s and the valid keys are the first
 // *device_offset + Sq; num_keys is then only an upper bound (the cache's capacity) and q_offset

@@ -21,6 +21,7 @@ constexpr int64_t kGemmMinQueryRows = 16;
 struct ScoresTag;
 struct ProbsTag;
 struct GradTag;
+struct OutTag;
 
 template <class ExecSpace>
 using MaskView = Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
@@ -186,7 +187,7 @@ absl::Status GemmAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q
   if constexpr (kSplit) {
     probs     = GrowingScratch<ProbsTag, T, MemSpace>("attention_gemm.probs", 2 * score_count).data();
     probs_low = probs + score_count;
-    out_f     = GrowingScratch<GradTag, float, MemSpace>("attention_gemm.out", chunk * Wq).data();
+    out_f     = GrowingScratch<OutTag, float, MemSpace>("attention_gemm.out", chunk * Wq).data();
   } else {
     probs = reinterpret_cast<T*>(scores.data());
   }

@@ -28,7 +28,7 @@ struct BatchedGemmShape {
   float beta = 0.0f;
 };
 
-// TIn: float or bf16; TOut: float or TIn. Pointers are in ExecSpace's memory.
+// TIn: float, bf16 or f16; TOut: float or TIn. Pointers are in ExecSpace's memory.
 template <class TIn, class TOut, class ExecSpace>
 absl::Status StridedBatchedGemm(const ExecSpace& space, const BatchedGemmShape& shape, const TIn* a, const TIn* b,
                                 TOut* c);

@@ -8,7 +8,7 @@
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
 
-#include "kernels/cublas_handle.h"
+#include "kernels/batched_gemm.h"
 
 namespace openmoe::kernels {
 namespace {
@@ -29,21 +29,6 @@ absl::Status CheckContiguous(const char* op, const View& v) {
         absl::StrCat(op, ": '", v.label(), "' must be a contiguous row-major matrix"));
   }
   return absl::OkStatus();
-}
-
-// Float32-accumulating loop for bf16 on host backends: y[m, n] (+)= sum_k x[m, k] op(w)[k, n].
-template <class T, class ExecSpace>
-void LoopGemm(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
-              Matrix<T, ExecSpace> y, bool w_is_out_in, bool accumulate) {
-  const int64_t M = x.extent(0), K = x.extent(1), N = y.extent(1);
-  Kokkos::parallel_for(
-      "openmoe::kernels::LoopGemm",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {M, N}),
-      KOKKOS_LAMBDA(const int64_t m, const int64_t n) {
-        float acc = accumulate ? ToFloat(y(m, n)) : 0.0f;
-        for (int64_t k = 0; k < K; ++k) acc += ToFloat(x(m, k)) * ToFloat(w_is_out_in ? w(n, k) : w(k, n));
-        y(m, n) = FromFloat<T>(acc);
-      });
 }
 
 // y[m, n] (+)= x[m, :] . w[n, :] for a few rows m (a decode step) and few columns n (o_proj,
@@ -112,24 +97,16 @@ void SmallBatchLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, Const
       });
 }
 
-#if defined(KOKKOS_ENABLE_CUDA)
-template <class T>  // bf16 or f16
-absl::Status Cublas16Gemm(const Kokkos::Cuda& space, const T* x, const T* w, T* y, int64_t M, int64_t K, int64_t N,
-                          bool w_is_out_in, bool accumulate) {
-  cublasHandle_t handle = CublasHandle(space);
-  if (handle == nullptr) return absl::InternalError("cublasCreate failed");
-  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  // Column-major view of row-major data: y^T[N, M] = op(w)^T[N, K] x^T[K, M].
-  const cublasStatus_t status = cublasGemmEx(
-      handle, w_is_out_in ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, int(N), int(M), int(K), &alpha, w,
-      CudaType<T>(), w_is_out_in ? int(K) : int(N), x, CudaType<T>(), int(K), &beta, y, CudaType<T>(), int(N),
-      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-  if (status != CUBLAS_STATUS_SUCCESS) {
-    return absl::InternalError(absl::StrCat("cublasGemmEx (16-bit) failed with status ", int(status)));
-  }
-  return absl::OkStatus();
+// 16-bit y[M, N] (+)= x[M, K] @ op(w) through StridedBatchedGemm (cuBLAS on CUDA, a float32
+// loop on host). Column-major view of row-major data: y^T[N, M] = op(w)^T[N, K] x^T[K, M].
+template <class T, class ExecSpace>
+absl::Status Gemm16(const ExecSpace& space, const T* x, const T* w, T* y, int64_t M, int64_t K, int64_t N,
+                    bool w_is_out_in, bool accumulate) {
+  BatchedGemmShape s;
+  s.trans_a = w_is_out_in, s.m = N, s.n = M, s.k = K;
+  s.lda = w_is_out_in ? K : N, s.ldb = K, s.ldc = N, s.beta = accumulate ? 1.0f : 0.0f;
+  return StridedBatchedGemm<T, T, ExecSpace>(space, s, w, x, y);
 }
-#endif
 
 // y[M, N] (+)= x[M, K] @ op(w), op(w) = w^T (w is [N, K]) or w (w is [K, N]).
 template <class T, class ExecSpace>
@@ -179,11 +156,9 @@ absl::Status Gemm(const ExecSpace& space, const char* op, ConstMatrix<T, ExecSpa
         SmallBatchLinear<T, ExecSpace>(space, x, w, y, accumulate);
         return absl::OkStatus();
       }
-      return Cublas16Gemm<T>(space, x.data(), w.data(), y.data(), M, K, N, w_is_out_in, accumulate);
     }
 #endif
-    LoopGemm<T, ExecSpace>(space, x, w, y, w_is_out_in, accumulate);
-    return absl::OkStatus();
+    return Gemm16<T, ExecSpace>(space, x.data(), w.data(), y.data(), M, K, N, w_is_out_in, accumulate);
   }
 }
 
@@ -203,42 +178,6 @@ absl::Status MatMul(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMa
   return Gemm<T, ExecSpace>(space, "MatMul", x, w, y, /*w_is_out_in=*/false, accumulate);
 }
 
-namespace {
-
-// c[p, q] += sum_m a[m, p] b[m, q] for 16-bit a, b on host backends (float32 sums).
-template <class T, class ExecSpace>
-void LoopTransposedProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> a, ConstMatrix<T, ExecSpace> b,
-                           Matrix<float, ExecSpace> c) {
-  const int64_t M = a.extent(0), Q = b.extent(1);
-  Kokkos::parallel_for(
-      "openmoe::kernels::LoopTransposedProduct", FlatRange(space, int64_t(c.extent(0)) * Q),
-      KOKKOS_LAMBDA(const int64_t idx) {
-        const int64_t p = idx / Q, q = idx % Q;
-        float acc = 0.0f;
-        for (int64_t m = 0; m < M; ++m) acc += ToFloat(a(m, p)) * ToFloat(b(m, q));
-        c(p, q) += acc;
-      });
-}
-
-#if defined(KOKKOS_ENABLE_CUDA)
-// Column-major views: c^T[Q, P] += b^T[Q, M] (a^T[P, M])^T, 16-bit operands, float32 c.
-template <class T>
-absl::Status CublasTransposedProduct(const Kokkos::Cuda& space, const T* a, const T* b, float* c, int64_t M, int64_t P,
-                                     int64_t Q) {
-  cublasHandle_t handle = CublasHandle(space);
-  if (handle == nullptr) return absl::InternalError("cublasCreate failed");
-  const float alpha = 1.0f, beta = 1.0f;
-  const cublasStatus_t status =
-      cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_T, int(Q), int(P), int(M), &alpha, b, CudaType<T>(), int(Q), a,
-                   CudaType<T>(), int(P), &beta, c, CUDA_R_32F, int(Q), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-  if (status != CUBLAS_STATUS_SUCCESS) {
-    return absl::InternalError(absl::StrCat("cublasGemmEx (weight gradient) failed with status ", int(status)));
-  }
-  return absl::OkStatus();
-}
-#endif
-
-}  // namespace
 
 template <class T, class ExecSpace>
 absl::Status AddTransposedProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> a, ConstMatrix<T, ExecSpace> b,
@@ -262,13 +201,11 @@ absl::Status AddTransposedProduct(const ExecSpace& space, ConstMatrix<T, ExecSpa
     KokkosBlas::gemm("N", "T", 1.0f, b_t, a_t, 1.0f, c_t);
     return absl::OkStatus();
   } else {
-#if defined(KOKKOS_ENABLE_CUDA)
-    if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
-      return CublasTransposedProduct<T>(space, a.data(), b.data(), c.data(), M, P, Q);
-    }
-#endif
-    LoopTransposedProduct<T, ExecSpace>(space, a, b, c);
-    return absl::OkStatus();
+    // 16-bit operands, float32 c: the same column-major product through StridedBatchedGemm.
+    BatchedGemmShape shape;
+    shape.trans_b = true, shape.m = Q, shape.n = P, shape.k = M;
+    shape.lda = Q, shape.ldb = P, shape.ldc = Q, shape.beta = 1.0f;
+    return StridedBatchedGemm<T, float, ExecSpace>(space, shape, b.data(), a.data(), c.data());
   }
 }
 

@@ -7,8 +7,8 @@
 //   MatMul<T>(space, x, w, y);   // y[M, N] = x[M, K] @ w[K, N]     (OpenMoE expert weights, x@W)
 // With accumulate = true the product is added to y (beta = 1).
 // All Views must be contiguous row-major. T = float goes through Kokkos Kernels (cuBLAS on CUDA);
-// T = bf16 through cublasGemmEx (bf16 in/out, float32 compute) on CUDA and a float32-accumulating
-// Kokkos loop on host; on CUDA, Linear with at most 4 rows (a decode step) and fewer than 8192
+// T = bf16 / f16 through StridedBatchedGemm (batched_gemm.h: cuBLAS with float32 compute on
+// CUDA, a float32-accumulating Kokkos loop on host); on CUDA, Linear with at most 4 rows (a decode step) and fewer than 8192
 // output columns (o_proj, down_proj, router) uses the project's own weight-streaming kernel
 // instead (a team of 4 warps per output column, 16-byte loads), which reads the weights faster
 // than the split-K kernels cuBLAS picks for these shapes (decode_kernels_benchmark).
@@ -34,7 +34,7 @@ absl::Status MatMul(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMa
 //   Linear's w [N, K]:  AddTransposedProduct(space, dy, x, dw)   (dw += dy^T x)
 //   MatMul's w [K, N]:  AddTransposedProduct(space, x, dy, dw)   (dw += x^T dy)
 // T = float (SGEMM), or bf16 / f16 operands with float32 accumulation and output (mixed
-// precision: cublasGemmEx on CUDA, a loop on host backends).
+// precision, through StridedBatchedGemm: cuBLAS on CUDA, a loop on host backends).
 // The input gradients are products the forward ops already compute: dx = MatMul(dy, w) for
 // Linear, dx = Linear(dy, w) for MatMul.
 template <class T, class ExecSpace>

@@ -22,7 +22,7 @@ int64_t ExpertCapacity(int64_t num_tokens, int64_t num_experts, double capacity_
                        int64_t min_capacity, int64_t top_k = 2);
 
 // logits [T, E] -> probs [T, E] (float32 softmax), experts [T, 2] (top-1, top-2 expert ids).
-// T is the storage type of logits, tokens and expert outputs (float or bf16); probabilities are
+// T is the storage type of logits, tokens and expert outputs (float, bf16, f16); probabilities are
 // float32.
 template <class T, class ExecSpace>
 absl::Status RouterTop2(const ExecSpace& space, ConstMatrix<T, ExecSpace> logits,

@@ -7,7 +7,7 @@
 // OpenMoeRMSNorm do, which upcast to float32). One team per row; a team-level reduction over
 // the hidden dimension, then a team-parallel scale.
 //
-// T is float or bf16 (storage); the arithmetic is float32. As HF's LlamaRMSNorm in bf16, the
+// T is float, bf16 or f16 (storage); the arithmetic is float32. As HF's LlamaRMSNorm in bf16, the
 // normalised value is rounded to T before the weight multiply.
 //
 // Example:

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <thread>
-#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -355,12 +354,13 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
 
   // ---- backward through the layers (float32 gradients; products in the run dtype) ----
   FM dx("dx", N, H), dnorm("dnorm", N, H);
-  // out (float) = sum of dy_k (float) @ w_k (run dtype) over the given pairs, via a run-dtype product.
-  auto matmul_sum = [&](const std::vector<std::pair<CFM, CM>>& terms, FM out) -> absl::Status {
+  // out (float) = sum of dy_k @ w_k over the given pairs, a run-dtype product. The gradients dy_k
+  // come in the run dtype (converted once by the caller, which also uses them for the weight
+  // gradients).
+  auto matmul_sum = [&](const std::vector<std::pair<CM, CM>>& terms, FM out) -> absl::Status {
     M acc = fresh("matmul_sum", out.extent(0), out.extent(1));  // the first product writes it
     for (size_t k = 0; k < terms.size(); ++k) {
-      OPENMOE_ASSIGN_OR_RETURN(CM dy, to_t(terms[k].first));
-      OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, dy, terms[k].second, acc, k > 0));
+      OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, terms[k].first, terms[k].second, acc, k > 0));
     }
     OPENMOE_ASSIGN_OR_RETURN(CFM acc_f, to_f(CM(acc)));
     Kokkos::deep_copy(out, acc_f);
@@ -369,17 +369,17 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   // MLP backward: dy -> dx (written); weight gradients accumulated.
   auto mlp_backward = [&](const std::string& prefix, CM x, const Mlp& m, CFM dy, FM dx_out) -> absl::Status {
     FM dact("dact", N, I), dg("dg", N, 2 * I), du("du", N, I);
-    OPENMOE_RETURN_IF_ERROR(matmul_sum({{dy, W(prefix + ".down_proj.weight", H, I)}}, dact));
     OPENMOE_ASSIGN_OR_RETURN(CM dy_t, to_t(dy));
+    OPENMOE_RETURN_IF_ERROR(matmul_sum({{dy_t, W(prefix + ".down_proj.weight", H, I)}}, dact));
     OPENMOE_RETURN_IF_ERROR(weight_grad(dy_t, CM(m.act), G(prefix + ".down_proj.weight", H, I)));
     OPENMOE_ASSIGN_OR_RETURN(CFM g_f, to_f(CM(m.g)));
     OPENMOE_ASSIGN_OR_RETURN(CFM u_f, to_f(CM(m.u)));
     OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackward<ExecSpace>(space, g_f, u_f, CFM(dact), dg, du));
-    OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(dg), W(prefix + ".gate_proj.weight", 2 * I, H)},
-                                        {CFM(du), W(prefix + ".up_proj.weight", I, H)}}, dx_out));
     OPENMOE_ASSIGN_OR_RETURN(CM dg_t, to_t(CFM(dg)));
-    OPENMOE_RETURN_IF_ERROR(weight_grad(dg_t, x, G(prefix + ".gate_proj.weight", 2 * I, H)));
     OPENMOE_ASSIGN_OR_RETURN(CM du_t, to_t(CFM(du)));
+    OPENMOE_RETURN_IF_ERROR(matmul_sum({{dg_t, W(prefix + ".gate_proj.weight", 2 * I, H)},
+                                        {du_t, W(prefix + ".up_proj.weight", I, H)}}, dx_out));
+    OPENMOE_RETURN_IF_ERROR(weight_grad(dg_t, x, G(prefix + ".gate_proj.weight", 2 * I, H)));
     return weight_grad(du_t, x, G(prefix + ".up_proj.weight", I, H));
   };
   // Norm backward into the residual gradient: dh += RmsNormBackward(x_in, dy).
@@ -476,7 +476,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       }
       Kokkos::deep_copy(d_router, d_logits_h);
       FM dx_router("dx_router", N, H);
-      OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(d_router), W(pre + ".mlp.gate_weight", E, H)}}, dx_router));
+      OPENMOE_ASSIGN_OR_RETURN(CM d_router_t, to_t(CFM(d_router)));
+      OPENMOE_RETURN_IF_ERROR(matmul_sum({{d_router_t, W(pre + ".mlp.gate_weight", E, H)}}, dx_router));
       OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<float>(space, dx, CFM(dx_router)));
       OPENMOE_ASSIGN_OR_RETURN(CFM x2_f, to_f(CM(a.x2)));
       // float32 for the router (its gradient is the sensitive one; [N, E] is small).
@@ -487,8 +488,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".post_attention_layernorm.weight", CM(a.h_mid), CFM(dx)));
     // Attention block: dh is the gradient of h_mid = h_in + o_proj(attn).
     FM dattn = fresh_f("dattn", N, Wq), dq = fresh_f("dq", N, Wq), dk = fresh_f("dk", N, Wkv), dv = fresh_f("dv", N, Wkv);
-    OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(dh), W(pre + ".self_attn.o_proj.weight", H, Wq)}}, dattn));
     OPENMOE_ASSIGN_OR_RETURN(CM dh_t, to_t(CFM(dh)));
+    OPENMOE_RETURN_IF_ERROR(matmul_sum({{dh_t, W(pre + ".self_attn.o_proj.weight", H, Wq)}}, dattn));
     OPENMOE_RETURN_IF_ERROR(weight_grad(dh_t, CM(a.attn), G(pre + ".self_attn.o_proj.weight", H, Wq)));
     OPENMOE_ASSIGN_OR_RETURN(CFM q_f, to_f(CM(a.q)));
     OPENMOE_ASSIGN_OR_RETURN(CFM k_f, to_f(CM(a.k)));
@@ -498,15 +499,15 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         CF3(dattn.data(), B, S, Wq), Nh, Nkv, Dh, F3(dq.data(), B, S, Wq), F3(dk.data(), B, S, Wkv), F3(dv.data(), B, S, Wkv)));
     OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<float>(space, F3(dq.data(), B, S, Wq), Dh, 0, /*inverse=*/true));
     OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<float>(space, F3(dk.data(), B, S, Wkv), Dh, 0, /*inverse=*/true));
-    OPENMOE_RETURN_IF_ERROR(matmul_sum({{CFM(dq), W(pre + ".self_attn.q_proj.weight", Wq, H)},
-                                        {CFM(dk), W(pre + ".self_attn.k_proj.weight", Wkv, H)},
-                                        {CFM(dv), W(pre + ".self_attn.v_proj.weight", Wkv, H)}}, dx));
-    for (const auto& [grad, name, rows] : {std::tuple{CFM(dq), ".self_attn.q_proj.weight", Wq},
-                                           std::tuple{CFM(dk), ".self_attn.k_proj.weight", Wkv},
-                                           std::tuple{CFM(dv), ".self_attn.v_proj.weight", Wkv}}) {
-      OPENMOE_ASSIGN_OR_RETURN(CM grad_t, to_t(grad));
-      OPENMOE_RETURN_IF_ERROR(weight_grad(grad_t, CM(a.x1), G(pre + name, rows, H)));
-    }
+    OPENMOE_ASSIGN_OR_RETURN(CM dq_t, to_t(CFM(dq)));
+    OPENMOE_ASSIGN_OR_RETURN(CM dk_t, to_t(CFM(dk)));
+    OPENMOE_ASSIGN_OR_RETURN(CM dv_t, to_t(CFM(dv)));
+    OPENMOE_RETURN_IF_ERROR(matmul_sum({{dq_t, W(pre + ".self_attn.q_proj.weight", Wq, H)},
+                                        {dk_t, W(pre + ".self_attn.k_proj.weight", Wkv, H)},
+                                        {dv_t, W(pre + ".self_attn.v_proj.weight", Wkv, H)}}, dx));
+    OPENMOE_RETURN_IF_ERROR(weight_grad(dq_t, CM(a.x1), G(pre + ".self_attn.q_proj.weight", Wq, H)));
+    OPENMOE_RETURN_IF_ERROR(weight_grad(dk_t, CM(a.x1), G(pre + ".self_attn.k_proj.weight", Wkv, H)));
+    OPENMOE_RETURN_IF_ERROR(weight_grad(dv_t, CM(a.x1), G(pre + ".self_attn.v_proj.weight", Wkv, H)));
     OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".input_layernorm.weight", CM(a.h_in), CFM(dx)));
     a = Layer{};  // this layer's activations are no longer needed
   }

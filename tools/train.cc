@@ -89,7 +89,7 @@ int Fail(const std::string& message) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "Fine-tunes an OpenMoE model with the flags of Colossal-AI's OpenMoE train.py (single device; fp32 or bf16).\n"
+      "Fine-tunes an OpenMoE model with the flags of Colossal-AI's OpenMoE train.py (single device; fp32, bf16 or fp16).\n"
       "  train                                   # default run: the embedded tiny model (tools/default_model) on\n"
       "                                          # tools/train_data/tiny_instructions.jsonl, on CPU in about a minute;\n"
       "                                          # writes outputs/default_finetune, which `generate` then uses\n"
