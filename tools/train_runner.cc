@@ -258,10 +258,12 @@ absl::Status RunTraining(const TrainOptions& o) {
         sum_sq += part;
       }
       const double grad_norm = std::sqrt(sum_sq);
-      // fp16: an overflow (inf / NaN loss or gradients at this scale) skips the update.
+      // fp16: an overflow (inf / NaN loss or gradients at this scale) skips the update; one at the
+      // minimum scale cannot be backed off from.
+      const bool at_minimum = run.optimizer.scaler.AtMinimum();
       const bool apply = !fp16 || run.optimizer.scaler.Update(std::isfinite(loss.total) && std::isfinite(grad_norm));
-      if (!apply && run.optimizer.scaler.AtMinimum() && loss_scale <= 1.0) {
-        return absl::InternalError(absl::StrCat("fp16 overflow at step ", step, " even at loss scale 1 (loss ", loss.total,
+      if (!apply && at_minimum) {
+        return absl::InternalError(absl::StrCat("fp16 overflow at step ", step, " even at loss scale ", loss_scale, " (loss ", loss.total,
                                                 "): the values exceed fp16's range (e.g. a zero <pad> embedding row: "
                                                 "position 0 then enters RMSNorm as a zero vector, whose gradient is "
                                                 "1/sqrt(eps) times larger); use --precision bf16 (the last checkpoint in '",
