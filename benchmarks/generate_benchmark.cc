@@ -15,6 +15,7 @@
 
 #include <Kokkos_Core.hpp>
 
+#include "kernels/attention.h"
 #include "openmoe/checkpoint_table.h"
 #include "openmoe/generation.h"
 
@@ -104,7 +105,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--help")) {
       std::printf("generate_benchmark [--preset=base|8b|34b] [--dtype=bf16|fp32] [--prompt_len=512] "
-                  "[--new_tokens=64] [--batches=1,16]\n");
+                  "[--new_tokens=64] [--batches=1,16]\n"
+                  "  ablation of the CUDA decode attention: [--attention_team_warps=1] (warps per team)\n");
       return 0;
     }
   const std::string preset = Arg(argc, argv, "preset", "8b"), dtype = Arg(argc, argv, "dtype", "bf16");
@@ -115,6 +117,7 @@ int main(int argc, char** argv) {
   for (std::string item; std::getline(list, item, ',');) batches.push_back(std::atoll(item.c_str()));
   setenv("OMP_PROC_BIND", "false", 0);
   Kokkos::ScopeGuard kokkos(argc, argv);
+  openmoe::kernels::SetSplitKeyTeamWarps(std::atoi(Arg(argc, argv, "attention_team_warps", "1").c_str()));
   return dtype == "fp32" ? Run<float>(preset, dtype, prompt_len, new_tokens, batches)
                          : Run<openmoe::bf16>(preset, dtype, prompt_len, new_tokens, batches);
 }

@@ -15,159 +15,266 @@ namespace openmoe::kernels {
 namespace {
 
 
-// Decode attention with few queries (B * Sq * Nh teams cannot fill a GPU): the keys are split
-// in chunks of kSplitKeys, one team per (query, head, chunk) computes its chunk's max score, sum
-// of exponentials and exp-weighted sum of values; the chunks are then merged
-// (flash-decoding); the last team of a query to finish does the merge. Same maths as the
-// one-pass kernel, regrouped sums. Rows of q, k and v are
-// read as 16-byte packs: kLanes lanes per key for the dot products, (pack, key slice) units for
-// the P.V sum, so that every thread issues only a few independent vector loads.
-constexpr int64_t kSplitKeys = 32;    // keys per team (64 and 128 measured the same on the H200)
-constexpr int64_t kTeamThreads = 32;  // team threads (x kLanes lanes)
-constexpr int kLanes = 8;           // vector lanes per team thread
+// Decode attention with few queries (B * Sq * Nh teams cannot fill a GPU), CUDA only: the keys
+// are split in chunks of kWarpKeys, one warp per (query, head, chunk) computes its chunk's max
+// score, sum of exponentials and exp-weighted sum of values; the last warp of a query to finish
+// merges the chunks (flash-decoding, one kernel). Same maths as the one-pass kernel, regrouped
+// sums. Every lane issues all of its loads (k, v and mask) before it uses any of them, so a
+// warp waits for memory once; lanes exchange partial results by shuffles, not shared memory.
+// Lane -> column pack lane % kPacks of keys slice, slice + kSlices, ... (slice = lane / kPacks)
+// of the chunk, in the dot products and the P.V sums alike.
+constexpr int kWarpKeys = 16;                // keys per warp
+constexpr int64_t kPartialHeader = 4;        // [max, sum, -, -] before the Dh sums (16-byte aligned)
 
-// Whether SplitKeyAttention can read these rows as packs (16-byte aligned rows of head_dim).
+// Whether SplitKeyAttention can read these rows as packs: 16-byte aligned rows whose head_dim
+// is 2..32 packs, a power of two (so that lanes split it evenly).
 template <class T>
 bool SplitKeyShapesFit(const T* q, const T* k, const T* v, int64_t head_dim) {
   const int64_t packs = head_dim / Pack<T>::kSize;
-  return head_dim % Pack<T>::kSize == 0 && packs <= kTeamThreads * kLanes && (kTeamThreads * kLanes) % packs == 0 &&
+  return head_dim % Pack<T>::kSize == 0 && (packs == 2 || packs == 4 || packs == 8 || packs == 16 || packs == 32) &&
          IsPackAligned(q, head_dim) && IsPackAligned(k, head_dim) && IsPackAligned(v, head_dim);
 }
 
 uint64_t scratch_generation = 0;  // see AttentionScratchGeneration
+int split_key_team_warps = 1;     // see SetSplitKeyTeamWarps
 
-struct SplitTag;     // partial results [queries, chunks, Dh + 2]
-struct FinishedTag;  // per-query count of finished chunk teams; zero between calls (the merging
-                     // team resets its entry)
+struct SplitTag;     // partial results [queries, chunks, kPartialHeader + Dh]
+struct FinishedTag;  // per-query count of finished chunk warps; zero between calls (the merging
+                     // warp resets its entry)
 
-template <class T, class ExecSpace>
-void SplitKeyAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Tensor3<const T, ExecSpace> k,
-                       Tensor3<const T, ExecSpace> v,
+// Where the decode kernel reads its queries, and (fused mode) the raw new key and value.
+template <class T>
+struct SplitKeySource {
+  const T* q          = nullptr;  // q of row (b, s) at q + (b * Sq + s) * row_stride + head * Dh
+  int64_t row_stride  = 0;
+  // Fused mode (Sq = 1): q is a fused projection row [q (Nh*Dh) | k (Nkv*Dh) | v (Nkv*Dh)] not yet
+  // rotated; the kernel rotates q and the new key (cos/sin from rope_table [positions, Dh/2, 2]),
+  // writes the new key and value into the caches at column *device_offset and attends to them.
+  const float* rope_table = nullptr;
+  T* k_cache = nullptr;  // the caches' data (same layout as k and v), written in fused mode
+  T* v_cache = nullptr;
+};
+
+template <int kPacks, bool kFused, class T, class ExecSpace>
+void SplitKeyAttention(const ExecSpace& space, SplitKeySource<T> source, int64_t batch, int64_t Sq,
+                       Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
                        Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
                        int64_t num_heads, int64_t group, int64_t head_dim, int64_t num_keys, int64_t q_offset,
                        Tensor3<T, ExecSpace> out, const int64_t* device_offset) {
   using Policy  = Kokkos::TeamPolicy<ExecSpace>;
   using Member  = typename Policy::member_type;
-  using Scratch = Kokkos::View<float*, typename ExecSpace::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
   using P       = Pack<T>;
-  constexpr float kMasked = -FLT_MAX;
-  const int64_t Sq = q.extent(1), queries = q.extent(0) * Sq * num_heads;
-  const int64_t chunks = (num_keys + kSplitKeys - 1) / kSplitKeys, width = head_dim + 2;
-  const int64_t packs  = head_dim / P::kSize;             // 16-byte packs per head row
-  const int64_t slices = kTeamThreads * kLanes / packs;   // key slices of the P.V sum
+  using Scratch = Kokkos::View<P*, typename ExecSpace::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+  constexpr float kMasked    = -FLT_MAX;
+  constexpr int kSlices      = 32 / kPacks;            // key slices of the P.V sums
+  constexpr int kSliceKeys   = kWarpKeys / kSlices;    // k and v rows per lane
+  const int64_t queries = batch * Sq * num_heads;
+  const int64_t chunks = (num_keys + kWarpKeys - 1) / kWarpKeys, width = kPartialHeader + head_dim;
+  const int64_t q_width = num_heads * head_dim, kv_width = k.extent(2);
   using MemSpace = typename ExecSpace::memory_space;
   bool grew_partial = false, grew_finished = false;
   auto partial  = GrowingScratch<SplitTag, float, MemSpace>("attention.split", size_t(queries * chunks * width), false, &grew_partial);
   auto finished = GrowingScratch<FinishedTag, int, MemSpace>("attention.finished", size_t(queries), true, &grew_finished);
   if (grew_partial || grew_finished) ++scratch_generation;
-  const int64_t scratch_floats = std::max(kSplitKeys + slices * head_dim, 2 * chunks);
-  Policy split(space, queries * chunks, kTeamThreads, kLanes);
-  split.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(scratch_floats)));
+  // Teams of `warps` independent warps, one chunk each (SetSplitKeyTeamWarps).
+  const int warps = split_key_team_warps;
+  const int64_t units = queries * chunks, scratch_packs = kFused ? 2 * kPacks : 1;
+  Policy policy(space, (units + warps - 1) / warps, warps, 32);
+  // Fused mode: [q | new key] rotated per warp, as 16-byte aligned packs (+16 bytes for the alignment).
+  policy.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(warps * scratch_packs) + 16));
   Kokkos::parallel_for(
-      "openmoe::kernels::SplitKeyAttention", split, KOKKOS_LAMBDA(const Member& team) {
-        const int64_t chunk = team.league_rank() % chunks, idx = team.league_rank() / chunks;
-        const int64_t head = idx % num_heads, s = (idx / num_heads) % Sq, b = idx / (num_heads * Sq);
-        const int64_t q_col = head * head_dim, kv_col = (head / group) * head_dim;
-        const int64_t keys     = device_offset != nullptr ? *device_offset + Sq : num_keys;
-        const int64_t position = (device_offset != nullptr ? *device_offset : q_offset) + s;
-        const int64_t j0 = chunk * kSplitKeys;
-        int64_t j1 = j0 + kSplitKeys;
-        if (j1 > keys) j1 = keys;
-        if (j1 > position + 1) j1 = position + 1;  // causal
-        float* result = partial.data() + (idx * chunks + chunk) * width;  // [max, sum, acc(Dh)]
-        Scratch scratch(team.team_scratch(0), scratch_floats);
-        float* scores = scratch.data();               // [kSplitKeys], then probabilities
-        float* sums   = scratch.data() + kSplitKeys;  // [slices, Dh]
-        const P* q_row = reinterpret_cast<const P*>(&q(b, s, q_col));
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kSplitKeys), [&](const int64_t i) {
-          const int64_t j = j0 + i;
-          float dot = kMasked;
-          if (j < j1) {  // the mask is applied after the dot product, so both loads overlap
-            const bool visible = j == 0 || key_mask(b, j) != 0;
-            const P* k_row = reinterpret_cast<const P*>(&k(b, j, kv_col));
-            Kokkos::parallel_reduce(
-                Kokkos::ThreadVectorRange(team, packs),
-                [&](const int64_t p, float& partial_dot) {
-                  const P kp = k_row[p], qp = q_row[p];
-                  for (int e = 0; e < P::kSize; ++e) partial_dot += ToFloat(qp.v[e]) * ToFloat(kp.v[e]);
-                },
-                dot);  // no 1/sqrt(Dh): OpenMoE folds the scale into Wq
-            if (!visible) dot = kMasked;
-          }
-          Kokkos::single(Kokkos::PerThread(team), [&]() { scores[i] = dot; });
-        });
-        team.team_barrier();
-        float m = kMasked;
-        for (int64_t i = 0; i < kSplitKeys; ++i) m = scores[i] > m ? scores[i] : m;
-        team.team_barrier();  // every thread has its max before the scores become probabilities
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kSplitKeys), [&](const int64_t i) {
-          Kokkos::single(Kokkos::PerThread(team), [&]() {
-            scores[i] = scores[i] == kMasked ? 0.0f : Kokkos::Experimental::exp(scores[i] - m);
-          });
-        });
-        team.team_barrier();
-        float l = 0.0f;
-        for (int64_t i = 0; i < kSplitKeys; ++i) l += scores[i];
-        // P.V: unit (slice, pack) sums keys slice, slice + slices, ... of one 16-byte column pack.
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kTeamThreads), [&](const int64_t g) {
-          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, kLanes), [&](const int64_t lane) {
-            const int64_t unit = g * kLanes + lane, p = unit % packs, slice = unit / packs;
+      "openmoe::kernels::SplitKeyAttention", policy, KOKKOS_LAMBDA(const Member& team) {
+        Scratch team_packs(team.team_scratch(0), warps * scratch_packs);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, warps), [&](const int warp) {
+          const int64_t unit = team.league_rank() * warps + warp;
+          if (unit >= units) return;
+          const int64_t chunk = unit % chunks, idx = unit / chunks;
+          const int64_t head = idx % num_heads, s = (idx / num_heads) % Sq, b = idx / (num_heads * Sq);
+          const int64_t q_col = head * head_dim, kv_col = (head / group) * head_dim;
+          const int64_t keys     = device_offset != nullptr ? *device_offset + Sq : num_keys;
+          const int64_t position = (device_offset != nullptr ? *device_offset : q_offset) + s;
+          const int64_t end      = keys < position + 1 ? keys : position + 1;  // causal: keys [0, end)
+          const int64_t active   = (end + kWarpKeys - 1) / kWarpKeys;          // chunks with keys
+          if (chunk >= active) return;
+          const int64_t j0 = chunk * kWarpKeys;
+          const T* row = source.q + (b * Sq + s) * source.row_stride;  // q (fused: [q | k | v] raw)
+          const int64_t j_new = kFused ? position : -1;                // the key this step appends
+          float* result = partial.data() + (idx * chunks + chunk) * width;  // [max, sum, -, -, acc(Dh)]
+          // Fused mode: this warp's [q | new k] rotated.
+          auto rotated_packs = Kokkos::subview(team_packs, std::make_pair(warp * scratch_packs, (warp + 1) * scratch_packs));
+          T* rotated = reinterpret_cast<T*>(rotated_packs.data());
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, 32), [&](const int lane) {
+            // All global loads first. Lane (slice, pack) reads column pack `pack` of keys slice,
+            // slice + kSlices, ... of the chunk, for the scores (k) and the P.V sums (v) alike: each
+            // load instruction of the warp covers whole rows (coalesced).
+            const int pack = lane % kPacks, slice = lane / kPacks;
+            P kp[kSliceKeys], vp[kSliceKeys];
+            bool visible[kSliceKeys];
+            for (int i = 0; i < kSliceKeys; ++i) {
+              const int64_t j = j0 + slice + i * kSlices;
+              const int64_t jr = j < end ? j : j0;  // beyond the step: a valid row, masked below
+              kp[i] = reinterpret_cast<const P*>(&k(b, jr, kv_col))[pack];
+              const T* v_src = jr == j_new ? row + q_width + kv_width + kv_col : &v(b, jr, kv_col);
+              vp[i] = reinterpret_cast<const P*>(v_src)[pack];
+              visible[i] = j < end && (j == 0 || key_mask(b, j) != 0);
+            }
+            P qp;
+            if (!kFused) qp = reinterpret_cast<const P*>(row + q_col)[pack];
+            if (kFused) {
+              // Lanes rotate (q, and the new key where this chunk holds it) pair by pair, exactly as
+              // RopeAndAppend does, into shared memory; the new key and value also go to the caches.
+              const int64_t half_dim = head_dim / 2;
+              const float* cos_sin   = source.rope_table + position * head_dim;  // [Dh/2, 2]
+              const bool holds_new   = j_new >= j0 && j_new < j0 + kWarpKeys;
+              const T* k_new = row + q_width + kv_col;
+              const T* v_new = k_new + kv_width;
+              const int64_t cache_offset = &k(b, holds_new ? j_new : 0, kv_col) - k.data();
+              for (int64_t d = lane; d < half_dim; d += 32) {
+                const float c = cos_sin[2 * d], sn = cos_sin[2 * d + 1];
+                const float x_lo = ToFloat(row[q_col + d]), x_hi = ToFloat(row[q_col + d + half_dim]);
+                rotated[d]            = FromFloat<T>(x_lo * c - x_hi * sn);
+                rotated[d + half_dim] = FromFloat<T>(x_hi * c + x_lo * sn);
+                if (holds_new) {
+                  const float k_lo = ToFloat(k_new[d]), k_hi = ToFloat(k_new[d + half_dim]);
+                  const T lo = FromFloat<T>(k_lo * c - k_hi * sn), hi = FromFloat<T>(k_hi * c + k_lo * sn);
+                  rotated[head_dim + d] = lo, rotated[head_dim + d + half_dim] = hi;
+                  source.k_cache[cache_offset + d] = lo, source.k_cache[cache_offset + d + half_dim] = hi;
+                  source.v_cache[cache_offset + d] = v_new[d];
+                  source.v_cache[cache_offset + d + half_dim] = v_new[d + half_dim];
+                }
+              }
+              WarpSync();
+              qp = rotated_packs(pack);
+              for (int i = 0; i < kSliceKeys; ++i)
+                if (j0 + slice + i * kSlices == j_new) kp[i] = rotated_packs(kPacks + pack);
+            }
+            // Scores (no 1/sqrt(Dh): OpenMoE folds the scale into Wq): the lanes of a slice add
+            // their packs' products; then the chunk's max and sum of exponentials.
+            float dot[kSliceKeys];
+            float m = kMasked;
+            for (int i = 0; i < kSliceKeys; ++i) {
+              float partial_dot = 0.0f;
+              for (int e = 0; e < P::kSize; ++e) partial_dot += ToFloat(qp.v[e]) * ToFloat(kp[i].v[e]);
+              for (int mask = 1; mask < kPacks; mask *= 2) partial_dot += LaneXor(partial_dot, mask);
+              dot[i] = visible[i] ? partial_dot : kMasked;
+              m = dot[i] > m ? dot[i] : m;
+            }
+            for (int mask = kPacks; mask < 32; mask *= 2) {
+              const float other = LaneXor(m, mask);
+              m = other > m ? other : m;
+            }
+            float l = 0.0f;
             float acc[P::kSize];
             for (int e = 0; e < P::kSize; ++e) acc[e] = 0.0f;
-            for (int64_t i = slice; i < kSplitKeys && j0 + i < j1; i += slices) {
-              const P vp = reinterpret_cast<const P*>(&v(b, j0 + i, kv_col))[p];
-              for (int e = 0; e < P::kSize; ++e) acc[e] += scores[i] * ToFloat(vp.v[e]);
+            for (int i = 0; i < kSliceKeys; ++i) {
+              const float p = dot[i] == kMasked ? 0.0f : Kokkos::Experimental::exp(dot[i] - m);
+              l += p;
+              for (int e = 0; e < P::kSize; ++e) acc[e] += p * ToFloat(vp[i].v[e]);
             }
-            for (int e = 0; e < P::kSize; ++e) sums[slice * head_dim + p * P::kSize + e] = acc[e];
+            // Then over the slices.
+            for (int mask = kPacks; mask < 32; mask *= 2) {
+              l += LaneXor(l, mask);
+              for (int e = 0; e < P::kSize; ++e) acc[e] += LaneXor(acc[e], mask);
+            }
+            if (slice == 0)
+              for (int e = 0; e < P::kSize; ++e) result[kPartialHeader + pack * P::kSize + e] = acc[e];
+            if (lane == 0) result[0] = m, result[1] = l;
+
+            // The last warp of this query to finish merges its chunks: every lane publishes its
+            // writes, lane 0 counts the warp in, the count is broadcast.
+            Kokkos::memory_fence();
+            WarpSync();
+            int last = 0;
+            if (lane == 0) last = Kokkos::atomic_fetch_add(&finished(idx), 1) == int(active) - 1;
+            last = LaneValue(last, 0);
+            if (!last) return;
+            Kokkos::memory_fence();
+            const float* base = partial.data() + idx * chunks * width;  // other warps' writes, fenced
+            // One pass: lane (pack, slice) folds chunks slice, slice + kSlices, ... into a running
+            // (max, sum, acc) with rescaling (loads in rounds of kMergeInFlight chunks), then the
+            // slices fold together by shuffles. Chunks without a visible key (sum 0) count nothing.
+            float run_m = kMasked, run_l = 0.0f;
+            for (int e = 0; e < P::kSize; ++e) acc[e] = 0.0f;
+            auto fold = [&](const float other_m, const float other_l, const float* other_acc) {
+              const float new_m = other_m > run_m ? other_m : run_m;
+              const float keep  = run_l > 0.0f ? Kokkos::Experimental::exp(run_m - new_m) : 0.0f;
+              const float take  = other_l > 0.0f ? Kokkos::Experimental::exp(other_m - new_m) : 0.0f;
+              run_l = run_l * keep + other_l * take;
+              for (int e = 0; e < P::kSize; ++e) acc[e] = acc[e] * keep + other_acc[e] * take;
+              run_m = new_m;
+            };
+            constexpr int kMergeInFlight = 4;
+            for (int64_t c0 = slice; c0 < active; c0 += kMergeInFlight * kSlices) {
+              float chunk_m[kMergeInFlight], chunk_l[kMergeInFlight], chunk_acc[kMergeInFlight][P::kSize];
+              for (int i = 0; i < kMergeInFlight; ++i) {
+                const int64_t c = c0 + i * kSlices;
+                const float* row = base + (c < active ? c : c0) * width;
+                chunk_m[i] = row[0];
+                chunk_l[i] = c < active ? row[1] : 0.0f;
+                for (int e = 0; e < P::kSize; ++e) chunk_acc[i][e] = row[kPartialHeader + pack * P::kSize + e];
+              }
+              for (int i = 0; i < kMergeInFlight; ++i) fold(chunk_m[i], chunk_l[i], chunk_acc[i]);
+            }
+            for (int mask = kPacks; mask < 32; mask *= 2) {
+              float other_acc[P::kSize];
+              for (int e = 0; e < P::kSize; ++e) other_acc[e] = LaneXor(acc[e], mask);
+              const float other_m = LaneXor(run_m, mask), other_l = LaneXor(run_l, mask);
+              fold(other_m, other_l, other_acc);
+            }
+            const float inv_l = run_l > 0.0f ? 1.0f / run_l : 0.0f;  // no visible key: zeros
+            if (slice == 0)
+              for (int e = 0; e < P::kSize; ++e) out(b, s, q_col + pack * P::kSize + e) = FromFloat<T>(acc[e] * inv_l);
+            if (lane == 0) finished(idx) = 0;  // ready for the next call
           });
         });
-        team.team_barrier();
-        Kokkos::parallel_for(Kokkos::TeamVectorRange(team, head_dim), [&](const int64_t d) {
-          float acc = 0.0f;
-          for (int64_t slice = 0; slice < slices; ++slice) acc += sums[slice * head_dim + d];
-          result[2 + d] = acc;
-        });
-        Kokkos::single(Kokkos::PerTeam(team), [&]() { result[0] = m, result[1] = l; });
-
-        // The last team of this query to finish merges all its chunks (no second kernel): every
-        // thread publishes its writes, one thread counts the team in, the count is broadcast.
-        Kokkos::memory_fence();
-        team.team_barrier();
-        int last = 0;
-        Kokkos::single(
-            Kokkos::PerTeam(team),
-            [&](int& is_last) { is_last = Kokkos::atomic_fetch_add(&finished(idx), 1) == int(chunks) - 1; }, last);
-        if (!last) return;
-        Kokkos::memory_fence();
-        // Chunk weights exp(m_c - M) (0 for chunks without a visible key), then the weighted sums.
-        // The chunks' (max, sum) pairs are first loaded in parallel into shared memory: the
-        // serial loops below then read no global memory.
-        const float* base = partial.data() + idx * chunks * width;  // other teams' writes, fenced
-        float* chunk_max = scratch.data();               // [chunks] (the scores area is free again)
-        float* weight    = scratch.data() + chunks;      // [chunks]
-        Kokkos::parallel_for(Kokkos::TeamVectorRange(team, chunks), [&](const int64_t c) {
-          const float chunk_l = base[c * width + 1];
-          chunk_max[c] = chunk_l > 0.0f ? base[c * width] : kMasked;
-          weight[c]    = chunk_l;
-        });
-        team.team_barrier();
-        float max_all = kMasked;
-        for (int64_t c = 0; c < chunks; ++c) max_all = chunk_max[c] > max_all ? chunk_max[c] : max_all;
-        float l_all = 0.0f;
-        for (int64_t c = 0; c < chunks; ++c)
-          if (weight[c] > 0.0f) l_all += weight[c] * Kokkos::Experimental::exp(chunk_max[c] - max_all);
-        team.team_barrier();  // every thread has read weight[] as sums before it becomes factors
-        Kokkos::parallel_for(Kokkos::TeamVectorRange(team, chunks), [&](const int64_t c) {
-          weight[c] = weight[c] > 0.0f ? Kokkos::Experimental::exp(chunk_max[c] - max_all) / l_all : 0.0f;
-        });
-        team.team_barrier();
-        Kokkos::parallel_for(Kokkos::TeamVectorRange(team, head_dim), [&](const int64_t d) {
-          float acc = 0.0f;
-          for (int64_t c = 0; c < chunks; ++c) acc += weight[c] * base[c * width + 2 + d];
-          out(b, s, head * head_dim + d) = FromFloat<T>(acc);
-        });
-        Kokkos::single(Kokkos::PerTeam(team), [&]() { finished(idx) = 0; });  // ready for the next call
       });
+}
+
+// SplitKeyAttention for the shape's packs per head row (SplitKeyShapesFit holds).
+template <bool kFused, class T, class ExecSpace>
+absl::Status LaunchSplitKey(const ExecSpace& space, SplitKeySource<T> source, int64_t batch, int64_t Sq,
+                            Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
+                            Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
+                            int64_t num_heads, int64_t group, int64_t head_dim, int64_t num_keys, int64_t q_offset,
+                            Tensor3<T, ExecSpace> out, const int64_t* device_offset) {
+  switch (head_dim / Pack<T>::kSize) {
+#define OPENMOE_SPLIT_KEY_CASE(packs)                                                                            \
+  case packs:                                                                                                    \
+    SplitKeyAttention<packs, kFused, T, ExecSpace>(space, source, batch, Sq, k, v, key_mask, num_heads, group,   \
+                                                   head_dim, num_keys, q_offset, out, device_offset);            \
+    return absl::OkStatus();
+    OPENMOE_SPLIT_KEY_CASE(2)
+    OPENMOE_SPLIT_KEY_CASE(4)
+    OPENMOE_SPLIT_KEY_CASE(8)
+    OPENMOE_SPLIT_KEY_CASE(16)
+    OPENMOE_SPLIT_KEY_CASE(32)
+#undef OPENMOE_SPLIT_KEY_CASE
+  }
+  return absl::InternalError(absl::StrCat("SplitKeyAttention: head_dim ", head_dim, " does not fit"));
+}
+
+// cos/sin of RoPE for positions [0, positions) and pair index j < head_dim / 2, as RopeCosSin
+// computes them: [positions, head_dim / 2, 2] floats, kept between calls (scratch generation).
+struct RopeTableTag;
+
+template <class ExecSpace>
+const float* RopeTable(const ExecSpace& space, int64_t positions, int64_t head_dim) {
+  static int64_t filled_positions = 0, filled_head_dim = 0;
+  bool grew = false;
+  auto table = GrowingScratch<RopeTableTag, float, typename ExecSpace::memory_space>(
+      "attention.rope_table", size_t(positions * head_dim), false, &grew);
+  if (grew || head_dim != filled_head_dim || positions > filled_positions) {
+    ++scratch_generation;
+    const int64_t half = head_dim / 2, rows = int64_t(table.extent(0)) / head_dim;
+    float* data = table.data();
+    Kokkos::parallel_for("openmoe::kernels::RopeTable", FlatRange(space, rows * half), KOKKOS_LAMBDA(const int64_t i) {
+      float c, sn;
+      RopeCosSin(i / half, i % half, head_dim, c, sn);
+      data[2 * i] = c, data[2 * i + 1] = sn;
+    });
+    filled_positions = rows, filled_head_dim = head_dim;
+  }
+  return table.data();
 }
 
 }  // namespace
@@ -279,11 +386,12 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
   constexpr float kMasked = -FLT_MAX;
   constexpr bool kOnHostSpace =
       Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename ExecSpace::memory_space>::accessible;
-  if (!kOnHostSpace && B * Sq * num_heads < 1024 && num_keys > 2 * kSplitKeys &&
+  if (!kOnHostSpace && B * Sq * num_heads < 1024 && num_keys > 4 * kWarpKeys &&
       SplitKeyShapesFit(q.data(), k.data(), v.data(), head_dim)) {
-    SplitKeyAttention<T, ExecSpace>(space, q, k, v, key_mask, num_heads, group, head_dim, num_keys, q_offset, out,
-                                    device_offset);
-    return absl::OkStatus();
+    SplitKeySource<T> source;
+    source.q = q.data(), source.row_stride = num_heads * head_dim;
+    return LaunchSplitKey<false, T, ExecSpace>(space, source, B, Sq, k, v, key_mask, num_heads, group, head_dim,
+                                               num_keys, q_offset, out, device_offset);
   }
 
   using Policy  = Kokkos::TeamPolicy<ExecSpace>;
@@ -380,7 +488,43 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
   return absl::OkStatus();
 }
 
+template <class T, class ExecSpace>
+absl::Status RopeAppendAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> qkv, Tensor3<T, ExecSpace> q,
+                                 Tensor3<T, ExecSpace> k_cache, Tensor3<T, ExecSpace> v_cache,
+                                 Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
+                                 int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, Tensor3<T, ExecSpace> out,
+                                 const int64_t* device_offset) {
+  const int64_t B = qkv.extent(0), Sq = qkv.extent(1), capacity = k_cache.extent(1);
+  const int64_t q_width = num_heads * head_dim, kv_width = num_kv_heads * head_dim;
+  constexpr bool kOnHostSpace =
+      Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename ExecSpace::memory_space>::accessible;
+  const bool fused = !kOnHostSpace && Sq == 1 && device_offset != nullptr && B * num_heads < 1024 &&
+                     num_kv_heads > 0 && num_heads % num_kv_heads == 0 &&
+                     qkv.extent(2) == size_t(q_width + 2 * kv_width) && head_dim % 2 == 0 &&
+                     k_cache.extent(2) == size_t(kv_width) && v_cache.extent(2) == size_t(kv_width) &&
+                     k_cache.extent(0) == size_t(B) && v_cache.extent(0) == size_t(B) &&
+                     v_cache.extent(1) == size_t(capacity) && key_mask.extent(0) == size_t(B) &&
+                     key_mask.extent(1) >= size_t(capacity) && out.extent(0) == size_t(B) &&
+                     out.extent(1) == 1 && out.extent(2) == size_t(q_width) &&
+                     IsPackAligned(qkv.data(), qkv.extent(2)) && SplitKeyShapesFit(q.data(), k_cache.data(), v_cache.data(), head_dim);
+  if (!fused) {
+    const absl::Status appended =
+        RopeAndAppend<T, ExecSpace>(space, qkv, head_dim, kv_width, 0, q, k_cache, v_cache, device_offset);
+    if (!appended.ok()) return appended;
+    return CausalAttention<T, ExecSpace>(space, q, k_cache, v_cache, key_mask, num_heads, num_kv_heads, head_dim,
+                                         capacity, 0, out, device_offset);
+  }
+  SplitKeySource<T> source;
+  source.q = qkv.data(), source.row_stride = qkv.extent(2);
+  source.rope_table = RopeTable(space, capacity, head_dim);
+  source.k_cache = k_cache.data(), source.v_cache = v_cache.data();
+  return LaunchSplitKey<true, T, ExecSpace>(space, source, B, 1, k_cache, v_cache, key_mask, num_heads,
+                                            num_heads / num_kv_heads, head_dim, capacity, 0, out, device_offset);
+}
+
 uint64_t AttentionScratchGeneration() { return scratch_generation; }
+
+void SetSplitKeyTeamWarps(int warps) { split_key_team_warps = warps < 1 ? 1 : (warps > 16 ? 16 : warps); }
 
 #define OPENMOE_INSTANTIATE_ATTENTION(Space, T)                                                 \
   template absl::Status ApplyRope<T, Space>(const Space&, Tensor3<T, Space>, int64_t, int64_t, bool); \
@@ -390,7 +534,11 @@ uint64_t AttentionScratchGeneration() { return scratch_generation; }
   template absl::Status CausalAttention<T, Space>(                                              \
       const Space&, Tensor3<const T, Space>, Tensor3<const T, Space>, Tensor3<const T, Space>,  \
       Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Space::memory_space>,         \
-      int64_t, int64_t, int64_t, int64_t, int64_t, Tensor3<T, Space>, const int64_t*);
+      int64_t, int64_t, int64_t, int64_t, int64_t, Tensor3<T, Space>, const int64_t*);               \
+  template absl::Status RopeAppendAttention<T, Space>(                                          \
+      const Space&, Tensor3<const T, Space>, Tensor3<T, Space>, Tensor3<T, Space>, Tensor3<T, Space>, \
+      Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Space::memory_space>,         \
+      int64_t, int64_t, int64_t, Tensor3<T, Space>, const int64_t*);
 OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_ATTENTION)
 
 }  // namespace openmoe::kernels

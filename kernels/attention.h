@@ -57,9 +57,28 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
                              int64_t num_keys, int64_t q_offset, Tensor3<T, ExecSpace> out,
                              const int64_t* device_offset = nullptr);
 
+// One decode step (Sq = 1) of a layer: RopeAndAppend of qkv [B, 1, Nh*Dh + 2 Nkv*Dh] at column
+// *device_offset of the caches [B, capacity, Nkv*Dh], then CausalAttention of the rotated q over
+// the caches into out [B, 1, Nh*Dh] (num_keys = capacity). On CUDA, one kernel does it all (q is
+// then not written); elsewhere, or for shapes that kernel does not take, the two ops in turn
+// with q [B, 1, Nh*Dh] as the rotated queries. Same rotations (cos/sin from a table computed by
+// RopeAndAppend's formula) and the same attention maths either way.
+template <class T, class ExecSpace>
+absl::Status RopeAppendAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> qkv, Tensor3<T, ExecSpace> q,
+                                 Tensor3<T, ExecSpace> k_cache, Tensor3<T, ExecSpace> v_cache,
+                                 Kokkos::View<const int64_t**, Kokkos::LayoutRight,
+                                              typename ExecSpace::memory_space> key_mask,
+                                 int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, Tensor3<T, ExecSpace> out,
+                                 const int64_t* device_offset);
+
 // Bumped whenever the decode attention's scratch buffers (kept between calls) are reallocated:
 // work captured in a CUDA graph must not be replayed across a change.
 uint64_t AttentionScratchGeneration();
+
+// Warps per team of the CUDA decode attention kernel (each warp one chunk of keys; default 1:
+// 4 and 8 measured the same at batch 1 and 2-10% slower at batch 16 on the H200).
+// For benchmarks that compare team shapes in one run; not thread-safe.
+void SetSplitKeyTeamWarps(int warps);
 
 }  // namespace openmoe::kernels
 

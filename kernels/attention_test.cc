@@ -252,5 +252,56 @@ TYPED_TEST(AttentionTest, ReadsOnlyTheValidKeysOfALargerCache) {
   }
 }
 
+// A decode step's fused RoPE + append + attention (one kernel on CUDA) against the two ops it
+// replaces, with the new key inside a chunk (L = 149) and first in its chunk (L = 160; the other
+// keys of that chunk lie beyond the step). The caches get the same new column; the outputs agree
+// to float32 summation order (float) or to one rounding of the output (bf16: 2^-8 relative,
+// twice for a rotated q element whose rounding could differ by a contracted multiply-add).
+template <class Space, class T>
+void CheckFusedDecodeStep(int64_t Dh, int64_t L, uint32_t seed) {
+  const int64_t B = 2, Nh = 4, Nkv = 2, capacity = 200;
+  const int64_t Wq = Nh * Dh, Wkv = Nkv * Dh;
+  std::vector<T> qkv, cache0;
+  for (float e : RandomNormal(B * (Wq + 2 * Wkv), 0.3f, seed)) qkv.push_back(T(e));
+  for (float e : RandomNormal(B * capacity * Wkv, 0.3f, seed + 1)) cache0.push_back(T(e));
+  std::vector<int64_t> mask(B * capacity, 1);
+  for (int64_t j = 0; j < 40; ++j) mask[capacity + j] = 0;  // row 1 left-padded
+  Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", B, capacity);
+  Kokkos::deep_copy(md, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
+                            mask.data(), B, capacity));
+  Kokkos::View<int64_t, typename Space::memory_space> offset("offset");
+  Kokkos::deep_copy(offset, L);
+  auto qkvd = ToDevice3<Space>(qkv, B, 1, Wq + 2 * Wkv, "qkv");
+  // The two ops with the position on the host.
+  auto kc1 = ToDevice3<Space>(cache0, B, capacity, Wkv, "k1"), vc1 = ToDevice3<Space>(cache0, B, capacity, Wkv, "v1");
+  Tensor3<T, Space> q1("q1", B, 1, Wq), out1("out1", B, 1, Wq);
+  ASSERT_TRUE(RopeAndAppend<T>(Space(), qkvd, Dh, Wkv, L, q1, kc1, vc1).ok());
+  ASSERT_TRUE(CausalAttention<T>(Space(), q1, kc1, vc1, md, Nh, Nkv, Dh, L + 1, L, out1).ok());
+  // The fused step with the position on the device.
+  auto kc2 = ToDevice3<Space>(cache0, B, capacity, Wkv, "k2"), vc2 = ToDevice3<Space>(cache0, B, capacity, Wkv, "v2");
+  Tensor3<T, Space> q2("q2", B, 1, Wq), out2("out2", B, 1, Wq);
+  absl::Status s = RopeAppendAttention<T>(Space(), qkvd, q2, kc2, vc2, md, Nh, Nkv, Dh, out2, offset.data());
+  ASSERT_TRUE(s.ok()) << s;
+  const std::vector<T> k1 = ToHost(kc1), k2 = ToHost(kc2);
+  for (size_t i = 0; i < k1.size(); ++i)
+    ASSERT_NEAR(float(k2[i]), float(k1[i]), std::ldexp(std::fabs(float(k1[i])), -7)) << "key cache " << i;
+  const std::vector<T> v1 = ToHost(vc1), v2 = ToHost(vc2);
+  for (size_t i = 0; i < v1.size(); ++i) ASSERT_EQ(float(v2[i]), float(v1[i])) << "value cache " << i;
+  const std::vector<T> want = ToHost(out1), got = ToHost(out2);
+  const bool is_float = sizeof(T) == 4;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const float w = float(want[i]);
+    ASSERT_NEAR(float(got[i]), w, is_float ? 1e-5f : std::ldexp(std::fabs(w), -7) + 1e-4f)
+        << i << " Dh " << Dh << " L " << L << " seed " << seed;
+  }
+}
+
+TYPED_TEST(AttentionTest, FusedDecodeStepEqualsRopeAppendThenAttention) {
+  for (int64_t L : {149, 160}) {
+    CheckFusedDecodeStep<TypeParam, float>(16, L, 91);
+    CheckFusedDecodeStep<TypeParam, bf16>(128, L, 93);
+  }
+}
+
 }  // namespace
 }  // namespace openmoe::kernels

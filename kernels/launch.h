@@ -60,6 +60,42 @@ bool IsPackAligned(const T* data, int64_t row_length) {
   return reinterpret_cast<uintptr_t>(data) % 16 == 0 && (row_length * int64_t(sizeof(T))) % 16 == 0;
 }
 
+// Lane exchanges inside one warp, for kernels that run only on CUDA with teams of 32 vector lanes
+// (each lane of a ThreadVectorRange(team, 32) is one CUDA lane). Host builds compile them as
+// identities; callers dispatch to such kernels on CUDA only.
+KOKKOS_INLINE_FUNCTION float LaneXor(float value, int lane_mask) {  // value of lane ^ lane_mask
+#if defined(__CUDA_ARCH__)
+  return __shfl_xor_sync(0xffffffffu, value, lane_mask);
+#else
+  (void)lane_mask;
+  return value;
+#endif
+}
+
+KOKKOS_INLINE_FUNCTION float LaneValue(float value, int lane) {  // value of `lane`
+#if defined(__CUDA_ARCH__)
+  return __shfl_sync(0xffffffffu, value, lane);
+#else
+  (void)lane;
+  return value;
+#endif
+}
+
+KOKKOS_INLINE_FUNCTION int LaneValue(int value, int lane) {
+#if defined(__CUDA_ARCH__)
+  return __shfl_sync(0xffffffffu, value, lane);
+#else
+  (void)lane;
+  return value;
+#endif
+}
+
+KOKKOS_INLINE_FUNCTION void WarpSync() {  // the warp's lanes meet (and see each other's writes)
+#if defined(__CUDA_ARCH__)
+  __syncwarp();
+#endif
+}
+
 }  // namespace openmoe::kernels
 
 #endif  // KERNELS_LAUNCH_H_

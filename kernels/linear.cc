@@ -33,14 +33,17 @@ absl::Status CheckContiguous(const char* op, const View& v) {
 
 // y[m, n] (+)= x[m, :] . w[n, :] for a few rows m (a decode step) and few columns n (o_proj,
 // down_proj, the router: N < 8192), where cuBLAS picks split-K kernels that read the weights at
-// 30-60% of HBM speed. The 4 warps of a team split one column's K (so that enough warps stream
-// at once), lanes read 16-byte packs of w's row. Float32 accumulation and one rounding of the
-// result, as cublasGemmEx with CUBLAS_COMPUTE_32F. Wide products stay with cuBLAS, which is
-// faster there (decode_kernels_benchmark).
+// 30-60% of HBM speed. CUDA only: one warp per column n streams w's row as 16-byte packs, each
+// lane with kInFlight loads issued before it uses them, and the lanes' sums meet by shuffles (no
+// shared memory, no barrier). Float32 accumulation and one rounding of the result, as
+// cublasGemmEx with CUBLAS_COMPUTE_32F. Wide products stay with cuBLAS, which is faster there
+// (decode_kernels_benchmark).
 constexpr int64_t kSmallBatchRows = 4;
 constexpr int64_t kSmallBatchMaxColumns = 8192;
 bool small_batch_linear_enabled = true;
-constexpr int kTeamWarps = 4;
+constexpr int kTeamWarps = 4;  // columns per team
+constexpr int kInFlight  = 8;  // w packs per lane in flight (16: 183 registers, two blocks per SM;
+                               // 8 with predicated partial rounds measured 50% slower on the H200)
 
 template <class T, class ExecSpace>
 void SmallBatchLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
@@ -48,52 +51,47 @@ void SmallBatchLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, Const
   using Policy  = Kokkos::TeamPolicy<ExecSpace>;
   using Member  = typename Policy::member_type;
   using P       = Pack<T>;
-  using Scratch = Kokkos::View<float*, typename ExecSpace::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
   const int64_t M = x.extent(0), K = x.extent(1), N = w.extent(0), packs = K / P::kSize;
   const T* x_data = x.data();  // [M, K]
   const T* w_data = w.data();  // [N, K]
-  Policy policy(space, N, kTeamWarps, 32);
-  policy.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(kTeamWarps)));
   Kokkos::parallel_for(
-      "openmoe::kernels::SmallBatchLinear", policy, KOKKOS_LAMBDA(const Member& team) {
-        const int64_t n = team.league_rank();
-        const P* w_row  = reinterpret_cast<const P*>(w_data + n * K);
-        Scratch partial(team.team_scratch(0), kTeamWarps);
-        for (int64_t m = 0; m < M; ++m) {
-          const P* x_row = reinterpret_cast<const P*>(x_data + m * K);
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kTeamWarps), [&](const int warp) {
-            float dot = 0.0f;
-            Kokkos::parallel_reduce(
-                Kokkos::ThreadVectorRange(team, 32),
-                [&](const int lane, float& acc) {
-                  constexpr int64_t kStride = kTeamWarps * 32;
-                  int64_t p = warp * 32 + lane;
-                  for (; p + 3 * kStride < packs; p += 4 * kStride) {  // four loads in flight per lane
-                    const P w0 = w_row[p], w1 = w_row[p + kStride], w2 = w_row[p + 2 * kStride],
-                            w3 = w_row[p + 3 * kStride];
-                    const P x0 = x_row[p], x1 = x_row[p + kStride], x2 = x_row[p + 2 * kStride],
-                            x3 = x_row[p + 3 * kStride];
-                    for (int e = 0; e < P::kSize; ++e) {
-                      acc += ToFloat(x0.v[e]) * ToFloat(w0.v[e]) + ToFloat(x1.v[e]) * ToFloat(w1.v[e]) +
-                             ToFloat(x2.v[e]) * ToFloat(w2.v[e]) + ToFloat(x3.v[e]) * ToFloat(w3.v[e]);
-                    }
-                  }
-                  for (; p < packs; p += kStride) {
-                    const P wp = w_row[p], xp = x_row[p];
-                    for (int e = 0; e < P::kSize; ++e) acc += ToFloat(xp.v[e]) * ToFloat(wp.v[e]);
-                  }
-                },
-                dot);
-            Kokkos::single(Kokkos::PerThread(team), [&]() { partial(warp) = dot; });
+      "openmoe::kernels::SmallBatchLinear", Policy(space, (N + kTeamWarps - 1) / kTeamWarps, kTeamWarps, 32),
+      KOKKOS_LAMBDA(const Member& team) {
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kTeamWarps), [&](const int warp) {
+          const int64_t n = team.league_rank() * kTeamWarps + warp;
+          if (n >= N) return;
+          const P* w_row = reinterpret_cast<const P*>(w_data + n * K);
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, 32), [&](const int lane) {
+            float acc[kSmallBatchRows] = {0.0f, 0.0f, 0.0f, 0.0f};
+            int64_t p = lane;
+            for (; p + (kInFlight - 1) * 32 < packs; p += kInFlight * 32) {
+              P wp[kInFlight];
+              for (int i = 0; i < kInFlight; ++i) wp[i] = w_row[p + i * 32];
+              for (int64_t m = 0; m < kSmallBatchRows; ++m) {
+                if (m >= M) continue;  // fixed trip count: acc stays in registers
+                const P* x_row = reinterpret_cast<const P*>(x_data + m * K);
+                for (int i = 0; i < kInFlight; ++i) {
+                  const P xp = x_row[p + i * 32];
+                  for (int e = 0; e < P::kSize; ++e) acc[m] += ToFloat(xp.v[e]) * ToFloat(wp[i].v[e]);
+                }
+              }
+            }
+            for (; p < packs; p += 32) {
+              const P wp = w_row[p];
+              for (int64_t m = 0; m < kSmallBatchRows; ++m) {
+                if (m >= M) continue;
+                const P xp = reinterpret_cast<const P*>(x_data + m * K)[p];
+                for (int e = 0; e < P::kSize; ++e) acc[m] += ToFloat(xp.v[e]) * ToFloat(wp.v[e]);
+              }
+            }
+            for (int64_t m = 0; m < kSmallBatchRows; ++m) {
+              if (m >= M) continue;
+              float sum = acc[m];
+              for (int mask = 16; mask >= 1; mask /= 2) sum += LaneXor(sum, mask);
+              if (lane == 0) y(m, n) = FromFloat<T>(accumulate ? ToFloat(y(m, n)) + sum : sum);
+            }
           });
-          team.team_barrier();
-          Kokkos::single(Kokkos::PerTeam(team), [&]() {
-            float sum = 0.0f;
-            for (int warp = 0; warp < kTeamWarps; ++warp) sum += partial(warp);
-            y(m, n) = FromFloat<T>(accumulate ? ToFloat(y(m, n)) + sum : sum);
-          });
-          team.team_barrier();
-        }
+        });
       });
 }
 

@@ -10,7 +10,7 @@
 // T = bf16 / f16 through StridedBatchedGemm (batched_gemm.h: cuBLAS with float32 compute on
 // CUDA, a float32-accumulating Kokkos loop on host); on CUDA, Linear with at most 4 rows (a decode step) and fewer than 8192
 // output columns (o_proj, down_proj, router) uses the project's own weight-streaming kernel
-// instead (a team of 4 warps per output column, 16-byte loads), which reads the weights faster
+// instead (one warp per output column, 16-byte loads), which reads the weights faster
 // than the split-K kernels cuBLAS picks for these shapes (decode_kernels_benchmark).
 //
 //   Linear<float>(space, x, w, y);

@@ -3,6 +3,7 @@
 // tokens contribute exactly zero), and the capacity formula on the spec's own examples.
 #include "kernels/moe.h"
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 
@@ -114,10 +115,9 @@ TYPED_TEST(MoeTest, CapacityOverflowDropsLaterTokensAndIdleExpertsStayEmpty) {
 // Product -> CombineFromPartials) against a double evaluation of OpenMoE's expert MLP,
 // y[t] = sum over kept k of p[t, e] * ((x W_gate[:, :I]) * silu(x W_gate[:, I:]) * (x W_up)) W_o,
 // with token 2's top-1 assignment dropped (capacity 2, all three tokens prefer expert 0).
-TYPED_TEST(MoeTest, GroupedExpertsMatchTheExpertMlpAndSkipDroppedAssignments) {
-  using Space = TypeParam;
-  const int64_t T = 3, E = 4, H = 16, I = 8, C = 2;
-  const std::vector<float> logits = {3, 1, 0, -1, /**/ 3, 0, 1, -1, /**/ 3, -1, 0, 1};
+template <class Space>
+void CheckGroupedExperts(int64_t T, int64_t E, int64_t C, const std::vector<float>& logits) {
+  const int64_t H = 16, I = 8;
   const std::vector<float> x = RandomNormal(T * H, 1.0f, 21);
   const std::vector<float> wi_gate = RandomNormal(E * H * 2 * I, 0.5f, 22), wi_up = RandomNormal(E * H * I, 0.5f, 23);
   const std::vector<float> wo = RandomNormal(E * I * H, 0.5f, 24);
@@ -145,8 +145,6 @@ TYPED_TEST(MoeTest, GroupedExpertsMatchTheExpertMlpAndSkipDroppedAssignments) {
   const std::vector<float> got = ToHost(y);
 
   const reference::Top2Routing r = reference::RouteTop2(logits, T, E);
-  ASSERT_EQ(r.expert[2 * 2], 0);
-  ASSERT_GE(r.rank[2 * 2], C);  // token 2's top-1 is dropped
   for (int64_t t = 0; t < T; ++t) {
     std::vector<double> want(H, 0.0);
     for (int k = 0; k < 2; ++k) {
@@ -172,6 +170,27 @@ TYPED_TEST(MoeTest, GroupedExpertsMatchTheExpertMlpAndSkipDroppedAssignments) {
     // of (1 + |want|) leaves margin without hiding a wrong expert, slice or dropped row (O(1)).
     for (int64_t h = 0; h < H; ++h) ASSERT_NEAR(got[t * H + h], want[h], 1e-4 * (1.0 + std::fabs(want[h]))) << t << "," << h;
   }
+}
+
+TYPED_TEST(MoeTest, GroupedExpertsMatchTheExpertMlpAndSkipDroppedAssignments) {
+  const std::vector<float> logits = {3, 1, 0, -1, /**/ 3, 0, 1, -1, /**/ 3, -1, 0, 1};
+  const reference::Top2Routing r = reference::RouteTop2(logits, 3, 4);
+  ASSERT_EQ(r.expert[2 * 2], 0);
+  ASSERT_GE(r.rank[2 * 2], 2);  // token 2's top-1 is dropped
+  CheckGroupedExperts<TypeParam>(/*T=*/3, /*E=*/4, /*C=*/2, logits);
+}
+
+// A 13-token step over 3 experts: each expert holds more assignments than one pass over its
+// weights takes (4), some dropped at capacity 7 (seed 25).
+TYPED_TEST(MoeTest, GroupedExpertsShareAnExpertsWeightsAcrossManyTokens) {
+  const int64_t T = 13, E = 3, C = 7;
+  const std::vector<float> logits = RandomNormal(T * E, 1.0f, 25);
+  const reference::Top2Routing r = reference::RouteTop2(logits, T, E);
+  std::vector<int> kept(E, 0), dropped(E, 0);
+  for (int64_t a = 0; a < 2 * T; ++a) ++(r.rank[a] < C ? kept : dropped)[r.expert[a]];
+  ASSERT_GT(*std::max_element(kept.begin(), kept.end()), 4);
+  ASSERT_GT(dropped[0] + dropped[1] + dropped[2], 0);
+  CheckGroupedExperts<TypeParam>(T, E, C, logits);
 }
 
 }  // namespace

@@ -3,6 +3,9 @@
 # they load (Debian's Abseil, Google Benchmark, ...) into DIR/bin and DIR/lib, so that they run
 # on a GPU machine without Bazel: LD_LIBRARY_PATH=DIR/lib DIR/bin/<binary>.
 # CUDA libraries (cuBLAS, cuBLASLt) are not copied: the GPU machine has them in /usr/local/cuda.
+# The default set with two benchmarks is ~70 MB, more than a device call carries (64 MiB with the
+# work tree): pack it (`tar cJf .dev/bins.tar.xz -C .device bin lib`, ~11 MB; .dev is ignored by
+# git), carry .dev, and unpack first on the GPU machine (`tar xJf .dev/bins.tar.xz -C .device`).
 set -euo pipefail
 dest="${1:?usage: stage.sh DIR [bazel-bin relative binary paths]}"
 shift
