@@ -88,9 +88,13 @@ void SplitKeyAttention(const ExecSpace& space, SplitKeySource<T> source, int64_t
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, warps), [&](const int warp) {
           const int64_t unit = team.league_rank() * warps + warp;
           if (unit >= units) return;
-          const int64_t chunk = unit % chunks, idx = unit / chunks;
-          const int64_t head = idx % num_heads, s = (idx / num_heads) % Sq, b = idx / (num_heads * Sq);
-          const int64_t q_col = head * head_dim, kv_col = (head / group) * head_dim;
+          // 32-bit index arithmetic (a 64-bit division is ~4x the instructions, and this kernel is
+          // bound by the instruction latency of its few warps; units < 2^31 by the caller's check).
+          const int unit32 = int(unit), chunks32 = int(chunks), heads32 = int(num_heads), Sq32 = int(Sq);
+          const int64_t chunk = unit32 % chunks32, idx = unit32 / chunks32;
+          const int idx32 = int(idx), head32 = idx32 % heads32;
+          const int64_t head = head32, s = (idx32 / heads32) % Sq32, b = idx32 / (heads32 * Sq32);
+          const int64_t q_col = head * head_dim, kv_col = int64_t(head32 / int(group)) * head_dim;
           const int64_t keys     = device_offset != nullptr ? *device_offset + Sq : num_keys;
           const int64_t position = (device_offset != nullptr ? *device_offset : q_offset) + s;
           const int64_t end      = keys < position + 1 ? keys : position + 1;  // causal: keys [0, end)
@@ -203,7 +207,7 @@ void SplitKeyAttention(const ExecSpace& space, SplitKeySource<T> source, int64_t
               for (int e = 0; e < P::kSize; ++e) acc[e] = acc[e] * keep + other_acc[e] * take;
               run_m = new_m;
             };
-            constexpr int kMergeInFlight = 4;
+            constexpr int kMergeInFlight = 8;
             for (int64_t c0 = slice; c0 < active; c0 += kMergeInFlight * kSlices) {
               float chunk_m[kMergeInFlight], chunk_l[kMergeInFlight], chunk_acc[kMergeInFlight][P::kSize];
               for (int i = 0; i < kMergeInFlight; ++i) {
@@ -237,6 +241,10 @@ absl::Status LaunchSplitKey(const ExecSpace& space, SplitKeySource<T> source, in
                             Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
                             int64_t num_heads, int64_t group, int64_t head_dim, int64_t num_keys, int64_t q_offset,
                             Tensor3<T, ExecSpace> out, const int64_t* device_offset) {
+  const int64_t units = batch * Sq * num_heads * ((num_keys + kWarpKeys - 1) / kWarpKeys);
+  if (units >= (int64_t(1) << 31)) {  // the kernel indexes its warps in 32 bits
+    return absl::InvalidArgumentError(absl::StrCat("SplitKeyAttention: ", units, " key chunks exceed 2^31"));
+  }
   switch (head_dim / Pack<T>::kSize) {
 #define OPENMOE_SPLIT_KEY_CASE(packs)                                                                            \
   case packs:                                                                                                    \
