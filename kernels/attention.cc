@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <map>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/attention_gemm.h"
@@ -262,25 +264,29 @@ absl::Status LaunchSplitKey(const ExecSpace& space, SplitKeySource<T> source, in
 }
 
 // cos/sin of RoPE for positions [0, positions) and pair index j < head_dim / 2, as RopeCosSin
-// computes them: [positions, head_dim / 2, 2] floats, kept between calls (scratch generation).
-struct RopeTableTag;
-
+// computes them: [positions, head_dim / 2, 2] floats, one table per head_dim, kept between calls
+// (grown with the longest cache seen; a growth bumps the scratch generation).
 template <class ExecSpace>
 const float* RopeTable(const ExecSpace& space, int64_t positions, int64_t head_dim) {
-  static int64_t filled_positions = 0, filled_head_dim = 0;
-  bool grew = false;
-  auto table = GrowingScratch<RopeTableTag, float, typename ExecSpace::memory_space>(
-      "attention.rope_table", size_t(positions * head_dim), false, &grew);
-  if (grew || head_dim != filled_head_dim || positions > filled_positions) {
+  using Table = Kokkos::View<float*, typename ExecSpace::memory_space>;
+  static std::map<int64_t, Table> tables;  // head_dim -> table
+  static bool hooked = false;
+  if (!hooked) {
+    Kokkos::push_finalize_hook([] { tables.clear(); });
+    hooked = true;
+  }
+  Table& table = tables[head_dim];
+  if (int64_t(table.extent(0)) < positions * head_dim) {
     ++scratch_generation;
-    const int64_t half = head_dim / 2, rows = int64_t(table.extent(0)) / head_dim;
+    table = Table(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("attention.rope_table")),
+                  size_t(positions * head_dim));
+    const int64_t half = head_dim / 2;
     float* data = table.data();
-    Kokkos::parallel_for("openmoe::kernels::RopeTable", FlatRange(space, rows * half), KOKKOS_LAMBDA(const int64_t i) {
+    Kokkos::parallel_for("openmoe::kernels::RopeTable", FlatRange(space, positions * half), KOKKOS_LAMBDA(const int64_t i) {
       float c, sn;
       RopeCosSin(i / half, i % half, head_dim, c, sn);
       data[2 * i] = c, data[2 * i + 1] = sn;
     });
-    filled_positions = rows, filled_head_dim = head_dim;
   }
   return table.data();
 }

@@ -28,6 +28,18 @@ Tensor3<T, Space> ToDevice3(const std::vector<T>& host, int64_t a, int64_t b, in
 
 std::vector<double> ToDouble(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 
+// A key mask [B, capacity] of ones, except the first `padding` columns of row 1 (left padding).
+template <class Space>
+Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> SecondRowLeftPadded(int64_t B, int64_t capacity,
+                                                                                             int64_t padding) {
+  std::vector<int64_t> mask(B * capacity, 1);
+  for (int64_t j = 0; j < padding; ++j) mask[capacity + j] = 0;
+  Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> device("mask", B, capacity);
+  Kokkos::deep_copy(device, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace,
+                                         Kokkos::MemoryUnmanaged>(mask.data(), B, capacity));
+  return device;
+}
+
 // Both attention paths on every backend: the fused kernels, and the batched GEMMs with the
 // default scores budget and with one so small that every chunk has a few query rows.
 struct PathCase {
@@ -178,11 +190,7 @@ TYPED_TEST(AttentionTest, DeviceOffsetEqualsHostOffset) {
   const int64_t Wq = Nh * Dh, Wkv = Nkv * Dh;
   const std::vector<float> qkv = RandomNormal(B * (Wq + 2 * Wkv), 0.5f, 81);
   const std::vector<float> cache0 = RandomNormal(B * capacity * Wkv, 0.5f, 82);
-  std::vector<int64_t> mask(B * capacity, 1);
-  for (int64_t j = 0; j < 40; ++j) mask[capacity + j] = 0;  // row 1 left-padded
-  Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", B, capacity);
-  Kokkos::deep_copy(md, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
-                            mask.data(), B, capacity));
+  auto md = SecondRowLeftPadded<Space>(B, capacity, 40);
   Kokkos::View<int64_t, typename Space::memory_space> offset("offset");
   Kokkos::deep_copy(offset, L);
   std::vector<std::vector<float>> results[2];
@@ -264,11 +272,7 @@ void CheckFusedDecodeStep(int64_t Dh, int64_t L, uint32_t seed) {
   std::vector<T> qkv, cache0;
   for (float e : RandomNormal(B * (Wq + 2 * Wkv), 0.3f, seed)) qkv.push_back(T(e));
   for (float e : RandomNormal(B * capacity * Wkv, 0.3f, seed + 1)) cache0.push_back(T(e));
-  std::vector<int64_t> mask(B * capacity, 1);
-  for (int64_t j = 0; j < 40; ++j) mask[capacity + j] = 0;  // row 1 left-padded
-  Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", B, capacity);
-  Kokkos::deep_copy(md, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
-                            mask.data(), B, capacity));
+  auto md = SecondRowLeftPadded<Space>(B, capacity, 40);
   Kokkos::View<int64_t, typename Space::memory_space> offset("offset");
   Kokkos::deep_copy(offset, L);
   auto qkvd = ToDevice3<Space>(qkv, B, 1, Wq + 2 * Wkv, "qkv");

@@ -72,16 +72,7 @@ KOKKOS_INLINE_FUNCTION float LaneXor(float value, int lane_mask) {  // value of 
 #endif
 }
 
-KOKKOS_INLINE_FUNCTION float LaneValue(float value, int lane) {  // value of `lane`
-#if defined(__CUDA_ARCH__)
-  return __shfl_sync(0xffffffffu, value, lane);
-#else
-  (void)lane;
-  return value;
-#endif
-}
-
-KOKKOS_INLINE_FUNCTION int LaneValue(int value, int lane) {
+KOKKOS_INLINE_FUNCTION int LaneValue(int value, int lane) {  // value of `lane`
 #if defined(__CUDA_ARCH__)
   return __shfl_sync(0xffffffffu, value, lane);
 #else
