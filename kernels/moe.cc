@@ -131,10 +131,6 @@ namespace {
 constexpr int kExpertWarps = 8;      // team threads; each takes every 8th row of the slice
 constexpr int kExpertLanes = 32;     // lanes; each takes one 16-byte pack of columns
 constexpr int kExpertInFlight = 16;  // row loads per lane in flight
-// Assignments of one expert per pass over its weights. 4 rows per pass ran 3x slower on the H200
-// at batch 16 (1.05 ms per call; not yet investigated), so one row per pass: an expert's later
-// passes re-read its weight slice (from L2 where it is still there).
-constexpr int kGroupRows = 1;
 constexpr int64_t kTargetTeams = 512;  // more splits make the consumers (which add them up) slower
 }  // namespace
 
@@ -150,91 +146,6 @@ bool GroupedExpertShapesFit(const T* weights, int64_t cols) {
   return IsPackAligned(weights, cols) && cols % Pack<T>::kSize == 0;
 }
 
-namespace {
-// GroupedExpertProduct with up to kRows assignments of an expert per pass over its weights.
-template <int kRows, class T, class ExecSpace>
-void GroupedExpertKernel(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, bool x_per_token,
-                         ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
-                         int64_t capacity, const T* weights, Partials<ExecSpace> partial) {
-  using P = Pack<T>;
-  const int64_t K = x.extent(1), A = 2 * experts.extent(0);
-  const int64_t splits = partial.extent(0), cols = partial.extent(2);
-  constexpr int64_t kCols = kExpertLanes * P::kSize;  // columns per team
-  const int64_t col_blocks = (cols + kCols - 1) / kCols, rows_per_split = (K + splits - 1) / splits;
-  using Member  = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
-  using Scratch = Kokkos::View<float**, Kokkos::LayoutRight, typename ExecSpace::scratch_memory_space,
-                               Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
-  auto policy = WarpTeams(space, A * col_blocks * splits, kExpertWarps);
-  policy.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(kExpertWarps, kRows * kCols)));
-  Kokkos::parallel_for(
-      "openmoe::kernels::GroupedExpertProduct", policy, KOKKOS_LAMBDA(const Member& team) {
-        const int64_t split = team.league_rank() % splits, block = (team.league_rank() / splits) % col_blocks;
-        const int64_t a = team.league_rank() / (splits * col_blocks);
-        auto kept = [&](const int64_t o) { return rank(o / 2, o % 2) < capacity; };  // dropped: consumers skip it
-        if (!kept(a)) return;
-        const int64_t e = experts(a / 2, a % 2);
-        // The first kept assignment of expert e leads: its team multiplies e's slice of weights
-        // with the rows of all of e's kept assignments, kRows per pass (so that a step
-        // streams each expert's weights once, however many of its tokens chose it).
-        for (int64_t o = 0; o < a; ++o)
-          if (experts(o / 2, o % 2) == e && kept(o)) return;
-        const int64_t k0 = split * rows_per_split, k1 = k0 + rows_per_split < K ? k0 + rows_per_split : K;
-        const T* w = weights + e * K * cols;  // [K, cols]
-        Scratch sums(team.team_scratch(0), kExpertWarps, kRows * kCols);  // [warp, group row, column]
-        int64_t next = a;  // the next assignment to look at
-        while (next < A) {
-          int64_t members[kRows], x_rows[kRows];  // this pass's assignments and their rows of x
-          int count = 0;
-          for (; next < A && count < kRows; ++next) {
-            if (experts(next / 2, next % 2) != e || !kept(next)) continue;
-            members[count] = next, x_rows[count] = x_per_token ? next / 2 : next;
-            ++count;
-          }
-          if (count == 0) break;
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kExpertWarps), [&](const int warp) {
-            Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, kExpertLanes), [&](const int lane) {
-              const int64_t col0 = block * kCols + lane * P::kSize;
-              float acc[kRows][P::kSize];
-              for (int g = 0; g < kRows; ++g)
-                for (int i = 0; i < P::kSize; ++i) acc[g][i] = 0.0f;
-              if (col0 < cols) {
-                // Rounds of kExpertInFlight row loads per lane, all issued before any is used.
-                constexpr int64_t kStep = kExpertWarps;
-                for (int64_t r0 = k0 + warp; r0 < k1; r0 += kExpertInFlight * kStep) {
-                  P wp[kExpertInFlight];
-                  for (int i = 0; i < kExpertInFlight; ++i) {
-                    const int64_t r = r0 + i * kStep;
-                    wp[i] = *reinterpret_cast<const P*>(w + (r < k1 ? r : r0) * cols + col0);
-                  }
-                  for (int g = 0; g < kRows; ++g) {
-                    if (g >= count) continue;  // fixed trip counts: acc stays in registers
-                    for (int i = 0; i < kExpertInFlight; ++i) {
-                      const int64_t r = r0 + i * kStep;
-                      const float xr = r < k1 ? ToFloat(x(x_rows[g], r)) : 0.0f;
-                      for (int j = 0; j < P::kSize; ++j) acc[g][j] += xr * ToFloat(wp[i].v[j]);
-                    }
-                  }
-                }
-              }
-              for (int g = 0; g < kRows; ++g)
-                for (int i = 0; i < P::kSize; ++i) sums(warp, g * kCols + lane * P::kSize + i) = acc[g][i];
-            });
-          });
-          team.team_barrier();
-          Kokkos::parallel_for(Kokkos::TeamVectorRange(team, count * kCols), [&](const int64_t gc) {
-            const int64_t g = gc / kCols, c = gc % kCols, col = block * kCols + c;
-            if (col < cols) {
-              float total = 0.0f;
-              for (int warp = 0; warp < kExpertWarps; ++warp) total += sums(warp, gc);
-              partial(split, members[g], col) = total;
-            }
-          });
-          team.team_barrier();  // sums is free again
-        }
-      });
-}
-}  // namespace
-
 template <class T, class ExecSpace>
 absl::Status GroupedExpertProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, bool x_per_token,
                                   ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
@@ -249,7 +160,56 @@ absl::Status GroupedExpertProduct(const ExecSpace& space, ConstMatrix<T, ExecSpa
                                                    partial.extent(1), ", ", cols, "] does not fit x [",
                                                    x.extent(0), ", ", K, "] and ", A, " assignments"));
   }
-  GroupedExpertKernel<kGroupRows, T, ExecSpace>(space, x, x_per_token, experts, rank, capacity, weights, partial);
+  constexpr int64_t kCols = kExpertLanes * P::kSize;  // columns per team
+  const int64_t col_blocks = (cols + kCols - 1) / kCols, rows_per_split = (K + splits - 1) / splits;
+  using Member  = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  using Scratch = Kokkos::View<float**, Kokkos::LayoutRight, typename ExecSpace::scratch_memory_space,
+                               Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+  auto policy = WarpTeams(space, A * col_blocks * splits, kExpertWarps);
+  policy.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(kExpertWarps, kCols)));
+  Kokkos::parallel_for(
+      "openmoe::kernels::GroupedExpertProduct", policy, KOKKOS_LAMBDA(const Member& team) {
+        const int64_t split = team.league_rank() % splits, block = (team.league_rank() / splits) % col_blocks;
+        const int64_t a = team.league_rank() / (splits * col_blocks), t = a / 2, k = a % 2;
+        if (rank(t, k) >= capacity) return;  // dropped: the consumers skip it
+        const int64_t e = experts(t, k), row = x_per_token ? t : a;
+        const int64_t k0 = split * rows_per_split, k1 = k0 + rows_per_split < K ? k0 + rows_per_split : K;
+        const T* w = weights + e * K * cols;  // [K, cols]
+        Scratch sums(team.team_scratch(0), kExpertWarps, kCols);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kExpertWarps), [&](const int warp) {
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, kExpertLanes), [&](const int lane) {
+            const int64_t col0 = block * kCols + lane * P::kSize;
+            float acc[P::kSize];
+            for (int i = 0; i < P::kSize; ++i) acc[i] = 0.0f;
+            if (col0 < cols) {
+              // Rounds of kExpertInFlight row loads per lane, all issued before any is used.
+              constexpr int64_t kStep = kExpertWarps;
+              for (int64_t r0 = k0 + warp; r0 < k1; r0 += kExpertInFlight * kStep) {
+                P wp[kExpertInFlight];
+                float xr[kExpertInFlight];
+                for (int i = 0; i < kExpertInFlight; ++i) {
+                  const int64_t r = r0 + i * kStep;
+                  const bool in = r < k1;
+                  wp[i] = *reinterpret_cast<const P*>(w + (in ? r : r0) * cols + col0);
+                  xr[i] = in ? ToFloat(x(row, r)) : 0.0f;
+                }
+                for (int i = 0; i < kExpertInFlight; ++i)
+                  for (int j = 0; j < P::kSize; ++j) acc[j] += xr[i] * ToFloat(wp[i].v[j]);
+              }
+            }
+            for (int i = 0; i < P::kSize; ++i) sums(warp, lane * P::kSize + i) = acc[i];
+          });
+        });
+        team.team_barrier();
+        Kokkos::parallel_for(Kokkos::TeamVectorRange(team, kCols), [&](const int64_t c) {
+          const int64_t col = block * kCols + c;
+          if (col < cols) {
+            float total = 0.0f;
+            for (int warp = 0; warp < kExpertWarps; ++warp) total += sums(warp, c);
+            partial(split, a, col) = total;
+          }
+        });
+      });
   return absl::OkStatus();
 }
 

@@ -180,9 +180,9 @@ TYPED_TEST(MoeTest, GroupedExpertsMatchTheExpertMlpAndSkipDroppedAssignments) {
   CheckGroupedExperts<TypeParam>(/*T=*/3, /*E=*/4, /*C=*/2, logits);
 }
 
-// A 13-token step over 3 experts: each expert holds more assignments than one pass over its
-// weights takes (4), some dropped at capacity 7 (seed 25).
-TYPED_TEST(MoeTest, GroupedExpertsShareAnExpertsWeightsAcrossManyTokens) {
+// A 13-token step over 3 experts: an expert holds more than 4 kept assignments, some are dropped
+// at capacity 7 (seed 25).
+TYPED_TEST(MoeTest, GroupedExpertsServeManyTokensPerExpert) {
   const int64_t T = 13, E = 3, C = 7;
   const std::vector<float> logits = RandomNormal(T * E, 1.0f, 25);
   const reference::Top2Routing r = reference::RouteTop2(logits, T, E);
