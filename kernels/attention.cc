@@ -137,12 +137,11 @@ void SplitKeyAttention(const ExecSpace& space, SplitKeySource<T> source, int64_t
               const int64_t cache_offset = &k(b, holds_new ? j_new : 0, kv_col) - k.data();
               for (int64_t d = lane; d < half_dim; d += 32) {
                 const float c = cos_sin[2 * d], sn = cos_sin[2 * d + 1];
-                const float x_lo = ToFloat(row[q_col + d]), x_hi = ToFloat(row[q_col + d + half_dim]);
-                rotated[d]            = FromFloat<T>(x_lo * c - x_hi * sn);
-                rotated[d + half_dim] = FromFloat<T>(x_hi * c + x_lo * sn);
+                RotatePair(ToFloat(row[q_col + d]), ToFloat(row[q_col + d + half_dim]), c, sn, rotated[d],
+                           rotated[d + half_dim]);
                 if (holds_new) {
-                  const float k_lo = ToFloat(k_new[d]), k_hi = ToFloat(k_new[d + half_dim]);
-                  const T lo = FromFloat<T>(k_lo * c - k_hi * sn), hi = FromFloat<T>(k_hi * c + k_lo * sn);
+                  T lo, hi;
+                  RotatePair(ToFloat(k_new[d]), ToFloat(k_new[d + half_dim]), c, sn, lo, hi);
                   rotated[head_dim + d] = lo, rotated[head_dim + d + half_dim] = hi;
                   source.k_cache[cache_offset + d] = lo, source.k_cache[cache_offset + d + half_dim] = hi;
                   source.v_cache[cache_offset + d] = v_new[d];
@@ -312,9 +311,7 @@ absl::Status ApplyRope(const ExecSpace& space, Tensor3<T, ExecSpace> x, int64_t 
         float c, sn;
         RopeCosSin(position_offset + s, j, head_dim, c, sn);
         if (inverse) sn = -sn;
-        const float x_lo = ToFloat(x(b, s, lo)), x_hi = ToFloat(x(b, s, hi));
-        x(b, s, lo) = FromFloat<T>(x_lo * c - x_hi * sn);
-        x(b, s, hi) = FromFloat<T>(x_hi * c + x_lo * sn);
+        RotatePair(ToFloat(x(b, s, lo)), ToFloat(x(b, s, hi)), c, sn, x(b, s, lo), x(b, s, hi));
       });
   return absl::OkStatus();
 }
@@ -350,15 +347,12 @@ absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<const T, ExecSpace> q
         float c, sn;
         RopeCosSin(column, j, head_dim, c, sn);
         if (pair < q_pairs) {
-          const float x_lo = ToFloat(qkv(b, s, lo)), x_hi = ToFloat(qkv(b, s, hi));
-          q_out(b, s, lo) = FromFloat<T>(x_lo * c - x_hi * sn);
-          q_out(b, s, hi) = FromFloat<T>(x_hi * c + x_lo * sn);
+          RotatePair(ToFloat(qkv(b, s, lo)), ToFloat(qkv(b, s, hi)), c, sn, q_out(b, s, lo), q_out(b, s, hi));
         }
         if (pair < kv_pairs) {
           const int64_t k0 = q_width, v0 = q_width + kv_width;
-          const float x_lo = ToFloat(qkv(b, s, k0 + lo)), x_hi = ToFloat(qkv(b, s, k0 + hi));
-          k_cache(b, column, lo) = FromFloat<T>(x_lo * c - x_hi * sn);
-          k_cache(b, column, hi) = FromFloat<T>(x_hi * c + x_lo * sn);
+          RotatePair(ToFloat(qkv(b, s, k0 + lo)), ToFloat(qkv(b, s, k0 + hi)), c, sn, k_cache(b, column, lo),
+                     k_cache(b, column, hi));
           v_cache(b, column, lo) = qkv(b, s, v0 + lo);
           v_cache(b, column, hi) = qkv(b, s, v0 + hi);
         }
@@ -520,7 +514,8 @@ absl::Status RopeAppendAttention(const ExecSpace& space, Tensor3<const T, ExecSp
                      v_cache.extent(1) == size_t(capacity) && key_mask.extent(0) == size_t(B) &&
                      key_mask.extent(1) >= size_t(capacity) && out.extent(0) == size_t(B) &&
                      out.extent(1) == 1 && out.extent(2) == size_t(q_width) &&
-                     IsPackAligned(qkv.data(), qkv.extent(2)) && SplitKeyShapesFit(q.data(), k_cache.data(), v_cache.data(), head_dim);
+                     IsPackAligned(qkv.data(), qkv.extent(2)) &&
+                     SplitKeyShapesFit(qkv.data(), k_cache.data(), v_cache.data(), head_dim);  // q is not read
   if (!fused) {
     const absl::Status appended =
         RopeAndAppend<T, ExecSpace>(space, qkv, head_dim, kv_width, 0, q, k_cache, v_cache, device_offset);

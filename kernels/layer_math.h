@@ -19,6 +19,14 @@ KOKKOS_INLINE_FUNCTION void RopeCosSin(int64_t position, int64_t j, int64_t head
   s = float(Kokkos::Experimental::sin(angle));
 }
 
+// One rotate-half pair of RoPE: (lo, hi) -> (lo c - hi s, hi c + lo s), rounded to T. Every RoPE
+// kernel rotates through here, so that all of them round alike.
+template <class T>
+KOKKOS_INLINE_FUNCTION void RotatePair(float lo, float hi, float c, float s, T& out_lo, T& out_hi) {
+  out_lo = FromFloat<T>(lo * c - hi * s);
+  out_hi = FromFloat<T>(hi * c + lo * s);
+}
+
 // OpenMoE's "swiglu": the first half of the gate is linear, the second goes through SiLU.
 KOKKOS_INLINE_FUNCTION float Swiglu(float linear, float gated, float up) {
   return linear * (gated / (1.0f + Kokkos::Experimental::exp(-gated))) * up;
