@@ -53,13 +53,18 @@ void TimeCalls(benchmark::State& state, double bytes_per_call, Call&& call) {
   state.counters["host_us"] = host_seconds * 1e6 / (double(state.iterations()) * kRepeats);
 }
 
-// y[1, N] = x[1, K] @ w[N, K]^T; arg 2 selects cuBLAS (0) or the streaming kernel (1). The calls
+// y[1, N] = x[1, K] @ w[N, K]^T; arg 2 selects the kernel: cuBLAS (0), warp per column (1),
+// split-K (2) (DecodeLinearKernel). The calls
 // cycle through copies of w that together exceed 4x the H200's 50 MB L2, so that every call reads
 // its weights from HBM as a decode step does (one copy of the same w stays in L2 and measures
 // a cache, not the kernel).
 void BM_DecodeLinear(benchmark::State& state) {
   const int64_t N = state.range(0), K = state.range(1);
-  const bool streaming = state.range(2) != 0;
+  const int kernel = int(state.range(2));
+  static const char* const kNames[] = {"cublas", "warp_per_column", "split_k"};
+  static const kernels::DecodeLinearKernel kKernels[] = {kernels::DecodeLinearKernel::kCublas,
+                                                         kernels::DecodeLinearKernel::kWarpPerColumn,
+                                                         kernels::DecodeLinearKernel::kSplitK};
   const double weight_bytes = double(N * K) * sizeof(bf16);
   const int copies = int(std::min(64.0, std::ceil(200e6 / weight_bytes)));
   Matrix<bf16, Space> x("x", 1, K), y("y", 1, N);
@@ -69,7 +74,7 @@ void BM_DecodeLinear(benchmark::State& state) {
     FillRandom(w.back(), 0.02f);
   }
   FillRandom(x, 1.0f);
-  kernels::SetSmallBatchLinearEnabled(streaming);
+  kernels::SetDecodeLinearKernel(kKernels[kernel]);
   int next = 0;
   TimeCalls(state, double(N * K + K + N) * sizeof(bf16), [&] {
     const Matrix<bf16, Space>& weights = w[next];
@@ -77,8 +82,8 @@ void BM_DecodeLinear(benchmark::State& state) {
     absl::Status s = kernels::Linear<bf16>(Space(), ConstMatrix<bf16, Space>(x), ConstMatrix<bf16, Space>(weights), y);
     if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
   });
-  kernels::SetSmallBatchLinearEnabled(true);
-  state.SetLabel(streaming ? "streaming" : "cublas");
+  kernels::SetDecodeLinearKernel(kernels::DecodeLinearKernel::kAuto);
+  state.SetLabel(kNames[kernel]);
 }
 
 void BM_DecodeAddRmsNorm(benchmark::State& state) {
@@ -149,13 +154,13 @@ void BM_EmptyLaunch(benchmark::State& state) {
 
 // Linear shapes of an 8B decode step: q/k/v fused, o_proj, gate/up fused, down, router, LM head.
 BENCHMARK(BM_DecodeLinear)
-    ->ArgNames({"N", "K", "streaming"})
-    ->ArgsProduct({{9216}, {2048}, {0, 1}})
-    ->ArgsProduct({{2048}, {3072}, {0, 1}})
-    ->ArgsProduct({{24576}, {2048}, {0, 1}})
-    ->ArgsProduct({{2048}, {8192}, {0, 1}})
-    ->ArgsProduct({{32}, {2048}, {0, 1}})
-    ->ArgsProduct({{256384}, {2048}, {0, 1}})
+    ->ArgNames({"N", "K", "kernel"})
+    ->ArgsProduct({{9216}, {2048}, {0, 1, 2}})
+    ->ArgsProduct({{2048}, {3072}, {0, 1, 2}})
+    ->ArgsProduct({{24576}, {2048}, {0, 1, 2}})
+    ->ArgsProduct({{2048}, {8192}, {0, 1, 2}})
+    ->ArgsProduct({{32}, {2048}, {0, 1, 2}})
+    ->ArgsProduct({{256384}, {2048}, {0, 1, 2}})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_DecodeAddRmsNorm)->Arg(2048)->Arg(3072)->UseManualTime()->Unit(benchmark::kMicrosecond);

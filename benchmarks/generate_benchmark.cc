@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <random>
 #include <sstream>
 #include <string>
@@ -16,6 +17,7 @@
 #include <Kokkos_Core.hpp>
 
 #include "kernels/attention.h"
+#include "kernels/linear.h"
 #include "openmoe/checkpoint_table.h"
 #include "openmoe/generation.h"
 
@@ -106,7 +108,9 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--help")) {
       std::printf("generate_benchmark [--preset=base|8b|34b] [--dtype=bf16|fp32] [--prompt_len=512] "
                   "[--new_tokens=64] [--batches=1,16]\n"
-                  "  ablation of the CUDA decode attention: [--attention_team_warps=1] (warps per team)\n");
+                  "  ablation of the CUDA decode attention: [--attention_team_warps=1] (warps per team)\n"
+                  "  ablation of the decode Linear kernel (<= 4 rows): "
+                  "[--decode_linear=auto|cublas|warp_per_column|split_k]\n");
       return 0;
     }
   const std::string preset = Arg(argc, argv, "preset", "8b"), dtype = Arg(argc, argv, "dtype", "bf16");
@@ -118,6 +122,19 @@ int main(int argc, char** argv) {
   setenv("OMP_PROC_BIND", "false", 0);
   Kokkos::ScopeGuard kokkos(argc, argv);
   openmoe::kernels::SetSplitKeyTeamWarps(std::atoi(Arg(argc, argv, "attention_team_warps", "1").c_str()));
+  {
+    using K = openmoe::kernels::DecodeLinearKernel;
+    const std::string name = Arg(argc, argv, "decode_linear", "auto");
+    const std::map<std::string, K> kernels = {{"auto", K::kAuto}, {"cublas", K::kCublas},
+                                             {"warp_per_column", K::kWarpPerColumn},
+                                             {"split_k", K::kSplitK}};
+    if (!kernels.count(name)) {
+      std::fprintf(stderr, "generate_benchmark: unknown --decode_linear=%s\n", name.c_str());
+      return 2;
+    }
+    openmoe::kernels::SetDecodeLinearKernel(kernels.at(name));
+    std::printf("decode_linear=%s\n", name.c_str());
+  }
   return dtype == "fp32" ? Run<float>(preset, dtype, prompt_len, new_tokens, batches)
                          : Run<openmoe::bf16>(preset, dtype, prompt_len, new_tokens, batches);
 }

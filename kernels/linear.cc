@@ -1,5 +1,6 @@
 #include "kernels/linear.h"
 
+#include <algorithm>
 #include <type_traits>
 
 #include <KokkosBlas3_gemm.hpp>
@@ -33,21 +34,22 @@ absl::Status CheckContiguous(const char* op, const View& v) {
 
 // y[m, n] (+)= x[m, :] . w[n, :] for a few rows m (a decode step) and few columns n (o_proj,
 // down_proj, the router: N < 8192), where cuBLAS picks split-K kernels that read the weights at
-// 30-60% of HBM speed. CUDA only: one warp per column n streams w's row as 16-byte packs, each
-// lane with kInFlight loads issued before it uses them, and the lanes' sums meet by shuffles (no
-// shared memory, no barrier). Float32 accumulation and one rounding of the result, as
+// 30-60% of HBM speed. CUDA only, float32 accumulation and one rounding of the result, as
 // cublasGemmEx with CUBLAS_COMPUTE_32F. Wide products stay with cuBLAS, which is faster there
 // (decode_kernels_benchmark).
 constexpr int64_t kSmallBatchRows = 4;
 constexpr int64_t kSmallBatchMaxColumns = 8192;
-bool small_batch_linear_enabled = true;
+DecodeLinearKernel decode_linear_kernel = DecodeLinearKernel::kAuto;
+
+// Warp per column: one warp per column n streams w's row as 16-byte packs, each lane with
+// kInFlight loads issued before it uses them, in rounds, and the lanes' sums meet by shuffles.
 constexpr int kTeamWarps = 4;  // columns per team
 constexpr int kInFlight  = 8;  // w packs per lane in flight (16: 183 registers, two blocks per SM;
                                // 8 with predicated partial rounds measured 50% slower on the H200)
 
 template <class T, class ExecSpace>
-void SmallBatchLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
-                      Matrix<T, ExecSpace> y, bool accumulate) {
+void WarpPerColumnLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
+                         Matrix<T, ExecSpace> y, bool accumulate) {
   using Policy  = Kokkos::TeamPolicy<ExecSpace>;
   using Member  = typename Policy::member_type;
   using P       = Pack<T>;
@@ -55,7 +57,7 @@ void SmallBatchLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, Const
   const T* x_data = x.data();  // [M, K]
   const T* w_data = w.data();  // [N, K]
   Kokkos::parallel_for(
-      "openmoe::kernels::SmallBatchLinear", Policy(space, (N + kTeamWarps - 1) / kTeamWarps, kTeamWarps, 32),
+      "openmoe::kernels::WarpPerColumnLinear", Policy(space, (N + kTeamWarps - 1) / kTeamWarps, kTeamWarps, 32),
       KOKKOS_LAMBDA(const Member& team) {
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kTeamWarps), [&](const int warp) {
           const int64_t n = team.league_rank() * kTeamWarps + warp;
@@ -93,6 +95,86 @@ void SmallBatchLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, Const
           });
         });
       });
+}
+
+// Split-K: one team per column n, `warps` warps that each own consecutive slices of 32 x kLoads
+// packs of w's row, so that every lane issues all kLoads 16-byte loads of a slice before it uses
+// any (a whole row in flight at once, for K up to warps x 32 x kLoads x 8 bf16). Lanes meet by
+// shuffles, warps through kSmallBatchRows floats each of shared memory. kExact: the slices cover
+// the row exactly (no bounds checks on the loads). Faster than warp-per-column where its rows end
+// in a partial round (o_proj, K = 3072: 8.2 vs 9.1 us on the H200), slower where they do not
+// (down_proj, K = 8192: 15.9 vs 14.3 us; 8 loads per lane: 18.0 us), decode_kernels_benchmark.
+constexpr int kLoads = 4;
+
+template <class T, bool kExact, class ExecSpace>
+void SplitKLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
+                  Matrix<T, ExecSpace> y, bool accumulate, int warps, int rounds) {
+  using Policy  = Kokkos::TeamPolicy<ExecSpace>;
+  using Member  = typename Policy::member_type;
+  using P       = Pack<T>;
+  const int64_t M = x.extent(0), K = x.extent(1), N = w.extent(0), packs = K / P::kSize;
+  const T* x_data = x.data();  // [M, K]
+  const T* w_data = w.data();  // [N, K]
+  const size_t partial_bytes = size_t(warps) * kSmallBatchRows * sizeof(float);
+  Policy policy(space, N, warps, 32);
+  policy.set_scratch_size(0, Kokkos::PerTeam(partial_bytes));
+  Kokkos::parallel_for(
+      "openmoe::kernels::SplitKLinear", policy, KOKKOS_LAMBDA(const Member& team) {
+        const int64_t n = team.league_rank();
+        const int warp = team.team_rank();
+        float* partial = static_cast<float*>(team.team_shmem().get_shmem(partial_bytes));  // [warps, rows]
+        const P* w_row = reinterpret_cast<const P*>(w_data + n * K);
+        Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, 32), [&](const int lane) {
+          float acc[kSmallBatchRows] = {0.0f, 0.0f, 0.0f, 0.0f};
+          for (int r = 0; r < rounds; ++r) {
+            const int64_t first = (int64_t(r) * warps + warp) * (32 * kLoads) + lane;  // this lane's first pack
+            P wp[kLoads];
+            for (int i = 0; i < kLoads; ++i)
+              if (kExact || first + i * 32 < packs) wp[i] = w_row[first + i * 32];
+            for (int64_t m = 0; m < kSmallBatchRows; ++m) {
+              if (m >= M) continue;  // fixed trip count: acc stays in registers
+              const P* x_row = reinterpret_cast<const P*>(x_data + m * K);
+              for (int i = 0; i < kLoads; ++i) {
+                if (!kExact && first + i * 32 >= packs) continue;
+                const P xp = x_row[first + i * 32];
+                for (int e = 0; e < P::kSize; ++e) acc[m] += ToFloat(xp.v[e]) * ToFloat(wp[i].v[e]);
+              }
+            }
+          }
+          for (int64_t m = 0; m < kSmallBatchRows; ++m) {
+            float sum = acc[m];
+            for (int mask = 16; mask >= 1; mask /= 2) sum += LaneXor(sum, mask);
+            if (lane == 0) partial[warp * kSmallBatchRows + m] = sum;
+          }
+        });
+        team.team_barrier();
+        if (warp == 0) {
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, kSmallBatchRows), [&](const int m) {
+            if (m >= M) return;
+            float sum = 0.0f;
+            for (int v = 0; v < warps; ++v) sum += partial[v * kSmallBatchRows + m];
+            y(m, n) = FromFloat<T>(accumulate ? ToFloat(y(m, n)) + sum : sum);
+          });
+        }
+      });
+}
+
+// Splits a row of `packs` 16-byte packs into slices of 32 x kLoads packs over at most 8 warps per
+// team, as many as divide the slices evenly (4 or more, else 8 with bounds checks), more rounds
+// per warp beyond.
+template <class T, class ExecSpace>
+void SplitKLinearFor(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
+                     Matrix<T, ExecSpace> y, bool accumulate) {
+  constexpr int64_t kMaxWarps = 8;
+  const int64_t packs = x.extent(1) / Pack<T>::kSize;
+  const int64_t slices = (packs + 32 * kLoads - 1) / (32 * kLoads);
+  int64_t warps = std::min(slices, kMaxWarps);
+  while (slices % warps != 0 && warps > 4) --warps;
+  if (slices % warps != 0) warps = std::min(slices, kMaxWarps);
+  const int64_t rounds = (slices + warps - 1) / warps;
+  const bool exact = rounds * warps * 32 * kLoads == packs;
+  exact ? SplitKLinear<T, true, ExecSpace>(space, x, w, y, accumulate, int(warps), int(rounds))
+        : SplitKLinear<T, false, ExecSpace>(space, x, w, y, accumulate, int(warps), int(rounds));
 }
 
 // 16-bit y[M, N] (+)= x[M, K] @ op(w) through StridedBatchedGemm (cuBLAS on CUDA, a float32
@@ -148,10 +230,19 @@ absl::Status Gemm(const ExecSpace& space, const char* op, ConstMatrix<T, ExecSpa
   } else {
 #if defined(KOKKOS_ENABLE_CUDA)
     if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
-      if (small_batch_linear_enabled && w_is_out_in && M <= size_t(kSmallBatchRows) &&
-          N < size_t(kSmallBatchMaxColumns) && IsPackAligned(x.data(), K) &&
-          IsPackAligned(w.data(), K)) {
-        SmallBatchLinear<T, ExecSpace>(space, x, w, y, accumulate);
+      const DecodeLinearKernel kernel = decode_linear_kernel;
+      const bool fits = w_is_out_in && M <= size_t(kSmallBatchRows) && IsPackAligned(x.data(), K) &&
+                        IsPackAligned(w.data(), K);
+      // Automatic choice: streaming below 8192 columns, warp per column where K is a whole
+      // number of its 8-load rounds (256 packs), split-K otherwise.
+      const bool whole_rounds = (K / Pack<T>::kSize) % (32 * kInFlight) == 0;
+      const bool automatic = kernel == DecodeLinearKernel::kAuto && N < size_t(kSmallBatchMaxColumns);
+      if (fits && ((automatic && whole_rounds) || kernel == DecodeLinearKernel::kWarpPerColumn)) {
+        WarpPerColumnLinear<T, ExecSpace>(space, x, w, y, accumulate);
+        return absl::OkStatus();
+      }
+      if (fits && ((automatic && !whole_rounds) || kernel == DecodeLinearKernel::kSplitK)) {
+        SplitKLinearFor<T, ExecSpace>(space, x, w, y, accumulate);
         return absl::OkStatus();
       }
     }
@@ -162,7 +253,7 @@ absl::Status Gemm(const ExecSpace& space, const char* op, ConstMatrix<T, ExecSpa
 
 }  // namespace
 
-void SetSmallBatchLinearEnabled(bool enabled) { small_batch_linear_enabled = enabled; }
+void SetDecodeLinearKernel(DecodeLinearKernel kernel) { decode_linear_kernel = kernel; }
 
 template <class T, class ExecSpace>
 absl::Status Linear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,

@@ -41,9 +41,12 @@ template <class T, class ExecSpace>
 absl::Status AddTransposedProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> a, ConstMatrix<T, ExecSpace> b,
                                   Matrix<float, ExecSpace> c);
 
-// Whether Linear may use the weight-streaming kernel for <= 4 rows on CUDA (default true).
-// For benchmarks that compare it with cuBLAS in the same run; not thread-safe.
-void SetSmallBatchLinearEnabled(bool enabled);
+// Which kernel Linear uses for <= 4 rows on CUDA: kAuto (a weight-streaming kernel for fewer than
+// 8192 columns: warp per column where K is a multiple of 2048 16-bit elements, split-K otherwise;
+// cuBLAS beyond), or one forced for every width (kCublas, kWarpPerColumn, kSplitK). For
+// benchmarks that compare them in the same run and for tests; not thread-safe.
+enum class DecodeLinearKernel { kAuto, kCublas, kWarpPerColumn, kSplitK };
+void SetDecodeLinearKernel(DecodeLinearKernel kernel);
 
 }  // namespace openmoe::kernels
 

@@ -62,16 +62,27 @@ TYPED_TEST(LinearTest, MatchesReference) {
   }
 }
 
-// bf16 storage (LoopGemm on host, cublasGemmEx on CUDA, and on CUDA the weight-streaming kernel
-// for Linear with <= 4 rows and 16-byte aligned rows: the (1, 2048, 37) and (3, 264, 129)
-// cases): inputs are bf16 values, so the double reference of those exact values differs from
-// the kernel by the float32 accumulation error plus one rounding of the result to bf16 (unit
-// roundoff u = 2^-8 for its 8-bit significand).
+// bf16 storage (LoopGemm on host, cublasGemmEx on CUDA, and on CUDA the weight-streaming kernels
+// for Linear with <= 4 rows and 16-byte aligned rows): inputs are bf16 values, so the double
+// reference of those exact values differs from the kernel by the float32 accumulation error plus
+// one rounding of the result to bf16 (unit roundoff u = 2^-8 for its 8-bit significand).
+// On CUDA every decode Linear kernel is forced in turn (and kAuto picks warp per column for
+// K = 2048, 8192, split-K for the others); the aligned shapes reach the split-K kernel's
+// variants: (3, 264, 129) one warp, bounds checks; (1, 3072, 64) 3 warps, exact; (2, 8192, 64)
+// 8 warps; (2, 6144, 9) 6 warps; (4, 10400, 3) 8 warps, 2 rounds, bounds checks. Host backends
+// run their one path four times.
 TYPED_TEST(LinearTest, Bf16MatchesReferenceOfRoundedInputs) {
   using Space = TypeParam;
+  using DK = DecodeLinearKernel;
+  struct ResetKernel {
+    ~ResetKernel() { SetDecodeLinearKernel(DK::kAuto); }
+  } reset;  // also when an assertion returns early
+  for (DK kernel : {DK::kAuto, DK::kCublas, DK::kWarpPerColumn, DK::kSplitK}) {
+  SetDecodeLinearKernel(kernel);
   for (auto [M, K, N] : {std::make_tuple(19, 111, 37), std::make_tuple(5, 989, 3), std::make_tuple(1, 1, 1),
                          std::make_tuple(1, 2048, 37), std::make_tuple(3, 264, 129),
-                         std::make_tuple(2, 8192, 64)}) {
+                         std::make_tuple(2, 8192, 64), std::make_tuple(1, 3072, 64),
+                         std::make_tuple(2, 6144, 9), std::make_tuple(4, 10400, 3)}) {
     for (bool out_in : {true, false}) {
       for (bool accumulate : {false, true}) {
         const uint32_t seed = 500 + M + K + N;
@@ -98,10 +109,11 @@ TYPED_TEST(LinearTest, Bf16MatchesReferenceOfRoundedInputs) {
           const double bound = double(K + 1) * FLT_EPSILON * (abs_sum[i] + std::fabs(y0[i])) + rounding + 1e-30;
           ASSERT_NEAR(float(got[i]), expected, bound) << Space::name() << " M" << M << " K" << K << " N" << N
                                                       << (out_in ? " Linear" : " MatMul") << " acc " << accumulate
-                                                      << " seed " << seed;
+                                                      << " kernel " << int(kernel) << " seed " << seed;
         }
       }
     }
+  }
   }
 }
 

@@ -77,40 +77,54 @@ absl::Status AddRmsNorm(const ExecSpace& space, Matrix<T, ExecSpace> h, ConstMat
   if (IsPackAligned(h.data(), hidden) && IsPackAligned(delta.data(), hidden) && IsPackAligned(y.data(), hidden) &&
       IsPackAligned(weight.data(), hidden)) {
     // 16-byte packs: at H = 2048 (bf16) each of 256 threads loads one pack of h, delta and the
-    // weight at once, so a decode step's single row costs one memory round trip per pass.
+    // weight at once (the weight before the reduction, so that the pass after it needs no
+    // memory round trip), and keeps its first kHeld packs in registers; packs beyond those (rows
+    // longer than kHeld x 256 packs, host teams) are read back from h.
     using P = Pack<T>;
+    constexpr int kHeld = 2;
     const int64_t packs = hidden / P::kSize;
     Kokkos::parallel_for(
         "openmoe::kernels::AddRmsNormPacked", RowTeams(space, rows, kGpuThreads), KOKKOS_LAMBDA(const Member& team) {
           const int64_t t = team.league_rank();
+          const int64_t first = team.team_rank(), step = team.team_size();  // this thread's packs
           P* h_row        = reinterpret_cast<P*>(h.data() + t * hidden);
           const P* d_row  = reinterpret_cast<const P*>(delta.data() + t * hidden);
           const P* w_row  = reinterpret_cast<const P*>(weight.data());
           P* y_row        = reinterpret_cast<P*>(y.data() + t * hidden);
+          P held_sum[kHeld], held_w[kHeld];
           float sum_squares = 0.0f;
-          Kokkos::parallel_reduce(
-              Kokkos::TeamThreadRange(team, packs),
-              [&](const int64_t p, float& partial) {
-                const P a = h_row[p], d = d_row[p];
-                P sum;
-                for (int e = 0; e < P::kSize; ++e) {
-                  sum.v[e]      = FromFloat<T>(ToFloat(a.v[e]) + ToFloat(d.v[e]));
-                  const float v = ToFloat(sum.v[e]);
-                  partial += v * v;
-                }
-                h_row[p] = sum;
-              },
-              sum_squares);
+          auto add = [&](const int64_t p, P& sum) {
+            const P a = h_row[p], d = d_row[p];
+            for (int e = 0; e < P::kSize; ++e) {
+              sum.v[e]      = FromFloat<T>(ToFloat(a.v[e]) + ToFloat(d.v[e]));
+              const float v = ToFloat(sum.v[e]);
+              sum_squares += v * v;
+            }
+            h_row[p] = sum;
+          };
+          for (int k = 0; k < kHeld; ++k) {
+            const int64_t p = first + k * step;
+            if (p < packs) held_w[k] = w_row[p], add(p, held_sum[k]);
+          }
+          for (int64_t p = first + kHeld * step; p < packs; p += step) {
+            P sum;
+            add(p, sum);
+          }
+          team.team_reduce(Kokkos::Sum<float>(sum_squares));
           const float inv_rms = 1.0f / Kokkos::Experimental::sqrt(sum_squares * inv_hidden + eps);
-          // Each pack is written and read back by the same thread (same TeamThreadRange split).
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, packs), [&](const int64_t p) {
-            const P a = h_row[p], w = w_row[p];
+          auto store = [&](const int64_t p, const P& a, const P& w) {
             P out;
             for (int e = 0; e < P::kSize; ++e) {
               out.v[e] = FromFloat<T>(ToFloat(w.v[e]) * ToFloat(FromFloat<T>(ToFloat(a.v[e]) * inv_rms)));
             }
             y_row[p] = out;
-          });
+          };
+          for (int k = 0; k < kHeld; ++k) {
+            const int64_t p = first + k * step;
+            if (p < packs) store(p, held_sum[k], held_w[k]);
+          }
+          // Each pack beyond the held ones is read back by the thread that wrote it.
+          for (int64_t p = first + kHeld * step; p < packs; p += step) store(p, h_row[p], w_row[p]);
         });
     return absl::OkStatus();
   }

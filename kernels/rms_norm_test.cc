@@ -115,10 +115,11 @@ TYPED_TEST_P(RmsNormTest, RejectsMismatchedShapesNamingTheTensor) {
 
 TYPED_TEST_P(RmsNormTest, FusedAddNormEqualsAddThenNorm) {
   using Space = TypeParam;
-  // hidden 111: the element-wise kernel (bit-identical to add then norm); 2048: the 16-byte
-  // packed kernel, whose sum of squares is added in another order (float32 rounding only: the
-  // relative difference of y is a few ulps, bounded here by 1e-5).
-  for (const int64_t hidden : {111, 2048}) {
+  // hidden 111: the element-wise kernel (bit-identical to add then norm); 2048 and 8192: the
+  // 16-byte packed kernel (8192: packs beyond the ones a CUDA thread keeps in registers), whose
+  // sum of squares is added in another order (float32 rounding only: the relative difference of
+  // y is a few ulps, bounded here by 1e-5).
+  for (const int64_t hidden : {111, 2048, 8192}) {
     const int64_t rows = 19;
     std::mt19937 rng(kSeed);
     const std::vector<float> h0 = RandomVector(rows * hidden, 1.0f, rng), delta = RandomVector(rows * hidden, 1.0f, rng);

@@ -478,14 +478,15 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const ExecSpace& space, Cache& 
   profile_.Mark(space, "embedding");
   // The residual add of each block is fused into the norm that follows it.
   bool delta_pending = false;  // delta not yet added to h
-  auto norm_into_x = [&](const std::string& weight) -> absl::Status {
+  auto norm_into = [&](Matrix<T, ExecSpace> out, const std::string& weight) -> absl::Status {
     const absl::Status status = delta_pending
-        ? kernels::AddRmsNorm<T>(space, h, delta, WeightVector(weight), x, c.rms_norm_eps)
-        : kernels::RmsNorm<T>(space, h, WeightVector(weight), x, c.rms_norm_eps);
+        ? kernels::AddRmsNorm<T>(space, h, delta, WeightVector(weight), out, c.rms_norm_eps)
+        : kernels::RmsNorm<T>(space, h, WeightVector(weight), out, c.rms_norm_eps);
     delta_pending = false;
     profile_.Mark(space, "norm+residual");
     return status;
   };
+  auto norm_into_x = [&](const std::string& weight) { return norm_into(x, weight); };
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string layer = absl::StrCat("model.layers.", i);
     // Attention block: new keys/values join the cache at their absolute columns.
@@ -517,24 +518,26 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const ExecSpace& space, Cache& 
     profile_.Mark(space, "dense_mlp");
     delta_pending = true;
   }
-  if (delta_pending) OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
   // Final norm and LM head, on every new column or only on the last one of each row.
   const int64_t rows = last_only ? B : N;
-  Matrix<T, ExecSpace> head_in = Buffer2<T>("head_in", rows, H);  // [rows, H]
-  if (last_only) {
+  Matrix<T, ExecSpace> normed = Buffer2<T>("head_normed", rows, H);  // [rows, H]
+  if (rows == N) {
+    // Every column of h (all of them, or S = 1 in a decode step): the last residual add and the
+    // final norm as one kernel, no copy of h.
+    OPENMOE_RETURN_IF_ERROR(norm_into(normed, "model.norm.weight"));
+  } else {
+    if (delta_pending) OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
+    Matrix<T, ExecSpace> head_in = Buffer2<T>("head_in", rows, H);  // [rows, H]
     Kokkos::parallel_for(
         "openmoe::model::GatherLastColumn", Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>(space, 0, B * H),
         KOKKOS_LAMBDA(const int64_t idx) {
           const int64_t b = idx / H, j = idx % H;
           head_in(b, j) = h(b * S + S - 1, j);
         });
-  } else {
-    Kokkos::deep_copy(space, head_in, h);
+    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, head_in, WeightVector("model.norm.weight"), normed, c.rms_norm_eps));
+    profile_.Mark(space, "norm+residual");
   }
-  Matrix<T, ExecSpace> normed = Buffer2<T>("head_normed", rows, H);
-  OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, head_in, WeightVector("model.norm.weight"), normed, c.rms_norm_eps));
   Matrix<T, ExecSpace> logits = Buffer2<T>("logits", rows, V);  // [rows, V]
-  profile_.Mark(space, "norm+residual");
   OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(normed), Weight("lm_head.weight", V, H), logits));
   profile_.Mark(space, "lm_head");
   return absl::OkStatus();
