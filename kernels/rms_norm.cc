@@ -8,6 +8,68 @@ namespace openmoe::kernels {
 namespace {
 // Threads per row on GPUs: 8 elements each at H = 2048.
 constexpr int kGpuThreads = 256;
+
+// RMSNorm of rows of 16-byte packs (all pointers 16-byte aligned, hidden a whole number of packs);
+// kAdd: h += delta first (rounded to T, written back), as AddRmsNorm. At H = 2048 (bf16) each of
+// 256 threads loads one pack of h, delta and the weight at once (the weight before the
+// reduction, so that the pass after it needs no memory round trip), and keeps its first kHeld
+// packs in registers; packs beyond those (rows longer than kHeld x 256 packs, host teams) are
+// read back from h. y may be h (each pack is read before it is written, by the same thread).
+template <bool kAdd, class T, class ExecSpace>
+void PackedNorm(const ExecSpace& space, T* h, const T* delta, const T* weight, T* y, int64_t rows, int64_t hidden,
+                float eps) {
+  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  using P = Pack<T>;
+  constexpr int kHeld = 2;
+  const int64_t packs = hidden / P::kSize;
+  const float inv_hidden = 1.0f / float(hidden);
+  Kokkos::parallel_for(
+      kAdd ? "openmoe::kernels::AddRmsNormPacked" : "openmoe::kernels::RmsNormPacked", RowTeams(space, rows, kGpuThreads),
+      KOKKOS_LAMBDA(const Member& team) {
+        const int64_t t = team.league_rank();
+        const int64_t first = team.team_rank(), step = team.team_size();  // this thread's packs
+        P* h_row       = reinterpret_cast<P*>(h + t * hidden);
+        const P* d_row = reinterpret_cast<const P*>(delta + (kAdd ? t * hidden : 0));
+        const P* w_row = reinterpret_cast<const P*>(weight);
+        P* y_row       = reinterpret_cast<P*>(y + t * hidden);
+        P held_x[kHeld], held_w[kHeld];
+        float sum_squares = 0.0f;
+        auto load = [&](const int64_t p, P& sum) {  // h (+ delta), its squares summed
+          const P a = h_row[p];
+          if constexpr (kAdd) {
+            const P d = d_row[p];
+            for (int e = 0; e < P::kSize; ++e) sum.v[e] = FromFloat<T>(ToFloat(a.v[e]) + ToFloat(d.v[e]));
+            h_row[p] = sum;
+          } else {
+            sum = a;
+          }
+          for (int e = 0; e < P::kSize; ++e) sum_squares += ToFloat(sum.v[e]) * ToFloat(sum.v[e]);
+        };
+        for (int k = 0; k < kHeld; ++k) {
+          const int64_t p = first + k * step;
+          if (p < packs) held_w[k] = w_row[p], load(p, held_x[k]);
+        }
+        for (int64_t p = first + kHeld * step; p < packs; p += step) {
+          P sum;
+          load(p, sum);
+        }
+        team.team_reduce(Kokkos::Sum<float>(sum_squares));
+        const float inv_rms = 1.0f / Kokkos::Experimental::sqrt(sum_squares * inv_hidden + eps);
+        auto store = [&](const int64_t p, const P& a, const P& w) {
+          P out;
+          for (int e = 0; e < P::kSize; ++e) {
+            out.v[e] = FromFloat<T>(ToFloat(w.v[e]) * ToFloat(FromFloat<T>(ToFloat(a.v[e]) * inv_rms)));
+          }
+          y_row[p] = out;
+        };
+        for (int k = 0; k < kHeld; ++k) {
+          const int64_t p = first + k * step;
+          if (p < packs) store(p, held_x[k], held_w[k]);
+        }
+        // Each pack beyond the held ones is read back by the thread that wrote it.
+        for (int64_t p = first + kHeld * step; p < packs; p += step) store(p, h_row[p], w_row[p]);
+      });
+}
 }  // namespace
 
 template <class T, class ExecSpace>
@@ -29,6 +91,13 @@ absl::Status RmsNorm(const ExecSpace& space, ConstMatrix<T, ExecSpace> x,
     return absl::InvalidArgumentError(absl::StrCat("RmsNorm: eps must be > 0, got ", eps));
   }
   if (rows == 0 || hidden == 0) return absl::OkStatus();
+  if (IsPackAligned(x.data(), hidden) && IsPackAligned(y.data(), hidden) && IsPackAligned(weight.data(), hidden) &&
+      (x.data() == y.data() || !(x.data() < y.data() + rows * hidden && y.data() < x.data() + rows * hidden))) {
+    // Read-only when kAdd is false: x's data is never written.
+    PackedNorm<false, T, ExecSpace>(space, const_cast<T*>(x.data()), nullptr, weight.data(), y.data(), rows, hidden,
+                                    eps);
+    return absl::OkStatus();
+  }
 
   using Policy = Kokkos::TeamPolicy<ExecSpace>;
   using Member = typename Policy::member_type;
@@ -76,56 +145,7 @@ absl::Status AddRmsNorm(const ExecSpace& space, Matrix<T, ExecSpace> h, ConstMat
   const float inv_hidden = 1.0f / float(hidden);
   if (IsPackAligned(h.data(), hidden) && IsPackAligned(delta.data(), hidden) && IsPackAligned(y.data(), hidden) &&
       IsPackAligned(weight.data(), hidden)) {
-    // 16-byte packs: at H = 2048 (bf16) each of 256 threads loads one pack of h, delta and the
-    // weight at once (the weight before the reduction, so that the pass after it needs no
-    // memory round trip), and keeps its first kHeld packs in registers; packs beyond those (rows
-    // longer than kHeld x 256 packs, host teams) are read back from h.
-    using P = Pack<T>;
-    constexpr int kHeld = 2;
-    const int64_t packs = hidden / P::kSize;
-    Kokkos::parallel_for(
-        "openmoe::kernels::AddRmsNormPacked", RowTeams(space, rows, kGpuThreads), KOKKOS_LAMBDA(const Member& team) {
-          const int64_t t = team.league_rank();
-          const int64_t first = team.team_rank(), step = team.team_size();  // this thread's packs
-          P* h_row        = reinterpret_cast<P*>(h.data() + t * hidden);
-          const P* d_row  = reinterpret_cast<const P*>(delta.data() + t * hidden);
-          const P* w_row  = reinterpret_cast<const P*>(weight.data());
-          P* y_row        = reinterpret_cast<P*>(y.data() + t * hidden);
-          P held_sum[kHeld], held_w[kHeld];
-          float sum_squares = 0.0f;
-          auto add = [&](const int64_t p, P& sum) {
-            const P a = h_row[p], d = d_row[p];
-            for (int e = 0; e < P::kSize; ++e) {
-              sum.v[e]      = FromFloat<T>(ToFloat(a.v[e]) + ToFloat(d.v[e]));
-              const float v = ToFloat(sum.v[e]);
-              sum_squares += v * v;
-            }
-            h_row[p] = sum;
-          };
-          for (int k = 0; k < kHeld; ++k) {
-            const int64_t p = first + k * step;
-            if (p < packs) held_w[k] = w_row[p], add(p, held_sum[k]);
-          }
-          for (int64_t p = first + kHeld * step; p < packs; p += step) {
-            P sum;
-            add(p, sum);
-          }
-          team.team_reduce(Kokkos::Sum<float>(sum_squares));
-          const float inv_rms = 1.0f / Kokkos::Experimental::sqrt(sum_squares * inv_hidden + eps);
-          auto store = [&](const int64_t p, const P& a, const P& w) {
-            P out;
-            for (int e = 0; e < P::kSize; ++e) {
-              out.v[e] = FromFloat<T>(ToFloat(w.v[e]) * ToFloat(FromFloat<T>(ToFloat(a.v[e]) * inv_rms)));
-            }
-            y_row[p] = out;
-          };
-          for (int k = 0; k < kHeld; ++k) {
-            const int64_t p = first + k * step;
-            if (p < packs) store(p, held_sum[k], held_w[k]);
-          }
-          // Each pack beyond the held ones is read back by the thread that wrote it.
-          for (int64_t p = first + kHeld * step; p < packs; p += step) store(p, h_row[p], w_row[p]);
-        });
+    PackedNorm<true, T, ExecSpace>(space, h.data(), delta.data(), weight.data(), y.data(), rows, hidden, eps);
     return absl::OkStatus();
   }
   Kokkos::parallel_for(
