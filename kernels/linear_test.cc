@@ -78,42 +78,42 @@ TYPED_TEST(LinearTest, Bf16MatchesReferenceOfRoundedInputs) {
     ~ResetKernel() { SetDecodeLinearKernel(DK::kAuto); }
   } reset;  // also when an assertion returns early
   for (DK kernel : {DK::kAuto, DK::kCublas, DK::kWarpPerColumn, DK::kSplitK}) {
-  SetDecodeLinearKernel(kernel);
-  for (auto [M, K, N] : {std::make_tuple(19, 111, 37), std::make_tuple(5, 989, 3), std::make_tuple(1, 1, 1),
-                         std::make_tuple(1, 2048, 37), std::make_tuple(3, 264, 129),
-                         std::make_tuple(2, 8192, 64), std::make_tuple(1, 3072, 64),
-                         std::make_tuple(2, 6144, 9), std::make_tuple(4, 10400, 3)}) {
-    for (bool out_in : {true, false}) {
-      for (bool accumulate : {false, true}) {
-        const uint32_t seed = 500 + M + K + N;
-        std::vector<float> x = RandomNormal(M * K, 1.0f, seed), w = RandomNormal(K * N, 1.0f, seed + 1);
-        std::vector<float> y0 = RandomNormal(M * N, 1.0f, seed + 2);
-        std::vector<bf16> xb, wb, yb;
-        for (float& e : x) xb.push_back(bf16(e)), e = float(xb.back());
-        for (float& e : w) wb.push_back(bf16(e)), e = float(wb.back());
-        for (float& e : y0) yb.push_back(bf16(e)), e = float(yb.back());
-        auto xd = ToDevice<Space>(xb, M, K, "x");
-        auto wd = out_in ? ToDevice<Space>(wb, N, K, "w") : ToDevice<Space>(wb, K, N, "w");
-        auto y  = ToDevice<Space>(yb, M, N, "y");
-        absl::Status s = out_in ? Linear<bf16>(Space(), ConstMatrix<bf16, Space>(xd), ConstMatrix<bf16, Space>(wd), y, accumulate)
-                                : MatMul<bf16>(Space(), ConstMatrix<bf16, Space>(xd), ConstMatrix<bf16, Space>(wd), y, accumulate);
-        ASSERT_TRUE(s.ok()) << s;
-        const std::vector<bf16> got = ToHost(y);
-        const std::vector<double> want = reference::MatMul(x, w, M, K, N, out_in);
-        const std::vector<double> abs_sum = AbsProductSums(x, w, M, K, N, out_in);
-        for (int64_t i = 0; i < M * N; ++i) {
-          const double expected = want[i] + (accumulate ? y0[i] : 0.0);
-          // With accumulate, cuBLAS may round the product to bf16 before adding y: two roundings.
-          const double rounding = std::ldexp(std::fabs(expected), -8) +
-                                  (accumulate ? std::ldexp(std::fabs(want[i]), -8) : 0.0);
-          const double bound = double(K + 1) * FLT_EPSILON * (abs_sum[i] + std::fabs(y0[i])) + rounding + 1e-30;
-          ASSERT_NEAR(float(got[i]), expected, bound) << Space::name() << " M" << M << " K" << K << " N" << N
-                                                      << (out_in ? " Linear" : " MatMul") << " acc " << accumulate
-                                                      << " kernel " << int(kernel) << " seed " << seed;
+    SetDecodeLinearKernel(kernel);
+    for (auto [M, K, N] : {std::make_tuple(19, 111, 37), std::make_tuple(5, 989, 3), std::make_tuple(1, 1, 1),
+                           std::make_tuple(1, 2048, 37), std::make_tuple(3, 264, 129),
+                           std::make_tuple(2, 8192, 64), std::make_tuple(1, 3072, 64),
+                           std::make_tuple(2, 6144, 9), std::make_tuple(4, 10400, 3)}) {
+      for (bool out_in : {true, false}) {
+        for (bool accumulate : {false, true}) {
+          const uint32_t seed = 500 + M + K + N;
+          std::vector<float> x = RandomNormal(M * K, 1.0f, seed), w = RandomNormal(K * N, 1.0f, seed + 1);
+          std::vector<float> y0 = RandomNormal(M * N, 1.0f, seed + 2);
+          std::vector<bf16> xb, wb, yb;
+          for (float& e : x) xb.push_back(bf16(e)), e = float(xb.back());
+          for (float& e : w) wb.push_back(bf16(e)), e = float(wb.back());
+          for (float& e : y0) yb.push_back(bf16(e)), e = float(yb.back());
+          auto xd = ToDevice<Space>(xb, M, K, "x");
+          auto wd = out_in ? ToDevice<Space>(wb, N, K, "w") : ToDevice<Space>(wb, K, N, "w");
+          auto y  = ToDevice<Space>(yb, M, N, "y");
+          absl::Status s = out_in ? Linear<bf16>(Space(), ConstMatrix<bf16, Space>(xd), ConstMatrix<bf16, Space>(wd), y, accumulate)
+                                  : MatMul<bf16>(Space(), ConstMatrix<bf16, Space>(xd), ConstMatrix<bf16, Space>(wd), y, accumulate);
+          ASSERT_TRUE(s.ok()) << s;
+          const std::vector<bf16> got = ToHost(y);
+          const std::vector<double> want = reference::MatMul(x, w, M, K, N, out_in);
+          const std::vector<double> abs_sum = AbsProductSums(x, w, M, K, N, out_in);
+          for (int64_t i = 0; i < M * N; ++i) {
+            const double expected = want[i] + (accumulate ? y0[i] : 0.0);
+            // With accumulate, cuBLAS may round the product to bf16 before adding y: two roundings.
+            const double rounding = std::ldexp(std::fabs(expected), -8) +
+                                    (accumulate ? std::ldexp(std::fabs(want[i]), -8) : 0.0);
+            const double bound = double(K + 1) * FLT_EPSILON * (abs_sum[i] + std::fabs(y0[i])) + rounding + 1e-30;
+            ASSERT_NEAR(float(got[i]), expected, bound) << Space::name() << " M" << M << " K" << K << " N" << N
+                                                        << (out_in ? " Linear" : " MatMul") << " acc " << accumulate
+                                                        << " kernel " << int(kernel) << " seed " << seed;
+          }
         }
       }
     }
-  }
   }
 }
 
