@@ -19,6 +19,7 @@
 #include "kernels/attention.h"
 #include "kernels/linear.h"
 #include "openmoe/checkpoint_table.h"
+#include "openmoe/decode_graph.h"
 #include "openmoe/generation.h"
 
 namespace {
@@ -72,7 +73,11 @@ int Run(const std::string& preset, const std::string& dtype, int64_t prompt_len,
     for (int64_t b = 0; b < B; ++b) ids[b * prompt_len] = 0;  // <pad> BOS
     openmoe::GenerationOptions warmup;
     warmup.max_new_tokens = 4;
-    if (!openmoe::Generate(*model, ids, mask, B, prompt_len, warmup).ok()) return 1;  // allocates buffers
+    if (auto warm = openmoe::Generate(*model, ids, mask, B, prompt_len, warmup); !warm.ok()) {  // allocates buffers
+      std::fprintf(stderr, "generate_benchmark: warm-up at batch %lld failed: %s\n", static_cast<long long>(B),
+                   std::string(warm.status().message()).c_str());
+      return 1;
+    }
     openmoe::GenerationOptions options;
     options.max_new_tokens = new_tokens;
     options.allowed_vocab  = 256000;
@@ -110,7 +115,10 @@ int main(int argc, char** argv) {
                   "[--new_tokens=64] [--batches=1,16]\n"
                   "  ablation of the CUDA decode attention: [--attention_team_warps=1] (warps per team)\n"
                   "  ablation of the decode Linear kernel (<= 4 rows): "
-                  "[--decode_linear=auto|cublas|warp_per_column|split_k]\n");
+                  "[--decode_linear=auto|cublas|warp_per_column|split_k]\n"
+                  "  ablation of programmatic dependent launch in the CUDA decode graphs: "
+                  "[--dependent_launch=all|own|off]\n"
+                  "    (all: edges from any kernel into the project's kernels; own: only between the project's kernels)\n");
       return 0;
     }
   const std::string preset = Arg(argc, argv, "preset", "8b"), dtype = Arg(argc, argv, "dtype", "bf16");
@@ -134,6 +142,17 @@ int main(int argc, char** argv) {
     }
     openmoe::kernels::SetDecodeLinearKernel(kernels.at(name));
     std::printf("decode_linear=%s\n", name.c_str());
+  }
+  {
+    using D = openmoe::DependentLaunch;
+    const std::string dependent = Arg(argc, argv, "dependent_launch", "all");
+    const std::map<std::string, D> modes = {{"all", D::kAll}, {"own", D::kBetweenOwnKernels}, {"off", D::kOff}};
+    if (!modes.count(dependent)) {
+      std::fprintf(stderr, "generate_benchmark: --dependent_launch must be all, own or off, not %s\n", dependent.c_str());
+      return 2;
+    }
+    openmoe::SetDependentLaunchInDecodeGraphs(modes.at(dependent));
+    std::printf("dependent_launch=%s\n", dependent.c_str());
   }
   return dtype == "fp32" ? Run<float>(preset, dtype, prompt_len, new_tokens, batches)
                          : Run<openmoe::bf16>(preset, dtype, prompt_len, new_tokens, batches);

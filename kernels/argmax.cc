@@ -41,7 +41,7 @@ absl::Status RowArgmax(const ExecSpace& space, ConstMatrix<T, ExecSpace> logits,
   using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
   const int64_t chunks = (allowed + kChunk - 1) / kChunk;
   auto keys = GrowingScratch<ChunkKeysTag, uint64_t, typename ExecSpace::memory_space>("argmax.chunks", size_t(B * chunks));
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::RowArgmaxChunks", RowTeams(space, B * chunks, 256), KOKKOS_LAMBDA(const Member& team) {
         const int64_t b = team.league_rank() / chunks, chunk = team.league_rank() % chunks;
         const int64_t j0 = chunk * kChunk, j1 = j0 + kChunk < allowed ? j0 + kChunk : allowed;
@@ -55,7 +55,7 @@ absl::Status RowArgmax(const ExecSpace& space, ConstMatrix<T, ExecSpace> logits,
             Kokkos::Max<uint64_t>(best));
         Kokkos::single(Kokkos::PerTeam(team), [&]() { keys(team.league_rank()) = best; });
       });
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::RowArgmaxRows", RowTeams(space, B, 64), KOKKOS_LAMBDA(const Member& team) {
         const int64_t b = team.league_rank();
         uint64_t best   = 0;

@@ -84,7 +84,7 @@ void SplitKeyAttention(const ExecSpace& space, SplitKeySource<T> source, int64_t
   Policy policy(space, (units + warps - 1) / warps, warps, 32);
   // Fused mode: [q | new key] rotated per warp, as 16-byte aligned packs (+16 bytes for the alignment).
   policy.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(warps * scratch_packs) + 16));
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::SplitKeyAttention", policy, KOKKOS_LAMBDA(const Member& team) {
         Scratch team_packs(team.team_scratch(0), warps * scratch_packs);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, warps), [&](const int warp) {
@@ -281,7 +281,7 @@ const float* RopeTable(const ExecSpace& space, int64_t positions, int64_t head_d
                   size_t(positions * head_dim));
     const int64_t half = head_dim / 2;
     float* data = table.data();
-    Kokkos::parallel_for("openmoe::kernels::RopeTable", FlatRange(space, positions * half), KOKKOS_LAMBDA(const int64_t i) {
+    DependentParallelFor("openmoe::kernels::RopeTable", FlatRange(space, positions * half), KOKKOS_LAMBDA(const int64_t i) {
       float c, sn;
       RopeCosSin(i / half, i % half, head_dim, c, sn);
       data[2 * i] = c, data[2 * i + 1] = sn;
@@ -302,7 +302,7 @@ absl::Status ApplyRope(const ExecSpace& space, Tensor3<T, ExecSpace> x, int64_t 
                                                    " is not a multiple of an even head_dim ", head_dim));
   }
   const int64_t half = head_dim / 2, pairs = width / 2;  // (head, j) pairs per row
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::ApplyRope",
       FlatRange(space, B * S * pairs), KOKKOS_LAMBDA(const int64_t idx) {
         const int64_t pair = idx % pairs, s = (idx / pairs) % S, b = idx / (pairs * S);
@@ -337,7 +337,7 @@ absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<const T, ExecSpace> q
   }
   const int64_t half = head_dim / 2, q_pairs = q_width / 2, kv_pairs = kv_width / 2;
   const int64_t pairs = q_pairs > kv_pairs ? q_pairs : kv_pairs;
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::RopeAndAppend",
       FlatRange(space, B * S * pairs), KOKKOS_LAMBDA(const int64_t idx) {
         const int64_t pair = idx % pairs, s = (idx / pairs) % S, b = idx / (pairs * S);
@@ -420,7 +420,7 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
       Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename ExecSpace::memory_space>::accessible;
   Policy policy = kOnHost ? Policy(space, league, Kokkos::AUTO, 1) : Policy(space, league, gpu_threads, 32);
   policy.set_scratch_size(0, Kokkos::PerTeam(scratch_bytes));
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::CausalAttention", policy, KOKKOS_LAMBDA(const Member& team) {
         const int64_t idx = team.league_rank();
         const int64_t head = idx % num_heads, s = (idx / num_heads) % Sq, b = idx / (num_heads * Sq);

@@ -90,7 +90,7 @@ void MaskedSoftmax(const ExecSpace& space, const float* scores, TP* probs, TP* p
                    int64_t b, const HeadGeometry& g, int64_t first_position) {
   using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
   const int64_t rows = g.rows, keys = g.keys;
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::GemmAttention.softmax", RowTeams(space, g.num_kv_heads * g.group * rows, 256),
       KOKKOS_LAMBDA(const Member& team) {
         const int64_t row = team.league_rank(), position = first_position + row % rows;
@@ -127,7 +127,7 @@ void MaskedSoftmax(const ExecSpace& space, const float* scores, TP* probs, TP* p
 template <class ExecSpace>
 void SoftmaxBackward(const ExecSpace& space, const float* probs, float* grad, int64_t rows, int64_t keys) {
   using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::GemmAttention.softmax_backward", RowTeams(space, rows, 256),
       KOKKOS_LAMBDA(const Member& team) {
         const float* p = probs + team.league_rank() * keys;
@@ -144,7 +144,7 @@ void SoftmaxBackward(const ExecSpace& space, const float* probs, float* grad, in
 // if constexpr).
 template <class T, class ExecSpace>
 void RoundInto(const ExecSpace& space, const float* sum, T* out, int64_t count) {
-  Kokkos::parallel_for("openmoe::kernels::GemmAttention.round", FlatRange(space, count),
+  DependentParallelFor("openmoe::kernels::GemmAttention.round", FlatRange(space, count),
                        KOKKOS_LAMBDA(const int64_t i) { out[i] = FromFloat<T>(sum[i]); });
 }
 

@@ -15,7 +15,7 @@ absl::Status Embedding(const ExecSpace& space, ConstMatrix<T, ExecSpace> table,
     return absl::InvalidArgumentError(absl::StrCat("Embedding: output '", out.label(),
                                                    "' must be [", N, ", ", H, "]"));
   }
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::Embedding",
       FlatRange(space, N * H), KOKKOS_LAMBDA(const int64_t idx) {
         const int64_t t = idx / H, h = idx % H;
@@ -31,7 +31,7 @@ absl::Status AddInPlace(const ExecSpace& space, Matrix<T, ExecSpace> y, ConstMat
                                                    y.label(), "' differ in shape"));
   }
   const int64_t N = y.extent(0), H = y.extent(1);
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::AddInPlace",
       FlatRange(space, N * H), KOKKOS_LAMBDA(const int64_t idx) {
         const int64_t t = idx / H, h = idx % H;
@@ -50,7 +50,7 @@ absl::Status SwigluCombine(const ExecSpace& space, ConstMatrix<T, ExecSpace> gat
         "SwigluCombine: expected gate [", N, ", ", 2 * I, "], up and out [", N, ", ", I, "]; got gate [",
         gate.extent(0), ", ", gate.extent(1), "], out [", out.extent(0), ", ", out.extent(1), "]"));
   }
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::SwigluCombine",
       FlatRange(space, N * I), KOKKOS_LAMBDA(const int64_t idx) {
         const int64_t t = idx / I, i = idx % I;
@@ -66,7 +66,7 @@ absl::Status SwigluCombineFused(const ExecSpace& space, ConstMatrix<T, ExecSpace
     return absl::InvalidArgumentError(absl::StrCat("SwigluCombineFused: expected gate_up [", N, ", ", 3 * I,
                                                    "], got [", gate_up.extent(0), ", ", gate_up.extent(1), "]"));
   }
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::SwigluCombineFused",
       FlatRange(space, N * I), KOKKOS_LAMBDA(const int64_t idx) {
         const int64_t t = idx / I, i = idx % I;
@@ -82,7 +82,7 @@ absl::Status Convert(const ExecSpace& space, ConstMatrix<TIn, ExecSpace> x, Matr
   if (y.extent(0) != size_t(N) || y.extent(1) != size_t(C)) {
     return absl::InvalidArgumentError(absl::StrCat("Convert: '", x.label(), "' and '", y.label(), "' differ in shape"));
   }
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::Convert", FlatRange(space, N * C), KOKKOS_LAMBDA(const int64_t idx) {
         y(idx / C, idx % C) = FromFloat<TOut>(ToFloat(x(idx / C, idx % C)));
       });
@@ -91,7 +91,7 @@ absl::Status Convert(const ExecSpace& space, ConstMatrix<TIn, ExecSpace> x, Matr
 
 template <class ExecSpace>
 absl::Status Scale(const ExecSpace& space, Vector<float, ExecSpace> x, float factor) {
-  Kokkos::parallel_for("openmoe::kernels::Scale", FlatRange(space, x.extent(0)),
+  DependentParallelFor("openmoe::kernels::Scale", FlatRange(space, x.extent(0)),
                        KOKKOS_LAMBDA(const int64_t i) { x(i) *= factor; });
   return absl::OkStatus();
 }

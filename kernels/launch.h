@@ -12,6 +12,8 @@
 
 #include <Kokkos_Core.hpp>
 
+#include "kernels/dependent_launch.h"
+
 namespace openmoe::kernels {
 
 // One team per row: `gpu_threads` threads on CUDA (a decode step has a single row, which must

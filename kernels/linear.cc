@@ -56,7 +56,7 @@ void WarpPerColumnLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, Co
   const int64_t M = x.extent(0), K = x.extent(1), N = w.extent(0), packs = K / P::kSize;
   const T* x_data = x.data();  // [M, K]
   const T* w_data = w.data();  // [N, K]
-  Kokkos::parallel_for(
+  DependentParallelForWaitsInside(
       "openmoe::kernels::WarpPerColumnLinear", Policy(space, (N + kTeamWarps - 1) / kTeamWarps, kTeamWarps, 32),
       KOKKOS_LAMBDA(const Member& team) {
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kTeamWarps), [&](const int warp) {
@@ -65,10 +65,12 @@ void WarpPerColumnLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, Co
           const P* w_row = reinterpret_cast<const P*>(w_data + n * K);
           Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, 32), [&](const int lane) {
             float acc[kSmallBatchRows] = {0.0f, 0.0f, 0.0f, 0.0f};
+            bool waited = false;  // the first round of w is loaded while the kernel before may still run
             int64_t p = lane;
             for (; p + (kInFlight - 1) * 32 < packs; p += kInFlight * 32) {
               P wp[kInFlight];
               for (int i = 0; i < kInFlight; ++i) wp[i] = w_row[p + i * 32];
+              if (!waited) WaitForPrecedingKernels(), waited = true;
               for (int64_t m = 0; m < kSmallBatchRows; ++m) {
                 if (m >= M) continue;  // fixed trip count: acc stays in registers
                 const P* x_row = reinterpret_cast<const P*>(x_data + m * K);
@@ -78,6 +80,7 @@ void WarpPerColumnLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, Co
                 }
               }
             }
+            if (!waited) WaitForPrecedingKernels();
             for (; p < packs; p += 32) {
               const P wp = w_row[p];
               for (int64_t m = 0; m < kSmallBatchRows; ++m) {
@@ -118,7 +121,7 @@ void SplitKLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatr
   const size_t partial_bytes = size_t(warps) * kSmallBatchRows * sizeof(float);
   Policy policy(space, N, warps, 32);
   policy.set_scratch_size(0, Kokkos::PerTeam(partial_bytes));
-  Kokkos::parallel_for(
+  DependentParallelForWaitsInside(
       "openmoe::kernels::SplitKLinear", policy, KOKKOS_LAMBDA(const Member& team) {
         const int64_t n = team.league_rank();
         const int warp = team.team_rank();
@@ -131,6 +134,7 @@ void SplitKLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatr
             P wp[kLoads];
             for (int i = 0; i < kLoads; ++i)
               if (kExact || first + i * 32 < packs) wp[i] = w_row[first + i * 32];
+            if (r == 0) WaitForPrecedingKernels();  // round 0 of w loaded while the kernel before may still run
             for (int64_t m = 0; m < kSmallBatchRows; ++m) {
               if (m >= M) continue;  // fixed trip count: acc stays in registers
               const P* x_row = reinterpret_cast<const P*>(x_data + m * K);
@@ -141,6 +145,7 @@ void SplitKLinear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatr
               }
             }
           }
+          if (rounds == 0) WaitForPrecedingKernels();  // (K = 0) before y is written
           for (int64_t m = 0; m < kSmallBatchRows; ++m) {
             float sum = acc[m];
             for (int mask = 16; mask >= 1; mask /= 2) sum += LaneXor(sum, mask);

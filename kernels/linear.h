@@ -11,7 +11,9 @@
 // CUDA, a float32-accumulating Kokkos loop on host); on CUDA, Linear with at most 4 rows (a decode step) and fewer than 8192
 // output columns (o_proj, down_proj, router) uses the project's own weight-streaming kernel
 // instead (one warp per output column, 16-byte loads), which reads the weights faster
-// than the split-K kernels cuBLAS picks for these shapes (decode_kernels_benchmark).
+// than the split-K kernels cuBLAS picks for these shapes (decode_kernels_benchmark). That kernel
+// loads its first weights before it waits for the kernel before it (dependent_launch.h), so in a
+// captured decode graph w must not be written by another kernel of the same graph.
 //
 //   Linear<float>(space, x, w, y);
 #ifndef KERNELS_LINEAR_H_

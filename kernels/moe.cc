@@ -26,7 +26,7 @@ absl::Status RouterTop2(const ExecSpace& space, ConstMatrix<T, ExecSpace> logits
     return absl::InvalidArgumentError(absl::StrCat("RouterTop2: expected logits/probs [", N, ", E>=2], experts [",
                                                    N, ", 2]"));
   }
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::RouterTop2", Kokkos::RangePolicy<ExecSpace>(space, 0, N),
       KOKKOS_LAMBDA(const int64_t t) {
         // Three passes over the row's logits (independent loads); probabilities are recomputed,
@@ -70,7 +70,7 @@ absl::Status AssignSlots(const ExecSpace& space, ConstMatrix<int32_t, ExecSpace>
   }
   // One thread per expert walks the tokens in order: first the top-1 queue, then the top-2 queue
   // behind it. O(N * E) work, no atomics, deterministic.
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::AssignSlots", Kokkos::RangePolicy<ExecSpace>(space, 0, num_experts),
       KOKKOS_LAMBDA(const int64_t e) {
         int32_t next = 0;
@@ -94,7 +94,7 @@ absl::Status Dispatch(const ExecSpace& space, ConstMatrix<T, ExecSpace> x,
                                                    "' must be [E * ", capacity, ", ", H, "]"));
   }
   Kokkos::deep_copy(space, buffer, FromFloat<T>(0.0f));
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::Dispatch",
       FlatRange(space, N * 2 * H), KOKKOS_LAMBDA(const int64_t idx) {
         const int64_t h = idx % H, k = (idx / H) % 2, t = idx / (2 * H);
@@ -113,7 +113,7 @@ absl::Status Combine(const ExecSpace& space, ConstMatrix<T, ExecSpace> expert_ou
   if (expert_out.extent(1) != size_t(H) || probs.extent(0) != size_t(N)) {
     return absl::InvalidArgumentError("Combine: expert_out must be [E * C, H] and probs [N, E]");
   }
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::Combine",
       FlatRange(space, N * H), KOKKOS_LAMBDA(const int64_t idx) {
         const int64_t t = idx / H, h = idx % H;
@@ -167,7 +167,7 @@ absl::Status GroupedExpertProduct(const ExecSpace& space, ConstMatrix<T, ExecSpa
                                Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
   auto policy = WarpTeams(space, A * col_blocks * splits, kExpertWarps);
   policy.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(kExpertWarps, kCols)));
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::GroupedExpertProduct", policy, KOKKOS_LAMBDA(const Member& team) {
         const int64_t split = team.league_rank() % splits, block = (team.league_rank() / splits) % col_blocks;
         const int64_t a = team.league_rank() / (splits * col_blocks), t = a / 2, k = a % 2;
@@ -222,7 +222,7 @@ absl::Status SwigluFromPartials(const ExecSpace& space, Partials<ExecSpace> gate
       up_partial.extent(1) != size_t(A) || up_partial.extent(2) != size_t(I)) {
     return absl::InvalidArgumentError(absl::StrCat("SwigluFromPartials: partials do not fit act [", A, ", ", I, "]"));
   }
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::SwigluFromPartials", FlatRange(space, A * I), KOKKOS_LAMBDA(const int64_t idx) {
         const int64_t a = idx / I, i = idx % I;
         float linear = 0.0f, gated = 0.0f, up = 0.0f;
@@ -242,7 +242,7 @@ absl::Status CombineFromPartials(const ExecSpace& space, Partials<ExecSpace> out
   if (out_partial.extent(1) != size_t(2 * N) || out_partial.extent(2) != size_t(H) || probs.extent(0) != size_t(N)) {
     return absl::InvalidArgumentError("CombineFromPartials: out_partial must be [splits, 2N, H] and probs [N, E]");
   }
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::CombineFromPartials", FlatRange(space, N * H), KOKKOS_LAMBDA(const int64_t idx) {
         const int64_t t = idx / H, h = idx % H;
         float acc = 0.0f;

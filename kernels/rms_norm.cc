@@ -23,7 +23,7 @@ void PackedNorm(const ExecSpace& space, T* h, const T* delta, const T* weight, T
   constexpr int kHeld = 2;
   const int64_t packs = hidden / P::kSize;
   const float inv_hidden = 1.0f / float(hidden);
-  Kokkos::parallel_for(
+  DependentParallelForWaitsInside(
       kAdd ? "openmoe::kernels::AddRmsNormPacked" : "openmoe::kernels::RmsNormPacked", RowTeams(space, rows, kGpuThreads),
       KOKKOS_LAMBDA(const Member& team) {
         const int64_t t = team.league_rank();
@@ -47,7 +47,12 @@ void PackedNorm(const ExecSpace& space, T* h, const T* delta, const T* weight, T
         };
         for (int k = 0; k < kHeld; ++k) {
           const int64_t p = first + k * step;
-          if (p < packs) held_w[k] = w_row[p], load(p, held_x[k]);
+          if (p < packs) held_w[k] = w_row[p];  // the weight, while the kernel before may still run
+        }
+        WaitForPrecedingKernels();
+        for (int k = 0; k < kHeld; ++k) {
+          const int64_t p = first + k * step;
+          if (p < packs) load(p, held_x[k]);
         }
         for (int64_t p = first + kHeld * step; p < packs; p += step) {
           P sum;
@@ -101,7 +106,7 @@ absl::Status RmsNorm(const ExecSpace& space, ConstMatrix<T, ExecSpace> x,
   using Policy = Kokkos::TeamPolicy<ExecSpace>;
   using Member = typename Policy::member_type;
   const float inv_hidden = 1.0f / float(hidden);
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::RmsNorm", RowTeams(space, rows, kGpuThreads),
       KOKKOS_LAMBDA(const Member& team) {
         const int64_t t   = team.league_rank();
@@ -147,7 +152,7 @@ absl::Status AddRmsNorm(const ExecSpace& space, Matrix<T, ExecSpace> h, ConstMat
     PackedNorm<true, T, ExecSpace>(space, h.data(), delta.data(), weight.data(), y.data(), rows, hidden, eps);
     return absl::OkStatus();
   }
-  Kokkos::parallel_for(
+  DependentParallelFor(
       "openmoe::kernels::AddRmsNorm", RowTeams(space, rows, kGpuThreads), KOKKOS_LAMBDA(const Member& team) {
         const int64_t t   = team.league_rank();
         float sum_squares = 0.0f;

@@ -9,6 +9,8 @@
 //
 // T is float, bf16 or f16 (storage); the arithmetic is float32. As HF's LlamaRMSNorm in bf16, the
 // normalised value is rounded to T before the weight multiply.
+// The packed CUDA path loads w before it waits for the kernel before it (dependent_launch.h): in
+// a captured decode graph, w must not be written by another kernel of the same graph.
 //
 // Example:
 //   Matrix<float, Kokkos::Cuda> x("x", T, H), y("y", T, H);  // [T, H]

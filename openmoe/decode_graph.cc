@@ -1,14 +1,69 @@
 #include "openmoe/decode_graph.h"
 
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
+#include "kernels/dependent_launch.h"
 
 namespace openmoe {
+namespace {
+DependentLaunch dependent_launch = DependentLaunch::kAll;
+}  // namespace
+
+void SetDependentLaunchInDecodeGraphs(DependentLaunch mode) { dependent_launch = mode; }
+DependentLaunch DependentLaunchInDecodeGraphs() { return dependent_launch; }
 
 #if defined(KOKKOS_ENABLE_CUDA)
 namespace {
 absl::Status CudaCheck(cudaError_t error, const char* call) {
   if (error == cudaSuccess) return absl::OkStatus();
   return absl::InternalError(absl::StrCat(call, " failed: ", cudaGetErrorString(error)));
+}
+
+bool IsKernel(cudaGraphNode_t node) {
+  cudaGraphNodeType type;
+  return cudaGraphNodeGetType(node, &type) == cudaSuccess && type == cudaGraphNodeTypeKernel;
+}
+
+// Counts the edges of `graph` into `edges` and turns the ordinary edges from a kernel (kAll) or
+// from a `dependent` node (kBetweenOwnKernels) to a `dependent` node (kernels of
+// DependentParallelFor*) into programmatic ones (the downstream kernel may launch once every block
+// upstream has let it, and waits for the upstream kernel's completion and memory with
+// griddepcontrol.wait), counted into `programmatic`.
+absl::Status AddProgrammaticEdges(cudaGraph_t graph, DependentLaunch mode, std::vector<cudaGraphNode_t> dependent,
+                                  int64_t& edges, int64_t& programmatic) {
+  std::sort(dependent.begin(), dependent.end());
+  size_t count = 0;
+  absl::Status status = CudaCheck(cudaGraphGetEdges(graph, nullptr, nullptr, nullptr, &count), "cudaGraphGetEdges");
+  std::vector<cudaGraphNode_t> from(count), to(count);
+  std::vector<cudaGraphEdgeData> data(count);
+  if (status.ok() && count > 0) {
+    status = CudaCheck(cudaGraphGetEdges(graph, from.data(), to.data(), data.data(), &count), "cudaGraphGetEdges");
+  }
+  edges = int64_t(count), programmatic = 0;
+  std::map<cudaGraphNode_t, int> out_degree, in_degree;
+  for (size_t i = 0; i < count; ++i) ++out_degree[from[i]], ++in_degree[to[i]];
+  auto is_dependent = [&](cudaGraphNode_t node) { return std::binary_search(dependent.begin(), dependent.end(), node); };
+  for (size_t i = 0; mode != DependentLaunch::kOff && status.ok() && i < count; ++i) {
+    // Only links of a chain (one edge out of `from`, one into `to`): what single-stream capture makes.
+    if (data[i].type != cudaGraphDependencyTypeDefault || data[i].from_port != cudaGraphKernelNodePortDefault ||
+        out_degree[from[i]] != 1 || in_degree[to[i]] != 1 || !is_dependent(to[i]) ||
+        !(mode == DependentLaunch::kAll ? IsKernel(from[i]) : is_dependent(from[i]))) {
+      continue;
+    }
+    cudaGraphEdgeData edge{};
+    edge.from_port = cudaGraphKernelNodePortProgrammatic;
+    edge.type      = cudaGraphDependencyTypeProgrammatic;
+    status = CudaCheck(cudaGraphRemoveDependencies(graph, &from[i], &to[i], &data[i], 1), "cudaGraphRemoveDependencies");
+    if (status.ok()) status = CudaCheck(cudaGraphAddDependencies(graph, &from[i], &to[i], &edge, 1), "cudaGraphAddDependencies");
+    if (status.ok()) ++programmatic;
+  }
+  return status;
 }
 }  // namespace
 
@@ -22,6 +77,32 @@ DecodeGraphs<Kokkos::Cuda>::~DecodeGraphs() {
   space_.fence();
   space_ = Kokkos::Cuda();  // release the instance before its stream
   (void)cudaStreamDestroy(stream_);
+}
+
+absl::Status DecodeGraphs<Kokkos::Cuda>::CaptureAndInstantiate(const DecodeGraphKey& key,
+                                                               const std::function<uint64_t()>& generation,
+                                                               const std::function<absl::Status()>& enqueue,
+                                                               DependentLaunch mode) {
+  (void)kernels::TakeDependentLaunchNodes();  // (left over from an aborted capture)
+  absl::Status status = CudaCheck(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
+  if (!status.ok()) return status;
+  status = enqueue();
+  std::vector<cudaGraphNode_t> dependent = kernels::TakeDependentLaunchNodes();
+  cudaGraph_t graph = nullptr;
+  const absl::Status ended = CudaCheck(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
+  if (status.ok()) status = ended;
+  if (status.ok() && generation() != key.generation) {
+    status = absl::InternalError("a work buffer was reallocated while the decode step was being captured");
+  }
+  programmatic_edges_ = edges_ = 0;
+  if (status.ok()) status = AddProgrammaticEdges(graph, mode, std::move(dependent), edges_, programmatic_edges_);
+  if (const char* dot = std::getenv("OPENMOE_DECODE_GRAPH_DOT"); dot != nullptr && graph != nullptr) {  // debugging
+    (void)cudaGraphDebugDotPrint(graph, dot, cudaGraphDebugDotFlagsVerbose);
+  }
+  if (status.ok()) status = CudaCheck(cudaGraphInstantiate(&exec_, graph, 0), "cudaGraphInstantiate");
+  if (graph != nullptr) (void)cudaGraphDestroy(graph);
+  if (!status.ok()) exec_ = nullptr, programmatic_edges_ = 0;
+  return status;
 }
 
 absl::Status DecodeGraphs<Kokkos::Cuda>::Run(DecodeGraphKey key, const std::function<uint64_t()>& generation,
@@ -38,23 +119,24 @@ absl::Status DecodeGraphs<Kokkos::Cuda>::Run(DecodeGraphKey key, const std::func
     exec_ = nullptr;
   }
   space_.fence();
-  absl::Status status = CudaCheck(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
+  absl::Status status = CaptureAndInstantiate(key, generation, enqueue, dependent_launch);
+  if (!status.ok() && dependent_launch != DependentLaunch::kOff) {
+    // Programmatic edges refused (a driver or graph this code was not tried with): capture again
+    // with ordinary edges, which is what runs without dependent launch.
+    static bool warned = false;
+    if (!warned) {
+      std::fprintf(stderr, "openmoe: decode graph without programmatic dependent launch: %s\n",
+                   std::string(status.message()).c_str());
+      warned = true;
+    }
+    (void)cudaGetLastError();
+    space_.fence();
+    status = CaptureAndInstantiate(key, generation, enqueue, DependentLaunch::kOff);
+  }
   if (!status.ok()) return status;
-  status = enqueue();
-  cudaGraph_t graph = nullptr;
-  const absl::Status ended = CudaCheck(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
-  if (status.ok()) status = ended;
-  if (status.ok() && generation() != key.generation) {
-    status = absl::InternalError("a work buffer was reallocated while the decode step was being captured");
-  }
-  if (status.ok()) status = CudaCheck(cudaGraphInstantiate(&exec_, graph, 0), "cudaGraphInstantiate");
-  if (graph != nullptr) (void)cudaGraphDestroy(graph);
-  if (!status.ok()) {
-    exec_ = nullptr;
-    return status;
-  }
   captured_ = key;
-  return CudaCheck(cudaGraphLaunch(exec_, stream_), "cudaGraphLaunch");
+  return CudaCheck(cudaGraphLaunch(exec_, stream_), programmatic_edges_ > 0 ? "cudaGraphLaunch (with programmatic edges)"
+                                                                             : "cudaGraphLaunch");
 }
 #endif
 

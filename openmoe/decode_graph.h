@@ -11,6 +11,11 @@
 // that changes whenever a work buffer the step uses is reallocated (the model's workspace and
 // the attention kernels' scratch). Inputs that change per step
 // (token ids, position) must be read by the kernels from device memory written before Run.
+//
+// Before instantiation, every edge from a kernel to a kernel launched through
+// kernels::DependentParallelFor(WaitsInside) becomes a programmatic edge (Hopper's programmatic
+// dependent launch, kernels/dependent_launch.h): the later kernel is launched while the earlier
+// one runs and waits for it on the GPU. Other edges (into cuBLAS kernels, copies) stay ordinary.
 #ifndef OPENMOE_DECODE_GRAPH_H_
 #define OPENMOE_DECODE_GRAPH_H_
 
@@ -33,6 +38,12 @@ struct DecodeGraphKey {
   }
 };
 
+// Which captured edges become programmatic: none; those between two of the project's dependent
+// kernels; or every edge into one from any kernel (cuBLAS's too). kAll is the default.
+enum class DependentLaunch { kOff, kBetweenOwnKernels, kAll };
+void SetDependentLaunchInDecodeGraphs(DependentLaunch mode);
+DependentLaunch DependentLaunchInDecodeGraphs();
+
 // Host backends: no graphs.
 template <class ExecSpace>
 class DecodeGraphs {
@@ -42,6 +53,8 @@ class DecodeGraphs {
   absl::Status Run(DecodeGraphKey, const std::function<uint64_t()>&, const std::function<absl::Status()>& enqueue) {
     return enqueue();
   }
+  int64_t programmatic_edges() const { return 0; }
+  int64_t edges() const { return 0; }
 };
 
 #if defined(KOKKOS_ENABLE_CUDA)
@@ -61,12 +74,20 @@ class DecodeGraphs<Kokkos::Cuda> {
   // buffers is followed by a capture rather than another uncaptured run.
   absl::Status Run(DecodeGraphKey key, const std::function<uint64_t()>& generation,
                    const std::function<absl::Status()>& enqueue);
+  // Programmatic edges of the graph captured last (of how many edges it has).
+  int64_t programmatic_edges() const { return programmatic_edges_; }
+  int64_t edges() const { return edges_; }
 
  private:
+  // Captures the step, turns its edges into programmatic ones as `mode` says, instantiates exec_.
+  absl::Status CaptureAndInstantiate(const DecodeGraphKey& key, const std::function<uint64_t()>& generation,
+                                     const std::function<absl::Status()>& enqueue, DependentLaunch mode);
+
   cudaStream_t stream_ = nullptr;
   Kokkos::Cuda space_;
   cudaGraphExec_t exec_ = nullptr;
   DecodeGraphKey warm_, captured_;
+  int64_t programmatic_edges_ = 0, edges_ = 0;
 };
 #endif
 

@@ -456,7 +456,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const ExecSpace& space, Cache& 
   Vector<int64_t, ExecSpace> ids(inputs.data(), N);  // [N]
   const int64_t* new_mask = inputs.data() + N;       // [B, S]
   auto mask = cache.mask;
-  Kokkos::parallel_for(
+  kernels::DependentParallelFor(
       "openmoe::model::AppendMask", Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>(space, 0, N),
       KOKKOS_LAMBDA(const int64_t i) {
         const int64_t column = (device_position != nullptr ? *device_position : L0) + i % S;
@@ -528,7 +528,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const ExecSpace& space, Cache& 
   } else {
     if (delta_pending) OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
     Matrix<T, ExecSpace> head_in = Buffer2<T>("head_in", rows, H);  // [rows, H]
-    Kokkos::parallel_for(
+    kernels::DependentParallelFor(
         "openmoe::model::GatherLastColumn", Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>(space, 0, B * H),
         KOKKOS_LAMBDA(const int64_t idx) {
           const int64_t b = idx / H, j = idx % H;

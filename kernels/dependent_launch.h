@@ -1,0 +1,91 @@
+// File: kernels/dependent_launch.h
+// Programmatic dependent launch (Hopper): inside a captured decode graph, a kernel launched
+// through DependentParallelFor may start while the kernel before it is still running, so that
+// its launch and its first loads overlap that kernel's tail instead of following it. A batch-1
+// decode step is ~230 kernels of a few microseconds each, bound by these gaps, not by bytes.
+//
+//   DependentParallelFor("op", policy, KOKKOS_LAMBDA(const Member& team) {...});
+//       // waits for the preceding kernels before the body runs: any body is safe.
+//   DependentParallelForWaitsInside("op", policy, KOKKOS_LAMBDA(const Member& team) {
+//     const P w = weights[i];      // data that no kernel of the graph writes (weights)
+//     WaitForPrecedingKernels();   // before touching anything an earlier kernel reads or writes
+//     ...
+//   });
+//
+// Both launch the kernel as usual and, while its CUDA stream is being captured, record the graph
+// node it became (TakeDependentLaunchNodes); openmoe/decode_graph.cc then turns the captured
+// edges from another kernel into those nodes into programmatic edges. Outside such a graph
+// (eager launches, host backends) the wait returns at once and the kernels run in stream order
+// as any other.
+#ifndef KERNELS_DEPENDENT_LAUNCH_H_
+#define KERNELS_DEPENDENT_LAUNCH_H_
+
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <Kokkos_Core.hpp>
+
+namespace openmoe::kernels {
+
+#if defined(KOKKOS_ENABLE_CUDA)
+// If `stream` is being captured, records the node its last launch added (dependent_launch.cc).
+void RecordDependentLaunch(cudaStream_t stream);
+// The nodes recorded since the last call, emptied.
+std::vector<cudaGraphNode_t> TakeDependentLaunchNodes();
+#endif
+
+template <class Space>
+void RecordDependentLaunch(const Space& space) {
+#if defined(KOKKOS_ENABLE_CUDA)
+  if constexpr (std::is_same_v<Space, Kokkos::Cuda>) RecordDependentLaunch(space.cuda_stream());
+#endif
+  (void)space;
+}
+
+// Blocks until the kernels this one depends on have completed and their writes are visible
+// (griddepcontrol.wait). Returns at once for a kernel launched without a programmatic edge.
+KOKKOS_FORCEINLINE_FUNCTION void WaitForPrecedingKernels() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Lets the kernels that depend on this one be launched once every block of it has got here
+// (griddepcontrol.launch_dependents); they still wait for its completion before reading.
+KOKKOS_FORCEINLINE_FUNCTION void LetDependentKernelsLaunch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+template <class Body, bool kWaitFirst>
+struct DependentLaunchBody {
+  Body body;
+  template <class... Args>
+  KOKKOS_FORCEINLINE_FUNCTION void operator()(Args&&... args) const {
+    LetDependentKernelsLaunch();
+    if constexpr (kWaitFirst) WaitForPrecedingKernels();
+    body(std::forward<Args>(args)...);
+  }
+};
+
+template <class Policy, class Body>
+void DependentParallelFor(const char* name, const Policy& policy, const Body& body) {
+  Kokkos::parallel_for(name, policy, DependentLaunchBody<Body, true>{body});
+  RecordDependentLaunch(policy.space());
+}
+
+// Every thread of `body` must call WaitForPrecedingKernels() before it reads memory that a
+// preceding kernel writes or writes memory that one reads (threads that do neither may return
+// without); what it reads before may be read while those kernels still run, so it must be data
+// that no kernel of the graph writes (weights).
+template <class Policy, class Body>
+void DependentParallelForWaitsInside(const char* name, const Policy& policy, const Body& body) {
+  Kokkos::parallel_for(name, policy, DependentLaunchBody<Body, false>{body});
+  RecordDependentLaunch(policy.space());
+}
+
+}  // namespace openmoe::kernels
+
+#endif  // KERNELS_DEPENDENT_LAUNCH_H_

@@ -1,0 +1,145 @@
+// Decode graphs with programmatic dependent launch: a chain of kernels, each reading what the
+// one before wrote at another index (so another block), run direct, captured and replayed. On
+// CUDA every kernel -> kernel edge of the captured chain must become programmatic and every
+// replay must still see each kernel's predecessor complete; host backends run the chain as is.
+#include "openmoe/decode_graph.h"
+
+#include <cstdint>
+
+#include "gtest/gtest.h"
+#include "kernels/dependent_launch.h"
+#include "kernels/linear.h"
+#include "openmoe/core/bf16.h"
+#include "openmoe/core/test_util.h"
+
+namespace openmoe {
+namespace {
+
+template <class Space>
+class DecodeGraphTest : public ::testing::Test {
+ protected:
+  void TearDown() override { SetDependentLaunchInDecodeGraphs(DependentLaunch::kAll); }
+};
+TYPED_TEST_SUITE(DecodeGraphTest, openmoe::testing::Backends);
+
+constexpr int64_t kN = int64_t(1) << 20;  // elements: 4096 blocks of 256 threads on CUDA
+constexpr int kKernels = 64;               // per step, even: the step ends in `a`
+
+// One step: kKernels times next[i] = prev[(i + 1) % n] + one[i], alternating the two launch
+// forms (the second reads `one`, which nothing writes, before it waits).
+template <class Space>
+void EnqueueStep(const Space& space, Kokkos::View<int64_t*, Space> a, Kokkos::View<int64_t*, Space> b,
+                 Kokkos::View<const int64_t*, Space> one) {
+  using Range = Kokkos::RangePolicy<Space, Kokkos::IndexType<int64_t>>;
+  for (int k = 0; k < kKernels; ++k) {
+    auto prev = k % 2 == 0 ? a : b, next = k % 2 == 0 ? b : a;
+    if (k % 4 < 2) {
+      kernels::DependentParallelFor("decode_graph_test::shift", Range(space, 0, kN), KOKKOS_LAMBDA(const int64_t i) {
+        next(i) = prev((i + 1) % kN) + one(i);
+      });
+    } else {
+      kernels::DependentParallelForWaitsInside("decode_graph_test::shift_waits_inside", Range(space, 0, kN),
+                                               KOKKOS_LAMBDA(const int64_t i) {
+                                                 const int64_t add = one(i);
+                                                 kernels::WaitForPrecedingKernels();
+                                                 next(i) = prev((i + 1) % kN) + add;
+                                               });
+    }
+  }
+}
+
+template <class Space>
+void RunSteps(DependentLaunch mode) {
+  SetDependentLaunchInDecodeGraphs(mode);
+  const bool dependent_launch = mode != DependentLaunch::kOff;
+  DecodeGraphs<Space> graphs;
+  const Space space = graphs.space();
+  Kokkos::View<int64_t*, Space> a("a", kN), b("b", kN), one("one", kN);
+  Kokkos::deep_copy(one, 1);
+  Kokkos::parallel_for(Kokkos::RangePolicy<Space, Kokkos::IndexType<int64_t>>(space, 0, kN),
+                       KOKKOS_LAMBDA(const int64_t i) { a(i) = i; });
+  space.fence();
+  const DecodeGraphKey key{/*cache=*/1, /*batch=*/1, /*capacity=*/1, /*generation=*/0};
+  for (int step = 1; step <= 4; ++step) {  // direct, captured, replayed twice
+    ASSERT_TRUE(graphs.Run(key, [] { return uint64_t(0); }, [&] {
+      EnqueueStep<Space>(space, a, b, one);
+      return absl::OkStatus();
+    }).ok());
+    space.fence();
+    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), a);
+    const int64_t shift = int64_t(step) * kKernels;
+    for (int64_t i = 0; i < kN; ++i) {
+      ASSERT_EQ(host(i), (i + shift) % kN + shift) << "element " << i << " after step " << step
+                                                   << (dependent_launch ? " with" : " without") << " dependent launch";
+    }
+  }
+  if (DecodeGraphs<Space>::kSupported) {
+    EXPECT_EQ(graphs.edges(), kKernels - 1) << "the captured step is a chain of its kernels";
+    EXPECT_EQ(graphs.programmatic_edges(), dependent_launch ? kKernels - 1 : 0);
+  }
+}
+
+// cuBLAS kernels in the chain (a bf16 Linear of 8192 columns goes to cuBLAS on CUDA): per round
+// y = x . w^T with w all ones (y[n] = K x), then a dependent kernel acc += y and x += 1, so that
+// a kernel reading y or x before its predecessor finished would see the previous round's values.
+template <class Space>
+void RunStepsThroughCublas(DependentLaunch mode) {
+  SetDependentLaunchInDecodeGraphs(mode);
+  constexpr int64_t K = 16, N = 8192, kRounds = 8;
+  DecodeGraphs<Space> graphs;
+  const Space space = graphs.space();
+  Matrix<bf16, Space> x("x", 1, K), w("w", N, K), y("y", 1, N);
+  Kokkos::View<float*, Space> acc("acc", N);
+  Kokkos::deep_copy(x, bf16(1.0f));
+  Kokkos::deep_copy(w, bf16(1.0f));
+  space.fence();
+  const DecodeGraphKey key{/*cache=*/2, /*batch=*/1, /*capacity=*/1, /*generation=*/0};
+  for (int step = 1; step <= 4; ++step) {  // direct, captured, replayed twice
+    ASSERT_TRUE(graphs.Run(key, [] { return uint64_t(0); }, [&]() -> absl::Status {
+      for (int r = 0; r < kRounds; ++r) {
+        absl::Status s = kernels::Linear<bf16>(space, ConstMatrix<bf16, Space>(x), ConstMatrix<bf16, Space>(w), y);
+        if (!s.ok()) return s;
+        kernels::DependentParallelFor("decode_graph_test::accumulate", Kokkos::RangePolicy<Space, Kokkos::IndexType<int64_t>>(space, 0, N),
+                                      KOKKOS_LAMBDA(const int64_t n) {
+                                        acc(n) += ToFloat(y(0, n));
+                                        if (n < K) x(0, n) = FromFloat<bf16>(ToFloat(x(0, n)) + 1.0f);
+                                      });
+      }
+      return absl::OkStatus();
+    }).ok());
+    space.fence();
+    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), acc);
+    const int64_t rounds = step * kRounds;  // x was 1, 2, ..., rounds: acc = K (1 + ... + rounds)
+    const float want = float(K * rounds * (rounds + 1) / 2);
+    for (int64_t n = 0; n < N; ++n) ASSERT_EQ(host(n), want) << "column " << n << " after step " << step;
+  }
+  if (DecodeGraphs<Space>::kSupported && mode == DependentLaunch::kBetweenOwnKernels) {
+    EXPECT_EQ(graphs.programmatic_edges(), 0) << "every own kernel follows a cuBLAS kernel";
+  }
+  if (DecodeGraphs<Space>::kSupported && mode == DependentLaunch::kAll) {
+    EXPECT_GT(graphs.programmatic_edges(), 0) << "edges cuBLAS -> own kernel of " << graphs.edges();
+  }
+}
+
+TYPED_TEST(DecodeGraphTest, CublasKernelsInTheChainWithDependentLaunch) {
+  RunStepsThroughCublas<TypeParam>(DependentLaunch::kAll);
+}
+
+TYPED_TEST(DecodeGraphTest, CublasKernelsInTheChainWithDependentLaunchBetweenOwnKernels) {
+  RunStepsThroughCublas<TypeParam>(DependentLaunch::kBetweenOwnKernels);
+}
+
+TYPED_TEST(DecodeGraphTest, ChainedKernelsSeeTheirPredecessorsWithDependentLaunch) {
+  RunSteps<TypeParam>(DependentLaunch::kAll);
+}
+
+TYPED_TEST(DecodeGraphTest, ChainedKernelsSeeTheirPredecessorsWithDependentLaunchBetweenOwnKernels) {
+  RunSteps<TypeParam>(DependentLaunch::kBetweenOwnKernels);
+}
+
+TYPED_TEST(DecodeGraphTest, ChainedKernelsSeeTheirPredecessorsWithoutDependentLaunch) {
+  RunSteps<TypeParam>(DependentLaunch::kOff);
+}
+
+}  // namespace
+}  // namespace openmoe
