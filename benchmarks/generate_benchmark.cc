@@ -145,7 +145,7 @@ int main(int argc, char** argv) {
   }
   {
     using D = openmoe::DependentLaunch;
-    const std::string dependent = Arg(argc, argv, "dependent_launch", "all");
+    const std::string dependent = Arg(argc, argv, "dependent_launch", "off");
     const std::map<std::string, D> modes = {{"all", D::kAll}, {"own", D::kBetweenOwnKernels}, {"off", D::kOff}};
     if (!modes.count(dependent)) {
       std::fprintf(stderr, "generate_benchmark: --dependent_launch must be all, own or off, not %s\n", dependent.c_str());

@@ -12,7 +12,10 @@
 
 namespace openmoe {
 namespace {
-DependentLaunch dependent_launch = DependentLaunch::kAll;
+// Off by default: at 8B shapes the captured step holds a memory-allocation node (cuBLAS's
+// workspace), and the driver refuses to change the edges of such a graph ("operation not
+// supported", H200 driver 580); the step then falls back to ordinary edges.
+DependentLaunch dependent_launch = DependentLaunch::kOff;
 }  // namespace
 
 void SetDependentLaunchInDecodeGraphs(DependentLaunch mode) { dependent_launch = mode; }

@@ -18,7 +18,7 @@ namespace {
 template <class Space>
 class DecodeGraphTest : public ::testing::Test {
  protected:
-  void TearDown() override { SetDependentLaunchInDecodeGraphs(DependentLaunch::kAll); }
+  void TearDown() override { SetDependentLaunchInDecodeGraphs(DependentLaunch::kOff); }
 };
 TYPED_TEST_SUITE(DecodeGraphTest, openmoe::testing::Backends);
 
