@@ -29,9 +29,12 @@
 namespace openmoe::kernels {
 
 #if defined(KOKKOS_ENABLE_CUDA)
-// If `stream` is being captured, records the node its last launch added (dependent_launch.cc).
+// Between StartRecordingDependentLaunches() and TakeDependentLaunchNodes() (a decode graph's
+// capture), each dependent launch on a captured stream records the node it added; otherwise
+// RecordDependentLaunch returns at once (no CUDA call on the eager launch path).
+void StartRecordingDependentLaunches();
 void RecordDependentLaunch(cudaStream_t stream);
-// The nodes recorded since the last call, emptied.
+// The nodes recorded since StartRecordingDependentLaunches(); stops recording.
 std::vector<cudaGraphNode_t> TakeDependentLaunchNodes();
 #endif
 

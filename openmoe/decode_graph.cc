@@ -19,7 +19,6 @@ DependentLaunch dependent_launch = DependentLaunch::kOff;
 }  // namespace
 
 void SetDependentLaunchInDecodeGraphs(DependentLaunch mode) { dependent_launch = mode; }
-DependentLaunch DependentLaunchInDecodeGraphs() { return dependent_launch; }
 
 #if defined(KOKKOS_ENABLE_CUDA)
 namespace {
@@ -86,9 +85,12 @@ absl::Status DecodeGraphs<Kokkos::Cuda>::CaptureAndInstantiate(const DecodeGraph
                                                                const std::function<uint64_t()>& generation,
                                                                const std::function<absl::Status()>& enqueue,
                                                                DependentLaunch mode) {
-  (void)kernels::TakeDependentLaunchNodes();  // (left over from an aborted capture)
+  if (mode != DependentLaunch::kOff) kernels::StartRecordingDependentLaunches();
   absl::Status status = CudaCheck(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
-  if (!status.ok()) return status;
+  if (!status.ok()) {
+    (void)kernels::TakeDependentLaunchNodes();
+    return status;
+  }
   status = enqueue();
   std::vector<cudaGraphNode_t> dependent = kernels::TakeDependentLaunchNodes();
   cudaGraph_t graph = nullptr;

@@ -43,7 +43,6 @@ struct DecodeGraphKey {
 // decode_graph.cc: refused for graphs with cuBLAS's workspace allocation in them).
 enum class DependentLaunch { kOff, kBetweenOwnKernels, kAll };
 void SetDependentLaunchInDecodeGraphs(DependentLaunch mode);
-DependentLaunch DependentLaunchInDecodeGraphs();
 
 // Host backends: no graphs.
 template <class ExecSpace>
