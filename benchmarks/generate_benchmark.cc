@@ -117,7 +117,7 @@ int main(int argc, char** argv) {
                   "  ablation of the decode Linear kernel (<= 4 rows): "
                   "[--decode_linear=auto|cublas|warp_per_column|split_k]\n"
                   "  ablation of programmatic dependent launch in the CUDA decode graphs: "
-                  "[--dependent_launch=all|own|off]\n"
+                  "[--dependent_launch=all|own|off] (default all)\n"
                   "    (all: edges from any kernel into the project's kernels; own: only between the project's kernels)\n");
       return 0;
     }
@@ -145,7 +145,7 @@ int main(int argc, char** argv) {
   }
   {
     using D = openmoe::DependentLaunch;
-    const std::string dependent = Arg(argc, argv, "dependent_launch", "off");
+    const std::string dependent = Arg(argc, argv, "dependent_launch", "all");
     const std::map<std::string, D> modes = {{"all", D::kAll}, {"own", D::kBetweenOwnKernels}, {"off", D::kOff}};
     if (!modes.count(dependent)) {
       std::fprintf(stderr, "generate_benchmark: --dependent_launch must be all, own or off, not %s\n", dependent.c_str());

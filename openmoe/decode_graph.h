@@ -12,7 +12,7 @@
 // the attention kernels' scratch). Inputs that change per step
 // (token ids, position) must be read by the kernels from device memory written before Run.
 //
-// Opt-in (SetDependentLaunchInDecodeGraphs): before instantiation, every edge from a kernel to a kernel launched through
+// By default (SetDependentLaunchInDecodeGraphs): before instantiation, every edge from a kernel to a kernel launched through
 // kernels::DependentParallelFor(WaitsInside) becomes a programmatic edge (Hopper's programmatic
 // dependent launch, kernels/dependent_launch.h): the later kernel is launched while the earlier
 // one runs and waits for it on the GPU. Other edges (into cuBLAS kernels, copies) stay ordinary.
@@ -39,8 +39,7 @@ struct DecodeGraphKey {
 };
 
 // Which captured edges become programmatic: none; those between two of the project's dependent
-// kernels; or every edge into one from any kernel (cuBLAS's too). kOff is the default (see
-// decode_graph.cc: refused for graphs with cuBLAS's workspace allocation in them).
+// kernels; or every edge into one from any kernel (cuBLAS's too). kAll is the default.
 enum class DependentLaunch { kOff, kBetweenOwnKernels, kAll };
 void SetDependentLaunchInDecodeGraphs(DependentLaunch mode);
 
