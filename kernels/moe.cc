@@ -1,8 +1,6 @@
 #include "kernels/moe.h"
 
-#include <algorithm>
 #include <cmath>
-#include <cstdint>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
@@ -132,13 +130,13 @@ absl::Status Combine(const ExecSpace& space, ConstMatrix<T, ExecSpace> expert_ou
 namespace {
 constexpr int kExpertWarps = 8;      // team threads; each takes every 8th row of the slice
 constexpr int kExpertLanes = 32;     // lanes; each takes one 16-byte pack of columns
+constexpr int kExpertInFlight = 16;  // row loads per lane in flight
 constexpr int64_t kTargetTeams = 512;  // more splits make the consumers (which add them up) slower
 }  // namespace
 
-int64_t GroupedExpertSplits(int64_t assignments, int64_t num_experts, int64_t inner, int64_t cols, int64_t pack_size) {
+int64_t GroupedExpertSplits(int64_t assignments, int64_t inner, int64_t cols, int64_t pack_size) {
   const int64_t col_blocks = (cols + kExpertLanes * pack_size - 1) / (kExpertLanes * pack_size);
-  const int64_t units = std::max<int64_t>(1, std::min(assignments, num_experts));  // experts in use, at most
-  int64_t splits = (kTargetTeams + units * col_blocks - 1) / (units * col_blocks);
+  int64_t splits = (kTargetTeams + assignments * col_blocks - 1) / (assignments * col_blocks);
   const int64_t max_splits = inner / 64 > 1 ? inner / 64 : 1;  // >= 64 rows per slice
   return splits < 1 ? 1 : (splits > max_splits ? max_splits : splits);
 }
@@ -147,96 +145,6 @@ template <class T>
 bool GroupedExpertShapesFit(const T* weights, int64_t cols) {
   return IsPackAligned(weights, cols) && cols % Pack<T>::kSize == 0;
 }
-
-namespace {
-// One team per (expert in use, column block, inner slice): the team finds the j-th expert that
-// holds a kept assignment (a bitmask of the experts in use: E <= 64), then reads its slice of
-// that expert's weights once for up to kRows of its assignments at a time (more: another pass,
-// the same weights again). Teams beyond the experts in use return at once. kRows = 1 where each
-// expert holds at most one assignment (one token: its two experts differ).
-template <int kRows, class T, class ExecSpace>
-void GroupedExpertProductByExpert(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, bool x_per_token,
-                                  ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
-                                  int64_t capacity, const T* weights, int64_t num_experts,
-                                  Partials<ExecSpace> partial) {
-  using P = Pack<T>;
-  constexpr int kInFlight = kRows == 1 ? 16 : 8;  // row loads per lane in flight
-  constexpr int64_t kCols = kExpertLanes * P::kSize;  // columns per team
-  const int64_t K = x.extent(1), A = 2 * experts.extent(0);
-  const int64_t splits = partial.extent(0), cols = partial.extent(2);
-  const int64_t units = std::min(A, num_experts);
-  const int64_t col_blocks = (cols + kCols - 1) / kCols, rows_per_split = (K + splits - 1) / splits;
-  using Member  = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
-  using Scratch = Kokkos::View<float***, Kokkos::LayoutRight, typename ExecSpace::scratch_memory_space,
-                               Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
-  auto policy = WarpTeams(space, units * col_blocks * splits, kExpertWarps);
-  policy.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(kExpertWarps, kRows, kCols)));
-  DependentParallelFor(
-      "openmoe::kernels::GroupedExpertProduct", policy, KOKKOS_LAMBDA(const Member& team) {
-        const int64_t split = team.league_rank() % splits, block = (team.league_rank() / splits) % col_blocks;
-        const int64_t j = team.league_rank() / (splits * col_blocks);  // this team's expert: the j-th in use
-        uint64_t in_use = 0;
-        for (int64_t a = 0; a < A; ++a)
-          if (rank(a / 2, a % 2) < capacity) in_use |= uint64_t(1) << experts(a / 2, a % 2);
-        for (int64_t skip = 0; skip < j && in_use != 0; ++skip) in_use &= in_use - 1;  // drop the lowest j
-        if (in_use == 0) return;
-        int32_t e = 0;
-        while (((in_use >> e) & 1) == 0) ++e;
-        const int64_t k0 = split * rows_per_split, k1 = k0 + rows_per_split < K ? k0 + rows_per_split : K;
-        const T* w = weights + e * K * cols;  // [K, cols]
-        Scratch sums(team.team_scratch(0), kExpertWarps, kRows, kCols);
-        for (int pass = 0;; ++pass) {
-          // Assignments pass * kRows .. + kRows - 1 of expert e, in order (the same in every thread).
-          int64_t rows[kRows] = {}, assignment[kRows] = {};  // entries from n on stay unused
-          int n = 0, seen = 0;
-          for (int64_t a = 0; a < A; ++a) {
-            if (experts(a / 2, a % 2) != e || rank(a / 2, a % 2) >= capacity) continue;
-            if (seen >= pass * kRows && n < kRows) assignment[n] = a, rows[n] = x_per_token ? a / 2 : a, ++n;
-            ++seen;
-          }
-          if (n == 0) break;
-          if (pass > 0) team.team_barrier();  // the previous pass's sums are read
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kExpertWarps), [&](const int warp) {
-            Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, kExpertLanes), [&](const int lane) {
-              const int64_t col0 = block * kCols + lane * P::kSize;
-              float acc[kRows][P::kSize];
-              for (int r = 0; r < kRows; ++r)
-                for (int i = 0; i < P::kSize; ++i) acc[r][i] = 0.0f;
-              if (col0 < cols) {
-                // Rounds of kInFlight row loads per lane, all issued before any is used.
-                constexpr int64_t kStep = kExpertWarps;
-                for (int64_t r0 = k0 + warp; r0 < k1; r0 += kInFlight * kStep) {
-                  P wp[kInFlight];
-                  float xr[kInFlight][kRows];
-                  for (int i = 0; i < kInFlight; ++i) {
-                    const int64_t k = r0 + i * kStep;
-                    const bool in = k < k1;
-                    wp[i] = *reinterpret_cast<const P*>(w + (in ? k : r0) * cols + col0);
-                    for (int r = 0; r < kRows; ++r) xr[i][r] = in && r < n ? ToFloat(x(rows[r], k)) : 0.0f;
-                  }
-                  for (int i = 0; i < kInFlight; ++i)
-                    for (int r = 0; r < kRows; ++r)
-                      for (int c = 0; c < P::kSize; ++c) acc[r][c] += xr[i][r] * ToFloat(wp[i].v[c]);
-                }
-              }
-              for (int r = 0; r < kRows; ++r)
-                for (int i = 0; i < P::kSize; ++i) sums(warp, r, lane * P::kSize + i) = acc[r][i];
-            });
-          });
-          team.team_barrier();
-          Kokkos::parallel_for(Kokkos::TeamVectorRange(team, kRows * kCols), [&](const int64_t rc) {
-            const int r = int(rc / kCols);
-            const int64_t c = rc % kCols, col = block * kCols + c;
-            if (r < n && col < cols) {
-              float total = 0.0f;
-              for (int warp = 0; warp < kExpertWarps; ++warp) total += sums(warp, r, c);
-              partial(split, assignment[r], col) = total;
-            }
-          });
-        }
-      });
-}
-}  // namespace
 
 template <class T, class ExecSpace>
 absl::Status GroupedExpertProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, bool x_per_token,
@@ -247,20 +155,61 @@ absl::Status GroupedExpertProduct(const ExecSpace& space, ConstMatrix<T, ExecSpa
   const int64_t K = x.extent(1), A = 2 * experts.extent(0);
   const int64_t splits = partial.extent(0), cols = partial.extent(2);
   if (partial.extent(1) != size_t(A) || x.extent(0) != size_t(x_per_token ? A / 2 : A) ||
-      splits != GroupedExpertSplits(A, num_experts, K, cols, P::kSize) || !GroupedExpertShapesFit(weights, cols) ||
-      num_experts <= 0 || num_experts > kMaxGroupedExperts) {
+      splits != GroupedExpertSplits(A, K, cols, P::kSize) || !GroupedExpertShapesFit(weights, cols) || num_experts <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("GroupedExpertProduct: partial [", partial.extent(0), ", ",
                                                    partial.extent(1), ", ", cols, "] does not fit x [",
-                                                   x.extent(0), ", ", K, "], ", A, " assignments and ",
-                                                   num_experts, " experts (at most ", kMaxGroupedExperts, ")"));
+                                                   x.extent(0), ", ", K, "] and ", A, " assignments"));
   }
-  if (A == 2) {
-    GroupedExpertProductByExpert<1, T, ExecSpace>(space, x, x_per_token, experts, rank, capacity, weights, num_experts,
-                                                  partial);
-  } else {
-    GroupedExpertProductByExpert<4, T, ExecSpace>(space, x, x_per_token, experts, rank, capacity, weights, num_experts,
-                                                  partial);
-  }
+  constexpr int64_t kCols = kExpertLanes * P::kSize;  // columns per team
+  const int64_t col_blocks = (cols + kCols - 1) / kCols, rows_per_split = (K + splits - 1) / splits;
+  using Member  = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  using Scratch = Kokkos::View<float**, Kokkos::LayoutRight, typename ExecSpace::scratch_memory_space,
+                               Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+  auto policy = WarpTeams(space, A * col_blocks * splits, kExpertWarps);
+  policy.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(kExpertWarps, kCols)));
+  DependentParallelFor(
+      "openmoe::kernels::GroupedExpertProduct", policy, KOKKOS_LAMBDA(const Member& team) {
+        const int64_t split = team.league_rank() % splits, block = (team.league_rank() / splits) % col_blocks;
+        const int64_t a = team.league_rank() / (splits * col_blocks), t = a / 2, k = a % 2;
+        if (rank(t, k) >= capacity) return;  // dropped: the consumers skip it
+        const int64_t e = experts(t, k), row = x_per_token ? t : a;
+        const int64_t k0 = split * rows_per_split, k1 = k0 + rows_per_split < K ? k0 + rows_per_split : K;
+        const T* w = weights + e * K * cols;  // [K, cols]
+        Scratch sums(team.team_scratch(0), kExpertWarps, kCols);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kExpertWarps), [&](const int warp) {
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, kExpertLanes), [&](const int lane) {
+            const int64_t col0 = block * kCols + lane * P::kSize;
+            float acc[P::kSize];
+            for (int i = 0; i < P::kSize; ++i) acc[i] = 0.0f;
+            if (col0 < cols) {
+              // Rounds of kExpertInFlight row loads per lane, all issued before any is used.
+              constexpr int64_t kStep = kExpertWarps;
+              for (int64_t r0 = k0 + warp; r0 < k1; r0 += kExpertInFlight * kStep) {
+                P wp[kExpertInFlight];
+                float xr[kExpertInFlight];
+                for (int i = 0; i < kExpertInFlight; ++i) {
+                  const int64_t r = r0 + i * kStep;
+                  const bool in = r < k1;
+                  wp[i] = *reinterpret_cast<const P*>(w + (in ? r : r0) * cols + col0);
+                  xr[i] = in ? ToFloat(x(row, r)) : 0.0f;
+                }
+                for (int i = 0; i < kExpertInFlight; ++i)
+                  for (int j = 0; j < P::kSize; ++j) acc[j] += xr[i] * ToFloat(wp[i].v[j]);
+              }
+            }
+            for (int i = 0; i < P::kSize; ++i) sums(warp, lane * P::kSize + i) = acc[i];
+          });
+        });
+        team.team_barrier();
+        Kokkos::parallel_for(Kokkos::TeamVectorRange(team, kCols), [&](const int64_t c) {
+          const int64_t col = block * kCols + c;
+          if (col < cols) {
+            float total = 0.0f;
+            for (int warp = 0; warp < kExpertWarps; ++warp) total += sums(warp, c);
+            partial(split, a, col) = total;
+          }
+        });
+      });
   return absl::OkStatus();
 }
 

@@ -48,18 +48,14 @@ absl::Status Combine(const ExecSpace& space, ConstMatrix<T, ExecSpace> expert_ou
 
 // ---- Decode steps: the experts of a few tokens without a host round trip -------------------
 // Assignment a = 2 t + k (token t's k-th choice, expert e = experts(t, k)) is kept when
-// rank(t, k) < capacity. Each kept assignment is multiplied by its own expert's weights (which
-// are read once for up to 4 of the expert's assignments); the products are written as float32
-// partial sums over `splits` slices of the inner dimension, which the consumers below add up
-// (deterministic, no atomics).
+// rank(t, k) < capacity. Each kept assignment is multiplied by its own expert's weights; the
+// products are written as float32 partial sums over `splits` slices of the inner dimension,
+// which the consumers below add up (deterministic, no atomics).
 template <class Space>
 using Partials = Kokkos::View<float***, Kokkos::LayoutRight, typename Space::memory_space>;  // [splits, 2T, N]
 
 // How many inner-dimension slices GroupedExpertProduct uses (the caller sizes `partial` by it).
-int64_t GroupedExpertSplits(int64_t assignments, int64_t num_experts, int64_t inner, int64_t cols, int64_t pack_size);
-
-// GroupedExpertProduct keeps the experts in use as a 64-bit mask.
-inline constexpr int64_t kMaxGroupedExperts = 64;
+int64_t GroupedExpertSplits(int64_t assignments, int64_t inner, int64_t cols, int64_t pack_size);
 
 // Whether weights [E, inner, cols] can be read as 16-byte packs (else use Dispatch/Combine).
 template <class T>
