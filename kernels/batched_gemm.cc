@@ -40,7 +40,10 @@ template <class TIn, class TOut>
 absl::Status CublasBatchedGemm(const Kokkos::Cuda& space, const BatchedGemmShape& s, const TIn* a, const TIn* b,
                                TOut* c) {
   cublasHandle_t handle = CublasHandle(space);
-  if (handle == nullptr) return absl::InternalError("cublasCreate failed");
+  if (handle == nullptr) {
+    return absl::InternalError("cuBLAS handle unavailable (cublasCreate, its 32 MiB workspace allocation, "
+                               "cublasSetStream or cublasSetWorkspace failed)");
+  }
   const float alpha = 1.0f, beta = s.beta;
   const cublasOperation_t op_a = s.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = s.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   // One product (Linear, weight gradients): plain cublasGemmEx, whose kernel choice the decode

@@ -12,8 +12,8 @@
 
 namespace openmoe {
 namespace {
-// On by default (every edge into one of the project's kernels; 8B batch-1 decode on the H200:
-// 377.6-379.5 tokens/s against 366.0-366.1 with ordinary edges, benchmarks/RESULTS.md). A graph
+// On by default (every edge into one of the project's kernels; faster 8B batch-1 decode on the
+// H200, benchmarks/RESULTS.md session 7). A graph
 // that holds a memory-allocation node cannot be re-edged ("operation not supported", H200 driver
 // 580); cuBLAS's own workspace was such a node until kernels/cublas_handle.h gave it a fixed one.
 // Where the driver still refuses, the step falls back to ordinary edges.
