@@ -29,14 +29,44 @@ constexpr cudaDataType_t CudaType() {
 // (openmoe/decode_graph.cc) could not be added at 8B shapes.
 inline constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
 
-// The process's handle bound to `space`'s stream with the fixed workspace; nullptr when
-// cublasCreate or the workspace allocation failed. cublasSetStream resets the workspace to
-// cuBLAS's own pool, so the workspace is set again whenever the stream changes.
+// The workspace the calls on this thread use: the handle's own (nullptr here), or one that a
+// ScopedCublasWorkspace gave. Products that may run at the same time (the expert branches of a
+// decode graph, openmoe/model.cc) each need a workspace of their own, since split-K products
+// keep their partial sums there.
+struct CublasWorkspace {
+  void* data   = nullptr;
+  size_t bytes = 0;
+};
+inline CublasWorkspace& CurrentCublasWorkspace() {
+  static thread_local CublasWorkspace current;
+  return current;
+}
+
+// Calls made while it lives use `bytes` of workspace at `data` (device memory) instead of the
+// handle's own; restores the previous one when it goes.
+class ScopedCublasWorkspace {
+ public:
+  ScopedCublasWorkspace(void* data, size_t bytes) : previous_(CurrentCublasWorkspace()) {
+    CurrentCublasWorkspace() = CublasWorkspace{data, bytes};
+  }
+  ~ScopedCublasWorkspace() { CurrentCublasWorkspace() = previous_; }
+  ScopedCublasWorkspace(const ScopedCublasWorkspace&) = delete;
+  ScopedCublasWorkspace& operator=(const ScopedCublasWorkspace&) = delete;
+
+ private:
+  CublasWorkspace previous_;
+};
+
+// The process's handle bound to `space`'s stream and to the current workspace (the fixed one
+// unless a ScopedCublasWorkspace says otherwise); nullptr when cublasCreate or the workspace
+// allocation failed. cublasSetStream resets the workspace to cuBLAS's own pool, so the workspace
+// is set again whenever the stream or the workspace changes.
 inline cublasHandle_t CublasHandle(const Kokkos::Cuda& space) {
   struct Handle {
     cublasHandle_t handle = nullptr;
     void* workspace = nullptr;
     cudaStream_t stream = nullptr;
+    void* bound_workspace = nullptr;
     bool bound = false;
   };
   static Handle h = [] {
@@ -51,14 +81,18 @@ inline cublasHandle_t CublasHandle(const Kokkos::Cuda& space) {
   }();
   if (h.handle == nullptr) return nullptr;
   const cudaStream_t stream = space.cuda_stream();
-  if (!h.bound || stream != h.stream) {
+  const CublasWorkspace scoped = CurrentCublasWorkspace();
+  void* workspace    = scoped.data != nullptr ? scoped.data : h.workspace;
+  const size_t bytes = scoped.data != nullptr ? scoped.bytes : kCublasWorkspaceBytes;
+  if (!h.bound || stream != h.stream || workspace != h.bound_workspace) {
     if (cublasSetStream(h.handle, stream) != CUBLAS_STATUS_SUCCESS ||
-        cublasSetWorkspace(h.handle, h.workspace, kCublasWorkspaceBytes) != CUBLAS_STATUS_SUCCESS) {
+        cublasSetWorkspace(h.handle, workspace, bytes) != CUBLAS_STATUS_SUCCESS) {
       h.bound = false;
       return nullptr;
     }
-    h.stream = stream;
-    h.bound  = true;
+    h.stream          = stream;
+    h.bound_workspace = workspace;
+    h.bound           = true;
   }
   return h.handle;
 }

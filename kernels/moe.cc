@@ -257,6 +257,50 @@ absl::Status CombineFromPartials(const ExecSpace& space, Partials<ExecSpace> out
   return absl::OkStatus();
 }
 
+#if defined(KOKKOS_ENABLE_CUDA)
+namespace {
+struct ExpertConditionHandles {  // kernel argument: cudaGraphConditionalHandle per expert
+  unsigned long long handle[kMaxExpertConditions];
+};
+
+// One thread per expert: condition e = 1 when a kept assignment (rank < capacity) went to e.
+// A plain CUDA kernel, not a Kokkos one: the handles make the functor larger than the 512 bytes
+// up to which Kokkos 3.4 passes functors as kernel arguments, and its constant-memory launch
+// (event synchronize + copy to a symbol) cannot be captured into a graph.
+__global__ void SetExpertConditionsKernel(const int32_t* experts, const int32_t* rank, int64_t assignments,
+                                          int64_t capacity, int64_t num_experts, ExpertConditionHandles handles) {
+  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= num_experts) return;
+  unsigned int in_use = 0;
+  for (int64_t a = 0; a < assignments; ++a) in_use |= experts[a] == e && rank[a] < capacity;
+  cudaGraphSetConditional(cudaGraphConditionalHandle(handles.handle[e]), in_use);
+}
+}  // namespace
+
+absl::Status SetExpertConditions(const Kokkos::Cuda& space, ConstMatrix<int32_t, Kokkos::Cuda> experts,
+                                 ConstMatrix<int32_t, Kokkos::Cuda> rank, int64_t capacity,
+                                 const std::vector<uint64_t>& conditions) {
+  const int64_t E = int64_t(conditions.size()), T = experts.extent(0);
+  if (E > kMaxExpertConditions || rank.extent(0) != experts.extent(0) || experts.extent(1) != 2 || rank.extent(1) != 2 ||
+      experts.span_is_contiguous() == false || rank.span_is_contiguous() == false) {
+    return absl::InvalidArgumentError(absl::StrCat("SetExpertConditions: ", E, " experts (at most ", kMaxExpertConditions,
+                                                   "), experts [", experts.extent(0), ", ", experts.extent(1),
+                                                   "] and rank [", rank.extent(0), ", ", rank.extent(1),
+                                                   "] must both be contiguous [T, 2]"));
+  }
+  if (E == 0) return absl::OkStatus();
+  ExpertConditionHandles handles{};
+  for (int64_t e = 0; e < E; ++e) handles.handle[e] = conditions[e];
+  SetExpertConditionsKernel<<<1, unsigned(E), 0, space.cuda_stream()>>>(experts.data(), rank.data(), 2 * T, capacity, E,
+                                                                       handles);
+  const cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) {
+    return absl::InternalError(absl::StrCat("SetExpertConditions: kernel launch failed: ", cudaGetErrorString(error)));
+  }
+  return absl::OkStatus();
+}
+#endif
+
 #define OPENMOE_INSTANTIATE_MOE(Space, T)                                                         \
   template absl::Status RouterTop2<T, Space>(const Space&, ConstMatrix<T, Space>, Matrix<float, Space>, \
                                              Matrix<int32_t, Space>);                             \

@@ -11,6 +11,7 @@
 #define KERNELS_MOE_H_
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "openmoe/core/tensor_types.h"
@@ -81,6 +82,17 @@ template <class T, class ExecSpace>
 absl::Status CombineFromPartials(const ExecSpace& space, Partials<ExecSpace> out_partial,
                                  ConstMatrix<float, ExecSpace> probs, ConstMatrix<int32_t, ExecSpace> experts,
                                  ConstMatrix<int32_t, ExecSpace> rank, int64_t capacity, Matrix<T, ExecSpace> y);
+
+#if defined(KOKKOS_ENABLE_CUDA)
+// ---- Decode graphs: only the experts in use run (openmoe/decode_graph.h) --------------------
+inline constexpr int64_t kMaxExpertConditions = 64;
+// Sets condition e (a cudaGraphConditionalHandle of the graph being captured, which this kernel
+// joins) to 1 when expert e holds a kept assignment (rank < capacity), else to 0.
+// conditions.size() = E <= kMaxExpertConditions.
+absl::Status SetExpertConditions(const Kokkos::Cuda& space, ConstMatrix<int32_t, Kokkos::Cuda> experts,
+                                 ConstMatrix<int32_t, Kokkos::Cuda> rank, int64_t capacity,
+                                 const std::vector<uint64_t>& conditions);
+#endif
 
 }  // namespace openmoe::kernels
 

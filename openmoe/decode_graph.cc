@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "openmoe/core/status_macros.h"
 #include "kernels/dependent_launch.h"
 
 namespace openmoe {
@@ -73,14 +74,78 @@ absl::Status AddProgrammaticEdges(cudaGraph_t graph, DependentLaunch mode, std::
 
 DecodeGraphs<Kokkos::Cuda>::DecodeGraphs() {
   (void)cudaStreamCreate(&stream_);
-  space_ = Kokkos::Cuda(stream_);
+  // The branch stream only ever captures (cudaStreamBeginCaptureToGraph); non-blocking, so that
+  // capturing on it never makes the legacy default stream wait on a capture.
+  (void)cudaStreamCreateWithFlags(&branch_stream_, cudaStreamNonBlocking);
+  space_        = Kokkos::Cuda(stream_);
+  branch_space_ = Kokkos::Cuda(branch_stream_);
 }
 
 DecodeGraphs<Kokkos::Cuda>::~DecodeGraphs() {
   if (exec_ != nullptr) (void)cudaGraphExecDestroy(exec_);
   space_.fence();
-  space_ = Kokkos::Cuda();  // release the instance before its stream
+  space_        = Kokkos::Cuda();  // release the instances before their streams
+  branch_space_ = Kokkos::Cuda();
   (void)cudaStreamDestroy(stream_);
+  (void)cudaStreamDestroy(branch_stream_);
+}
+
+absl::StatusOr<std::vector<uint64_t>> DecodeGraphs<Kokkos::Cuda>::NewConditions(int64_t count) {
+  if (!capturing_) return absl::FailedPreconditionError("NewConditions: no decode step is being captured");
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  cudaGraph_t graph = nullptr;
+  OPENMOE_RETURN_IF_ERROR(CudaCheck(cudaStreamGetCaptureInfo(stream_, &status, nullptr, &graph, nullptr, nullptr, nullptr),
+                                    "cudaStreamGetCaptureInfo"));
+  std::vector<uint64_t> conditions(count);
+  for (uint64_t& condition : conditions) {
+    cudaGraphConditionalHandle handle;
+    OPENMOE_RETURN_IF_ERROR(CudaCheck(cudaGraphConditionalHandleCreate(&handle, graph, 0, cudaGraphCondAssignDefault),
+                                      "cudaGraphConditionalHandleCreate"));
+    condition = handle;
+  }
+  return conditions;
+}
+
+absl::Status DecodeGraphs<Kokkos::Cuda>::EnqueueConditionalBranches(
+    const std::vector<uint64_t>& conditions, const std::function<absl::Status(int64_t, const Kokkos::Cuda&)>& body) {
+  if (!capturing_) return absl::FailedPreconditionError("EnqueueConditionalBranches: no decode step is being captured");
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  cudaGraph_t graph = nullptr;
+  const cudaGraphNode_t* frontier = nullptr;
+  const cudaGraphEdgeData* frontier_edges = nullptr;
+  size_t frontier_size = 0;
+  OPENMOE_RETURN_IF_ERROR(CudaCheck(cudaStreamGetCaptureInfo(stream_, &status, nullptr, &graph, &frontier,
+                                                             &frontier_edges, &frontier_size),
+                                    "cudaStreamGetCaptureInfo"));
+  // Every branch starts after the work captured so far (the kernel that set the conditions).
+  const std::vector<cudaGraphNode_t> after(frontier, frontier + frontier_size);
+  const std::vector<cudaGraphEdgeData> after_edges(frontier_edges, frontier_edges + frontier_size);
+  std::vector<cudaGraphNode_t> branches;
+  for (size_t i = 0; i < conditions.size(); ++i) {
+    cudaGraphNodeParams params{};
+    params.type                = cudaGraphNodeTypeConditional;
+    params.conditional.handle  = cudaGraphConditionalHandle(conditions[i]);
+    params.conditional.type    = cudaGraphCondTypeIf;
+    params.conditional.size    = 1;
+    cudaGraphNode_t node = nullptr;
+    OPENMOE_RETURN_IF_ERROR(CudaCheck(cudaGraphAddNode(&node, graph, after.data(), after_edges.data(), after.size(), &params),
+                                      "cudaGraphAddNode (conditional branch)"));
+    OPENMOE_RETURN_IF_ERROR(CudaCheck(cudaStreamBeginCaptureToGraph(branch_stream_, params.conditional.phGraph_out[0],
+                                                                    nullptr, nullptr, 0, cudaStreamCaptureModeRelaxed),
+                                      "cudaStreamBeginCaptureToGraph (conditional branch)"));
+    absl::Status captured = body(int64_t(i), branch_space_);
+    cudaGraph_t body_graph = nullptr;
+    const absl::Status ended = CudaCheck(cudaStreamEndCapture(branch_stream_, &body_graph),
+                                         "cudaStreamEndCapture (conditional branch)");
+    OPENMOE_RETURN_IF_ERROR(captured);
+    OPENMOE_RETURN_IF_ERROR(ended);
+    branches.push_back(node);
+  }
+  conditional_branches_ += int64_t(branches.size());
+  if (branches.empty()) return absl::OkStatus();
+  return CudaCheck(cudaStreamUpdateCaptureDependencies(stream_, branches.data(), nullptr, branches.size(),
+                                                       cudaStreamSetCaptureDependencies),
+                   "cudaStreamUpdateCaptureDependencies");
 }
 
 absl::Status DecodeGraphs<Kokkos::Cuda>::CaptureAndInstantiate(const DecodeGraphKey& key,
@@ -93,7 +158,9 @@ absl::Status DecodeGraphs<Kokkos::Cuda>::CaptureAndInstantiate(const DecodeGraph
     (void)kernels::TakeDependentLaunchNodes();
     return status;
   }
+  capturing_ = true, conditional_branches_ = 0;
   status = enqueue();
+  capturing_ = false;
   std::vector<cudaGraphNode_t> dependent = kernels::TakeDependentLaunchNodes();
   cudaGraph_t graph = nullptr;
   const absl::Status ended = CudaCheck(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");

@@ -16,15 +16,26 @@
 // kernels::DependentParallelFor(WaitsInside) becomes a programmatic edge (Hopper's programmatic
 // dependent launch, kernels/dependent_launch.h): the later kernel is launched while the earlier
 // one runs and waits for it on the GPU. Other edges (into cuBLAS kernels, copies) stay ordinary.
+//
+// Work that only some steps need (the experts a step's tokens were routed to) goes into
+// conditional branches while the step is captured:
+//   auto conditions = graphs.NewConditions(E);             // all 0 at each replay
+//   kernels::SetExpertConditions(space, ..., *conditions);  // a kernel sets them on the GPU
+//   graphs.EnqueueConditionalBranches(*conditions, [&](int64_t e, const Space& branch) { ... });
+// Each branch is a conditional graph node (CUDA 12.4+) that runs its body, captured from the
+// branch stream, only when its condition is nonzero; the branches run in parallel with each
+// other, and what is captured after them waits for all of them.
 #ifndef OPENMOE_DECODE_GRAPH_H_
 #define OPENMOE_DECODE_GRAPH_H_
 
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 #include <Kokkos_Core.hpp>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace openmoe {
 
@@ -54,6 +65,14 @@ class DecodeGraphs {
   }
   int64_t programmatic_edges() const { return 0; }
   int64_t edges() const { return 0; }
+  bool capturing() const { return false; }
+  absl::StatusOr<std::vector<uint64_t>> NewConditions(int64_t) {
+    return absl::UnimplementedError("conditional branches need a CUDA decode graph");
+  }
+  absl::Status EnqueueConditionalBranches(const std::vector<uint64_t>&,
+                                          const std::function<absl::Status(int64_t, const ExecSpace&)>&) {
+    return absl::UnimplementedError("conditional branches need a CUDA decode graph");
+  }
 };
 
 #if defined(KOKKOS_ENABLE_CUDA)
@@ -77,13 +96,28 @@ class DecodeGraphs<Kokkos::Cuda> {
   int64_t programmatic_edges() const { return programmatic_edges_; }
   int64_t edges() const { return edges_; }
 
+  // True while Run captures a step (the enqueue it was given is running under capture).
+  bool capturing() const { return capturing_; }
+  // While capturing: `count` conditions of the graph being captured (cudaGraphConditionalHandle),
+  // reset to 0 at each launch of the graph.
+  absl::StatusOr<std::vector<uint64_t>> NewConditions(int64_t count);
+  // While capturing: after the work captured so far, one conditional branch per condition, whose
+  // body(i, branch_space) is captured from the branch stream and runs when condition i is nonzero.
+  // Work captured after this call waits for every branch.
+  absl::Status EnqueueConditionalBranches(const std::vector<uint64_t>& conditions,
+                                          const std::function<absl::Status(int64_t, const Kokkos::Cuda&)>& body);
+  // Conditional branches of the graph captured last.
+  int64_t conditional_branches() const { return conditional_branches_; }
+
  private:
   // Captures the step, turns its edges into programmatic ones as `mode` says, instantiates exec_.
   absl::Status CaptureAndInstantiate(const DecodeGraphKey& key, const std::function<uint64_t()>& generation,
                                      const std::function<absl::Status()>& enqueue, DependentLaunch mode);
 
-  cudaStream_t stream_ = nullptr;
-  Kokkos::Cuda space_;
+  cudaStream_t stream_ = nullptr, branch_stream_ = nullptr;
+  Kokkos::Cuda space_, branch_space_;
+  bool capturing_ = false;
+  int64_t conditional_branches_ = 0;
   cudaGraphExec_t exec_ = nullptr;
   DecodeGraphKey warm_, captured_;
   int64_t programmatic_edges_ = 0, edges_ = 0;

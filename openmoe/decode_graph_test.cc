@@ -9,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "kernels/dependent_launch.h"
 #include "kernels/linear.h"
+#include "kernels/moe.h"
 #include "openmoe/core/bf16.h"
 #include "openmoe/core/test_util.h"
 
@@ -153,6 +154,82 @@ TYPED_TEST(DecodeGraphTest, ChainedKernelsSeeTheirPredecessorsWithDependentLaunc
 TYPED_TEST(DecodeGraphTest, ChainedKernelsSeeTheirPredecessorsWithoutDependentLaunch) {
   RunSteps<TypeParam>(DependentLaunch::kOff);
 }
+
+#if defined(KOKKOS_ENABLE_CUDA)
+// Conditional branches (the experts of a batched decode step): a step of 3 tokens routed to 2 of
+// 8 experts each, queue capacity 2. Branch e adds 1 to runs(e) when expert e holds a kept
+// assignment (rank < 2), and a kernel after the branches copies the sum of runs, so it must see
+// every branch taken before it. The routing changes between replays (written before each Run, as
+// the model's routing kernels would); the first, uncaptured step picks the experts on the host.
+void RunConditionalBranchSteps() {
+  using Space = Kokkos::Cuda;
+  constexpr int64_t kE = 8, kT = 3, kCapacity = 2;
+  DecodeGraphs<Space> graphs;
+  const Space space = graphs.space();
+  Matrix<int32_t, Space> experts("experts", kT, 2), rank("rank", kT, 2);
+  Kokkos::View<int64_t*, Space> runs("runs", kE), sum_after("sum_after", 1);
+  struct Routing {
+    int32_t experts[kT][2], rank[kT][2];
+  };
+  const Routing steps[] = {
+      {{{0, 1}, {2, 3}, {0, 5}}, {{0, 0}, {0, 0}, {1, 0}}},  // in use: 0 1 2 3 5
+      {{{4, 1}, {4, 1}, {4, 7}}, {{0, 0}, {1, 1}, {2, 2}}},  // 4 and 1 (third token dropped twice)
+      {{{6, 2}, {6, 2}, {6, 2}}, {{2, 3}, {4, 5}, {6, 7}}},  // none: every assignment dropped
+      {{{0, 1}, {2, 3}, {0, 5}}, {{0, 0}, {0, 0}, {1, 0}}},  // as the first, replayed
+  };
+  std::vector<int64_t> want(kE, 0);
+  const DecodeGraphKey key{/*cache=*/3, /*batch=*/kT, /*capacity=*/1, /*generation=*/0};
+  for (int step = 0; step < 4; ++step) {
+    auto experts_host = Kokkos::create_mirror_view(experts);
+    auto rank_host    = Kokkos::create_mirror_view(rank);
+    std::vector<bool> in_use(kE, false);
+    for (int64_t t = 0; t < kT; ++t)
+      for (int k = 0; k < 2; ++k) {
+        experts_host(t, k) = steps[step].experts[t][k], rank_host(t, k) = steps[step].rank[t][k];
+        if (rank_host(t, k) < kCapacity) in_use[experts_host(t, k)] = true;
+      }
+    for (int64_t e = 0; e < kE; ++e) want[e] += in_use[e];
+    Kokkos::deep_copy(experts, experts_host);
+    Kokkos::deep_copy(rank, rank_host);
+    auto branch = [&](int64_t e, const Space& on) {
+      Kokkos::parallel_for("decode_graph_test::branch", Kokkos::RangePolicy<Space>(on, 0, 1),
+                           KOKKOS_LAMBDA(int) { runs(e) += 1; });
+      return absl::OkStatus();
+    };
+    const absl::Status status = graphs.Run(key, [] { return uint64_t(0); }, [&]() -> absl::Status {
+      if (graphs.capturing()) {
+        auto conditions = graphs.NewConditions(kE);
+        if (!conditions.ok()) return conditions.status();
+        absl::Status s = kernels::SetExpertConditions(space, experts, rank, kCapacity, *conditions);
+        if (s.ok()) s = graphs.EnqueueConditionalBranches(*conditions, branch);
+        if (!s.ok()) return s;
+      } else {
+        for (int64_t e = 0; e < kE; ++e)
+          if (in_use[e]) (void)branch(e, space);
+      }
+      Kokkos::parallel_for("decode_graph_test::sum", Kokkos::RangePolicy<Space>(space, 0, 1), KOKKOS_LAMBDA(int) {
+        int64_t total = 0;
+        for (int64_t e = 0; e < kE; ++e) total += runs(e);
+        sum_after(0) = total;
+      });
+      return absl::OkStatus();
+    });
+    ASSERT_TRUE(status.ok()) << status;
+    space.fence();
+    auto runs_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), runs);
+    auto sum_host  = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), sum_after);
+    int64_t total = 0;
+    for (int64_t e = 0; e < kE; ++e) {
+      EXPECT_EQ(runs_host(e), want[e]) << "expert " << e << " after step " << step;
+      total += want[e];
+    }
+    EXPECT_EQ(sum_host(0), total) << "the kernel after the branches ran before some of them (step " << step << ")";
+  }
+  EXPECT_EQ(graphs.conditional_branches(), kE);
+}
+
+TEST(DecodeGraphConditionalBranches, OnlyExpertsInUseRunAndWhatFollowsWaitsForThem) { RunConditionalBranchSteps(); }
+#endif
 
 }  // namespace
 }  // namespace openmoe

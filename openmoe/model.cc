@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <type_traits>
 
 #include <Kokkos_Random.hpp>
@@ -10,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/argmax.h"
 #include "kernels/attention.h"
+#include "kernels/cublas_handle.h"
 #include "kernels/elementwise.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
@@ -25,6 +27,24 @@ namespace {
 // can be replayed as graphs. (16 measured 2x slower at batch 16 on the H200: more tokens share
 // an expert than one pass of GroupedExpertProduct serves well.)
 constexpr int64_t kDecodeTokens = 4;
+// Larger steps dispatch the tokens into expert queues of C rows. Up to this many rows a product
+// reads the expert's weights once whatever its row count, so an expert in use multiplies its whole
+// queue; the kernels are then the same in every such step, and a decode graph can run them in
+// conditional branches, one per expert, that only the experts in use take (no host sync).
+constexpr int64_t kWholeQueueRows = 16;
+// cuBLAS workspace of each expert's products when they multiply whole queues (branches run at the
+// same time, so each has its own).
+constexpr int64_t kExpertWorkspaceBytes = int64_t(4) << 20;
+
+template <class ExecSpace>
+constexpr bool kIsCuda = false;
+#if defined(KOKKOS_ENABLE_CUDA)
+template <>
+constexpr bool kIsCuda<Kokkos::Cuda> = true;
+constexpr int64_t kMaxConditionalExperts = kernels::kMaxExpertConditions;
+#else
+constexpr int64_t kMaxConditionalExperts = 0;
+#endif
 }  // namespace
 
 
@@ -264,35 +284,53 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
   profile_.Mark(space, "moe.router");
   OPENMOE_RETURN_IF_ERROR(kernels::Dispatch<T>(space, x, experts, rank, C, dispatched));
   profile_.Mark(space, "moe.dispatch+combine");
-  // Named host sync "moe.expert_counts_to_host": how many rows each expert really holds, so that
-  // idle experts cost nothing (a decode step of B tokens touches at most 2B of E experts).
-  auto experts_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), experts);
-  ++host_syncs_;
-  std::vector<int64_t> rows_used(E, 0);  // min(assignments, C) per expert
-  for (int64_t t = 0; t < N; ++t)
-    for (int k = 0; k < 2; ++k) ++rows_used[experts_host(t, k)];
-  for (int64_t& r : rows_used) r = std::min(r, C);
-  profile_.Mark(space, "moe.host_sync");
-  for (int64_t e = 0; e < E; ++e) {
-    if (rows_used[e] == 0) continue;
-    auto rows = std::make_pair(e * C, e * C + rows_used[e]);
-    Matrix<T, ExecSpace> in_e  = Kokkos::subview(dispatched, rows, Kokkos::ALL);
-    Matrix<T, ExecSpace> gate_e = Kokkos::subview(gate, rows, Kokkos::ALL);
-    Matrix<T, ExecSpace> up_e  = Kokkos::subview(up, rows, Kokkos::ALL);
-    OPENMOE_RETURN_IF_ERROR(kernels::MatMul(
-        space, ConstMatrix<T, ExecSpace>(in_e),
-        ConstMatrix<T, ExecSpace>(wi_gate + e * H * 2 * I, H, 2 * I), gate_e));
-    OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, ConstMatrix<T, ExecSpace>(in_e),
-                                            ConstMatrix<T, ExecSpace>(wi_up + e * H * I, H, I), up_e));
-  }
-  OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<T>(space, gate, up, act));
-  for (int64_t e = 0; e < E; ++e) {
-    if (rows_used[e] == 0) continue;
-    auto rows = std::make_pair(e * C, e * C + rows_used[e]);
-    Matrix<T, ExecSpace> act_e = Kokkos::subview(act, rows, Kokkos::ALL);
-    Matrix<T, ExecSpace> out_e = Kokkos::subview(expert_out, rows, Kokkos::ALL);
-    OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, ConstMatrix<T, ExecSpace>(act_e),
-                                            ConstMatrix<T, ExecSpace>(wo + e * I * H, I, H), out_e));
+  const bool whole_queues = C <= kWholeQueueRows;
+  char* workspaces = kIsCuda<ExecSpace> && whole_queues
+                         ? Buffer<char>("moe.expert_workspaces", E * kExpertWorkspaceBytes).data() : nullptr;
+  // Expert e on the first `rows` rows of its queue: act = swiglu(x W_gate, x W_up), out = act W_o.
+  auto run_expert = [&](int64_t e, int64_t rows, const ExecSpace& on) -> absl::Status {
+#if defined(KOKKOS_ENABLE_CUDA)
+    std::optional<kernels::ScopedCublasWorkspace> workspace;
+    if (workspaces != nullptr) workspace.emplace(workspaces + e * kExpertWorkspaceBytes, size_t(kExpertWorkspaceBytes));
+#endif
+    const auto range = std::make_pair(e * C, e * C + rows);
+    Matrix<T, ExecSpace> in_e   = Kokkos::subview(dispatched, range, Kokkos::ALL);
+    Matrix<T, ExecSpace> gate_e = Kokkos::subview(gate, range, Kokkos::ALL);
+    Matrix<T, ExecSpace> up_e   = Kokkos::subview(up, range, Kokkos::ALL);
+    Matrix<T, ExecSpace> act_e  = Kokkos::subview(act, range, Kokkos::ALL);
+    Matrix<T, ExecSpace> out_e  = Kokkos::subview(expert_out, range, Kokkos::ALL);
+    OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(on, ConstMatrix<T, ExecSpace>(in_e),
+                                               ConstMatrix<T, ExecSpace>(wi_gate + e * H * 2 * I, H, 2 * I), gate_e));
+    OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(on, ConstMatrix<T, ExecSpace>(in_e),
+                                               ConstMatrix<T, ExecSpace>(wi_up + e * H * I, H, I), up_e));
+    OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<T>(on, gate_e, up_e, act_e));
+    return kernels::MatMul<T>(on, ConstMatrix<T, ExecSpace>(act_e), ConstMatrix<T, ExecSpace>(wo + e * I * H, I, H),
+                              out_e);
+  };
+  if (graphs_ != nullptr && graphs_->capturing() && whole_queues) {
+    // A decode step being captured: one conditional branch per expert, taken when the expert
+    // holds a kept assignment (set on the GPU), all branches in parallel.
+#if defined(KOKKOS_ENABLE_CUDA)
+    if constexpr (kIsCuda<ExecSpace>) {
+      OPENMOE_ASSIGN_OR_RETURN(std::vector<uint64_t> conditions, graphs_->NewConditions(E));
+      OPENMOE_RETURN_IF_ERROR(kernels::SetExpertConditions(space, experts, rank, C, conditions));
+      OPENMOE_RETURN_IF_ERROR(graphs_->EnqueueConditionalBranches(
+          conditions, [&](int64_t e, const ExecSpace& branch) { return run_expert(e, C, branch); }));
+    }
+#endif
+  } else {
+    // Named host sync "moe.expert_counts_to_host": how many rows each expert really holds, so that
+    // idle experts cost nothing (a decode step of B tokens touches at most 2B of E experts).
+    auto experts_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), experts);
+    ++host_syncs_;
+    std::vector<int64_t> rows_used(E, 0);  // min(assignments, C) per expert
+    for (int64_t t = 0; t < N; ++t)
+      for (int k = 0; k < 2; ++k) ++rows_used[experts_host(t, k)];
+    for (int64_t& r : rows_used) r = std::min(r, C);
+    profile_.Mark(space, "moe.host_sync");
+    for (int64_t e = 0; e < E; ++e) {
+      if (rows_used[e] > 0) OPENMOE_RETURN_IF_ERROR(run_expert(e, whole_queues ? C : rows_used[e], space));
+    }
   }
   profile_.Mark(space, "moe.experts");
   OPENMOE_RETURN_IF_ERROR(kernels::Combine<T>(space, expert_out, probs, experts, rank, C, out));
@@ -330,31 +368,24 @@ absl::StatusOr<KvCache<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::NewCache(int64
 }
 
 template <class ExecSpace, class T>
-bool OpenMoeModel<ExecSpace, T>::UseDecodeGraph(int64_t B, int64_t S, bool last_only,
+bool OpenMoeModel<ExecSpace, T>::UseDecodeGraph(int64_t B, int64_t S, RoutingMode mode, bool last_only,
                                                 const std::vector<MoeLayerStats>* stats) {
-  if (!DecodeGraphs<ExecSpace>::kSupported || !std::is_same_v<T, bf16> || S != 1 || B * S > kDecodeTokens ||
-      !last_only || stats != nullptr || !decode_graphs_) {
+  if (!DecodeGraphs<ExecSpace>::kSupported || !std::is_same_v<T, bf16> || S != 1 || !last_only ||
+      stats != nullptr || !decode_graphs_) {
     return false;
   }
+  // MoE layers take the grouped-expert path (steps of <= kDecodeTokens tokens whose expert
+  // weights fit it) or the dispatch path, whose experts run in conditional branches while the
+  // step is captured: that needs whole queues and a condition per expert.
+  const double cf = mode == RoutingMode::kEval ? config_.router_capacity_factor_eval
+                                               : config_.router_capacity_factor_train;
+  const int64_t C = kernels::ExpertCapacity(B * S, config_.num_experts, cf, config_.router_min_capacity);
+  if (C > kWholeQueueRows || config_.num_experts > kMaxConditionalExperts) return false;
   static const bool enabled = [] {
     const char* env = std::getenv("OPENMOE_CUDA_GRAPHS");
     return env == nullptr || std::string(env) != "0";
   }();
-  if (!enabled) return false;
-  if (experts_grouped_ < 0) {  // every MoE layer must take the sync-free grouped-expert path
-    experts_grouped_ = 1;
-    for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-      if (!config_.IsMoeLayer(i)) continue;
-      const std::string prefix = absl::StrCat("model.layers.", i, ".mlp.experts.");
-      const int64_t H = config_.hidden_size, I = config_.intermediate_size;
-      if (!kernels::GroupedExpertShapesFit(weights_.at(prefix + "wi_gate").data(), 2 * I) ||
-          !kernels::GroupedExpertShapesFit(weights_.at(prefix + "wi_up").data(), I) ||
-          !kernels::GroupedExpertShapesFit(weights_.at(prefix + "wo").data(), H)) {
-        experts_grouped_ = 0;
-      }
-    }
-  }
-  return experts_grouped_ == 1;
+  return enabled;
 }
 
 template <class ExecSpace, class T>
@@ -370,7 +401,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::RunStep(Cache& cache, const std::vector
                                                    cache.capacity, " columns)"));
   }
   const int64_t N = B * S;
-  const bool graphed = UseDecodeGraph(B, S, last_only, stats);
+  const bool graphed = UseDecodeGraph(B, S, mode, last_only, stats);
   if (graphed && graphs_ == nullptr) graphs_ = std::make_shared<DecodeGraphs<ExecSpace>>();
   const ExecSpace space = graphed ? graphs_->space() : ExecSpace();
   *used_space = space;

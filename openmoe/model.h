@@ -117,9 +117,11 @@ class OpenMoeModel {
   absl::Status RunStep(Cache& cache, const std::vector<int64_t>& input_ids,
                        const std::vector<int64_t>& attention_mask, int64_t seq_len, RoutingMode mode,
                        bool last_only, std::vector<MoeLayerStats>* stats, ExecSpace* used_space);
-  // Whether this step runs as a replayed CUDA graph (bf16 decode steps of <= 4 tokens on CUDA
-  // whose experts take the grouped path; OPENMOE_CUDA_GRAPHS=0 turns it off).
-  bool UseDecodeGraph(int64_t batch, int64_t seq_len, bool last_only, const std::vector<MoeLayerStats>* stats);
+  // Whether this step runs as a replayed CUDA graph: bf16 decode steps on CUDA whose expert
+  // queues have at most 16 rows (batches up to 64 at OpenMoE's eval capacity factor) and models
+  // of at most 64 experts; OPENMOE_CUDA_GRAPHS=0 turns it off.
+  bool UseDecodeGraph(int64_t batch, int64_t seq_len, RoutingMode mode, bool last_only,
+                      const std::vector<MoeLayerStats>* stats);
 
  public:  // (public only because nvcc's device lambdas cannot live in private member functions)
   // Enqueues a whole step on `space`: mask append, layers, final norm and LM head into the
@@ -150,7 +152,6 @@ class OpenMoeModel {
   int64_t host_syncs_ = 0;  // named device->host syncs ("moe.expert_counts_to_host")
   uint64_t workspace_generation_ = 0;  // bumped when a work buffer is reallocated
   bool decode_graphs_ = true;
-  int experts_grouped_ = -1;           // all MoE layers fit the grouped-expert path (-1: not checked)
   std::shared_ptr<DecodeGraphs<ExecSpace>> graphs_;  // created on the first graphed step
 
  public:

@@ -93,18 +93,31 @@ TYPED_TEST(GenerationTest, KvCacheDecodingEqualsRecomputationWithoutDrops) {
   }
 }
 
-// bf16 decode steps of <= 4 rows run as a captured and replayed CUDA graph on CUDA (first step
-// with a cache uncaptured, second captured, later ones replayed): the logits of every step must
-// be bit-identical to running the same kernels one by one, across three caches (the graph is
-// re-captured for each). On host backends both runs take the direct path.
-TYPED_TEST(GenerationTest, Bf16DecodeGraphsGiveIdenticalLogits) {
+// bf16 decode steps run as a captured and replayed CUDA graph on CUDA (first step with a cache
+// uncaptured, second captured, later ones replayed): the logits of every step must be
+// bit-identical to running the same kernels one by one, across three caches (the graph is
+// re-captured for each). Batch 2 takes the grouped-expert path; batches 6 and 16 (the fixture's
+// prompts with shifted ids) the dispatch path, whose experts run in conditional branches of the
+// graph, taken only by the experts in use. On host backends both runs take the direct path.
+template <class Space>
+void ExpectDecodeGraphsGiveIdenticalLogits(int64_t batch) {
   const std::string dir = "tests/data/openmoe/tiny8b";
-  const Prompt p = LoadPrompt(dir);
-  auto graphed = OpenMoeModel<TypeParam, bf16>::Load(dir);
-  auto direct = OpenMoeModel<TypeParam, bf16>::Load(dir);
+  const Prompt fixture = LoadPrompt(dir);
+  auto graphed = OpenMoeModel<Space, bf16>::Load(dir);
+  auto direct = OpenMoeModel<Space, bf16>::Load(dir);
   ASSERT_TRUE(graphed.ok() && direct.ok());
   direct->set_decode_graphs(false);
-  const int64_t V = graphed->config().vocab_size;
+  const int64_t V = graphed->config().vocab_size, len = fixture.len;
+  Prompt p = fixture;
+  p.batch = batch, p.ids.resize(batch * len), p.mask.resize(batch * len);
+  for (int64_t b = fixture.batch; b < batch; ++b) {
+    const int64_t from = b % fixture.batch, shift = 7 * (b / fixture.batch);
+    for (int64_t j = 0; j < len; ++j) {
+      const int64_t id = fixture.ids[from * len + j];
+      p.mask[b * len + j] = fixture.mask[from * len + j];
+      p.ids[b * len + j]  = id < 3 ? id : 3 + (id - 3 + shift) % (V - 3);  // special ids kept
+    }
+  }
   // Cache capacities above 64 columns take the split-key attention, whose scratch grows with the
   // capacity: the third round returns to the first one's shapes after that growth.
   for (const int64_t extra : {100, 300, 100}) {
@@ -116,7 +129,8 @@ TYPED_TEST(GenerationTest, Bf16DecodeGraphsGiveIdenticalLogits) {
     auto logits_d = direct->Step(*cache_d, p.ids, p.mask, p.len, RoutingMode::kEval, true);
     for (int step = 0; step < 8; ++step) {
       ASSERT_TRUE(logits_g.ok() && logits_d.ok()) << logits_g.status() << logits_d.status();
-      ASSERT_EQ(*logits_g, *logits_d) << "round " << round << " step " << step << " on " << TypeParam::name();
+      ASSERT_EQ(*logits_g, *logits_d) << "batch " << batch << " round " << round << " step " << step << " on "
+                                      << Space::name();
       std::vector<int64_t> next(p.batch);
       for (int64_t b = 0; b < p.batch; ++b) {
         next[b] = std::max_element(logits_d->begin() + b * V, logits_d->begin() + (b + 1) * V) - (logits_d->begin() + b * V);
@@ -126,6 +140,14 @@ TYPED_TEST(GenerationTest, Bf16DecodeGraphsGiveIdenticalLogits) {
       logits_d = direct->Step(*cache_d, next, ones, 1, RoutingMode::kEval, true);
     }
   }
+}
+
+TYPED_TEST(GenerationTest, Bf16DecodeGraphsGiveIdenticalLogits) { ExpectDecodeGraphsGiveIdenticalLogits<TypeParam>(2); }
+TYPED_TEST(GenerationTest, Bf16DecodeGraphsWithExpertBranchesGiveIdenticalLogitsAtBatch6) {
+  ExpectDecodeGraphsGiveIdenticalLogits<TypeParam>(6);
+}
+TYPED_TEST(GenerationTest, Bf16DecodeGraphsWithExpertBranchesGiveIdenticalLogitsAtBatch16) {
+  ExpectDecodeGraphsGiveIdenticalLogits<TypeParam>(16);
 }
 
 TYPED_TEST(GenerationTest, RejectsPromptsThatDoNotFitTheContext) {
