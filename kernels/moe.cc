@@ -282,7 +282,7 @@ absl::Status SetExpertConditions(const Kokkos::Cuda& space, ConstMatrix<int32_t,
                                  const std::vector<uint64_t>& conditions) {
   const int64_t E = int64_t(conditions.size()), T = experts.extent(0);
   if (E > kMaxExpertConditions || rank.extent(0) != experts.extent(0) || experts.extent(1) != 2 || rank.extent(1) != 2 ||
-      experts.span_is_contiguous() == false || rank.span_is_contiguous() == false) {
+      !experts.span_is_contiguous() || !rank.span_is_contiguous()) {
     return absl::InvalidArgumentError(absl::StrCat("SetExpertConditions: ", E, " experts (at most ", kMaxExpertConditions,
                                                    "), experts [", experts.extent(0), ", ", experts.extent(1),
                                                    "] and rank [", rank.extent(0), ", ", rank.extent(1),

@@ -284,9 +284,9 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
   profile_.Mark(space, "moe.router");
   OPENMOE_RETURN_IF_ERROR(kernels::Dispatch<T>(space, x, experts, rank, C, dispatched));
   profile_.Mark(space, "moe.dispatch+combine");
-  const bool whole_queues = C <= kWholeQueueRows;
-  char* workspaces = kIsCuda<ExecSpace> && whole_queues
-                         ? Buffer<char>("moe.expert_workspaces", E * kExpertWorkspaceBytes).data() : nullptr;
+  // Whole queues only where decode graphs exist (CUDA); host backends multiply the rows in use.
+  const bool whole_queues = kIsCuda<ExecSpace> && C <= kWholeQueueRows;
+  char* workspaces = whole_queues ? Buffer<char>("moe.expert_workspaces", E * kExpertWorkspaceBytes).data() : nullptr;
   // Expert e on the first `rows` rows of its queue: act = swiglu(x W_gate, x W_up), out = act W_o.
   auto run_expert = [&](int64_t e, int64_t rows, const ExecSpace& on) -> absl::Status {
 #if defined(KOKKOS_ENABLE_CUDA)

@@ -118,7 +118,7 @@ class OpenMoeModel {
                        const std::vector<int64_t>& attention_mask, int64_t seq_len, RoutingMode mode,
                        bool last_only, std::vector<MoeLayerStats>* stats, ExecSpace* used_space);
   // Whether this step runs as a replayed CUDA graph: bf16 decode steps on CUDA whose expert
-  // queues have at most 16 rows (batches up to 64 at OpenMoE's eval capacity factor) and models
+  // queues have at most 16 rows (batches up to 128 with 32 experts at OpenMoE's eval capacity factor 2) and models
   // of at most 64 experts; OPENMOE_CUDA_GRAPHS=0 turns it off.
   bool UseDecodeGraph(int64_t batch, int64_t seq_len, RoutingMode mode, bool last_only,
                       const std::vector<MoeLayerStats>* stats);

@@ -5,6 +5,7 @@
 // Probe: 8B expert GEMMs (M=4: gate [2048,16384], up [2048,8192], wo [8192,2048]) for 20 of 32
 // experts, as eager launches, graphs with plain serial / parallel branches, and conditional nodes.
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 #include <functional>
 #include <cuda_runtime.h>
