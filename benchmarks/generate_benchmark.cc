@@ -113,7 +113,8 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--help")) {
       std::printf("generate_benchmark [--preset=base|8b|34b] [--dtype=bf16|fp32] [--prompt_len=512] "
                   "[--new_tokens=64] [--batches=1,16]\n"
-                  "  ablation of the CUDA decode attention: [--attention_team_warps=1] (warps per team)\n"
+                  "  ablation of the CUDA decode attention: [--attention_team_warps=1] (warps per team), "
+                  "[--attention_warp_keys=0] (keys per warp: 16, 32, or 0 for automatic)\n"
                   "  ablation of the decode Linear kernel (<= 4 rows): "
                   "[--decode_linear=auto|cublas|warp_per_column|split_k]\n"
                   "  ablation of programmatic dependent launch in the CUDA decode graphs: "
@@ -130,6 +131,7 @@ int main(int argc, char** argv) {
   setenv("OMP_PROC_BIND", "false", 0);
   Kokkos::ScopeGuard kokkos(argc, argv);
   openmoe::kernels::SetSplitKeyTeamWarps(std::atoi(Arg(argc, argv, "attention_team_warps", "1").c_str()));
+  openmoe::kernels::SetSplitKeyWarpKeys(std::atoi(Arg(argc, argv, "attention_warp_keys", "0").c_str()));
   {
     using K = openmoe::kernels::DecodeLinearKernel;
     const std::string name = Arg(argc, argv, "decode_linear", "auto");

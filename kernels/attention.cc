@@ -18,14 +18,15 @@ namespace {
 
 
 // Decode attention with few queries (B * Sq * Nh teams cannot fill a GPU), CUDA only: the keys
-// are split in chunks of kWarpKeys, one warp per (query, head, chunk) computes its chunk's max
+// are split in chunks of kKeys (16 or 32), one warp per (query, head, chunk) computes its chunk's max
 // score, sum of exponentials and exp-weighted sum of values; the last warp of a query to finish
 // merges the chunks (flash-decoding, one kernel). Same maths as the one-pass kernel, regrouped
 // sums. Every lane issues all of its loads (k, v and mask) before it uses any of them, so a
 // warp waits for memory once; lanes exchange partial results by shuffles, not shared memory.
 // Lane -> column pack lane % kPacks of keys slice, slice + kSlices, ... (slice = lane / kPacks)
 // of the chunk, in the dot products and the P.V sums alike.
-constexpr int kWarpKeys = 16;                // keys per warp
+constexpr int kWarpKeys = 16;                // keys per warp, by default
+constexpr int kWideWarpKeys = 32;            // keys per warp when few chunks would not fill the GPU (UseWideSplitKeyChunks)
 constexpr int64_t kPartialHeader = 4;        // [max, sum, -, -] before the Dh sums (16-byte aligned)
 
 // Whether SplitKeyAttention can read these rows as packs: 16-byte aligned rows whose head_dim
@@ -39,6 +40,22 @@ bool SplitKeyShapesFit(const T* q, const T* k, const T* v, int64_t head_dim) {
 
 uint64_t scratch_generation = 0;  // see AttentionScratchGeneration
 int split_key_team_warps = 1;     // see SetSplitKeyTeamWarps
+int split_key_warp_keys = 0;      // see SetSplitKeyWarpKeys (0: automatic)
+
+// Whether the decode kernel gives each warp kWideWarpKeys keys instead of kWarpKeys: when 16-key
+// chunks would not fill one wave of warps (batch 1), so the GPU has room for the longer warps and
+// each warp's fixed costs (index math, q rotation, fence, count) are shared by twice the keys.
+// With more chunks (batch 16) the 32-key kernel is slower: it needs 255 registers and spills,
+// so fewer warps fit per SM (H200, 8B shapes, 512 context: 12.3 vs 13.3 us per layer at batch 1,
+// 57.1 vs 55.2 us at batch 16; benchmarks/RESULTS.md). kResidentWarpsPerSm: what the 16-key
+// kernel's ~170 registers per thread allow on an H100/H200 SM.
+template <class ExecSpace>
+bool UseWideSplitKeyChunks(const ExecSpace& space, int64_t queries, int64_t num_keys) {
+  if (split_key_warp_keys != 0) return split_key_warp_keys == kWideWarpKeys;
+  constexpr int64_t kResidentWarpsPerSm = 11, kThreadsPerSm = 2048;
+  const int64_t sms = std::max<int64_t>(1, space.concurrency() / kThreadsPerSm);
+  return queries * ((num_keys + kWarpKeys - 1) / kWarpKeys) < sms * kResidentWarpsPerSm;
+}
 
 struct SplitTag;     // partial results [queries, chunks, kPartialHeader + Dh]
 struct FinishedTag;  // per-query count of finished chunk warps; zero between calls (the merging
@@ -57,7 +74,7 @@ struct SplitKeySource {
   T* v_cache = nullptr;
 };
 
-template <int kPacks, bool kFused, class T, class ExecSpace>
+template <int kPacks, int kKeys, bool kFused, class T, class ExecSpace>
 void SplitKeyAttention(const ExecSpace& space, SplitKeySource<T> source, int64_t batch, int64_t Sq,
                        Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
                        Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
@@ -69,9 +86,9 @@ void SplitKeyAttention(const ExecSpace& space, SplitKeySource<T> source, int64_t
   using Scratch = Kokkos::View<P*, typename ExecSpace::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
   constexpr float kMasked    = -FLT_MAX;
   constexpr int kSlices      = 32 / kPacks;            // key slices of the P.V sums
-  constexpr int kSliceKeys   = kWarpKeys / kSlices;    // k and v rows per lane
+  constexpr int kSliceKeys   = kKeys / kSlices;        // k and v rows per lane
   const int64_t queries = batch * Sq * num_heads;
-  const int64_t chunks = (num_keys + kWarpKeys - 1) / kWarpKeys, width = kPartialHeader + head_dim;
+  const int64_t chunks = (num_keys + kKeys - 1) / kKeys, width = kPartialHeader + head_dim;
   const int64_t q_width = num_heads * head_dim, kv_width = k.extent(2);
   using MemSpace = typename ExecSpace::memory_space;
   bool grew_partial = false, grew_finished = false;
@@ -97,15 +114,22 @@ void SplitKeyAttention(const ExecSpace& space, SplitKeySource<T> source, int64_t
           const int idx32 = int(idx), head32 = idx32 % heads32;
           const int64_t head = head32, s = (idx32 / heads32) % Sq32, b = idx32 / (heads32 * Sq32);
           const int64_t q_col = head * head_dim, kv_col = int64_t(head32 / int(group)) * head_dim;
-          const int64_t keys     = device_offset != nullptr ? *device_offset + Sq : num_keys;
-          const int64_t position = (device_offset != nullptr ? *device_offset : q_offset) + s;
-          const int64_t end      = keys < position + 1 ? keys : position + 1;  // causal: keys [0, end)
-          const int64_t active   = (end + kWarpKeys - 1) / kWarpKeys;          // chunks with keys
+          // Key positions in 32 bits too (num_keys < 2^30 by the caller's check); row addresses from
+          // per-row base pointers, so that each load costs one 32 x 32 -> 64-bit multiply-add
+          // rather than a View's 64-bit index arithmetic.
+          const int keys     = int(device_offset != nullptr ? *device_offset + Sq : num_keys);
+          const int position = int((device_offset != nullptr ? *device_offset : q_offset) + s);
+          const int end      = keys < position + 1 ? keys : position + 1;  // causal: keys [0, end)
+          const int active   = (end + kKeys - 1) / kKeys;                  // chunks with keys
           if (chunk >= active) return;
-          const int64_t j0 = chunk * kWarpKeys;
+          const int j0 = int(chunk) * kKeys;
           const T* row = source.q + (b * Sq + s) * source.row_stride;  // q (fused: [q | k | v] raw)
-          const int64_t j_new = kFused ? position : -1;                // the key this step appends
+          const int j_new = kFused ? position : -1;                    // the key this step appends
           float* result = partial.data() + (idx * chunks + chunk) * width;  // [max, sum, -, -, acc(Dh)]
+          const int kv_stride = int(k.stride(1));  // elements from one key's row to the next (k and v alike)
+          const T* k_rows = &k(b, 0, kv_col);      // key j's head slice at k_rows + j * kv_stride
+          const T* v_rows = &v(b, 0, kv_col);
+          const int64_t* mask_row = &key_mask(b, 0);
           // Fused mode: this warp's [q | new k] rotated.
           auto rotated_packs = Kokkos::subview(team_packs, std::make_pair(warp * scratch_packs, (warp + 1) * scratch_packs));
           T* rotated = reinterpret_cast<T*>(rotated_packs.data());
@@ -115,43 +139,66 @@ void SplitKeyAttention(const ExecSpace& space, SplitKeySource<T> source, int64_t
             // load instruction of the warp covers whole rows (coalesced).
             const int pack = lane % kPacks, slice = lane / kPacks;
             P kp[kSliceKeys], vp[kSliceKeys];
-            bool visible[kSliceKeys];
+            int64_t mask_value[kSliceKeys];  // of row jr: loaded for every key, used below for those in the step
             for (int i = 0; i < kSliceKeys; ++i) {
-              const int64_t j = j0 + slice + i * kSlices;
-              const int64_t jr = j < end ? j : j0;  // beyond the step: a valid row, masked below
-              kp[i] = reinterpret_cast<const P*>(&k(b, jr, kv_col))[pack];
-              const T* v_src = jr == j_new ? row + q_width + kv_width + kv_col : &v(b, jr, kv_col);
+              const int j  = j0 + slice + i * kSlices;
+              const int jr = j < end ? j : j0;  // beyond the step: a valid row, masked below
+              kp[i] = reinterpret_cast<const P*>(k_rows + int64_t(jr) * kv_stride)[pack];
+              const T* v_src = jr == j_new ? row + q_width + kv_width + kv_col : v_rows + int64_t(jr) * kv_stride;
               vp[i] = reinterpret_cast<const P*>(v_src)[pack];
-              visible[i] = j < end && (j == 0 || key_mask(b, j) != 0);
+              mask_value[i] = mask_row[jr];
             }
             P qp;
             if (!kFused) qp = reinterpret_cast<const P*>(row + q_col)[pack];
             if (kFused) {
               // Lanes rotate (q, and the new key where this chunk holds it) pair by pair, exactly as
               // RopeAndAppend does, into shared memory; the new key and value also go to the caches.
-              const int64_t half_dim = head_dim / 2;
-              const float* cos_sin   = source.rope_table + position * head_dim;  // [Dh/2, 2]
-              const bool holds_new   = j_new >= j0 && j_new < j0 + kWarpKeys;
+              // Every load comes first, then the rotations and stores (stores between loads keep
+              // the compiler from issuing later loads early: one L2 round trip per load).
+              constexpr int kHeadDim = kPacks * P::kSize, kHalf = kHeadDim / 2;
+              constexpr int kPairsPerLane = (kHalf + 31) / 32;  // pair d = lane + 32 r
+              const float* cos_sin = source.rope_table + position * head_dim;  // [Dh/2, 2]
+              const bool holds_new = j_new >= j0 && j_new < j0 + kKeys;
               const T* k_new = row + q_width + kv_col;
               const T* v_new = k_new + kv_width;
               const int64_t cache_offset = &k(b, holds_new ? j_new : 0, kv_col) - k.data();
-              for (int64_t d = lane; d < half_dim; d += 32) {
-                const float c = cos_sin[2 * d], sn = cos_sin[2 * d + 1];
-                RotatePair(ToFloat(row[q_col + d]), ToFloat(row[q_col + d + half_dim]), c, sn, rotated[d],
-                           rotated[d + half_dim]);
+              float c[kPairsPerLane], sn[kPairsPerLane], q_lo[kPairsPerLane], q_hi[kPairsPerLane];
+              float k_lo[kPairsPerLane] = {}, k_hi[kPairsPerLane] = {};
+              T v_lo[kPairsPerLane] = {}, v_hi[kPairsPerLane] = {};
+              for (int r = 0; r < kPairsPerLane; ++r) {
+                const int d = lane + 32 * r < kHalf ? lane + 32 * r : 0;  // lanes beyond Dh/2: unused
+                c[r] = cos_sin[2 * d], sn[r] = cos_sin[2 * d + 1];
+                q_lo[r] = ToFloat(row[q_col + d]), q_hi[r] = ToFloat(row[q_col + d + kHalf]);
+              }
+              if (holds_new)
+                for (int r = 0; r < kPairsPerLane; ++r) {
+                  const int d = lane + 32 * r < kHalf ? lane + 32 * r : 0;
+                  k_lo[r] = ToFloat(k_new[d]), k_hi[r] = ToFloat(k_new[d + kHalf]);
+                  v_lo[r] = v_new[d], v_hi[r] = v_new[d + kHalf];
+                }
+              for (int r = 0; r < kPairsPerLane; ++r) {
+                const int d = lane + 32 * r;
+                if (d >= kHalf) break;
+                RotatePair(q_lo[r], q_hi[r], c[r], sn[r], rotated[d], rotated[d + kHalf]);
                 if (holds_new) {
                   T lo, hi;
-                  RotatePair(ToFloat(k_new[d]), ToFloat(k_new[d + half_dim]), c, sn, lo, hi);
-                  rotated[head_dim + d] = lo, rotated[head_dim + d + half_dim] = hi;
-                  source.k_cache[cache_offset + d] = lo, source.k_cache[cache_offset + d + half_dim] = hi;
-                  source.v_cache[cache_offset + d] = v_new[d];
-                  source.v_cache[cache_offset + d + half_dim] = v_new[d + half_dim];
+                  RotatePair(k_lo[r], k_hi[r], c[r], sn[r], lo, hi);
+                  rotated[kHeadDim + d] = lo, rotated[kHeadDim + d + kHalf] = hi;
+                  source.k_cache[cache_offset + d] = lo, source.k_cache[cache_offset + d + kHalf] = hi;
+                  source.v_cache[cache_offset + d] = v_lo[r], source.v_cache[cache_offset + d + kHalf] = v_hi[r];
                 }
               }
               WarpSync();
               qp = rotated_packs(pack);
               for (int i = 0; i < kSliceKeys; ++i)
                 if (j0 + slice + i * kSlices == j_new) kp[i] = rotated_packs(kPacks + pack);
+            }
+            // Bitwise, not short-circuit: a branch around each mask load made the compiler issue
+            // them one after another, each waiting for the last (8 L2 round trips per warp).
+            bool visible[kSliceKeys];
+            for (int i = 0; i < kSliceKeys; ++i) {
+              const int j = j0 + slice + i * kSlices;
+              visible[i] = (j < end) & ((j == 0) | (mask_value[i] != 0));
             }
             // Scores (no 1/sqrt(Dh): OpenMoE folds the scale into Wq): the lanes of a slice add
             // their packs' products; then the chunk's max and sum of exponentials.
@@ -181,8 +228,16 @@ void SplitKeyAttention(const ExecSpace& space, SplitKeySource<T> source, int64_t
               l += LaneXor(l, mask);
               for (int e = 0; e < P::kSize; ++e) acc[e] += LaneXor(acc[e], mask);
             }
-            if (slice == 0)
-              for (int e = 0; e < P::kSize; ++e) result[kPartialHeader + pack * P::kSize + e] = acc[e];
+            // Partial results as 16-byte packs of floats (P::kSize is 4 or 8).
+            using F = Pack<float>;
+            if (slice == 0) {
+              F* dst = reinterpret_cast<F*>(result + kPartialHeader + pack * P::kSize);
+              for (int f = 0; f < P::kSize / F::kSize; ++f) {
+                F values;
+                for (int e = 0; e < F::kSize; ++e) values.v[e] = acc[f * F::kSize + e];
+                dst[f] = values;
+              }
+            }
             if (lane == 0) result[0] = m, result[1] = l;
 
             // The last warp of this query to finish merges its chunks: every lane publishes its
@@ -214,9 +269,14 @@ void SplitKeyAttention(const ExecSpace& space, SplitKeySource<T> source, int64_t
               for (int i = 0; i < kMergeInFlight; ++i) {
                 const int64_t c = c0 + i * kSlices;
                 const float* row = base + (c < active ? c : c0) * width;
-                chunk_m[i] = row[0];
-                chunk_l[i] = c < active ? row[1] : 0.0f;
-                for (int e = 0; e < P::kSize; ++e) chunk_acc[i][e] = row[kPartialHeader + pack * P::kSize + e];
+                const F header = reinterpret_cast<const F*>(row)[0];  // [max, sum, -, -]
+                chunk_m[i] = header.v[0];
+                chunk_l[i] = c < active ? header.v[1] : 0.0f;
+                const F* src = reinterpret_cast<const F*>(row + kPartialHeader + pack * P::kSize);
+                for (int f = 0; f < P::kSize / F::kSize; ++f) {
+                  const F values = src[f];
+                  for (int e = 0; e < F::kSize; ++e) chunk_acc[i][f * F::kSize + e] = values.v[e];
+                }
               }
               for (int i = 0; i < kMergeInFlight; ++i) fold(chunk_m[i], chunk_l[i], chunk_acc[i]);
             }
@@ -242,22 +302,34 @@ absl::Status LaunchSplitKey(const ExecSpace& space, SplitKeySource<T> source, in
                             Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
                             int64_t num_heads, int64_t group, int64_t head_dim, int64_t num_keys, int64_t q_offset,
                             Tensor3<T, ExecSpace> out, const int64_t* device_offset) {
-  const int64_t units = batch * Sq * num_heads * ((num_keys + kWarpKeys - 1) / kWarpKeys);
-  if (units >= (int64_t(1) << 31)) {  // the kernel indexes its warps in 32 bits
-    return absl::InvalidArgumentError(absl::StrCat("SplitKeyAttention: ", units, " key chunks exceed 2^31"));
+  const int64_t units = batch * Sq * num_heads * ((num_keys + kWarpKeys - 1) / kWarpKeys);  // at most
+  if (units >= (int64_t(1) << 31) || num_keys >= (int64_t(1) << 30) ||
+      int64_t(k.stride(1)) >= (int64_t(1) << 31)) {  // the kernel indexes warps, keys and row strides in 32 bits
+    return absl::InvalidArgumentError(absl::StrCat("SplitKeyAttention: ", units, " key chunks or ", num_keys,
+                                                   " keys exceed the kernel's 32-bit indices"));
   }
+  // 32 keys per warp only where a lane then holds at most 16 k and 16 v packs (head rows of <= 16
+  // packs): more would not fit in registers at all.
+  const bool wide = UseWideSplitKeyChunks(space, batch * Sq * num_heads, num_keys);
   switch (head_dim / Pack<T>::kSize) {
-#define OPENMOE_SPLIT_KEY_CASE(packs)                                                                            \
-  case packs:                                                                                                    \
-    SplitKeyAttention<packs, kFused, T, ExecSpace>(space, source, batch, Sq, k, v, key_mask, num_heads, group,   \
-                                                   head_dim, num_keys, q_offset, out, device_offset);            \
-    return absl::OkStatus();
+#define OPENMOE_SPLIT_KEY_CALL(packs, keys)                                                                         \
+  SplitKeyAttention<packs, keys, kFused, T, ExecSpace>(space, source, batch, Sq, k, v, key_mask, num_heads, group,  \
+                                                       head_dim, num_keys, q_offset, out, device_offset);           \
+  return absl::OkStatus();
+#define OPENMOE_SPLIT_KEY_CASE(packs)           \
+  case packs:                                   \
+    if (wide) {                                 \
+      OPENMOE_SPLIT_KEY_CALL(packs, kWideWarpKeys) \
+    }                                           \
+    OPENMOE_SPLIT_KEY_CALL(packs, kWarpKeys)
     OPENMOE_SPLIT_KEY_CASE(2)
     OPENMOE_SPLIT_KEY_CASE(4)
     OPENMOE_SPLIT_KEY_CASE(8)
     OPENMOE_SPLIT_KEY_CASE(16)
-    OPENMOE_SPLIT_KEY_CASE(32)
+    case 32:
+      OPENMOE_SPLIT_KEY_CALL(32, kWarpKeys)
 #undef OPENMOE_SPLIT_KEY_CASE
+#undef OPENMOE_SPLIT_KEY_CALL
   }
   return absl::InternalError(absl::StrCat("SplitKeyAttention: head_dim ", head_dim, " does not fit"));
 }
@@ -532,6 +604,10 @@ absl::Status RopeAppendAttention(const ExecSpace& space, Tensor3<const T, ExecSp
 }
 
 uint64_t AttentionScratchGeneration() { return scratch_generation; }
+
+void SetSplitKeyWarpKeys(int keys) {
+  split_key_warp_keys = keys == kWarpKeys || keys == kWideWarpKeys ? keys : 0;
+}
 
 void SetSplitKeyTeamWarps(int warps) { split_key_team_warps = warps < 1 ? 1 : (warps > 16 ? 16 : warps); }
 

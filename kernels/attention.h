@@ -80,6 +80,11 @@ uint64_t AttentionScratchGeneration();
 // For benchmarks that compare team shapes in one run; not thread-safe.
 void SetSplitKeyTeamWarps(int warps);
 
+// Keys per warp of the CUDA decode attention kernel: 16 or 32 (anything else: automatic, the
+// default: 32 where 16-key chunks would not fill one wave of warps, e.g. batch 1; see attention.cc).
+// For benchmarks and tests that compare both in one run; not thread-safe.
+void SetSplitKeyWarpKeys(int keys);
+
 }  // namespace openmoe::kernels
 
 #endif  // KERNELS_ATTENTION_H_

@@ -55,6 +55,15 @@ struct ScopedPath {
   ~ScopedPath() { SetAttentionPathForTesting(AttentionPath::kAuto); }
 };
 
+// The CUDA decode kernel's keys per warp: 16 and 32 (automatic picks 32 at these small shapes,
+// 16 for batch-16 decoding of the real models). Host backends do not split keys; the loops still
+// check them.
+constexpr int kWarpKeyChoices[] = {16, 32};
+struct ScopedWarpKeys {
+  explicit ScopedWarpKeys(int keys) { SetSplitKeyWarpKeys(keys); }
+  ~ScopedWarpKeys() { SetSplitKeyWarpKeys(0); }
+};
+
 template <class Space>
 class AttentionTest : public ::testing::Test {};
 TYPED_TEST_SUITE(AttentionTest, openmoe::testing::Backends);
@@ -80,11 +89,13 @@ TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
   using Space = TypeParam;
   struct Case { int64_t B, Sq, Sk, Nh, Nkv, Dh, q_offset; };
   // The last two are decode-shaped (few queries, > 64 keys): the split-key path on GPUs.
+  for (const int warp_keys : kWarpKeyChoices)
   for (const PathCase& path : kPaths)
   for (const Case c : {Case{2, 19, 19, 4, 4, 24, 0}, Case{3, 1, 11, 4, 2, 16, 10}, Case{2, 5, 9, 6, 3, 8, 4},
                        Case{2, 1, 150, 4, 2, 16, 149}, Case{1, 3, 200, 4, 4, 8, 120},
                        Case{2, 1, 300, 2, 1, 128, 299}, Case{2, 40, 50, 4, 2, 16, 10}}) {
     ScopedPath scoped(path);
+    ScopedWarpKeys keys(warp_keys);
     const uint32_t seed = 31 + c.Sq * 7 + c.Nkv;
     const std::vector<float> q = RandomNormal(c.B * c.Sq * c.Nh * c.Dh, 0.5f, seed);
     const std::vector<float> k = RandomNormal(c.B * c.Sk * c.Nkv * c.Dh, 0.5f, seed + 1);
@@ -106,7 +117,7 @@ TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
     // Score error <= Dh * eps32 * sum|q k| (<= Dh * 0.25 * 16 here); a softmax weight moves by at
     // most that relative amount, so |out error| <= 2 * score error * max|v| (max|v| <= 5).
     const double bound = 2.0 * c.Dh * FLT_EPSILON * (c.Dh * 0.25 * 16) * 5.0 + 1e-6;
-    for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], bound) << i << " seed " << seed << " " << path.name;
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], bound) << i << " seed " << seed << " " << path.name << " warp keys " << warp_keys;
   }
 }
 
@@ -135,8 +146,10 @@ TYPED_TEST(AttentionTest, Bf16DecodeMatchesReferenceOfRoundedInputs) {
                             mask.data(), B, Sk));
   const std::vector<double> want =
       reference::Attention(ToDouble(q), ToDouble(k), ToDouble(v), mask, B, Sq, Sk, Nh, Nkv, Dh, q_offset);
+  for (const int warp_keys : kWarpKeyChoices)
   for (const PathCase& path : kPaths) {
     ScopedPath scoped(path);
+    ScopedWarpKeys keys(warp_keys);
     Tensor3<bf16, Space> out("out", B, Sq, Nh * Dh);
     absl::Status s = CausalAttention<bf16>(Space(), qd, kd, vd, md, Nh, Nkv, Dh, Sk, q_offset, out);
     ASSERT_TRUE(s.ok()) << s;
@@ -145,7 +158,7 @@ TYPED_TEST(AttentionTest, Bf16DecodeMatchesReferenceOfRoundedInputs) {
     // float32 part is far below the output rounding: 2^-8 * |out| (|v| <= 5) + 1e-5.
     for (size_t i = 0; i < got.size(); ++i) {
       ASSERT_NEAR(float(got[i]), want[i], std::ldexp(std::fabs(want[i]), -8) + 1e-5)
-          << i << " seed " << seed << " " << path.name;
+          << i << " seed " << seed << " " << path.name << " warp keys " << warp_keys;
     }
   }
 }
@@ -266,7 +279,8 @@ TYPED_TEST(AttentionTest, ReadsOnlyTheValidKeysOfALargerCache) {
 // to float32 summation order (float) or to one rounding of the output (bf16: 2^-8 relative,
 // twice for a rotated q element whose rounding could differ by a contracted multiply-add).
 template <class Space, class T>
-void CheckFusedDecodeStep(int64_t Dh, int64_t L, uint32_t seed) {
+void CheckFusedDecodeStep(int64_t Dh, int64_t L, uint32_t seed, int warp_keys) {
+  ScopedWarpKeys keys(warp_keys);
   const int64_t B = 2, Nh = 4, Nkv = 2, capacity = 200;
   const int64_t Wq = Nh * Dh, Wkv = Nkv * Dh;
   std::vector<T> qkv, cache0;
@@ -296,15 +310,17 @@ void CheckFusedDecodeStep(int64_t Dh, int64_t L, uint32_t seed) {
   for (size_t i = 0; i < want.size(); ++i) {
     const float w = float(want[i]);
     ASSERT_NEAR(float(got[i]), w, is_float ? 1e-5f : std::ldexp(std::fabs(w), -7) + 1e-4f)
-        << i << " Dh " << Dh << " L " << L << " seed " << seed;
+        << i << " Dh " << Dh << " L " << L << " seed " << seed << " warp keys " << warp_keys;
   }
 }
 
 TYPED_TEST(AttentionTest, FusedDecodeStepEqualsRopeAppendThenAttention) {
-  for (int64_t L : {149, 160}) {
-    CheckFusedDecodeStep<TypeParam, float>(16, L, 91);
-    CheckFusedDecodeStep<TypeParam, bf16>(128, L, 93);
-  }
+  // With 32 keys per warp, L = 149 is inside its chunk and 160 first in it.
+  for (const int warp_keys : kWarpKeyChoices)
+    for (int64_t L : {149, 160}) {
+      CheckFusedDecodeStep<TypeParam, float>(16, L, 91, warp_keys);
+      CheckFusedDecodeStep<TypeParam, bf16>(128, L, 93, warp_keys);
+    }
 }
 
 }  // namespace
