@@ -18,14 +18,17 @@ absl::Status AdamWStep(const ExecSpace& space, Vector<float, ExecSpace> param, C
   }
   if (step < 1) return absl::InvalidArgumentError("AdamWStep: step counts from 1");
   const float lr = float(o.lr), beta1 = float(o.beta1), beta2 = float(o.beta2), eps = float(o.eps);
+  // 1 - beta in double, as PyTorch passes it (a Python float) to the float32 op: in float32,
+  // 1 - 0.999f is 0.00099998713, 1.3e-5 relative off 0.001.
+  const float one_minus_beta1 = float(1.0 - o.beta1), one_minus_beta2 = float(1.0 - o.beta2);
   const float decay = float(1.0 - o.lr * o.weight_decay);
   const float correction1 = float(1.0 - std::pow(o.beta1, double(step)));
   const float correction2 = float(1.0 - std::pow(o.beta2, double(step)));
   Kokkos::parallel_for(
       "openmoe::kernels::AdamWStep", Kokkos::RangePolicy<ExecSpace>(space, 0, n), KOKKOS_LAMBDA(const size_t i) {
         const float g = grad(i);
-        const float m_i = beta1 * m(i) + (1.0f - beta1) * g;
-        const float v_i = beta2 * v(i) + (1.0f - beta2) * g * g;
+        const float m_i = beta1 * m(i) + one_minus_beta1 * g;
+        const float v_i = beta2 * v(i) + one_minus_beta2 * g * g;
         m(i) = m_i, v(i) = v_i;
         const float denom = Kokkos::Experimental::sqrt(v_i / correction2) + eps;
         param(i) = param(i) * decay - lr * (m_i / correction1) / denom;

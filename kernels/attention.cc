@@ -576,10 +576,8 @@ absl::Status RopeAppendAttention(const ExecSpace& space, Tensor3<const T, ExecSp
                                  const int64_t* device_offset) {
   const int64_t B = qkv.extent(0), Sq = qkv.extent(1), capacity = k_cache.extent(1);
   const int64_t q_width = num_heads * head_dim, kv_width = num_kv_heads * head_dim;
-  constexpr bool kOnHostSpace =
-      Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename ExecSpace::memory_space>::accessible;
-  const bool fused = !kOnHostSpace && Sq == 1 && device_offset != nullptr && B * num_heads < 1024 &&
-                     num_kv_heads > 0 && num_heads % num_kv_heads == 0 &&
+  const bool fused = FusedDecodeStepSupported<ExecSpace>() && Sq == 1 && device_offset != nullptr &&
+                     B * num_heads < 1024 && num_kv_heads > 0 && num_heads % num_kv_heads == 0 &&
                      qkv.extent(2) == size_t(q_width + 2 * kv_width) && head_dim % 2 == 0 &&
                      k_cache.extent(2) == size_t(kv_width) && v_cache.extent(2) == size_t(kv_width) &&
                      k_cache.extent(0) == size_t(B) && v_cache.extent(0) == size_t(B) &&

@@ -57,6 +57,14 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
                              int64_t num_keys, int64_t q_offset, Tensor3<T, ExecSpace> out,
                              const int64_t* device_offset = nullptr);
 
+// Whether RopeAppendAttention has its one-kernel fused path on ExecSpace: only where the data is
+// not in host memory (CUDA). Host backends always run RopeAndAppend then CausalAttention; on CUDA,
+// shapes the fused kernel does not take still do (see RopeAppendAttention).
+template <class ExecSpace>
+constexpr bool FusedDecodeStepSupported() {
+  return !Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename ExecSpace::memory_space>::accessible;
+}
+
 // One decode step (Sq = 1) of a layer: RopeAndAppend of qkv [B, 1, Nh*Dh + 2 Nkv*Dh] at column
 // *device_offset of the caches [B, capacity, Nkv*Dh], then CausalAttention of the rotated q over
 // the caches into out [B, 1, Nh*Dh] (num_keys = capacity). On CUDA, one kernel does it all (q is

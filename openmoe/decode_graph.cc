@@ -181,7 +181,10 @@ absl::Status DecodeGraphs<Kokkos::Cuda>::CaptureAndInstantiate(const DecodeGraph
 
 absl::Status DecodeGraphs<Kokkos::Cuda>::Run(DecodeGraphKey key, const std::function<uint64_t()>& generation,
                                              const std::function<absl::Status()>& enqueue) {
-  if (exec_ != nullptr && key == captured_) return CudaCheck(cudaGraphLaunch(exec_, stream_), "cudaGraphLaunch");
+  if (exec_ != nullptr && key == captured_) {
+    ++launches_;
+    return CudaCheck(cudaGraphLaunch(exec_, stream_), "cudaGraphLaunch");
+  }
   if (!(key == warm_)) {  // first step with these buffers: run it as it is, allocating what it needs
     absl::Status status = enqueue();
     warm_ = key;
@@ -209,6 +212,7 @@ absl::Status DecodeGraphs<Kokkos::Cuda>::Run(DecodeGraphKey key, const std::func
   }
   if (!status.ok()) return status;
   captured_ = key;
+  ++launches_;
   return CudaCheck(cudaGraphLaunch(exec_, stream_), programmatic_edges_ > 0 ? "cudaGraphLaunch (with programmatic edges)"
                                                                              : "cudaGraphLaunch");
 }

@@ -65,6 +65,8 @@ class DecodeGraphs {
   }
   int64_t programmatic_edges() const { return 0; }
   int64_t edges() const { return 0; }
+  int64_t launches() const { return 0; }
+  int64_t conditional_branches() const { return 0; }
   bool capturing() const { return false; }
   absl::StatusOr<std::vector<uint64_t>> NewConditions(int64_t) {
     return absl::UnimplementedError("conditional branches need a CUDA decode graph");
@@ -95,6 +97,8 @@ class DecodeGraphs<Kokkos::Cuda> {
   // Programmatic edges of the graph captured last (of how many edges it has).
   int64_t programmatic_edges() const { return programmatic_edges_; }
   int64_t edges() const { return edges_; }
+  // Graph launches so far (captures' first launches and replays), for tests and benchmarks.
+  int64_t launches() const { return launches_; }
 
   // True while Run captures a step (the enqueue it was given is running under capture).
   bool capturing() const { return capturing_; }
@@ -121,6 +125,7 @@ class DecodeGraphs<Kokkos::Cuda> {
   cudaGraphExec_t exec_ = nullptr;
   DecodeGraphKey warm_, captured_;
   int64_t programmatic_edges_ = 0, edges_ = 0;
+  int64_t launches_ = 0;
 };
 #endif
 

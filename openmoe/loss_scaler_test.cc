@@ -26,19 +26,30 @@ TEST(LossScalerTest, BacksOffAfterHysteresisOverflowsAndSkipsThem) {
 
 TEST(LossScalerTest, GrowsAfterIntervalOfFiniteStepsUpToMax) {
   LossScalerOptions options;
-  options.growth_interval = 3, options.max_scale = 4.0, options.initial_scale = 1.0;
+  options.growth_interval = 3, options.max_scale = 4.0, options.initial_scale = 1.0;  // hysteresis 2
   LossScaler scaler(options);
-  for (int i = 0; i < 2; ++i) EXPECT_TRUE(scaler.Update(true));
-  EXPECT_EQ(scaler.scale(), 1.0);
-  EXPECT_TRUE(scaler.Update(true));
-  EXPECT_EQ(scaler.scale(), 2.0);
-  EXPECT_TRUE(scaler.Update(false) == false);  // an overflow restarts the growth count
-  for (int i = 0; i < 2; ++i) scaler.Update(true);
-  EXPECT_EQ(scaler.scale(), 2.0);
-  scaler.Update(true);
-  EXPECT_EQ(scaler.scale(), 4.0);
-  for (int i = 0; i < 3; ++i) scaler.Update(true);
-  EXPECT_EQ(scaler.scale(), 4.0);  // capped
+  // By hand from the rules: growth after 3 finite steps in a row; an overflow (the first of 2, so
+  // no backoff) restarts the count, so the growth after it needs 3 more finite steps.
+  struct Step {
+    bool finite;
+    bool applied;         // Update's result
+    double scale;         // after the step
+    int64_t growth_steps;  // finite steps counted towards the next growth, after the step
+  };
+  const Step steps[] = {
+      {true, true, 1.0, 1},   {true, true, 1.0, 2},   {true, true, 2.0, 0},   // grows
+      {true, true, 2.0, 1},   {true, true, 2.0, 2},                           // one short of growing
+      {false, false, 2.0, 0},                                                 // overflow: count restarts
+      {true, true, 2.0, 1},                                                   // (no restart: would grow here)
+      {true, true, 2.0, 2},   {true, true, 4.0, 0},                           // a whole interval again
+      {true, true, 4.0, 1},   {true, true, 4.0, 2},   {true, true, 4.0, 0},   // capped at max_scale
+  };
+  for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); ++i) {
+    const Step& want = steps[i];
+    EXPECT_EQ(scaler.Update(want.finite), want.applied) << "step " << i;
+    EXPECT_EQ(scaler.scale(), want.scale) << "step " << i;
+    EXPECT_EQ(scaler.state().growth_steps, want.growth_steps) << "step " << i;
+  }
 }
 
 TEST(LossScalerTest, StopsAtMinimumAndRestoresState) {

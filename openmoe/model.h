@@ -160,6 +160,11 @@ class OpenMoeModel {
   int64_t host_syncs() const { return host_syncs_; }
   // Decode steps as replayed CUDA graphs (on by default where supported; see UseDecodeGraph).
   void set_decode_graphs(bool enabled) { decode_graphs_ = enabled; }
+  // What the decode graphs did so far: graph launches (0 where steps ran directly), and the
+  // conditional expert branches of the graph captured last.
+  int64_t decode_graph_launches() const { return graphs_ ? graphs_->launches() : 0; }
+  int64_t decode_graph_conditional_branches() const { return graphs_ ? graphs_->conditional_branches() : 0; }
+  static constexpr bool kDecodeGraphsSupported = DecodeGraphs<ExecSpace>::kSupported;
   // Per-phase times of Step when OPENMOE_PROFILE is set (see op_timer.h).
   OpTimer& profile() { return profile_; }
 
