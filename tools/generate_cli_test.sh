@@ -32,19 +32,25 @@ printf 'first prompt\nsecond prompt, longer than the first one\n' >"$tmp/batch.t
 "$gen" --batch_file "$tmp/batch.txt" --max_new_tokens 5 >"$tmp/batch.out" 2>/dev/null
 grep -q '^\[0\] ' "$tmp/batch.out" && grep -q '^\[1\] ' "$tmp/batch.out"
 "$gen" --chat --prompt "How do I kill a process?" --max_new_tokens 4 >/dev/null 2>&1
-# Seeded sampling is reproducible, and a different seed can differ.
-for s in 1 1 2; do
-  "$gen" --temperature 0.8 --top_p 0.9 --seed $s --max_new_tokens 12 --output_ids_file "$tmp/s$s.$RANDOM.safetensors" >/dev/null 2>&1
+# Seeded sampling is reproducible (seed 1 twice: the same ids), another seed gives other ids, and
+# sampling is not greedy decoding. Fixed names in this test's own folder.
+mkdir -p "$tmp/seeds" && rm -f "$tmp/seeds"/*
+for run in 1a:1 1b:1 2:2; do
+  "$gen" --temperature 0.8 --top_p 0.9 --seed "${run#*:}" --max_new_tokens 12 \
+    --output_ids_file "$tmp/seeds/seed${run%%:*}.safetensors" >/dev/null 2>&1
 done
-py - "$tmp" <<'PY'
-import glob, sys, safetensors_lite as st
-runs = {}
-for f in sorted(glob.glob(sys.argv[1] + "/s*.safetensors")):
-    runs.setdefault(f.split("/")[-1].split(".")[0], []).append(st.read(f)["output_ids"][2])
-assert len(runs["s1"]) == 2 and runs["s1"][0] == runs["s1"][1], runs
-print("seeded sampling reproducible")
+"$gen" --greedy --max_new_tokens 12 --output_ids_file "$tmp/seeds/greedy.safetensors" >/dev/null 2>&1
+py - "$tmp/seeds" <<'PY'
+import sys, safetensors_lite as st
+ids = {n: st.read(f"{sys.argv[1]}/{n}.safetensors")["output_ids"] for n in ("seed1a", "seed1b", "seed2", "greedy")}
+for n, (dtype, shape, values) in ids.items():
+    assert shape[0] == 1 and 1 <= shape[1] <= 12, (n, shape)
+a, b, c, g = (ids[n][2] for n in ("seed1a", "seed1b", "seed2", "greedy"))
+assert a == b, f"seed 1 twice gave different ids: {a} vs {b}"
+assert a != c, f"seeds 1 and 2 gave the same ids: {a}"
+assert a != g and c != g, f"sampling gave the greedy ids: {a} / {c} vs {g}"
+print(f"seeded sampling reproducible: seed 1 {a}, seed 2 {c}, greedy {g}")
 PY
-
 expect_error() {  # expect_error "<text the message must contain>" args...
   local want="$1"; shift
   if "$gen" "$@" >"$tmp/out.txt" 2>&1; then echo "FAIL: expected an error for: $*"; exit 1; fi

@@ -7,7 +7,9 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <Kokkos_Core.hpp>
@@ -49,8 +51,9 @@ ABSL_FLAG(double, label_smoothing, -1, "Label smoothing of the LM loss (default:
 ABSL_FLAG(double, z_loss_factor, -1, "Output z-loss factor (default: the config's, 0.01).");
 ABSL_FLAG(double, router_aux_loss_factor, -1, "Router load-balancing loss factor (default: the config's, 0.01).");
 ABSL_FLAG(double, router_z_loss_factor, -1, "Router z-loss factor (default: the config's, 0.0001).");
-ABSL_FLAG(std::string, resume, "", "Continue from a step-N folder or an --output_path with a `latest` file "
-          "(bit-identical to an uninterrupted run with the same flags).");
+ABSL_FLAG(std::string, resume, "", "Continue from a step-N folder or an --output_path with a `latest` file, "
+          "with the options saved there (model, --dataset, hyperparameters; --output_path: the checkpoint's folder); "
+          "flags given again override them. Bit-identical to an uninterrupted run.");
 ABSL_FLAG(std::string, dump_step_state, "", "After the first optimizer step, write loss.*, grad.<param> (step-1 "
           "gradient) and param.<param> (after the step) to this safetensors file.");
 ABSL_FLAG(bool, progress, true, "Progress bar on stderr.");
@@ -95,7 +98,7 @@ int main(int argc, char** argv) {
       "                                          # writes outputs/default_finetune, which `generate` then uses\n"
       "  train --model DIR --dataset data.jsonl [--output_path out] [--batch_size 4] [--lr 1e-5] ...\n"
       "  train --model_name base --dataset tokens.safetensors --max_steps 10\n"
-      "  train --resume out [same flags]         # continue from out/latest\n"
+      "  train --resume out [flags to change]    # continue from out/latest with the run's own options\n"
       "  train --model DIR --dataset d --max_steps 1 --dump_step_state step1.safetensors");
   openmoe::tools::RecordArgs(argc, argv);
   absl::ParseCommandLine(argc, argv);
@@ -108,6 +111,16 @@ int main(int argc, char** argv) {
     }
   }
   openmoe::tools::TrainOptions o;
+  // --resume DIR: the checkpoint's run_config.json gives the run's own options (model, data,
+  // hyperparameters, output folder); flags given again override them.
+  bool restored = false;
+  if (FlagGiven("resume")) {
+    const std::string resume = ResolvePath(absl::GetFlag(FLAGS_resume));
+    absl::StatusOr<bool> loaded = openmoe::tools::LoadRunConfig(resume, o);
+    if (!loaded.ok()) return Fail(std::string(loaded.status().message()));
+    restored = *loaded;
+    if (restored) std::fprintf(stderr, "--resume: the run's options from %s (flags given here override them)\n", resume.c_str());
+  }
   const bool default_run = !FlagGiven("model") && !FlagGiven("model_name") && !FlagGiven("dataset") && !FlagGiven("resume");
   if (default_run) {  // the demo: every other flag still applies on top
     o.model_dir = kDefaultModel, o.dataset = kDefaultData;
@@ -115,37 +128,46 @@ int main(int argc, char** argv) {
     o.max_length = 24, o.batch_size = 16, o.lr = 2e-3, o.num_epochs = 40, o.save_interval = 1000000;
     o.warmup_steps = 20, o.lr_schedule = "cosine", o.max_grad_norm = 1.0;
   }
+  // A flag applies when given; otherwise the demo's or the restored run's value stays, and any
+  // other run takes the flag's default.
+  const auto use = [&](const char* name) { return FlagGiven(name) || (!default_run && !restored); };
   if (FlagGiven("model")) o.model_dir = ResolvePath(absl::GetFlag(FLAGS_model));
   if (FlagGiven("model_name")) o.model_name = absl::GetFlag(FLAGS_model_name);
   if (FlagGiven("dataset")) o.dataset = ResolvePath(absl::GetFlag(FLAGS_dataset));
-  if (FlagGiven("output_path") || !default_run) o.output_path = ResolvePath(absl::GetFlag(FLAGS_output_path));
-  if (FlagGiven("num_epochs") || !default_run) o.num_epochs = absl::GetFlag(FLAGS_num_epochs);
+  if (use("output_path")) o.output_path = ResolvePath(absl::GetFlag(FLAGS_output_path));
+  if (use("num_epochs")) o.num_epochs = absl::GetFlag(FLAGS_num_epochs);
   if (FlagGiven("num_epoch")) o.num_epochs = absl::GetFlag(FLAGS_num_epoch);
-  if (FlagGiven("batch_size") || !default_run) o.batch_size = absl::GetFlag(FLAGS_batch_size);
-  if (FlagGiven("save_interval") || !default_run) o.save_interval = absl::GetFlag(FLAGS_save_interval);
+  if (use("batch_size")) o.batch_size = absl::GetFlag(FLAGS_batch_size);
+  if (use("save_interval")) o.save_interval = absl::GetFlag(FLAGS_save_interval);
   if (FlagGiven("i")) o.save_interval = absl::GetFlag(FLAGS_i);
-  if (FlagGiven("max_length") || !default_run) o.max_length = absl::GetFlag(FLAGS_max_length);
-  if (FlagGiven("lr") || !default_run) o.lr = absl::GetFlag(FLAGS_lr);
-  if (FlagGiven("warmup_steps") || !default_run) o.warmup_steps = absl::GetFlag(FLAGS_warmup_steps);
-  if (FlagGiven("lr_schedule") || !default_run) o.lr_schedule = absl::GetFlag(FLAGS_lr_schedule);
-  if (FlagGiven("max_grad_norm") || !default_run) o.max_grad_norm = absl::GetFlag(FLAGS_max_grad_norm);
-  o.max_steps = absl::GetFlag(FLAGS_max_steps);
-  o.precision = absl::GetFlag(FLAGS_precision);
-  o.initial_loss_scale = absl::GetFlag(FLAGS_initial_loss_scale);
-  o.task_name = absl::GetFlag(FLAGS_task_name);
-  o.weight_decay = absl::GetFlag(FLAGS_weight_decay);
-  o.seed = absl::GetFlag(FLAGS_seed);
-  o.shuffle = absl::GetFlag(FLAGS_shuffle);
-  o.grad_checkpoint = absl::GetFlag(FLAGS_grad_checkpoint);
-  o.max_shard_bytes = absl::GetFlag(FLAGS_max_shard_bytes);
+  if (use("max_length")) o.max_length = absl::GetFlag(FLAGS_max_length);
+  if (use("lr")) o.lr = absl::GetFlag(FLAGS_lr);
+  if (use("warmup_steps")) o.warmup_steps = absl::GetFlag(FLAGS_warmup_steps);
+  if (use("lr_schedule")) o.lr_schedule = absl::GetFlag(FLAGS_lr_schedule);
+  if (use("max_grad_norm")) o.max_grad_norm = absl::GetFlag(FLAGS_max_grad_norm);
+  if (use("max_steps")) o.max_steps = absl::GetFlag(FLAGS_max_steps);
+  if (use("precision")) o.precision = absl::GetFlag(FLAGS_precision);
+  if (use("initial_loss_scale")) o.initial_loss_scale = absl::GetFlag(FLAGS_initial_loss_scale);
+  if (use("task_name")) o.task_name = absl::GetFlag(FLAGS_task_name);
+  if (use("weight_decay")) o.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  if (use("seed")) o.seed = absl::GetFlag(FLAGS_seed);
+  if (use("shuffle")) o.shuffle = absl::GetFlag(FLAGS_shuffle);
+  if (use("grad_checkpoint")) o.grad_checkpoint = absl::GetFlag(FLAGS_grad_checkpoint);
+  if (use("max_shard_bytes")) o.max_shard_bytes = absl::GetFlag(FLAGS_max_shard_bytes);
   o.resume = ResolvePath(absl::GetFlag(FLAGS_resume));
   o.dump_step_state = ResolvePath(absl::GetFlag(FLAGS_dump_step_state));
   o.progress = absl::GetFlag(FLAGS_progress) && isatty(2);
-  if (absl::GetFlag(FLAGS_label_smoothing) >= 0) o.label_smoothing = absl::GetFlag(FLAGS_label_smoothing);
-  if (absl::GetFlag(FLAGS_z_loss_factor) >= 0) o.z_loss_factor = absl::GetFlag(FLAGS_z_loss_factor);
-  if (absl::GetFlag(FLAGS_router_aux_loss_factor) >= 0) o.router_aux_loss_factor = absl::GetFlag(FLAGS_router_aux_loss_factor);
-  if (absl::GetFlag(FLAGS_router_z_loss_factor) >= 0) o.router_z_loss_factor = absl::GetFlag(FLAGS_router_z_loss_factor);
-  if (!o.resume.empty() && !FlagGiven("model") && !FlagGiven("model_name")) o.model_dir.clear();
+  // Loss factors: a value >= 0 sets one; a negative one given explicitly means the config's.
+  const std::pair<const char*, std::pair<double, std::optional<double>*>> factors[] = {
+      {"label_smoothing", {absl::GetFlag(FLAGS_label_smoothing), &o.label_smoothing}},
+      {"z_loss_factor", {absl::GetFlag(FLAGS_z_loss_factor), &o.z_loss_factor}},
+      {"router_aux_loss_factor", {absl::GetFlag(FLAGS_router_aux_loss_factor), &o.router_aux_loss_factor}},
+      {"router_z_loss_factor", {absl::GetFlag(FLAGS_router_z_loss_factor), &o.router_z_loss_factor}}};
+  for (const auto& [name, flag] : factors) {
+    if (flag.first >= 0) *flag.second = flag.first;
+    else if (FlagGiven(name)) flag.second->reset();
+  }
+  if (!o.resume.empty() && !FlagGiven("model") && !FlagGiven("model_name")) o.model_dir.clear(), o.model_name.clear();
 
   setenv("OMP_PROC_BIND", "false", 0);
   Kokkos::ScopeGuard kokkos(argc, argv);

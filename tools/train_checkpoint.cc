@@ -1,9 +1,12 @@
 #include "tools/train_checkpoint.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -49,7 +52,54 @@ absl::Status WriteTextAtomically(const std::string& path, const std::string& tex
   return absl::OkStatus();
 }
 
-// Where training continues: the step reached and the next batch of the data order.
+namespace {
+
+std::string Absolute(const std::string& path) {
+  if (path.empty()) return path;
+  std::error_code error;
+  const fs::path absolute = fs::absolute(path, error);
+  return error ? path : absolute.lexically_normal().string();
+}
+
+// run_config.json: every option of the run that a resume restores (not resume, dump_step_state,
+// progress; output_path is the folder the checkpoint lies in).
+std::string RunConfigJson(const TrainOptions& o) {
+  nlohmann::ordered_json j;
+  const bool initial = !o.initial_model_dir.empty() || !o.initial_model_name.empty();
+  j["model"] = Absolute(initial ? o.initial_model_dir : o.model_dir);
+  j["model_name"] = initial ? o.initial_model_name : o.model_name;
+  j["dataset"] = Absolute(o.dataset), j["task_name"] = o.task_name;
+  j["precision"] = o.precision, j["lr_schedule"] = o.lr_schedule;
+  j["num_epochs"] = o.num_epochs, j["max_steps"] = o.max_steps, j["batch_size"] = o.batch_size;
+  j["save_interval"] = o.save_interval, j["max_length"] = o.max_length, j["warmup_steps"] = o.warmup_steps;
+  j["seed"] = o.seed, j["lr"] = o.lr, j["weight_decay"] = o.weight_decay, j["max_grad_norm"] = o.max_grad_norm;
+  j["initial_loss_scale"] = o.initial_loss_scale, j["shuffle"] = o.shuffle, j["grad_checkpoint"] = o.grad_checkpoint;
+  j["max_shard_bytes"] = o.max_shard_bytes;
+  const std::pair<const char*, const std::optional<double>*> factors[] = {
+      {"label_smoothing", &o.label_smoothing}, {"z_loss_factor", &o.z_loss_factor},
+      {"router_aux_loss_factor", &o.router_aux_loss_factor}, {"router_z_loss_factor", &o.router_z_loss_factor}};
+  for (const auto& [key, value] : factors) j[key] = value->has_value() ? nlohmann::ordered_json(**value) : nullptr;
+  return j.dump(2) + "\n";
+}
+
+// Temporary files of the checkpoint writer (.step-<N>.tmp-<pid>, latest.tmp-<pid>) whose process
+// is gone: a run killed while saving leaves them behind.
+void RemoveStaleTemporaries(const fs::path& root) {
+  std::error_code error;
+  std::vector<fs::path> stale;
+  for (const auto& entry : fs::directory_iterator(root, error)) {
+    const std::string n = entry.path().filename().string();
+    const size_t tmp = n.rfind(".tmp-");
+    if (tmp == std::string::npos || !(n.rfind(".step-", 0) == 0 || n.rfind("latest.tmp-", 0) == 0)) continue;
+    const std::string digits = n.substr(tmp + 5);
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = pid_t(std::atoll(digits.c_str()));
+    if (pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH) stale.push_back(entry.path());
+  }
+  for (const fs::path& path : stale) fs::remove_all(path, error);
+}
+
+}  // namespace
 
 absl::Status SaveCheckpoint(const Run& run) {
   const fs::path root(run.options.output_path);
@@ -110,6 +160,14 @@ absl::Status SaveCheckpoint(const Run& run) {
   const LossScalerState& scaler = run.optimizer.scaler.state();
   j["loss_scaler"] = {{"scale", scaler.scale}, {"growth_steps", scaler.growth_steps}, {"overflow_steps", scaler.overflow_steps}};
   OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "trainer_state.json").string(), j.dump(2) + "\n"));
+  OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "run_config.json").string(), RunConfigJson(run.options)));
+  // Test hook (train_cli_test): die like a killed run with the temporary folder complete but not
+  // yet renamed.
+  if (const char* die = std::getenv("OPENMOE_TRAIN_TEST_KILL_BEFORE_RENAME_AT_STEP");
+      die != nullptr && std::atoll(die) == run.position.step) {
+    std::fflush(nullptr);
+    kill(getpid(), SIGKILL);
+  }
   fs::remove_all(final_dir, error);
   fs::rename(tmp, final_dir, error);
   if (error) return absl::UnavailableError(absl::StrCat("cannot rename '", tmp.string(), "': ", error.message()));
@@ -122,6 +180,7 @@ absl::Status SaveCheckpoint(const Run& run) {
   }
   std::sort(folders.begin(), folders.end());
   for (size_t i = 0; i + 2 < folders.size(); ++i) fs::remove_all(folders[i].second, error);
+  RemoveStaleTemporaries(root);
   return absl::OkStatus();
 }
 
@@ -135,6 +194,42 @@ absl::StatusOr<std::string> ResumeFolder(const std::string& resume) {
     return (fs::path(resume) / name).string();
   }
   return absl::NotFoundError(absl::StrCat("--resume '", resume, "': no trainer_state.json and no `latest` file there"));
+}
+
+absl::StatusOr<bool> LoadRunConfig(const std::string& resume, TrainOptions& options) {
+  OPENMOE_ASSIGN_OR_RETURN(const std::string folder, ResumeFolder(resume));
+  const std::string file = (fs::path(folder) / "run_config.json").string();
+  if (!fs::exists(file)) return false;
+  OPENMOE_ASSIGN_OR_RETURN(const std::string text, ReadText(file));
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(file, " is not a JSON object"));
+  TrainOptions o = options;
+  try {
+    o.initial_model_dir = j.at("model").get<std::string>(), o.initial_model_name = j.at("model_name").get<std::string>();
+    o.dataset = j.at("dataset").get<std::string>(), o.task_name = j.at("task_name").get<std::string>();
+    o.precision = j.at("precision").get<std::string>(), o.lr_schedule = j.at("lr_schedule").get<std::string>();
+    o.num_epochs = j.at("num_epochs").get<int64_t>(), o.max_steps = j.at("max_steps").get<int64_t>();
+    o.batch_size = j.at("batch_size").get<int64_t>(), o.save_interval = j.at("save_interval").get<int64_t>();
+    o.max_length = j.at("max_length").get<int64_t>(), o.warmup_steps = j.at("warmup_steps").get<int64_t>();
+    o.seed = j.at("seed").get<uint64_t>(), o.lr = j.at("lr").get<double>();
+    o.weight_decay = j.at("weight_decay").get<double>(), o.max_grad_norm = j.at("max_grad_norm").get<double>();
+    o.initial_loss_scale = j.at("initial_loss_scale").get<double>(), o.shuffle = j.at("shuffle").get<bool>();
+    o.grad_checkpoint = j.at("grad_checkpoint").get<bool>(), o.max_shard_bytes = j.at("max_shard_bytes").get<int64_t>();
+    const std::pair<const char*, std::optional<double>*> factors[] = {
+        {"label_smoothing", &o.label_smoothing}, {"z_loss_factor", &o.z_loss_factor},
+        {"router_aux_loss_factor", &o.router_aux_loss_factor}, {"router_z_loss_factor", &o.router_z_loss_factor}};
+    for (const auto& [key, value] : factors) {
+      if (j.at(key).is_null()) value->reset();
+      else *value = j.at(key).get<double>();
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(file, ": ", e.what()));
+  }
+  fs::path dir = fs::path(folder).lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();  // a trailing '/'
+  o.output_path = dir.has_parent_path() ? dir.parent_path().string() : ".";
+  options = std::move(o);
+  return true;
 }
 
 }  // namespace openmoe::tools

@@ -3,7 +3,9 @@
 #  1. --dump_step_state on the fixtures (pre-tokenized batch, one step, the fixtures' AdamW
 #     settings): loss, every gradient and every parameter after the step against the float64
 #     reference, with the fixture README's tolerances;
-#  2. a run resumed from its step-3 checkpoint ends bit-identical to an uninterrupted run;
+#  2. a run resumed from its step-3 checkpoint (--resume alone: the checkpoint gives the model and
+#     the run's options) ends bit-identical to an uninterrupted run, and so does a run killed while
+#     saving a checkpoint, resumed from the last complete one (metrics.jsonl: every step once);
 #  3. bad input (malformed / incomplete / empty data, unwritable output, mismatched resume,
 #     unsupported flags, a loss that becomes NaN) stops with a clear message, keeping the last
 #     checkpoint.
@@ -44,16 +46,67 @@ print(f"{sys.argv[2]}: loss {total:.6f} (reference {ref['loss_total']:.6f}), {ch
 PY
 done
 
-# Resume: 6 steps straight vs 3 steps + resume to 6, same flags.
+# Resume: 6 steps straight vs 3 steps + resume to 6. The resume gives no --model, --dataset, --seed
+# or --output_path: the checkpoint supplies the weights and the run's options; --max_steps 6
+# overrides the saved 3.
 common=(--model tools/default_model/openmoe-tiny-random --dataset tools/train_data/tiny_instructions.jsonl
         --max_length 16 --batch_size 4 --lr 1e-3 --seed 5 --progress=false)
 "$train" "${common[@]}" --max_steps 6 --save_interval 3 --output_path "$tmp/straight" 2>/dev/null
 "$train" "${common[@]}" --max_steps 3 --output_path "$tmp/resumed" 2>/dev/null
 [[ "$(cat "$tmp/resumed/latest")" == "step-3" ]]
-"$train" "${common[@]}" --max_steps 6 --output_path "$tmp/resumed" --resume "$tmp/resumed" 2>"$tmp/resume.log"
+"$train" --resume "$tmp/resumed" --max_steps 6 2>"$tmp/resume.log"
+grep -qxF "resuming from step 3 of $tmp/resumed/step-3" "$tmp/resume.log" \
+  || { echo "FAIL: no 'resuming from step 3' line:"; cat "$tmp/resume.log"; exit 1; }
+grep -qF "training 187 examples of 16 tokens, batch 4, 6 steps (from step 3), lr 0.001 (constant), fp32, seed 5," "$tmp/resume.log" \
+  || { echo "FAIL: the resume did not restore the run's options:"; cat "$tmp/resume.log"; exit 1; }
+[[ "$(cat "$tmp/resumed/latest")" == "step-6" ]] || { echo "FAIL: resumed latest is $(cat "$tmp/resumed/latest")"; exit 1; }
 for f in model.safetensors trainer_state.safetensors; do
   cmp "$tmp/straight/step-6/$f" "$tmp/resumed/step-6/$f" || { echo "FAIL: resumed $f differs"; exit 1; }
 done
+# steps + losses of a metrics.jsonl: every step exactly once, the same losses as the straight run.
+same_metrics() {  # same_metrics FILE
+  py - "$tmp/straight/metrics.jsonl" "$1" <<'PY'
+import json, sys
+want = [(j["step"], j["loss"], j["grad_norm"]) for j in map(json.loads, open(sys.argv[1]))]
+got = [(j["step"], j["loss"], j["grad_norm"]) for j in map(json.loads, open(sys.argv[2]))]
+assert [s for s, _, _ in want] == [1, 2, 3, 4, 5, 6], want
+assert [s for s, _, _ in got] == [1, 2, 3, 4, 5, 6], f"{sys.argv[2]}: steps {[s for s, _, _ in got]}"
+assert got == want, f"{sys.argv[2]}: {got} vs {want}"
+PY
+}
+same_metrics "$tmp/resumed/metrics.jsonl"
+# Killed while saving step-4 (test hook: SIGKILL with the temporary folder written, before its
+# rename): step-2 stays the last complete checkpoint; metrics.jsonl already logged steps 3, 4.
+if OPENMOE_TRAIN_TEST_KILL_BEFORE_RENAME_AT_STEP=4 "$train" "${common[@]}" --max_steps 6 --save_interval 2 \
+     --output_path "$tmp/killed" 2>/dev/null; then
+  echo "FAIL: the run was not killed"; exit 1
+else
+  rc=$?; [[ $rc -eq 137 ]] || { echo "FAIL: killed run exited $rc"; exit 1; }
+fi
+[[ "$(cat "$tmp/killed/latest")" == "step-2" && ! -e "$tmp/killed/step-4" ]] \
+  || { echo "FAIL: after the kill: latest $(cat "$tmp/killed/latest"), folders $(ls "$tmp/killed")"; exit 1; }
+stale=("$tmp"/killed/.step-4.tmp-*)
+[[ -f "${stale[0]}/model.safetensors" && -f "${stale[0]}/trainer_state.json" ]] \
+  || { echo "FAIL: no temporary step-4 folder left by the kill: $(ls -a "$tmp/killed")"; exit 1; }
+[[ $(wc -l <"$tmp/killed/metrics.jsonl") -eq 4 ]] || { echo "FAIL: the killed run did not log steps 1-4"; exit 1; }
+# A stale `latest` temporary too, as a kill while replacing `latest` leaves (pid 2^22+1: none).
+echo step-9 >"$tmp/killed/latest.tmp-4194305"
+"$train" --resume "$tmp/killed" 2>"$tmp/killed_resume.log"
+grep -qxF "resuming from step 2 of $tmp/killed/step-2" "$tmp/killed_resume.log" \
+  || { echo "FAIL: not resumed from step-2:"; cat "$tmp/killed_resume.log"; exit 1; }
+[[ "$(cat "$tmp/killed/latest")" == "step-6" ]] || { echo "FAIL: killed run's latest is $(cat "$tmp/killed/latest")"; exit 1; }
+for f in model.safetensors trainer_state.safetensors; do
+  cmp "$tmp/straight/step-6/$f" "$tmp/killed/step-6/$f" || { echo "FAIL: killed + resumed $f differs"; exit 1; }
+done
+same_metrics "$tmp/killed/metrics.jsonl"
+leftover=$(cd "$tmp/killed" && ls -A | grep -F .tmp || true)
+[[ -z "$leftover" ]] || { echo "FAIL: temporary files left after the next save: $leftover"; exit 1; }
+[[ "$(ls "$tmp/killed" | grep '^step-' | tr '\n' ' ')" == "step-4 step-6 " ]]
+# And the finished run resumes again (its step-6 checkpoint), here to 8 steps.
+"$train" --resume "$tmp/killed" --max_steps 8 2>"$tmp/killed_resume2.log"
+grep -qxF "resuming from step 6 of $tmp/killed/step-6" "$tmp/killed_resume2.log"
+[[ "$(cat "$tmp/killed/latest")" == "step-8" && $(wc -l <"$tmp/killed/metrics.jsonl") -eq 8 ]]
+echo "kill while saving: resumed from step-2, step-6 bit-identical, metrics steps 1..6 once each"
 # Sharded checkpoints (tiny shards here): the same weights, readable through the index.
 "$train" "${common[@]}" --max_steps 6 --max_shard_bytes 200000 --output_path "$tmp/sharded" 2>/dev/null
 ls "$tmp/sharded/step-6" | grep -q "model-00001-of-" && [[ -f "$tmp/sharded/step-6/model.safetensors.index.json" ]]

@@ -120,6 +120,7 @@ absl::Status RunTraining(const TrainOptions& o) {
     if (resume_state.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(model_source, "/trainer_state.json is not valid JSON"));
     start.step = resume_state.value("step", int64_t(0)), start.epoch = resume_state.value("epoch", int64_t(0));
     start.batch = resume_state.value("next_batch", int64_t(0));
+    std::fprintf(stderr, "resuming from step %lld of %s\n", (long long)start.step, model_source.c_str());
   }
   absl::StatusOr<Model> model = absl::UnknownError("no model");
   if (!model_source.empty()) {
@@ -215,15 +216,26 @@ absl::Status RunTraining(const TrainOptions& o) {
                "%s, seed %llu, on %s; checkpoints in %s\n", (long long)N, (long long)S, (long long)B, (long long)total_steps,
                (long long)start.step, o.lr, o.lr_schedule.c_str(), o.precision.c_str(), (unsigned long long)o.seed,
                Space::name(), o.output_path.c_str());
-  std::ofstream metrics((fs::path(o.output_path) / "metrics.jsonl").string(), start.step > 0 ? std::ios::app : std::ios::trunc);
+  const std::string metrics_file = (fs::path(o.output_path) / "metrics.jsonl").string();
   std::vector<double> losses;
-  if (start.step > 0) {  // the curve of the steps before the resume
-    std::ifstream old((fs::path(o.output_path) / "metrics.jsonl").string());
+  if (start.step > 0) {
+    // The lines of the steps up to the checkpoint's: a run killed after it logged later steps
+    // would otherwise leave them twice. They also give the curve before the resume.
+    std::string kept;
+    std::ifstream old(metrics_file);
     for (std::string line; std::getline(old, line);) {
       const auto j = nlohmann::json::parse(line, nullptr, false);
-      if (!j.is_discarded() && j.value("step", int64_t(0)) <= start.step) losses.push_back(j.value("loss", 0.0));
+      if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number_integer() ||
+          j["step"].get<int64_t>() > start.step) {
+        continue;
+      }
+      kept += line + "\n";
+      if (j.contains("loss") && j["loss"].is_number() && std::isfinite(j["loss"].get<double>())) losses.push_back(j["loss"].get<double>());
     }
+    old.close();
+    OPENMOE_RETURN_IF_ERROR(WriteTextAtomically(metrics_file, kept));
   }
+  std::ofstream metrics(metrics_file, start.step > 0 ? std::ios::app : std::ios::trunc);
   kernels::AdamWOptions adamw;
   adamw.weight_decay = o.weight_decay;
   const auto t0 = std::chrono::steady_clock::now();

@@ -7,11 +7,13 @@
 //                        max_shard_bytes, model-0000K-of-0000N.safetensors shards with
 //                        model.safetensors.index.json; tokenizer.model) plus
 //                        trainer_state.safetensors (AdamW moments) and
-//                        trainer_state.json (step, epoch, next batch, seed, options)
+//                        trainer_state.json (step, epoch, next batch, seed, options) and
+//                        run_config.json (the run's options: what `--resume DIR` restores)
 //   latest               the name of the newest complete step-<N> folder
 //   metrics.jsonl        one line per step; loss_curve.png at the end
 // Folders are written under a temporary name and renamed, and `latest` is replaced by rename, so
-// a run killed at any moment leaves the previous checkpoint intact.
+// a run killed at any moment leaves the previous checkpoint intact (the next save removes the
+// temporary folders of dead processes; a resume drops metrics.jsonl's lines after its step).
 #ifndef TOOLS_TRAIN_RUNNER_H_
 #define TOOLS_TRAIN_RUNNER_H_
 
@@ -20,6 +22,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace openmoe::tools {
 
@@ -42,9 +45,17 @@ struct TrainOptions {
   bool grad_checkpoint = false;  // recompute each layer's activations in the backward pass
   int64_t max_shard_bytes = int64_t(5) << 30;  // weights above this go to model-0000K-of-0000N shards
   std::optional<double> label_smoothing, z_loss_factor, router_aux_loss_factor, router_z_loss_factor;
+  // The --model DIR / --model_name the run started from: recorded in run_config.json and kept
+  // across resumes (which load the checkpoint's own weights). Empty: model_dir / model_name.
+  std::string initial_model_dir, initial_model_name;
 };
 
 absl::Status RunTraining(const TrainOptions& options);
+
+// `--resume DIR`: the options of the run that wrote the checkpoint DIR names (its run_config.json),
+// into `options`, with output_path the folder holding that checkpoint. Returns false, leaving
+// `options` as it is, for a checkpoint without run_config.json (an older one).
+absl::StatusOr<bool> LoadRunConfig(const std::string& resume, TrainOptions& options);
 
 }  // namespace openmoe::tools
 

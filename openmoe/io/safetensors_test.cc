@@ -2,9 +2,15 @@
 // corrupt file with the error message it must give.
 #include "openmoe/io/safetensors.h"
 
+#include <signal.h>
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -139,11 +145,64 @@ TEST(Safetensors, RejectsTruncatedFiles) {
                       {"cannot open", "does_not_exist"});
 }
 
+std::string ReadBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::vector<std::string> ListFolder(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) names.push_back(entry.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 TEST(Safetensors, WriteIsAtomicAndReportsUnwritablePaths) {
   const float x = 1.0f;
   ExpectErrorContains(WriteSafetensors("/nonexistent_dir/out.safetensors",
                                        {{"x", DType::kF32, {1}, &x}}),
                       {"/nonexistent_dir/out.safetensors"});
+
+  // A write that fails part-way through the data (the process may not grow any file past 4 KiB,
+  // which binds root too; the header fits, the 64 KiB tensor does not): the file already at the
+  // destination stays byte-for-byte, and no temporary file is left in the folder.
+  const std::string dir = TempPath("atomic_write");
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/weights.safetensors";
+  const std::vector<float> old_values = {1.0f, 2.0f, 3.0f};
+  ASSERT_TRUE(WriteSafetensors(path, {{"w", DType::kF32, {3}, old_values.data()}}).ok());
+  const std::string before = ReadBytes(path);
+  ASSERT_GT(before.size(), 8u);
+  const std::vector<float> big(16384, 0.5f);  // 64 KiB of data
+  {
+    struct rlimit saved;
+    ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &saved), 0);
+    struct rlimit small = saved;
+    small.rlim_cur = 4096;
+    void (*old_handler)(int) = signal(SIGXFSZ, SIG_IGN);  // a write past the limit fails with EFBIG
+    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+    const absl::Status status = WriteSafetensors(path, {{"w", DType::kF32, {16384}, big.data()}});
+    ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &saved), 0);
+    signal(SIGXFSZ, old_handler);
+    ExpectErrorContains(status, {path});
+  }
+  EXPECT_EQ(ReadBytes(path), before) << "a failed write changed the existing file";
+  EXPECT_EQ(ListFolder(dir), std::vector<std::string>{"weights.safetensors"}) << "a temporary file was left behind";
+  absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::vector<float> read(3);
+  ASSERT_TRUE(file->ReadAsFloat("w", read.data(), 3).ok());
+  EXPECT_EQ(read, old_values);
+
+  // The same write without the limit replaces the file completely.
+  ASSERT_TRUE(WriteSafetensors(path, {{"w", DType::kF32, {16384}, big.data()}}).ok());
+  EXPECT_EQ(ListFolder(dir), std::vector<std::string>{"weights.safetensors"});
+  file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::vector<float> read_big(16384);
+  ASSERT_TRUE(file->ReadAsFloat("w", read_big.data(), 16384).ok());
+  EXPECT_EQ(read_big, big);
 }
 
 }  // namespace
