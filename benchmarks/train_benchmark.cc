@@ -51,11 +51,8 @@ int Run(const std::string& preset, const std::string& precision, int64_t S, int6
                                  12.0 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * double(S);
   openmoe::kernels::AdamWOptions adamw;
   adamw.lr = 1e-5;
-  std::map<std::string, std::pair<openmoe::Vector<float, Space>, openmoe::Vector<float, Space>>> moments;
-  for (const auto& spec : model->table()) {
-    const int64_t n = model->param(spec.name).extent(0);
-    moments.emplace(spec.name, std::make_pair(openmoe::Vector<float, Space>("m", n), openmoe::Vector<float, Space>("v", n)));
-  }
+  // AdamW moments in the model's flat layout: one optimizer kernel per step, as the trainer runs it.
+  openmoe::Vector<float, Space> m("m", model->layout().total()), v("v", model->layout().total());
   std::mt19937_64 rng(1234);
   std::uniform_int_distribution<int64_t> token(3, 255999);
   std::vector<int64_t> ids(B * S), mask(B * S, 1);
@@ -67,10 +64,7 @@ int Run(const std::string& preset, const std::string& precision, int64_t S, int6
     const auto t0 = std::chrono::steady_clock::now();
     auto loss = model->ForwardBackward(ids, mask, B, S);
     if (!loss.ok()) return std::fprintf(stderr, "%s\n", std::string(loss.status().message()).c_str()), 1;
-    for (const auto& spec : model->table()) {
-      auto& [m, v] = moments.at(spec.name);
-      (void)openmoe::kernels::AdamWStep<Space>(Space(), model->param(spec.name), model->grad(spec.name), m, v, step + 1, adamw);
-    }
+    (void)openmoe::kernels::AdamWStep<Space>(Space(), model->flat_params(), model->flat_grads(), m, v, step + 1, adamw);
     Kokkos::fence();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (step > 0) best = std::min(best, seconds);

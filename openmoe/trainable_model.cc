@@ -81,16 +81,26 @@ absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::FromCheckpo
   model.config_ = config;
   model.table_  = CheckpointTable(config);
   OPENMOE_RETURN_IF_ERROR(reader.Validate(model.table_));
+  model.AllocateFlatBuffers();
   for (const TensorSpec& spec : model.table_) {
-    const int64_t n = spec.numel();
-    Vector<float, ExecSpace> p(spec.name, n);
-    auto host = Kokkos::create_mirror_view(p);
-    OPENMOE_RETURN_IF_ERROR(reader.ReadAsFloat(spec.name, host.data(), n));
+    Vector<float, ExecSpace> p = model.params_.at(spec.name);
+    auto host = Kokkos::create_mirror_view(Kokkos::HostSpace(), p);
+    OPENMOE_RETURN_IF_ERROR(reader.ReadAsFloat(spec.name, host.data(), spec.numel()));
     Kokkos::deep_copy(p, host);
-    model.params_.emplace(spec.name, p);
-    model.grads_.emplace(spec.name, Vector<float, ExecSpace>("grad." + spec.name, n));
   }
   return model;
+}
+
+template <class ExecSpace>
+void TrainableModel<ExecSpace>::AllocateFlatBuffers() {
+  layout_ = ParameterLayout(table_);
+  flat_params_ = Vector<float, ExecSpace>("params", layout_.total());  // zero: the gaps stay 0
+  flat_grads_  = Vector<float, ExecSpace>("grads", layout_.total());
+  params_.clear(), grads_.clear();
+  for (const ParameterSlot& s : layout_.slots()) {
+    params_.emplace(s.name, Vector<float, ExecSpace>(flat_params_.data() + s.offset, s.numel));
+    grads_.emplace(s.name, Vector<float, ExecSpace>(flat_grads_.data() + s.offset, s.numel));
+  }
 }
 
 template <class ExecSpace>
@@ -100,10 +110,11 @@ absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::RandomInit(
   TrainableModel model;
   model.config_ = config;
   model.table_  = CheckpointTable(config);
+  model.AllocateFlatBuffers();
   for (const TensorSpec& spec : model.table_) {  // host draws: the same weights on every backend
     const int64_t n = spec.numel();
-    Vector<float, ExecSpace> p(spec.name, n);
-    auto host = Kokkos::create_mirror_view(p);
+    Vector<float, ExecSpace> p = model.params_.at(spec.name);
+    auto host = Kokkos::create_mirror_view(Kokkos::HostSpace(), p);
     if (spec.orientation == Orientation::kVector) {
       for (int64_t i = 0; i < n; ++i) host(i) = 1.0f;
     } else {
@@ -113,8 +124,6 @@ absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::RandomInit(
       }
     }
     Kokkos::deep_copy(p, host);
-    model.params_.emplace(spec.name, p);
-    model.grads_.emplace(spec.name, Vector<float, ExecSpace>("grad." + spec.name, n));
   }
   return model;
 }
@@ -147,7 +156,7 @@ const T* TrainableModel<ExecSpace>::Working(const std::string& name) const {
   if constexpr (std::is_same_v<T, float>) {
     return params_.at(name).data();
   } else {
-    return reinterpret_cast<const T*>(working_.at(name).data());
+    return reinterpret_cast<const T*>(flat_working_.data()) + layout_.slot(name).offset;
   }
 }
 
@@ -173,17 +182,14 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   const int64_t Wq = Nh * Dh, Wkv = Nkv * Dh, L = c.num_hidden_layers;
   const float eps = c.rms_norm_eps;
   ExecSpace space;
-  for (auto& [name, g] : grads_) Kokkos::deep_copy(g, 0.0f);
-  if constexpr (!kFloat) {  // 16-bit working weights from the fp32 masters
-    for (const TensorSpec& spec : table_) {
-      Vector<float, ExecSpace> master = params_.at(spec.name);
-      auto& w = working_[spec.name];
-      if (w.extent(0) != master.extent(0)) {
-        w = Vector<uint16_t, ExecSpace>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "working." + spec.name), master.extent(0));
-      }
-      OPENMOE_RETURN_IF_ERROR((kernels::Convert<float, T>(space, CFM(master.data(), 1, master.extent(0)),
-                                                          Matrix<T, ExecSpace>(reinterpret_cast<T*>(w.data()), 1, w.extent(0)))));
+  Kokkos::deep_copy(space, flat_grads_, 0.0f);
+  if constexpr (!kFloat) {  // 16-bit working weights from the fp32 masters: one conversion
+    const int64_t total = layout_.total();
+    if (int64_t(flat_working_.extent(0)) != total) {
+      flat_working_ = Vector<uint16_t, ExecSpace>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "working"), total);
     }
+    OPENMOE_RETURN_IF_ERROR((kernels::Convert<float, T>(space, CFM(flat_params_.data(), 1, total),
+                                                        Matrix<T, ExecSpace>(reinterpret_cast<T*>(flat_working_.data()), 1, total))));
   }
   auto W = [&](const std::string& name, int64_t rows, int64_t cols) { return CM(Working<T>(name), rows, cols); };
   auto WV = [&](const std::string& name) { return ConstVector<T, ExecSpace>(Working<T>(name), H); };
@@ -514,7 +520,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   OPENMOE_RETURN_IF_ERROR(kernels::EmbeddingBackward<ExecSpace>(space, ids, CFM(dh), c.pad_token_id,
                                                                 G("model.embed_tokens.weight", V, H)));
   if (loss_scale_ != 1.0f) {  // back to the loss's own gradients (inf / NaN stay)
-    for (auto& entry : grads_) OPENMOE_RETURN_IF_ERROR(kernels::Scale<ExecSpace>(space, entry.second, 1.0f / loss_scale_));
+    OPENMOE_RETURN_IF_ERROR(kernels::Scale<ExecSpace>(space, flat_grads_, 1.0f / loss_scale_));
   }
   Kokkos::fence();
   double aux_sum = 0, z_sum = 0;

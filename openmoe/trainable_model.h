@@ -23,6 +23,7 @@
 #include "openmoe/core/bf16.h"
 #include "openmoe/core/tensor_types.h"
 #include "openmoe/losses.h"
+#include "openmoe/parameter_layout.h"
 
 namespace openmoe {
 
@@ -45,8 +46,15 @@ class TrainableModel {
     config_.router_z_loss_factor = float(router_z_loss_factor);
   }
   const std::vector<TensorSpec>& table() const { return table_; }
+  // One tensor's weights / gradient: views into the flat buffers below (valid while the model is).
   Vector<float, ExecSpace> param(const std::string& name) const { return params_.at(name); }
   Vector<float, ExecSpace> grad(const std::string& name) const { return grads_.at(name); }
+  // Every parameter and every gradient as one float32 buffer [layout().total()] each (tensors at
+  // layout()'s offsets, zero gaps): what the optimizer, the gradient norm and gradient
+  // reductions work on.
+  const ParameterLayout& layout() const { return layout_; }
+  Vector<float, ExecSpace> flat_params() const { return flat_params_; }
+  Vector<float, ExecSpace> flat_grads() const { return flat_grads_; }
 
   // Activation recomputation (gradient checkpointing): the forward pass keeps only each layer's
   // input, and the backward pass runs the layer again before its gradients; same results.
@@ -80,10 +88,16 @@ class TrainableModel {
   bool recompute_ = false;
   ComputeDtype dtype_ = ComputeDtype::kFp32;
   float loss_scale_ = 1.0f;
-  // 16-bit copies of params_ (bf16 / fp16 runs): raw bits, read as the step's type.
-  std::map<std::string, Vector<uint16_t, ExecSpace>> working_;
+  // Allocates the flat buffers for table_ and the per-tensor views into them.
+  void AllocateFlatBuffers();
+
   std::vector<TensorSpec> table_;
-  std::map<std::string, Vector<float, ExecSpace>> params_, grads_;  // HF name -> flat data
+  ParameterLayout layout_;
+  Vector<float, ExecSpace> flat_params_, flat_grads_;  // [layout_.total()]
+  // The 16-bit copy of flat_params_ (bf16 / fp16 runs), same layout: raw bits, read as the step's
+  // type; allocated by the first 16-bit step.
+  Vector<uint16_t, ExecSpace> flat_working_;
+  std::map<std::string, Vector<float, ExecSpace>> params_, grads_;  // HF name -> view into the flat buffers
 };
 
 }  // namespace openmoe

@@ -27,7 +27,9 @@ struct Position {
 };
 
 struct Optimizer {
-  std::map<std::string, Vector<float, TrainSpace>> m, v;  // AdamW moments, float32
+  // AdamW moments, float32, in the model's flat layout [layout().total()], and per-tensor views.
+  Vector<float, TrainSpace> flat_m, flat_v;
+  std::map<std::string, Vector<float, TrainSpace>> m, v;
   int64_t steps = 0;   // updates applied (AdamW's bias-correction step; fp16 skips overflowing steps)
   LossScaler scaler;   // fp16 runs
 };

@@ -186,9 +186,12 @@ absl::Status RunTraining(const TrainOptions& o) {
     OPENMOE_ASSIGN_OR_RETURN(io::SafetensorsFile f, io::SafetensorsFile::Open(model_source + "/trainer_state.safetensors"));
     state_file = std::make_unique<io::SafetensorsFile>(std::move(f));
   }
+  const ParameterLayout& layout = run.model.layout();
+  run.optimizer.flat_m = Vector<float, Space>("adamw.m", layout.total());
+  run.optimizer.flat_v = Vector<float, Space>("adamw.v", layout.total());
   for (const TensorSpec& spec : run.model.table()) {
-    const int64_t n = run.model.param(spec.name).extent(0);
-    Vector<float, Space> m("m." + spec.name, n), v("v." + spec.name, n);
+    const int64_t n = spec.numel(), offset = layout.slot(spec.name).offset;
+    Vector<float, Space> m(run.optimizer.flat_m.data() + offset, n), v(run.optimizer.flat_v.data() + offset, n);
     if (state_file) {
       std::vector<float> host(n);
       OPENMOE_RETURN_IF_ERROR(state_file->ReadAsFloat("m." + spec.name, host.data(), n));
@@ -260,15 +263,12 @@ absl::Status RunTraining(const TrainOptions& o) {
                                                 "; stopping without saving (the last checkpoint in '", o.output_path,
                                                 "' is kept)"));
       }
+      // Global gradient norm: one reduction over the flat gradient buffer (its gaps are 0).
       double sum_sq = 0;
-      for (const TensorSpec& spec : run.model.table()) {
-        Vector<float, Space> g = run.model.grad(spec.name);
-        double part = 0;
-        Kokkos::parallel_reduce(
-            "openmoe::train::GradNorm", Kokkos::RangePolicy<Space>(0, g.extent(0)),
-            KOKKOS_LAMBDA(const int64_t i, double& s) { s += double(g(i)) * double(g(i)); }, part);
-        sum_sq += part;
-      }
+      const Vector<float, Space> flat_grads = run.model.flat_grads();
+      Kokkos::parallel_reduce(
+          "openmoe::train::GradNorm", Kokkos::RangePolicy<Space>(0, flat_grads.extent(0)),
+          KOKKOS_LAMBDA(const int64_t i, double& s) { s += double(flat_grads(i)) * double(flat_grads(i)); }, sum_sq);
       const double grad_norm = std::sqrt(sum_sq);
       // fp16: an overflow (inf / NaN loss or gradients at this scale) skips the update; one at the
       // minimum scale cannot be backed off from.
@@ -289,12 +289,10 @@ absl::Status RunTraining(const TrainOptions& o) {
       adamw.lr = LearningRate(o, step, total_steps);
       if (apply) {
         ++run.optimizer.steps;
-        for (const TensorSpec& spec : run.model.table()) {
-          Vector<float, Space> g = run.model.grad(spec.name);
-          if (clip != 1.0f) OPENMOE_RETURN_IF_ERROR(kernels::Scale<Space>(Space(), g, clip));
-          OPENMOE_RETURN_IF_ERROR(kernels::AdamWStep<Space>(Space(), run.model.param(spec.name), g, run.optimizer.m.at(spec.name),
-                                                            run.optimizer.v.at(spec.name), run.optimizer.steps, adamw));
-        }
+        // Clipping and AdamW over the flat buffers: one kernel each for every parameter.
+        if (clip != 1.0f) OPENMOE_RETURN_IF_ERROR(kernels::Scale<Space>(Space(), flat_grads, clip));
+        OPENMOE_RETURN_IF_ERROR(kernels::AdamWStep<Space>(Space(), run.model.flat_params(), flat_grads, run.optimizer.flat_m,
+                                                          run.optimizer.flat_v, run.optimizer.steps, adamw));
       }
       Kokkos::fence();
       run.position = {step, epoch, batch + 1};
