@@ -270,6 +270,73 @@ absl::Status DispatchBackward(const ExecSpace& space, ConstMatrix<float, ExecSpa
   return absl::OkStatus();
 }
 
+template <class ExecSpace>
+absl::Status RouterLossBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> logits,
+                                ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<float, ExecSpace> dprobs,
+                                double aux_weight, double z_weight, double grad_scale, Matrix<float, ExecSpace> d_logits,
+                                Kokkos::View<double*, typename ExecSpace::memory_space> parts) {
+  using MemSpace = typename ExecSpace::memory_space;
+  const int64_t N = logits.extent(0), E = logits.extent(1);
+  if (N == 0 || E < 2 || experts.extent(0) != size_t(N) || experts.extent(1) != 2 || dprobs.extent(0) != size_t(N) ||
+      dprobs.extent(1) != size_t(E) || d_logits.extent(0) != size_t(N) || d_logits.extent(1) != size_t(E) ||
+      parts.extent(0) < 2) {
+    return absl::InvalidArgumentError(absl::StrCat("RouterLossBackward: logits [", N, ", ", E, "] with experts [",
+                                                   experts.extent(0), ", ", experts.extent(1), "], dprobs [",
+                                                   dprobs.extent(0), ", ", dprobs.extent(1), "], d_logits [",
+                                                   d_logits.extent(0), ", ", d_logits.extent(1), "], parts [",
+                                                   parts.extent(0), "]: need N > 0, E >= 2, [N, 2], [N, E], [N, E], [2]"));
+  }
+  Kokkos::View<double*, MemSpace> log_z(Kokkos::view_alloc(Kokkos::WithoutInitializing, "router.log_z"), N);  // [N]
+  Kokkos::View<double*, MemSpace> fraction(Kokkos::view_alloc(Kokkos::WithoutInitializing, "router.fraction"), E);  // [E]
+  Kokkos::View<double*, MemSpace> mean_prob(Kokkos::view_alloc(Kokkos::WithoutInitializing, "router.mean_prob"), E);  // [E]
+  Kokkos::parallel_for(
+      "openmoe::kernels::RouterLogZ", FlatRange(space, N), KOKKOS_LAMBDA(const int64_t t) {
+        double max_logit = logits(t, 0);
+        for (int64_t e = 1; e < E; ++e) max_logit = max_logit > logits(t, e) ? max_logit : double(logits(t, e));
+        double sum = 0;
+        for (int64_t e = 0; e < E; ++e) sum += Kokkos::Experimental::exp(double(logits(t, e)) - max_logit);
+        log_z(t) = max_logit + Kokkos::Experimental::log(sum);
+      });
+  // Per expert, over the tokens in order: f_e and P_e.
+  using Team = Kokkos::TeamPolicy<ExecSpace>;
+  Kokkos::parallel_for(
+      "openmoe::kernels::RouterFractions", Team(space, E, Kokkos::AUTO), KOKKOS_LAMBDA(const typename Team::member_type& team) {
+        const int64_t e = team.league_rank();
+        double count = 0, prob = 0;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, N),
+            [&](const int64_t t, double& c) { c += double(experts(t, 0) == e) + double(experts(t, 1) == e); }, count);
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, N),
+            [&](const int64_t t, double& p) { p += Kokkos::Experimental::exp(double(logits(t, e)) - log_z(t)); }, prob);
+        Kokkos::single(Kokkos::PerTeam(team), [&]() { fraction(e) = count / double(N), mean_prob(e) = prob / double(N); });
+      });
+  Kokkos::parallel_for(
+      "openmoe::kernels::RouterLossParts", Kokkos::RangePolicy<ExecSpace>(space, 0, 1), KOKKOS_LAMBDA(const int) {
+        double balance = 0, z_sum = 0;
+        for (int64_t e = 0; e < E; ++e) balance += fraction(e) * mean_prob(e);
+        for (int64_t t = 0; t < N; ++t) z_sum += log_z(t) * log_z(t);
+        parts(0) = double(E) * balance, parts(1) = z_sum / double(N);
+      });
+  const double aux_coefficient = grad_scale * aux_weight * double(E) / double(N);  // d aux / d P_e(t) = E f_e / N
+  const double z_coefficient   = grad_scale * z_weight * 2.0 / double(N);         // d z / d logZ_t = 2 logZ_t / N
+  Kokkos::parallel_for(
+      "openmoe::kernels::RouterLossBackward", FlatRange(space, N), KOKKOS_LAMBDA(const int64_t t) {
+        // Softmax backward: dlogit_e = p_e (dp_e - sum_j p_j dp_j), plus the z-loss term.
+        double dot = 0;
+        for (int64_t e = 0; e < E; ++e) {
+          const double p = Kokkos::Experimental::exp(double(logits(t, e)) - log_z(t));
+          dot += p * (double(dprobs(t, e)) + aux_coefficient * fraction(e));
+        }
+        for (int64_t e = 0; e < E; ++e) {
+          const double p = Kokkos::Experimental::exp(double(logits(t, e)) - log_z(t));
+          const double dp = double(dprobs(t, e)) + aux_coefficient * fraction(e);
+          d_logits(t, e) = float(p * (dp - dot) + z_coefficient * log_z(t) * p);
+        }
+      });
+  return absl::OkStatus();
+}
+
 #define OPENMOE_INSTANTIATE_BACKWARD(Space)                                                                        \
   template absl::Status RmsNormBackward<Space>(const Space&, ConstMatrix<float, Space>, ConstVector<float, Space>,  \
                                                ConstMatrix<float, Space>, float, Matrix<float, Space>,             \
@@ -289,7 +356,10 @@ absl::Status DispatchBackward(const ExecSpace& space, ConstMatrix<float, ExecSpa
                                                ConstMatrix<int32_t, Space>, int64_t, Matrix<float, Space>,          \
                                                Matrix<float, Space>);                                               \
   template absl::Status DispatchBackward<Space>(const Space&, ConstMatrix<float, Space>, ConstMatrix<int32_t, Space>, \
-                                                ConstMatrix<int32_t, Space>, int64_t, Matrix<float, Space>);
+                                                ConstMatrix<int32_t, Space>, int64_t, Matrix<float, Space>);          \
+  template absl::Status RouterLossBackward<Space>(const Space&, ConstMatrix<float, Space>, ConstMatrix<int32_t, Space>, \
+                                                  ConstMatrix<float, Space>, double, double, double,                  \
+                                                  Matrix<float, Space>, Kokkos::View<double*, typename Space::memory_space>);
 OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_BACKWARD)
 
 }  // namespace openmoe::kernels

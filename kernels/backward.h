@@ -66,6 +66,20 @@ absl::Status DispatchBackward(const ExecSpace& space, ConstMatrix<float, ExecSpa
                               ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
                               int64_t capacity, Matrix<float, ExecSpace> dx);
 
+// OpenMoE's router losses of one MoE layer (losses.h) and their backward, on the device.
+// logits [N, E]: the router's float32 logits; experts [N, 2]: the top-2 choices RouterTop2 made
+// from them (f_e counts them, before capacity drops, and is held constant in the gradient);
+// dprobs [N, E]: the gradient reaching the router probabilities through Combine (already times
+// grad_scale). aux_weight / z_weight: this layer's weights in the loss (the factors over the
+// number of MoE layers). Writes d_logits [N, E] = grad_scale * dLoss/dlogits, and parts [2] =
+// this layer's unweighted (aux, z): aux = E sum_e f_e P_e, z = mean_t logsumexp(logits_t)^2.
+// Softmax, sums and the aux/z values in double; deterministic (fixed-order sums, no atomics).
+template <class ExecSpace>
+absl::Status RouterLossBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> logits,
+                                ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<float, ExecSpace> dprobs,
+                                double aux_weight, double z_weight, double grad_scale, Matrix<float, ExecSpace> d_logits,
+                                Kokkos::View<double*, typename ExecSpace::memory_space> parts);
+
 }  // namespace openmoe::kernels
 
 #endif  // KERNELS_BACKWARD_H_

@@ -173,5 +173,75 @@ TYPED_TEST(BackwardTest, EmbeddingGradientSkipsThePadRow) {
   }
 }
 
+// Router losses and their backward against finite differences of the double-precision loss
+// L = sum_{t,e} dprobs(t,e) p(t,e) / grad_scale + aux_w * aux + z_w * z (losses.h), with the top-2
+// fractions f_e held constant as the kernel documents; grad_scale 4 checks the scaling. The
+// kernel's aux and z must equal the same double formulas. N = 37 tokens, E = 8 experts, seed 71.
+TYPED_TEST(BackwardTest, RouterLossMatchesFiniteDifferences) {
+  using Space = TypeParam;
+  const int64_t N = 37, E = 8;
+  const double aux_w = 0.01 / 2, z_w = 1e-4 / 2, grad_scale = 4.0;
+  const std::vector<float> logits = RandomNormal(N * E, 1.5f, 71), dprobs = RandomNormal(N * E, 0.3f, 72);
+  std::vector<int32_t> experts(N * 2);
+  for (int64_t t = 0; t < N; ++t) {  // top-2 by logit (= by probability)
+    const float* row = logits.data() + t * E;
+    int32_t first = 0;
+    for (int32_t e = 1; e < E; ++e) first = row[e] > row[first] ? e : first;
+    int32_t second = first == 0 ? 1 : 0;
+    for (int32_t e = 0; e < E; ++e) second = e != first && row[e] > row[second] ? e : second;
+    experts[2 * t] = first, experts[2 * t + 1] = second;
+  }
+  std::vector<double> fraction(E, 0.0);
+  for (int32_t e : experts) fraction[e] += 1.0 / N;
+  auto parts_of = [&](const std::vector<double>& x, double& aux, double& z, double& linear) {
+    std::vector<double> mean_prob(E, 0.0);
+    z = linear = 0;
+    for (int64_t t = 0; t < N; ++t) {
+      double mx = x[t * E];
+      for (int64_t e = 1; e < E; ++e) mx = std::max(mx, x[t * E + e]);
+      double sum = 0;
+      for (int64_t e = 0; e < E; ++e) sum += std::exp(x[t * E + e] - mx);
+      const double log_z = mx + std::log(sum);
+      z += log_z * log_z / N;
+      for (int64_t e = 0; e < E; ++e) {
+        const double p = std::exp(x[t * E + e] - log_z);
+        mean_prob[e] += p / N, linear += double(dprobs[t * E + e]) * p / grad_scale;
+      }
+    }
+    aux = 0;
+    for (int64_t e = 0; e < E; ++e) aux += E * fraction[e] * mean_prob[e];
+  };
+  auto loss = [&](const std::vector<double>& x) {
+    double aux, z, linear;
+    parts_of(x, aux, z, linear);
+    return linear + aux_w * aux + z_w * z;
+  };
+  const std::vector<double> x(logits.begin(), logits.end());
+  const std::vector<double> want = NumericGradient(loss, x);
+  double want_aux, want_z, unused;
+  parts_of(x, want_aux, want_z, unused);
+
+  auto d_logits = Matrix<float, Space>("d_logits", N, E);
+  Kokkos::View<double*, typename Space::memory_space> parts("parts", 2);
+  ASSERT_TRUE((RouterLossBackward<Space>(Space(), ToDevice<Space>(logits, N, E), ToDevice<Space>(experts, N, 2),
+                                         ToDevice<Space>(dprobs, N, E), aux_w, z_w, grad_scale, d_logits, parts)
+                   .ok()));
+  const std::vector<float> got = ToHost(d_logits);
+  const std::vector<double> got_parts = ToHost(parts);
+  double scale = 0;
+  for (double g : want) scale = std::max(scale, std::fabs(g));
+  for (int64_t i = 0; i < N * E; ++i) {
+    // float32 rounding of a double result (2^-24 relative) and the difference quotient's 1e-8.
+    ASSERT_NEAR(got[i] / grad_scale, want[i], 1e-6 * scale + 1e-8) << "d_logits[" << i << "] on " << Space::name();
+  }
+  EXPECT_NEAR(got_parts[0], want_aux, 1e-12 * want_aux) << "aux on " << Space::name();
+  EXPECT_NEAR(got_parts[1], want_z, 1e-12 * want_z) << "z on " << Space::name();
+  // Shapes are checked.
+  auto wrong = Matrix<float, Space>("wrong", N, E + 1);
+  EXPECT_FALSE((RouterLossBackward<Space>(Space(), ToDevice<Space>(logits, N, E), ToDevice<Space>(experts, N, 2),
+                                          ToDevice<Space>(dprobs, N, E), aux_w, z_w, grad_scale, wrong, parts)
+                    .ok()));
+}
+
 }  // namespace
 }  // namespace openmoe::kernels

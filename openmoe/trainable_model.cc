@@ -396,7 +396,9 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     return kernels::AddInPlace<float>(space, dh, CFM(dnorm));
   };
   const double moe_layers = std::max<int64_t>(1, c.NumMoeLayers());
-  std::vector<std::pair<double, double>> router_parts;  // per MoE layer (aux, z), unweighted
+  // Per MoE layer, in backward order: its unweighted (aux, z) [2 * MoE layers].
+  Kokkos::View<double*, MemSpace> router_parts_d("router_parts", 2 * std::max<int64_t>(1, c.NumMoeLayers()));
+  int64_t moe_index = 0;
   for (int64_t i = L - 1; i >= 0; --i) {
     const std::string pre = absl::StrCat("model.layers.", i);
     if (recompute_) {  // the same kernels on the same input: the same activations, bit for bit
@@ -446,41 +448,15 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       }
       Kokkos::deep_copy(dx, 0.0f);
       OPENMOE_RETURN_IF_ERROR(kernels::DispatchBackward<ExecSpace>(space, CFM(d_disp), a.experts, a.rank, C, dx));
-      // Router: combine weights + aux loss through the softmax, z-loss on the logits (host,
-      // double: [N, E] is small).
+      // Router: combine weights + aux loss through the softmax, z-loss on the logits (device;
+      // this layer's unweighted aux and z land in router_parts_d, read once after the pass).
       OPENMOE_ASSIGN_OR_RETURN(CFM router_f, to_f(CM(a.router_logits)));
-      auto dprobs_h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), dprobs);
-      auto logits_h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), router_f);
-      std::vector<float> layer_logits(logits_h.data(), logits_h.data() + N * E);
-      double aux = 0, z = 0;
-      RouterLosses(layer_logits, N, E, aux, z);
-      router_parts.push_back({aux, z});
       const double aux_w = c.router_aux_loss_factor / moe_layers, z_w = c.router_z_loss_factor / moe_layers;
-      std::vector<double> fraction(E, 0.0);
-      auto experts_h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), a.experts);
-      for (int64_t t = 0; t < N; ++t) fraction[experts_h(t, 0)] += 1.0 / N, fraction[experts_h(t, 1)] += 1.0 / N;
-      FM d_router("d_router", N, E);
-      auto d_logits_h = Kokkos::create_mirror_view(d_router);
-      for (int64_t t = 0; t < N; ++t) {
-        double mx = logits_h(t, 0);
-        for (int64_t e = 1; e < E; ++e) mx = std::max(mx, double(logits_h(t, e)));
-        double sum = 0;
-        std::vector<double> p(E), dp(E);
-        for (int64_t e = 0; e < E; ++e) sum += p[e] = std::exp(double(logits_h(t, e)) - mx);
-        const double log_z = mx + std::log(sum);
-        // dprobs carries the loss scale already (it comes from the scaled LM gradient); the
-        // router losses' own terms get it here.
-        double dot = 0;
-        for (int64_t e = 0; e < E; ++e) {
-          p[e] /= sum;
-          dp[e] = dprobs_h(t, e) + loss_scale_ * aux_w * double(E) * fraction[e] / double(N);
-          dot += p[e] * dp[e];
-        }
-        for (int64_t e = 0; e < E; ++e) {
-          d_logits_h(t, e) = float(p[e] * (dp[e] - dot) + loss_scale_ * z_w * 2.0 * log_z * p[e] / double(N));
-        }
-      }
-      Kokkos::deep_copy(d_router, d_logits_h);
+      FM d_router = fresh_f("d_router", N, E);
+      OPENMOE_RETURN_IF_ERROR(kernels::RouterLossBackward<ExecSpace>(
+          space, router_f, a.experts, CFM(dprobs), aux_w, z_w, loss_scale_, d_router,
+          Kokkos::subview(router_parts_d, std::make_pair(2 * moe_index, 2 * moe_index + 2))));
+      ++moe_index;
       FM dx_router("dx_router", N, H);
       OPENMOE_ASSIGN_OR_RETURN(CM d_router_t, to_t(CFM(d_router)));
       OPENMOE_RETURN_IF_ERROR(matmul_sum({{d_router_t, W(pre + ".mlp.gate_weight", E, H)}}, dx_router));
@@ -524,7 +500,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   }
   Kokkos::fence();
   double aux_sum = 0, z_sum = 0;
-  for (auto [aux, z] : router_parts) aux_sum += aux, z_sum += z;
+  auto router_parts = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), router_parts_d);
+  for (int64_t j = 0; j < moe_index; ++j) aux_sum += router_parts(2 * j), z_sum += router_parts(2 * j + 1);
   parts.router_aux = c.router_aux_loss_factor * aux_sum / moe_layers;
   parts.router_z   = c.router_z_loss_factor * z_sum / moe_layers;
   parts.total      = parts.lm + parts.router_aux + parts.router_z;
