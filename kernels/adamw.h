@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "openmoe/core/bf16.h"
 #include "openmoe/core/tensor_types.h"
 
 namespace openmoe::kernels {
@@ -27,6 +28,15 @@ template <class ExecSpace>
 absl::Status AdamWStep(const ExecSpace& space, Vector<float, ExecSpace> param,
                        ConstVector<float, ExecSpace> grad, Vector<float, ExecSpace> m,
                        Vector<float, ExecSpace> v, int64_t step, const AdamWOptions& options);
+
+// The same step, also writing the updated weights rounded to T (bf16 or f16) into working [n]:
+// the 16-bit copy a mixed-precision step computes with, refreshed in the optimizer's pass over
+// the weights instead of a separate conversion. param, m, v as AdamWStep's, bit for bit.
+template <class T, class ExecSpace>
+absl::Status AdamWStepAndCast(const ExecSpace& space, Vector<float, ExecSpace> param,
+                              ConstVector<float, ExecSpace> grad, Vector<float, ExecSpace> m,
+                              Vector<float, ExecSpace> v, int64_t step, const AdamWOptions& options,
+                              Vector<T, ExecSpace> working);
 
 }  // namespace openmoe::kernels
 

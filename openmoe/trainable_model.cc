@@ -92,6 +92,15 @@ absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::FromCheckpo
 }
 
 template <class ExecSpace>
+Vector<uint16_t, ExecSpace> TrainableModel<ExecSpace>::flat_working() {
+  if (int64_t(flat_working_.extent(0)) != layout_.total()) {
+    flat_working_ = Vector<uint16_t, ExecSpace>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "working"), layout_.total());
+    working_current_ = false;
+  }
+  return flat_working_;
+}
+
+template <class ExecSpace>
 void TrainableModel<ExecSpace>::AllocateFlatBuffers() {
   layout_ = ParameterLayout(table_);
   flat_params_ = Vector<float, ExecSpace>("params", layout_.total());  // zero: the gaps stay 0
@@ -185,12 +194,13 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   Kokkos::deep_copy(space, flat_grads_, 0.0f);
   if constexpr (!kFloat) {  // 16-bit working weights from the fp32 masters: one conversion
     const int64_t total = layout_.total();
-    if (int64_t(flat_working_.extent(0)) != total) {
-      flat_working_ = Vector<uint16_t, ExecSpace>(Kokkos::view_alloc(Kokkos::WithoutInitializing, "working"), total);
+    Vector<uint16_t, ExecSpace> working = flat_working();
+    if (!working_current_) {  // (the optimizer wrote them with the weights: nothing to do)
+      OPENMOE_RETURN_IF_ERROR((kernels::Convert<float, T>(space, CFM(flat_params_.data(), 1, total),
+                                                          Matrix<T, ExecSpace>(reinterpret_cast<T*>(working.data()), 1, total))));
     }
-    OPENMOE_RETURN_IF_ERROR((kernels::Convert<float, T>(space, CFM(flat_params_.data(), 1, total),
-                                                        Matrix<T, ExecSpace>(reinterpret_cast<T*>(flat_working_.data()), 1, total))));
   }
+  working_current_ = false;
   auto W = [&](const std::string& name, int64_t rows, int64_t cols) { return CM(Working<T>(name), rows, cols); };
   auto WV = [&](const std::string& name) { return ConstVector<T, ExecSpace>(Working<T>(name), H); };
   // Float views of run-dtype data and run-dtype views of float gradients (no copy for float runs).

@@ -55,6 +55,12 @@ class TrainableModel {
   const ParameterLayout& layout() const { return layout_; }
   Vector<float, ExecSpace> flat_params() const { return flat_params_; }
   Vector<float, ExecSpace> flat_grads() const { return flat_grads_; }
+  // The 16-bit working copy of flat_params() that a bf16 / fp16 step computes with [total],
+  // allocated here if needed (raw bits of the step's type). An optimizer that writes it together
+  // with the weights (kernels::AdamWStepAndCast) calls MarkWorkingCopyCurrent(): the next step
+  // then skips its own conversion. Any other change of the weights must not call it.
+  Vector<uint16_t, ExecSpace> flat_working();
+  void MarkWorkingCopyCurrent() { working_current_ = true; }
 
   // Activation recomputation (gradient checkpointing): the forward pass keeps only each layer's
   // input, and the backward pass runs the layer again before its gradients; same results.
@@ -97,6 +103,7 @@ class TrainableModel {
   // The 16-bit copy of flat_params_ (bf16 / fp16 runs), same layout: raw bits, read as the step's
   // type; allocated by the first 16-bit step.
   Vector<uint16_t, ExecSpace> flat_working_;
+  bool working_current_ = false;  // one-shot: set by MarkWorkingCopyCurrent, cleared by the step
   std::map<std::string, Vector<float, ExecSpace>> params_, grads_;  // HF name -> view into the flat buffers
 };
 

@@ -91,5 +91,38 @@ TYPED_TEST(AdamWTest, ThreeStepsFromNonZeroMomentsMatchHandComputedValues) {
   }
 }
 
+// The fused step (weights rounded into the 16-bit working copy in AdamW's pass) leaves weights and
+// moments bit-identical to AdamWStep, and the copy equals the updated weights rounded to T, as a
+// separate conversion would give (FromFloat, round to nearest even). Seed 17, 1000 elements.
+template <class T, class Space>
+void ExpectFusedCastMatchesStepThenRound() {
+  const int64_t n = 1000;
+  kernels::AdamWOptions options;
+  options.lr = 1e-2, options.weight_decay = 0.1;
+  const std::vector<float> p0 = testing::RandomNormal(n, 1.0f, 17), g = testing::RandomNormal(n, 0.1f, 18);
+  auto pa = testing::ToDevice<Space>(p0, 1, n), pb = testing::ToDevice<Space>(p0, 1, n), gd = testing::ToDevice<Space>(g, 1, n);
+  Vector<float, Space> ma("ma", n), va("va", n), mb("mb", n), vb("vb", n);
+  Vector<T, Space> working("working", n);
+  for (int64_t step = 1; step <= 2; ++step) {
+    ASSERT_TRUE(kernels::AdamWStep<Space>(Space(), Vector<float, Space>(pa.data(), n), ConstVector<float, Space>(gd.data(), n), ma, va,
+                                          step, options).ok());
+    ASSERT_TRUE((kernels::AdamWStepAndCast<T, Space>(Space(), Vector<float, Space>(pb.data(), n), ConstVector<float, Space>(gd.data(), n),
+                                                     mb, vb, step, options, working).ok()));
+  }
+  const std::vector<float> a = testing::ToHost(pa), b = testing::ToHost(pb);
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(testing::ToHost(ma), testing::ToHost(mb));
+  EXPECT_EQ(testing::ToHost(va), testing::ToHost(vb));
+  const std::vector<T> w = testing::ToHost(working);
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(ToFloat(w[i]), ToFloat(FromFloat<T>(a[i]))) << "working[" << i << "] of weight " << a[i] << " on " << Space::name();
+  }
+}
+
+TYPED_TEST(AdamWTest, FusedCastMatchesStepThenRound) {
+  ExpectFusedCastMatchesStepThenRound<bf16, TypeParam>();
+  ExpectFusedCastMatchesStepThenRound<f16, TypeParam>();
+}
+
 }  // namespace
 }  // namespace openmoe
