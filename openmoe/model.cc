@@ -282,7 +282,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
   Matrix<T, ExecSpace> act        = Buffer2<T>("moe.act", E * C, I);         // [E*C, I]
   Matrix<T, ExecSpace> expert_out = Buffer2<T>("moe.expert_out", E * C, H);  // [E*C, H]
   profile_.Mark(space, "moe.router");
-  OPENMOE_RETURN_IF_ERROR(kernels::Dispatch<T>(space, x, experts, rank, C, dispatched));
+  OPENMOE_RETURN_IF_ERROR(dispatcher_->Dispatch(space, x, experts, rank, C, dispatched));
   profile_.Mark(space, "moe.dispatch+combine");
   // Whole queues only where decode graphs exist (CUDA); host backends multiply the rows in use.
   const bool whole_queues = kIsCuda<ExecSpace> && C <= kWholeQueueRows;
@@ -333,7 +333,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
     }
   }
   profile_.Mark(space, "moe.experts");
-  OPENMOE_RETURN_IF_ERROR(kernels::Combine<T>(space, expert_out, probs, experts, rank, C, out));
+  OPENMOE_RETURN_IF_ERROR(dispatcher_->Combine(space, ConstMatrix<T, ExecSpace>(expert_out), probs, experts, rank, C, out));
   profile_.Mark(space, "moe.dispatch+combine");
 
   return RecordStats(layer, C, router_logits, rank, stats);

@@ -24,6 +24,7 @@
 #include "openmoe/checkpoint.h"
 #include "openmoe/config.h"
 #include "openmoe/decode_graph.h"
+#include "openmoe/token_dispatcher.h"
 #include "openmoe/core/bf16.h"
 #include "openmoe/core/op_timer.h"
 #include "openmoe/core/tensor_types.h"
@@ -152,6 +153,9 @@ class OpenMoeModel {
   int64_t host_syncs_ = 0;  // named device->host syncs ("moe.expert_counts_to_host")
   uint64_t workspace_generation_ = 0;  // bumped when a work buffer is reallocated
   bool decode_graphs_ = true;
+  // The dispatch path's token movement (every expert on this device; expert-parallel inference
+  // is not built yet, so the model holds all experts).
+  std::shared_ptr<TokenDispatcher<ExecSpace>> dispatcher_ = std::make_shared<SingleRankDispatcher<ExecSpace>>();
   std::shared_ptr<DecodeGraphs<ExecSpace>> graphs_;  // created on the first graphed step
 
  public:

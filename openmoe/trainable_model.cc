@@ -189,6 +189,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   const int64_t N = B * S, H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size, E = c.num_experts;
   const int64_t Nh = c.num_attention_heads, Nkv = c.num_key_value_heads, Dh = c.head_dim;
   const int64_t Wq = Nh * Dh, Wkv = Nkv * Dh, L = c.num_hidden_layers;
+  const int64_t e0 = dispatcher_->first_local_expert(), El = dispatcher_->local_experts(E);  // this rank's experts
   const float eps = c.rms_norm_eps;
   ExecSpace space;
   Kokkos::deep_copy(space, flat_grads_, 0.0f);
@@ -287,24 +288,25 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       OPENMOE_RETURN_IF_ERROR(kernels::RouterTop2<T>(space, a.router_logits, a.probs, a.experts));
       OPENMOE_RETURN_IF_ERROR(kernels::AssignSlots<ExecSpace>(space, a.experts, E, a.rank));
       const int64_t C = a.capacity = kernels::ExpertCapacity(N, E, c.router_capacity_factor_train, c.router_min_capacity);
-      a.dispatched = M("dispatched", E * C, H), a.eg = M("eg", E * C, 2 * I), a.eu = M("eu", E * C, I);
-      a.eact = M("eact", E * C, I), a.eo = M("eo", E * C, H);
-      OPENMOE_RETURN_IF_ERROR(kernels::Dispatch<T>(space, a.x2, a.experts, a.rank, C, a.dispatched));
-      const T* wi_gate = Working<T>(pre + ".mlp.experts.wi_gate");
-      const T* wi_up   = Working<T>(pre + ".mlp.experts.wi_up");
-      const T* wo      = Working<T>(pre + ".mlp.experts.wo");
-      for (int64_t e = 0; e < E; ++e) {
+      // This rank's experts [e0, e0 + El): their weights and expert-major rows [El * C, ...].
+      a.dispatched = M("dispatched", El * C, H), a.eg = M("eg", El * C, 2 * I), a.eu = M("eu", El * C, I);
+      a.eact = M("eact", El * C, I), a.eo = M("eo", El * C, H);
+      OPENMOE_RETURN_IF_ERROR(dispatcher_->Dispatch(space, CM(a.x2), a.experts, a.rank, C, a.dispatched));
+      const T* wi_gate = Working<T>(pre + ".mlp.experts.wi_gate") + e0 * H * 2 * I;
+      const T* wi_up   = Working<T>(pre + ".mlp.experts.wi_up") + e0 * H * I;
+      const T* wo      = Working<T>(pre + ".mlp.experts.wo") + e0 * I * H;
+      for (int64_t e = 0; e < El; ++e) {
         OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, CM(rows_of(a.dispatched, e * C, (e + 1) * C)),
                                                    CM(wi_gate + e * H * 2 * I, H, 2 * I), rows_of(a.eg, e * C, (e + 1) * C)));
         OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, CM(rows_of(a.dispatched, e * C, (e + 1) * C)),
                                                    CM(wi_up + e * H * I, H, I), rows_of(a.eu, e * C, (e + 1) * C)));
       }
       OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<T>(space, a.eg, a.eu, a.eact));
-      for (int64_t e = 0; e < E; ++e) {
+      for (int64_t e = 0; e < El; ++e) {
         OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, CM(rows_of(a.eact, e * C, (e + 1) * C)),
                                                    CM(wo + e * I * H, I, H), rows_of(a.eo, e * C, (e + 1) * C)));
       }
-      OPENMOE_RETURN_IF_ERROR(kernels::Combine<T>(space, a.eo, a.probs, a.experts, a.rank, C, delta));
+      OPENMOE_RETURN_IF_ERROR(dispatcher_->Combine(space, CM(a.eo), CFM(a.probs), a.experts, a.rank, C, delta));
       OPENMOE_RETURN_IF_ERROR(add(h, delta));
       a.h2 = copy(h), a.x3 = M("x3", N, H);
       OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h2, WV(pre + ".pre_extra_mlp_layernorm.weight"), a.x3, eps));
@@ -421,20 +423,20 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       OPENMOE_RETURN_IF_ERROR(mlp_backward(pre + ".extra_mlp", CM(a.x3), a.mlp, CFM(dh), dx));
       OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".pre_extra_mlp_layernorm.weight", CM(a.h2), CFM(dx)));
       // Experts: dh is the gradient of the combined output.
-      FM d_eo("d_eo", E * C, H), dprobs("dprobs", N, E), d_eact("d_eact", E * C, I);
-      FM d_eg("d_eg", E * C, 2 * I), d_eu("d_eu", E * C, I), d_disp("d_disp", E * C, H);
+      FM d_eo("d_eo", El * C, H), dprobs("dprobs", N, E), d_eact("d_eact", El * C, I);
+      FM d_eg("d_eg", El * C, 2 * I), d_eu("d_eu", El * C, I), d_disp("d_disp", El * C, H);
       OPENMOE_ASSIGN_OR_RETURN(CFM eo_f, to_f(CM(a.eo)));
-      OPENMOE_RETURN_IF_ERROR(kernels::CombineBackward<ExecSpace>(space, CFM(dh), eo_f, CFM(a.probs), a.experts, a.rank,
-                                                                  C, d_eo, dprobs));
-      const T* wi_gate = Working<T>(pre + ".mlp.experts.wi_gate");
-      const T* wi_up   = Working<T>(pre + ".mlp.experts.wi_up");
-      const T* wo      = Working<T>(pre + ".mlp.experts.wo");
-      float* g_wi_gate = grads_.at(pre + ".mlp.experts.wi_gate").data();
-      float* g_wi_up   = grads_.at(pre + ".mlp.experts.wi_up").data();
-      float* g_wo      = grads_.at(pre + ".mlp.experts.wo").data();
+      OPENMOE_RETURN_IF_ERROR(dispatcher_->CombineBackward(space, CFM(dh), eo_f, CFM(a.probs), a.experts, a.rank, C, d_eo,
+                                                           dprobs));
+      const T* wi_gate = Working<T>(pre + ".mlp.experts.wi_gate") + e0 * H * 2 * I;
+      const T* wi_up   = Working<T>(pre + ".mlp.experts.wi_up") + e0 * H * I;
+      const T* wo      = Working<T>(pre + ".mlp.experts.wo") + e0 * I * H;
+      float* g_wi_gate = grads_.at(pre + ".mlp.experts.wi_gate").data() + e0 * H * 2 * I;
+      float* g_wi_up   = grads_.at(pre + ".mlp.experts.wi_up").data() + e0 * H * I;
+      float* g_wo      = grads_.at(pre + ".mlp.experts.wo").data() + e0 * I * H;
       OPENMOE_ASSIGN_OR_RETURN(CFM eg_f, to_f(CM(a.eg)));
       OPENMOE_ASSIGN_OR_RETURN(CFM eu_f, to_f(CM(a.eu)));
-      for (int64_t e = 0; e < E; ++e) {
+      for (int64_t e = 0; e < El; ++e) {
         // d_eact_e = d_eo_e @ wo_e^T (wo_e [I, H] is Linear's [out = I, in = H]).
         OPENMOE_ASSIGN_OR_RETURN(CM d_eo_t, to_t(CFM(rows_of(d_eo, e * C, (e + 1) * C))));
         M d_eact_t("d_eact_t", C, I);
@@ -444,7 +446,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         OPENMOE_RETURN_IF_ERROR(weight_grad(CM(rows_of(a.eact, e * C, (e + 1) * C)), d_eo_t, FM(g_wo + e * I * H, I, H)));
       }
       OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackward<ExecSpace>(space, eg_f, eu_f, CFM(d_eact), d_eg, d_eu));
-      for (int64_t e = 0; e < E; ++e) {
+      for (int64_t e = 0; e < El; ++e) {
         OPENMOE_ASSIGN_OR_RETURN(CM d_eg_t, to_t(CFM(rows_of(d_eg, e * C, (e + 1) * C))));
         OPENMOE_ASSIGN_OR_RETURN(CM d_eu_t, to_t(CFM(rows_of(d_eu, e * C, (e + 1) * C))));
         M d_disp_t("d_disp_t", C, H);
@@ -457,7 +459,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         OPENMOE_RETURN_IF_ERROR(weight_grad(disp_e, d_eu_t, FM(g_wi_up + e * H * I, H, I)));
       }
       Kokkos::deep_copy(dx, 0.0f);
-      OPENMOE_RETURN_IF_ERROR(kernels::DispatchBackward<ExecSpace>(space, CFM(d_disp), a.experts, a.rank, C, dx));
+      OPENMOE_RETURN_IF_ERROR(dispatcher_->DispatchBackward(space, CFM(d_disp), a.experts, a.rank, C, dx));
       // Router: combine weights + aux loss through the softmax, z-loss on the logits (device;
       // this layer's unweighted aux and z land in router_parts_d, read once after the pass).
       OPENMOE_ASSIGN_OR_RETURN(CFM router_f, to_f(CM(a.router_logits)));

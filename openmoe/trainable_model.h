@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include "openmoe/core/tensor_types.h"
 #include "openmoe/losses.h"
 #include "openmoe/parameter_layout.h"
+#include "openmoe/token_dispatcher.h"
 
 namespace openmoe {
 
@@ -61,6 +63,9 @@ class TrainableModel {
   // then skips its own conversion. Any other change of the weights must not call it.
   Vector<uint16_t, ExecSpace> flat_working();
   void MarkWorkingCopyCurrent() { working_current_ = true; }
+  // How the MoE layers move tokens to their experts and back (SingleRankDispatcher by default:
+  // every expert here). An expert-parallel dispatcher makes this model run its local experts only.
+  void set_token_dispatcher(std::shared_ptr<TokenDispatcher<ExecSpace>> dispatcher) { dispatcher_ = std::move(dispatcher); }
 
   // Activation recomputation (gradient checkpointing): the forward pass keeps only each layer's
   // input, and the backward pass runs the layer again before its gradients; same results.
@@ -103,7 +108,8 @@ class TrainableModel {
   // The 16-bit copy of flat_params_ (bf16 / fp16 runs), same layout: raw bits, read as the step's
   // type; allocated by the first 16-bit step.
   Vector<uint16_t, ExecSpace> flat_working_;
-  bool working_current_ = false;  // one-shot: set by MarkWorkingCopyCurrent, cleared by the step
+  bool working_current_ = false;
+  std::shared_ptr<TokenDispatcher<ExecSpace>> dispatcher_ = std::make_shared<SingleRankDispatcher<ExecSpace>>();  // one-shot: set by MarkWorkingCopyCurrent, cleared by the step
   std::map<std::string, Vector<float, ExecSpace>> params_, grads_;  // HF name -> view into the flat buffers
 };
 

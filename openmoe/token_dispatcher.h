@@ -1,0 +1,89 @@
+// File: openmoe/token_dispatcher.h
+// The seam of the MoE block where expert parallelism plugs in: routing (router logits -> top-2 ->
+// queue slots) happens before it, the experts run on the expert-major rows it produces, and it
+// brings their outputs back to the tokens.
+//
+//   route:    experts [N, 2], rank [N, 2], probs [N, E], capacity C      (the same on every rank)
+//   Dispatch: x [N, H]                        -> dispatched [E_local * C, H] (this rank's experts)
+//   experts:  dispatched                      -> expert_out [E_local * C, H]
+//   Combine:  expert_out, probs               -> y [N, H]
+// and, for training, the float32 gradients of both steps in the reverse direction. Dispatch and
+// Combine take the activation types of the models (float, bf16, f16).
+//
+// SingleRankDispatcher holds every expert (E_local = E) and moves rows within the device: what the
+// model did before the seam existed. An expert-parallel dispatcher (parallel/) exchanges the
+// capacity-padded rows [ep, E_local, C, H] with an equal-count all-to-all (openmoe/comm) and
+// returns them the same way; every implementation keeps an expert's rows in slot order.
+#ifndef OPENMOE_TOKEN_DISPATCHER_H_
+#define OPENMOE_TOKEN_DISPATCHER_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "openmoe/core/bf16.h"
+#include "openmoe/core/tensor_types.h"
+
+namespace openmoe {
+
+#define OPENMOE_DISPATCH_METHODS_(T, SPEC)                                                                          \
+  /* dispatched [local_experts * C, H]: row e * C + slot holds the token in that slot of local expert e; */         \
+  /* empty slots are 0. */                                                                                          \
+  virtual absl::Status Dispatch(const ExecSpace& space, ConstMatrix<T, ExecSpace> x,                                \
+                                ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,      \
+                                int64_t capacity, Matrix<T, ExecSpace> dispatched) SPEC;                            \
+  /* y [N, H] (written) = sum over each token's kept assignments of probs(t, e) * its expert's row. */             \
+  virtual absl::Status Combine(const ExecSpace& space, ConstMatrix<T, ExecSpace> expert_out,                        \
+                               ConstMatrix<float, ExecSpace> probs, ConstMatrix<int32_t, ExecSpace> experts,        \
+                               ConstMatrix<int32_t, ExecSpace> rank, int64_t capacity, Matrix<T, ExecSpace> y) SPEC;
+
+template <class ExecSpace>
+class TokenDispatcher {
+ public:
+  virtual ~TokenDispatcher() = default;
+
+  // The experts this rank runs: [first_local_expert(), first_local_expert() + local_experts(E)).
+  virtual int64_t first_local_expert() const = 0;
+  virtual int64_t local_experts(int64_t num_experts) const = 0;
+
+  OPENMOE_DISPATCH_METHODS_(float, = 0)
+  OPENMOE_DISPATCH_METHODS_(bf16, = 0)
+  OPENMOE_DISPATCH_METHODS_(f16, = 0)
+
+  // Training (float32): d_expert_out [local * C, H] and dprobs [N, E] (written) from dy [N, H].
+  virtual absl::Status CombineBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> dy,
+                                       ConstMatrix<float, ExecSpace> expert_out, ConstMatrix<float, ExecSpace> probs,
+                                       ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
+                                       int64_t capacity, Matrix<float, ExecSpace> d_expert_out,
+                                       Matrix<float, ExecSpace> dprobs) = 0;
+  // dx [N, H] += the rows of d_dispatched [local * C, H] of each token's kept assignments.
+  virtual absl::Status DispatchBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> d_dispatched,
+                                        ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
+                                        int64_t capacity, Matrix<float, ExecSpace> dx) = 0;
+};
+
+// Every expert on this device: the rows move within its memory (kernels/moe.h, backward.h).
+template <class ExecSpace>
+class SingleRankDispatcher final : public TokenDispatcher<ExecSpace> {
+ public:
+  int64_t first_local_expert() const override { return 0; }
+  int64_t local_experts(int64_t num_experts) const override { return num_experts; }
+
+  OPENMOE_DISPATCH_METHODS_(float, override)
+  OPENMOE_DISPATCH_METHODS_(bf16, override)
+  OPENMOE_DISPATCH_METHODS_(f16, override)
+
+  absl::Status CombineBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> dy,
+                               ConstMatrix<float, ExecSpace> expert_out, ConstMatrix<float, ExecSpace> probs,
+                               ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
+                               int64_t capacity, Matrix<float, ExecSpace> d_expert_out,
+                               Matrix<float, ExecSpace> dprobs) override;
+  absl::Status DispatchBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> d_dispatched,
+                                ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
+                                int64_t capacity, Matrix<float, ExecSpace> dx) override;
+};
+
+#undef OPENMOE_DISPATCH_METHODS_
+
+}  // namespace openmoe
+
+#endif  // OPENMOE_TOKEN_DISPATCHER_H_
