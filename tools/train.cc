@@ -56,7 +56,7 @@ ABSL_FLAG(std::string, resume, "", "Continue from a step-N folder or an --output
           "flags given again override them. Bit-identical to an uninterrupted run.");
 ABSL_FLAG(std::string, dump_step_state, "", "After the first optimizer step, write loss.*, grad.<param> (step-1 "
           "gradient) and param.<param> (after the step) to this safetensors file.");
-ABSL_FLAG(bool, progress, true, "Progress bar on stderr.");
+ABSL_FLAG(bool, progress, true, "Progress on stderr: a bar redrawn in place on a terminal, one line per step otherwise.");
 ABSL_FLAG(int64_t, max_shard_bytes, int64_t(5) << 30, "Checkpoint weights larger than this are written as "
           "model-0000K-of-0000N.safetensors shards plus model.safetensors.index.json.");
 ABSL_FLAG(bool, grad_checkpoint, false, "Activation recomputation (upstream's gradient checkpointing): keep only "
@@ -156,7 +156,7 @@ int main(int argc, char** argv) {
   if (use("max_shard_bytes")) o.max_shard_bytes = absl::GetFlag(FLAGS_max_shard_bytes);
   o.resume = ResolvePath(absl::GetFlag(FLAGS_resume));
   o.dump_step_state = ResolvePath(absl::GetFlag(FLAGS_dump_step_state));
-  o.progress = absl::GetFlag(FLAGS_progress) && isatty(2);
+  o.progress = absl::GetFlag(FLAGS_progress);
   // Loss factors: a value >= 0 sets one; a negative one given explicitly means the config's.
   const std::pair<const char*, std::pair<double, std::optional<double>*>> factors[] = {
       {"label_smoothing", {absl::GetFlag(FLAGS_label_smoothing), &o.label_smoothing}},

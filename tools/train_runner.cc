@@ -95,6 +95,27 @@ absl::Status Validate(const TrainOptions& o) {
   return absl::OkStatus();
 }
 
+// AdamW over the flat buffers; bf16 / fp16 runs write the rounded weights into the model's
+// working copy in the same pass (AdamWStepAndCast) and tell the model so.
+absl::Status OptimizerStep(Run& run, Vector<float, Space> grads, const kernels::AdamWOptions& adamw,
+                           const std::string& precision) {
+  Optimizer& opt = run.optimizer;
+  if (precision == "fp32") {
+    return kernels::AdamWStep<Space>(Space(), run.model.flat_params(), grads, opt.flat_m, opt.flat_v, opt.steps, adamw);
+  }
+  Vector<uint16_t, Space> bits = run.model.flat_working();
+  absl::Status status;
+  if (precision == "bf16") {
+    status = kernels::AdamWStepAndCast<bf16, Space>(Space(), run.model.flat_params(), grads, opt.flat_m, opt.flat_v, opt.steps,
+                                                    adamw, Vector<bf16, Space>(reinterpret_cast<bf16*>(bits.data()), bits.extent(0)));
+  } else {
+    status = kernels::AdamWStepAndCast<f16, Space>(Space(), run.model.flat_params(), grads, opt.flat_m, opt.flat_v, opt.steps,
+                                                   adamw, Vector<f16, Space>(reinterpret_cast<f16*>(bits.data()), bits.extent(0)));
+  }
+  if (status.ok()) run.model.MarkWorkingCopyCurrent();
+  return status;
+}
+
 }  // namespace
 
 absl::Status RunTraining(const TrainOptions& o) {
@@ -242,6 +263,7 @@ absl::Status RunTraining(const TrainOptions& o) {
   kernels::AdamWOptions adamw;
   adamw.weight_decay = o.weight_decay;
   const auto t0 = std::chrono::steady_clock::now();
+  const bool terminal = isatty(2);
   int64_t steps_this_run = 0;
   bool saved_last = false;
   for (int64_t epoch = start.epoch; epoch < o.num_epochs && run.position.step < total_steps; ++epoch) {
@@ -289,10 +311,10 @@ absl::Status RunTraining(const TrainOptions& o) {
       adamw.lr = LearningRate(o, step, total_steps);
       if (apply) {
         ++run.optimizer.steps;
-        // Clipping and AdamW over the flat buffers: one kernel each for every parameter.
+        // Clipping and AdamW over the flat buffers: one kernel each for every parameter; mixed
+        // precision also refreshes the 16-bit working copy in AdamW's pass.
         if (clip != 1.0f) OPENMOE_RETURN_IF_ERROR(kernels::Scale<Space>(Space(), flat_grads, clip));
-        OPENMOE_RETURN_IF_ERROR(kernels::AdamWStep<Space>(Space(), run.model.flat_params(), flat_grads, run.optimizer.flat_m,
-                                                          run.optimizer.flat_v, run.optimizer.steps, adamw));
+        OPENMOE_RETURN_IF_ERROR(OptimizerStep(run, flat_grads, adamw, o.precision));
       }
       Kokkos::fence();
       run.position = {step, epoch, batch + 1};
@@ -321,12 +343,15 @@ absl::Status RunTraining(const TrainOptions& o) {
       line["grad_norm"] = grad_norm, line["tokens_per_s"] = tokens_per_s;
       if (fp16) line["loss_scale"] = loss_scale, line["skipped"] = !apply;
       metrics << line.dump() << "\n" << std::flush;
-      if (o.progress) {
+      const double eta = elapsed / double(steps_this_run) * double(total_steps - step);
+      if (o.progress && terminal) {  // one bar, redrawn in place
         const int width = 30, filled = int(width * double(step) / double(total_steps));
-        const double eta = elapsed / double(steps_this_run) * double(total_steps - step);
         std::fprintf(stderr, "\rstep %lld/%lld [%s%s] loss %.4f | %.0f tok/s | ETA %s   ", (long long)step,
                      (long long)total_steps, std::string(filled, '#').c_str(), std::string(width - filled, '-').c_str(),
                      loss.total, tokens_per_s, Duration(eta).c_str());
+      } else if (o.progress) {  // a log file or pipe: one plain line per step
+        std::fprintf(stderr, "step %lld/%lld loss %.4f lr %.3g | %.0f tok/s | ETA %s\n", (long long)step,
+                     (long long)total_steps, loss.total, adamw.lr, tokens_per_s, Duration(eta).c_str());
       }
       saved_last = false;
       if (step % o.save_interval == 0) {
@@ -335,10 +360,13 @@ absl::Status RunTraining(const TrainOptions& o) {
       }
     }
   }
-  if (o.progress) std::fprintf(stderr, "\n");
+  if (o.progress && terminal) std::fprintf(stderr, "\n");
   if (!saved_last && steps_this_run > 0) OPENMOE_RETURN_IF_ERROR(SaveCheckpoint(run));
   const std::string png = (fs::path(o.output_path) / "loss_curve.png").string();
-  OPENMOE_RETURN_IF_ERROR(WriteLossCurvePng(png, losses));
+  // Every step of metrics.jsonl (those before a resume too) with its lr; the summed loss per label position.
+  OPENMOE_ASSIGN_OR_RETURN(LossCurve curve, ReadLossCurve(metrics_file));
+  for (double& l : curve.losses) l /= double(B * std::max<int64_t>(1, S - 1));
+  OPENMOE_RETURN_IF_ERROR(WriteLossCurvePng(png, curve.steps, curve.losses, curve.learning_rates));
   if (!losses.empty()) {
     std::fprintf(stderr, "done: step %lld, loss %.4f (first %.4f); checkpoint %s/step-%lld, curve %s\n",
                  (long long)run.position.step, losses.back(), losses.front(), o.output_path.c_str(),
