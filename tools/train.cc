@@ -1,11 +1,13 @@
 // train: fine-tunes an OpenMoE model (single device, fp32 master weights) with the flags of
-// Colossal-AI's OpenMoE train.py; see --help and tools/train_runner.h for the output layout.
+// Colossal-AI's OpenMoE train.py: flags -> openmoe::train::TrainOptions -> openmoe::train::Trainer
+// (openmoe/train/trainer.h; output layout in openmoe/train/checkpoint.h), then the loss curve.
 //
 //   bazel run //tools:train          # default run: the embedded tiny model on the shipped data
 //   bazel run //tools:train -- --model DIR --dataset data.jsonl --output_path out --batch_size 4
-#include <unistd.h>
-
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <cstdlib>
 #include <optional>
 #include <string>
@@ -17,8 +19,11 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "openmoe/core/status_macros.h"
+#include "openmoe/train/checkpoint.h"
+#include "openmoe/train/trainer.h"
 #include "tools/cli_flags.h"
-#include "tools/train_runner.h"
+#include "tools/loss_plot.h"
 
 ABSL_FLAG(std::string, model, "", "Model folder to fine-tune (config.json, weights; tokenizer.model for text data).");
 ABSL_FLAG(std::string, model_name, "", "Instead of --model: random init of a preset, base | 8b | 34b (upstream's "
@@ -88,6 +93,27 @@ int Fail(const std::string& message) {
   return 2;
 }
 
+// The run, then output_path/loss_curve.png from every step of metrics.jsonl (those before a
+// resume too), the summed loss per label position.
+absl::Status Train(const openmoe::train::TrainOptions& options) {
+  OPENMOE_ASSIGN_OR_RETURN(openmoe::train::Trainer trainer, openmoe::train::Trainer::Create(options));
+  OPENMOE_RETURN_IF_ERROR(trainer.Run());
+  const std::string png = (std::filesystem::path(options.output_path) / "loss_curve.png").string();
+  OPENMOE_ASSIGN_OR_RETURN(openmoe::tools::LossCurve curve, openmoe::tools::ReadLossCurve(trainer.metrics_path()));
+  std::vector<double> finite;
+  for (double& l : curve.losses) {
+    if (std::isfinite(l)) finite.push_back(l);  // the first and last for the summary (fp16 overflow steps have none)
+    l /= double(options.batch_size * std::max<int64_t>(1, trainer.seq_len() - 1));
+  }
+  OPENMOE_RETURN_IF_ERROR(openmoe::tools::WriteLossCurvePng(png, curve.steps, curve.losses, curve.learning_rates));
+  if (!finite.empty()) {
+    std::fprintf(stderr, "done: step %lld, loss %.4f (first %.4f); checkpoint %s/step-%lld, curve %s\n",
+                 (long long)trainer.position().step, finite.back(), finite.front(), options.output_path.c_str(),
+                 (long long)trainer.position().step, png.c_str());
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -110,13 +136,13 @@ int main(int argc, char** argv) {
                   "upstream's multi-GPU plugins or fused kernels. Drop the flag to train on one device.");
     }
   }
-  openmoe::tools::TrainOptions o;
+  openmoe::train::TrainOptions o;
   // --resume DIR: the checkpoint's run_config.json gives the run's own options (model, data,
   // hyperparameters, output folder); flags given again override them.
   bool restored = false;
   if (FlagGiven("resume")) {
     const std::string resume = ResolvePath(absl::GetFlag(FLAGS_resume));
-    absl::StatusOr<bool> loaded = openmoe::tools::LoadRunConfig(resume, o);
+    absl::StatusOr<bool> loaded = openmoe::train::LoadRunConfig(resume, o);
     if (!loaded.ok()) return Fail(std::string(loaded.status().message()));
     restored = *loaded;
     if (restored) std::fprintf(stderr, "--resume: the run's options from %s (flags given here override them)\n", resume.c_str());
@@ -171,7 +197,7 @@ int main(int argc, char** argv) {
 
   setenv("OMP_PROC_BIND", "false", 0);
   Kokkos::ScopeGuard kokkos(argc, argv);
-  const absl::Status status = openmoe::tools::RunTraining(o);
+  const absl::Status status = Train(o);
   if (!status.ok()) return Fail(std::string(status.message()));
   return 0;
 }

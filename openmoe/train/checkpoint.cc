@@ -1,22 +1,24 @@
-#include "tools/train_checkpoint.h"
+#include "openmoe/train/checkpoint.h"
 
 #include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "openmoe/config.h"
 #include "openmoe/core/status_macros.h"
 #include "openmoe/io/safetensors.h"
+#include "openmoe/train/text_files.h"
 
-namespace openmoe::tools {
+namespace openmoe::train {
 
 namespace fs = std::filesystem;
 using Space = TrainSpace;
@@ -31,27 +33,6 @@ void FromHost(const std::vector<float>& host, Vector<float, Space> v) {
   Kokkos::deep_copy(v, Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(host.data(), host.size()));
 }
 
-absl::StatusOr<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-absl::Status WriteTextAtomically(const std::string& path, const std::string& text) {
-  const std::string tmp = absl::StrCat(path, ".tmp-", getpid());
-  {
-    std::ofstream out(tmp);
-    out << text;
-    if (!out) return absl::UnavailableError(absl::StrCat("cannot write '", tmp, "'"));
-  }
-  std::error_code error;
-  fs::rename(tmp, path, error);
-  if (error) return absl::UnavailableError(absl::StrCat("cannot rename '", tmp, "' to '", path, "': ", error.message()));
-  return absl::OkStatus();
-}
-
 namespace {
 
 std::string Absolute(const std::string& path) {
@@ -59,6 +40,16 @@ std::string Absolute(const std::string& path) {
   std::error_code error;
   const fs::path absolute = fs::absolute(path, error);
   return error ? path : absolute.lexically_normal().string();
+}
+
+// The loss factors of TrainOptions under their run_config.json keys.
+template <class Options>
+auto LossFactors(Options& o) {
+  using Field = decltype(&o.label_smoothing);
+  return std::array<std::pair<const char*, Field>, 4>{{{"label_smoothing", &o.label_smoothing},
+                                                       {"z_loss_factor", &o.z_loss_factor},
+                                                       {"router_aux_loss_factor", &o.router_aux_loss_factor},
+                                                       {"router_z_loss_factor", &o.router_z_loss_factor}}};
 }
 
 // run_config.json: every option of the run that a resume restores (not resume, dump_step_state,
@@ -75,10 +66,7 @@ std::string RunConfigJson(const TrainOptions& o) {
   j["seed"] = o.seed, j["lr"] = o.lr, j["weight_decay"] = o.weight_decay, j["max_grad_norm"] = o.max_grad_norm;
   j["initial_loss_scale"] = o.initial_loss_scale, j["shuffle"] = o.shuffle, j["grad_checkpoint"] = o.grad_checkpoint;
   j["max_shard_bytes"] = o.max_shard_bytes;
-  const std::pair<const char*, const std::optional<double>*> factors[] = {
-      {"label_smoothing", &o.label_smoothing}, {"z_loss_factor", &o.z_loss_factor},
-      {"router_aux_loss_factor", &o.router_aux_loss_factor}, {"router_z_loss_factor", &o.router_z_loss_factor}};
-  for (const auto& [key, value] : factors) j[key] = value->has_value() ? nlohmann::ordered_json(**value) : nullptr;
+  for (const auto& [key, value] : LossFactors(o)) j[key] = value->has_value() ? nlohmann::ordered_json(**value) : nullptr;
   return j.dump(2) + "\n";
 }
 
@@ -99,72 +87,77 @@ void RemoveStaleTemporaries(const fs::path& root) {
   for (const fs::path& path : stale) fs::remove_all(path, error);
 }
 
-}  // namespace
-
-absl::Status SaveCheckpoint(const Run& run) {
-  const fs::path root(run.options.output_path);
-  const std::string name = absl::StrCat("step-", run.position.step);
-  const fs::path tmp = root / absl::StrCat(".", name, ".tmp-", getpid()), final_dir = root / name;
-  std::error_code error;
-  fs::remove_all(tmp, error);
-  fs::create_directories(tmp, error);
-  if (error) return absl::UnavailableError(absl::StrCat("--output_path: cannot create '", tmp.string(), "': ", error.message()));
-  OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "config.json").string(), ConfigToJson(run.model.config())));
-  std::vector<std::vector<float>> hold;  // host copies alive until written
-  std::vector<io::TensorToWrite> weights, state;
-  hold.reserve(3 * run.model.table().size());
-  for (const TensorSpec& spec : run.model.table()) {
-    hold.push_back(ToHost(run.model.param(spec.name)));
-    weights.push_back({spec.name, io::DType::kF32, spec.shape, hold.back().data()});
-    hold.push_back(ToHost(run.optimizer.m.at(spec.name)));
-    state.push_back({"m." + spec.name, io::DType::kF32, spec.shape, hold.back().data()});
-    hold.push_back(ToHost(run.optimizer.v.at(spec.name)));
-    state.push_back({"v." + spec.name, io::DType::kF32, spec.shape, hold.back().data()});
-  }
-  // Weights: one file, or shards of at most max_shard_bytes (a tensor larger than that gets a
-  // shard of its own) with the Hugging Face index.
+// The weights: one model.safetensors, or shards of at most max_shard_bytes (a tensor larger than
+// that gets a shard of its own) with the Hugging Face index.
+absl::Status WriteWeights(const fs::path& dir, const std::vector<io::TensorToWrite>& weights, int64_t max_shard_bytes) {
   std::vector<std::vector<io::TensorToWrite>> shards(1);
   int64_t shard_bytes = 0, total_bytes = 0;
   for (const io::TensorToWrite& t : weights) {
     int64_t bytes = 4;
     for (int64_t d : t.shape) bytes *= d;
-    if (!shards.back().empty() && shard_bytes + bytes > run.options.max_shard_bytes) shards.emplace_back(), shard_bytes = 0;
+    if (!shards.back().empty() && shard_bytes + bytes > max_shard_bytes) shards.emplace_back(), shard_bytes = 0;
     shards.back().push_back(t);
     shard_bytes += bytes, total_bytes += bytes;
   }
-  if (shards.size() == 1) {
-    OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors((tmp / "model.safetensors").string(), weights, {{"format", "pt"}}));
-  } else {
-    nlohmann::ordered_json index;
-    index["metadata"]["total_size"] = total_bytes;
-    for (size_t k = 0; k < shards.size(); ++k) {
-      char name[64];
-      std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", k + 1, shards.size());
-      OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors((tmp / name).string(), shards[k], {{"format", "pt"}}));
-      for (const io::TensorToWrite& t : shards[k]) index["weight_map"][t.name] = name;
-    }
-    OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "model.safetensors.index.json").string(), index.dump(2) + "\n"));
+  if (shards.size() == 1) return io::WriteSafetensors((dir / "model.safetensors").string(), weights, {{"format", "pt"}});
+  nlohmann::ordered_json index;
+  index["metadata"]["total_size"] = total_bytes;
+  for (size_t k = 0; k < shards.size(); ++k) {
+    char name[64];
+    std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", k + 1, shards.size());
+    OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors((dir / name).string(), shards[k], {{"format", "pt"}}));
+    for (const io::TensorToWrite& t : shards[k]) index["weight_map"][t.name] = name;
   }
+  return WriteTextAtomically((dir / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+}
+
+}  // namespace
+
+absl::Status SaveCheckpoint(const CheckpointContents& c) {
+  const TrainOptions& options = *c.options;
+  const TrainModel& model = *c.model;
+  const fs::path root(options.output_path);
+  const std::string name = absl::StrCat("step-", c.position.step);
+  const fs::path tmp = root / absl::StrCat(".", name, ".tmp-", getpid()), final_dir = root / name;
+  std::error_code error;
+  fs::remove_all(tmp, error);
+  fs::create_directories(tmp, error);
+  if (error) return absl::UnavailableError(absl::StrCat("--output_path: cannot create '", tmp.string(), "': ", error.message()));
+  OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "config.json").string(), ConfigToJson(model.config())));
+  std::vector<std::vector<float>> hold;  // host copies alive until written
+  std::vector<io::TensorToWrite> weights, state;
+  hold.reserve(3 * model.table().size());
+  for (const TensorSpec& spec : model.table()) {
+    const ParameterSlot& slot = model.layout().slot(spec.name);
+    hold.push_back(ToHost(model.param(spec.name)));
+    weights.push_back({spec.name, io::DType::kF32, spec.shape, hold.back().data()});
+    hold.push_back(ToHost(c.optimizer->m(slot)));
+    state.push_back({"m." + spec.name, io::DType::kF32, spec.shape, hold.back().data()});
+    hold.push_back(ToHost(c.optimizer->v(slot)));
+    state.push_back({"v." + spec.name, io::DType::kF32, spec.shape, hold.back().data()});
+  }
+  OPENMOE_RETURN_IF_ERROR(WriteWeights(tmp, weights, options.max_shard_bytes));
   OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors((tmp / "trainer_state.safetensors").string(), state));
-  if (!run.tokenizer_file.empty()) {
-    fs::copy_file(run.tokenizer_file, tmp / "tokenizer.model", fs::copy_options::overwrite_existing, error);
+  if (!c.tokenizer_file.empty()) {
+    fs::copy_file(c.tokenizer_file, tmp / "tokenizer.model", fs::copy_options::overwrite_existing, error);
     if (error) return absl::UnavailableError(absl::StrCat("cannot copy the tokenizer: ", error.message()));
   }
   nlohmann::ordered_json j;
-  j["step"] = run.position.step, j["epoch"] = run.position.epoch, j["next_batch"] = run.position.batch;
-  j["seed"] = run.options.seed, j["shuffle"] = run.options.shuffle, j["batch_size"] = run.options.batch_size;
-  j["examples"] = run.data.batch, j["seq_len"] = run.data.seq_len, j["dataset"] = run.options.dataset;
-  j["task_name"] = run.options.task_name;
+  j["step"] = c.position.step, j["epoch"] = c.position.epoch, j["next_batch"] = c.position.batch;
+  j["seed"] = options.seed, j["shuffle"] = options.shuffle, j["batch_size"] = options.batch_size;
+  j["examples"] = c.data_order.examples, j["seq_len"] = c.data_order.seq_len;
+  if (c.data_order.data_parallel_size != 1) j["data_parallel_size"] = c.data_order.data_parallel_size;
+  j["dataset"] = options.dataset, j["task_name"] = options.task_name;
   j["rng"] = "data order = EpochOrder(seed, epoch); no other random state";
-  j["optimizer_steps"] = run.optimizer.steps, j["precision"] = run.options.precision;
-  const LossScalerState& scaler = run.optimizer.scaler.state();
+  j["optimizer_steps"] = c.optimizer->steps(), j["precision"] = options.precision;
+  const LossScalerState& scaler = c.optimizer->scaler().state();
   j["loss_scaler"] = {{"scale", scaler.scale}, {"growth_steps", scaler.growth_steps}, {"overflow_steps", scaler.overflow_steps}};
   OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "trainer_state.json").string(), j.dump(2) + "\n"));
-  OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "run_config.json").string(), RunConfigJson(run.options)));
+  OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "run_config.json").string(), RunConfigJson(options)));
   // Test hook (train_cli_test): die like a killed run with the temporary folder complete but not
   // yet renamed.
   if (const char* die = std::getenv("OPENMOE_TRAIN_TEST_KILL_BEFORE_RENAME_AT_STEP");
-      die != nullptr && std::atoll(die) == run.position.step) {
+      die != nullptr && std::atoll(die) == c.position.step) {
     std::fflush(nullptr);
     kill(getpid(), SIGKILL);
   }
@@ -184,8 +177,6 @@ absl::Status SaveCheckpoint(const Run& run) {
   return absl::OkStatus();
 }
 
-// The folder a --resume argument names: a step-<N> folder, or an output path with `latest`.
-
 absl::StatusOr<std::string> ResumeFolder(const std::string& resume) {
   if (fs::exists(fs::path(resume) / "trainer_state.json")) return resume;
   if (fs::exists(fs::path(resume) / "latest")) {
@@ -194,6 +185,57 @@ absl::StatusOr<std::string> ResumeFolder(const std::string& resume) {
     return (fs::path(resume) / name).string();
   }
   return absl::NotFoundError(absl::StrCat("--resume '", resume, "': no trainer_state.json and no `latest` file there"));
+}
+
+absl::StatusOr<TrainerState> ReadTrainerState(const std::string& folder, double initial_loss_scale) {
+  OPENMOE_ASSIGN_OR_RETURN(const std::string text, ReadText(folder + "/trainer_state.json"));
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(folder, "/trainer_state.json is not valid JSON"));
+  const auto integer = [&](const char* key, int64_t missing) {
+    if (!j.contains(key)) return missing;
+    const nlohmann::json& value = j[key];
+    return value.is_boolean() ? int64_t(value.get<bool>()) : value.is_number() ? value.get<int64_t>() : missing;
+  };
+  TrainerState state;
+  state.position = {integer("step", 0), integer("epoch", 0), integer("next_batch", 0)};
+  state.optimizer_steps = integer("optimizer_steps", state.position.step);
+  if (j.contains("loss_scaler") && j["loss_scaler"].is_object()) {
+    const nlohmann::json& ls = j["loss_scaler"];
+    state.loss_scaler = LossScalerState{ls.value("scale", initial_loss_scale), ls.value("growth_steps", int64_t(0)),
+                                        ls.value("overflow_steps", int64_t(0))};
+  }
+  DataOrder& d = state.data_order;
+  d.batch_size = integer("batch_size", -1), d.examples = integer("examples", -1), d.seq_len = integer("seq_len", -1);
+  d.seed = integer("seed", -1), d.shuffle = integer("shuffle", -1), d.data_parallel_size = integer("data_parallel_size", 1);
+  return state;
+}
+
+absl::Status CheckSameDataOrder(const DataOrder& saved, const DataOrder& now) {
+  const std::pair<const char*, std::pair<int64_t, int64_t>> keys[] = {
+      {"batch_size", {saved.batch_size, now.batch_size}}, {"examples", {saved.examples, now.examples}},
+      {"seq_len", {saved.seq_len, now.seq_len}}, {"seed", {saved.seed, now.seed}}, {"shuffle", {saved.shuffle, now.shuffle}},
+      {"data_parallel_size", {saved.data_parallel_size, now.data_parallel_size}}};
+  for (const auto& [key, values] : keys) {
+    if (values.first != values.second) {
+      return absl::InvalidArgumentError(absl::StrCat("--resume: the checkpoint was trained with ", key, " = ", values.first,
+                                                     ", this run has ", values.second, " (the data order would differ)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LoadOptimizerMoments(const std::string& folder, const TrainModel& model, AdamWOptimizer& optimizer) {
+  OPENMOE_ASSIGN_OR_RETURN(const io::SafetensorsFile file, io::SafetensorsFile::Open(folder + "/trainer_state.safetensors"));
+  for (const TensorSpec& spec : model.table()) {
+    const ParameterSlot& slot = model.layout().slot(spec.name);
+    const int64_t n = spec.numel();
+    std::vector<float> host(n);
+    OPENMOE_RETURN_IF_ERROR(file.ReadAsFloat("m." + spec.name, host.data(), n));
+    FromHost(host, optimizer.m(slot));
+    OPENMOE_RETURN_IF_ERROR(file.ReadAsFloat("v." + spec.name, host.data(), n));
+    FromHost(host, optimizer.v(slot));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<bool> LoadRunConfig(const std::string& resume, TrainOptions& options) {
@@ -215,10 +257,7 @@ absl::StatusOr<bool> LoadRunConfig(const std::string& resume, TrainOptions& opti
     o.weight_decay = j.at("weight_decay").get<double>(), o.max_grad_norm = j.at("max_grad_norm").get<double>();
     o.initial_loss_scale = j.at("initial_loss_scale").get<double>(), o.shuffle = j.at("shuffle").get<bool>();
     o.grad_checkpoint = j.at("grad_checkpoint").get<bool>(), o.max_shard_bytes = j.at("max_shard_bytes").get<int64_t>();
-    const std::pair<const char*, std::optional<double>*> factors[] = {
-        {"label_smoothing", &o.label_smoothing}, {"z_loss_factor", &o.z_loss_factor},
-        {"router_aux_loss_factor", &o.router_aux_loss_factor}, {"router_z_loss_factor", &o.router_z_loss_factor}};
-    for (const auto& [key, value] : factors) {
+    for (const auto& [key, value] : LossFactors(o)) {
       if (j.at(key).is_null()) value->reset();
       else *value = j.at(key).get<double>();
     }
@@ -232,4 +271,4 @@ absl::StatusOr<bool> LoadRunConfig(const std::string& resume, TrainOptions& opti
   return true;
 }
 
-}  // namespace openmoe::tools
+}  // namespace openmoe::train

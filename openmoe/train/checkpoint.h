@@ -1,0 +1,86 @@
+// File: openmoe/train/checkpoint.h
+// A training run's checkpoints: written atomically, found again by --resume, and the run's own
+// options (run_config.json) read back from them.
+//
+// Output layout (`output_path`):
+//   step-<N>/            a Hugging Face model folder (config.json, model.safetensors or, above
+//                        max_shard_bytes, model-0000K-of-0000N.safetensors shards with
+//                        model.safetensors.index.json; tokenizer.model) plus
+//                        trainer_state.safetensors (AdamW moments m.<name>, v.<name>),
+//                        trainer_state.json (step, epoch, next batch, seed, data shape, optimizer
+//                        steps, loss scaler) and run_config.json (the run's options: what
+//                        `--resume DIR` restores)
+//   latest               the name of the newest complete step-<N> folder
+//   metrics.jsonl        one line per step (metrics.h); tools/train adds loss_curve.png
+// Folders are written under a temporary name and renamed, and `latest` is replaced by rename, so
+// a run killed at any moment leaves the previous checkpoint intact (the next save removes the
+// temporary folders of dead processes; a resume drops metrics.jsonl's lines after its step).
+#ifndef OPENMOE_TRAIN_CHECKPOINT_H_
+#define OPENMOE_TRAIN_CHECKPOINT_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "openmoe/loss_scaler.h"
+#include "openmoe/train/optimizer.h"
+#include "openmoe/train/train_options.h"
+
+namespace openmoe::train {
+
+// Where training continues: the steps done and the next batch of the data order.
+struct TrainingPosition {
+  int64_t step = 0, epoch = 0, batch = 0;
+};
+
+// What decides the data order; a resume must see the same. -1: not recorded.
+struct DataOrder {
+  int64_t batch_size = -1, examples = -1, seq_len = -1, seed = -1, shuffle = -1;
+  int64_t data_parallel_size = 1;  // recorded when above 1
+};
+
+// Everything one checkpoint holds (views of the trainer's state).
+struct CheckpointContents {
+  const TrainOptions* options = nullptr;
+  const TrainModel* model = nullptr;
+  const AdamWOptimizer* optimizer = nullptr;
+  TrainingPosition position;
+  DataOrder data_order;
+  std::string tokenizer_file;  // copied in when known
+};
+
+// Writes options.output_path/step-<N> under a temporary name, renames it, points `latest` at it
+// and keeps the two newest checkpoints.
+absl::Status SaveCheckpoint(const CheckpointContents& contents);
+
+// The folder a --resume argument names: a step-<N> folder, or an output path with `latest`.
+absl::StatusOr<std::string> ResumeFolder(const std::string& resume);
+
+// trainer_state.json of the checkpoint folder `folder`.
+struct TrainerState {
+  TrainingPosition position;
+  int64_t optimizer_steps = 0;
+  std::optional<LossScalerState> loss_scaler;
+  DataOrder data_order;
+};
+// A missing loss-scaler scale reads as initial_loss_scale.
+absl::StatusOr<TrainerState> ReadTrainerState(const std::string& folder, double initial_loss_scale);
+// The checkpoint was trained with `saved`; an error naming the first difference from `now`.
+absl::Status CheckSameDataOrder(const DataOrder& saved, const DataOrder& now);
+// The AdamW moments of trainer_state.safetensors in `folder` into `optimizer` (laid out as `model`).
+absl::Status LoadOptimizerMoments(const std::string& folder, const TrainModel& model, AdamWOptimizer& optimizer);
+
+// `--resume DIR`: the options of the run that wrote the checkpoint DIR names (its run_config.json),
+// into `options`, with output_path the folder holding that checkpoint. Returns false, leaving
+// `options` as it is, for a checkpoint without run_config.json (an older one).
+absl::StatusOr<bool> LoadRunConfig(const std::string& resume, TrainOptions& options);
+
+std::vector<float> ToHost(Vector<float, TrainSpace> v);
+void FromHost(const std::vector<float>& host, Vector<float, TrainSpace> v);
+
+}  // namespace openmoe::train
+
+#endif  // OPENMOE_TRAIN_CHECKPOINT_H_

@@ -1,0 +1,254 @@
+#include "openmoe/train/trainer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <utility>
+
+#include <Kokkos_Core.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "openmoe/config.h"
+#include "openmoe/core/status_macros.h"
+#include "openmoe/io/safetensors.h"
+#include "openmoe/tokenizer.h"
+#include "openmoe/train_data.h"
+
+namespace openmoe::train {
+namespace {
+
+namespace fs = std::filesystem;
+using Space = TrainSpace;
+
+absl::Status CheckSameShapes(const OpenMoeConfig& a, const OpenMoeConfig& b, const std::string& what) {
+  const std::vector<std::pair<const char*, std::pair<int64_t, int64_t>>> keys = {
+      {"vocab_size", {a.vocab_size, b.vocab_size}}, {"hidden_size", {a.hidden_size, b.hidden_size}},
+      {"intermediate_size", {a.intermediate_size, b.intermediate_size}},
+      {"num_hidden_layers", {a.num_hidden_layers, b.num_hidden_layers}},
+      {"num_attention_heads", {a.num_attention_heads, b.num_attention_heads}},
+      {"num_experts", {a.num_experts, b.num_experts}}, {"moe_layer_interval", {a.moe_layer_interval, b.moe_layer_interval}}};
+  for (const auto& [key, values] : keys) {
+    if (values.first != values.second) {
+      return absl::InvalidArgumentError(absl::StrCat("--resume: the checkpoint's ", key, " is ", values.second, ", ", what,
+                                                     " has ", values.first));
+    }
+  }
+  return absl::OkStatus();
+}
+
+TrainModel::ComputeDtype ComputeDtypeOf(const std::string& precision) {  // fp32 | bf16 | fp16
+  using Dtype = TrainModel::ComputeDtype;
+  return precision == "bf16" ? Dtype::kBf16 : precision == "fp16" ? Dtype::kFp16 : Dtype::kFp32;
+}
+
+// An unwritable output path fails before any work.
+absl::Status PrepareOutputPath(const std::string& output_path) {
+  std::error_code error;
+  fs::create_directories(output_path, error);
+  const std::string probe = (fs::path(output_path) / absl::StrCat(".probe-", getpid())).string();
+  if (error || !std::ofstream(probe)) {
+    return absl::PermissionDeniedError(absl::StrCat("--output_path '", output_path, "' is not writable",
+                                                    error ? ": " + error.message() : ""));
+  }
+  fs::remove(probe, error);
+  return absl::OkStatus();
+}
+
+// The model to train: the checkpoint in `folder` (the --resume one, or --model), else a random
+// init of --model_name; the loss factors, precision and recomputation of `o`.
+absl::StatusOr<TrainModel> LoadModel(const TrainOptions& o, const std::string& folder) {
+  absl::StatusOr<TrainModel> model = absl::UnknownError("no model");
+  if (!folder.empty()) {
+    model = TrainModel::Load(folder);
+  } else {
+    OPENMOE_ASSIGN_OR_RETURN(OpenMoeConfig preset, PresetConfig(o.model_name));
+    std::fprintf(stderr, "random init of the %s preset (seed %llu)\n", o.model_name.c_str(), (unsigned long long)o.seed);
+    model = TrainModel::RandomInit(preset, o.seed);
+  }
+  if (!model.ok()) return model.status();
+  if (!o.resume.empty() && (!o.model_dir.empty() || !o.model_name.empty())) {  // the run's own model must match
+    OPENMOE_ASSIGN_OR_RETURN(OpenMoeConfig given, !o.model_dir.empty() ? LoadConfig(o.model_dir + "/config.json")
+                                                                        : PresetConfig(o.model_name));
+    OPENMOE_RETURN_IF_ERROR(CheckSameShapes(given, model->config(), !o.model_dir.empty() ? "--model" : "--model_name"));
+  }
+  const OpenMoeConfig& c = model->config();
+  model->set_recompute_activations(o.grad_checkpoint);
+  model->set_compute_dtype(ComputeDtypeOf(o.precision));
+  model->SetLossFactors(o.label_smoothing.value_or(c.label_smoothing), o.z_loss_factor.value_or(c.z_loss_factor),
+                        o.router_aux_loss_factor.value_or(c.router_aux_loss_factor),
+                        o.router_z_loss_factor.value_or(c.router_z_loss_factor));
+  return model;
+}
+
+// The dataset as token rows [N, S]: a pre-tokenized .safetensors batch, or text records tokenized
+// with `tokenizer_file` and padded / truncated to max_length (at most the model's positions).
+absl::StatusOr<io::TokenBatch> LoadDataset(const TrainOptions& o, const std::string& tokenizer_file,
+                                           int64_t max_position_embeddings) {
+  if (IsPretokenized(o.dataset)) return io::ReadTokenBatch(o.dataset, "--dataset");
+  if (tokenizer_file.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("--dataset '", o.dataset, "' is text, but the model has no tokenizer.model "
+                                                      "or spiece.model; give --model DIR with one, or pre-tokenized "
+                                                      ".safetensors data"));
+  }
+  OPENMOE_ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::LoadFile(tokenizer_file));
+  OPENMOE_ASSIGN_OR_RETURN(std::vector<InstructionRecord> records, ReadInstructionRecords(o.dataset));
+  return TokenizeRecords(records, tokenizer, std::min(o.max_length, max_position_embeddings));
+}
+
+}  // namespace
+
+absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank dp, GradientReduction reduce_gradients) {
+  OPENMOE_RETURN_IF_ERROR(ValidateTrainOptions(o));
+  OPENMOE_RETURN_IF_ERROR(ValidateDataParallelRank(dp));
+  if (dp.size > 1 && !reduce_gradients) {
+    return absl::InvalidArgumentError(absl::StrCat("data-parallel training over ", dp.size, " ranks needs a gradient reduction"));
+  }
+  const bool writer = dp.rank == 0;
+  if (writer) OPENMOE_RETURN_IF_ERROR(PrepareOutputPath(o.output_path));
+
+  // Model (and where to continue from).
+  std::string model_source = o.model_dir;
+  TrainerState resumed;
+  if (!o.resume.empty()) {
+    OPENMOE_ASSIGN_OR_RETURN(model_source, ResumeFolder(o.resume));
+    OPENMOE_ASSIGN_OR_RETURN(resumed, ReadTrainerState(model_source, o.initial_loss_scale));
+    if (writer) std::fprintf(stderr, "resuming from step %lld of %s\n", (long long)resumed.position.step, model_source.c_str());
+  }
+  OPENMOE_ASSIGN_OR_RETURN(TrainModel model, LoadModel(o, model_source));
+  Trainer t(o, dp, std::move(reduce_gradients), std::move(model));
+  t.position_ = resumed.position;
+
+  // Data.
+  for (const std::string& dir : {model_source, o.model_dir}) {
+    for (const char* name : {"tokenizer.model", "spiece.model"})
+      if (t.tokenizer_file_.empty() && !dir.empty() && fs::exists(fs::path(dir) / name)) t.tokenizer_file_ = (fs::path(dir) / name).string();
+  }
+  OPENMOE_ASSIGN_OR_RETURN(t.data_, LoadDataset(o, t.tokenizer_file_, t.model_.config().max_position_embeddings));
+  const int64_t N = t.data_.batch, S = t.data_.seq_len, B = o.batch_size;
+  OPENMOE_ASSIGN_OR_RETURN(t.sharding_, DataSharding::Create(N, B, dp, o.seed, o.shuffle));
+  if (!o.resume.empty()) {
+    OPENMOE_RETURN_IF_ERROR(CheckSameDataOrder(resumed.data_order, {B, N, S, int64_t(o.seed), int64_t(o.shuffle), dp.size}));
+  }
+  t.total_steps_ = t.sharding_.batches_per_epoch() * o.num_epochs;
+  if (o.max_steps > 0) t.total_steps_ = std::min(t.total_steps_, o.max_steps);
+  t.schedule_ = {o.lr, o.warmup_steps, o.lr_schedule == "cosine" ? LrSchedule::Decay::kCosine : LrSchedule::Decay::kConstant,
+                 t.total_steps_};
+
+  // Optimizer state: zeros, or the checkpoint's moments.
+  OptimizerOptions optimizer;
+  optimizer.adamw.lr = o.lr, optimizer.adamw.weight_decay = o.weight_decay;
+  optimizer.max_grad_norm = o.max_grad_norm;
+  optimizer.compute_dtype = ComputeDtypeOf(o.precision);
+  optimizer.loss_scaler.initial_scale = o.initial_loss_scale;
+  t.optimizer_ = AdamWOptimizer(t.model_.layout(), optimizer);
+  t.optimizer_.set_steps(resumed.position.step);
+  if (!o.resume.empty()) {
+    OPENMOE_RETURN_IF_ERROR(LoadOptimizerMoments(model_source, t.model_, t.optimizer_));
+    t.optimizer_.set_steps(resumed.optimizer_steps);
+    if (t.optimizer_.loss_scaling() && resumed.loss_scaler) t.optimizer_.RestoreScaler(*resumed.loss_scaler);
+  }
+
+  if (writer) {
+    const std::string ranks = dp.size > 1 ? absl::StrCat(", data parallel over ", dp.size, " ranks") : "";
+    std::fprintf(stderr, "training %lld examples of %lld tokens, batch %lld, %lld steps (from step %lld), lr %g (%s), "
+                 "%s, seed %llu%s, on %s; checkpoints in %s\n", (long long)N, (long long)S, (long long)B,
+                 (long long)t.total_steps_, (long long)t.position_.step, o.lr, o.lr_schedule.c_str(), o.precision.c_str(),
+                 (unsigned long long)o.seed, ranks.c_str(), Space::name(), o.output_path.c_str());
+    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<JsonlMetricsSink> jsonl, JsonlMetricsSink::Open(t.metrics_path(), t.position_.step));
+    t.sinks_.push_back(std::move(jsonl));
+    if (o.progress) t.sinks_.push_back(std::make_unique<ProgressPrinter>(stderr));
+  }
+  return t;
+}
+
+std::string Trainer::metrics_path() const { return (fs::path(options_.output_path) / "metrics.jsonl").string(); }
+
+absl::StatusOr<StepMetrics> Trainer::Step() {
+  if (done()) return absl::FailedPreconditionError(absl::StrCat("the run is complete at step ", position_.step));
+  if (steps_this_run_ == 0) start_time_ = std::chrono::steady_clock::now();
+  const TrainOptions& o = options_;
+  const int64_t B = o.batch_size, S = data_.seq_len;
+  const io::TokenBatch batch = GatherRows(data_, sharding_.Batch(position_.epoch, position_.batch));
+  model_.set_loss_scale(float(optimizer_.loss_scale()));
+  OPENMOE_ASSIGN_OR_RETURN(LossParts loss, model_.ForwardBackward(batch.ids, batch.mask, B, S));
+  const int64_t step = position_.step + 1;
+  if (!optimizer_.loss_scaling() && !std::isfinite(loss.total)) {
+    return absl::InternalError(absl::StrCat("the loss is ", loss.total, " at step ", step,
+                                            "; stopping without saving (the last checkpoint in '", o.output_path,
+                                            "' is kept)"));
+  }
+  if (reduce_gradients_) OPENMOE_RETURN_IF_ERROR(reduce_gradients_(model_.flat_grads()));
+  std::vector<std::vector<float>> dump_grads;  // the first step's gradients, before clipping
+  if (!o.dump_step_state.empty() && steps_this_run_ == 0) {
+    for (const TensorSpec& spec : model_.table()) dump_grads.push_back(ToHost(model_.grad(spec.name)));
+  }
+  const double lr = schedule_.At(step);
+  OPENMOE_ASSIGN_OR_RETURN(const OptimizerStepResult result, optimizer_.Step(model_, lr, std::isfinite(loss.total)));
+  if (result.overflow_at_minimum_scale) {
+    return absl::InternalError(absl::StrCat("fp16 overflow at step ", step, " even at loss scale ", result.loss_scale, " (loss ",
+                                            loss.total, "): the values exceed fp16's range (e.g. a zero <pad> embedding row: "
+                                            "position 0 then enters RMSNorm as a zero vector, whose gradient is "
+                                            "1/sqrt(eps) times larger); use --precision bf16 (the last checkpoint in '",
+                                            o.output_path, "' is kept)"));
+  }
+  Kokkos::fence();
+  StepMetrics m;
+  m.step = step, m.epoch = position_.epoch, m.total_steps = total_steps_, m.loss = loss, m.lr = lr;
+  m.grad_norm = result.grad_norm;
+  m.loss_scaling = optimizer_.loss_scaling(), m.loss_scale = result.loss_scale, m.skipped = !result.applied;
+  position_ = {step, position_.epoch, position_.batch + 1};
+  if (position_.batch == sharding_.batches_per_epoch()) position_ = {step, position_.epoch + 1, 0};
+  ++steps_this_run_;
+  if (!dump_grads.empty()) OPENMOE_RETURN_IF_ERROR(DumpStepState(loss, dump_grads));
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time_).count();
+  m.tokens_per_s = double(steps_this_run_ * B * S * dp_.size) / elapsed;
+  m.eta_seconds = elapsed / double(steps_this_run_) * double(total_steps_ - step);
+  for (const std::unique_ptr<MetricsSink>& sink : sinks_) OPENMOE_RETURN_IF_ERROR(sink->Record(m));
+  return m;
+}
+
+absl::Status Trainer::DumpStepState(const LossParts& loss, const std::vector<std::vector<float>>& grads) const {
+  std::vector<std::vector<float>> hold;
+  std::vector<io::TensorToWrite> tensors;
+  const float parts[4] = {float(loss.total), float(loss.lm), float(loss.router_aux), float(loss.router_z)};
+  const char* names[4] = {"loss.total", "loss.lm", "loss.router_aux", "loss.router_z"};
+  for (int i = 0; i < 4; ++i) tensors.push_back({names[i], io::DType::kF32, {1}, &parts[i]});
+  hold.reserve(model_.table().size());
+  for (size_t k = 0; k < model_.table().size(); ++k) {
+    const TensorSpec& spec = model_.table()[k];
+    tensors.push_back({"grad." + spec.name, io::DType::kF32, spec.shape, grads[k].data()});
+    hold.push_back(ToHost(model_.param(spec.name)));
+    tensors.push_back({"param." + spec.name, io::DType::kF32, spec.shape, hold.back().data()});
+  }
+  return io::WriteSafetensors(options_.dump_step_state, tensors);
+}
+
+absl::Status Trainer::SaveCheckpoint() const {
+  if (dp_.rank != 0) return absl::OkStatus();
+  CheckpointContents c;
+  c.options = &options_, c.model = &model_, c.optimizer = &optimizer_, c.position = position_;
+  c.data_order = {options_.batch_size, data_.batch, data_.seq_len, int64_t(options_.seed), int64_t(options_.shuffle), dp_.size};
+  c.tokenizer_file = tokenizer_file_;
+  return train::SaveCheckpoint(c);
+}
+
+absl::Status Trainer::Run() {
+  bool saved_last = false;
+  while (!done()) {
+    OPENMOE_RETURN_IF_ERROR(Step().status());
+    saved_last = false;
+    if (position_.step % options_.save_interval == 0) {
+      OPENMOE_RETURN_IF_ERROR(SaveCheckpoint());
+      saved_last = true;
+    }
+  }
+  for (const std::unique_ptr<MetricsSink>& sink : sinks_) OPENMOE_RETURN_IF_ERROR(sink->Finish());
+  if (!saved_last && steps_this_run_ > 0) OPENMOE_RETURN_IF_ERROR(SaveCheckpoint());
+  return absl::OkStatus();
+}
+
+}  // namespace openmoe::train

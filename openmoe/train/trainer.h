@@ -1,0 +1,97 @@
+// File: openmoe/train/trainer.h
+// A training run: the model (loaded, randomly initialised or resumed), its data sharded over the
+// data-parallel ranks, AdamW with clipping, schedule and loss scaling, metrics sinks and atomic
+// checkpoints (layout in checkpoint.h). One Step() is
+//   this rank's next batch -> forward/backward -> gradient reduction -> optimizer -> metrics;
+// Run() steps to the end, saving every save_interval steps and after the last one.
+//
+//   OPENMOE_ASSIGN_OR_RETURN(Trainer trainer, Trainer::Create(options));
+//   OPENMOE_RETURN_IF_ERROR(trainer.Run());
+//
+// Data parallelism: each of `size` processes creates its Trainer with its DataParallelRank and a
+// gradient reduction that averages flat_grads over the ranks (in place); it runs after the
+// backward pass and before the gradient norm and the optimizer, so every rank applies the same
+// update. Rank 0 alone writes metrics and checkpoints. With one rank the reduction is the identity.
+#ifndef OPENMOE_TRAIN_TRAINER_H_
+#define OPENMOE_TRAIN_TRAINER_H_
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "openmoe/io/token_batch.h"
+#include "openmoe/train/checkpoint.h"
+#include "openmoe/train/data_sharding.h"
+#include "openmoe/train/lr_schedule.h"
+#include "openmoe/train/metrics.h"
+#include "openmoe/train/optimizer.h"
+#include "openmoe/train/train_options.h"
+
+namespace openmoe::train {
+
+// Called with the model's flat gradients [layout().total()] after each backward pass; replaces
+// them with their reduction over the data-parallel ranks.
+using GradientReduction = std::function<absl::Status(Vector<float, TrainSpace> flat_grads)>;
+
+class Trainer {
+ public:
+  // Validates `options`, prepares output_path, loads the model (or the --resume checkpoint with
+  // its optimizer state and position), reads and tokenizes the dataset and, on rank 0, opens the
+  // metrics sinks (metrics.jsonl; the progress printer on stderr with options.progress).
+  // `reduce_gradients` may be empty for one rank only.
+  static absl::StatusOr<Trainer> Create(const TrainOptions& options, DataParallelRank dp = {},
+                                        GradientReduction reduce_gradients = {});
+
+  // One more sink for every later step (any rank).
+  void AddMetricsSink(std::unique_ptr<MetricsSink> sink) { sinks_.push_back(std::move(sink)); }
+
+  // True once total_steps() steps are done.
+  bool done() const { return position_.step >= total_steps_ || position_.epoch >= options_.num_epochs; }
+  // One optimizer step on this rank's next batch; its metrics went to the sinks.
+  absl::StatusOr<StepMetrics> Step();
+  // Writes the checkpoint of the current position (rank 0; other ranks return at once).
+  absl::Status SaveCheckpoint() const;
+  // Step() until done(), checkpointing every save_interval steps and at the end; then Finish()
+  // of every sink.
+  absl::Status Run();
+
+  const TrainOptions& options() const { return options_; }
+  const DataParallelRank& data_parallel_rank() const { return dp_; }
+  TrainModel& model() { return model_; }
+  const AdamWOptimizer& optimizer() const { return optimizer_; }
+  const TrainingPosition& position() const { return position_; }
+  int64_t total_steps() const { return total_steps_; }
+  int64_t steps_this_run() const { return steps_this_run_; }
+  int64_t seq_len() const { return data_.seq_len; }
+  // output_path/metrics.jsonl.
+  std::string metrics_path() const;
+
+ private:
+  Trainer(TrainOptions options, DataParallelRank dp, GradientReduction reduce, TrainModel model)
+      : options_(std::move(options)), dp_(dp), reduce_gradients_(std::move(reduce)), model_(std::move(model)) {}
+  // --dump_step_state: the loss parts, `grads` and the weights after the step.
+  absl::Status DumpStepState(const LossParts& loss, const std::vector<std::vector<float>>& grads) const;
+
+  TrainOptions options_;
+  DataParallelRank dp_;
+  GradientReduction reduce_gradients_;
+  TrainModel model_;
+  AdamWOptimizer optimizer_;
+  io::TokenBatch data_;  // every example [N, S]
+  DataSharding sharding_;
+  LrSchedule schedule_;
+  std::string tokenizer_file_;  // copied into checkpoints when known
+  TrainingPosition position_;
+  int64_t total_steps_ = 0, steps_this_run_ = 0;
+  std::chrono::steady_clock::time_point start_time_;
+  std::vector<std::unique_ptr<MetricsSink>> sinks_;
+};
+
+}  // namespace openmoe::train
+
+#endif  // OPENMOE_TRAIN_TRAINER_H_
