@@ -14,6 +14,14 @@
 namespace openmoe::kernels {
 namespace {
 
+// Whether products run through cuBLAS on the caller's stream (float32 included).
+template <class ExecSpace>
+constexpr bool kOnCuda = false;
+#if defined(KOKKOS_ENABLE_CUDA)
+template <>
+constexpr bool kOnCuda<Kokkos::Cuda> = true;
+#endif
+
 template <class ExecSpace>
 using ColMajor = Kokkos::View<float**, Kokkos::LayoutLeft, ExecSpace,
                               Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
@@ -182,10 +190,11 @@ void SplitKLinearFor(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstM
         : SplitKLinear<T, false, ExecSpace>(space, x, w, y, accumulate, int(warps), int(rounds));
 }
 
-// 16-bit y[M, N] (+)= x[M, K] @ op(w) through StridedBatchedGemm (cuBLAS on CUDA, a float32
-// loop on host). Column-major view of row-major data: y^T[N, M] = op(w)^T[N, K] x^T[K, M].
+// y[M, N] (+)= x[M, K] @ op(w) through StridedBatchedGemm (cuBLAS on the caller's stream on CUDA,
+// a float32 loop on host): 16-bit products everywhere, float32 products on CUDA. Column-major
+// view of row-major data: y^T[N, M] = op(w)^T[N, K] x^T[K, M].
 template <class T, class ExecSpace>
-absl::Status Gemm16(const ExecSpace& space, const T* x, const T* w, T* y, int64_t M, int64_t K, int64_t N,
+absl::Status StridedGemm(const ExecSpace& space, const T* x, const T* w, T* y, int64_t M, int64_t K, int64_t N,
                     bool w_is_out_in, bool accumulate) {
   BatchedGemmShape s;
   s.trans_a = w_is_out_in, s.m = N, s.n = M, s.k = K;
@@ -220,8 +229,16 @@ absl::Status Gemm(const ExecSpace& space, const char* op, ConstMatrix<T, ExecSpa
     if (!accumulate) Kokkos::deep_copy(space, y, FromFloat<T>(0.0f));
     return absl::OkStatus();
   }
+#if defined(KOKKOS_ENABLE_CUDA)
+  // float32 on CUDA: cuBLAS on the caller's stream (Kokkos Kernels 3.4's gemm takes no
+  // execution-space instance and would run on the default stream whatever `space` is).
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+    return StridedGemm<T, ExecSpace>(space, x.data(), w.data(), y.data(), M, K, N, w_is_out_in, accumulate);
+  }
+#endif
   if constexpr (std::is_same_v<T, float>) {
-    // Row-major [r, c] memory is column-major [c, r]: y^T[N, M] = op(w)^T[N, K] x^T[K, M].
+    // Host backends: Kokkos Kernels' BLAS. Row-major [r, c] memory is column-major [c, r]:
+    // y^T[N, M] = op(w)^T[N, K] x^T[K, M].
     ConstColMajor<ExecSpace> x_t(x.data(), K, M);
     ColMajor<ExecSpace> y_t(y.data(), N, M);
     if (w_is_out_in) {
@@ -252,7 +269,7 @@ absl::Status Gemm(const ExecSpace& space, const char* op, ConstMatrix<T, ExecSpa
       }
     }
 #endif
-    return Gemm16<T, ExecSpace>(space, x.data(), w.data(), y.data(), M, K, N, w_is_out_in, accumulate);
+    return StridedGemm<T, ExecSpace>(space, x.data(), w.data(), y.data(), M, K, N, w_is_out_in, accumulate);
   }
 }
 
@@ -287,15 +304,15 @@ absl::Status AddTransposedProduct(const ExecSpace& space, ConstMatrix<T, ExecSpa
     if (!s.ok()) return s;
   }
   if (M == 0 || P == 0 || Q == 0) return absl::OkStatus();
-  if constexpr (std::is_same_v<T, float>) {
-    // Column-major views: c^T[Q, P] += b^T[Q, M] (a^T[P, M])^T.
+  if constexpr (std::is_same_v<T, float> && !kOnCuda<ExecSpace>) {
+    // Host backends: Kokkos Kernels' BLAS on column-major views, c^T[Q, P] += b^T[Q, M] (a^T[P, M])^T.
     ConstColMajor<ExecSpace> a_t(a.data(), P, M), b_t(b.data(), Q, M);
     ColMajor<ExecSpace> c_t(c.data(), Q, P);
-    (void)space;
     KokkosBlas::gemm("N", "T", 1.0f, b_t, a_t, 1.0f, c_t);
     return absl::OkStatus();
   } else {
-    // 16-bit operands, float32 c: the same column-major product through StridedBatchedGemm.
+    // 16-bit operands (and float32 on CUDA: cuBLAS on the caller's stream), float32 c: the same
+    // column-major product through StridedBatchedGemm.
     BatchedGemmShape shape;
     shape.trans_b = true, shape.m = Q, shape.n = P, shape.k = M;
     shape.lda = Q, shape.ldb = P, shape.ldc = Q, shape.beta = 1.0f;
