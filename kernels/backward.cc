@@ -7,6 +7,7 @@
 #include "kernels/attention_gemm.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
+#include "kernels/layer_math.h"
 
 namespace openmoe::kernels {
 namespace {
@@ -69,12 +70,25 @@ absl::Status SwigluBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace
   Kokkos::parallel_for(
       "openmoe::kernels::SwigluBackward", FlatRange(space, N * I), KOKKOS_LAMBDA(const int64_t idx) {
         const int64_t t = idx / I, i = idx % I;
-        const float a = gate(t, i), b = gate(t, I + i), u = up(t, i), d = dact(t, idx % I);
-        const float sigma = 1.0f / (1.0f + Kokkos::Experimental::exp(-b));
-        const float silu  = b * sigma;
-        dgate(t, i)     = d * silu * u;
-        dgate(t, I + i) = d * a * u * sigma * (1.0f + b * (1.0f - sigma));
-        dup(t, i)       = d * a * silu;
+        SwigluGradient(gate(t, i), gate(t, I + i), up(t, i), dact(t, i), dgate(t, i), dgate(t, I + i), dup(t, i));
+      });
+  return absl::OkStatus();
+}
+
+template <class ExecSpace>
+absl::Status SwigluBackwardFused(const ExecSpace& space, ConstMatrix<float, ExecSpace> gate_up,
+                                 ConstMatrix<float, ExecSpace> dact, Matrix<float, ExecSpace> d_gate_up) {
+  const int64_t N = dact.extent(0), I = dact.extent(1);
+  if (gate_up.extent(0) != size_t(N) || gate_up.extent(1) != size_t(3 * I) || d_gate_up.extent(0) != size_t(N) ||
+      d_gate_up.extent(1) != size_t(3 * I)) {
+    return absl::InvalidArgumentError(absl::StrCat("SwigluBackwardFused: expected gate_up / d_gate_up [", N, ", ", 3 * I,
+                                                   "] for dact [", N, ", ", I, "]"));
+  }
+  Kokkos::parallel_for(
+      "openmoe::kernels::SwigluBackwardFused", FlatRange(space, N * I), KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t t = idx / I, i = idx % I;
+        SwigluGradient(gate_up(t, i), gate_up(t, I + i), gate_up(t, 2 * I + i), dact(t, i), d_gate_up(t, i),
+                       d_gate_up(t, I + i), d_gate_up(t, 2 * I + i));
       });
   return absl::OkStatus();
 }
@@ -343,6 +357,8 @@ absl::Status RouterLossBackward(const ExecSpace& space, ConstMatrix<float, ExecS
                                                Vector<float, Space>);                                              \
   template absl::Status SwigluBackward<Space>(const Space&, ConstMatrix<float, Space>, ConstMatrix<float, Space>,   \
                                               ConstMatrix<float, Space>, Matrix<float, Space>, Matrix<float, Space>); \
+  template absl::Status SwigluBackwardFused<Space>(const Space&, ConstMatrix<float, Space>, ConstMatrix<float, Space>, \
+                                                   Matrix<float, Space>);                                           \
   template absl::Status CausalAttentionBackward<Space>(                                                            \
       const Space&, Tensor3<const float, Space>, Tensor3<const float, Space>, Tensor3<const float, Space>,         \
       Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Space::memory_space>, Tensor3<const float, Space>, \

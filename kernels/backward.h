@@ -28,6 +28,12 @@ absl::Status SwigluBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace
                             ConstMatrix<float, ExecSpace> dact, Matrix<float, ExecSpace> dgate,
                             Matrix<float, ExecSpace> dup);
 
+// The same for the fused layout gate_up [N, 3I] = [g1 | g2 | up] (SwigluCombineFused's input):
+// d_gate_up [N, 3I] (written).
+template <class ExecSpace>
+absl::Status SwigluBackwardFused(const ExecSpace& space, ConstMatrix<float, ExecSpace> gate_up,
+                                 ConstMatrix<float, ExecSpace> dact, Matrix<float, ExecSpace> d_gate_up);
+
 // Gradients of CausalAttention (q_offset 0, Sq = Sk = S) with respect to its rotated q, k and v:
 // dq [B, S, Nh*Dh], dk, dv [B, S, Nkv*Dh] (written). The softmax is recomputed.
 template <class ExecSpace>

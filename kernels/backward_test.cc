@@ -99,6 +99,27 @@ TYPED_TEST(BackwardTest, SwigluMatchesFiniteDifferences) {
               1e-5, "dup");
 }
 
+// The fused layout [g1 | g2 | up] gives the same gradients, bit for bit, as the split one that
+// the finite-difference test above checks. N = 5, I = 7, seeds 81-83.
+TYPED_TEST(BackwardTest, SwigluFusedEqualsSplit) {
+  using Space = TypeParam;
+  const int64_t N = 5, I = 7;
+  const std::vector<float> gate = RandomNormal(N * 2 * I, 1.0f, 81), up = RandomNormal(N * I, 1.0f, 82);
+  const std::vector<float> dact = RandomNormal(N * I, 1.0f, 83);
+  std::vector<float> fused(N * 3 * I);
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t j = 0; j < 3 * I; ++j) fused[t * 3 * I + j] = j < 2 * I ? gate[t * 2 * I + j] : up[t * I + j - 2 * I];
+  auto dgate = Matrix<float, Space>("dgate", N, 2 * I), dup = Matrix<float, Space>("dup", N, I);
+  auto dfused = Matrix<float, Space>("dfused", N, 3 * I);
+  ASSERT_TRUE(SwigluBackward<Space>(Space(), ToDevice<Space>(gate, N, 2 * I), ToDevice<Space>(up, N, I),
+                                    ToDevice<Space>(dact, N, I), dgate, dup).ok());
+  ASSERT_TRUE(SwigluBackwardFused<Space>(Space(), ToDevice<Space>(fused, N, 3 * I), ToDevice<Space>(dact, N, I), dfused).ok());
+  const std::vector<float> g = ToHost(dgate), u = ToHost(dup), f = ToHost(dfused);
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t j = 0; j < 3 * I; ++j)
+      ASSERT_EQ(f[t * 3 * I + j], j < 2 * I ? g[t * 2 * I + j] : u[t * I + j - 2 * I]) << t << ", " << j << " on " << Space::name();
+}
+
 TYPED_TEST(BackwardTest, InverseRopeUndoesRope) {
   using Space = TypeParam;
   const int64_t B = 2, S = 7, W = 3 * 8;

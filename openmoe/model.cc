@@ -18,6 +18,7 @@
 #include "kernels/linear.h"
 #include "kernels/moe.h"
 #include "kernels/rms_norm.h"
+#include "openmoe/blocks.h"
 #include "openmoe/core/status_macros.h"
 
 namespace openmoe {
@@ -205,10 +206,8 @@ absl::Status OpenMoeModel<ExecSpace, T>::Mlp(const ExecSpace& space, const std::
   const int64_t N = x.extent(0), H = config_.hidden_size, I = config_.intermediate_size;
   Matrix<T, ExecSpace> gate_up = Buffer2<T>("mlp.gate_up", N, 3 * I);  // [N, 3I] = [g1 | g2 | up]
   Matrix<T, ExecSpace> act     = Buffer2<T>("mlp.act", N, I);          // [N, I]
-  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, Weight(prefix + ".gate_up_proj.weight", 3 * I, H), gate_up));
-  OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombineFused<T>(space, gate_up, act));
-  return kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(act),
-                         Weight(prefix + ".down_proj.weight", H, I), out);
+  return DenseMlpForward<T>(space, x, Weight(prefix + ".gate_up_proj.weight", 3 * I, H),
+                            Weight(prefix + ".down_proj.weight", H, I), gate_up, act, out);
 }
 
 template <class ExecSpace, class T>
@@ -242,12 +241,11 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
   Matrix<float, ExecSpace> probs      = Buffer2<float>("moe.probs", N, E);     // [N, E] float32
   Matrix<int32_t, ExecSpace> experts  = Buffer2<int32_t>("moe.experts", N, 2); // [N, 2]
   Matrix<int32_t, ExecSpace> rank     = Buffer2<int32_t>("moe.rank", N, 2);    // [N, 2]
-  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, Weight(prefix + ".gate_weight", E, H), router_logits));
-  OPENMOE_RETURN_IF_ERROR(kernels::RouterTop2<T>(space, router_logits, probs, experts));
-  OPENMOE_RETURN_IF_ERROR(kernels::AssignSlots<ExecSpace>(space, experts, E, rank));
   const double cf = mode == RoutingMode::kEval ? config_.router_capacity_factor_eval
                                                : config_.router_capacity_factor_train;
-  const int64_t C = kernels::ExpertCapacity(N, E, cf, config_.router_min_capacity);
+  OPENMOE_ASSIGN_OR_RETURN(const int64_t C, RouteTokens<T>(space, x, Weight(prefix + ".gate_weight", E, H), cf,
+                                                           config_.router_min_capacity, router_logits, probs, experts,
+                                                           rank));
 
   const T* wi_gate = weights_.at(prefix + ".experts.wi_gate").data();  // [E, H, 2I]
   const T* wi_up   = weights_.at(prefix + ".experts.wi_up").data();    // [E, H, I]
@@ -299,13 +297,9 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
     Matrix<T, ExecSpace> up_e   = Kokkos::subview(up, range, Kokkos::ALL);
     Matrix<T, ExecSpace> act_e  = Kokkos::subview(act, range, Kokkos::ALL);
     Matrix<T, ExecSpace> out_e  = Kokkos::subview(expert_out, range, Kokkos::ALL);
-    OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(on, ConstMatrix<T, ExecSpace>(in_e),
-                                               ConstMatrix<T, ExecSpace>(wi_gate + e * H * 2 * I, H, 2 * I), gate_e));
-    OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(on, ConstMatrix<T, ExecSpace>(in_e),
-                                               ConstMatrix<T, ExecSpace>(wi_up + e * H * I, H, I), up_e));
-    OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<T>(on, gate_e, up_e, act_e));
-    return kernels::MatMul<T>(on, ConstMatrix<T, ExecSpace>(act_e), ConstMatrix<T, ExecSpace>(wo + e * I * H, I, H),
-                              out_e);
+    return ExpertForward<T>(on, ConstMatrix<T, ExecSpace>(in_e), ConstMatrix<T, ExecSpace>(wi_gate + e * H * 2 * I, H, 2 * I),
+                            ConstMatrix<T, ExecSpace>(wi_up + e * H * I, H, I), ConstMatrix<T, ExecSpace>(wo + e * I * H, I, H),
+                            gate_e, up_e, act_e, out_e);
   };
   if (graphs_ != nullptr && graphs_->capturing() && whole_queues) {
     // A decode step being captured: one conditional branch per expert, taken when the expert

@@ -10,8 +10,11 @@
 //
 // Tensors follow the checkpoint table's order (per layer; an MoE layer's stacked experts
 // [E, ...] are contiguous, so one expert is one slice of its tensor). Each tensor starts at a
-// multiple of kAlignment elements (256 bytes of float32: vector loads and cuBLAS alignment); the
-// gaps between tensors are zero in every buffer and stay zero under AdamW.
+// multiple of kAlignment elements (256 bytes of float32: vector loads and cuBLAS alignment),
+// except the continuations of a fused product, which follow their first part directly: a dense
+// MLP's up_proj rows come right after its gate_proj rows, so [gate_proj; up_proj] is one
+// [3I, H] matrix (the one GEMM of the gate/up product, FusedRows). The gaps between tensors are
+// zero in every buffer and stay zero under AdamW.
 #ifndef OPENMOE_PARAMETER_LAYOUT_H_
 #define OPENMOE_PARAMETER_LAYOUT_H_
 
@@ -43,6 +46,8 @@ class ParameterLayout {
   absl::StatusOr<ParameterSlot> Find(const std::string& name) const;
   // As Find, for names known to be in the table (the model's own code paths).
   const ParameterSlot& slot(const std::string& name) const { return slots_[index_.at(name)]; }
+  // Whether `name` is stored right after the tensor before it, as part of a fused product.
+  static bool ContinuesFusedProduct(const std::string& name);
 
  private:
   std::vector<ParameterSlot> slots_;

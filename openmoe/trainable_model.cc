@@ -14,6 +14,7 @@
 #include "kernels/linear.h"
 #include "kernels/moe.h"
 #include "kernels/rms_norm.h"
+#include "openmoe/blocks.h"
 #include "openmoe/core/status_macros.h"
 #include "openmoe/model.h"
 
@@ -220,7 +221,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
 
   // ---- forward, keeping what the backward pass reads ----
   struct Mlp {  // a dense MLP's activations
-    M g, u, act;
+    M gate_up, act;  // [N, 3I] = [g1 | g2 | up], [N, I]
   };
   struct Layer {
     M h_in, x1, q, k, v, attn, h_mid, x2;  // q, k rotated; [N, width]
@@ -240,12 +241,11 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   auto fresh_f = [](const char* label, int64_t rows, int64_t cols) {
     return FM(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), rows, cols);
   };
+  // gate_proj [2I, H] and up_proj [I, H] are adjacent in the flat layout: one [3I, H] product.
   auto run_mlp = [&](const std::string& prefix, CM x, M out) -> absl::StatusOr<Mlp> {
-    Mlp m{fresh("mlp.g", N, 2 * I), fresh("mlp.u", N, I), fresh("mlp.act", N, I)};
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, W(prefix + ".gate_proj.weight", 2 * I, H), m.g));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x, W(prefix + ".up_proj.weight", I, H), m.u));
-    OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<T>(space, m.g, m.u, m.act));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(m.act), W(prefix + ".down_proj.weight", H, I), out));
+    Mlp m{fresh("mlp.gate_up", N, 3 * I), fresh("mlp.act", N, I)};
+    OPENMOE_RETURN_IF_ERROR(DenseMlpForward<T>(space, x, W(prefix + ".gate_proj.weight", 3 * I, H),
+                                               W(prefix + ".down_proj.weight", H, I), m.gate_up, m.act, out));
     return m;
   };
   auto add = [&](M y, M x) { return kernels::AddInPlace<T>(space, y, CM(x)); };
@@ -284,10 +284,10 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     if (c.IsMoeLayer(i)) {
       a.router_logits = M("router_logits", N, E), a.probs = FM("probs", N, E);
       a.experts = IntM("experts", N, 2), a.rank = IntM("rank", N, 2);
-      OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x2), W(pre + ".mlp.gate_weight", E, H), a.router_logits));
-      OPENMOE_RETURN_IF_ERROR(kernels::RouterTop2<T>(space, a.router_logits, a.probs, a.experts));
-      OPENMOE_RETURN_IF_ERROR(kernels::AssignSlots<ExecSpace>(space, a.experts, E, a.rank));
-      const int64_t C = a.capacity = kernels::ExpertCapacity(N, E, c.router_capacity_factor_train, c.router_min_capacity);
+      OPENMOE_ASSIGN_OR_RETURN(a.capacity, RouteTokens<T>(space, CM(a.x2), W(pre + ".mlp.gate_weight", E, H),
+                                                          c.router_capacity_factor_train, c.router_min_capacity,
+                                                          a.router_logits, a.probs, a.experts, a.rank));
+      const int64_t C = a.capacity;
       // This rank's experts [e0, e0 + El): their weights and expert-major rows [El * C, ...].
       a.dispatched = M("dispatched", El * C, H), a.eg = M("eg", El * C, 2 * I), a.eu = M("eu", El * C, I);
       a.eact = M("eact", El * C, I), a.eo = M("eo", El * C, H);
@@ -296,15 +296,13 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       const T* wi_up   = Working<T>(pre + ".mlp.experts.wi_up") + e0 * H * I;
       const T* wo      = Working<T>(pre + ".mlp.experts.wo") + e0 * I * H;
       for (int64_t e = 0; e < El; ++e) {
-        OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, CM(rows_of(a.dispatched, e * C, (e + 1) * C)),
-                                                   CM(wi_gate + e * H * 2 * I, H, 2 * I), rows_of(a.eg, e * C, (e + 1) * C)));
-        OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, CM(rows_of(a.dispatched, e * C, (e + 1) * C)),
-                                                   CM(wi_up + e * H * I, H, I), rows_of(a.eu, e * C, (e + 1) * C)));
-      }
-      OPENMOE_RETURN_IF_ERROR(kernels::SwigluCombine<T>(space, a.eg, a.eu, a.eact));
-      for (int64_t e = 0; e < El; ++e) {
-        OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, CM(rows_of(a.eact, e * C, (e + 1) * C)),
-                                                   CM(wo + e * I * H, I, H), rows_of(a.eo, e * C, (e + 1) * C)));
+        const auto rows = std::make_pair(e * C, (e + 1) * C);
+        OPENMOE_RETURN_IF_ERROR(ExpertForward<T>(space, CM(rows_of(a.dispatched, rows.first, rows.second)),
+                                                 CM(wi_gate + e * H * 2 * I, H, 2 * I), CM(wi_up + e * H * I, H, I),
+                                                 CM(wo + e * I * H, I, H), rows_of(a.eg, rows.first, rows.second),
+                                                 rows_of(a.eu, rows.first, rows.second),
+                                                 rows_of(a.eact, rows.first, rows.second),
+                                                 rows_of(a.eo, rows.first, rows.second)));
       }
       OPENMOE_RETURN_IF_ERROR(dispatcher_->Combine(space, CM(a.eo), CFM(a.probs), a.experts, a.rank, C, delta));
       OPENMOE_RETURN_IF_ERROR(add(h, delta));
@@ -385,20 +383,17 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     return absl::OkStatus();
   };
   // MLP backward: dy -> dx (written); weight gradients accumulated.
+  // (gate_proj; up_proj) as one [3I, H] matrix, in the weights and in the gradients.
   auto mlp_backward = [&](const std::string& prefix, CM x, const Mlp& m, CFM dy, FM dx_out) -> absl::Status {
-    FM dact("dact", N, I), dg("dg", N, 2 * I), du("du", N, I);
+    FM dact("dact", N, I), d_gate_up("d_gate_up", N, 3 * I);
     OPENMOE_ASSIGN_OR_RETURN(CM dy_t, to_t(dy));
     OPENMOE_RETURN_IF_ERROR(matmul_sum({{dy_t, W(prefix + ".down_proj.weight", H, I)}}, dact));
     OPENMOE_RETURN_IF_ERROR(weight_grad(dy_t, CM(m.act), G(prefix + ".down_proj.weight", H, I)));
-    OPENMOE_ASSIGN_OR_RETURN(CFM g_f, to_f(CM(m.g)));
-    OPENMOE_ASSIGN_OR_RETURN(CFM u_f, to_f(CM(m.u)));
-    OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackward<ExecSpace>(space, g_f, u_f, CFM(dact), dg, du));
-    OPENMOE_ASSIGN_OR_RETURN(CM dg_t, to_t(CFM(dg)));
-    OPENMOE_ASSIGN_OR_RETURN(CM du_t, to_t(CFM(du)));
-    OPENMOE_RETURN_IF_ERROR(matmul_sum({{dg_t, W(prefix + ".gate_proj.weight", 2 * I, H)},
-                                        {du_t, W(prefix + ".up_proj.weight", I, H)}}, dx_out));
-    OPENMOE_RETURN_IF_ERROR(weight_grad(dg_t, x, G(prefix + ".gate_proj.weight", 2 * I, H)));
-    return weight_grad(du_t, x, G(prefix + ".up_proj.weight", I, H));
+    OPENMOE_ASSIGN_OR_RETURN(CFM gate_up_f, to_f(CM(m.gate_up)));
+    OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackwardFused<ExecSpace>(space, gate_up_f, CFM(dact), d_gate_up));
+    OPENMOE_ASSIGN_OR_RETURN(CM d_gate_up_t, to_t(CFM(d_gate_up)));
+    OPENMOE_RETURN_IF_ERROR(matmul_sum({{d_gate_up_t, W(prefix + ".gate_proj.weight", 3 * I, H)}}, dx_out));
+    return weight_grad(d_gate_up_t, x, G(prefix + ".gate_proj.weight", 3 * I, H));
   };
   // Norm backward into the residual gradient: dh += RmsNormBackward(x_in, dy).
   auto norm_backward = [&](const std::string& weight, CM x_in, CFM dy) -> absl::Status {
