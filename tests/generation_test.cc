@@ -185,7 +185,8 @@ TYPED_TEST(GenerationTest, StopsAtEosAndFeedsFinishedRowsPad) {
 // written under TEST_TMPDIR: the tiny random models' MoE output is small beside the residual, so
 // that a dropped expert assignment rarely changes a greedy token; scaled, it does.
 std::string CopyWithScaledExperts(const std::string& dir, float scale) {
-  const std::string out = std::string(std::getenv("TEST_TMPDIR")) + "/scaled_experts";
+  const char* tmp = std::getenv("TEST_TMPDIR");  // set by bazel test; /tmp when run directly
+  const std::string out = std::string(tmp != nullptr ? tmp : "/tmp") + "/openmoe_scaled_experts";
   std::filesystem::create_directories(out);
   std::filesystem::copy_file(dir + "/config.json", out + "/config.json", std::filesystem::copy_options::overwrite_existing);
   auto file = io::SafetensorsFile::Open(dir + "/model.safetensors");
