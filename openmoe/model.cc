@@ -6,7 +6,6 @@
 #include <optional>
 #include <type_traits>
 
-#include <Kokkos_Random.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/argmax.h"
@@ -19,6 +18,7 @@
 #include "kernels/moe.h"
 #include "kernels/rms_norm.h"
 #include "openmoe/blocks.h"
+#include "openmoe/random_init.h"
 #include "openmoe/core/status_macros.h"
 
 namespace openmoe {
@@ -114,21 +114,9 @@ absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::RandomIni
   OPENMOE_RETURN_IF_ERROR(ValidateConfig(config, "RandomInit"));
   OpenMoeModel model;
   model.config_ = config;
-  Kokkos::Random_XorShift64_Pool<ExecSpace> pool(seed);
   for (const TensorSpec& spec : CheckpointTable(config)) {
-    const int64_t numel = spec.numel();
-    Kokkos::View<T*, MemSpace> device(Kokkos::view_alloc(Kokkos::WithoutInitializing, spec.name), numel);
-    if (spec.orientation == Orientation::kVector) {
-      Kokkos::deep_copy(device, FromFloat<T>(1.0f));
-    } else {
-      const float bound = float(InitStd(config, spec) * std::sqrt(3.0));  // uniform [-b, b] has standard deviation b / sqrt(3)
-      Kokkos::parallel_for(
-          "openmoe::model::RandomInit", Kokkos::RangePolicy<ExecSpace>(0, numel), KOKKOS_LAMBDA(const int64_t i) {
-            auto generator = pool.get_state();
-            device(i) = FromFloat<T>(generator.frand(-bound, bound));
-            pool.free_state(generator);
-          });
-    }
+    Kokkos::View<T*, MemSpace> device(Kokkos::view_alloc(Kokkos::WithoutInitializing, spec.name), spec.numel());
+    FillInitialValues<T>(ExecSpace(), config, spec, seed, Vector<T, ExecSpace>(device));
     model.weights_.emplace(spec.name, device);
   }
   model.FuseProjections();

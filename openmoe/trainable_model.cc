@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -15,6 +14,7 @@
 #include "kernels/moe.h"
 #include "kernels/rms_norm.h"
 #include "openmoe/blocks.h"
+#include "openmoe/random_init.h"
 #include "openmoe/core/status_macros.h"
 #include "openmoe/model.h"
 
@@ -35,36 +35,6 @@ absl::StatusOr<ConstMatrix<U, ExecSpace>> As(const ExecSpace& space, ConstMatrix
 }
 
 constexpr int64_t kLossRowsPerChunk = 256;  // LM head rows whose [rows, V] logits exist at once
-
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-uint64_t Fnv1a(const std::string& text) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (unsigned char ch : text) h = (h ^ ch) * 0x100000001b3ULL;
-  return h;
-}
-
-// out[i] ~ Normal(0, stddev) by Box-Muller from a counter-based hash of (stream, i): the same
-// values for any thread count and backend, drawn by every host core (8B shapes have ~9e9 values).
-void FillNormal(float* out, int64_t n, double stddev, uint64_t stream) {
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(std::thread::hardware_concurrency(), n / 65536 + 1));
-  std::vector<std::thread> pool;
-  for (int64_t t = 0; t < threads; ++t) {
-    pool.emplace_back([=] {
-      for (int64_t i = n * t / threads; i < n * (t + 1) / threads; ++i) {
-        const double u1 = double((SplitMix64(stream + 2 * uint64_t(i)) >> 11) + 1) * 0x1.0p-53;  // (0, 1]
-        const double u2 = double(SplitMix64(stream + 2 * uint64_t(i) + 1) >> 11) * 0x1.0p-53;
-        out[i] = float(stddev * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
-      }
-    });
-  }
-  for (std::thread& thread : pool) thread.join();
-}
 
 }  // namespace
 
@@ -121,20 +91,8 @@ absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::RandomInit(
   model.config_ = config;
   model.table_  = CheckpointTable(config);
   model.AllocateFlatBuffers();
-  for (const TensorSpec& spec : model.table_) {  // host draws: the same weights on every backend
-    const int64_t n = spec.numel();
-    Vector<float, ExecSpace> p = model.params_.at(spec.name);
-    auto host = Kokkos::create_mirror_view(Kokkos::HostSpace(), p);
-    if (spec.orientation == Orientation::kVector) {
-      for (int64_t i = 0; i < n; ++i) host(i) = 1.0f;
-    } else {
-      FillNormal(host.data(), n, InitStd(config, spec), SplitMix64(seed ^ Fnv1a(spec.name)));
-      if (spec.name == "model.embed_tokens.weight") {
-        for (int64_t h = 0; h < config.hidden_size; ++h) host(config.pad_token_id * config.hidden_size + h) = 0.0f;
-      }
-    }
-    Kokkos::deep_copy(p, host);
-  }
+  for (const TensorSpec& spec : model.table_) FillInitialValues<float>(ExecSpace(), config, spec, seed, model.params_.at(spec.name));
+  Kokkos::fence();
   return model;
 }
 
