@@ -118,17 +118,13 @@ std::vector<int64_t> StepByStepGreedy(Model& model, const Prompt& p, int64_t eos
   return out;
 }
 
-// Stopping at EOS: a row that produced EOS emits <pad> from then on and is fed <pad> (as HF
-// generate does), the others go on; Generate returns once every row is finished. With capacity
-// factor 0.25 and minimum capacity 1 a decode step's experts hold one token each (capacity is
-// rounded up to even, so the factor must bring it to 0 first), and row 0 comes first: what a
-// finished row 0 is fed decides which tokens of the other rows are dropped, so feeding it
-// anything but <pad> changes their continuations. EOS is set to a token the model produces.
-TYPED_TEST(GenerationTest, StopsAtEosAndFeedsFinishedRowsPad) {
+// Stopping at EOS: a row that produced EOS emits <pad> from then on (as HF generate does), the
+// others go on; Generate returns once every row is finished. EOS is set to a token the model
+// produces. (What a finished row is fed is checked by FinishedRowsAreFedPad below.)
+TYPED_TEST(GenerationTest, StopsAtEosAndEmitsPadAfterIt) {
   const std::string dir = "tests/data/openmoe/tiny8b";
   absl::StatusOr<OpenMoeConfig> config = LoadConfig(dir + "/config.json");
   ASSERT_TRUE(config.ok());
-  config->router_min_capacity = 1, config->router_capacity_factor_eval = 0.25f;
   auto reader = CheckpointReader::Open(dir);
   ASSERT_TRUE(reader.ok());
   const Prompt p = LoadPrompt(dir);
@@ -208,8 +204,9 @@ std::string CopyWithScaledExperts(const std::string& dir, float scale) {
 
 // What a finished row is fed: row 0's prompt twice, with row 0 finished after 3 tokens (a per-row
 // stop rule, as --stop uses). Until then both rows produce the same tokens; afterwards row 0 is
-// fed <pad> while row 1 goes on. At capacity 1 (see above) row 0's token takes the expert queue
-// slot first, so a finished row fed its last token (row 1's token too) would push row 1's top-1
+// fed <pad> while row 1 goes on. With capacity factor 0.25 and minimum capacity 1 a decode step's
+// experts hold one token each (capacity is rounded up to even, so the factor must bring it to 0
+// first), and row 0's token takes the expert queue slot first, so a finished row fed its last token (row 1's token too) would push row 1's top-1
 // assignments out of every MoE layer and change its continuation.
 TYPED_TEST(GenerationTest, FinishedRowsAreFedPad) {
   const std::string dir = "tests/data/openmoe/tiny8b";
