@@ -20,7 +20,7 @@
 #include "kernels/linear.h"
 #include "openmoe/checkpoint_table.h"
 #include "openmoe/decode_graph.h"
-#include "openmoe/generation.h"
+#include "openmoe/runtime/generation.h"
 
 namespace {
 

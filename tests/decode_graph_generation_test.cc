@@ -6,7 +6,7 @@
 
 #include "gtest/gtest.h"
 #include "openmoe/core/test_util.h"
-#include "openmoe/generation.h"
+#include "openmoe/runtime/generation.h"
 #include "tests/generation_prompt.h"
 
 namespace openmoe {

@@ -13,7 +13,7 @@
 #include "gtest/gtest.h"
 #include "openmoe/core/test_util.h"
 #include "openmoe/checkpoint.h"
-#include "openmoe/generation.h"
+#include "openmoe/runtime/generation.h"
 #include "openmoe/io/safetensors.h"
 #include "tests/generation_prompt.h"
 

@@ -9,10 +9,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "openmoe/core/status_macros.h"
-#include "openmoe/generation.h"
+#include "openmoe/runtime/generation.h"
 #include "openmoe/io/safetensors.h"
 #include "openmoe/io/token_batch.h"
-#include "openmoe/tokenizer.h"
+#include "openmoe/text/tokenizer.h"
 
 namespace openmoe::tools {
 namespace {

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "openmoe/sampling.h"
+#include "openmoe/runtime/sampling.h"
 
 namespace openmoe::tools {
 

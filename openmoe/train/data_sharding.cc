@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
-#include "openmoe/train_data.h"
+#include "openmoe/train/train_data.h"
 
 namespace openmoe::train {
 

@@ -7,7 +7,7 @@
 #include <set>
 
 #include "gtest/gtest.h"
-#include "openmoe/train_data.h"
+#include "openmoe/train/train_data.h"
 
 namespace openmoe::train {
 namespace {

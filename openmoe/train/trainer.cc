@@ -15,8 +15,8 @@
 #include "openmoe/config.h"
 #include "openmoe/core/status_macros.h"
 #include "openmoe/io/safetensors.h"
-#include "openmoe/tokenizer.h"
-#include "openmoe/train_data.h"
+#include "openmoe/text/tokenizer.h"
+#include "openmoe/train/train_data.h"
 
 namespace openmoe::train {
 namespace {

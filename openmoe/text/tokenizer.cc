@@ -1,4 +1,4 @@
-#include "openmoe/tokenizer.h"
+#include "openmoe/text/tokenizer.h"
 
 #include <filesystem>
 

@@ -1,6 +1,6 @@
 // Tokenizer over a SentencePiece model trained at build time (tests/data/tokenizer): round trips,
 // OpenMoE's BOS convention, left padding, the chat template, and bad input.
-#include "openmoe/tokenizer.h"
+#include "openmoe/text/tokenizer.h"
 
 #include <string>
 #include <vector>

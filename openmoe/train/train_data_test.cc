@@ -1,6 +1,6 @@
 // Training data: JSONL / JSON self_instruct records, their errors (with line numbers), the
 // "<pad>" + prompt + completion rows with right padding and truncation, and epoch orders.
-#include "openmoe/train_data.h"
+#include "openmoe/train/train_data.h"
 
 #include <cstdio>
 #include <fstream>

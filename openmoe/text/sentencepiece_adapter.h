@@ -1,9 +1,9 @@
-// File: openmoe/sentencepiece_adapter.h
+// File: openmoe/text/sentencepiece_adapter.h
 // A std-only wall around libsentencepiece: Debian's sentencepiece 0.1.97 headers declare their
 // own `absl::string_view`, which clashes with the real Abseil, so no translation unit may
 // include both. Only sentencepiece_adapter.cc includes <sentencepiece_processor.h>.
-#ifndef OPENMOE_SENTENCEPIECE_ADAPTER_H_
-#define OPENMOE_SENTENCEPIECE_ADAPTER_H_
+#ifndef OPENMOE_TEXT_SENTENCEPIECE_ADAPTER_H_
+#define OPENMOE_TEXT_SENTENCEPIECE_ADAPTER_H_
 
 #include <memory>
 #include <string>
@@ -28,4 +28,4 @@ class SentencePieceAdapter {
 
 }  // namespace openmoe::internal
 
-#endif  // OPENMOE_SENTENCEPIECE_ADAPTER_H_
+#endif  // OPENMOE_TEXT_SENTENCEPIECE_ADAPTER_H_

@@ -1,4 +1,4 @@
-// File: openmoe/train_data.h
+// File: openmoe/train/train_data.h
 // Training data for //tools:train, as upstream's train.py builds it (spec section 6.3):
 //   - self_instruct-style records {"prompt": ..., "completion": ...} from a local .jsonl (one
 //     object per line) or .json (an array of objects) file, the format of yizhongw/self_instruct
@@ -10,8 +10,8 @@
 //     (no tokenizer needed).
 // Batches follow an epoch order: a permutation drawn from (seed, epoch) when shuffling, file
 // order otherwise; the last incomplete batch is dropped (drop_last=True).
-#ifndef OPENMOE_TRAIN_DATA_H_
-#define OPENMOE_TRAIN_DATA_H_
+#ifndef OPENMOE_TRAIN_TRAIN_DATA_H_
+#define OPENMOE_TRAIN_TRAIN_DATA_H_
 
 #include <cstdint>
 #include <string>
@@ -19,7 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "openmoe/io/token_batch.h"
-#include "openmoe/tokenizer.h"
+#include "openmoe/text/tokenizer.h"
 
 namespace openmoe {
 
@@ -42,4 +42,4 @@ std::vector<int64_t> EpochOrder(int64_t count, uint64_t seed, int64_t epoch, boo
 
 }  // namespace openmoe
 
-#endif  // OPENMOE_TRAIN_DATA_H_
+#endif  // OPENMOE_TRAIN_TRAIN_DATA_H_

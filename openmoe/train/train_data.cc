@@ -1,4 +1,4 @@
-#include "openmoe/train_data.h"
+#include "openmoe/train/train_data.h"
 
 #include <algorithm>
 #include <fstream>

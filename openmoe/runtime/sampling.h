@@ -1,9 +1,9 @@
-// File: openmoe/sampling.h
+// File: openmoe/runtime/sampling.h
 // Next-token selection from one row of float32 logits: greedy, or sampling with temperature,
 // top-k, top-p (nucleus) and a repetition penalty, as Hugging Face's logits processors define
 // them. Host code; deterministic for a given seed.
-#ifndef OPENMOE_SAMPLING_H_
-#define OPENMOE_SAMPLING_H_
+#ifndef OPENMOE_RUNTIME_SAMPLING_H_
+#define OPENMOE_RUNTIME_SAMPLING_H_
 
 #include <cstdint>
 #include <random>
@@ -32,4 +32,4 @@ int64_t SelectToken(const float* logits, int64_t allowed_vocab, const std::vecto
 
 }  // namespace openmoe
 
-#endif  // OPENMOE_SAMPLING_H_
+#endif  // OPENMOE_RUNTIME_SAMPLING_H_

@@ -1,4 +1,4 @@
-// File: openmoe/generation.h
+// File: openmoe/runtime/generation.h
 // Autoregressive generation with the KV cache: one prefill Step over the prompt (one routing
 // group), then one Step per new token whose B tokens form their own routing group, as the
 // fixtures' gen_greedy_ids define. Finished rows keep being fed <pad> (as HF generate does) and
@@ -7,8 +7,8 @@
 //   GenerationOptions options;  options.max_new_tokens = 32;
 //   OPENMOE_ASSIGN_OR_RETURN(GenerationResult r, Generate(model, ids, mask, B, P, options));
 //   // r.ids is [B, r.steps]
-#ifndef OPENMOE_GENERATION_H_
-#define OPENMOE_GENERATION_H_
+#ifndef OPENMOE_RUNTIME_GENERATION_H_
+#define OPENMOE_RUNTIME_GENERATION_H_
 
 #include <cstdint>
 #include <functional>
@@ -16,7 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "openmoe/model.h"
-#include "openmoe/sampling.h"
+#include "openmoe/runtime/sampling.h"
 
 namespace openmoe {
 
@@ -45,4 +45,4 @@ absl::StatusOr<GenerationResult> Generate(OpenMoeModel<ExecSpace, T>& model,
 
 }  // namespace openmoe
 
-#endif  // OPENMOE_GENERATION_H_
+#endif  // OPENMOE_RUNTIME_GENERATION_H_

@@ -1,4 +1,4 @@
-#include "openmoe/generation.h"
+#include "openmoe/runtime/generation.h"
 
 #include <chrono>
 

@@ -1,6 +1,6 @@
 // Token selection: greedy tie-breaking, the vocabulary limit, repetition penalty, and the
 // distributions of top-k / top-p / temperature sampling against their definitions.
-#include "openmoe/sampling.h"
+#include "openmoe/runtime/sampling.h"
 
 #include <cmath>
 #include <map>

@@ -1,4 +1,4 @@
-#include "openmoe/sentencepiece_adapter.h"
+#include "openmoe/text/sentencepiece_adapter.h"
 
 #include <sentencepiece_processor.h>
 

@@ -1,4 +1,4 @@
-#include "openmoe/sampling.h"
+#include "openmoe/runtime/sampling.h"
 
 #include <algorithm>
 #include <cmath>

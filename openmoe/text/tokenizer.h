@@ -1,10 +1,10 @@
-// File: openmoe/tokenizer.h
+// File: openmoe/text/tokenizer.h
 // The OpenMoE tokenizer (umT5 SentencePiece, 256000 pieces) as the Hub's OpenMoeTokenizer
 // uses it: <pad> (id 0) is the BOS and is prepended, </s> (id 1) is the EOS and is not appended,
 // batches are left-padded. The model's logits cover more ids (256384) than the tokenizer has;
 // vocab_size() is the limit generation must respect.
-#ifndef OPENMOE_TOKENIZER_H_
-#define OPENMOE_TOKENIZER_H_
+#ifndef OPENMOE_TEXT_TOKENIZER_H_
+#define OPENMOE_TEXT_TOKENIZER_H_
 
 #include <cstdint>
 #include <memory>
@@ -13,7 +13,7 @@
 
 #include "absl/status/statusor.h"
 
-#include "openmoe/sentencepiece_adapter.h"
+#include "openmoe/text/sentencepiece_adapter.h"
 
 namespace openmoe {
 
@@ -51,4 +51,4 @@ inline constexpr char kDefaultSystemPrompt[] = "You are a helpful, respectful an
 
 }  // namespace openmoe
 
-#endif  // OPENMOE_TOKENIZER_H_
+#endif  // OPENMOE_TEXT_TOKENIZER_H_
