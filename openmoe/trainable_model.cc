@@ -76,6 +76,7 @@ void TrainableModel<ExecSpace>::AllocateFlatBuffers() {
   layout_ = ParameterLayout(table_);
   flat_params_ = Vector<float, ExecSpace>("params", layout_.total());  // zero: the gaps stay 0
   flat_grads_  = Vector<float, ExecSpace>("grads", layout_.total());
+  ResolveOffsets();
   params_.clear(), grads_.clear();
   for (const ParameterSlot& s : layout_.slots()) {
     params_.emplace(s.name, Vector<float, ExecSpace>(flat_params_.data() + s.offset, s.numel));
@@ -97,12 +98,38 @@ absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::RandomInit(
 }
 
 template <class ExecSpace>
-Matrix<float, ExecSpace> TrainableModel<ExecSpace>::P(const std::string& name, int64_t rows, int64_t cols) const {
-  return Matrix<float, ExecSpace>(params_.at(name).data(), rows, cols);
+Matrix<float, ExecSpace> TrainableModel<ExecSpace>::G(int64_t offset, int64_t rows, int64_t cols) const {
+  return Matrix<float, ExecSpace>(flat_grads_.data() + offset, rows, cols);
 }
 template <class ExecSpace>
-Matrix<float, ExecSpace> TrainableModel<ExecSpace>::G(const std::string& name, int64_t rows, int64_t cols) const {
-  return Matrix<float, ExecSpace>(grads_.at(name).data(), rows, cols);
+Vector<float, ExecSpace> TrainableModel<ExecSpace>::GV(int64_t offset) const {
+  return Vector<float, ExecSpace>(flat_grads_.data() + offset, config_.hidden_size);
+}
+
+template <class ExecSpace>
+void TrainableModel<ExecSpace>::ResolveOffsets() {
+  auto at = [&](const std::string& name) { return layout_.slot(name).offset; };
+  offsets_.embed_tokens = at("model.embed_tokens.weight");
+  offsets_.final_norm   = at("model.norm.weight");
+  offsets_.lm_head      = at("lm_head.weight");
+  offsets_.layers.clear();
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    const std::string pre = absl::StrCat("model.layers.", i);
+    LayerOffsets lo;
+    lo.input_norm = at(pre + ".input_layernorm.weight");
+    lo.q = at(pre + ".self_attn.q_proj.weight"), lo.k = at(pre + ".self_attn.k_proj.weight");
+    lo.v = at(pre + ".self_attn.v_proj.weight"), lo.o = at(pre + ".self_attn.o_proj.weight");
+    lo.post_attention_norm = at(pre + ".post_attention_layernorm.weight");
+    const std::string mlp = pre + (config_.IsMoeLayer(i) ? ".extra_mlp" : ".mlp");
+    lo.mlp = {at(mlp + ".gate_proj.weight"), at(mlp + ".down_proj.weight")};
+    if (config_.IsMoeLayer(i)) {
+      lo.pre_extra_mlp_norm = at(pre + ".pre_extra_mlp_layernorm.weight");
+      lo.router = at(pre + ".mlp.gate_weight");
+      lo.wi_gate = at(pre + ".mlp.experts.wi_gate"), lo.wi_up = at(pre + ".mlp.experts.wi_up");
+      lo.wo = at(pre + ".mlp.experts.wo");
+    }
+    offsets_.layers.push_back(lo);
+  }
 }
 
 template <class ExecSpace>
@@ -120,11 +147,11 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::
 // (rounded once per step) for bf16 and f16.
 template <class ExecSpace>
 template <class T>
-const T* TrainableModel<ExecSpace>::Working(const std::string& name) const {
+const T* TrainableModel<ExecSpace>::Working(int64_t offset) const {
   if constexpr (std::is_same_v<T, float>) {
-    return params_.at(name).data();
+    return flat_params_.data() + offset;
   } else {
-    return reinterpret_cast<const T*>(flat_working_.data()) + layout_.slot(name).offset;
+    return reinterpret_cast<const T*>(flat_working_.data()) + offset;
   }
 }
 
@@ -161,8 +188,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     }
   }
   working_current_ = false;
-  auto W = [&](const std::string& name, int64_t rows, int64_t cols) { return CM(Working<T>(name), rows, cols); };
-  auto WV = [&](const std::string& name) { return ConstVector<T, ExecSpace>(Working<T>(name), H); };
+  auto W = [&](int64_t offset, int64_t rows, int64_t cols) { return CM(Working<T>(offset), rows, cols); };
+  auto WV = [&](int64_t offset) { return ConstVector<T, ExecSpace>(Working<T>(offset), H); };
   // Float views of run-dtype data and run-dtype views of float gradients (no copy for float runs).
   auto to_f = [&](CM x) { return As<float>(space, x); };
   auto to_t = [&](CFM x) { return As<T>(space, x); };
@@ -200,10 +227,10 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     return FM(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), rows, cols);
   };
   // gate_proj [2I, H] and up_proj [I, H] are adjacent in the flat layout: one [3I, H] product.
-  auto run_mlp = [&](const std::string& prefix, CM x, M out) -> absl::StatusOr<Mlp> {
+  auto run_mlp = [&](const MlpOffsets& mlp, CM x, M out) -> absl::StatusOr<Mlp> {
     Mlp m{fresh("mlp.gate_up", N, 3 * I), fresh("mlp.act", N, I)};
-    OPENMOE_RETURN_IF_ERROR(DenseMlpForward<T>(space, x, W(prefix + ".gate_proj.weight", 3 * I, H),
-                                               W(prefix + ".down_proj.weight", H, I), m.gate_up, m.act, out));
+    OPENMOE_RETURN_IF_ERROR(DenseMlpForward<T>(space, x, W(mlp.gate_up, 3 * I, H),
+                                               W(mlp.down, H, I), m.gate_up, m.act, out));
     return m;
   };
   auto add = [&](M y, M x) { return kernels::AddInPlace<T>(space, y, CM(x)); };
@@ -214,19 +241,19 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   };
 
   M h("h", N, H);
-  OPENMOE_RETURN_IF_ERROR(kernels::Embedding<T>(space, W("model.embed_tokens.weight", V, H), ids, h));
+  OPENMOE_RETURN_IF_ERROR(kernels::Embedding<T>(space, W(offsets_.embed_tokens, V, H), ids, h));
   // One layer's forward: h (the residual stream) goes from the layer's input to its output;
   // layers[i] receives every activation the backward pass reads.
   auto layer_forward = [&](int64_t i, M h) -> absl::Status {
-    const std::string pre = absl::StrCat("model.layers.", i);
+    const LayerOffsets& lo = offsets_.layers[i];
     Layer& a = layers[i];
     a.h_in = copy(h);
     a.x1   = fresh("x1", N, H);
-    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h_in, WV(pre + ".input_layernorm.weight"), a.x1, eps));
+    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h_in, WV(lo.input_norm), a.x1, eps));
     a.q = fresh("q", N, Wq), a.k = fresh("k", N, Wkv), a.v = fresh("v", N, Wkv);
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x1), W(pre + ".self_attn.q_proj.weight", Wq, H), a.q));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x1), W(pre + ".self_attn.k_proj.weight", Wkv, H), a.k));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x1), W(pre + ".self_attn.v_proj.weight", Wkv, H), a.v));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x1), W(lo.q, Wq, H), a.q));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x1), W(lo.k, Wkv, H), a.k));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x1), W(lo.v, Wkv, H), a.v));
     OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, T3(a.q.data(), B, S, Wq), Dh, 0));
     OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, T3(a.k.data(), B, S, Wkv), Dh, 0));
     a.attn = fresh("attn", N, Wq);
@@ -234,15 +261,15 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
                                                         CT3(a.v.data(), B, S, Wkv), mask, Nh, Nkv, Dh, S, 0,
                                                         T3(a.attn.data(), B, S, Wq)));
     M delta = fresh("delta", N, H);
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.attn), W(pre + ".self_attn.o_proj.weight", H, Wq), delta));
+    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.attn), W(lo.o, H, Wq), delta));
     OPENMOE_RETURN_IF_ERROR(add(h, delta));
     a.h_mid = copy(h);
     a.x2    = fresh("x2", N, H);
-    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h_mid, WV(pre + ".post_attention_layernorm.weight"), a.x2, eps));
+    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h_mid, WV(lo.post_attention_norm), a.x2, eps));
     if (c.IsMoeLayer(i)) {
       a.router_logits = M("router_logits", N, E), a.probs = FM("probs", N, E);
       a.experts = IntM("experts", N, 2), a.rank = IntM("rank", N, 2);
-      OPENMOE_ASSIGN_OR_RETURN(a.capacity, RouteTokens<T>(space, CM(a.x2), W(pre + ".mlp.gate_weight", E, H),
+      OPENMOE_ASSIGN_OR_RETURN(a.capacity, RouteTokens<T>(space, CM(a.x2), W(lo.router, E, H),
                                                           c.router_capacity_factor_train, c.router_min_capacity,
                                                           a.router_logits, a.probs, a.experts, a.rank));
       const int64_t C = a.capacity;
@@ -250,9 +277,9 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       a.dispatched = M("dispatched", El * C, H), a.eg = M("eg", El * C, 2 * I), a.eu = M("eu", El * C, I);
       a.eact = M("eact", El * C, I), a.eo = M("eo", El * C, H);
       OPENMOE_RETURN_IF_ERROR(dispatcher_->Dispatch(space, CM(a.x2), a.experts, a.rank, C, a.dispatched));
-      const T* wi_gate = Working<T>(pre + ".mlp.experts.wi_gate") + e0 * H * 2 * I;
-      const T* wi_up   = Working<T>(pre + ".mlp.experts.wi_up") + e0 * H * I;
-      const T* wo      = Working<T>(pre + ".mlp.experts.wo") + e0 * I * H;
+      const T* wi_gate = Working<T>(lo.wi_gate) + e0 * H * 2 * I;
+      const T* wi_up   = Working<T>(lo.wi_up) + e0 * H * I;
+      const T* wo      = Working<T>(lo.wo) + e0 * I * H;
       for (int64_t e = 0; e < El; ++e) {
         const auto rows = std::make_pair(e * C, (e + 1) * C);
         OPENMOE_RETURN_IF_ERROR(ExpertForward<T>(space, CM(rows_of(a.dispatched, rows.first, rows.second)),
@@ -265,10 +292,10 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       OPENMOE_RETURN_IF_ERROR(dispatcher_->Combine(space, CM(a.eo), CFM(a.probs), a.experts, a.rank, C, delta));
       OPENMOE_RETURN_IF_ERROR(add(h, delta));
       a.h2 = copy(h), a.x3 = M("x3", N, H);
-      OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h2, WV(pre + ".pre_extra_mlp_layernorm.weight"), a.x3, eps));
-      OPENMOE_ASSIGN_OR_RETURN(a.mlp, run_mlp(pre + ".extra_mlp", CM(a.x3), delta));
+      OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h2, WV(lo.pre_extra_mlp_norm), a.x3, eps));
+      OPENMOE_ASSIGN_OR_RETURN(a.mlp, run_mlp(lo.mlp, CM(a.x3), delta));
     } else {
-      OPENMOE_ASSIGN_OR_RETURN(a.mlp, run_mlp(pre + ".mlp", CM(a.x2), delta));
+      OPENMOE_ASSIGN_OR_RETURN(a.mlp, run_mlp(lo.mlp, CM(a.x2), delta));
     }
     return add(h, delta);
   };
@@ -281,11 +308,11 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     }
   }
   M h_final = copy(h), xf("xf", N, H);
-  OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h_final, WV("model.norm.weight"), xf, eps));
+  OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h_final, WV(offsets_.final_norm), xf, eps));
 
   // Float copies of the norm weights the backward pass reads (the step's working values).
-  auto norm_weight = [&](const std::string& name) -> absl::StatusOr<ConstVector<float, ExecSpace>> {
-    OPENMOE_ASSIGN_OR_RETURN(CFM w, to_f(CM(Working<T>(name), 1, H)));
+  auto norm_weight = [&](int64_t offset) -> absl::StatusOr<ConstVector<float, ExecSpace>> {
+    OPENMOE_ASSIGN_OR_RETURN(CFM w, to_f(CM(Working<T>(offset), 1, H)));
     return ConstVector<float, ExecSpace>(w.data(), H);
   };
 
@@ -307,7 +334,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       const int64_t r1 = std::min(N, r0 + chunk), R = r1 - r0;
       M lg(logits.data(), R, V);
       CM x_rows(rows_of(xf, r0, r1));
-      OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x_rows, W("lm_head.weight", V, H), lg));
+      OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x_rows, W(offsets_.lm_head, V, H), lg));
       FM lgf = kFloat ? FM(reinterpret_cast<float*>(lg.data()), R, V) : FM(logits_f.data(), R, V);  // float logits
       if constexpr (!kFloat) OPENMOE_RETURN_IF_ERROR((kernels::Convert<T, float>(space, CM(lg), lgf)));
       Vector<double, ExecSpace> loss_rows(row_loss.data(), R);
@@ -317,13 +344,13 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       auto loss_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), loss_rows);
       for (int64_t r = 0; r < R; ++r) parts.lm += loss_host(r);
       OPENMOE_ASSIGN_OR_RETURN(CM dlg, to_t(CFM(lgf)));
-      OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, dlg, W("lm_head.weight", V, H), rows_of(dxf, r0, r1)));
-      OPENMOE_RETURN_IF_ERROR(weight_grad(dlg, x_rows, G("lm_head.weight", V, H)));
+      OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, dlg, W(offsets_.lm_head, V, H), rows_of(dxf, r0, r1)));
+      OPENMOE_RETURN_IF_ERROR(weight_grad(dlg, x_rows, G(offsets_.lm_head, V, H)));
     }
     OPENMOE_ASSIGN_OR_RETURN(CFM hf, to_f(CM(h_final)));
     OPENMOE_ASSIGN_OR_RETURN(CFM dxf_f, to_f(CM(dxf)));
-    OPENMOE_ASSIGN_OR_RETURN(auto w_norm, norm_weight("model.norm.weight"));
-    OPENMOE_RETURN_IF_ERROR(kernels::RmsNormBackward<ExecSpace>(space, hf, w_norm, dxf_f, eps, dh, grads_.at("model.norm.weight")));
+    OPENMOE_ASSIGN_OR_RETURN(auto w_norm, norm_weight(offsets_.final_norm));
+    OPENMOE_RETURN_IF_ERROR(kernels::RmsNormBackward<ExecSpace>(space, hf, w_norm, dxf_f, eps, dh, GV(offsets_.final_norm)));
   }
 
   // ---- backward through the layers (float32 gradients; products in the run dtype) ----
@@ -342,22 +369,22 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   };
   // MLP backward: dy -> dx (written); weight gradients accumulated.
   // (gate_proj; up_proj) as one [3I, H] matrix, in the weights and in the gradients.
-  auto mlp_backward = [&](const std::string& prefix, CM x, const Mlp& m, CFM dy, FM dx_out) -> absl::Status {
+  auto mlp_backward = [&](const MlpOffsets& mlp, CM x, const Mlp& m, CFM dy, FM dx_out) -> absl::Status {
     FM dact("dact", N, I), d_gate_up("d_gate_up", N, 3 * I);
     OPENMOE_ASSIGN_OR_RETURN(CM dy_t, to_t(dy));
-    OPENMOE_RETURN_IF_ERROR(matmul_sum({{dy_t, W(prefix + ".down_proj.weight", H, I)}}, dact));
-    OPENMOE_RETURN_IF_ERROR(weight_grad(dy_t, CM(m.act), G(prefix + ".down_proj.weight", H, I)));
+    OPENMOE_RETURN_IF_ERROR(matmul_sum({{dy_t, W(mlp.down, H, I)}}, dact));
+    OPENMOE_RETURN_IF_ERROR(weight_grad(dy_t, CM(m.act), G(mlp.down, H, I)));
     OPENMOE_ASSIGN_OR_RETURN(CFM gate_up_f, to_f(CM(m.gate_up)));
     OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackwardFused<ExecSpace>(space, gate_up_f, CFM(dact), d_gate_up));
     OPENMOE_ASSIGN_OR_RETURN(CM d_gate_up_t, to_t(CFM(d_gate_up)));
-    OPENMOE_RETURN_IF_ERROR(matmul_sum({{d_gate_up_t, W(prefix + ".gate_proj.weight", 3 * I, H)}}, dx_out));
-    return weight_grad(d_gate_up_t, x, G(prefix + ".gate_proj.weight", 3 * I, H));
+    OPENMOE_RETURN_IF_ERROR(matmul_sum({{d_gate_up_t, W(mlp.gate_up, 3 * I, H)}}, dx_out));
+    return weight_grad(d_gate_up_t, x, G(mlp.gate_up, 3 * I, H));
   };
   // Norm backward into the residual gradient: dh += RmsNormBackward(x_in, dy).
-  auto norm_backward = [&](const std::string& weight, CM x_in, CFM dy) -> absl::Status {
+  auto norm_backward = [&](int64_t weight, CM x_in, CFM dy) -> absl::Status {
     OPENMOE_ASSIGN_OR_RETURN(CFM x_f, to_f(x_in));
     OPENMOE_ASSIGN_OR_RETURN(auto w, norm_weight(weight));
-    OPENMOE_RETURN_IF_ERROR(kernels::RmsNormBackward<ExecSpace>(space, x_f, w, dy, eps, dnorm, grads_.at(weight)));
+    OPENMOE_RETURN_IF_ERROR(kernels::RmsNormBackward<ExecSpace>(space, x_f, w, dy, eps, dnorm, GV(weight)));
     return kernels::AddInPlace<float>(space, dh, CFM(dnorm));
   };
   const double moe_layers = std::max<int64_t>(1, c.NumMoeLayers());
@@ -365,7 +392,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   Kokkos::View<double*, MemSpace> router_parts_d("router_parts", 2 * std::max<int64_t>(1, c.NumMoeLayers()));
   int64_t moe_index = 0;
   for (int64_t i = L - 1; i >= 0; --i) {
-    const std::string pre = absl::StrCat("model.layers.", i);
+    const LayerOffsets& lo = offsets_.layers[i];
     if (recompute_) {  // the same kernels on the same input: the same activations, bit for bit
       M h_again = copy(layers[i].h_in);
       OPENMOE_RETURN_IF_ERROR(layer_forward(i, h_again));
@@ -373,20 +400,20 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     Layer& a = layers[i];
     if (c.IsMoeLayer(i)) {
       const int64_t C = a.capacity;
-      OPENMOE_RETURN_IF_ERROR(mlp_backward(pre + ".extra_mlp", CM(a.x3), a.mlp, CFM(dh), dx));
-      OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".pre_extra_mlp_layernorm.weight", CM(a.h2), CFM(dx)));
+      OPENMOE_RETURN_IF_ERROR(mlp_backward(lo.mlp, CM(a.x3), a.mlp, CFM(dh), dx));
+      OPENMOE_RETURN_IF_ERROR(norm_backward(lo.pre_extra_mlp_norm, CM(a.h2), CFM(dx)));
       // Experts: dh is the gradient of the combined output.
       FM d_eo("d_eo", El * C, H), dprobs("dprobs", N, E), d_eact("d_eact", El * C, I);
       FM d_eg("d_eg", El * C, 2 * I), d_eu("d_eu", El * C, I), d_disp("d_disp", El * C, H);
       OPENMOE_ASSIGN_OR_RETURN(CFM eo_f, to_f(CM(a.eo)));
       OPENMOE_RETURN_IF_ERROR(dispatcher_->CombineBackward(space, CFM(dh), eo_f, CFM(a.probs), a.experts, a.rank, C, d_eo,
                                                            dprobs));
-      const T* wi_gate = Working<T>(pre + ".mlp.experts.wi_gate") + e0 * H * 2 * I;
-      const T* wi_up   = Working<T>(pre + ".mlp.experts.wi_up") + e0 * H * I;
-      const T* wo      = Working<T>(pre + ".mlp.experts.wo") + e0 * I * H;
-      float* g_wi_gate = grads_.at(pre + ".mlp.experts.wi_gate").data() + e0 * H * 2 * I;
-      float* g_wi_up   = grads_.at(pre + ".mlp.experts.wi_up").data() + e0 * H * I;
-      float* g_wo      = grads_.at(pre + ".mlp.experts.wo").data() + e0 * I * H;
+      const T* wi_gate = Working<T>(lo.wi_gate) + e0 * H * 2 * I;
+      const T* wi_up   = Working<T>(lo.wi_up) + e0 * H * I;
+      const T* wo      = Working<T>(lo.wo) + e0 * I * H;
+      float* g_wi_gate = (flat_grads_.data() + lo.wi_gate) + e0 * H * 2 * I;
+      float* g_wi_up   = (flat_grads_.data() + lo.wi_up) + e0 * H * I;
+      float* g_wo      = (flat_grads_.data() + lo.wo) + e0 * I * H;
       OPENMOE_ASSIGN_OR_RETURN(CFM eg_f, to_f(CM(a.eg)));
       OPENMOE_ASSIGN_OR_RETURN(CFM eu_f, to_f(CM(a.eu)));
       for (int64_t e = 0; e < El; ++e) {
@@ -424,20 +451,20 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       ++moe_index;
       FM dx_router("dx_router", N, H);
       OPENMOE_ASSIGN_OR_RETURN(CM d_router_t, to_t(CFM(d_router)));
-      OPENMOE_RETURN_IF_ERROR(matmul_sum({{d_router_t, W(pre + ".mlp.gate_weight", E, H)}}, dx_router));
+      OPENMOE_RETURN_IF_ERROR(matmul_sum({{d_router_t, W(lo.router, E, H)}}, dx_router));
       OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<float>(space, dx, CFM(dx_router)));
       OPENMOE_ASSIGN_OR_RETURN(CFM x2_f, to_f(CM(a.x2)));
       // float32 for the router (its gradient is the sensitive one; [N, E] is small).
-      OPENMOE_RETURN_IF_ERROR((kernels::AddTransposedProduct<float, ExecSpace>(space, CFM(d_router), x2_f, G(pre + ".mlp.gate_weight", E, H))));
+      OPENMOE_RETURN_IF_ERROR((kernels::AddTransposedProduct<float, ExecSpace>(space, CFM(d_router), x2_f, G(lo.router, E, H))));
     } else {
-      OPENMOE_RETURN_IF_ERROR(mlp_backward(pre + ".mlp", CM(a.x2), a.mlp, CFM(dh), dx));
+      OPENMOE_RETURN_IF_ERROR(mlp_backward(lo.mlp, CM(a.x2), a.mlp, CFM(dh), dx));
     }
-    OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".post_attention_layernorm.weight", CM(a.h_mid), CFM(dx)));
+    OPENMOE_RETURN_IF_ERROR(norm_backward(lo.post_attention_norm, CM(a.h_mid), CFM(dx)));
     // Attention block: dh is the gradient of h_mid = h_in + o_proj(attn).
     FM dattn = fresh_f("dattn", N, Wq), dq = fresh_f("dq", N, Wq), dk = fresh_f("dk", N, Wkv), dv = fresh_f("dv", N, Wkv);
     OPENMOE_ASSIGN_OR_RETURN(CM dh_t, to_t(CFM(dh)));
-    OPENMOE_RETURN_IF_ERROR(matmul_sum({{dh_t, W(pre + ".self_attn.o_proj.weight", H, Wq)}}, dattn));
-    OPENMOE_RETURN_IF_ERROR(weight_grad(dh_t, CM(a.attn), G(pre + ".self_attn.o_proj.weight", H, Wq)));
+    OPENMOE_RETURN_IF_ERROR(matmul_sum({{dh_t, W(lo.o, H, Wq)}}, dattn));
+    OPENMOE_RETURN_IF_ERROR(weight_grad(dh_t, CM(a.attn), G(lo.o, H, Wq)));
     OPENMOE_ASSIGN_OR_RETURN(CFM q_f, to_f(CM(a.q)));
     OPENMOE_ASSIGN_OR_RETURN(CFM k_f, to_f(CM(a.k)));
     OPENMOE_ASSIGN_OR_RETURN(CFM v_f, to_f(CM(a.v)));
@@ -449,17 +476,17 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     OPENMOE_ASSIGN_OR_RETURN(CM dq_t, to_t(CFM(dq)));
     OPENMOE_ASSIGN_OR_RETURN(CM dk_t, to_t(CFM(dk)));
     OPENMOE_ASSIGN_OR_RETURN(CM dv_t, to_t(CFM(dv)));
-    OPENMOE_RETURN_IF_ERROR(matmul_sum({{dq_t, W(pre + ".self_attn.q_proj.weight", Wq, H)},
-                                        {dk_t, W(pre + ".self_attn.k_proj.weight", Wkv, H)},
-                                        {dv_t, W(pre + ".self_attn.v_proj.weight", Wkv, H)}}, dx));
-    OPENMOE_RETURN_IF_ERROR(weight_grad(dq_t, CM(a.x1), G(pre + ".self_attn.q_proj.weight", Wq, H)));
-    OPENMOE_RETURN_IF_ERROR(weight_grad(dk_t, CM(a.x1), G(pre + ".self_attn.k_proj.weight", Wkv, H)));
-    OPENMOE_RETURN_IF_ERROR(weight_grad(dv_t, CM(a.x1), G(pre + ".self_attn.v_proj.weight", Wkv, H)));
-    OPENMOE_RETURN_IF_ERROR(norm_backward(pre + ".input_layernorm.weight", CM(a.h_in), CFM(dx)));
+    OPENMOE_RETURN_IF_ERROR(matmul_sum({{dq_t, W(lo.q, Wq, H)},
+                                        {dk_t, W(lo.k, Wkv, H)},
+                                        {dv_t, W(lo.v, Wkv, H)}}, dx));
+    OPENMOE_RETURN_IF_ERROR(weight_grad(dq_t, CM(a.x1), G(lo.q, Wq, H)));
+    OPENMOE_RETURN_IF_ERROR(weight_grad(dk_t, CM(a.x1), G(lo.k, Wkv, H)));
+    OPENMOE_RETURN_IF_ERROR(weight_grad(dv_t, CM(a.x1), G(lo.v, Wkv, H)));
+    OPENMOE_RETURN_IF_ERROR(norm_backward(lo.input_norm, CM(a.h_in), CFM(dx)));
     a = Layer{};  // this layer's activations are no longer needed
   }
   OPENMOE_RETURN_IF_ERROR(kernels::EmbeddingBackward<ExecSpace>(space, ids, CFM(dh), c.pad_token_id,
-                                                                G("model.embed_tokens.weight", V, H)));
+                                                                G(offsets_.embed_tokens, V, H)));
   if (loss_scale_ != 1.0f) {  // back to the loss's own gradients (inf / NaN stay)
     OPENMOE_RETURN_IF_ERROR(kernels::Scale<ExecSpace>(space, flat_grads_, 1.0f / loss_scale_));
   }

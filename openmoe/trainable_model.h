@@ -90,10 +90,27 @@ class TrainableModel {
   template <class T>
   absl::StatusOr<LossParts> Step(const std::vector<int64_t>& input_ids, const std::vector<int64_t>& attention_mask,
                                  int64_t batch, int64_t seq_len);
+  // Where each layer's tensors start in the flat buffers, resolved once at load: the step looks
+  // nothing up by name.
+  struct MlpOffsets {
+    int64_t gate_up = 0, down = 0;  // gate_proj (then up_proj, adjacent) and down_proj
+  };
+  struct LayerOffsets {
+    int64_t input_norm = 0, q = 0, k = 0, v = 0, o = 0, post_attention_norm = 0;
+    MlpOffsets mlp;  // dense layers: .mlp; MoE layers: .extra_mlp
+    int64_t pre_extra_mlp_norm = -1, router = -1, wi_gate = -1, wi_up = -1, wo = -1;  // MoE layers
+  };
+  struct Offsets {
+    int64_t embed_tokens = 0, final_norm = 0, lm_head = 0;
+    std::vector<LayerOffsets> layers;
+  };
+  void ResolveOffsets();
+
+  // The step's working weights at `offset` (fp32 masters, or the 16-bit copy), gradients there.
   template <class T>
-  const T* Working(const std::string& name) const;
-  Matrix<float, ExecSpace> P(const std::string& name, int64_t rows, int64_t cols) const;
-  Matrix<float, ExecSpace> G(const std::string& name, int64_t rows, int64_t cols) const;
+  const T* Working(int64_t offset) const;
+  Matrix<float, ExecSpace> G(int64_t offset, int64_t rows, int64_t cols) const;
+  Vector<float, ExecSpace> GV(int64_t offset) const;  // [H]: a norm weight's gradient
 
   OpenMoeConfig config_;
   bool recompute_ = false;
@@ -104,6 +121,7 @@ class TrainableModel {
 
   std::vector<TensorSpec> table_;
   ParameterLayout layout_;
+  Offsets offsets_;
   Vector<float, ExecSpace> flat_params_, flat_grads_;  // [layout_.total()]
   // The 16-bit copy of flat_params_ (bf16 / fp16 runs), same layout: raw bits, read as the step's
   // type; allocated by the first 16-bit step.
