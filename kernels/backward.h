@@ -73,7 +73,7 @@ absl::Status DispatchBackward(const ExecSpace& space, ConstMatrix<float, ExecSpa
                               int64_t capacity, Matrix<float, ExecSpace> dx);
 
 // OpenMoE's router losses of one MoE layer (losses.h) and their backward, on the device.
-// logits [N, E]: the router's float32 logits; experts [N, 2]: the top-2 choices RouterTop2 made
+// logits [N, E]: the router's logits as float32 (converted from the run dtype); experts [N, 2]: the top-2 choices RouterTop2 made
 // from them (f_e counts them, before capacity drops, and is held constant in the gradient);
 // dprobs [N, E]: the gradient reaching the router probabilities through Combine (already times
 // grad_scale). aux_weight / z_weight: this layer's weights in the loss (the factors over the

@@ -1,6 +1,7 @@
 // File: openmoe/trainable_model.h
-// The OpenMoE decoder for training: float32 master weights under their Hugging Face names (q/k/v
-// and gate/up kept separate, as the checkpoints hold them), one forward pass over a [B, S] batch
+// The OpenMoE decoder for training: float32 master weights under their Hugging Face names, in one
+// flat buffer (parameter_layout.h: q/k/v separate; gate_proj and up_proj adjacent, run as one
+// [3I, H] product), one forward pass over a [B, S] batch
 // that keeps the activations the backward pass needs, and the gradients of OpenMoE's training
 // loss (losses.h) for every parameter. The batch is one routing group with training capacity
 // (router_capacity_factor_train); labels are the inputs shifted by one, padding not masked.
@@ -58,11 +59,14 @@ class TrainableModel {
   Vector<float, ExecSpace> flat_params() const { return flat_params_; }
   Vector<float, ExecSpace> flat_grads() const { return flat_grads_; }
   // The 16-bit working copy of flat_params() that a bf16 / fp16 step computes with [total],
-  // allocated here if needed (raw bits of the step's type). An optimizer that writes it together
-  // with the weights (kernels::AdamWStepAndCast) calls MarkWorkingCopyCurrent(): the next step
-  // then skips its own conversion. Any other change of the weights must not call it.
+  // allocated here if needed (raw bits of compute_dtype()). An optimizer that writes it together
+  // with the weights (kernels::AdamWStepAndCast, in compute_dtype()) calls MarkWorkingCopyCurrent():
+  // the next step then skips its own conversion. Whoever changes the weights in any other way
+  // between that call and the next step (a load, a broadcast from another rank) must call
+  // InvalidateWorkingCopy().
   Vector<uint16_t, ExecSpace> flat_working();
   void MarkWorkingCopyCurrent() { working_current_ = true; }
+  void InvalidateWorkingCopy() { working_current_ = false; }
   // How the MoE layers move tokens to their experts and back (SingleRankDispatcher by default:
   // every expert here). An expert-parallel dispatcher makes this model run its local experts only.
   void set_token_dispatcher(std::shared_ptr<TokenDispatcher<ExecSpace>> dispatcher) { dispatcher_ = std::move(dispatcher); }
@@ -75,7 +79,8 @@ class TrainableModel {
   // products (forward and input gradients) in 16 bits with float32 accumulation; the element-wise
   // backward ops and the weight gradients accumulate in float32.
   enum class ComputeDtype { kFp32, kBf16, kFp16 };
-  void set_compute_dtype(ComputeDtype dtype) { dtype_ = dtype; }
+  void set_compute_dtype(ComputeDtype dtype) { dtype_ = dtype, working_current_ = false; }
+  ComputeDtype compute_dtype() const { return dtype_; }
   // Loss scaling (fp16): the backward pass starts from loss_scale x the loss gradients, so that
   // small gradients survive fp16's range in the 16-bit products; grad() holds them divided by
   // the scale again. Where the scaled gradients overflow, grad() has inf/NaN (LossScaler).

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -90,7 +92,7 @@ TYPED_TEST(GenerationTest, KvCacheDecodingEqualsRecomputationWithoutDrops) {
 using RowDone = std::function<bool(int64_t, const std::vector<int64_t>&)>;
 template <class Model>
 std::vector<int64_t> StepByStepGreedy(Model& model, const Prompt& p, int64_t eos, int64_t max_steps, int64_t* steps,
-                                      const RowDone& done = nullptr) {
+                                      const RowDone& done = nullptr, bool feed_last_when_done = false) {
   const int64_t V = model.config().vocab_size, B = p.batch, pad = model.config().pad_token_id;
   auto cache = model.NewCache(B, p.len + max_steps);
   EXPECT_TRUE(cache.ok());
@@ -104,8 +106,9 @@ std::vector<int64_t> StepByStepGreedy(Model& model, const Prompt& p, int64_t eos
     if (!logits.ok()) break;
     for (int64_t b = 0; b < B; ++b) {
       const auto row = logits->begin() + b * V;
-      fed[b] = finished[b] ? pad : std::max_element(row, row + V) - row;
-      rows[b].push_back(fed[b]);
+      const int64_t last = fed[b];
+      fed[b] = finished[b] ? (feed_last_when_done ? last : pad) : std::max_element(row, row + V) - row;
+      rows[b].push_back(finished[b] ? pad : fed[b]);
       if (!finished[b] && (fed[b] == eos || (done && done(b, rows[b])))) finished[b] = true;
     }
     ++s;
@@ -182,7 +185,8 @@ TYPED_TEST(GenerationTest, StopsAtEosAndEmitsPadAfterIt) {
 // that a dropped expert assignment rarely changes a greedy token; scaled, it does.
 std::string CopyWithScaledExperts(const std::string& dir, float scale) {
   const char* tmp = std::getenv("TEST_TMPDIR");  // set by bazel test; /tmp when run directly
-  const std::string out = std::string(tmp != nullptr ? tmp : "/tmp") + "/openmoe_scaled_experts";
+  const std::string out = std::string(tmp != nullptr ? tmp : "/tmp") + "/openmoe_scaled_experts." +
+                          std::to_string(::getpid());
   std::filesystem::create_directories(out);
   std::filesystem::copy_file(dir + "/config.json", out + "/config.json", std::filesystem::copy_options::overwrite_existing);
   auto file = io::SafetensorsFile::Open(dir + "/model.safetensors");
@@ -236,6 +240,13 @@ TYPED_TEST(GenerationTest, FinishedRowsAreFedPad) {
   ASSERT_EQ(r->steps, steps);
   EXPECT_EQ(r->ids, want) << "on " << TypeParam::name();
   for (int64_t s = 3; s < r->steps; ++s) EXPECT_EQ(r->ids[s], pad) << "row 0 step " << s;
+  // The premise: fed its last token instead of <pad>, finished row 0 would change row 1's tokens.
+  int64_t other_steps = 0;
+  const std::vector<int64_t> fed_last =
+      StepByStepGreedy(*model, p, /*eos=*/-1, max_steps, &other_steps, row0_after_3, /*feed_last_when_done=*/true);
+  EXPECT_NE(std::vector<int64_t>(fed_last.begin() + max_steps, fed_last.end()),
+            std::vector<int64_t>(want.begin() + steps, want.end()))
+      << "row 1 does not depend on what finished row 0 is fed: this test cannot tell";
 }
 
 TYPED_TEST(GenerationTest, RejectsPromptsThatDoNotFitTheContext) {

@@ -53,6 +53,9 @@ absl::StatusOr<OptimizerStepResult> AdamWOptimizer::Step(TrainModel& model, doub
   // precision also refreshes the 16-bit working copy in AdamW's pass.
   if (clip != 1.0f) OPENMOE_RETURN_IF_ERROR(kernels::Scale<Space>(Space(), grads, clip));
   using Dtype = TrainModel::ComputeDtype;
+  if (options_.compute_dtype != model.compute_dtype()) {  // the working copy holds the model's type
+    return absl::FailedPreconditionError("AdamW: the optimizer's compute dtype differs from the model's");
+  }
   if (options_.compute_dtype == Dtype::kFp32) {
     OPENMOE_RETURN_IF_ERROR(kernels::AdamWStep<Space>(Space(), model.flat_params(), grads, flat_m_, flat_v_, steps_, adamw));
     return result;
