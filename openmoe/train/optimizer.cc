@@ -32,6 +32,9 @@ absl::Status AdamWOptimizer::StepAndCast(TrainModel& model, Vector<float, Space>
 }
 
 absl::StatusOr<OptimizerStepResult> AdamWOptimizer::Step(TrainModel& model, double lr, bool loss_finite) {
+  if (options_.compute_dtype != model.compute_dtype()) {  // the working copy holds the model's type
+    return absl::FailedPreconditionError("AdamW: the optimizer's compute dtype differs from the model's");
+  }
   OptimizerStepResult result;
   const Vector<float, Space> grads = model.flat_grads();
   result.grad_norm = GlobalNorm(grads);
@@ -53,9 +56,6 @@ absl::StatusOr<OptimizerStepResult> AdamWOptimizer::Step(TrainModel& model, doub
   // precision also refreshes the 16-bit working copy in AdamW's pass.
   if (clip != 1.0f) OPENMOE_RETURN_IF_ERROR(kernels::Scale<Space>(Space(), grads, clip));
   using Dtype = TrainModel::ComputeDtype;
-  if (options_.compute_dtype != model.compute_dtype()) {  // the working copy holds the model's type
-    return absl::FailedPreconditionError("AdamW: the optimizer's compute dtype differs from the model's");
-  }
   if (options_.compute_dtype == Dtype::kFp32) {
     OPENMOE_RETURN_IF_ERROR(kernels::AdamWStep<Space>(Space(), model.flat_params(), grads, flat_m_, flat_v_, steps_, adamw));
     return result;
