@@ -38,5 +38,19 @@ TEST(ParameterLayout, TensorsInTableOrderAlignedAndDisjoint) {
   EXPECT_NE(std::string(missing.status().message()).find("model.layers.99.mlp.gate_weight"), std::string::npos);
 }
 
+// Sizes that are no multiples of the alignment (the fixtures' are): gate_proj [6, 5] is 30
+// elements, so only the fused-product rule puts up_proj [3, 5] at 30 rather than at 64; the
+// tensor after it is aligned again.
+TEST(ParameterLayout, UpProjFollowsGateProjEvenWhenUnaligned) {
+  const std::vector<TensorSpec> table = {{"model.layers.0.mlp.gate_proj.weight", {6, 5}, Orientation::kLinear},
+                                         {"model.layers.0.mlp.up_proj.weight", {3, 5}, Orientation::kLinear},
+                                         {"model.layers.0.mlp.down_proj.weight", {5, 3}, Orientation::kLinear}};
+  const ParameterLayout layout(table);
+  EXPECT_EQ(layout.slot("model.layers.0.mlp.gate_proj.weight").offset, 0);
+  EXPECT_EQ(layout.slot("model.layers.0.mlp.up_proj.weight").offset, 30);
+  EXPECT_EQ(layout.slot("model.layers.0.mlp.down_proj.weight").offset, ParameterLayout::kAlignment);
+  EXPECT_EQ(layout.total(), 2 * ParameterLayout::kAlignment);
+}
+
 }  // namespace
 }  // namespace openmoe
