@@ -7,20 +7,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
+#include "openmoe/core/execution_spaces.h"
 #include "kernels/launch.h"
 
 #include "kernels/batched_gemm.h"
 
 namespace openmoe::kernels {
 namespace {
-
-// Whether products run through cuBLAS on the caller's stream (float32 included).
-template <class ExecSpace>
-constexpr bool kOnCuda = false;
-#if defined(KOKKOS_ENABLE_CUDA)
-template <>
-constexpr bool kOnCuda<Kokkos::Cuda> = true;
-#endif
 
 template <class ExecSpace>
 using ColMajor = Kokkos::View<float**, Kokkos::LayoutLeft, ExecSpace,
@@ -229,15 +222,10 @@ absl::Status Gemm(const ExecSpace& space, const char* op, ConstMatrix<T, ExecSpa
     if (!accumulate) Kokkos::deep_copy(space, y, FromFloat<T>(0.0f));
     return absl::OkStatus();
   }
-#if defined(KOKKOS_ENABLE_CUDA)
-  // float32 on CUDA: cuBLAS on the caller's stream (Kokkos Kernels 3.4's gemm takes no
-  // execution-space instance and would run on the default stream whatever `space` is).
-  if constexpr (std::is_same_v<T, float> && std::is_same_v<ExecSpace, Kokkos::Cuda>) {
-    return StridedGemm<T, ExecSpace>(space, x.data(), w.data(), y.data(), M, K, N, w_is_out_in, accumulate);
-  }
-#endif
-  if constexpr (std::is_same_v<T, float>) {
-    // Host backends: Kokkos Kernels' BLAS. Row-major [r, c] memory is column-major [c, r]:
+  if constexpr (std::is_same_v<T, float> && !kIsCuda<ExecSpace>) {
+    // float32 on host backends: Kokkos Kernels' BLAS. (On CUDA float32 goes to cuBLAS below, on
+    // the caller's stream: Kokkos Kernels 3.4's gemm takes no execution-space instance and would
+    // run on the default stream.) Row-major [r, c] memory is column-major [c, r]:
     // y^T[N, M] = op(w)^T[N, K] x^T[K, M].
     ConstColMajor<ExecSpace> x_t(x.data(), K, M);
     ColMajor<ExecSpace> y_t(y.data(), N, M);
@@ -251,7 +239,7 @@ absl::Status Gemm(const ExecSpace& space, const char* op, ConstMatrix<T, ExecSpa
     return absl::OkStatus();
   } else {
 #if defined(KOKKOS_ENABLE_CUDA)
-    if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+    if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda> && !std::is_same_v<T, float>) {  // 16-bit decode kernels
       const DecodeLinearKernel kernel = decode_linear_kernel;
       const bool fits = w_is_out_in && M <= size_t(kSmallBatchRows) && IsPackAligned(x.data(), K) &&
                         IsPackAligned(w.data(), K);
@@ -304,7 +292,7 @@ absl::Status AddTransposedProduct(const ExecSpace& space, ConstMatrix<T, ExecSpa
     if (!s.ok()) return s;
   }
   if (M == 0 || P == 0 || Q == 0) return absl::OkStatus();
-  if constexpr (std::is_same_v<T, float> && !kOnCuda<ExecSpace>) {
+  if constexpr (std::is_same_v<T, float> && !kIsCuda<ExecSpace>) {
     // Host backends: Kokkos Kernels' BLAS on column-major views, c^T[Q, P] += b^T[Q, M] (a^T[P, M])^T.
     ConstColMajor<ExecSpace> a_t(a.data(), P, M), b_t(b.data(), Q, M);
     ColMajor<ExecSpace> c_t(c.data(), Q, P);

@@ -19,6 +19,7 @@
 #include "kernels/rms_norm.h"
 #include "openmoe/blocks.h"
 #include "openmoe/random_init.h"
+#include "openmoe/core/execution_spaces.h"
 #include "openmoe/core/status_macros.h"
 
 namespace openmoe {
@@ -37,11 +38,7 @@ constexpr int64_t kWholeQueueRows = 16;
 // same time, so each has its own).
 constexpr int64_t kExpertWorkspaceBytes = int64_t(4) << 20;
 
-template <class ExecSpace>
-constexpr bool kIsCuda = false;
 #if defined(KOKKOS_ENABLE_CUDA)
-template <>
-constexpr bool kIsCuda<Kokkos::Cuda> = true;
 constexpr int64_t kMaxConditionalExperts = kernels::kMaxExpertConditions;
 #else
 constexpr int64_t kMaxConditionalExperts = 0;

@@ -22,6 +22,14 @@ using EnabledExecutionSpaces = ExecutionSpaceList<
 #endif
     Kokkos::Serial>;
 
+// Whether ExecSpace is the CUDA backend (false everywhere in a host build).
+template <class ExecSpace>
+inline constexpr bool kIsCuda = false;
+#if defined(KOKKOS_ENABLE_CUDA)
+template <>
+inline constexpr bool kIsCuda<Kokkos::Cuda> = true;
+#endif
+
 template <class Space>
 constexpr const char* BackendName() {
   return Space::name();
