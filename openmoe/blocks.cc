@@ -1,5 +1,6 @@
 #include "openmoe/blocks.h"
 
+#include "kernels/attention.h"
 #include "kernels/elementwise.h"
 #include "kernels/instantiate.h"
 #include "kernels/linear.h"
@@ -7,6 +8,37 @@
 #include "openmoe/core/status_macros.h"
 
 namespace openmoe {
+
+template <class T, class ExecSpace>
+absl::Status AttentionForward(const ExecSpace& space, AttentionHeads heads, ConstMatrix<T, ExecSpace> qkv_weight,
+                              ConstMatrix<T, ExecSpace> o_weight, int64_t offset, const int64_t* decode_position,
+                              const AttentionBuffers<T, ExecSpace>& b, OpTimer* profile) {
+  auto mark = [&](const char* phase) {
+    if (profile != nullptr) profile->Mark(space, phase);
+  };
+  const int64_t B = b.q.extent(0), S = b.q.extent(1), Wq = heads.num_heads * heads.head_dim;
+  const int64_t Wkv = heads.num_kv_heads * heads.head_dim;
+  kernels::Tensor3<const T, ExecSpace> qkv(b.qkv.data(), B, S, Wq + 2 * Wkv);  // [B, S, Wq + 2Wkv]
+  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, b.x, qkv_weight, b.qkv));
+  mark("attn.qkv_proj");
+  if (decode_position != nullptr) {  // a decode step (S = 1): one fused kernel on CUDA
+    OPENMOE_RETURN_IF_ERROR(kernels::RopeAppendAttention<T>(space, qkv, b.q, b.keys, b.values, b.key_mask,
+                                                            heads.num_heads, heads.num_kv_heads, heads.head_dim,
+                                                            b.attn, decode_position));
+    mark("attn.rope+cache+scores+softmax+pv");
+  } else {
+    OPENMOE_RETURN_IF_ERROR(kernels::RopeAndAppend<T>(space, qkv, heads.head_dim, Wkv, offset, b.q, b.keys, b.values));
+    mark("attn.rope+cache");
+    OPENMOE_RETURN_IF_ERROR(kernels::CausalAttention<T>(
+        space, kernels::Tensor3<const T, ExecSpace>(b.q), kernels::Tensor3<const T, ExecSpace>(b.keys),
+        kernels::Tensor3<const T, ExecSpace>(b.values), b.key_mask, heads.num_heads, heads.num_kv_heads,
+        heads.head_dim, /*num_keys=*/offset + S, /*q_offset=*/offset, b.attn));
+    mark("attn.scores+softmax+pv");
+  }
+  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(b.attn.data(), B * S, Wq), o_weight, b.out));
+  mark("attn.o_proj");
+  return absl::OkStatus();
+}
 
 template <class T, class ExecSpace>
 absl::Status DenseMlpForward(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> gate_up_weight,
@@ -40,6 +72,9 @@ absl::Status ExpertForward(const ExecSpace& space, ConstMatrix<T, ExecSpace> in,
 }
 
 #define OPENMOE_INSTANTIATE_BLOCKS(Space, T)                                                                          \
+  template absl::Status AttentionForward<T, Space>(const Space&, AttentionHeads, ConstMatrix<T, Space>,               \
+                                                   ConstMatrix<T, Space>, int64_t, const int64_t*,                    \
+                                                   const AttentionBuffers<T, Space>&, OpTimer*);                      \
   template absl::Status DenseMlpForward<T, Space>(const Space&, ConstMatrix<T, Space>, ConstMatrix<T, Space>,         \
                                                   ConstMatrix<T, Space>, Matrix<T, Space>, Matrix<T, Space>,          \
                                                   Matrix<T, Space>);                                                  \

@@ -18,7 +18,7 @@
 #include "kernels/moe.h"
 #include "kernels/rms_norm.h"
 #include "openmoe/blocks.h"
-#include "openmoe/random_init.h"
+#include "openmoe/parameter_store.h"
 #include "openmoe/core/execution_spaces.h"
 #include "openmoe/core/status_macros.h"
 
@@ -84,24 +84,20 @@ absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::Load(cons
 }
 
 template <class ExecSpace, class T>
+void OpenMoeModel<ExecSpace, T>::AllocateWeights(const OpenMoeConfig& config) {
+  config_  = config;
+  table_   = CheckpointTable(config);
+  layout_  = ParameterLayout(table_);
+  offsets_ = ResolveModelOffsets(layout_, config);
+  weights_ = Vector<T, ExecSpace>("weights", layout_.total());  // zero: the gaps stay 0
+}
+
+template <class ExecSpace, class T>
 absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::FromCheckpoint(
     const OpenMoeConfig& config, const CheckpointReader& reader) {
-  const std::vector<TensorSpec> table = CheckpointTable(config);
-  OPENMOE_RETURN_IF_ERROR(reader.Validate(table));
   OpenMoeModel model;
-  model.config_ = config;
-  std::vector<float> staging;  // one tensor at a time: host memory stays at the largest tensor
-  for (const TensorSpec& spec : table) {
-    const int64_t numel = spec.numel();
-    staging.resize(numel);
-    OPENMOE_RETURN_IF_ERROR(reader.ReadAsFloat(spec.name, staging.data(), numel));
-    Kokkos::View<T*, MemSpace> device(spec.name, numel);
-    auto host = Kokkos::create_mirror_view(device);
-    for (int64_t i = 0; i < numel; ++i) host(i) = FromFloat<T>(staging[i]);  // round to the run dtype
-    Kokkos::deep_copy(device, host);
-    model.weights_.emplace(spec.name, device);
-  }
-  model.FuseProjections();
+  model.AllocateWeights(config);
+  OPENMOE_RETURN_IF_ERROR((ReadParameters<T, ExecSpace>(reader, model.table_, model.layout_, model.weights_)));
   return model;
 }
 
@@ -110,46 +106,16 @@ absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::RandomIni
                                                                                 uint64_t seed) {
   OPENMOE_RETURN_IF_ERROR(ValidateConfig(config, "RandomInit"));
   OpenMoeModel model;
-  model.config_ = config;
-  for (const TensorSpec& spec : CheckpointTable(config)) {
-    Kokkos::View<T*, MemSpace> device(Kokkos::view_alloc(Kokkos::WithoutInitializing, spec.name), spec.numel());
-    FillInitialValues<T>(ExecSpace(), config, spec, seed, Vector<T, ExecSpace>(device));
-    model.weights_.emplace(spec.name, device);
-  }
-  model.FuseProjections();
+  model.AllocateWeights(config);
+  InitializeParameters<T, ExecSpace>(ExecSpace(), config, model.table_, model.layout_, seed, model.weights_);
   Kokkos::fence();
   return model;
 }
 
 template <class ExecSpace, class T>
-void OpenMoeModel<ExecSpace, T>::FuseProjections() {
-  auto concat_rows = [this](const std::vector<std::string>& parts, const std::string& fused) {
-    size_t total = 0;
-    for (const std::string& part : parts) total += weights_.at(part).extent(0);
-    Kokkos::View<T*, MemSpace> out(Kokkos::view_alloc(Kokkos::WithoutInitializing, fused), total);
-    size_t offset = 0;
-    for (const std::string& part : parts) {
-      const auto& piece = weights_.at(part);
-      Kokkos::deep_copy(Kokkos::subview(out, std::make_pair(offset, offset + piece.extent(0))), piece);
-      offset += piece.extent(0);
-      weights_.erase(part);
-    }
-    weights_.emplace(fused, out);
-  };
-  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-    const std::string layer = absl::StrCat("model.layers.", i);
-    concat_rows({layer + ".self_attn.q_proj.weight", layer + ".self_attn.k_proj.weight",
-                 layer + ".self_attn.v_proj.weight"},
-                layer + ".self_attn.qkv_proj.weight");
-    const std::string mlp = layer + (config_.IsMoeLayer(i) ? ".extra_mlp" : ".mlp");
-    concat_rows({mlp + ".gate_proj.weight", mlp + ".up_proj.weight"}, mlp + ".gate_up_proj.weight");
-  }
-}
-
-template <class ExecSpace, class T>
 int64_t OpenMoeModel<ExecSpace, T>::WeightBytes() const {
-  int64_t bytes = 0;
-  for (const auto& [name, view] : weights_) bytes += int64_t(view.extent(0) * sizeof(T));
+  int64_t bytes = 0;  // the tensors', not the alignment gaps'
+  for (const ParameterSlot& slot : layout_.slots()) bytes += slot.numel * int64_t(sizeof(T));
   return bytes;
 }
 
@@ -174,25 +140,23 @@ Matrix<U, ExecSpace> OpenMoeModel<ExecSpace, T>::Buffer2(const std::string& name
 }
 
 template <class ExecSpace, class T>
-Matrix<T, ExecSpace> OpenMoeModel<ExecSpace, T>::Weight(const std::string& name, int64_t rows,
-                                                         int64_t cols) const {
-  return Matrix<T, ExecSpace>(weights_.at(name).data(), rows, cols);
+ConstMatrix<T, ExecSpace> OpenMoeModel<ExecSpace, T>::W(int64_t offset, int64_t rows, int64_t cols) const {
+  return ConstMatrix<T, ExecSpace>(weights_.data() + offset, rows, cols);
 }
 
 template <class ExecSpace, class T>
-Vector<T, ExecSpace> OpenMoeModel<ExecSpace, T>::WeightVector(const std::string& name) const {
-  return weights_.at(name);
+Vector<T, ExecSpace> OpenMoeModel<ExecSpace, T>::WV(int64_t offset) const {
+  return Vector<T, ExecSpace>(weights_.data() + offset, config_.hidden_size);
 }
 
 template <class ExecSpace, class T>
-absl::Status OpenMoeModel<ExecSpace, T>::Mlp(const ExecSpace& space, const std::string& prefix,
+absl::Status OpenMoeModel<ExecSpace, T>::Mlp(const ExecSpace& space, const MlpOffsets& mlp,
                                           ConstMatrix<T, ExecSpace> x,
                                           Matrix<T, ExecSpace> out) {
   const int64_t N = x.extent(0), H = config_.hidden_size, I = config_.intermediate_size;
   Matrix<T, ExecSpace> gate_up = Buffer2<T>("mlp.gate_up", N, 3 * I);  // [N, 3I] = [g1 | g2 | up]
   Matrix<T, ExecSpace> act     = Buffer2<T>("mlp.act", N, I);          // [N, I]
-  return DenseMlpForward<T>(space, x, Weight(prefix + ".gate_up_proj.weight", 3 * I, H),
-                            Weight(prefix + ".down_proj.weight", H, I), gate_up, act, out);
+  return DenseMlpForward<T>(space, x, W(mlp.gate_up, 3 * I, H), W(mlp.down, H, I), gate_up, act, out);
 }
 
 template <class ExecSpace, class T>
@@ -220,7 +184,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
                                                 std::vector<MoeLayerStats>* stats) {
   const int64_t N = x.extent(0), H = config_.hidden_size, I = config_.intermediate_size;
   const int64_t E = config_.num_experts;
-  const std::string prefix = absl::StrCat("model.layers.", layer, ".mlp");
+  const LayerOffsets& lo = offsets_.layers[layer];
   // Router: float32 logits and probabilities, top-2, queue ranks.
   Matrix<T, ExecSpace> router_logits = Buffer2<T>("moe.router_logits", N, E);  // [N, E]
   Matrix<float, ExecSpace> probs      = Buffer2<float>("moe.probs", N, E);     // [N, E] float32
@@ -228,13 +192,13 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
   Matrix<int32_t, ExecSpace> rank     = Buffer2<int32_t>("moe.rank", N, 2);    // [N, 2]
   const double cf = mode == RoutingMode::kEval ? config_.router_capacity_factor_eval
                                                : config_.router_capacity_factor_train;
-  OPENMOE_ASSIGN_OR_RETURN(const int64_t C, RouteTokens<T>(space, x, Weight(prefix + ".gate_weight", E, H), cf,
+  OPENMOE_ASSIGN_OR_RETURN(const int64_t C, RouteTokens<T>(space, x, W(lo.router, E, H), cf,
                                                            config_.router_min_capacity, router_logits, probs, experts,
                                                            rank));
 
-  const T* wi_gate = weights_.at(prefix + ".experts.wi_gate").data();  // [E, H, 2I]
-  const T* wi_up   = weights_.at(prefix + ".experts.wi_up").data();    // [E, H, I]
-  const T* wo      = weights_.at(prefix + ".experts.wo").data();       // [E, I, H]
+  const T* wi_gate = weights_.data() + lo.wi_gate;  // [E, H, 2I]
+  const T* wi_up   = weights_.data() + lo.wi_up;    // [E, H, I]
+  const T* wo      = weights_.data() + lo.wo;       // [E, I, H]
   if (N <= kDecodeTokens && kernels::GroupedExpertShapesFit(wi_gate, 2 * I) &&
       kernels::GroupedExpertShapesFit(wi_up, I) && kernels::GroupedExpertShapesFit(wo, H)) {
     // A decode step: each kept assignment a = 2 t + k runs through its expert's weights directly,
@@ -476,55 +440,45 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const ExecSpace& space, Cache& 
   Matrix<T, ExecSpace> h     = Buffer2<T>("hidden", N, H);  // [N, H]
   Matrix<T, ExecSpace> x     = Buffer2<T>("normed", N, H);  // [N, H]
   Matrix<T, ExecSpace> delta = Buffer2<T>("delta", N, H);   // [N, H]
-  const int64_t qkv_width = (Nh + 2 * Nkv) * Dh;
-  Matrix<T, ExecSpace> qkv2 = Buffer2<T>("qkv", N, qkv_width);                                 // [N, (Nh+2Nkv)*Dh]
-  kernels::Tensor3<const T, ExecSpace> qkv(qkv2.data(), B, S, qkv_width);                     // [B, S, (Nh+2Nkv)*Dh]
-  kernels::Tensor3<T, ExecSpace> q(Buffer<T>("q", N * Nh * Dh).data(), B, S, Nh * Dh);        // [B, S, Nh*Dh]
-  kernels::Tensor3<T, ExecSpace> attn(Buffer<T>("attn", N * Nh * Dh).data(), B, S, Nh * Dh);  // [B, S, Nh*Dh]
-  Matrix<T, ExecSpace> attn2(attn.data(), N, Nh * Dh);                                         // [N, Nh*Dh] view
+  const AttentionHeads heads{Nh, Nkv, Dh};
+  const int64_t Wq = Nh * Dh, qkv_width = Wq + 2 * Nkv * Dh;
 
   profile_.Mark(space, "inputs");
-  OPENMOE_RETURN_IF_ERROR(kernels::Embedding<T>(space, Weight("model.embed_tokens.weight", V, H), ids, h));
+  OPENMOE_RETURN_IF_ERROR(kernels::Embedding<T>(space, W(offsets_.embed_tokens, V, H), ids, h));
   profile_.Mark(space, "embedding");
   // The residual add of each block is fused into the norm that follows it.
   bool delta_pending = false;  // delta not yet added to h
-  auto norm_into = [&](Matrix<T, ExecSpace> out, const std::string& weight) -> absl::Status {
+  auto norm_into = [&](Matrix<T, ExecSpace> out, int64_t weight) -> absl::Status {
     const absl::Status status = delta_pending
-        ? kernels::AddRmsNorm<T>(space, h, delta, WeightVector(weight), out, c.rms_norm_eps)
-        : kernels::RmsNorm<T>(space, h, WeightVector(weight), out, c.rms_norm_eps);
+        ? kernels::AddRmsNorm<T>(space, h, delta, WV(weight), out, c.rms_norm_eps)
+        : kernels::RmsNorm<T>(space, h, WV(weight), out, c.rms_norm_eps);
     delta_pending = false;
     profile_.Mark(space, "norm+residual");
     return status;
   };
-  auto norm_into_x = [&](const std::string& weight) { return norm_into(x, weight); };
+  auto norm_into_x = [&](int64_t weight) { return norm_into(x, weight); };
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string layer = absl::StrCat("model.layers.", i);
+    const LayerOffsets& lo = offsets_.layers[i];
     // Attention block: new keys/values join the cache at their absolute columns.
-    OPENMOE_RETURN_IF_ERROR(norm_into_x(layer + ".input_layernorm.weight"));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(x), Weight(layer + ".self_attn.qkv_proj.weight", qkv_width, H), qkv2));
-    profile_.Mark(space, "attn.qkv_proj");
-    if (device_position != nullptr) {  // a decode step (S = 1): one fused kernel on CUDA
-      OPENMOE_RETURN_IF_ERROR(kernels::RopeAppendAttention<T>(space, qkv, q, cache.keys[i], cache.values[i], cache.mask,
-                                                              Nh, Nkv, Dh, attn, device_position));
-      profile_.Mark(space, "attn.rope+cache+scores+softmax+pv");
-    } else {
-      OPENMOE_RETURN_IF_ERROR(kernels::RopeAndAppend<T>(space, qkv, Dh, Nkv * Dh, /*offset=*/L0, q, cache.keys[i], cache.values[i]));
-      profile_.Mark(space, "attn.rope+cache");
-      OPENMOE_RETURN_IF_ERROR(kernels::CausalAttention<T>(space, q, cache.keys[i], cache.values[i], cache.mask, Nh, Nkv,
-                                                          Dh, /*num_keys=*/L0 + S, /*q_offset=*/L0, attn));
-      profile_.Mark(space, "attn.scores+softmax+pv");
-    }
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(attn2), Weight(layer + ".self_attn.o_proj.weight", H, Nh * Dh), delta));
-    profile_.Mark(space, "attn.o_proj");
+    OPENMOE_RETURN_IF_ERROR(norm_into_x(lo.input_norm));
+    const AttentionBuffers<T, ExecSpace> attention{
+        ConstMatrix<T, ExecSpace>(x),
+        Buffer2<T>("qkv", N, qkv_width),                                         // [N, Wq + 2Wkv]
+        kernels::Tensor3<T, ExecSpace>(Buffer<T>("q", N * Wq).data(), B, S, Wq),  // [B, S, Wq]
+        cache.keys[i], cache.values[i], cache.mask,
+        kernels::Tensor3<T, ExecSpace>(Buffer<T>("attn", N * Wq).data(), B, S, Wq),  // [B, S, Wq]
+        delta};
+    OPENMOE_RETURN_IF_ERROR(AttentionForward<T>(space, heads, W(lo.qkv, qkv_width, H), W(lo.o, H, Wq),
+                                                /*offset=*/L0, device_position, attention, &profile_));
     delta_pending = true;
     // Feed-forward block(s).
-    OPENMOE_RETURN_IF_ERROR(norm_into_x(layer + ".post_attention_layernorm.weight"));
+    OPENMOE_RETURN_IF_ERROR(norm_into_x(lo.post_attention_norm));
     if (c.IsMoeLayer(i)) {
       OPENMOE_RETURN_IF_ERROR(SparseMoe(space, i, x, mode, delta, stats));
       delta_pending = true;
-      OPENMOE_RETURN_IF_ERROR(norm_into_x(layer + ".pre_extra_mlp_layernorm.weight"));
+      OPENMOE_RETURN_IF_ERROR(norm_into_x(lo.pre_extra_mlp_norm));
     }
-    OPENMOE_RETURN_IF_ERROR(Mlp(space, layer + (c.IsMoeLayer(i) ? ".extra_mlp" : ".mlp"), x, delta));
+    OPENMOE_RETURN_IF_ERROR(Mlp(space, lo.mlp, x, delta));
     profile_.Mark(space, "dense_mlp");
     delta_pending = true;
   }
@@ -534,7 +488,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const ExecSpace& space, Cache& 
   if (rows == N) {
     // Every column of h (all of them, or S = 1 in a decode step): the last residual add and the
     // final norm as one kernel, no copy of h.
-    OPENMOE_RETURN_IF_ERROR(norm_into(normed, "model.norm.weight"));
+    OPENMOE_RETURN_IF_ERROR(norm_into(normed, offsets_.final_norm));
   } else {
     if (delta_pending) OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
     Matrix<T, ExecSpace> head_in = Buffer2<T>("head_in", rows, H);  // [rows, H]
@@ -544,11 +498,11 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const ExecSpace& space, Cache& 
           const int64_t b = idx / H, j = idx % H;
           head_in(b, j) = h(b * S + S - 1, j);
         });
-    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, head_in, WeightVector("model.norm.weight"), normed, c.rms_norm_eps));
+    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, head_in, WV(offsets_.final_norm), normed, c.rms_norm_eps));
     profile_.Mark(space, "norm+residual");
   }
   Matrix<T, ExecSpace> logits = Buffer2<T>("logits", rows, V);  // [rows, V]
-  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(normed), Weight("lm_head.weight", V, H), logits));
+  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(normed), W(offsets_.lm_head, V, H), logits));
   profile_.Mark(space, "lm_head");
   return absl::OkStatus();
 }

@@ -22,7 +22,9 @@
 
 #include "absl/status/statusor.h"
 #include "openmoe/checkpoint.h"
+#include "openmoe/checkpoint_table.h"
 #include "openmoe/config.h"
+#include "openmoe/parameter_layout.h"
 #include "openmoe/decode_graph.h"
 #include "openmoe/token_dispatcher.h"
 #include "openmoe/core/bf16.h"
@@ -104,14 +106,13 @@ class OpenMoeModel {
                                                   RoutingMode mode, int64_t allowed_vocab);
 
  private:
-  Matrix<T, ExecSpace> Weight(const std::string& name, int64_t rows, int64_t cols) const;
-  // Replaces q/k/v_proj by one "self_attn.qkv_proj" [Nh*Dh + 2 Nkv*Dh, H] and gate/up_proj by one
-  // "gate_up_proj" [3I, H] per MLP (row concatenation of nn.Linear weights), so that each is one
-  // GEMM per step. Called once after the weights are in place.
-  void FuseProjections();
-  Vector<T, ExecSpace> WeightVector(const std::string& name) const;
+  // config_, the parameter table, layout and offsets, and zeroed weights_ for `config`.
+  void AllocateWeights(const OpenMoeConfig& config);
+  // The weights at `offset` of the flat store as [rows, cols] / as a norm weight [H].
+  ConstMatrix<T, ExecSpace> W(int64_t offset, int64_t rows, int64_t cols) const;
+  Vector<T, ExecSpace> WV(int64_t offset) const;
 
-  absl::Status Mlp(const ExecSpace& space, const std::string& prefix, ConstMatrix<T, ExecSpace> x,
+  absl::Status Mlp(const ExecSpace& space, const MlpOffsets& mlp, ConstMatrix<T, ExecSpace> x,
                    Matrix<T, ExecSpace> out);
   // Everything of Step but reading the results: the logits are left in the "logits" buffer;
   // *used_space is the instance the work was enqueued on.
@@ -148,7 +149,12 @@ class OpenMoeModel {
   Matrix<U, ExecSpace> Buffer2(const std::string& name, int64_t rows, int64_t cols);
 
   OpenMoeConfig config_;
-  std::map<std::string, Kokkos::View<T*, MemSpace>> weights_;       // HF name -> flat data
+  // Every weight in one buffer [layout_.total()] at layout_'s offsets (parameter_layout.h): the
+  // fused q/k/v and gate/up products are views of adjacent rows; offsets_ resolved at load.
+  std::vector<TensorSpec> table_;
+  ParameterLayout layout_;
+  ModelOffsets offsets_;
+  Vector<T, ExecSpace> weights_;
   std::map<std::string, Kokkos::View<char*, MemSpace>> workspace_;  // name -> bytes
   int64_t host_syncs_ = 0;  // named device->host syncs ("moe.expert_counts_to_host")
   uint64_t workspace_generation_ = 0;  // bumped when a work buffer is reallocated

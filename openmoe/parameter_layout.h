@@ -11,10 +11,15 @@
 // Tensors follow the checkpoint table's order (per layer; an MoE layer's stacked experts
 // [E, ...] are contiguous, so one expert is one slice of its tensor). Each tensor starts at a
 // multiple of kAlignment elements (256 bytes of float32: vector loads and cuBLAS alignment),
-// except the continuations of a fused product, which follow their first part directly: a dense
-// MLP's up_proj rows come right after its gate_proj rows, so [gate_proj; up_proj] is one
-// [3I, H] matrix (the one GEMM of the gate/up product, FusedRows). The gaps between tensors are
-// zero in every buffer and stay zero under AdamW.
+// except the continuations of a fused product, which follow their first part directly: k_proj
+// and v_proj come right after q_proj, so [q_proj; k_proj; v_proj] is one [Wq + 2 Wkv, H] matrix
+// (the attention's one q/k/v product), and a dense MLP's up_proj rows come right after its
+// gate_proj rows, so [gate_proj; up_proj] is one [3I, H] matrix (the gate/up product). Both
+// models compute with these views of adjacent rows; nothing is copied into fused tensors. The gaps
+// between tensors are zero in every buffer and stay zero under AdamW.
+//
+// ModelOffsets: where each layer's tensors start, resolved from the layout once at load, so that
+// a step looks nothing up by name.
 #ifndef OPENMOE_PARAMETER_LAYOUT_H_
 #define OPENMOE_PARAMETER_LAYOUT_H_
 
@@ -25,6 +30,7 @@
 
 #include "absl/status/statusor.h"
 #include "openmoe/checkpoint_table.h"
+#include "openmoe/config.h"
 
 namespace openmoe {
 
@@ -54,6 +60,27 @@ class ParameterLayout {
   std::map<std::string, size_t> index_;
   int64_t total_ = 0;
 };
+
+// Offsets (in elements) into a flat buffer of ParameterLayout(CheckpointTable(config)).
+struct MlpOffsets {
+  int64_t gate_up = 0, down = 0;  // gate_proj then up_proj (adjacent: [3I, H]); down_proj [H, I]
+};
+struct LayerOffsets {
+  int64_t input_norm = 0, post_attention_norm = 0;
+  int64_t qkv = 0;         // q_proj [Wq, H], then k_proj and v_proj [Wkv, H] (adjacent: [Wq + 2 Wkv, H])
+  int64_t k = 0, v = 0;    // k_proj's and v_proj's own starts (inside the qkv rows)
+  int64_t o = 0;           // o_proj [H, Wq]
+  MlpOffsets mlp;          // dense layers: .mlp; MoE layers: .extra_mlp
+  // MoE layers only (-1 elsewhere): the norm before the extra MLP, the router [E, H], and the
+  // stacked experts wi_gate [E, H, 2I], wi_up [E, H, I], wo [E, I, H].
+  int64_t pre_extra_mlp_norm = -1, router = -1, wi_gate = -1, wi_up = -1, wo = -1;
+};
+struct ModelOffsets {
+  int64_t embed_tokens = 0, final_norm = 0, lm_head = 0;
+  std::vector<LayerOffsets> layers;  // [num_hidden_layers]
+};
+// The offsets of `config`'s tensors in `layout` (which must be the layout of its table).
+ModelOffsets ResolveModelOffsets(const ParameterLayout& layout, const OpenMoeConfig& config);
 
 }  // namespace openmoe
 

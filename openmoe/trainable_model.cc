@@ -14,7 +14,7 @@
 #include "kernels/moe.h"
 #include "kernels/rms_norm.h"
 #include "openmoe/blocks.h"
-#include "openmoe/random_init.h"
+#include "openmoe/parameter_store.h"
 #include "openmoe/core/status_macros.h"
 #include "openmoe/model.h"
 
@@ -51,14 +51,9 @@ absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::FromCheckpo
   TrainableModel model;
   model.config_ = config;
   model.table_  = CheckpointTable(config);
-  OPENMOE_RETURN_IF_ERROR(reader.Validate(model.table_));
+  OPENMOE_RETURN_IF_ERROR(reader.Validate(model.table_));  // before allocating anything
   model.AllocateFlatBuffers();
-  for (const TensorSpec& spec : model.table_) {
-    Vector<float, ExecSpace> p = model.params_.at(spec.name);
-    auto host = Kokkos::create_mirror_view(Kokkos::HostSpace(), p);
-    OPENMOE_RETURN_IF_ERROR(reader.ReadAsFloat(spec.name, host.data(), spec.numel()));
-    Kokkos::deep_copy(p, host);
-  }
+  OPENMOE_RETURN_IF_ERROR((ReadParameters<float, ExecSpace>(reader, model.table_, model.layout_, model.flat_params_)));
   return model;
 }
 
@@ -76,7 +71,7 @@ void TrainableModel<ExecSpace>::AllocateFlatBuffers() {
   layout_ = ParameterLayout(table_);
   flat_params_ = Vector<float, ExecSpace>("params", layout_.total());  // zero: the gaps stay 0
   flat_grads_  = Vector<float, ExecSpace>("grads", layout_.total());
-  ResolveOffsets();
+  offsets_ = ResolveModelOffsets(layout_, config_);
   params_.clear(), grads_.clear();
   for (const ParameterSlot& s : layout_.slots()) {
     params_.emplace(s.name, Vector<float, ExecSpace>(flat_params_.data() + s.offset, s.numel));
@@ -92,7 +87,7 @@ absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::RandomInit(
   model.config_ = config;
   model.table_  = CheckpointTable(config);
   model.AllocateFlatBuffers();
-  for (const TensorSpec& spec : model.table_) FillInitialValues<float>(ExecSpace(), config, spec, seed, model.params_.at(spec.name));
+  InitializeParameters<float, ExecSpace>(ExecSpace(), config, model.table_, model.layout_, seed, model.flat_params_);
   Kokkos::fence();
   return model;
 }
@@ -104,32 +99,6 @@ Matrix<float, ExecSpace> TrainableModel<ExecSpace>::G(int64_t offset, int64_t ro
 template <class ExecSpace>
 Vector<float, ExecSpace> TrainableModel<ExecSpace>::GV(int64_t offset) const {
   return Vector<float, ExecSpace>(flat_grads_.data() + offset, config_.hidden_size);
-}
-
-template <class ExecSpace>
-void TrainableModel<ExecSpace>::ResolveOffsets() {
-  auto at = [&](const std::string& name) { return layout_.slot(name).offset; };
-  offsets_.embed_tokens = at("model.embed_tokens.weight");
-  offsets_.final_norm   = at("model.norm.weight");
-  offsets_.lm_head      = at("lm_head.weight");
-  offsets_.layers.clear();
-  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-    const std::string pre = absl::StrCat("model.layers.", i);
-    LayerOffsets lo;
-    lo.input_norm = at(pre + ".input_layernorm.weight");
-    lo.q = at(pre + ".self_attn.q_proj.weight"), lo.k = at(pre + ".self_attn.k_proj.weight");
-    lo.v = at(pre + ".self_attn.v_proj.weight"), lo.o = at(pre + ".self_attn.o_proj.weight");
-    lo.post_attention_norm = at(pre + ".post_attention_layernorm.weight");
-    const std::string mlp = pre + (config_.IsMoeLayer(i) ? ".extra_mlp" : ".mlp");
-    lo.mlp = {at(mlp + ".gate_proj.weight"), at(mlp + ".down_proj.weight")};
-    if (config_.IsMoeLayer(i)) {
-      lo.pre_extra_mlp_norm = at(pre + ".pre_extra_mlp_layernorm.weight");
-      lo.router = at(pre + ".mlp.gate_weight");
-      lo.wi_gate = at(pre + ".mlp.experts.wi_gate"), lo.wi_up = at(pre + ".mlp.experts.wi_up");
-      lo.wo = at(pre + ".mlp.experts.wo");
-    }
-    offsets_.layers.push_back(lo);
-  }
 }
 
 template <class ExecSpace>
@@ -250,18 +219,15 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     a.h_in = copy(h);
     a.x1   = fresh("x1", N, H);
     OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h_in, WV(lo.input_norm), a.x1, eps));
-    a.q = fresh("q", N, Wq), a.k = fresh("k", N, Wkv), a.v = fresh("v", N, Wkv);
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x1), W(lo.q, Wq, H), a.q));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x1), W(lo.k, Wkv, H), a.k));
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.x1), W(lo.v, Wkv, H), a.v));
-    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, T3(a.q.data(), B, S, Wq), Dh, 0));
-    OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<T>(space, T3(a.k.data(), B, S, Wkv), Dh, 0));
-    a.attn = fresh("attn", N, Wq);
-    OPENMOE_RETURN_IF_ERROR(kernels::CausalAttention<T>(space, CT3(a.q.data(), B, S, Wq), CT3(a.k.data(), B, S, Wkv),
-                                                        CT3(a.v.data(), B, S, Wkv), mask, Nh, Nkv, Dh, S, 0,
-                                                        T3(a.attn.data(), B, S, Wq)));
+    a.q = fresh("q", N, Wq), a.k = fresh("k", N, Wkv), a.v = fresh("v", N, Wkv), a.attn = fresh("attn", N, Wq);
     M delta = fresh("delta", N, H);
-    OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, CM(a.attn), W(lo.o, H, Wq), delta));
+    // The keys and values of the whole sequence are the "cache" (capacity S, offset 0).
+    const AttentionBuffers<T, ExecSpace> attention{CM(a.x1), fresh("qkv", N, Wq + 2 * Wkv),
+                                                   T3(a.q.data(), B, S, Wq), T3(a.k.data(), B, S, Wkv),
+                                                   T3(a.v.data(), B, S, Wkv), mask,
+                                                   T3(a.attn.data(), B, S, Wq), delta};
+    OPENMOE_RETURN_IF_ERROR(AttentionForward<T>(space, AttentionHeads{Nh, Nkv, Dh}, W(lo.qkv, Wq + 2 * Wkv, H),
+                                                W(lo.o, H, Wq), /*offset=*/0, /*decode_position=*/nullptr, attention));
     OPENMOE_RETURN_IF_ERROR(add(h, delta));
     a.h_mid = copy(h);
     a.x2    = fresh("x2", N, H);
@@ -476,10 +442,10 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     OPENMOE_ASSIGN_OR_RETURN(CM dq_t, to_t(CFM(dq)));
     OPENMOE_ASSIGN_OR_RETURN(CM dk_t, to_t(CFM(dk)));
     OPENMOE_ASSIGN_OR_RETURN(CM dv_t, to_t(CFM(dv)));
-    OPENMOE_RETURN_IF_ERROR(matmul_sum({{dq_t, W(lo.q, Wq, H)},
+    OPENMOE_RETURN_IF_ERROR(matmul_sum({{dq_t, W(lo.qkv, Wq, H)},
                                         {dk_t, W(lo.k, Wkv, H)},
                                         {dv_t, W(lo.v, Wkv, H)}}, dx));
-    OPENMOE_RETURN_IF_ERROR(weight_grad(dq_t, CM(a.x1), G(lo.q, Wq, H)));
+    OPENMOE_RETURN_IF_ERROR(weight_grad(dq_t, CM(a.x1), G(lo.qkv, Wq, H)));
     OPENMOE_RETURN_IF_ERROR(weight_grad(dk_t, CM(a.x1), G(lo.k, Wkv, H)));
     OPENMOE_RETURN_IF_ERROR(weight_grad(dv_t, CM(a.x1), G(lo.v, Wkv, H)));
     OPENMOE_RETURN_IF_ERROR(norm_backward(lo.input_norm, CM(a.h_in), CFM(dx)));

@@ -1,7 +1,8 @@
 // File: openmoe/trainable_model.h
 // The OpenMoE decoder for training: float32 master weights under their Hugging Face names, in one
-// flat buffer (parameter_layout.h: q/k/v separate; gate_proj and up_proj adjacent, run as one
-// [3I, H] product), one forward pass over a [B, S] batch
+// flat buffer (parameter_layout.h: q/k/v adjacent, run forward as one [Wq + 2Wkv, H] product;
+// gate_proj and up_proj adjacent, one [3I, H] product), the forward blocks inference uses
+// (blocks.h) over a [B, S] batch
 // that keeps the activations the backward pass needs, and the gradients of OpenMoE's training
 // loss (losses.h) for every parameter. The batch is one routing group with training capacity
 // (router_capacity_factor_train); labels are the inputs shifted by one, padding not masked.
@@ -95,21 +96,6 @@ class TrainableModel {
   template <class T>
   absl::StatusOr<LossParts> Step(const std::vector<int64_t>& input_ids, const std::vector<int64_t>& attention_mask,
                                  int64_t batch, int64_t seq_len);
-  // Where each layer's tensors start in the flat buffers, resolved once at load: the step looks
-  // nothing up by name.
-  struct MlpOffsets {
-    int64_t gate_up = 0, down = 0;  // gate_proj (then up_proj, adjacent) and down_proj
-  };
-  struct LayerOffsets {
-    int64_t input_norm = 0, q = 0, k = 0, v = 0, o = 0, post_attention_norm = 0;
-    MlpOffsets mlp;  // dense layers: .mlp; MoE layers: .extra_mlp
-    int64_t pre_extra_mlp_norm = -1, router = -1, wi_gate = -1, wi_up = -1, wo = -1;  // MoE layers
-  };
-  struct Offsets {
-    int64_t embed_tokens = 0, final_norm = 0, lm_head = 0;
-    std::vector<LayerOffsets> layers;
-  };
-  void ResolveOffsets();
 
   // The step's working weights at `offset` (fp32 masters, or the 16-bit copy), gradients there.
   template <class T>
@@ -126,7 +112,7 @@ class TrainableModel {
 
   std::vector<TensorSpec> table_;
   ParameterLayout layout_;
-  Offsets offsets_;
+  ModelOffsets offsets_;  // where each layer's tensors start, resolved at load: no lookups by name per step
   Vector<float, ExecSpace> flat_params_, flat_grads_;  // [layout_.total()]
   // The 16-bit copy of flat_params_ (bf16 / fp16 runs), same layout: raw bits, read as the step's
   // type; allocated by the first 16-bit step.
