@@ -74,15 +74,15 @@ void BM_DecodeLinear(benchmark::State& state) {
     FillRandom(w.back(), 0.02f);
   }
   FillRandom(x, 1.0f);
-  kernels::SetDecodeLinearKernel(kKernels[kernel]);
+  kernels::ExecutionContext<Space> ctx;
+  ctx.tuning().decode_linear_kernel = kKernels[kernel];
   int next = 0;
   TimeCalls(state, double(N * K + K + N) * sizeof(bf16), [&] {
     const Matrix<bf16, Space>& weights = w[next];
     next = (next + 1) % copies;
-    absl::Status s = kernels::Linear<bf16>(Space(), ConstMatrix<bf16, Space>(x), ConstMatrix<bf16, Space>(weights), y);
+    absl::Status s = kernels::Linear<bf16>(ctx, ConstMatrix<bf16, Space>(x), ConstMatrix<bf16, Space>(weights), y);
     if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
   });
-  kernels::SetDecodeLinearKernel(kernels::DecodeLinearKernel::kAuto);
   state.SetLabel(kNames[kernel]);
 }
 
@@ -109,8 +109,9 @@ void BM_DecodeAttention(benchmark::State& state) {
   FillRandom(q, 0.1f);
   FillRandom(k, 0.1f);
   FillRandom(v, 1.0f);
+  const kernels::ExecutionContext<Space> ctx;  // its scratch persists across the timed calls
   TimeCalls(state, 2.0 * keys * Nh * Dh * sizeof(bf16), [&] {
-    absl::Status s = kernels::CausalAttention<bf16>(Space(), q, k, v, mask, Nh, Nh, Dh, keys, keys - 1, out);
+    absl::Status s = kernels::CausalAttention<bf16>(ctx, q, k, v, mask, Nh, Nh, Dh, keys, keys - 1, out);
     if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
   });
 }
@@ -128,8 +129,9 @@ void BM_DecodeStepAttention(benchmark::State& state) {
   FillRandom(qkv, 0.1f);
   FillRandom(k, 0.1f);
   FillRandom(v, 1.0f);
+  const kernels::ExecutionContext<Space> ctx;
   TimeCalls(state, 2.0 * B * keys * width * sizeof(bf16), [&] {
-    absl::Status s = kernels::RopeAppendAttention<bf16>(Space(), qkv, q, k, v, mask, Nh, Nh, Dh, out, position.data());
+    absl::Status s = kernels::RopeAppendAttention<bf16>(ctx, qkv, q, k, v, mask, Nh, Nh, Dh, out, position.data());
     if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
   });
 }

@@ -43,9 +43,15 @@ double GpuMemoryInUseGiB() {
 #endif
 }
 
+// The ablation switches of the command line, applied to the model's execution context.
+struct Tuning {
+  openmoe::kernels::Tuning attention;  // decode attention and decode Linear kernels
+  openmoe::DependentLaunch dependent_launch = openmoe::DependentLaunch::kAll;
+};
+
 template <class T>
 int Run(const std::string& preset, const std::string& dtype, int64_t prompt_len, int64_t new_tokens,
-        const std::vector<int64_t>& batches) {
+        const std::vector<int64_t>& batches, const Tuning& tuning) {
   using Space = Kokkos::DefaultExecutionSpace;
   auto config = openmoe::PresetConfig(preset);
   if (!config.ok()) {
@@ -58,6 +64,8 @@ int Run(const std::string& preset, const std::string& dtype, int64_t prompt_len,
     std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
     return 1;
   }
+  model->context().tuning() = tuning.attention;
+  model->set_dependent_launch(tuning.dependent_launch);
   // Weights a batch-1 decode step must read.
   const double active_bytes = double(openmoe::ActiveParameters(*config)) * sizeof(T);
   std::printf("openmoe-kokkos %s %s on %s: random init in %.1f s, %.2f GB of weights, %.2f GB read per "
@@ -130,8 +138,9 @@ int main(int argc, char** argv) {
   for (std::string item; std::getline(list, item, ',');) batches.push_back(std::atoll(item.c_str()));
   setenv("OMP_PROC_BIND", "false", 0);
   Kokkos::ScopeGuard kokkos(argc, argv);
-  openmoe::kernels::SetSplitKeyTeamWarps(std::atoi(Arg(argc, argv, "attention_team_warps", "1").c_str()));
-  openmoe::kernels::SetSplitKeyWarpKeys(std::atoi(Arg(argc, argv, "attention_warp_keys", "0").c_str()));
+  Tuning tuning;
+  tuning.attention.split_key_team_warps = std::atoi(Arg(argc, argv, "attention_team_warps", "1").c_str());
+  tuning.attention.split_key_warp_keys  = std::atoi(Arg(argc, argv, "attention_warp_keys", "0").c_str());
   {
     using K = openmoe::kernels::DecodeLinearKernel;
     const std::string name = Arg(argc, argv, "decode_linear", "auto");
@@ -142,7 +151,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "generate_benchmark: unknown --decode_linear=%s\n", name.c_str());
       return 2;
     }
-    openmoe::kernels::SetDecodeLinearKernel(kernels.at(name));
+    tuning.attention.decode_linear_kernel = kernels.at(name);
     std::printf("decode_linear=%s\n", name.c_str());
   }
   {
@@ -153,9 +162,9 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "generate_benchmark: --dependent_launch must be all, own or off, not %s\n", dependent.c_str());
       return 2;
     }
-    openmoe::SetDependentLaunchInDecodeGraphs(modes.at(dependent));
+    tuning.dependent_launch = modes.at(dependent);
     std::printf("dependent_launch=%s\n", dependent.c_str());
   }
-  return dtype == "fp32" ? Run<float>(preset, dtype, prompt_len, new_tokens, batches)
-                         : Run<openmoe::bf16>(preset, dtype, prompt_len, new_tokens, batches);
+  return dtype == "fp32" ? Run<float>(preset, dtype, prompt_len, new_tokens, batches, tuning)
+                         : Run<openmoe::bf16>(preset, dtype, prompt_len, new_tokens, batches, tuning);
 }

@@ -3,7 +3,6 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
-#include "kernels/scratch.h"
 
 namespace openmoe::kernels {
 namespace {
@@ -24,13 +23,13 @@ KOKKOS_INLINE_FUNCTION uint64_t ArgmaxKey(float value, int64_t index) {
 
 constexpr int64_t kChunk = 4096;  // logits per team in the first pass
 
-struct ChunkKeysTag;  // partial keys [B, chunks]
 
 }  // namespace
 
 template <class T, class ExecSpace>
-absl::Status RowArgmax(const ExecSpace& space, ConstMatrix<T, ExecSpace> logits, int64_t allowed,
+absl::Status RowArgmax(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> logits, int64_t allowed,
                        Vector<int64_t, ExecSpace> ids) {
+  const auto& space = ctx.space();
   const int64_t B = logits.extent(0);
   if (allowed <= 0 || allowed > int64_t(logits.extent(1)) || allowed > int64_t(0xFFFFFFFFu) ||
       ids.extent(0) != size_t(B)) {
@@ -40,7 +39,7 @@ absl::Status RowArgmax(const ExecSpace& space, ConstMatrix<T, ExecSpace> logits,
   // Two passes: teams over (row, chunk of kChunk logits), then one team per row over its chunks.
   using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
   const int64_t chunks = (allowed + kChunk - 1) / kChunk;
-  auto keys = GrowingScratch<ChunkKeysTag, uint64_t, typename ExecSpace::memory_space>("argmax.chunks", size_t(B * chunks));
+  auto keys = ctx.template Scratch<uint64_t>("argmax.chunks", size_t(B * chunks));
   DependentParallelFor(
       "openmoe::kernels::RowArgmaxChunks", RowTeams(space, B * chunks, 256), KOKKOS_LAMBDA(const Member& team) {
         const int64_t b = team.league_rank() / chunks, chunk = team.league_rank() % chunks;
@@ -69,7 +68,7 @@ absl::Status RowArgmax(const ExecSpace& space, ConstMatrix<T, ExecSpace> logits,
 }
 
 #define OPENMOE_INSTANTIATE_ARGMAX(Space, T)                                                    \
-  template absl::Status RowArgmax<T, Space>(const Space&, ConstMatrix<T, Space>, int64_t,       \
+  template absl::Status RowArgmax<T, Space>(const ExecutionContext<Space>&, ConstMatrix<T, Space>, int64_t,       \
                                             Vector<int64_t, Space>);
 OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_ARGMAX)
 

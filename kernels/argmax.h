@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "kernels/execution_context.h"
 #include "openmoe/core/tensor_types.h"
 
 namespace openmoe::kernels {
@@ -17,7 +18,7 @@ namespace openmoe::kernels {
 // ids[b] = the smallest j < allowed with logits[b, j] maximal (torch.argmax's first maximum;
 // a NaN counts as the largest value, as in torch).
 template <class T, class ExecSpace>
-absl::Status RowArgmax(const ExecSpace& space, ConstMatrix<T, ExecSpace> logits, int64_t allowed,
+absl::Status RowArgmax(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> logits, int64_t allowed,
                        Vector<int64_t, ExecSpace> ids);
 
 }  // namespace openmoe::kernels

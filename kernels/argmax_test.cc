@@ -25,7 +25,7 @@ template <class Space, class T>
 std::vector<int64_t> DeviceArgmax(const std::vector<T>& logits, int64_t B, int64_t V, int64_t allowed) {
   auto d = ToDevice<Space>(logits, B, V, "logits");
   Vector<int64_t, Space> ids("ids", B);
-  const absl::Status s = RowArgmax<T>(Space(), ConstMatrix<T, Space>(d), allowed, ids);
+  const absl::Status s = RowArgmax<T>(ExecutionContext<Space>(), ConstMatrix<T, Space>(d), allowed, ids);
   EXPECT_TRUE(s.ok()) << s;
   return ToHost(ids);
 }
@@ -58,8 +58,8 @@ TYPED_TEST(ArgmaxTest, RejectsAnAllowedRangeOutsideTheRow) {
   using Space = TypeParam;
   Matrix<float, Space> logits("logits", 2, 5);
   Vector<int64_t, Space> ids("ids", 2);
-  EXPECT_FALSE(RowArgmax<float>(Space(), ConstMatrix<float, Space>(logits), 6, ids).ok());
-  EXPECT_FALSE(RowArgmax<float>(Space(), ConstMatrix<float, Space>(logits), 0, ids).ok());
+  EXPECT_FALSE(RowArgmax<float>(ExecutionContext<Space>(), ConstMatrix<float, Space>(logits), 6, ids).ok());
+  EXPECT_FALSE(RowArgmax<float>(ExecutionContext<Space>(), ConstMatrix<float, Space>(logits), 0, ids).ok());
 }
 
 }  // namespace

@@ -10,7 +10,6 @@
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
 #include "kernels/layer_math.h"
-#include "kernels/scratch.h"
 
 namespace openmoe::kernels {
 
@@ -38,9 +37,6 @@ bool SplitKeyShapesFit(const T* q, const T* k, const T* v, int64_t head_dim) {
          IsPackAligned(q, head_dim) && IsPackAligned(k, head_dim) && IsPackAligned(v, head_dim);
 }
 
-uint64_t scratch_generation = 0;  // see AttentionScratchGeneration
-int split_key_team_warps = 1;     // see SetSplitKeyTeamWarps
-int split_key_warp_keys = 0;      // see SetSplitKeyWarpKeys (0: automatic)
 
 // Whether the decode kernel gives each warp kWideWarpKeys keys instead of kWarpKeys: when 16-key
 // chunks would not fill one wave of warps (batch 1), so the GPU has room for the longer warps and
@@ -50,16 +46,15 @@ int split_key_warp_keys = 0;      // see SetSplitKeyWarpKeys (0: automatic)
 // 57.1 vs 55.2 us at batch 16; benchmarks/RESULTS.md). kResidentWarpsPerSm: what the 16-key
 // kernel's ~170 registers per thread allow on an H100/H200 SM.
 template <class ExecSpace>
-bool UseWideSplitKeyChunks(const ExecSpace& space, int64_t queries, int64_t num_keys) {
-  if (split_key_warp_keys != 0) return split_key_warp_keys == kWideWarpKeys;
+bool UseWideSplitKeyChunks(const ExecutionContext<ExecSpace>& ctx, int64_t queries, int64_t num_keys) {
+  const auto& space = ctx.space();
+  const int warp_keys = ctx.tuning().split_key_warp_keys;
+  if (warp_keys == kWarpKeys || warp_keys == kWideWarpKeys) return warp_keys == kWideWarpKeys;
   constexpr int64_t kResidentWarpsPerSm = 11, kThreadsPerSm = 2048;
   const int64_t sms = std::max<int64_t>(1, space.concurrency() / kThreadsPerSm);
   return queries * ((num_keys + kWarpKeys - 1) / kWarpKeys) < sms * kResidentWarpsPerSm;
 }
 
-struct SplitTag;     // partial results [queries, chunks, kPartialHeader + Dh]
-struct FinishedTag;  // per-query count of finished chunk warps; zero between calls (the merging
-                     // warp resets its entry)
 
 // Where the decode kernel reads its queries, and (fused mode) the raw new key and value.
 template <class T>
@@ -75,11 +70,12 @@ struct SplitKeySource {
 };
 
 template <int kPacks, int kKeys, bool kFused, class T, class ExecSpace>
-void SplitKeyAttention(const ExecSpace& space, SplitKeySource<T> source, int64_t batch, int64_t Sq,
+void SplitKeyAttention(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<T> source, int64_t batch, int64_t Sq,
                        Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
                        Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
                        int64_t num_heads, int64_t group, int64_t head_dim, int64_t num_keys, int64_t q_offset,
                        Tensor3<T, ExecSpace> out, const int64_t* device_offset) {
+  const auto& space = ctx.space();
   using Policy  = Kokkos::TeamPolicy<ExecSpace>;
   using Member  = typename Policy::member_type;
   using P       = Pack<T>;
@@ -90,13 +86,11 @@ void SplitKeyAttention(const ExecSpace& space, SplitKeySource<T> source, int64_t
   const int64_t queries = batch * Sq * num_heads;
   const int64_t chunks = (num_keys + kKeys - 1) / kKeys, width = kPartialHeader + head_dim;
   const int64_t q_width = num_heads * head_dim, kv_width = k.extent(2);
-  using MemSpace = typename ExecSpace::memory_space;
-  bool grew_partial = false, grew_finished = false;
-  auto partial  = GrowingScratch<SplitTag, float, MemSpace>("attention.split", size_t(queries * chunks * width), false, &grew_partial);
-  auto finished = GrowingScratch<FinishedTag, int, MemSpace>("attention.finished", size_t(queries), true, &grew_finished);
-  if (grew_partial || grew_finished) ++scratch_generation;
-  // Teams of `warps` independent warps, one chunk each (SetSplitKeyTeamWarps).
-  const int warps = split_key_team_warps;
+  // (A growth of either buffer bumps ctx.scratch_generation(): captured graphs point at them.)
+  auto partial  = ctx.template Scratch<float>("attention.split", size_t(queries * chunks * width));
+  auto finished = ctx.template Scratch<int>("attention.finished", size_t(queries), /*zeroed=*/true);
+  // Teams of `warps` independent warps, one chunk each (tuning().split_key_team_warps).
+  const int warps = std::clamp(ctx.tuning().split_key_team_warps, 1, 16);
   const int64_t units = queries * chunks, scratch_packs = kFused ? 2 * kPacks : 1;
   Policy policy(space, (units + warps - 1) / warps, warps, 32);
   // Fused mode: [q | new key] rotated per warp, as 16-byte aligned packs (+16 bytes for the alignment).
@@ -297,11 +291,12 @@ void SplitKeyAttention(const ExecSpace& space, SplitKeySource<T> source, int64_t
 
 // SplitKeyAttention for the shape's packs per head row (SplitKeyShapesFit holds).
 template <bool kFused, class T, class ExecSpace>
-absl::Status LaunchSplitKey(const ExecSpace& space, SplitKeySource<T> source, int64_t batch, int64_t Sq,
+absl::Status LaunchSplitKey(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<T> source, int64_t batch, int64_t Sq,
                             Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
                             Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
                             int64_t num_heads, int64_t group, int64_t head_dim, int64_t num_keys, int64_t q_offset,
                             Tensor3<T, ExecSpace> out, const int64_t* device_offset) {
+  const auto& space = ctx.space();
   const int64_t units = batch * Sq * num_heads * ((num_keys + kWarpKeys - 1) / kWarpKeys);  // at most
   if (units >= (int64_t(1) << 31) || num_keys >= (int64_t(1) << 30) ||
       int64_t(k.stride(1)) >= (int64_t(1) << 31)) {  // the kernel indexes warps, keys and row strides in 32 bits
@@ -310,10 +305,10 @@ absl::Status LaunchSplitKey(const ExecSpace& space, SplitKeySource<T> source, in
   }
   // 32 keys per warp only where a lane then holds at most 16 k and 16 v packs (head rows of <= 16
   // packs): more would not fit in registers at all.
-  const bool wide = UseWideSplitKeyChunks(space, batch * Sq * num_heads, num_keys);
+  const bool wide = UseWideSplitKeyChunks(ctx, batch * Sq * num_heads, num_keys);
   switch (head_dim / Pack<T>::kSize) {
 #define OPENMOE_SPLIT_KEY_CALL(packs, keys)                                                                         \
-  SplitKeyAttention<packs, keys, kFused, T, ExecSpace>(space, source, batch, Sq, k, v, key_mask, num_heads, group,  \
+  SplitKeyAttention<packs, keys, kFused, T, ExecSpace>(ctx, source, batch, Sq, k, v, key_mask, num_heads, group,  \
                                                        head_dim, num_keys, q_offset, out, device_offset);           \
   return absl::OkStatus();
 #define OPENMOE_SPLIT_KEY_CASE(packs)           \
@@ -338,19 +333,12 @@ absl::Status LaunchSplitKey(const ExecSpace& space, SplitKeySource<T> source, in
 // computes them: [positions, head_dim / 2, 2] floats, one table per head_dim, kept between calls
 // (grown with the longest cache seen; a growth bumps the scratch generation).
 template <class ExecSpace>
-const float* RopeTable(const ExecSpace& space, int64_t positions, int64_t head_dim) {
-  using Table = Kokkos::View<float*, typename ExecSpace::memory_space>;
-  static std::map<int64_t, Table> tables;  // head_dim -> table
-  static bool hooked = false;
-  if (!hooked) {
-    Kokkos::push_finalize_hook([] { tables.clear(); });
-    hooked = true;
-  }
-  Table& table = tables[head_dim];
-  if (int64_t(table.extent(0)) < positions * head_dim) {
-    ++scratch_generation;
-    table = Table(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("attention.rope_table")),
-                  size_t(positions * head_dim));
+const float* RopeTable(const ExecutionContext<ExecSpace>& ctx, int64_t positions, int64_t head_dim) {
+  const auto& space = ctx.space();
+  bool grew = false;  // a growth bumps ctx.scratch_generation()
+  auto table = ctx.template Scratch<float>(absl::StrCat("attention.rope_table.", head_dim), size_t(positions * head_dim),
+                                           /*zeroed=*/false, &grew);
+  if (grew) {  // filled for every position it holds; a smaller later call reuses it as is
     const int64_t half = head_dim / 2;
     float* data = table.data();
     DependentParallelFor("openmoe::kernels::RopeTable", FlatRange(space, positions * half), KOKKOS_LAMBDA(const int64_t i) {
@@ -433,13 +421,14 @@ absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<const T, ExecSpace> q
 }
 
 template <class T, class ExecSpace>
-absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q,
+absl::Status CausalAttention(const ExecutionContext<ExecSpace>& ctx, Tensor3<const T, ExecSpace> q,
                              Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
                              Kokkos::View<const int64_t**, Kokkos::LayoutRight,
                                           typename ExecSpace::memory_space> key_mask,
                              int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
                              int64_t num_keys, int64_t q_offset, Tensor3<T, ExecSpace> out,
                              const int64_t* device_offset) {
+  const auto& space = ctx.space();
   const int64_t B = q.extent(0), Sq = q.extent(1);
   if (q.extent(2) != size_t(num_heads * head_dim) || out.extent(2) != q.extent(2) ||
       out.extent(0) != size_t(B) || out.extent(1) != size_t(Sq)) {
@@ -458,8 +447,8 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
     return absl::InvalidArgumentError("CausalAttention: num_kv_heads must divide num_heads");
   }
   if (B == 0 || Sq == 0 || num_keys == 0) return absl::OkStatus();
-  if (device_offset == nullptr && UseGemmAttention<ExecSpace>(Sq)) {  // prefill, training (attention_gemm.h)
-    return GemmAttention<T, ExecSpace>(space, q, k, v, key_mask, num_heads, num_kv_heads, head_dim, num_keys,
+  if (device_offset == nullptr && UseGemmAttention<ExecSpace>(ctx.tuning(), Sq)) {  // prefill, training (attention_gemm.h)
+    return GemmAttention<T, ExecSpace>(ctx, q, k, v, key_mask, num_heads, num_kv_heads, head_dim, num_keys,
                                        q_offset, out);
   }
   const int64_t group = num_heads / num_kv_heads;
@@ -470,7 +459,7 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
       SplitKeyShapesFit(q.data(), k.data(), v.data(), head_dim)) {
     SplitKeySource<T> source;
     source.q = q.data(), source.row_stride = num_heads * head_dim;
-    return LaunchSplitKey<false, T, ExecSpace>(space, source, B, Sq, k, v, key_mask, num_heads, group, head_dim,
+    return LaunchSplitKey<false, T, ExecSpace>(ctx, source, B, Sq, k, v, key_mask, num_heads, group, head_dim,
                                                num_keys, q_offset, out, device_offset);
   }
 
@@ -569,11 +558,12 @@ absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace>
 }
 
 template <class T, class ExecSpace>
-absl::Status RopeAppendAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> qkv, Tensor3<T, ExecSpace> q,
+absl::Status RopeAppendAttention(const ExecutionContext<ExecSpace>& ctx, Tensor3<const T, ExecSpace> qkv, Tensor3<T, ExecSpace> q,
                                  Tensor3<T, ExecSpace> k_cache, Tensor3<T, ExecSpace> v_cache,
                                  Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
                                  int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, Tensor3<T, ExecSpace> out,
                                  const int64_t* device_offset) {
+  const auto& space = ctx.space();
   const int64_t B = qkv.extent(0), Sq = qkv.extent(1), capacity = k_cache.extent(1);
   const int64_t q_width = num_heads * head_dim, kv_width = num_kv_heads * head_dim;
   const bool fused = FusedDecodeStepSupported<ExecSpace>() && Sq == 1 && device_offset != nullptr &&
@@ -590,24 +580,16 @@ absl::Status RopeAppendAttention(const ExecSpace& space, Tensor3<const T, ExecSp
     const absl::Status appended =
         RopeAndAppend<T, ExecSpace>(space, qkv, head_dim, kv_width, 0, q, k_cache, v_cache, device_offset);
     if (!appended.ok()) return appended;
-    return CausalAttention<T, ExecSpace>(space, q, k_cache, v_cache, key_mask, num_heads, num_kv_heads, head_dim,
+    return CausalAttention<T, ExecSpace>(ctx, q, k_cache, v_cache, key_mask, num_heads, num_kv_heads, head_dim,
                                          capacity, 0, out, device_offset);
   }
   SplitKeySource<T> source;
   source.q = qkv.data(), source.row_stride = qkv.extent(2);
-  source.rope_table = RopeTable(space, capacity, head_dim);
+  source.rope_table = RopeTable(ctx, capacity, head_dim);
   source.k_cache = k_cache.data(), source.v_cache = v_cache.data();
-  return LaunchSplitKey<true, T, ExecSpace>(space, source, B, 1, k_cache, v_cache, key_mask, num_heads,
+  return LaunchSplitKey<true, T, ExecSpace>(ctx, source, B, 1, k_cache, v_cache, key_mask, num_heads,
                                             num_heads / num_kv_heads, head_dim, capacity, 0, out, device_offset);
 }
-
-uint64_t AttentionScratchGeneration() { return scratch_generation; }
-
-void SetSplitKeyWarpKeys(int keys) {
-  split_key_warp_keys = keys == kWarpKeys || keys == kWideWarpKeys ? keys : 0;
-}
-
-void SetSplitKeyTeamWarps(int warps) { split_key_team_warps = warps < 1 ? 1 : (warps > 16 ? 16 : warps); }
 
 #define OPENMOE_INSTANTIATE_ATTENTION(Space, T)                                                 \
   template absl::Status ApplyRope<T, Space>(const Space&, Tensor3<T, Space>, int64_t, int64_t, bool); \
@@ -615,11 +597,11 @@ void SetSplitKeyTeamWarps(int warps) { split_key_team_warps = warps < 1 ? 1 : (w
                                                 int64_t, Tensor3<T, Space>, Tensor3<T, Space>,          \
                                                 Tensor3<T, Space>, const int64_t*);                     \
   template absl::Status CausalAttention<T, Space>(                                              \
-      const Space&, Tensor3<const T, Space>, Tensor3<const T, Space>, Tensor3<const T, Space>,  \
+      const ExecutionContext<Space>&, Tensor3<const T, Space>, Tensor3<const T, Space>, Tensor3<const T, Space>,  \
       Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Space::memory_space>,         \
       int64_t, int64_t, int64_t, int64_t, int64_t, Tensor3<T, Space>, const int64_t*);               \
   template absl::Status RopeAppendAttention<T, Space>(                                          \
-      const Space&, Tensor3<const T, Space>, Tensor3<T, Space>, Tensor3<T, Space>, Tensor3<T, Space>, \
+      const ExecutionContext<Space>&, Tensor3<const T, Space>, Tensor3<T, Space>, Tensor3<T, Space>, Tensor3<T, Space>, \
       Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Space::memory_space>,         \
       int64_t, int64_t, int64_t, Tensor3<T, Space>, const int64_t*);
 OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_ATTENTION)

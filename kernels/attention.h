@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "kernels/execution_context.h"
 #include "openmoe/core/tensor_types.h"
 
 namespace openmoe::kernels {
@@ -49,7 +50,7 @@ absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<const T, ExecSpace> q
 // *device_offset + Sq; num_keys is then only an upper bound (the cache's capacity) and q_offset
 // is ignored.
 template <class T, class ExecSpace>
-absl::Status CausalAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q,
+absl::Status CausalAttention(const ExecutionContext<ExecSpace>& ctx, Tensor3<const T, ExecSpace> q,
                              Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
                              Kokkos::View<const int64_t**, Kokkos::LayoutRight,
                                           typename ExecSpace::memory_space> key_mask,
@@ -72,26 +73,12 @@ constexpr bool FusedDecodeStepSupported() {
 // with q [B, 1, Nh*Dh] as the rotated queries. Same rotations (cos/sin from a table computed by
 // RopeAndAppend's formula) and the same attention maths either way.
 template <class T, class ExecSpace>
-absl::Status RopeAppendAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> qkv, Tensor3<T, ExecSpace> q,
+absl::Status RopeAppendAttention(const ExecutionContext<ExecSpace>& ctx, Tensor3<const T, ExecSpace> qkv, Tensor3<T, ExecSpace> q,
                                  Tensor3<T, ExecSpace> k_cache, Tensor3<T, ExecSpace> v_cache,
                                  Kokkos::View<const int64_t**, Kokkos::LayoutRight,
                                               typename ExecSpace::memory_space> key_mask,
                                  int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, Tensor3<T, ExecSpace> out,
                                  const int64_t* device_offset);
-
-// Bumped whenever the decode attention's scratch buffers (kept between calls) are reallocated:
-// work captured in a CUDA graph must not be replayed across a change.
-uint64_t AttentionScratchGeneration();
-
-// Warps per team of the CUDA decode attention kernel (each warp one chunk of keys; default 1:
-// 4 and 8 measured the same at batch 1 and 2-10% slower at batch 16 on the H200).
-// For benchmarks that compare team shapes in one run; not thread-safe.
-void SetSplitKeyTeamWarps(int warps);
-
-// Keys per warp of the CUDA decode attention kernel: 16 or 32 (anything else: automatic, the
-// default: 32 where 16-key chunks would not fill one wave of warps, e.g. batch 1; see attention.cc).
-// For benchmarks and tests that compare both in one run; not thread-safe.
-void SetSplitKeyWarpKeys(int keys);
 
 }  // namespace openmoe::kernels
 

@@ -7,21 +7,13 @@
 #include "kernels/batched_gemm.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
-#include "kernels/scratch.h"
 #include "openmoe/core/status_macros.h"
 
 namespace openmoe::kernels {
 namespace {
 
-AttentionPath attention_path = AttentionPath::kAuto;
-constexpr int64_t kDefaultMaxScoreElements = int64_t(64) << 20;  // 256 MiB of float32 scores
-int64_t max_score_elements = kDefaultMaxScoreElements;
 constexpr int64_t kGemmMinQueryRows = 16;
 
-struct ScoresTag;
-struct ProbsTag;
-struct GradTag;
-struct OutTag;
 
 template <class ExecSpace>
 using MaskView = Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
@@ -35,8 +27,9 @@ struct HeadGeometry {
 
 // p[h] [rows, keys] = x_h [rows, Dh] . y_kv [keys, Dh]^T.
 template <class T, class TOut, class ExecSpace>
-absl::Status RowsTimesKeysT(const ExecSpace& space, const HeadGeometry& g, const T* x, int64_t ldx, const T* y,
+absl::Status RowsTimesKeysT(const ExecutionContext<ExecSpace>& ctx, const HeadGeometry& g, const T* x, int64_t ldx, const T* y,
                             int64_t ldy, TOut* p) {
+  const auto& space = ctx.space();
   BatchedGemmShape s;
   s.trans_a = true, s.m = g.keys, s.n = g.rows, s.k = g.head_dim;
   s.lda = ldy, s.ldb = ldx, s.ldc = g.keys;
@@ -44,15 +37,16 @@ absl::Status RowsTimesKeysT(const ExecSpace& space, const HeadGeometry& g, const
   s.batch = g.num_kv_heads;
   for (int64_t r = 0; r < g.group; ++r) {
     OPENMOE_RETURN_IF_ERROR(
-        (StridedBatchedGemm<T, TOut, ExecSpace>(space, s, y, x + r * g.head_dim, p + r * g.rows * g.keys)));
+        (StridedBatchedGemm<T, TOut, ExecSpace>(ctx, s, y, x + r * g.head_dim, p + r * g.rows * g.keys)));
   }
   return absl::OkStatus();
 }
 
 // out_h [rows, Dh] (leading dimension ldo) (+)= p[h] [rows, keys] . y_kv [keys, Dh].
 template <class T, class TOut, class ExecSpace>
-absl::Status ProbsTimesKeys(const ExecSpace& space, const HeadGeometry& g, const T* p, const T* y, int64_t ldy,
+absl::Status ProbsTimesKeys(const ExecutionContext<ExecSpace>& ctx, const HeadGeometry& g, const T* p, const T* y, int64_t ldy,
                             TOut* out, int64_t ldo, bool accumulate = false) {
+  const auto& space = ctx.space();
   BatchedGemmShape s;
   s.m = g.head_dim, s.n = g.rows, s.k = g.keys;
   s.lda = ldy, s.ldb = g.keys, s.ldc = ldo;
@@ -60,15 +54,16 @@ absl::Status ProbsTimesKeys(const ExecSpace& space, const HeadGeometry& g, const
   s.batch = g.num_kv_heads, s.beta = accumulate ? 1.0f : 0.0f;
   for (int64_t r = 0; r < g.group; ++r) {
     OPENMOE_RETURN_IF_ERROR(
-        (StridedBatchedGemm<T, TOut, ExecSpace>(space, s, y, p + r * g.rows * g.keys, out + r * g.head_dim)));
+        (StridedBatchedGemm<T, TOut, ExecSpace>(ctx, s, y, p + r * g.rows * g.keys, out + r * g.head_dim)));
   }
   return absl::OkStatus();
 }
 
 // out_kv [keys, Dh] (leading dimension ldo) += sum over the group's heads of p[h]^T . x_h [rows, Dh].
 template <class ExecSpace>
-absl::Status AddProbsTTimesRows(const ExecSpace& space, const HeadGeometry& g, const float* p, const float* x,
+absl::Status AddProbsTTimesRows(const ExecutionContext<ExecSpace>& ctx, const HeadGeometry& g, const float* p, const float* x,
                                 int64_t ldx, float* out, int64_t ldo) {
+  const auto& space = ctx.space();
   BatchedGemmShape s;
   s.trans_b = true, s.m = g.head_dim, s.n = g.keys, s.k = g.rows;
   s.lda = ldx, s.ldb = g.keys, s.ldc = ldo;
@@ -76,7 +71,7 @@ absl::Status AddProbsTTimesRows(const ExecSpace& space, const HeadGeometry& g, c
   s.batch = g.num_kv_heads, s.beta = 1.0f;
   for (int64_t r = 0; r < g.group; ++r) {
     OPENMOE_RETURN_IF_ERROR(
-        (StridedBatchedGemm<float, float, ExecSpace>(space, s, x + r * g.head_dim, p + r * g.rows * g.keys, out)));
+        (StridedBatchedGemm<float, float, ExecSpace>(ctx, s, x + r * g.head_dim, p + r * g.rows * g.keys, out)));
   }
   return absl::OkStatus();
 }
@@ -149,35 +144,32 @@ void RoundInto(const ExecSpace& space, const float* sum, T* out, int64_t count) 
 }
 
 // Query rows per chunk: the scores of all heads for the chunk stay within max_score_elements.
-int64_t ChunkRows(int64_t num_heads, int64_t query_rows, int64_t keys) {
-  return std::clamp<int64_t>(max_score_elements / std::max<int64_t>(1, num_heads * keys), 1, query_rows);
+int64_t ChunkRows(const Tuning& tuning, int64_t num_heads, int64_t query_rows, int64_t keys) {
+  return std::clamp<int64_t>(tuning.max_score_elements / std::max<int64_t>(1, num_heads * keys), 1, query_rows);
 }
 
 }  // namespace
 
-void SetAttentionPathForTesting(AttentionPath path, int64_t max_elements) {
-  attention_path     = path;
-  max_score_elements = max_elements > 0 ? max_elements : kDefaultMaxScoreElements;
-}
 
 template <class ExecSpace>
-bool UseGemmAttention(int64_t query_rows) {
-  if (attention_path != AttentionPath::kAuto) return attention_path == AttentionPath::kGemm;
+bool UseGemmAttention(const Tuning& tuning, int64_t query_rows) {
+  if (tuning.attention_path != AttentionPath::kAuto) return tuning.attention_path == AttentionPath::kGemm;
   return std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace> ? false
                                                                               : query_rows >= kGemmMinQueryRows;
 }
 
 template <class T, class ExecSpace>
-absl::Status GemmAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Tensor3<const T, ExecSpace> k,
+absl::Status GemmAttention(const ExecutionContext<ExecSpace>& ctx, Tensor3<const T, ExecSpace> q, Tensor3<const T, ExecSpace> k,
                            Tensor3<const T, ExecSpace> v, MaskView<ExecSpace> key_mask, int64_t num_heads,
                            int64_t num_kv_heads, int64_t head_dim, int64_t num_keys, int64_t q_offset,
                            Tensor3<T, ExecSpace> out) {
+  const auto& space = ctx.space();
   using MemSpace = typename ExecSpace::memory_space;
   const int64_t B = q.extent(0), Sq = q.extent(1), Sk_max = k.extent(1);
   const int64_t Wq = num_heads * head_dim, Wkv = num_kv_heads * head_dim;
-  const int64_t chunk = ChunkRows(num_heads, Sq, num_keys);
+  const int64_t chunk = ChunkRows(ctx.tuning(), num_heads, Sq, num_keys);
   const int64_t score_count = num_heads * chunk * num_keys;
-  auto scores = GrowingScratch<ScoresTag, float, MemSpace>("attention_gemm.scores", score_count);
+  auto scores = ctx.template Scratch<float>("attention_gemm.scores", score_count);
   // float: P in place of the scores, P.V written to out. bf16: P as two bf16 halves (MaskedSoftmax),
   // P.V summed in float32 (a chunk-sized buffer) and rounded once into out.
   constexpr bool kSplit = !std::is_same_v<T, float>;
@@ -185,9 +177,9 @@ absl::Status GemmAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q
   T* probs_low = nullptr;
   float* out_f = nullptr;
   if constexpr (kSplit) {
-    probs     = GrowingScratch<ProbsTag, T, MemSpace>("attention_gemm.probs", 2 * score_count).data();
+    probs     = ctx.template Scratch<T>("attention_gemm.probs", 2 * score_count).data();
     probs_low = probs + score_count;
-    out_f     = GrowingScratch<OutTag, float, MemSpace>("attention_gemm.out", chunk * Wq).data();
+    out_f     = ctx.template Scratch<float>("attention_gemm.out", chunk * Wq).data();
   } else {
     probs = reinterpret_cast<T*>(scores.data());
   }
@@ -197,18 +189,18 @@ absl::Status GemmAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q
       const HeadGeometry g{rows, std::min(num_keys, q_offset + q0 + rows), head_dim, num_kv_heads,
                            num_heads / num_kv_heads};
       const T* q_rows = q.data() + (b * Sq + q0) * Wq;
-      OPENMOE_RETURN_IF_ERROR((RowsTimesKeysT<T, float, ExecSpace>(space, g, q_rows, Wq, k.data() + b * Sk_max * Wkv,
+      OPENMOE_RETURN_IF_ERROR((RowsTimesKeysT<T, float, ExecSpace>(ctx, g, q_rows, Wq, k.data() + b * Sk_max * Wkv,
                                                                    Wkv, scores.data())));
       MaskedSoftmax<T, ExecSpace>(space, scores.data(), probs, probs_low, key_mask, b, g, q_offset + q0);
       const T* v_b = v.data() + b * Sk_max * Wkv;
       T* out_rows  = out.data() + (b * Sq + q0) * Wq;
       if constexpr (kSplit) {
-        OPENMOE_RETURN_IF_ERROR((ProbsTimesKeys<T, float, ExecSpace>(space, g, probs, v_b, Wkv, out_f, Wq)));
+        OPENMOE_RETURN_IF_ERROR((ProbsTimesKeys<T, float, ExecSpace>(ctx, g, probs, v_b, Wkv, out_f, Wq)));
         OPENMOE_RETURN_IF_ERROR(
-            (ProbsTimesKeys<T, float, ExecSpace>(space, g, probs_low, v_b, Wkv, out_f, Wq, /*accumulate=*/true)));
+            (ProbsTimesKeys<T, float, ExecSpace>(ctx, g, probs_low, v_b, Wkv, out_f, Wq, /*accumulate=*/true)));
         RoundInto<T, ExecSpace>(space, out_f, out_rows, rows * Wq);
       } else {
-        OPENMOE_RETURN_IF_ERROR((ProbsTimesKeys<T, T, ExecSpace>(space, g, probs, v_b, Wkv, out_rows, Wq)));
+        OPENMOE_RETURN_IF_ERROR((ProbsTimesKeys<T, T, ExecSpace>(ctx, g, probs, v_b, Wkv, out_rows, Wq)));
       }
     }
   }
@@ -216,17 +208,18 @@ absl::Status GemmAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q
 }
 
 template <class ExecSpace>
-absl::Status GemmAttentionBackward(const ExecSpace& space, Tensor3<const float, ExecSpace> q,
+absl::Status GemmAttentionBackward(const ExecutionContext<ExecSpace>& ctx, Tensor3<const float, ExecSpace> q,
                                    Tensor3<const float, ExecSpace> k, Tensor3<const float, ExecSpace> v,
                                    MaskView<ExecSpace> mask, Tensor3<const float, ExecSpace> dout, int64_t num_heads,
                                    int64_t num_kv_heads, int64_t head_dim, Tensor3<float, ExecSpace> dq,
                                    Tensor3<float, ExecSpace> dk, Tensor3<float, ExecSpace> dv) {
+  const auto& space = ctx.space();
   using MemSpace = typename ExecSpace::memory_space;
   const int64_t B = q.extent(0), S = q.extent(1), Sk_max = k.extent(1);
   const int64_t Wq = num_heads * head_dim, Wkv = num_kv_heads * head_dim;
-  const int64_t chunk = ChunkRows(num_heads, S, S);
-  auto probs = GrowingScratch<ScoresTag, float, MemSpace>("attention_gemm.scores", num_heads * chunk * S);
-  auto grad  = GrowingScratch<GradTag, float, MemSpace>("attention_gemm.grad", num_heads * chunk * S);
+  const int64_t chunk = ChunkRows(ctx.tuning(), num_heads, S, S);
+  auto probs = ctx.template Scratch<float>("attention_gemm.scores", num_heads * chunk * S);
+  auto grad  = ctx.template Scratch<float>("attention_gemm.grad", num_heads * chunk * S);
   Kokkos::deep_copy(space, dk, 0.0f);
   Kokkos::deep_copy(space, dv, 0.0f);
   for (int64_t b = 0; b < B; ++b) {
@@ -237,13 +230,13 @@ absl::Status GemmAttentionBackward(const ExecSpace& space, Tensor3<const float, 
       const HeadGeometry g{rows, q0 + rows, head_dim, num_kv_heads, num_heads / num_kv_heads};
       const float* q_rows  = q.data() + (b * S + q0) * Wq;
       const float* do_rows = dout.data() + (b * S + q0) * Wq;
-      OPENMOE_RETURN_IF_ERROR((RowsTimesKeysT<float, float, ExecSpace>(space, g, q_rows, Wq, k_b, Wkv, probs.data())));
+      OPENMOE_RETURN_IF_ERROR((RowsTimesKeysT<float, float, ExecSpace>(ctx, g, q_rows, Wq, k_b, Wkv, probs.data())));
       MaskedSoftmax<float, ExecSpace>(space, probs.data(), probs.data(), nullptr, mask, b, g, q0);
-      OPENMOE_RETURN_IF_ERROR((RowsTimesKeysT<float, float, ExecSpace>(space, g, do_rows, Wq, v_b, Wkv, grad.data())));
+      OPENMOE_RETURN_IF_ERROR((RowsTimesKeysT<float, float, ExecSpace>(ctx, g, do_rows, Wq, v_b, Wkv, grad.data())));
       SoftmaxBackward<ExecSpace>(space, probs.data(), grad.data(), num_heads * rows, g.keys);
-      OPENMOE_RETURN_IF_ERROR(AddProbsTTimesRows<ExecSpace>(space, g, probs.data(), do_rows, Wq, dv.data() + b * S * Wkv, Wkv));
-      OPENMOE_RETURN_IF_ERROR(AddProbsTTimesRows<ExecSpace>(space, g, grad.data(), q_rows, Wq, dk.data() + b * S * Wkv, Wkv));
-      OPENMOE_RETURN_IF_ERROR((ProbsTimesKeys<float, float, ExecSpace>(space, g, grad.data(), k_b, Wkv,
+      OPENMOE_RETURN_IF_ERROR(AddProbsTTimesRows<ExecSpace>(ctx, g, probs.data(), do_rows, Wq, dv.data() + b * S * Wkv, Wkv));
+      OPENMOE_RETURN_IF_ERROR(AddProbsTTimesRows<ExecSpace>(ctx, g, grad.data(), q_rows, Wq, dk.data() + b * S * Wkv, Wkv));
+      OPENMOE_RETURN_IF_ERROR((ProbsTimesKeys<float, float, ExecSpace>(ctx, g, grad.data(), k_b, Wkv,
                                                                 dq.data() + (b * S + q0) * Wq, Wq)));
     }
   }
@@ -251,15 +244,15 @@ absl::Status GemmAttentionBackward(const ExecSpace& space, Tensor3<const float, 
 }
 
 #define OPENMOE_INSTANTIATE_GEMM_ATTENTION(Space, T)                                                              \
-  template absl::Status GemmAttention<T, Space>(const Space&, Tensor3<const T, Space>, Tensor3<const T, Space>,   \
+  template absl::Status GemmAttention<T, Space>(const ExecutionContext<Space>&, Tensor3<const T, Space>, Tensor3<const T, Space>,   \
                                                 Tensor3<const T, Space>, MaskView<Space>, int64_t, int64_t, int64_t, \
                                                 int64_t, int64_t, Tensor3<T, Space>);
 OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_GEMM_ATTENTION)
 
 #define OPENMOE_INSTANTIATE_GEMM_ATTENTION_BACKWARD(Space)                                                          \
-  template bool UseGemmAttention<Space>(int64_t);                                                                   \
+  template bool UseGemmAttention<Space>(const Tuning&, int64_t);                                                                   \
   template absl::Status GemmAttentionBackward<Space>(                                                               \
-      const Space&, Tensor3<const float, Space>, Tensor3<const float, Space>, Tensor3<const float, Space>,          \
+      const ExecutionContext<Space>&, Tensor3<const float, Space>, Tensor3<const float, Space>, Tensor3<const float, Space>,          \
       MaskView<Space>, Tensor3<const float, Space>, int64_t, int64_t, int64_t, Tensor3<float, Space>,                \
       Tensor3<float, Space>, Tensor3<float, Space>);
 OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_GEMM_ATTENTION_BACKWARD)

@@ -10,7 +10,7 @@
 // This is how prefill and training run on CUDA (tensor-core / SGEMM throughput instead of one
 // team per query row); decode steps keep the split-key kernel of attention.cc, host backends the
 // fused kernels. CausalAttention and CausalAttentionBackward choose the path (UseGemmAttention);
-// tests force either one with SetAttentionPathForTesting and compare them.
+// tests force either one through the context's tuning and compare them.
 // With T = bf16, P enters P V as two bf16 halves (hi + lo) summed in float32, so that rounding P
 // to bf16 (what flash attention does) does not cost accuracy: bf16 training's router gradients
 // are sensitive to it (train_parity_test).
@@ -21,21 +21,18 @@
 
 #include "absl/status/status.h"
 #include "kernels/attention.h"
+#include "kernels/execution_context.h"
 
 namespace openmoe::kernels {
 
-enum class AttentionPath { kAuto, kGemm, kFused };
-
-// kAuto: GEMMs on CUDA for >= 16 query rows. max_score_elements > 0 caps the scores chunk (tests
-// use it to exercise chunking); 0 restores the default (64 Mi elements, 256 MiB).
-void SetAttentionPathForTesting(AttentionPath path, int64_t max_score_elements = 0);
-
+// tuning.attention_path kAuto: GEMMs on CUDA for >= 16 query rows; tuning.max_score_elements
+// caps the scores chunk.
 template <class ExecSpace>
-bool UseGemmAttention(int64_t query_rows);
+bool UseGemmAttention(const Tuning& tuning, int64_t query_rows);
 
 // Shapes as CausalAttention (validated there); no device offset.
 template <class T, class ExecSpace>
-absl::Status GemmAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q, Tensor3<const T, ExecSpace> k,
+absl::Status GemmAttention(const ExecutionContext<ExecSpace>& ctx, Tensor3<const T, ExecSpace> q, Tensor3<const T, ExecSpace> k,
                            Tensor3<const T, ExecSpace> v,
                            Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
                            int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t num_keys,
@@ -43,7 +40,7 @@ absl::Status GemmAttention(const ExecSpace& space, Tensor3<const T, ExecSpace> q
 
 // Shapes as CausalAttentionBackward (validated there): q_offset 0, Sq = Sk = S; dq, dk, dv written.
 template <class ExecSpace>
-absl::Status GemmAttentionBackward(const ExecSpace& space, Tensor3<const float, ExecSpace> q,
+absl::Status GemmAttentionBackward(const ExecutionContext<ExecSpace>& ctx, Tensor3<const float, ExecSpace> q,
                                    Tensor3<const float, ExecSpace> k, Tensor3<const float, ExecSpace> v,
                                    Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> mask,
                                    Tensor3<const float, ExecSpace> dout, int64_t num_heads, int64_t num_kv_heads,

@@ -109,19 +109,21 @@ struct PathCase {
 constexpr PathCase kPaths[] = {{AttentionPath::kFused, 0, "fused"},
                                {AttentionPath::kGemm, 0, "gemm"},
                                {AttentionPath::kGemm, 300, "gemm, small chunks"}};
-struct ScopedPath {
-  explicit ScopedPath(const PathCase& c) { SetAttentionPathForTesting(c.path, c.max_score_elements); }
-  ~ScopedPath() { SetAttentionPathForTesting(AttentionPath::kAuto); }
-};
+// A context whose attention takes the case's path, and whose decode kernel gives each warp
+// `warp_keys` keys (0: automatic).
+template <class Space>
+ExecutionContext<Space> ContextFor(const PathCase& c, int warp_keys = 0) {
+  ExecutionContext<Space> ctx;
+  ctx.tuning().attention_path = c.path;
+  if (c.max_score_elements > 0) ctx.tuning().max_score_elements = c.max_score_elements;
+  ctx.tuning().split_key_warp_keys = warp_keys;
+  return ctx;
+}
 
 // The CUDA decode kernel's keys per warp: 16 and 32 (automatic picks 32 at these small shapes,
 // 16 for batch-16 decoding of the real models). Host backends do not split keys; the loops still
 // check them.
 constexpr int kWarpKeyChoices[] = {16, 32};
-struct ScopedWarpKeys {
-  explicit ScopedWarpKeys(int keys) { SetSplitKeyWarpKeys(keys); }
-  ~ScopedWarpKeys() { SetSplitKeyWarpKeys(0); }
-};
 
 template <class Space>
 class AttentionTest : public ::testing::Test {};
@@ -153,8 +155,7 @@ TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
   for (const Case c : {Case{2, 19, 19, 4, 4, 24, 0}, Case{3, 1, 11, 4, 2, 16, 10}, Case{2, 5, 9, 6, 3, 8, 4},
                        Case{2, 1, 150, 4, 2, 16, 149}, Case{1, 3, 200, 4, 4, 8, 120},
                        Case{2, 1, 300, 2, 1, 128, 299}, Case{2, 40, 50, 4, 2, 16, 10}}) {
-    ScopedPath scoped(path);
-    ScopedWarpKeys keys(warp_keys);
+    const ExecutionContext<Space> ctx = ContextFor<Space>(path, warp_keys);
     const uint32_t seed = 31 + c.Sq * 7 + c.Nkv;
     const std::vector<float> q = RandomNormal(c.B * c.Sq * c.Nh * c.Dh, 0.5f, seed);
     const std::vector<float> k = RandomNormal(c.B * c.Sk * c.Nkv * c.Dh, 0.5f, seed + 1);
@@ -168,7 +169,7 @@ TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
     Kokkos::deep_copy(md, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
                               mask.data(), c.B, c.Sk));
     Tensor3<float, Space> out("out", c.B, c.Sq, c.Nh * c.Dh);
-    absl::Status s = CausalAttention<float>(Space(), qd, kd, vd, md, c.Nh, c.Nkv, c.Dh, c.Sk, c.q_offset, out);
+    absl::Status s = CausalAttention<float>(ctx, qd, kd, vd, md, c.Nh, c.Nkv, c.Dh, c.Sk, c.q_offset, out);
     ASSERT_TRUE(s.ok()) << s;
     const std::vector<float> got = ToHost(out);
     const std::vector<double> want = reference::Attention(ToDouble(q), ToDouble(k), ToDouble(v), mask, c.B, c.Sq,
@@ -208,10 +209,9 @@ TYPED_TEST(AttentionTest, Bf16DecodeMatchesReferenceOfRoundedInputs) {
       reference::Attention(ToDouble(q), ToDouble(k), ToDouble(v), mask, B, Sq, Sk, Nh, Nkv, Dh, q_offset);
   for (const int warp_keys : kWarpKeyChoices)
   for (const PathCase& path : kPaths) {
-    ScopedPath scoped(path);
-    ScopedWarpKeys keys(warp_keys);
+    const ExecutionContext<Space> ctx = ContextFor<Space>(path, warp_keys);
     Tensor3<bf16, Space> out("out", B, Sq, Nh * Dh);
-    absl::Status s = CausalAttention<bf16>(Space(), qd, kd, vd, md, Nh, Nkv, Dh, Sk, q_offset, out);
+    absl::Status s = CausalAttention<bf16>(ctx, qd, kd, vd, md, Nh, Nkv, Dh, Sk, q_offset, out);
     ASSERT_TRUE(s.ok()) << s;
     const std::vector<bf16> got = ToHost(out);
     // Scores: |q.k| sums of 128 products of ~0.01 each (float32 error ~1e-7 relative), so the
@@ -273,7 +273,7 @@ TYPED_TEST(AttentionTest, DeviceOffsetEqualsHostOffset) {
     Tensor3<float, Space> q("q", B, 1, Wq), out("out", B, 1, Wq);
     const int64_t* dev = device ? offset.data() : nullptr;
     ASSERT_TRUE(RopeAndAppend<float>(Space(), qkvd, Dh, Wkv, device ? 0 : L, q, kc, vc, dev).ok());
-    ASSERT_TRUE(CausalAttention<float>(Space(), q, kc, vc, md, Nh, Nkv, Dh, device ? capacity : L + 1,
+    ASSERT_TRUE(CausalAttention<float>(ExecutionContext<Space>(), q, kc, vc, md, Nh, Nkv, Dh, device ? capacity : L + 1,
                                        device ? 0 : L, out, dev).ok());
     results[device] = {ToHost(q), ToHost(kc), ToHost(vc), ToHost(out)};
   }
@@ -290,7 +290,7 @@ TYPED_TEST(AttentionTest, KeyZeroIsVisibleEvenWhenMasked) {
   auto vd = ToDevice3<Space>(v, 1, 3, Dh, "v");
   Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", 1, 3);  // zeros
   Tensor3<float, Space> out("out", 1, 1, Dh);
-  ASSERT_TRUE(CausalAttention<float>(Space(), qd, kd, vd, md, 1, 1, Dh, 3, 2, out).ok());
+  ASSERT_TRUE(CausalAttention<float>(ExecutionContext<Space>(), qd, kd, vd, md, 1, 1, Dh, 3, 2, out).ok());
   EXPECT_EQ(ToHost(out), (std::vector<float>{1, 2, 3, 4}));
 }
 
@@ -321,9 +321,9 @@ TYPED_TEST(AttentionTest, ReadsOnlyTheValidKeysOfALargerCache) {
   const std::vector<double> want = reference::Attention(ToDouble(q), ToDouble(k_valid), ToDouble(v_valid), mask_valid,
                                                         B, Sq, num_keys, Nh, Nkv, Dh, q_offset);
   for (const PathCase& path : kPaths) {
-    ScopedPath scoped(path);
+    const ExecutionContext<Space> ctx = ContextFor<Space>(path);
     Tensor3<float, Space> out("out", B, Sq, Nh * Dh);
-    ASSERT_TRUE(CausalAttention<float>(Space(), ToDevice3<Space>(q, B, Sq, Nh * Dh, "q"),
+    ASSERT_TRUE(CausalAttention<float>(ctx, ToDevice3<Space>(q, B, Sq, Nh * Dh, "q"),
                                        ToDevice3<Space>(k, B, capacity, Nkv * Dh, "k"),
                                        ToDevice3<Space>(v, B, capacity, Nkv * Dh, "v"), md, Nh, Nkv, Dh, num_keys,
                                        q_offset, out).ok());
@@ -344,7 +344,8 @@ TYPED_TEST(AttentionTest, ReadsOnlyTheValidKeysOfALargerCache) {
 // same two ops.
 template <class Space, class T>
 void CheckFusedDecodeStep(int64_t Dh, int64_t L, uint32_t seed, int warp_keys) {
-  ScopedWarpKeys keys(warp_keys);
+  ExecutionContext<Space> ctx;
+  ctx.tuning().split_key_warp_keys = warp_keys;
   const int64_t B = 2, Nh = 4, Nkv = 2, capacity = 200;
   const int64_t Wq = Nh * Dh, Wkv = Nkv * Dh;
   std::vector<T> qkv, cache0;
@@ -358,11 +359,11 @@ void CheckFusedDecodeStep(int64_t Dh, int64_t L, uint32_t seed, int warp_keys) {
   auto kc1 = ToDevice3<Space>(cache0, B, capacity, Wkv, "k1"), vc1 = ToDevice3<Space>(cache0, B, capacity, Wkv, "v1");
   Tensor3<T, Space> q1("q1", B, 1, Wq), out1("out1", B, 1, Wq);
   ASSERT_TRUE(RopeAndAppend<T>(Space(), qkvd, Dh, Wkv, L, q1, kc1, vc1).ok());
-  ASSERT_TRUE(CausalAttention<T>(Space(), q1, kc1, vc1, md, Nh, Nkv, Dh, L + 1, L, out1).ok());
+  ASSERT_TRUE(CausalAttention<T>(ctx, q1, kc1, vc1, md, Nh, Nkv, Dh, L + 1, L, out1).ok());
   // The fused step with the position on the device.
   auto kc2 = ToDevice3<Space>(cache0, B, capacity, Wkv, "k2"), vc2 = ToDevice3<Space>(cache0, B, capacity, Wkv, "v2");
   Tensor3<T, Space> q2("q2", B, 1, Wq), out2("out2", B, 1, Wq);
-  absl::Status s = RopeAppendAttention<T>(Space(), qkvd, q2, kc2, vc2, md, Nh, Nkv, Dh, out2, offset.data());
+  absl::Status s = RopeAppendAttention<T>(ctx, qkvd, q2, kc2, vc2, md, Nh, Nkv, Dh, out2, offset.data());
   ASSERT_TRUE(s.ok()) << s;
   // The fused kernel does not write q (attention.h): q2 still all zeros shows that kc2, vc2 and out2
   // come from it, not from the two ops again.

@@ -94,19 +94,20 @@ absl::Status SwigluBackwardFused(const ExecSpace& space, ConstMatrix<float, Exec
 }
 
 template <class ExecSpace>
-absl::Status CausalAttentionBackward(const ExecSpace& space, Tensor3<const float, ExecSpace> q,
+absl::Status CausalAttentionBackward(const ExecutionContext<ExecSpace>& ctx, Tensor3<const float, ExecSpace> q,
                                      Tensor3<const float, ExecSpace> k, Tensor3<const float, ExecSpace> v,
                                      Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> mask,
                                      Tensor3<const float, ExecSpace> dout, int64_t Nh, int64_t Nkv, int64_t Dh,
                                      Tensor3<float, ExecSpace> dq, Tensor3<float, ExecSpace> dk,
                                      Tensor3<float, ExecSpace> dv) {
+  const auto& space = ctx.space();
   const int64_t B = q.extent(0), S = q.extent(1);
   if (Nkv <= 0 || Nh % Nkv != 0 || q.extent(2) != size_t(Nh * Dh) || k.extent(2) != size_t(Nkv * Dh) ||
       k.extent(1) < size_t(S) || dk.extent(1) != size_t(S) || dq.extent(1) != size_t(S)) {
     return absl::InvalidArgumentError("CausalAttentionBackward: q, k, v, dq, dk, dv do not fit [B, S, heads * Dh]");
   }
-  if (UseGemmAttention<ExecSpace>(S)) {  // CUDA (attention_gemm.h)
-    return GemmAttentionBackward<ExecSpace>(space, q, k, v, mask, dout, Nh, Nkv, Dh, dq, dk, dv);
+  if (UseGemmAttention<ExecSpace>(ctx.tuning(), S)) {  // CUDA (attention_gemm.h)
+    return GemmAttentionBackward<ExecSpace>(ctx, q, k, v, mask, dout, Nh, Nkv, Dh, dq, dk, dv);
   }
   if (Dh > kMaxHeadDim) {
     return absl::InvalidArgumentError(absl::StrCat("CausalAttentionBackward: head_dim ", Dh, " > ", kMaxHeadDim));
@@ -360,7 +361,7 @@ absl::Status RouterLossBackward(const ExecSpace& space, ConstMatrix<float, ExecS
   template absl::Status SwigluBackwardFused<Space>(const Space&, ConstMatrix<float, Space>, ConstMatrix<float, Space>, \
                                                    Matrix<float, Space>);                                           \
   template absl::Status CausalAttentionBackward<Space>(                                                            \
-      const Space&, Tensor3<const float, Space>, Tensor3<const float, Space>, Tensor3<const float, Space>,         \
+      const ExecutionContext<Space>&, Tensor3<const float, Space>, Tensor3<const float, Space>, Tensor3<const float, Space>,         \
       Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Space::memory_space>, Tensor3<const float, Space>, \
       int64_t, int64_t, int64_t, Tensor3<float, Space>, Tensor3<float, Space>, Tensor3<float, Space>);             \
   template absl::Status EmbeddingBackward<Space>(const Space&, ConstVector<int64_t, Space>, ConstMatrix<float, Space>, \

@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "kernels/attention.h"
+#include "kernels/execution_context.h"
 #include "openmoe/core/tensor_types.h"
 
 namespace openmoe::kernels {
@@ -37,7 +38,7 @@ absl::Status SwigluBackwardFused(const ExecSpace& space, ConstMatrix<float, Exec
 // Gradients of CausalAttention (q_offset 0, Sq = Sk = S) with respect to its rotated q, k and v:
 // dq [B, S, Nh*Dh], dk, dv [B, S, Nkv*Dh] (written). The softmax is recomputed.
 template <class ExecSpace>
-absl::Status CausalAttentionBackward(const ExecSpace& space, Tensor3<const float, ExecSpace> q,
+absl::Status CausalAttentionBackward(const ExecutionContext<ExecSpace>& ctx, Tensor3<const float, ExecSpace> q,
                                      Tensor3<const float, ExecSpace> k, Tensor3<const float, ExecSpace> v,
                                      Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> mask,
                                      Tensor3<const float, ExecSpace> dout, int64_t num_heads, int64_t num_kv_heads,

@@ -162,13 +162,14 @@ TYPED_TEST(BackwardTest, CausalAttentionMatchesFiniteDifferences) {
                                            std::tuple{AttentionPath::kGemm, 0, "gemm"},
                                            std::tuple{AttentionPath::kGemm, 40, "gemm, small chunks"}}) {
     SCOPED_TRACE(name);
-    SetAttentionPathForTesting(path, budget);
+    ExecutionContext<Space> ctx;
+    ctx.tuning().attention_path = path;
+    if (budget > 0) ctx.tuning().max_score_elements = budget;
     Tensor3<float, Space> dq("dq", B, S, Wq), dk("dk", B, S, Wkv), dv("dv", B, S, Wkv);
     Kokkos::deep_copy(dk, 7.0f);  // written, not accumulated
-    const absl::Status status = CausalAttentionBackward<Space>(Space(), dev3(q, Wq, "q"), dev3(k, Wkv, "k"),
+    const absl::Status status = CausalAttentionBackward<Space>(ctx, dev3(q, Wq, "q"), dev3(k, Wkv, "k"),
                                                                dev3(v, Wkv, "v"), md, dev3(g, Wq, "g"), Nh, Nkv, Dh,
                                                                dq, dk, dv);
-    SetAttentionPathForTesting(AttentionPath::kAuto);
     ASSERT_TRUE(status.ok()) << status;
     ExpectClose(flat(dq), want_dq, 1e-5, "dq");
     ExpectClose(flat(dk), want_dk, 1e-5, "dk");

@@ -37,9 +37,10 @@ void LoopBatchedGemm(const ExecSpace& space, const BatchedGemmShape& s, const TI
 #if defined(KOKKOS_ENABLE_CUDA)
 
 template <class TIn, class TOut>
-absl::Status CublasBatchedGemm(const Kokkos::Cuda& space, const BatchedGemmShape& s, const TIn* a, const TIn* b,
+absl::Status CublasBatchedGemm(const ExecutionContext<Kokkos::Cuda>& ctx, const BatchedGemmShape& s, const TIn* a, const TIn* b,
                                TOut* c) {
-  cublasHandle_t handle = CublasHandle(space);
+  const auto& space = ctx.space();
+  cublasHandle_t handle = ctx.Cublas();
   if (handle == nullptr) {
     return absl::InternalError("cuBLAS handle unavailable (cublasCreate, its 32 MiB workspace allocation, "
                                "cublasSetStream or cublasSetWorkspace failed)");
@@ -68,26 +69,27 @@ absl::Status CublasBatchedGemm(const Kokkos::Cuda& space, const BatchedGemmShape
 }  // namespace
 
 template <class TIn, class TOut, class ExecSpace>
-absl::Status StridedBatchedGemm(const ExecSpace& space, const BatchedGemmShape& shape, const TIn* a, const TIn* b,
+absl::Status StridedBatchedGemm(const ExecutionContext<ExecSpace>& ctx, const BatchedGemmShape& shape, const TIn* a, const TIn* b,
                                 TOut* c) {
+  const auto& space = ctx.space();
   if (shape.m < 0 || shape.n < 0 || shape.k < 0 || shape.batch < 0) {
     return absl::InvalidArgumentError("StridedBatchedGemm: negative extent");
   }
   if (shape.m == 0 || shape.n == 0 || shape.batch == 0) return absl::OkStatus();
 #if defined(KOKKOS_ENABLE_CUDA)
-  if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) return CublasBatchedGemm(space, shape, a, b, c);
+  if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) return CublasBatchedGemm(ctx, shape, a, b, c);
 #endif
   LoopBatchedGemm<TIn, TOut, ExecSpace>(space, shape, a, b, c);
   return absl::OkStatus();
 }
 
 #define OPENMOE_INSTANTIATE_BATCHED_GEMM(Space, T) \
-  template absl::Status StridedBatchedGemm<T, T, Space>(const Space&, const BatchedGemmShape&, const T*, const T*, T*);
+  template absl::Status StridedBatchedGemm<T, T, Space>(const ExecutionContext<Space>&, const BatchedGemmShape&, const T*, const T*, T*);
 OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_BATCHED_GEMM)
 #define OPENMOE_INSTANTIATE_BATCHED_GEMM_TO_FLOAT(Space)                                                         \
-  template absl::Status StridedBatchedGemm<bf16, float, Space>(const Space&, const BatchedGemmShape&, const bf16*, \
+  template absl::Status StridedBatchedGemm<bf16, float, Space>(const ExecutionContext<Space>&, const BatchedGemmShape&, const bf16*, \
                                                                const bf16*, float*);                               \
-  template absl::Status StridedBatchedGemm<f16, float, Space>(const Space&, const BatchedGemmShape&, const f16*,   \
+  template absl::Status StridedBatchedGemm<f16, float, Space>(const ExecutionContext<Space>&, const BatchedGemmShape&, const f16*,   \
                                                               const f16*, float*);
 OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_BATCHED_GEMM_TO_FLOAT)
 

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "kernels/execution_context.h"
 
 namespace openmoe::kernels {
 
@@ -30,7 +31,7 @@ struct BatchedGemmShape {
 
 // TIn: float, bf16 or f16; TOut: float or TIn. Pointers are in ExecSpace's memory.
 template <class TIn, class TOut, class ExecSpace>
-absl::Status StridedBatchedGemm(const ExecSpace& space, const BatchedGemmShape& shape, const TIn* a, const TIn* b,
+absl::Status StridedBatchedGemm(const ExecutionContext<ExecSpace>& ctx, const BatchedGemmShape& shape, const TIn* a, const TIn* b,
                                 TOut* c);
 
 }  // namespace openmoe::kernels

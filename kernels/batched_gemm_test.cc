@@ -39,7 +39,7 @@ void Check(bool trans_a, bool trans_b, float beta) {
   for (float& e : c) c_in.push_back(FromFloat<TOut>(e)), e = ToFloat(c_in.back());
   auto ad = ToDevice<Space, TIn>(a_in, 1, a_in.size(), "a"), bd = ToDevice<Space, TIn>(b_in, 1, b_in.size(), "b");
   auto cd = ToDevice<Space, TOut>(c_in, 1, c_in.size(), "c");
-  const absl::Status status = StridedBatchedGemm<TIn, TOut, Space>(Space(), s, ad.data(), bd.data(), cd.data());
+  const absl::Status status = StridedBatchedGemm<TIn, TOut, Space>(ExecutionContext<Space>(), s, ad.data(), bd.data(), cd.data());
   ASSERT_TRUE(status.ok()) << status;
   const std::vector<TOut> got = ToHost(cd);
   for (int64_t batch = 0; batch < s.batch; ++batch) {

@@ -1,7 +1,6 @@
 // File: kernels/cublas_handle.h
-// The process's cuBLAS handle (created on first use, shared by every op that calls cuBLAS
-// directly, with a fixed workspace), bound to the stream of the execution space it is asked for;
-// cuBLAS's type names.
+// A cuBLAS handle with a fixed workspace, owned by an execution context (execution_context.h) and
+// bound to the stream and workspace of each call; cuBLAS's type names.
 #ifndef KERNELS_CUBLAS_HANDLE_H_
 #define KERNELS_CUBLAS_HANDLE_H_
 
@@ -29,73 +28,59 @@ constexpr cudaDataType_t CudaType() {
 // (openmoe/decode_graph.cc) could not be added at 8B shapes.
 inline constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
 
-// The workspace the calls on this thread use: the handle's own (nullptr here), or one that a
-// ScopedCublasWorkspace gave. Products that may run at the same time (the expert branches of a
-// decode graph, openmoe/model.cc) each need a workspace of their own, since split-K products
-// keep their partial sums there.
-struct CublasWorkspace {
-  void* data   = nullptr;
-  size_t bytes = 0;
-};
-inline CublasWorkspace& CurrentCublasWorkspace() {
-  static thread_local CublasWorkspace current;
-  return current;
-}
-
-// Calls made while it lives use `bytes` of workspace at `data` (device memory) instead of the
-// handle's own; restores the previous one when it goes.
-class ScopedCublasWorkspace {
+// Created on the first Bind (cublasCreate and the workspace allocation), destroyed with the
+// object. Not copyable: contexts share one through a pointer.
+class CublasHandle {
  public:
-  ScopedCublasWorkspace(void* data, size_t bytes) : previous_(CurrentCublasWorkspace()) {
-    CurrentCublasWorkspace() = CublasWorkspace{data, bytes};
+  CublasHandle() = default;
+  CublasHandle(const CublasHandle&) = delete;
+  CublasHandle& operator=(const CublasHandle&) = delete;
+  ~CublasHandle() {
+    if (workspace_ != nullptr) cudaFree(workspace_);
+    if (handle_ != nullptr) cublasDestroy(handle_);
   }
-  ~ScopedCublasWorkspace() { CurrentCublasWorkspace() = previous_; }
-  ScopedCublasWorkspace(const ScopedCublasWorkspace&) = delete;
-  ScopedCublasWorkspace& operator=(const ScopedCublasWorkspace&) = delete;
+
+  // The handle bound to `stream` and to `bytes` of workspace at `workspace` (device memory; the
+  // handle's own 32 MiB when workspace is nullptr); nullptr when cublasCreate, the workspace
+  // allocation, cublasSetStream or cublasSetWorkspace failed. cublasSetStream resets the
+  // workspace to cuBLAS's own pool, so both are set again whenever either changes. Products that
+  // may run at the same time on different streams (the expert branches of a decode graph) each
+  // pass a workspace of their own: split-K products keep their partial sums there.
+  cublasHandle_t Bind(cudaStream_t stream, void* workspace, size_t bytes) {
+    if (handle_ == nullptr && !Create()) return nullptr;
+    if (workspace == nullptr) workspace = workspace_, bytes = kCublasWorkspaceBytes;
+    if (!bound_ || stream != stream_ || workspace != bound_workspace_) {
+      if (cublasSetStream(handle_, stream) != CUBLAS_STATUS_SUCCESS ||
+          cublasSetWorkspace(handle_, workspace, bytes) != CUBLAS_STATUS_SUCCESS) {
+        bound_ = false;
+        return nullptr;
+      }
+      stream_ = stream, bound_workspace_ = workspace, bound_ = true;
+    }
+    return handle_;
+  }
 
  private:
-  CublasWorkspace previous_;
-};
-
-// The process's handle bound to `space`'s stream and to the current workspace (the fixed one
-// unless a ScopedCublasWorkspace says otherwise); nullptr when cublasCreate or the workspace
-// allocation failed. cublasSetStream resets the workspace to cuBLAS's own pool, so the workspace
-// is set again whenever the stream or the workspace changes.
-inline cublasHandle_t CublasHandle(const Kokkos::Cuda& space) {
-  struct Handle {
-    cublasHandle_t handle = nullptr;
-    void* workspace = nullptr;
-    cudaStream_t stream = nullptr;
-    void* bound_workspace = nullptr;
-    bool bound = false;
-  };
-  static Handle h = [] {
-    Handle created;
-    if (cublasCreate(&created.handle) != CUBLAS_STATUS_SUCCESS) return Handle{};
-    if (cudaMalloc(&created.workspace, kCublasWorkspaceBytes) != cudaSuccess) {
+  bool Create() {
+    if (cublasCreate(&handle_) != CUBLAS_STATUS_SUCCESS) {
+      handle_ = nullptr;
+      return false;
+    }
+    if (cudaMalloc(&workspace_, kCublasWorkspaceBytes) != cudaSuccess) {
       (void)cudaGetLastError();
-      cublasDestroy(created.handle);
-      return Handle{};
+      cublasDestroy(handle_);
+      handle_ = nullptr, workspace_ = nullptr;
+      return false;
     }
-    return created;
-  }();
-  if (h.handle == nullptr) return nullptr;
-  const cudaStream_t stream = space.cuda_stream();
-  const CublasWorkspace scoped = CurrentCublasWorkspace();
-  void* workspace    = scoped.data != nullptr ? scoped.data : h.workspace;
-  const size_t bytes = scoped.data != nullptr ? scoped.bytes : kCublasWorkspaceBytes;
-  if (!h.bound || stream != h.stream || workspace != h.bound_workspace) {
-    if (cublasSetStream(h.handle, stream) != CUBLAS_STATUS_SUCCESS ||
-        cublasSetWorkspace(h.handle, workspace, bytes) != CUBLAS_STATUS_SUCCESS) {
-      h.bound = false;
-      return nullptr;
-    }
-    h.stream          = stream;
-    h.bound_workspace = workspace;
-    h.bound           = true;
+    return true;
   }
-  return h.handle;
-}
+
+  cublasHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  void* bound_workspace_ = nullptr;
+  bool bound_ = false;
+};
 
 }  // namespace openmoe::kernels
 

@@ -40,7 +40,6 @@ absl::Status CheckContiguous(const char* op, const View& v) {
 // (decode_kernels_benchmark).
 constexpr int64_t kSmallBatchRows = 4;
 constexpr int64_t kSmallBatchMaxColumns = 8192;
-DecodeLinearKernel decode_linear_kernel = DecodeLinearKernel::kAuto;
 
 // Warp per column: one warp per column n streams w's row as 16-byte packs, each lane with
 // kInFlight loads issued before it uses them, in rounds, and the lanes' sums meet by shuffles.
@@ -187,19 +186,21 @@ void SplitKLinearFor(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstM
 // a float32 loop on host): 16-bit products everywhere, float32 products on CUDA. Column-major
 // view of row-major data: y^T[N, M] = op(w)^T[N, K] x^T[K, M].
 template <class T, class ExecSpace>
-absl::Status StridedGemm(const ExecSpace& space, const T* x, const T* w, T* y, int64_t M, int64_t K, int64_t N,
+absl::Status StridedGemm(const ExecutionContext<ExecSpace>& ctx, const T* x, const T* w, T* y, int64_t M, int64_t K, int64_t N,
                     bool w_is_out_in, bool accumulate) {
+  const auto& space = ctx.space();
   BatchedGemmShape s;
   s.trans_a = w_is_out_in, s.m = N, s.n = M, s.k = K;
   s.lda = w_is_out_in ? K : N, s.ldb = K, s.ldc = N, s.beta = accumulate ? 1.0f : 0.0f;
-  return StridedBatchedGemm<T, T, ExecSpace>(space, s, w, x, y);
+  return StridedBatchedGemm<T, T, ExecSpace>(ctx, s, w, x, y);
 }
 
 // y[M, N] (+)= x[M, K] @ op(w), op(w) = w^T (w is [N, K]) or w (w is [K, N]).
 template <class T, class ExecSpace>
-absl::Status Gemm(const ExecSpace& space, const char* op, ConstMatrix<T, ExecSpace> x,
+absl::Status Gemm(const ExecutionContext<ExecSpace>& ctx, const char* op, ConstMatrix<T, ExecSpace> x,
                   ConstMatrix<T, ExecSpace> w, Matrix<T, ExecSpace> y, bool w_is_out_in,
                   bool accumulate) {
+  const auto& space = ctx.space();
   const size_t M = x.extent(0), K = x.extent(1);
   const size_t N = w_is_out_in ? w.extent(0) : w.extent(1);
   const size_t w_k = w_is_out_in ? w.extent(1) : w.extent(0);
@@ -240,7 +241,7 @@ absl::Status Gemm(const ExecSpace& space, const char* op, ConstMatrix<T, ExecSpa
   } else {
 #if defined(KOKKOS_ENABLE_CUDA)
     if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda> && !std::is_same_v<T, float>) {  // 16-bit decode kernels
-      const DecodeLinearKernel kernel = decode_linear_kernel;
+      const DecodeLinearKernel kernel = ctx.tuning().decode_linear_kernel;
       const bool fits = w_is_out_in && M <= size_t(kSmallBatchRows) && IsPackAligned(x.data(), K) &&
                         IsPackAligned(w.data(), K);
       // Automatic choice: streaming below 8192 columns, warp per column where K is a whole
@@ -257,30 +258,32 @@ absl::Status Gemm(const ExecSpace& space, const char* op, ConstMatrix<T, ExecSpa
       }
     }
 #endif
-    return StridedGemm<T, ExecSpace>(space, x.data(), w.data(), y.data(), M, K, N, w_is_out_in, accumulate);
+    return StridedGemm<T, ExecSpace>(ctx, x.data(), w.data(), y.data(), M, K, N, w_is_out_in, accumulate);
   }
 }
 
 }  // namespace
 
-void SetDecodeLinearKernel(DecodeLinearKernel kernel) { decode_linear_kernel = kernel; }
 
 template <class T, class ExecSpace>
-absl::Status Linear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
+absl::Status Linear(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
                     Matrix<T, ExecSpace> y, bool accumulate) {
-  return Gemm<T, ExecSpace>(space, "Linear", x, w, y, /*w_is_out_in=*/true, accumulate);
+  const auto& space = ctx.space();
+  return Gemm<T, ExecSpace>(ctx, "Linear", x, w, y, /*w_is_out_in=*/true, accumulate);
 }
 
 template <class T, class ExecSpace>
-absl::Status MatMul(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
+absl::Status MatMul(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
                     Matrix<T, ExecSpace> y, bool accumulate) {
-  return Gemm<T, ExecSpace>(space, "MatMul", x, w, y, /*w_is_out_in=*/false, accumulate);
+  const auto& space = ctx.space();
+  return Gemm<T, ExecSpace>(ctx, "MatMul", x, w, y, /*w_is_out_in=*/false, accumulate);
 }
 
 
 template <class T, class ExecSpace>
-absl::Status AddTransposedProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> a, ConstMatrix<T, ExecSpace> b,
+absl::Status AddTransposedProduct(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> a, ConstMatrix<T, ExecSpace> b,
                                   Matrix<float, ExecSpace> c) {
+  const auto& space = ctx.space();
   const size_t M = a.extent(0), P = a.extent(1), Q = b.extent(1);
   if (b.extent(0) != M || c.extent(0) != P || c.extent(1) != Q) {
     return absl::InvalidArgumentError(absl::StrCat("AddTransposedProduct: '", c.label(), "' ", Shape(c.extent(0), c.extent(1)),
@@ -304,19 +307,19 @@ absl::Status AddTransposedProduct(const ExecSpace& space, ConstMatrix<T, ExecSpa
     BatchedGemmShape shape;
     shape.trans_b = true, shape.m = Q, shape.n = P, shape.k = M;
     shape.lda = Q, shape.ldb = P, shape.ldc = Q, shape.beta = 1.0f;
-    return StridedBatchedGemm<T, float, ExecSpace>(space, shape, b.data(), a.data(), c.data());
+    return StridedBatchedGemm<T, float, ExecSpace>(ctx, shape, b.data(), a.data(), c.data());
   }
 }
 
 #define OPENMOE_INSTANTIATE_TRANSPOSED_PRODUCT(Space, T)                                                   \
-  template absl::Status AddTransposedProduct<T, Space>(const Space&, ConstMatrix<T, Space>, ConstMatrix<T, Space>, \
+  template absl::Status AddTransposedProduct<T, Space>(const ExecutionContext<Space>&, ConstMatrix<T, Space>, ConstMatrix<T, Space>, \
                                                        Matrix<float, Space>);
 OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_TRANSPOSED_PRODUCT)
 
 #define OPENMOE_INSTANTIATE_LINEAR(Space, T)                                                   \
-  template absl::Status Linear<T, Space>(const Space&, ConstMatrix<T, Space>, ConstMatrix<T, Space>, \
+  template absl::Status Linear<T, Space>(const ExecutionContext<Space>&, ConstMatrix<T, Space>, ConstMatrix<T, Space>, \
                                          Matrix<T, Space>, bool);                               \
-  template absl::Status MatMul<T, Space>(const Space&, ConstMatrix<T, Space>, ConstMatrix<T, Space>, \
+  template absl::Status MatMul<T, Space>(const ExecutionContext<Space>&, ConstMatrix<T, Space>, ConstMatrix<T, Space>, \
                                          Matrix<T, Space>, bool);
 OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_LINEAR)
 

@@ -3,8 +3,8 @@
 // Kokkos Kernels is instantiated for column-major (LayoutLeft) float only, so a row-major
 // product is issued as the column-major product of the transposes: C^T = B^T A^T, with no copy.
 //
-//   Linear<T>(space, x, w, y);   // y[M, N] = x[M, K] @ w[N, K]^T   (nn.Linear weight [out, in])
-//   MatMul<T>(space, x, w, y);   // y[M, N] = x[M, K] @ w[K, N]     (OpenMoE expert weights, x@W)
+//   Linear<T>(ctx, x, w, y);   // y[M, N] = x[M, K] @ w[N, K]^T   (nn.Linear weight [out, in])
+//   MatMul<T>(ctx, x, w, y);   // y[M, N] = x[M, K] @ w[K, N]     (OpenMoE expert weights, x@W)
 // With accumulate = true the product is added to y (beta = 1).
 // All Views must be contiguous row-major. T = float goes through Kokkos Kernels (cuBLAS on CUDA);
 // T = bf16 / f16 through StridedBatchedGemm (batched_gemm.h: cuBLAS with float32 compute on
@@ -15,40 +15,39 @@
 // loads its first weights before it waits for the kernel before it (dependent_launch.h), so in a
 // captured decode graph w must not be written by another kernel of the same graph.
 //
-//   Linear<float>(space, x, w, y);
+//   Linear<float>(ctx, x, w, y);
 #ifndef KERNELS_LINEAR_H_
 #define KERNELS_LINEAR_H_
 
 #include "absl/status/status.h"
+#include "kernels/execution_context.h"
 #include "openmoe/core/tensor_types.h"
 
 namespace openmoe::kernels {
 
 template <class T, class ExecSpace>
-absl::Status Linear(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
+absl::Status Linear(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
                     Matrix<T, ExecSpace> y, bool accumulate = false);
 
 template <class T, class ExecSpace>
-absl::Status MatMul(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
+absl::Status MatMul(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
                     Matrix<T, ExecSpace> y, bool accumulate = false);
 
 // c[P, Q] += a[M, P]^T b[M, Q], c float32: the weight gradients of training, accumulated.
-//   Linear's w [N, K]:  AddTransposedProduct(space, dy, x, dw)   (dw += dy^T x)
-//   MatMul's w [K, N]:  AddTransposedProduct(space, x, dy, dw)   (dw += x^T dy)
+//   Linear's w [N, K]:  AddTransposedProduct(ctx, dy, x, dw)   (dw += dy^T x)
+//   MatMul's w [K, N]:  AddTransposedProduct(ctx, x, dy, dw)   (dw += x^T dy)
 // T = float (SGEMM), or bf16 / f16 operands with float32 accumulation and output (mixed
 // precision, through StridedBatchedGemm: cuBLAS on CUDA, a loop on host backends).
 // The input gradients are products the forward ops already compute: dx = MatMul(dy, w) for
 // Linear, dx = Linear(dy, w) for MatMul.
 template <class T, class ExecSpace>
-absl::Status AddTransposedProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> a, ConstMatrix<T, ExecSpace> b,
+absl::Status AddTransposedProduct(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> a, ConstMatrix<T, ExecSpace> b,
                                   Matrix<float, ExecSpace> c);
 
-// Which kernel Linear uses for <= 4 rows on CUDA: kAuto (a weight-streaming kernel for fewer than
-// 8192 columns: warp per column where K is a multiple of 2048 16-bit elements, split-K otherwise;
-// cuBLAS beyond), or one forced for every width (kCublas, kWarpPerColumn, kSplitK). For
-// benchmarks that compare them in the same run and for tests; not thread-safe.
-enum class DecodeLinearKernel { kAuto, kCublas, kWarpPerColumn, kSplitK };
-void SetDecodeLinearKernel(DecodeLinearKernel kernel);
+// Which kernel Linear uses for <= 4 rows on CUDA: ctx.tuning().decode_linear_kernel, kAuto (a
+// weight-streaming kernel for fewer than 8192 columns: warp per column where K is a multiple of
+// 2048 16-bit elements, split-K otherwise; cuBLAS beyond), or one forced for every width
+// (kCublas, kWarpPerColumn, kSplitK), for benchmarks and tests that compare them in one run.
 
 }  // namespace openmoe::kernels
 

@@ -42,8 +42,8 @@ TYPED_TEST(LinearTest, MatchesReference) {
         auto y = ToDevice<Space>(y0, M, N, "y");
         auto xd = ToDevice<Space>(x, M, K, "x");
         auto wd = out_in ? ToDevice<Space>(w, N, K, "w") : ToDevice<Space>(w, K, N, "w");
-        absl::Status s = out_in ? Linear<float>(Space(), ConstMatrix<float, Space>(xd), ConstMatrix<float, Space>(wd), y, accumulate)
-                                : MatMul<float>(Space(), ConstMatrix<float, Space>(xd), ConstMatrix<float, Space>(wd), y, accumulate);
+        absl::Status s = out_in ? Linear<float>(ExecutionContext<Space>(), ConstMatrix<float, Space>(xd), ConstMatrix<float, Space>(wd), y, accumulate)
+                                : MatMul<float>(ExecutionContext<Space>(), ConstMatrix<float, Space>(xd), ConstMatrix<float, Space>(wd), y, accumulate);
         ASSERT_TRUE(s.ok()) << s;
         const std::vector<float> got = ToHost(y);
         const std::vector<double> want = reference::MatMul(x, w, M, K, N, out_in);
@@ -74,11 +74,9 @@ TYPED_TEST(LinearTest, MatchesReference) {
 TYPED_TEST(LinearTest, Bf16MatchesReferenceOfRoundedInputs) {
   using Space = TypeParam;
   using DK = DecodeLinearKernel;
-  struct ResetKernel {
-    ~ResetKernel() { SetDecodeLinearKernel(DK::kAuto); }
-  } reset;  // also when an assertion returns early
   for (DK kernel : {DK::kAuto, DK::kCublas, DK::kWarpPerColumn, DK::kSplitK}) {
-    SetDecodeLinearKernel(kernel);
+    ExecutionContext<Space> ctx;
+    ctx.tuning().decode_linear_kernel = kernel;
     for (auto [M, K, N] : {std::make_tuple(19, 111, 37), std::make_tuple(5, 989, 3), std::make_tuple(1, 1, 1),
                            std::make_tuple(1, 2048, 37), std::make_tuple(3, 264, 129),
                            std::make_tuple(2, 8192, 64), std::make_tuple(1, 3072, 64),
@@ -95,8 +93,8 @@ TYPED_TEST(LinearTest, Bf16MatchesReferenceOfRoundedInputs) {
           auto xd = ToDevice<Space>(xb, M, K, "x");
           auto wd = out_in ? ToDevice<Space>(wb, N, K, "w") : ToDevice<Space>(wb, K, N, "w");
           auto y  = ToDevice<Space>(yb, M, N, "y");
-          absl::Status s = out_in ? Linear<bf16>(Space(), ConstMatrix<bf16, Space>(xd), ConstMatrix<bf16, Space>(wd), y, accumulate)
-                                  : MatMul<bf16>(Space(), ConstMatrix<bf16, Space>(xd), ConstMatrix<bf16, Space>(wd), y, accumulate);
+          absl::Status s = out_in ? Linear<bf16>(ctx, ConstMatrix<bf16, Space>(xd), ConstMatrix<bf16, Space>(wd), y, accumulate)
+                                  : MatMul<bf16>(ctx, ConstMatrix<bf16, Space>(xd), ConstMatrix<bf16, Space>(wd), y, accumulate);
           ASSERT_TRUE(s.ok()) << s;
           const std::vector<bf16> got = ToHost(y);
           const std::vector<double> want = reference::MatMul(x, w, M, K, N, out_in);
@@ -128,7 +126,7 @@ void CheckTransposedProduct() {
   for (float& e : a) a_t.push_back(FromFloat<T>(e)), e = ToFloat(a_t.back());
   for (float& e : b) b_t.push_back(FromFloat<T>(e)), e = ToFloat(b_t.back());
   auto c = ToDevice<Space>(c0, P, Q, "c");
-  const absl::Status status = AddTransposedProduct<T, Space>(Space(), ToDevice<Space, T>(a_t, M, P, "a"),
+  const absl::Status status = AddTransposedProduct<T, Space>(ExecutionContext<Space>(), ToDevice<Space, T>(a_t, M, P, "a"),
                                                              ToDevice<Space, T>(b_t, M, Q, "b"), c);
   ASSERT_TRUE(status.ok()) << status;
   const std::vector<float> got = ToHost(c);
@@ -139,7 +137,7 @@ void CheckTransposedProduct() {
       ASSERT_NEAR(got[p * Q + q], want, double(M + 1) * FLT_EPSILON * abs_sum) << p << "," << q;  // float32 sum bound
     }
   Matrix<float, Space> wrong("c_wrong", Q, P);
-  EXPECT_NE(std::string(AddTransposedProduct<T, Space>(Space(), ToDevice<Space, T>(a_t, M, P, "a"),
+  EXPECT_NE(std::string(AddTransposedProduct<T, Space>(ExecutionContext<Space>(), ToDevice<Space, T>(a_t, M, P, "a"),
                                                        ToDevice<Space, T>(b_t, M, Q, "b"), wrong).message())
                 .find("c_wrong"), std::string::npos);
 }
@@ -153,11 +151,11 @@ TYPED_TEST(LinearTest, AddTransposedProductAccumulatesATransposeB) {
 TYPED_TEST(LinearTest, RejectsMismatchedShapesNamingTheTensor) {
   using Space = TypeParam;
   Matrix<float, Space> x("x", 4, 8), w("w_proj", 5, 7), y("y", 4, 5);
-  absl::Status s = Linear<float>(Space(), ConstMatrix<float, Space>(x), ConstMatrix<float, Space>(w), y);
+  absl::Status s = Linear<float>(ExecutionContext<Space>(), ConstMatrix<float, Space>(x), ConstMatrix<float, Space>(w), y);
   ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(s.message()).find("w_proj"), std::string::npos) << s;
   Matrix<float, Space> w_ok("w", 5, 8), y_bad("y_bad", 3, 5);
-  s = Linear<float>(Space(), ConstMatrix<float, Space>(x), ConstMatrix<float, Space>(w_ok), y_bad);
+  s = Linear<float>(ExecutionContext<Space>(), ConstMatrix<float, Space>(x), ConstMatrix<float, Space>(w_ok), y_bad);
   EXPECT_NE(std::string(s.message()).find("y_bad"), std::string::npos) << s;
 }
 

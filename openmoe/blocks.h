@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/attention.h"
+#include "kernels/execution_context.h"
 #include "openmoe/core/op_timer.h"
 #include "openmoe/core/tensor_types.h"
 
@@ -52,20 +53,20 @@ struct AttentionBuffers {
 // one fused kernel where the backend has it (q is then not written). `profile` (may be null)
 // is charged per phase.
 template <class T, class ExecSpace>
-absl::Status AttentionForward(const ExecSpace& space, AttentionHeads heads, ConstMatrix<T, ExecSpace> qkv_weight,
+absl::Status AttentionForward(const kernels::ExecutionContext<ExecSpace>& ctx, AttentionHeads heads, ConstMatrix<T, ExecSpace> qkv_weight,
                               ConstMatrix<T, ExecSpace> o_weight, int64_t offset, const int64_t* decode_position,
                               const AttentionBuffers<T, ExecSpace>& b, OpTimer* profile = nullptr);
 
 // gate_up_weight [3I, H]: the rows of gate_proj [2I, H] followed by those of up_proj [I, H];
 // down_weight [H, I].
 template <class T, class ExecSpace>
-absl::Status DenseMlpForward(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> gate_up_weight,
+absl::Status DenseMlpForward(const kernels::ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> gate_up_weight,
                              ConstMatrix<T, ExecSpace> down_weight, Matrix<T, ExecSpace> gate_up, Matrix<T, ExecSpace> act,
                              Matrix<T, ExecSpace> out);
 
 // router_weight [E, H]. capacity = ExpertCapacity(N, E, capacity_factor, min_capacity).
 template <class T, class ExecSpace>
-absl::StatusOr<int64_t> RouteTokens(const ExecSpace& space, ConstMatrix<T, ExecSpace> x,
+absl::StatusOr<int64_t> RouteTokens(const kernels::ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> x,
                                     ConstMatrix<T, ExecSpace> router_weight, double capacity_factor, int64_t min_capacity,
                                     Matrix<T, ExecSpace> logits, Matrix<float, ExecSpace> probs,
                                     Matrix<int32_t, ExecSpace> experts, Matrix<int32_t, ExecSpace> rank);
@@ -73,7 +74,7 @@ absl::StatusOr<int64_t> RouteTokens(const ExecSpace& space, ConstMatrix<T, ExecS
 // wi_gate [H, 2I], wi_up [H, I], wo [I, H]: the expert's slices of the stacked expert tensors
 // (x W layout, not nn.Linear's).
 template <class T, class ExecSpace>
-absl::Status ExpertForward(const ExecSpace& space, ConstMatrix<T, ExecSpace> in, ConstMatrix<T, ExecSpace> wi_gate,
+absl::Status ExpertForward(const kernels::ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> in, ConstMatrix<T, ExecSpace> wi_gate,
                            ConstMatrix<T, ExecSpace> wi_up, ConstMatrix<T, ExecSpace> wo, Matrix<T, ExecSpace> gate,
                            Matrix<T, ExecSpace> up, Matrix<T, ExecSpace> act, Matrix<T, ExecSpace> out);
 

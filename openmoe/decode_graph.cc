@@ -12,16 +12,9 @@
 #include "kernels/dependent_launch.h"
 
 namespace openmoe {
-namespace {
-// On by default (every edge into one of the project's kernels; faster 8B batch-1 decode on the
-// H200, benchmarks/RESULTS.md session 7). A graph
-// that holds a memory-allocation node cannot be re-edged ("operation not supported", H200 driver
-// 580); cuBLAS's own workspace was such a node until kernels/cublas_handle.h gave it a fixed one.
-// Where the driver still refuses, the step falls back to ordinary edges.
-DependentLaunch dependent_launch = DependentLaunch::kAll;
-}  // namespace
-
-void SetDependentLaunchInDecodeGraphs(DependentLaunch mode) { dependent_launch = mode; }
+// A graph that holds a memory-allocation node cannot be re-edged ("operation not supported", H200
+// driver 580); cuBLAS's own workspace was such a node until kernels/cublas_handle.h gave it a
+// fixed one. Where the driver still refuses, the step falls back to ordinary edges.
 
 #if defined(KOKKOS_ENABLE_CUDA)
 namespace {
@@ -196,15 +189,14 @@ absl::Status DecodeGraphs<Kokkos::Cuda>::Run(DecodeGraphKey key, const std::func
     exec_ = nullptr;
   }
   space_.fence();
-  absl::Status status = CaptureAndInstantiate(key, generation, enqueue, dependent_launch);
-  if (!status.ok() && dependent_launch != DependentLaunch::kOff) {
+  absl::Status status = CaptureAndInstantiate(key, generation, enqueue, dependent_launch_);
+  if (!status.ok() && dependent_launch_ != DependentLaunch::kOff) {
     // Programmatic edges refused (a driver or graph this code was not tried with): capture again
     // with ordinary edges, which is what runs without dependent launch.
-    static bool warned = false;
-    if (!warned) {
+    if (!warned_) {
       std::fprintf(stderr, "openmoe: note: decode graph captured with ordinary edges (programmatic dependent launch refused: %s)\n",
                    std::string(status.message()).c_str());
-      warned = true;
+      warned_ = true;
     }
     (void)cudaGetLastError();
     space_.fence();

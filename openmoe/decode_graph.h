@@ -12,7 +12,7 @@
 // the attention kernels' scratch). Inputs that change per step
 // (token ids, position) must be read by the kernels from device memory written before Run.
 //
-// By default (SetDependentLaunchInDecodeGraphs): before instantiation, every edge from a kernel to a kernel launched through
+// By default (set_dependent_launch(DependentLaunch::kAll)): before instantiation, every edge from a kernel to a kernel launched through
 // kernels::DependentParallelFor(WaitsInside) becomes a programmatic edge (Hopper's programmatic
 // dependent launch, kernels/dependent_launch.h): the later kernel is launched while the earlier
 // one runs and waits for it on the GPU. Other edges (into cuBLAS kernels, copies) stay ordinary.
@@ -51,8 +51,9 @@ struct DecodeGraphKey {
 
 // Which captured edges become programmatic: none; those between two of the project's dependent
 // kernels; or every edge into one from any kernel (cuBLAS's too). kAll is the default.
+// On by default (every edge into one of the project's kernels; faster 8B batch-1 decode on the
+// H200, benchmarks/RESULTS.md session 7).
 enum class DependentLaunch { kOff, kBetweenOwnKernels, kAll };
-void SetDependentLaunchInDecodeGraphs(DependentLaunch mode);
 
 // Host backends: no graphs.
 template <class ExecSpace>
@@ -60,6 +61,7 @@ class DecodeGraphs {
  public:
   static constexpr bool kSupported = false;
   ExecSpace space() const { return ExecSpace(); }
+  void set_dependent_launch(DependentLaunch) {}
   absl::Status Run(DecodeGraphKey, const std::function<uint64_t()>&, const std::function<absl::Status()>& enqueue) {
     return enqueue();
   }
@@ -90,6 +92,8 @@ class DecodeGraphs<Kokkos::Cuda> {
   // A Kokkos instance on the graphs' own stream (a blocking stream: ordered with work on the
   // default stream, as capture requires nothing else to run on it).
   Kokkos::Cuda space() const { return space_; }
+  // Which captured edges of later captures become programmatic (kAll unless set).
+  void set_dependent_launch(DependentLaunch mode) { dependent_launch_ = mode; }
   // `generation` is read again after the step ran, so that a first run that allocated its
   // buffers is followed by a capture rather than another uncaptured run.
   absl::Status Run(DecodeGraphKey key, const std::function<uint64_t()>& generation,
@@ -126,6 +130,8 @@ class DecodeGraphs<Kokkos::Cuda> {
   DecodeGraphKey warm_, captured_;
   int64_t programmatic_edges_ = 0, edges_ = 0;
   int64_t launches_ = 0;
+  DependentLaunch dependent_launch_ = DependentLaunch::kAll;
+  bool warned_ = false;  // the fallback to ordinary edges was reported
 };
 #endif
 

@@ -23,7 +23,6 @@ class DecodeGraphTest : public ::testing::Test {
   void SetUp() override {
     if (!DecodeGraphs<Space>::kSupported) GTEST_SKIP() << "no decode graphs on " << Space::name();
   }
-  void TearDown() override { SetDependentLaunchInDecodeGraphs(DependentLaunch::kAll); }  // the default
 };
 TYPED_TEST_SUITE(DecodeGraphTest, openmoe::testing::Backends);
 
@@ -55,9 +54,9 @@ void EnqueueStep(const Space& space, Kokkos::View<int64_t*, Space> a, Kokkos::Vi
 
 template <class Space>
 void RunSteps(DependentLaunch mode) {
-  SetDependentLaunchInDecodeGraphs(mode);
   const bool dependent_launch = mode != DependentLaunch::kOff;
   DecodeGraphs<Space> graphs;
+  graphs.set_dependent_launch(mode);
   const Space space = graphs.space();
   Kokkos::View<int64_t*, Space> a("a", kN), b("b", kN), one("one", kN);
   Kokkos::deep_copy(one, 1);
@@ -91,10 +90,11 @@ void RunSteps(DependentLaunch mode) {
 // values. The values stay exact: x <= 33, K x <= 2^16 in bf16, acc <= K * 528 in float32.
 template <class Space>
 void RunStepsThroughCublas(DependentLaunch mode, int64_t K = 16, int64_t N = 8192) {
-  SetDependentLaunchInDecodeGraphs(mode);
   constexpr int64_t kRounds = 8;
   DecodeGraphs<Space> graphs;
+  graphs.set_dependent_launch(mode);
   const Space space = graphs.space();
+  const kernels::ExecutionContext<Space> ctx(space);  // its cuBLAS handle is created by the first (direct) step
   Matrix<bf16, Space> x("x", 1, K), w("w", N, K), y("y", 1, N);
   Kokkos::View<float*, Space> acc("acc", N);
   Kokkos::deep_copy(x, bf16(1.0f));
@@ -104,7 +104,7 @@ void RunStepsThroughCublas(DependentLaunch mode, int64_t K = 16, int64_t N = 819
   for (int step = 1; step <= 4; ++step) {  // direct, captured, replayed twice
     ASSERT_TRUE(graphs.Run(key, [] { return uint64_t(0); }, [&]() -> absl::Status {
       for (int r = 0; r < kRounds; ++r) {
-        absl::Status s = kernels::Linear<bf16>(space, ConstMatrix<bf16, Space>(x), ConstMatrix<bf16, Space>(w), y);
+        absl::Status s = kernels::Linear<bf16>(ctx, ConstMatrix<bf16, Space>(x), ConstMatrix<bf16, Space>(w), y);
         if (!s.ok()) return s;
         kernels::DependentParallelFor("decode_graph_test::accumulate", Kokkos::RangePolicy<Space, Kokkos::IndexType<int64_t>>(space, 0, N),
                                       KOKKOS_LAMBDA(const int64_t n) {
@@ -170,6 +170,7 @@ void RunConditionalBranchSteps() {
   using Space = Kokkos::Cuda;
   constexpr int64_t kE = 8, kT = 3, kCapacity = 2;
   DecodeGraphs<Space> graphs;
+  graphs.set_dependent_launch(mode);
   const Space space = graphs.space();
   Matrix<int32_t, Space> experts("experts", kT, 2), rank("rank", kT, 2);
   Kokkos::View<int64_t*, Space> runs("runs", kE), sum_after("sum_after", 1);

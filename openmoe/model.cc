@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/argmax.h"
 #include "kernels/attention.h"
-#include "kernels/cublas_handle.h"
+#include "kernels/execution_context.h"
 #include "kernels/elementwise.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
@@ -90,6 +90,8 @@ void OpenMoeModel<ExecSpace, T>::AllocateWeights(const OpenMoeConfig& config) {
   layout_  = ParameterLayout(table_);
   offsets_ = ResolveModelOffsets(layout_, config);
   weights_ = Vector<T, ExecSpace>("weights", layout_.total());  // zero: the gaps stay 0
+  const char* graphs = std::getenv("OPENMOE_CUDA_GRAPHS");
+  cuda_graphs_env_ = graphs == nullptr || std::string(graphs) != "0";
 }
 
 template <class ExecSpace, class T>
@@ -150,13 +152,14 @@ Vector<T, ExecSpace> OpenMoeModel<ExecSpace, T>::WV(int64_t offset) const {
 }
 
 template <class ExecSpace, class T>
-absl::Status OpenMoeModel<ExecSpace, T>::Mlp(const ExecSpace& space, const MlpOffsets& mlp,
+absl::Status OpenMoeModel<ExecSpace, T>::Mlp(const kernels::ExecutionContext<ExecSpace>& ctx, const MlpOffsets& mlp,
                                           ConstMatrix<T, ExecSpace> x,
                                           Matrix<T, ExecSpace> out) {
+  const auto& space = ctx.space();
   const int64_t N = x.extent(0), H = config_.hidden_size, I = config_.intermediate_size;
   Matrix<T, ExecSpace> gate_up = Buffer2<T>("mlp.gate_up", N, 3 * I);  // [N, 3I] = [g1 | g2 | up]
   Matrix<T, ExecSpace> act     = Buffer2<T>("mlp.act", N, I);          // [N, I]
-  return DenseMlpForward<T>(space, x, W(mlp.gate_up, 3 * I, H), W(mlp.down, H, I), gate_up, act, out);
+  return DenseMlpForward<T>(ctx, x, W(mlp.gate_up, 3 * I, H), W(mlp.down, H, I), gate_up, act, out);
 }
 
 template <class ExecSpace, class T>
@@ -178,10 +181,11 @@ absl::Status OpenMoeModel<ExecSpace, T>::RecordStats(int64_t layer, int64_t C, M
 }
 
 template <class ExecSpace, class T>
-absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64_t layer,
+absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const kernels::ExecutionContext<ExecSpace>& ctx, int64_t layer,
                                                 ConstMatrix<T, ExecSpace> x, RoutingMode mode,
                                                 Matrix<T, ExecSpace> out,
                                                 std::vector<MoeLayerStats>* stats) {
+  const auto& space = ctx.space();
   const int64_t N = x.extent(0), H = config_.hidden_size, I = config_.intermediate_size;
   const int64_t E = config_.num_experts;
   const LayerOffsets& lo = offsets_.layers[layer];
@@ -192,7 +196,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
   Matrix<int32_t, ExecSpace> rank     = Buffer2<int32_t>("moe.rank", N, 2);    // [N, 2]
   const double cf = mode == RoutingMode::kEval ? config_.router_capacity_factor_eval
                                                : config_.router_capacity_factor_train;
-  OPENMOE_ASSIGN_OR_RETURN(const int64_t C, RouteTokens<T>(space, x, W(lo.router, E, H), cf,
+  OPENMOE_ASSIGN_OR_RETURN(const int64_t C, RouteTokens<T>(ctx, x, W(lo.router, E, H), cf,
                                                            config_.router_min_capacity, router_logits, probs, experts,
                                                            rank));
 
@@ -237,8 +241,12 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
   // Expert e on the first `rows` rows of its queue: act = swiglu(x W_gate, x W_up), out = act W_o.
   auto run_expert = [&](int64_t e, int64_t rows, const ExecSpace& on) -> absl::Status {
 #if defined(KOKKOS_ENABLE_CUDA)
-    std::optional<kernels::ScopedCublasWorkspace> workspace;
-    if (workspaces != nullptr) workspace.emplace(workspaces + e * kExpertWorkspaceBytes, size_t(kExpertWorkspaceBytes));
+    // Branches run at the same time: each expert's products get a cuBLAS workspace of their own.
+    const kernels::ExecutionContext<ExecSpace> on_ctx =
+        workspaces != nullptr ? ctx.OnStream(on, workspaces + e * kExpertWorkspaceBytes, size_t(kExpertWorkspaceBytes))
+                              : ctx.OnStream(on);
+#else
+    const kernels::ExecutionContext<ExecSpace> on_ctx = ctx.OnStream(on);
 #endif
     const auto range = std::make_pair(e * C, e * C + rows);
     Matrix<T, ExecSpace> in_e   = Kokkos::subview(dispatched, range, Kokkos::ALL);
@@ -246,7 +254,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const ExecSpace& space, int64
     Matrix<T, ExecSpace> up_e   = Kokkos::subview(up, range, Kokkos::ALL);
     Matrix<T, ExecSpace> act_e  = Kokkos::subview(act, range, Kokkos::ALL);
     Matrix<T, ExecSpace> out_e  = Kokkos::subview(expert_out, range, Kokkos::ALL);
-    return ExpertForward<T>(on, ConstMatrix<T, ExecSpace>(in_e), ConstMatrix<T, ExecSpace>(wi_gate + e * H * 2 * I, H, 2 * I),
+    return ExpertForward<T>(on_ctx, ConstMatrix<T, ExecSpace>(in_e), ConstMatrix<T, ExecSpace>(wi_gate + e * H * 2 * I, H, 2 * I),
                             ConstMatrix<T, ExecSpace>(wi_up + e * H * I, H, I), ConstMatrix<T, ExecSpace>(wo + e * I * H, I, H),
                             gate_e, up_e, act_e, out_e);
   };
@@ -324,11 +332,7 @@ bool OpenMoeModel<ExecSpace, T>::UseDecodeGraph(int64_t B, int64_t S, RoutingMod
                                                : config_.router_capacity_factor_train;
   const int64_t C = kernels::ExpertCapacity(B * S, config_.num_experts, cf, config_.router_min_capacity);
   if (C > kWholeQueueRows || config_.num_experts > kMaxConditionalExperts) return false;
-  static const bool enabled = [] {
-    const char* env = std::getenv("OPENMOE_CUDA_GRAPHS");
-    return env == nullptr || std::string(env) != "0";
-  }();
-  return enabled;
+  return cuda_graphs_env_;
 }
 
 template <class ExecSpace, class T>
@@ -345,7 +349,10 @@ absl::Status OpenMoeModel<ExecSpace, T>::RunStep(Cache& cache, const std::vector
   }
   const int64_t N = B * S;
   const bool graphed = UseDecodeGraph(B, S, mode, last_only, stats);
-  if (graphed && graphs_ == nullptr) graphs_ = std::make_shared<DecodeGraphs<ExecSpace>>();
+  if (graphed && graphs_ == nullptr) {
+    graphs_ = std::make_shared<DecodeGraphs<ExecSpace>>();
+    graphs_->set_dependent_launch(dependent_launch_);
+  }
   const ExecSpace space = graphed ? graphs_->space() : ExecSpace();
   *used_space = space;
 
@@ -361,7 +368,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::RunStep(Cache& cache, const std::vector
   auto enqueue = [&]() -> absl::Status {
     // Decode steps read their position from device memory whether or not they are replayed as a
     // graph, so that both run the same kernels (the attention variant depends on it).
-    return Forward(space, cache, inputs, S, graphed || S == 1 ? position : nullptr, mode, last_only, stats);
+    return Forward(context_.OnStream(space), cache, inputs, S, graphed || S == 1 ? position : nullptr, mode, last_only, stats);
   };
   profile_.Mark(space, "inputs");
   if (graphed) {  // under OPENMOE_PROFILE the whole replayed step is one phase
@@ -371,7 +378,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::RunStep(Cache& cache, const std::vector
       cache_id = cache_id * 1000003u ^ reinterpret_cast<uintptr_t>(cache.keys[i].data());
       cache_id = cache_id * 1000003u ^ reinterpret_cast<uintptr_t>(cache.values[i].data());
     }
-    auto generation = [this] { return workspace_generation_ + (kernels::AttentionScratchGeneration() << 32); };
+    auto generation = [this] { return workspace_generation_ + (context_.scratch_generation() << 32); };
     const DecodeGraphKey key{cache_id, B, cache.capacity, generation()};
     profile_.set_paused(true);
     const absl::Status status = graphs_->Run(key, generation, enqueue);
@@ -409,7 +416,7 @@ absl::StatusOr<std::vector<int64_t>> OpenMoeModel<ExecSpace, T>::StepGreedy(
   const int64_t B = cache.batch, V = config_.vocab_size;
   Matrix<T, ExecSpace> logits = Buffer2<T>("logits", B, V);  // [B, V], written by Forward
   Vector<int64_t, ExecSpace> ids(Buffer<int64_t>("greedy_ids", B).data(), B);
-  OPENMOE_RETURN_IF_ERROR(kernels::RowArgmax<T>(space, ConstMatrix<T, ExecSpace>(logits),
+  OPENMOE_RETURN_IF_ERROR(kernels::RowArgmax<T>(context_.OnStream(space), ConstMatrix<T, ExecSpace>(logits),
                                                 allowed_vocab > 0 ? std::min(allowed_vocab, V) : V, ids));
   std::vector<int64_t> result(B);
   Kokkos::deep_copy(space, Kokkos::View<int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(result.data(), B), ids);
@@ -419,10 +426,11 @@ absl::StatusOr<std::vector<int64_t>> OpenMoeModel<ExecSpace, T>::StepGreedy(
 }
 
 template <class ExecSpace, class T>
-absl::Status OpenMoeModel<ExecSpace, T>::Forward(const ExecSpace& space, Cache& cache,
+absl::Status OpenMoeModel<ExecSpace, T>::Forward(const kernels::ExecutionContext<ExecSpace>& ctx, Cache& cache,
                                                  Vector<int64_t, ExecSpace> inputs, int64_t S,
                                                  const int64_t* device_position, RoutingMode mode,
                                                  bool last_only, std::vector<MoeLayerStats>* stats) {
+  const auto& space = ctx.space();
   const OpenMoeConfig& c = config_;
   const int64_t B = cache.batch, L0 = cache.length;
   const int64_t N = B * S, H = c.hidden_size, V = c.vocab_size;
@@ -468,17 +476,17 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const ExecSpace& space, Cache& 
         cache.keys[i], cache.values[i], cache.mask,
         kernels::Tensor3<T, ExecSpace>(Buffer<T>("attn", N * Wq).data(), B, S, Wq),  // [B, S, Wq]
         delta};
-    OPENMOE_RETURN_IF_ERROR(AttentionForward<T>(space, heads, W(lo.qkv, qkv_width, H), W(lo.o, H, Wq),
+    OPENMOE_RETURN_IF_ERROR(AttentionForward<T>(ctx, heads, W(lo.qkv, qkv_width, H), W(lo.o, H, Wq),
                                                 /*offset=*/L0, device_position, attention, &profile_));
     delta_pending = true;
     // Feed-forward block(s).
     OPENMOE_RETURN_IF_ERROR(norm_into_x(lo.post_attention_norm));
     if (c.IsMoeLayer(i)) {
-      OPENMOE_RETURN_IF_ERROR(SparseMoe(space, i, x, mode, delta, stats));
+      OPENMOE_RETURN_IF_ERROR(SparseMoe(ctx, i, x, mode, delta, stats));
       delta_pending = true;
       OPENMOE_RETURN_IF_ERROR(norm_into_x(lo.pre_extra_mlp_norm));
     }
-    OPENMOE_RETURN_IF_ERROR(Mlp(space, lo.mlp, x, delta));
+    OPENMOE_RETURN_IF_ERROR(Mlp(ctx, lo.mlp, x, delta));
     profile_.Mark(space, "dense_mlp");
     delta_pending = true;
   }
@@ -502,7 +510,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const ExecSpace& space, Cache& 
     profile_.Mark(space, "norm+residual");
   }
   Matrix<T, ExecSpace> logits = Buffer2<T>("logits", rows, V);  // [rows, V]
-  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, ConstMatrix<T, ExecSpace>(normed), W(offsets_.lm_head, V, H), logits));
+  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, ConstMatrix<T, ExecSpace>(normed), W(offsets_.lm_head, V, H), logits));
   profile_.Mark(space, "lm_head");
   return absl::OkStatus();
 }

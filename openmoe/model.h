@@ -25,6 +25,7 @@
 #include "openmoe/checkpoint_table.h"
 #include "openmoe/config.h"
 #include "openmoe/parameter_layout.h"
+#include "kernels/execution_context.h"
 #include "openmoe/decode_graph.h"
 #include "openmoe/token_dispatcher.h"
 #include "openmoe/core/bf16.h"
@@ -112,7 +113,7 @@ class OpenMoeModel {
   ConstMatrix<T, ExecSpace> W(int64_t offset, int64_t rows, int64_t cols) const;
   Vector<T, ExecSpace> WV(int64_t offset) const;
 
-  absl::Status Mlp(const ExecSpace& space, const MlpOffsets& mlp, ConstMatrix<T, ExecSpace> x,
+  absl::Status Mlp(const kernels::ExecutionContext<ExecSpace>& ctx, const MlpOffsets& mlp, ConstMatrix<T, ExecSpace> x,
                    Matrix<T, ExecSpace> out);
   // Everything of Step but reading the results: the logits are left in the "logits" buffer;
   // *used_space is the instance the work was enqueued on.
@@ -129,7 +130,7 @@ class OpenMoeModel {
   // Enqueues a whole step on `space`: mask append, layers, final norm and LM head into the
   // "logits" buffer. inputs = [ids (B*S) | mask (B*S) | position] on the device; with
   // device_position the kernels read the step's column from there (graph replay).
-  absl::Status Forward(const ExecSpace& space, Cache& cache, Vector<int64_t, ExecSpace> inputs, int64_t seq_len,
+  absl::Status Forward(const kernels::ExecutionContext<ExecSpace>& ctx, Cache& cache, Vector<int64_t, ExecSpace> inputs, int64_t seq_len,
                        const int64_t* device_position, RoutingMode mode, bool last_only,
                        std::vector<MoeLayerStats>* stats);
 
@@ -137,7 +138,7 @@ class OpenMoeModel {
   // Appends layer statistics (kept assignments, router logits) when `stats` is given.
   absl::Status RecordStats(int64_t layer, int64_t capacity, Matrix<T, ExecSpace> router_logits,
                            Matrix<int32_t, ExecSpace> rank, std::vector<MoeLayerStats>* stats);
-  absl::Status SparseMoe(const ExecSpace& space, int64_t layer, ConstMatrix<T, ExecSpace> x,
+  absl::Status SparseMoe(const kernels::ExecutionContext<ExecSpace>& ctx, int64_t layer, ConstMatrix<T, ExecSpace> x,
                          RoutingMode mode, Matrix<T, ExecSpace> out,
                          std::vector<MoeLayerStats>* stats);
 
@@ -159,6 +160,10 @@ class OpenMoeModel {
   int64_t host_syncs_ = 0;  // named device->host syncs ("moe.expert_counts_to_host")
   uint64_t workspace_generation_ = 0;  // bumped when a work buffer is reallocated
   bool decode_graphs_ = true;
+  bool cuda_graphs_env_ = true;
+  DependentLaunch dependent_launch_ = DependentLaunch::kAll;  // OPENMOE_CUDA_GRAPHS is not "0" (read when the model is made)
+  // The stream, scratch arena, tuning and cuBLAS handle of this model's ops (copies share them).
+  kernels::ExecutionContext<ExecSpace> context_;
   // The dispatch path's token movement (every expert on this device; expert-parallel inference
   // is not built yet, so the model holds all experts).
   std::shared_ptr<TokenDispatcher<ExecSpace>> dispatcher_ = std::make_shared<SingleRankDispatcher<ExecSpace>>();
@@ -170,11 +175,16 @@ class OpenMoeModel {
   int64_t host_syncs() const { return host_syncs_; }
   // Decode steps as replayed CUDA graphs (on by default where supported; see UseDecodeGraph).
   void set_decode_graphs(bool enabled) { decode_graphs_ = enabled; }
+  // Which edges of the decode graphs captured from now on become programmatic (kAll by default;
+  // decode_graph.h). Call before the first graphed step.
+  void set_dependent_launch(DependentLaunch mode) { dependent_launch_ = mode; }
   // What the decode graphs did so far: graph launches (0 where steps ran directly), and the
   // conditional expert branches of the graph captured last.
   int64_t decode_graph_launches() const { return graphs_ ? graphs_->launches() : 0; }
   int64_t decode_graph_conditional_branches() const { return graphs_ ? graphs_->conditional_branches() : 0; }
   static constexpr bool kDecodeGraphsSupported = DecodeGraphs<ExecSpace>::kSupported;
+  // The context the model's ops run with: benchmarks and tests set its tuning().
+  const kernels::ExecutionContext<ExecSpace>& context() const { return context_; }
   // Per-phase times of Step when OPENMOE_PROFILE is set (see op_timer.h).
   OpTimer& profile() { return profile_; }
 

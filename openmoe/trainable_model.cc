@@ -146,7 +146,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   const int64_t Wq = Nh * Dh, Wkv = Nkv * Dh, L = c.num_hidden_layers;
   const int64_t e0 = dispatcher_->first_local_expert(), El = dispatcher_->local_experts(E);  // this rank's experts
   const float eps = c.rms_norm_eps;
-  ExecSpace space;
+  const kernels::ExecutionContext<ExecSpace>& ctx = context_;
+  const ExecSpace& space = ctx.space();
   Kokkos::deep_copy(space, flat_grads_, 0.0f);
   if constexpr (!kFloat) {  // 16-bit working weights from the fp32 masters: one conversion
     const int64_t total = layout_.total();
@@ -164,7 +165,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   auto to_t = [&](CFM x) { return As<T>(space, x); };
   // Weight gradient c += a^T b in the run dtype (16-bit operands, float32 accumulation and c, as
   // autocast does; float runs: SGEMM).
-  auto weight_grad = [&](CM a, CM b, FM c) { return kernels::AddTransposedProduct<T, ExecSpace>(space, a, b, c); };
+  auto weight_grad = [&](CM a, CM b, FM c) { return kernels::AddTransposedProduct<T, ExecSpace>(ctx, a, b, c); };
   auto rows_of = [](auto x, int64_t r0, int64_t r1) { return Kokkos::subview(x, std::make_pair(r0, r1), Kokkos::ALL); };
 
   Vector<int64_t, ExecSpace> ids("ids", N);
@@ -198,7 +199,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   // gate_proj [2I, H] and up_proj [I, H] are adjacent in the flat layout: one [3I, H] product.
   auto run_mlp = [&](const MlpOffsets& mlp, CM x, M out) -> absl::StatusOr<Mlp> {
     Mlp m{fresh("mlp.gate_up", N, 3 * I), fresh("mlp.act", N, I)};
-    OPENMOE_RETURN_IF_ERROR(DenseMlpForward<T>(space, x, W(mlp.gate_up, 3 * I, H),
+    OPENMOE_RETURN_IF_ERROR(DenseMlpForward<T>(ctx, x, W(mlp.gate_up, 3 * I, H),
                                                W(mlp.down, H, I), m.gate_up, m.act, out));
     return m;
   };
@@ -226,7 +227,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
                                                    T3(a.q.data(), B, S, Wq), T3(a.k.data(), B, S, Wkv),
                                                    T3(a.v.data(), B, S, Wkv), mask,
                                                    T3(a.attn.data(), B, S, Wq), delta};
-    OPENMOE_RETURN_IF_ERROR(AttentionForward<T>(space, AttentionHeads{Nh, Nkv, Dh}, W(lo.qkv, Wq + 2 * Wkv, H),
+    OPENMOE_RETURN_IF_ERROR(AttentionForward<T>(ctx, AttentionHeads{Nh, Nkv, Dh}, W(lo.qkv, Wq + 2 * Wkv, H),
                                                 W(lo.o, H, Wq), /*offset=*/0, /*decode_position=*/nullptr, attention));
     OPENMOE_RETURN_IF_ERROR(add(h, delta));
     a.h_mid = copy(h);
@@ -235,7 +236,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     if (c.IsMoeLayer(i)) {
       a.router_logits = M("router_logits", N, E), a.probs = FM("probs", N, E);
       a.experts = IntM("experts", N, 2), a.rank = IntM("rank", N, 2);
-      OPENMOE_ASSIGN_OR_RETURN(a.capacity, RouteTokens<T>(space, CM(a.x2), W(lo.router, E, H),
+      OPENMOE_ASSIGN_OR_RETURN(a.capacity, RouteTokens<T>(ctx, CM(a.x2), W(lo.router, E, H),
                                                           c.router_capacity_factor_train, c.router_min_capacity,
                                                           a.router_logits, a.probs, a.experts, a.rank));
       const int64_t C = a.capacity;
@@ -248,7 +249,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       const T* wo      = Working<T>(lo.wo) + e0 * I * H;
       for (int64_t e = 0; e < El; ++e) {
         const auto rows = std::make_pair(e * C, (e + 1) * C);
-        OPENMOE_RETURN_IF_ERROR(ExpertForward<T>(space, CM(rows_of(a.dispatched, rows.first, rows.second)),
+        OPENMOE_RETURN_IF_ERROR(ExpertForward<T>(ctx, CM(rows_of(a.dispatched, rows.first, rows.second)),
                                                  CM(wi_gate + e * H * 2 * I, H, 2 * I), CM(wi_up + e * H * I, H, I),
                                                  CM(wo + e * I * H, I, H), rows_of(a.eg, rows.first, rows.second),
                                                  rows_of(a.eu, rows.first, rows.second),
@@ -300,7 +301,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       const int64_t r1 = std::min(N, r0 + chunk), R = r1 - r0;
       M lg(logits.data(), R, V);
       CM x_rows(rows_of(xf, r0, r1));
-      OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, x_rows, W(offsets_.lm_head, V, H), lg));
+      OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, x_rows, W(offsets_.lm_head, V, H), lg));
       FM lgf = kFloat ? FM(reinterpret_cast<float*>(lg.data()), R, V) : FM(logits_f.data(), R, V);  // float logits
       if constexpr (!kFloat) OPENMOE_RETURN_IF_ERROR((kernels::Convert<T, float>(space, CM(lg), lgf)));
       Vector<double, ExecSpace> loss_rows(row_loss.data(), R);
@@ -310,7 +311,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       auto loss_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), loss_rows);
       for (int64_t r = 0; r < R; ++r) parts.lm += loss_host(r);
       OPENMOE_ASSIGN_OR_RETURN(CM dlg, to_t(CFM(lgf)));
-      OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, dlg, W(offsets_.lm_head, V, H), rows_of(dxf, r0, r1)));
+      OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(ctx, dlg, W(offsets_.lm_head, V, H), rows_of(dxf, r0, r1)));
       OPENMOE_RETURN_IF_ERROR(weight_grad(dlg, x_rows, G(offsets_.lm_head, V, H)));
     }
     OPENMOE_ASSIGN_OR_RETURN(CFM hf, to_f(CM(h_final)));
@@ -327,7 +328,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   auto matmul_sum = [&](const std::vector<std::pair<CM, CM>>& terms, FM out) -> absl::Status {
     M acc = fresh("matmul_sum", out.extent(0), out.extent(1));  // the first product writes it
     for (size_t k = 0; k < terms.size(); ++k) {
-      OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(space, terms[k].first, terms[k].second, acc, k > 0));
+      OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(ctx, terms[k].first, terms[k].second, acc, k > 0));
     }
     OPENMOE_ASSIGN_OR_RETURN(CFM acc_f, to_f(CM(acc)));
     Kokkos::deep_copy(out, acc_f);
@@ -386,7 +387,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         // d_eact_e = d_eo_e @ wo_e^T (wo_e [I, H] is Linear's [out = I, in = H]).
         OPENMOE_ASSIGN_OR_RETURN(CM d_eo_t, to_t(CFM(rows_of(d_eo, e * C, (e + 1) * C))));
         M d_eact_t("d_eact_t", C, I);
-        OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, d_eo_t, CM(wo + e * I * H, I, H), d_eact_t));
+        OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eo_t, CM(wo + e * I * H, I, H), d_eact_t));
         OPENMOE_ASSIGN_OR_RETURN(CFM d_eact_f, to_f(CM(d_eact_t)));
         Kokkos::deep_copy(rows_of(d_eact, e * C, (e + 1) * C), d_eact_f);
         OPENMOE_RETURN_IF_ERROR(weight_grad(CM(rows_of(a.eact, e * C, (e + 1) * C)), d_eo_t, FM(g_wo + e * I * H, I, H)));
@@ -396,8 +397,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         OPENMOE_ASSIGN_OR_RETURN(CM d_eg_t, to_t(CFM(rows_of(d_eg, e * C, (e + 1) * C))));
         OPENMOE_ASSIGN_OR_RETURN(CM d_eu_t, to_t(CFM(rows_of(d_eu, e * C, (e + 1) * C))));
         M d_disp_t("d_disp_t", C, H);
-        OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, d_eg_t, CM(wi_gate + e * H * 2 * I, H, 2 * I), d_disp_t));
-        OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(space, d_eu_t, CM(wi_up + e * H * I, H, I), d_disp_t, true));
+        OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eg_t, CM(wi_gate + e * H * 2 * I, H, 2 * I), d_disp_t));
+        OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eu_t, CM(wi_up + e * H * I, H, I), d_disp_t, true));
         OPENMOE_ASSIGN_OR_RETURN(CFM d_disp_f, to_f(CM(d_disp_t)));
         Kokkos::deep_copy(rows_of(d_disp, e * C, (e + 1) * C), d_disp_f);
         CM disp_e(rows_of(a.dispatched, e * C, (e + 1) * C));
@@ -421,7 +422,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<float>(space, dx, CFM(dx_router)));
       OPENMOE_ASSIGN_OR_RETURN(CFM x2_f, to_f(CM(a.x2)));
       // float32 for the router (its gradient is the sensitive one; [N, E] is small).
-      OPENMOE_RETURN_IF_ERROR((kernels::AddTransposedProduct<float, ExecSpace>(space, CFM(d_router), x2_f, G(lo.router, E, H))));
+      OPENMOE_RETURN_IF_ERROR((kernels::AddTransposedProduct<float, ExecSpace>(ctx, CFM(d_router), x2_f, G(lo.router, E, H))));
     } else {
       OPENMOE_RETURN_IF_ERROR(mlp_backward(lo.mlp, CM(a.x2), a.mlp, CFM(dh), dx));
     }
@@ -435,7 +436,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     OPENMOE_ASSIGN_OR_RETURN(CFM k_f, to_f(CM(a.k)));
     OPENMOE_ASSIGN_OR_RETURN(CFM v_f, to_f(CM(a.v)));
     OPENMOE_RETURN_IF_ERROR(kernels::CausalAttentionBackward<ExecSpace>(
-        space, CF3(q_f.data(), B, S, Wq), CF3(k_f.data(), B, S, Wkv), CF3(v_f.data(), B, S, Wkv), mask,
+        ctx, CF3(q_f.data(), B, S, Wq), CF3(k_f.data(), B, S, Wkv), CF3(v_f.data(), B, S, Wkv), mask,
         CF3(dattn.data(), B, S, Wq), Nh, Nkv, Dh, F3(dq.data(), B, S, Wq), F3(dk.data(), B, S, Wkv), F3(dv.data(), B, S, Wkv)));
     OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<float>(space, F3(dq.data(), B, S, Wq), Dh, 0, /*inverse=*/true));
     OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<float>(space, F3(dk.data(), B, S, Wkv), Dh, 0, /*inverse=*/true));

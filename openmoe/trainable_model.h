@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/execution_context.h"
 #include "openmoe/checkpoint.h"
 #include "openmoe/checkpoint_table.h"
 #include "openmoe/config.h"
@@ -112,7 +113,9 @@ class TrainableModel {
 
   std::vector<TensorSpec> table_;
   ParameterLayout layout_;
-  ModelOffsets offsets_;  // where each layer's tensors start, resolved at load: no lookups by name per step
+  ModelOffsets offsets_;
+  // The stream, scratch arena, tuning and cuBLAS handle of this model's ops (copies share them).
+  kernels::ExecutionContext<ExecSpace> context_;  // where each layer's tensors start, resolved at load: no lookups by name per step
   Vector<float, ExecSpace> flat_params_, flat_grads_;  // [layout_.total()]
   // The 16-bit copy of flat_params_ (bf16 / fp16 runs), same layout: raw bits, read as the step's
   // type; allocated by the first 16-bit step.
