@@ -43,6 +43,32 @@ constexpr int64_t kMaxConditionalExperts = kernels::kMaxExpertConditions;
 #else
 constexpr int64_t kMaxConditionalExperts = 0;
 #endif
+
+// The step's mask values new_mask [B, S] (device memory) into the cache's mask [B, capacity] at
+// columns L0 + s, or *device_position + s when given (read on the device: graph replay).
+template <class ExecSpace>
+void AppendMask(const ExecSpace& space, Kokkos::View<int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> mask,
+                const int64_t* new_mask, int64_t N, int64_t S, int64_t L0, const int64_t* device_position) {
+  kernels::DependentParallelFor(
+      "openmoe::model::AppendMask", Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>(space, 0, N),
+      KOKKOS_LAMBDA(const int64_t i) {
+        const int64_t column = (device_position != nullptr ? *device_position : L0) + i % S;
+        mask(i / S, column) = new_mask[i];
+      });
+}
+
+// head_in [B, H] = the last of each row's S columns of h [B*S, H].
+template <class T, class ExecSpace>
+void GatherLastColumn(const ExecSpace& space, Matrix<T, ExecSpace> h, int64_t S, Matrix<T, ExecSpace> head_in) {
+  const int64_t H = h.extent(1);
+  kernels::DependentParallelFor(
+      "openmoe::model::GatherLastColumn",
+      Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>(space, 0, int64_t(head_in.extent(0)) * H),
+      KOKKOS_LAMBDA(const int64_t idx) {
+        const int64_t b = idx / H, j = idx % H;
+        head_in(b, j) = h(b * S + S - 1, j);
+      });
+}
 }  // namespace
 
 
@@ -437,13 +463,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const kernels::ExecutionContext
   const int64_t Nh = c.num_attention_heads, Nkv = c.num_key_value_heads, Dh = c.head_dim;
   Vector<int64_t, ExecSpace> ids(inputs.data(), N);  // [N]
   const int64_t* new_mask = inputs.data() + N;       // [B, S]
-  auto mask = cache.mask;
-  kernels::DependentParallelFor(
-      "openmoe::model::AppendMask", Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>(space, 0, N),
-      KOKKOS_LAMBDA(const int64_t i) {
-        const int64_t column = (device_position != nullptr ? *device_position : L0) + i % S;
-        mask(i / S, column) = new_mask[i];
-      });
+  AppendMask<ExecSpace>(space, cache.mask, new_mask, N, S, L0, device_position);
 
   Matrix<T, ExecSpace> h     = Buffer2<T>("hidden", N, H);  // [N, H]
   Matrix<T, ExecSpace> x     = Buffer2<T>("normed", N, H);  // [N, H]
@@ -500,12 +520,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const kernels::ExecutionContext
   } else {
     if (delta_pending) OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
     Matrix<T, ExecSpace> head_in = Buffer2<T>("head_in", rows, H);  // [rows, H]
-    kernels::DependentParallelFor(
-        "openmoe::model::GatherLastColumn", Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>(space, 0, B * H),
-        KOKKOS_LAMBDA(const int64_t idx) {
-          const int64_t b = idx / H, j = idx % H;
-          head_in(b, j) = h(b * S + S - 1, j);
-        });
+    GatherLastColumn<T, ExecSpace>(space, h, S, head_in);
     OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, head_in, WV(offsets_.final_norm), normed, c.rms_norm_eps));
     profile_.Mark(space, "norm+residual");
   }

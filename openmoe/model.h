@@ -126,7 +126,6 @@ class OpenMoeModel {
   bool UseDecodeGraph(int64_t batch, int64_t seq_len, RoutingMode mode, bool last_only,
                       const std::vector<MoeLayerStats>* stats);
 
- public:  // (public only because nvcc's device lambdas cannot live in private member functions)
   // Enqueues a whole step on `space`: mask append, layers, final norm and LM head into the
   // "logits" buffer. inputs = [ids (B*S) | mask (B*S) | position] on the device; with
   // device_position the kernels read the step's column from there (graph replay).
