@@ -169,8 +169,7 @@ TYPED_TEST(DecodeGraphTest, ChainedKernelsSeeTheirPredecessorsWithoutDependentLa
 void RunConditionalBranchSteps() {
   using Space = Kokkos::Cuda;
   constexpr int64_t kE = 8, kT = 3, kCapacity = 2;
-  DecodeGraphs<Space> graphs;
-  graphs.set_dependent_launch(mode);
+  DecodeGraphs<Space> graphs;  // dependent launch: the default, kAll
   const Space space = graphs.space();
   Matrix<int32_t, Space> experts("experts", kT, 2), rank("rank", kT, 2);
   Kokkos::View<int64_t*, Space> runs("runs", kE), sum_after("sum_after", 1);
