@@ -1,6 +1,10 @@
 // train: fine-tunes an OpenMoE model (single device, fp32 master weights) with the flags of
 // Colossal-AI's OpenMoE train.py: flags -> openmoe::train::TrainOptions -> openmoe::train::Trainer
 // (openmoe/train/trainer.h; output layout in openmoe/train/checkpoint.h), then the loss curve.
+// Under `mpirun -np N` (host ranks) with `--plugin ep_zero --extra_dp_size N --zero_stage 0` it
+// trains data-parallel: every rank holds the whole model (every expert replicated), takes its
+// DistributedSampler share of each global batch, and the gradient and logged loss are the means
+// over ranks (MPI all-reduce); rank 0 alone prints and writes. Other plugins: not yet.
 //
 //   bazel run //tools:train          # default run: the embedded tiny model on the shipped data
 //   bazel run //tools:train -- --model DIR --dataset data.jsonl --output_path out --batch_size 4
@@ -9,8 +13,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <cstdlib>
+#include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -19,9 +25,13 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "openmoe/core/status_macros.h"
 #include "openmoe/train/checkpoint.h"
 #include "openmoe/train/trainer.h"
+#include "parallel/mpi_communicator.h"
+#include "parallel/mpi_runtime.h"
 #include "tools/cli_flags.h"
 #include "tools/loss_plot.h"
 
@@ -66,10 +76,16 @@ ABSL_FLAG(int64_t, max_shard_bytes, int64_t(5) << 30, "Checkpoint weights larger
           "model-0000K-of-0000N.safetensors shards plus model.safetensors.index.json.");
 ABSL_FLAG(bool, grad_checkpoint, false, "Activation recomputation (upstream's gradient checkpointing): keep only "
           "each layer's input and run the layer again in the backward pass; same results, less memory.");
-// Upstream's parallelism and kernel flags: parsed, not implemented yet (single device).
-ABSL_FLAG(std::string, plugin, "hybrid", "Not supported yet: hybrid | ep | ep_zero (multi-GPU plugins).");
-ABSL_FLAG(int64_t, zero_stage, 2, "Not supported yet (ZeRO sharding).");
-ABSL_FLAG(int64_t, extra_dp_size, 1, "Not supported yet (ep_zero).");
+// Upstream's parallelism and kernel flags. Supported today: pure data parallelism over host MPI
+// ranks (`--plugin ep_zero --extra_dp_size <world size> --zero_stage 0`); the rest are parsed and
+// refused.
+ABSL_FLAG(std::string, plugin, "hybrid", "hybrid | ep | ep_zero. Supported today: ep_zero with --extra_dp_size equal to "
+          "the world size and --zero_stage 0, i.e. pure data parallelism over MPI host ranks (mpirun -np N; every "
+          "expert replicated on every rank). Without mpirun: omit it (one device). ep and hybrid: not supported yet.");
+ABSL_FLAG(int64_t, zero_stage, 2, "ZeRO stage 0 | 1 | 2. Supported today: 0 (replicated optimizer state) with "
+          "--plugin ep_zero; ZeRO-1/2 sharding is not supported yet.");
+ABSL_FLAG(int64_t, extra_dp_size, 1, "ep_zero: replicas of each expert (EP size = world size / this). Supported "
+          "today: equal to the world size (EP size 1: pure data parallelism).");
 ABSL_FLAG(int64_t, pp_size, 2, "Not supported yet (hybrid plugin).");
 ABSL_FLAG(int64_t, dp_size, 1, "Not supported yet (hybrid plugin).");
 ABSL_FLAG(int64_t, ep_size, 2, "Not supported yet (hybrid plugin).");
@@ -93,11 +109,89 @@ int Fail(const std::string& message) {
   return 2;
 }
 
+// What --plugin / --zero_stage / --extra_dp_size (and the other parallel and kernel flags) allow
+// on `world` ranks: OkStatus for a single-device run (world 1, none of the three given) and for
+// pure data parallelism (--plugin ep_zero --extra_dp_size <world> --zero_stage 0); otherwise an
+// error naming the first offending flag and what works today. Checked before any work.
+absl::Status CheckParallelFlags(int world) {
+  const std::string supported = absl::StrCat(
+      "supported today: pure data parallelism over MPI host ranks, --plugin ep_zero --extra_dp_size ", world,
+      " (the world size) --zero_stage 0 (every expert replicated on every rank)",
+      world == 1 ? "; or drop the parallel flags to train on one device" : "");
+  for (const char* flag : {"pp_size", "dp_size", "ep_size", "microbatch_size", "use_kernel", "use_layernorm_kernel",
+                           "load_balance", "load_balance_interval", "comm_overlap"}) {
+    if (FlagGiven(flag)) {
+      return absl::UnimplementedError(absl::StrCat("--", flag, " is not supported yet (upstream's hybrid plugin, fused "
+                                                   "kernels and load balancing are not implemented); ", supported));
+    }
+  }
+  if (world == 1 && !FlagGiven("plugin") && !FlagGiven("zero_stage") && !FlagGiven("extra_dp_size")) {
+    return absl::OkStatus();  // one device, as before
+  }
+  const std::string plugin = absl::GetFlag(FLAGS_plugin);
+  const int64_t zero = absl::GetFlag(FLAGS_zero_stage), extra_dp = absl::GetFlag(FLAGS_extra_dp_size);
+  const std::string where = absl::StrCat(" on ", world, world == 1 ? " rank" : " ranks", "; ");
+  if (plugin != "ep_zero") {
+    return absl::UnimplementedError(absl::StrCat("--plugin is not supported yet as '", plugin, "'", where, supported));
+  }
+  if (extra_dp != world) {
+    return absl::UnimplementedError(absl::StrCat("--extra_dp_size is not supported yet as ", extra_dp, where, supported));
+  }
+  if (zero != 0) {
+    return absl::UnimplementedError(absl::StrCat("--zero_stage is not supported yet as ", zero, where, supported));
+  }
+  return absl::OkStatus();
+}
+
+// The data-parallel hooks of world `comm`: flat gradients summed in place and divided by the
+// world size (the mean of the ranks' gradients), loss parts averaged in float64. Host ranks only
+// (MPI over host memory); a device TrainSpace needs NCCL, not there yet.
+template <class Space>
+absl::Status MakeDataParallelHooks(std::shared_ptr<void>& keep, openmoe::train::GradientReduction& grads,
+                                   openmoe::train::LossReduction& loss) {
+  if constexpr (std::is_same_v<typename Space::memory_space, Kokkos::HostSpace>) {
+    using Comm = openmoe::parallel::MpiCommunicator<Space>;
+    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> world, Comm::World());
+    std::shared_ptr<Comm> comm(std::move(world));
+    keep = comm;
+    grads = [comm](openmoe::Vector<float, Space> g) -> absl::Status {
+      const Space space;
+      OPENMOE_RETURN_IF_ERROR(comm->AllReduce(space, g, openmoe::comm::ReduceOp::kSum));
+      const float inv = 1.0f / float(comm->size());
+      Kokkos::parallel_for("train::mean_over_ranks", Kokkos::RangePolicy<Space>(space, 0, g.extent(0)),
+                           KOKKOS_LAMBDA(int64_t i) { g(i) *= inv; });
+      space.fence();
+      return absl::OkStatus();
+    };
+    loss = [comm](openmoe::LossParts& l) -> absl::Status {
+      double parts[4] = {l.total, l.lm, l.router_aux, l.router_z};
+      OPENMOE_RETURN_IF_ERROR(openmoe::parallel::MpiResult(
+          MPI_Allreduce(MPI_IN_PLACE, parts, 4, MPI_DOUBLE, MPI_SUM, comm->mpi_comm()), "MPI_Allreduce (loss)"));
+      const double n = double(comm->size());
+      l.total = parts[0] / n, l.lm = parts[1] / n, l.router_aux = parts[2] / n, l.router_z = parts[3] / n;
+      return absl::OkStatus();
+    };
+    return absl::OkStatus();
+  } else {
+    return absl::UnimplementedError(absl::StrCat("data-parallel training on ", Space::name(),
+                                                 " ranks needs NCCL, which is not supported yet; host ranks only"));
+  }
+}
+
 // The run, then output_path/loss_curve.png from every step of metrics.jsonl (those before a
-// resume too), the summed loss per label position.
-absl::Status Train(const openmoe::train::TrainOptions& options) {
-  OPENMOE_ASSIGN_OR_RETURN(openmoe::train::Trainer trainer, openmoe::train::Trainer::Create(options));
+// resume too), the summed loss per label position. With dp.size > 1: data parallel over the MPI
+// world; only rank 0 writes the curve and the summary.
+absl::Status Train(const openmoe::train::TrainOptions& options, openmoe::train::DataParallelRank dp) {
+  std::shared_ptr<void> comm;  // outlives the trainer's hooks (freed before the MPI session ends)
+  openmoe::train::GradientReduction reduce_gradients;
+  openmoe::train::LossReduction reduce_loss;
+  if (dp.size > 1) {
+    OPENMOE_RETURN_IF_ERROR(MakeDataParallelHooks<openmoe::train::TrainSpace>(comm, reduce_gradients, reduce_loss));
+  }
+  OPENMOE_ASSIGN_OR_RETURN(openmoe::train::Trainer trainer,
+                           openmoe::train::Trainer::Create(options, dp, std::move(reduce_gradients), std::move(reduce_loss)));
   OPENMOE_RETURN_IF_ERROR(trainer.Run());
+  if (dp.rank != 0) return absl::OkStatus();
   const std::string png = (std::filesystem::path(options.output_path) / "loss_curve.png").string();
   OPENMOE_ASSIGN_OR_RETURN(openmoe::tools::LossCurve curve, openmoe::tools::ReadLossCurve(trainer.metrics_path()));
   std::vector<double> finite;
@@ -118,23 +212,35 @@ absl::Status Train(const openmoe::train::TrainOptions& options) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "Fine-tunes an OpenMoE model with the flags of Colossal-AI's OpenMoE train.py (single device; fp32, bf16 or fp16).\n"
+      "Fine-tunes an OpenMoE model with the flags of Colossal-AI's OpenMoE train.py (one device, or data parallel over "
+      "MPI host ranks; fp32, bf16 or fp16).\n"
       "  train                                   # default run: the embedded tiny model (tools/default_model) on\n"
       "                                          # tools/train_data/tiny_instructions.jsonl, on CPU in about a minute;\n"
       "                                          # writes outputs/default_finetune, which `generate` then uses\n"
       "  train --model DIR --dataset data.jsonl [--output_path out] [--batch_size 4] [--lr 1e-5] ...\n"
       "  train --model_name base --dataset tokens.safetensors --max_steps 10\n"
       "  train --resume out [flags to change]    # continue from out/latest with the run's own options\n"
-      "  train --model DIR --dataset d --max_steps 1 --dump_step_state step1.safetensors");
+      "  train --model DIR --dataset d --max_steps 1 --dump_step_state step1.safetensors\n"
+      "  mpirun -np 2 train --plugin ep_zero --extra_dp_size 2 --zero_stage 0 --model DIR --dataset d ...\n"
+      "                                          # pure data parallelism on 2 host ranks (mean gradient and loss)");
+  // MPI first (it may edit argv), only when mpirun started this process (it sets
+  // OMPI_COMM_WORLD_SIZE): a plain run is a world of one without MPI at all, so concurrent plain
+  // runs (tests) share no OpenMPI session files.
+  std::unique_ptr<openmoe::parallel::MpiSession> session;
+  openmoe::train::DataParallelRank dp{0, 1};
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr) {
+    absl::StatusOr<std::unique_ptr<openmoe::parallel::MpiSession>> created =
+        openmoe::parallel::MpiSession::Create(&argc, &argv);
+    if (!created.ok()) openmoe::parallel::AbortAll(created.status());
+    session = std::move(*created);
+    dp = {session->world_rank(), session->world_size()};
+  }
   openmoe::tools::RecordArgs(argc, argv);
   absl::ParseCommandLine(argc, argv);
 
-  for (const char* flag : {"plugin", "zero_stage", "extra_dp_size", "pp_size", "dp_size", "ep_size", "microbatch_size",
-                           "use_kernel", "use_layernorm_kernel", "load_balance", "load_balance_interval", "comm_overlap"}) {
-    if (FlagGiven(flag)) {
-      return Fail(std::string("--") + flag + " is not supported yet: training runs on a single device, without "
-                  "upstream's multi-GPU plugins or fused kernels. Drop the flag to train on one device.");
-    }
+  // Every rank checks the same flags, so all stop alike; rank 0 says why.
+  if (const absl::Status parallel = CheckParallelFlags(int(dp.size)); !parallel.ok()) {
+    return dp.rank == 0 ? Fail(std::string(parallel.message())) : 2;
   }
   openmoe::train::TrainOptions o;
   // --resume DIR: the checkpoint's run_config.json gives the run's own options (model, data,
@@ -197,7 +303,11 @@ int main(int argc, char** argv) {
 
   setenv("OMP_PROC_BIND", "false", 0);
   Kokkos::ScopeGuard kokkos(argc, argv);
-  const absl::Status status = Train(o);
-  if (!status.ok()) return Fail(std::string(status.message()));
+  const absl::Status status = Train(o, dp);
+  if (!status.ok()) {
+    // Under mpirun the other ranks may wait in a collective for this one: end them all.
+    if (dp.size > 1) openmoe::parallel::AbortAll(status);
+    return Fail(std::string(status.message()));
+  }
   return 0;
 }

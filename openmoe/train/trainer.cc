@@ -101,7 +101,8 @@ absl::StatusOr<io::TokenBatch> LoadDataset(const TrainOptions& o, const std::str
 
 }  // namespace
 
-absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank dp, GradientReduction reduce_gradients) {
+absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank dp, GradientReduction reduce_gradients,
+                                        LossReduction reduce_loss) {
   OPENMOE_RETURN_IF_ERROR(ValidateTrainOptions(o));
   OPENMOE_RETURN_IF_ERROR(ValidateDataParallelRank(dp));
   if (dp.size > 1 && !reduce_gradients) {
@@ -120,6 +121,7 @@ absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank 
   }
   OPENMOE_ASSIGN_OR_RETURN(TrainModel model, LoadModel(o, model_source));
   Trainer t(o, dp, std::move(reduce_gradients), std::move(model));
+  t.reduce_loss_ = std::move(reduce_loss);
   t.position_ = resumed.position;
 
   // Data.
@@ -175,6 +177,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   const io::TokenBatch batch = GatherRows(data_, sharding_.Batch(position_.epoch, position_.batch));
   model_.set_loss_scale(float(optimizer_.loss_scale()));
   OPENMOE_ASSIGN_OR_RETURN(LossParts loss, model_.ForwardBackward(batch.ids, batch.mask, B, S));
+  if (reduce_loss_) OPENMOE_RETURN_IF_ERROR(reduce_loss_(loss));  // the mean over ranks: all stop together on NaN
   const int64_t step = position_.step + 1;
   if (!optimizer_.loss_scaling() && !std::isfinite(loss.total)) {
     return absl::InternalError(absl::StrCat("the loss is ", loss.total, " at step ", step,
@@ -183,7 +186,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   }
   if (reduce_gradients_) OPENMOE_RETURN_IF_ERROR(reduce_gradients_(model_.flat_grads()));
   std::vector<std::vector<float>> dump_grads;  // the first step's gradients, before clipping
-  if (!o.dump_step_state.empty() && steps_this_run_ == 0) {
+  if (!o.dump_step_state.empty() && steps_this_run_ == 0 && dp_.rank == 0) {
     for (const TensorSpec& spec : model_.table()) dump_grads.push_back(ToHost(model_.grad(spec.name)));
   }
   const double lr = schedule_.At(step);

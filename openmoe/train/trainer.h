@@ -37,15 +37,19 @@ namespace openmoe::train {
 // Called with the model's flat gradients [layout().total()] after each backward pass; replaces
 // them with their reduction over the data-parallel ranks.
 using GradientReduction = std::function<absl::Status(Vector<float, TrainSpace> flat_grads)>;
+// Called with this rank's loss parts right after each forward/backward pass (before the finite
+// check, the gradient reduction and the metrics); replaces them with their mean over the
+// data-parallel ranks, so every rank logs, checks and dumps the same loss. Optional (identity).
+using LossReduction = std::function<absl::Status(LossParts& loss)>;
 
 class Trainer {
  public:
   // Validates `options`, prepares output_path, loads the model (or the --resume checkpoint with
   // its optimizer state and position), reads and tokenizes the dataset and, on rank 0, opens the
   // metrics sinks (metrics.jsonl; the progress printer on stderr with options.progress).
-  // `reduce_gradients` may be empty for one rank only.
+  // `reduce_gradients` may be empty for one rank only; `reduce_loss` may be empty always.
   static absl::StatusOr<Trainer> Create(const TrainOptions& options, DataParallelRank dp = {},
-                                        GradientReduction reduce_gradients = {});
+                                        GradientReduction reduce_gradients = {}, LossReduction reduce_loss = {});
 
   // One more sink for every later step (any rank).
   void AddMetricsSink(std::unique_ptr<MetricsSink> sink) { sinks_.push_back(std::move(sink)); }
@@ -74,12 +78,14 @@ class Trainer {
  private:
   Trainer(TrainOptions options, DataParallelRank dp, GradientReduction reduce, TrainModel model)
       : options_(std::move(options)), dp_(dp), reduce_gradients_(std::move(reduce)), model_(std::move(model)) {}
-  // --dump_step_state: the loss parts, `grads` and the weights after the step.
+  // --dump_step_state (rank 0 only): the loss parts, `grads` (the reduced gradient) and the
+  // weights after the step.
   absl::Status DumpStepState(const LossParts& loss, const std::vector<std::vector<float>>& grads) const;
 
   TrainOptions options_;
   DataParallelRank dp_;
   GradientReduction reduce_gradients_;
+  LossReduction reduce_loss_;
   TrainModel model_;
   AdamWOptimizer optimizer_;
   io::TokenBatch data_;  // every example [N, S]
