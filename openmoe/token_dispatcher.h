@@ -4,9 +4,11 @@
 // brings their outputs back to the tokens.
 //
 //   route:    experts [N, 2], rank [N, 2], probs [N, E], capacity C      (the same on every rank)
-//   Dispatch: x [N, H]                        -> dispatched [E_local * C, H] (this rank's experts)
-//   experts:  dispatched                      -> expert_out [E_local * C, H]
+//   Dispatch: x [N, H]                        -> dispatched [E_local * R, H] (this rank's experts)
+//   experts:  dispatched                      -> expert_out [E_local * R, H]
 //   Combine:  expert_out, probs               -> y [N, H]
+// where R = rows_per_expert(C) is the rows each local expert runs on: C on one rank, ep * C (the
+// slots of every EP rank, rank-major) under expert parallelism.
 // and, for training, the float32 gradients of both steps in the reverse direction. Dispatch and
 // Combine take the activation types of the models (float, bf16, f16).
 //
@@ -26,8 +28,8 @@
 namespace openmoe {
 
 #define OPENMOE_DISPATCH_METHODS_(T, SPEC)                                                                          \
-  /* dispatched [local_experts * C, H]: row e * C + slot holds the token in that slot of local expert e; */         \
-  /* empty slots are 0. */                                                                                          \
+  /* dispatched [local_experts * R, H] (R = rows_per_expert(C)): on one rank row e * C + slot holds the token */   \
+  /* in that slot of local expert e; empty slots are 0. */                                                          \
   virtual absl::Status Dispatch(const ExecSpace& space, ConstMatrix<T, ExecSpace> x,                                \
                                 ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,      \
                                 int64_t capacity, Matrix<T, ExecSpace> dispatched) SPEC;                            \
@@ -44,18 +46,22 @@ class TokenDispatcher {
   // The experts this rank runs: [first_local_expert(), first_local_expert() + local_experts(E)).
   virtual int64_t first_local_expert() const = 0;
   virtual int64_t local_experts(int64_t num_experts) const = 0;
+  // Rows of each local expert in the expert-major buffers [local_experts * R, H] that Dispatch
+  // writes and Combine reads (and their gradients), for this rank's routing capacity C. The default,
+  // C, is one rank's own slots; an expert-parallel dispatcher returns ep * C.
+  virtual int64_t rows_per_expert(int64_t capacity) const { return capacity; }
 
   OPENMOE_DISPATCH_METHODS_(float, = 0)
   OPENMOE_DISPATCH_METHODS_(bf16, = 0)
   OPENMOE_DISPATCH_METHODS_(f16, = 0)
 
-  // Training (float32): d_expert_out [local * C, H] and dprobs [N, E] (written) from dy [N, H].
+  // Training (float32): d_expert_out [local * R, H] and dprobs [N, E] (written) from dy [N, H].
   virtual absl::Status CombineBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> dy,
                                        ConstMatrix<float, ExecSpace> expert_out, ConstMatrix<float, ExecSpace> probs,
                                        ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
                                        int64_t capacity, Matrix<float, ExecSpace> d_expert_out,
                                        Matrix<float, ExecSpace> dprobs) = 0;
-  // dx [N, H] += the rows of d_dispatched [local * C, H] of each token's kept assignments.
+  // dx [N, H] += the rows of d_dispatched [local * R, H] of each token's kept assignments.
   virtual absl::Status DispatchBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> d_dispatched,
                                         ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
                                         int64_t capacity, Matrix<float, ExecSpace> dx) = 0;

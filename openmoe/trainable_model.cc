@@ -240,15 +240,18 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
                                                           c.router_capacity_factor_train, c.router_min_capacity,
                                                           a.router_logits, a.probs, a.experts, a.rank));
       const int64_t C = a.capacity;
-      // This rank's experts [e0, e0 + El): their weights and expert-major rows [El * C, ...].
-      a.dispatched = M("dispatched", El * C, H), a.eg = M("eg", El * C, 2 * I), a.eu = M("eu", El * C, I);
-      a.eact = M("eact", El * C, I), a.eo = M("eo", El * C, H);
+      // Rows per local expert in the expert-major buffers: C here; P * C (every rank's slots) when an
+      // expert-parallel dispatcher brings the rows of P ranks.
+      const int64_t Ce = dispatcher_->rows_per_expert(C);
+      // This rank's experts [e0, e0 + El): their weights and expert-major rows [El * Ce, ...].
+      a.dispatched = M("dispatched", El * Ce, H), a.eg = M("eg", El * Ce, 2 * I), a.eu = M("eu", El * Ce, I);
+      a.eact = M("eact", El * Ce, I), a.eo = M("eo", El * Ce, H);
       OPENMOE_RETURN_IF_ERROR(dispatcher_->Dispatch(space, CM(a.x2), a.experts, a.rank, C, a.dispatched));
       const T* wi_gate = Working<T>(lo.wi_gate) + e0 * H * 2 * I;
       const T* wi_up   = Working<T>(lo.wi_up) + e0 * H * I;
       const T* wo      = Working<T>(lo.wo) + e0 * I * H;
       for (int64_t e = 0; e < El; ++e) {
-        const auto rows = std::make_pair(e * C, (e + 1) * C);
+        const auto rows = std::make_pair(e * Ce, (e + 1) * Ce);
         OPENMOE_RETURN_IF_ERROR(ExpertForward<T>(ctx, CM(rows_of(a.dispatched, rows.first, rows.second)),
                                                  CM(wi_gate + e * H * 2 * I, H, 2 * I), CM(wi_up + e * H * I, H, I),
                                                  CM(wo + e * I * H, I, H), rows_of(a.eg, rows.first, rows.second),
@@ -367,11 +370,12 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     Layer& a = layers[i];
     if (c.IsMoeLayer(i)) {
       const int64_t C = a.capacity;
+      const int64_t Ce = dispatcher_->rows_per_expert(C);
       OPENMOE_RETURN_IF_ERROR(mlp_backward(lo.mlp, CM(a.x3), a.mlp, CFM(dh), dx));
       OPENMOE_RETURN_IF_ERROR(norm_backward(lo.pre_extra_mlp_norm, CM(a.h2), CFM(dx)));
       // Experts: dh is the gradient of the combined output.
-      FM d_eo("d_eo", El * C, H), dprobs("dprobs", N, E), d_eact("d_eact", El * C, I);
-      FM d_eg("d_eg", El * C, 2 * I), d_eu("d_eu", El * C, I), d_disp("d_disp", El * C, H);
+      FM d_eo("d_eo", El * Ce, H), dprobs("dprobs", N, E), d_eact("d_eact", El * Ce, I);
+      FM d_eg("d_eg", El * Ce, 2 * I), d_eu("d_eu", El * Ce, I), d_disp("d_disp", El * Ce, H);
       OPENMOE_ASSIGN_OR_RETURN(CFM eo_f, to_f(CM(a.eo)));
       OPENMOE_RETURN_IF_ERROR(dispatcher_->CombineBackward(space, CFM(dh), eo_f, CFM(a.probs), a.experts, a.rank, C, d_eo,
                                                            dprobs));
@@ -385,23 +389,23 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       OPENMOE_ASSIGN_OR_RETURN(CFM eu_f, to_f(CM(a.eu)));
       for (int64_t e = 0; e < El; ++e) {
         // d_eact_e = d_eo_e @ wo_e^T (wo_e [I, H] is Linear's [out = I, in = H]).
-        OPENMOE_ASSIGN_OR_RETURN(CM d_eo_t, to_t(CFM(rows_of(d_eo, e * C, (e + 1) * C))));
-        M d_eact_t("d_eact_t", C, I);
+        OPENMOE_ASSIGN_OR_RETURN(CM d_eo_t, to_t(CFM(rows_of(d_eo, e * Ce, (e + 1) * Ce))));
+        M d_eact_t("d_eact_t", Ce, I);
         OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eo_t, CM(wo + e * I * H, I, H), d_eact_t));
         OPENMOE_ASSIGN_OR_RETURN(CFM d_eact_f, to_f(CM(d_eact_t)));
-        Kokkos::deep_copy(rows_of(d_eact, e * C, (e + 1) * C), d_eact_f);
-        OPENMOE_RETURN_IF_ERROR(weight_grad(CM(rows_of(a.eact, e * C, (e + 1) * C)), d_eo_t, FM(g_wo + e * I * H, I, H)));
+        Kokkos::deep_copy(rows_of(d_eact, e * Ce, (e + 1) * Ce), d_eact_f);
+        OPENMOE_RETURN_IF_ERROR(weight_grad(CM(rows_of(a.eact, e * Ce, (e + 1) * Ce)), d_eo_t, FM(g_wo + e * I * H, I, H)));
       }
       OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackward<ExecSpace>(space, eg_f, eu_f, CFM(d_eact), d_eg, d_eu));
       for (int64_t e = 0; e < El; ++e) {
-        OPENMOE_ASSIGN_OR_RETURN(CM d_eg_t, to_t(CFM(rows_of(d_eg, e * C, (e + 1) * C))));
-        OPENMOE_ASSIGN_OR_RETURN(CM d_eu_t, to_t(CFM(rows_of(d_eu, e * C, (e + 1) * C))));
-        M d_disp_t("d_disp_t", C, H);
+        OPENMOE_ASSIGN_OR_RETURN(CM d_eg_t, to_t(CFM(rows_of(d_eg, e * Ce, (e + 1) * Ce))));
+        OPENMOE_ASSIGN_OR_RETURN(CM d_eu_t, to_t(CFM(rows_of(d_eu, e * Ce, (e + 1) * Ce))));
+        M d_disp_t("d_disp_t", Ce, H);
         OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eg_t, CM(wi_gate + e * H * 2 * I, H, 2 * I), d_disp_t));
         OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eu_t, CM(wi_up + e * H * I, H, I), d_disp_t, true));
         OPENMOE_ASSIGN_OR_RETURN(CFM d_disp_f, to_f(CM(d_disp_t)));
-        Kokkos::deep_copy(rows_of(d_disp, e * C, (e + 1) * C), d_disp_f);
-        CM disp_e(rows_of(a.dispatched, e * C, (e + 1) * C));
+        Kokkos::deep_copy(rows_of(d_disp, e * Ce, (e + 1) * Ce), d_disp_f);
+        CM disp_e(rows_of(a.dispatched, e * Ce, (e + 1) * Ce));
         OPENMOE_RETURN_IF_ERROR(weight_grad(disp_e, d_eg_t, FM(g_wi_gate + e * H * 2 * I, H, 2 * I)));
         OPENMOE_RETURN_IF_ERROR(weight_grad(disp_e, d_eu_t, FM(g_wi_up + e * H * I, H, I)));
       }
