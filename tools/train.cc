@@ -1,10 +1,12 @@
 // train: fine-tunes an OpenMoE model (single device, fp32 master weights) with the flags of
 // Colossal-AI's OpenMoE train.py: flags -> openmoe::train::TrainOptions -> openmoe::train::Trainer
 // (openmoe/train/trainer.h; output layout in openmoe/train/checkpoint.h), then the loss curve.
-// Under `mpirun -np N` (host ranks) with `--plugin ep_zero --extra_dp_size N --zero_stage 0` it
-// trains data-parallel: every rank holds the whole model (every expert replicated), takes its
+// Under `mpirun -np N` (host ranks) with `--plugin ep_zero --extra_dp_size N --zero_stage 0|1|2`
+// it trains data-parallel: every rank holds the whole model (every expert replicated), takes its
 // DistributedSampler share of each global batch, and the gradient and logged loss are the means
-// over ranks (MPI all-reduce); rank 0 alone prints and writes. Other plugins: not yet.
+// over ranks (MPI all-reduce); ZeRO-1 shards the AdamW state and update over the ranks, ZeRO-2
+// also reduce-scatters the gradient (openmoe/train/optimizer.h); rank 0 alone prints and writes.
+// Other plugins: not yet.
 //
 //   bazel run //tools:train          # default run: the embedded tiny model on the shipped data
 //   bazel run //tools:train -- --model DIR --dataset data.jsonl --output_path out --batch_size 4
@@ -30,6 +32,8 @@
 #include "openmoe/core/status_macros.h"
 #include "openmoe/train/checkpoint.h"
 #include "openmoe/train/trainer.h"
+#include "openmoe/config.h"
+#include "parallel/expert_parallel_dispatcher.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/mpi_runtime.h"
 #include "tools/cli_flags.h"
@@ -77,13 +81,16 @@ ABSL_FLAG(int64_t, max_shard_bytes, int64_t(5) << 30, "Checkpoint weights larger
 ABSL_FLAG(bool, grad_checkpoint, false, "Activation recomputation (upstream's gradient checkpointing): keep only "
           "each layer's input and run the layer again in the backward pass; same results, less memory.");
 // Upstream's parallelism and kernel flags. Supported today: pure data parallelism over host MPI
-// ranks (`--plugin ep_zero --extra_dp_size <world size> --zero_stage 0`); the rest are parsed and
-// refused.
+// ranks (`--plugin ep_zero --extra_dp_size <world size> --zero_stage 0|1|2`); the rest are parsed
+// and refused.
 ABSL_FLAG(std::string, plugin, "hybrid", "hybrid | ep | ep_zero. Supported today: ep_zero with --extra_dp_size equal to "
-          "the world size and --zero_stage 0, i.e. pure data parallelism over MPI host ranks (mpirun -np N; every "
-          "expert replicated on every rank). Without mpirun: omit it (one device). ep and hybrid: not supported yet.");
-ABSL_FLAG(int64_t, zero_stage, 2, "ZeRO stage 0 | 1 | 2. Supported today: 0 (replicated optimizer state) with "
-          "--plugin ep_zero; ZeRO-1/2 sharding is not supported yet.");
+          "the world size and --zero_stage 0, 1 or 2, i.e. pure data parallelism over MPI host ranks (mpirun -np N; every "
+          "expert replicated on every rank). Without mpirun: omit it (one device). ep (--zero_stage 0): the experts split over the ranks (num_experts divisible by the world size), "
+          "dense parameters data parallel. hybrid: not supported yet.");
+ABSL_FLAG(int64_t, zero_stage, 2, "ZeRO stage 0 | 1 | 2 (with --plugin ep_zero --extra_dp_size <world size>): 0 "
+          "replicates the optimizer state; 1 shards the AdamW moments and the master-weight update over the ranks "
+          "(updated slices all-gathered); 2 also reduce-scatters the gradient. Same results as 0; checkpoints are "
+          "complete (rank 0 gathers the state) and resume under any stage with the same world size.");
 ABSL_FLAG(int64_t, extra_dp_size, 1, "ep_zero: replicas of each expert (EP size = world size / this). Supported "
           "today: equal to the world size (EP size 1: pure data parallelism).");
 ABSL_FLAG(int64_t, pp_size, 2, "Not supported yet (hybrid plugin).");
@@ -116,7 +123,7 @@ int Fail(const std::string& message) {
 absl::Status CheckParallelFlags(int world) {
   const std::string supported = absl::StrCat(
       "supported today: pure data parallelism over MPI host ranks, --plugin ep_zero --extra_dp_size ", world,
-      " (the world size) --zero_stage 0 (every expert replicated on every rank)",
+      " (the world size) --zero_stage 0, 1 or 2 (every expert replicated on every rank)",
       world == 1 ? "; or drop the parallel flags to train on one device" : "");
   for (const char* flag : {"pp_size", "dp_size", "ep_size", "microbatch_size", "use_kernel", "use_layernorm_kernel",
                            "load_balance", "load_balance_interval", "comm_overlap"}) {
@@ -131,14 +138,21 @@ absl::Status CheckParallelFlags(int world) {
   const std::string plugin = absl::GetFlag(FLAGS_plugin);
   const int64_t zero = absl::GetFlag(FLAGS_zero_stage), extra_dp = absl::GetFlag(FLAGS_extra_dp_size);
   const std::string where = absl::StrCat(" on ", world, world == 1 ? " rank" : " ranks", "; ");
+  if (plugin == "ep") {  // expert parallel: the expert count is checked once the model is known (CheckExpertSplit)
+    if (zero != 0) {
+      return absl::UnimplementedError(absl::StrCat("--zero_stage is not supported yet as ", zero, " with --plugin ep",
+                                                   where, "--plugin ep needs --zero_stage 0"));
+    }
+    return absl::OkStatus();
+  }
   if (plugin != "ep_zero") {
     return absl::UnimplementedError(absl::StrCat("--plugin is not supported yet as '", plugin, "'", where, supported));
   }
   if (extra_dp != world) {
     return absl::UnimplementedError(absl::StrCat("--extra_dp_size is not supported yet as ", extra_dp, where, supported));
   }
-  if (zero != 0) {
-    return absl::UnimplementedError(absl::StrCat("--zero_stage is not supported yet as ", zero, where, supported));
+  if (zero != 0 && zero != 1 && zero != 2) {
+    return absl::InvalidArgumentError(absl::StrCat("--zero_stage must be 0, 1 or 2, not ", zero, where, supported));
   }
   return absl::OkStatus();
 }
@@ -178,6 +192,106 @@ absl::Status MakeDataParallelHooks(std::shared_ptr<void>& keep, openmoe::train::
   }
 }
 
+// ZeRO-1/2 of pure data parallelism (--zero_stage 1|2): the optimizer's own communicator over the
+// MPI world (a duplicate of MPI_COMM_WORLD, freed with the trainer). Host ranks only, as above.
+template <class Space>
+absl::Status MakeZeroSharding(int stage, std::shared_ptr<void>& keep, openmoe::train::ZeroSharding& zero) {
+  if constexpr (std::is_same_v<typename Space::memory_space, Kokkos::HostSpace>) {
+    using Comm = openmoe::parallel::MpiCommunicator<Space>;
+    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> world, Comm::World());
+    std::shared_ptr<openmoe::comm::Communicator<Space>> comm(std::move(world));
+    keep = comm;
+    zero.stage = stage, zero.comm = comm;
+    return absl::OkStatus();
+  } else {
+    return absl::UnimplementedError(absl::StrCat("ZeRO on ", Space::name(), " ranks needs NCCL, which is not supported "
+                                                 "yet; host ranks only"));
+  }
+}
+
+// ---- --plugin ep (expert parallelism over every rank; dense parameters data parallel) ----
+// Whether this run is expert parallel: --plugin ep on more than one rank (on one rank every expert
+// is local: the single-device run).
+bool ExpertParallelRun(int world) { return world > 1 && absl::GetFlag(FLAGS_plugin) == "ep"; }
+
+// Before any work: the model's expert count must split evenly over the `world` ranks. The config
+// of --model or --model_name's preset; a --resume run without them is checked when the dispatcher
+// is made (WireExpertParallel), after the model loads.
+absl::Status CheckExpertSplit(const openmoe::train::TrainOptions& o, int world) {
+  absl::StatusOr<openmoe::OpenMoeConfig> config = absl::NotFoundError("no model given");
+  if (!o.model_dir.empty()) config = openmoe::LoadConfig((std::filesystem::path(o.model_dir) / "config.json").string());
+  else if (!o.model_name.empty()) config = openmoe::PresetConfig(o.model_name);
+  if (!config.ok()) return absl::OkStatus();  // Trainer::Create reports a bad model itself
+  if (config->num_experts % world != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--plugin ep splits the experts over the ranks, but the model's ",
+                                                   config->num_experts, " experts (num_experts) cannot be split evenly "
+                                                   "over ", world, " ranks; use a world size dividing ",
+                                                   config->num_experts));
+  }
+  return absl::OkStatus();
+}
+
+// The gradient hook of --plugin ep: the dense data-parallel reduction (sum over ranks, then / P)
+// over the whole flat buffer, after zeroing the experts this rank does not own. Why that is the
+// step's gradient (the mean over ranks of each rank's gradient of its own loss) for every parameter:
+//  - dense parameters: the mean of the ranks' gradients, as in pure data parallelism;
+//  - an expert owned by rank r: the model ran it on every rank's tokens (the all-to-all's backward
+//    brought every rank's output gradients), so r's slice already holds the SUM over ranks of each
+//    rank's gradient of its own loss; every other rank's slice is zero, so the all-reduce sum keeps
+//    that sum (x + 0 = x exactly) and the division by P makes it the mean;
+//  - the all-reduce thereby also gathers every expert's gradient on every rank: the replicated
+//    (ZeRO-0) AdamW applies the same update to each copy of each expert on every rank, so all
+//    copies stay identical and rank 0's checkpoints and --dump_step_state hold the full model.
+// Zeroing the non-owned slices is a guard: the model writes only its local experts' gradients
+// (flat_grads() is zeroed every step). Memory and traffic savings (hold and reduce only the local
+// experts, all-gather them for checkpoints) are a follow-up.
+openmoe::train::GradientReduction ExpertParallelGradients(
+    std::shared_ptr<const std::vector<std::pair<int64_t, int64_t>>> not_owned, openmoe::train::GradientReduction dense) {
+  return [not_owned, dense = std::move(dense)](openmoe::Vector<float, openmoe::train::TrainSpace> g) -> absl::Status {
+    for (const auto& [begin, end] : *not_owned) {
+      Kokkos::deep_copy(openmoe::train::TrainSpace(), Kokkos::subview(g, std::make_pair(begin, end)), 0.0f);
+    }
+    return dense(g);
+  };
+}
+
+// Hands the trainer's model an ExpertParallelDispatcher over every rank (rank r runs experts
+// [r * E/P, (r + 1) * E/P)) and fills `not_owned` with the flat-buffer ranges of the other ranks'
+// experts. Collective (the dispatcher's communicator duplicates MPI_COMM_WORLD; it lives with the
+// model, which every rank destroys at the same point).
+template <class Space>
+absl::Status WireExpertParallel(openmoe::train::Trainer& trainer, int rank,
+                                std::vector<std::pair<int64_t, int64_t>>& not_owned) {
+  if constexpr (std::is_same_v<typename Space::memory_space, Kokkos::HostSpace>) {
+    using Comm = openmoe::parallel::MpiCommunicator<Space>;
+    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> world, Comm::World());
+    std::shared_ptr<openmoe::comm::Communicator<Space>> comm(std::move(world));
+    const int64_t E = trainer.model().config().num_experts, P = comm->size();
+    absl::StatusOr<std::shared_ptr<openmoe::parallel::ExpertParallelDispatcher<Space>>> dispatcher =
+        openmoe::parallel::ExpertParallelDispatcher<Space>::Create(comm, E);
+    if (!dispatcher.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--plugin ep: ", dispatcher.status().message(), " (num_experts)"));
+    }
+    const int64_t first = (*dispatcher)->first_local_expert(), local = E / P;
+    not_owned.clear();
+    for (const openmoe::ParameterSlot& s : trainer.model().layout().slots()) {
+      if (s.name.find(".experts.") == std::string::npos) continue;
+      const int64_t per_expert = s.numel / E;  // stacked [E, ...]: one expert is one slice
+      if (first > 0) not_owned.push_back({s.offset, s.offset + first * per_expert});
+      if (first + local < E) not_owned.push_back({s.offset + (first + local) * per_expert, s.offset + E * per_expert});
+    }
+    trainer.model().set_token_dispatcher(*std::move(dispatcher));
+    if (rank == 0) {
+      std::fprintf(stderr, "expert parallel: %lld experts over %lld ranks (%lld each), dense parameters data parallel\n",
+                   (long long)E, (long long)P, (long long)local);
+    }
+    return absl::OkStatus();
+  } else {
+    return absl::UnimplementedError(absl::StrCat("expert-parallel training on ", Space::name(),
+                                                 " ranks needs NCCL, which is not supported yet; host ranks only"));
+  }
+}
+
 // The run, then output_path/loss_curve.png from every step of metrics.jsonl (those before a
 // resume too), the summed loss per label position. With dp.size > 1: data parallel over the MPI
 // world; only rank 0 writes the curve and the summary.
@@ -188,8 +302,23 @@ absl::Status Train(const openmoe::train::TrainOptions& options, openmoe::train::
   if (dp.size > 1) {
     OPENMOE_RETURN_IF_ERROR(MakeDataParallelHooks<openmoe::train::TrainSpace>(comm, reduce_gradients, reduce_loss));
   }
+  const bool expert_parallel = ExpertParallelRun(int(dp.size));  // --plugin ep
+  auto not_owned = std::make_shared<std::vector<std::pair<int64_t, int64_t>>>();  // filled by WireExpertParallel
+  if (expert_parallel) {
+    OPENMOE_RETURN_IF_ERROR(CheckExpertSplit(options, int(dp.size)));
+    reduce_gradients = ExpertParallelGradients(not_owned, std::move(reduce_gradients));
+  }
+  std::shared_ptr<void> zero_comm;
+  openmoe::train::ZeroSharding zero;  // one rank: nothing to shard, ZeRO-0
+  if (const int64_t stage = absl::GetFlag(FLAGS_zero_stage); dp.size > 1 && stage > 0) {
+    OPENMOE_RETURN_IF_ERROR(MakeZeroSharding<openmoe::train::TrainSpace>(int(stage), zero_comm, zero));
+  }
   OPENMOE_ASSIGN_OR_RETURN(openmoe::train::Trainer trainer,
-                           openmoe::train::Trainer::Create(options, dp, std::move(reduce_gradients), std::move(reduce_loss)));
+                           openmoe::train::Trainer::Create(options, dp, std::move(reduce_gradients), std::move(reduce_loss),
+                                                           std::move(zero)));
+  if (expert_parallel) {
+    OPENMOE_RETURN_IF_ERROR(WireExpertParallel<openmoe::train::TrainSpace>(trainer, int(dp.rank), *not_owned));
+  }
   OPENMOE_RETURN_IF_ERROR(trainer.Run());
   if (dp.rank != 0) return absl::OkStatus();
   const std::string png = (std::filesystem::path(options.output_path) / "loss_curve.png").string();
@@ -222,7 +351,8 @@ int main(int argc, char** argv) {
       "  train --resume out [flags to change]    # continue from out/latest with the run's own options\n"
       "  train --model DIR --dataset d --max_steps 1 --dump_step_state step1.safetensors\n"
       "  mpirun -np 2 train --plugin ep_zero --extra_dp_size 2 --zero_stage 0 --model DIR --dataset d ...\n"
-      "                                          # pure data parallelism on 2 host ranks (mean gradient and loss)");
+      "                                          # pure data parallelism on 2 host ranks (mean gradient and loss);\n"
+      "                                          # --zero_stage 1 / 2 shard the optimizer state / also the gradient");
   // MPI first (it may edit argv), only when mpirun started this process (it sets
   // OMPI_COMM_WORLD_SIZE): a plain run is a world of one without MPI at all, so concurrent plain
   // runs (tests) share no OpenMPI session files.

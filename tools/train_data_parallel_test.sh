@@ -58,8 +58,8 @@ expect_error() {  # expect_error "<text>" train args...
   [[ $want != INVALID_ARGUMENT* ]] || grep -qE "^rank [01]: $want" "$tmp/bad.log" || fail "no rank named: $(cat "$tmp/bad.log")"
   echo "refused ($rc): $*"
 }
-expect_error "--zero_stage is not supported yet as 1" --plugin ep_zero --extra_dp_size 2 --zero_stage 1
-expect_error "--plugin is not supported yet as 'ep'" --plugin ep --zero_stage 0
+expect_error "--zero_stage must be 0, 1 or 2, not 3" --plugin ep_zero --extra_dp_size 2 --zero_stage 3
+expect_error "--zero_stage is not supported yet as 1 with --plugin ep" --plugin ep --zero_stage 1
 expect_error "--plugin is not supported yet as 'hybrid'"
 expect_error "--extra_dp_size is not supported yet as 1" --plugin ep_zero --zero_stage 0
 expect_error "--pp_size is not supported yet" --plugin ep_zero --extra_dp_size 2 --zero_stage 0 --pp_size 2

@@ -127,13 +127,20 @@ absl::Status SaveCheckpoint(const CheckpointContents& c) {
   std::vector<std::vector<float>> hold;  // host copies alive until written
   std::vector<io::TensorToWrite> weights, state;
   hold.reserve(3 * model.table().size());
+  const bool given = c.flat_m.data() != nullptr && c.flat_v.data() != nullptr;
+  if (!given && c.optimizer->sharded()) {
+    return absl::InternalError("SaveCheckpoint: ZeRO-sharded optimizer state must be gathered (flat_m / flat_v)");
+  }
+  const auto part = [](Vector<float, Space> flat, const ParameterSlot& slot) {
+    return Vector<float, Space>(flat.data() + slot.offset, slot.numel);
+  };
   for (const TensorSpec& spec : model.table()) {
     const ParameterSlot& slot = model.layout().slot(spec.name);
     hold.push_back(ToHost(model.param(spec.name)));
     weights.push_back({spec.name, io::DType::kF32, spec.shape, hold.back().data()});
-    hold.push_back(ToHost(c.optimizer->m(slot)));
+    hold.push_back(ToHost(given ? part(c.flat_m, slot) : c.optimizer->m(slot)));
     state.push_back({"m." + spec.name, io::DType::kF32, spec.shape, hold.back().data()});
-    hold.push_back(ToHost(c.optimizer->v(slot)));
+    hold.push_back(ToHost(given ? part(c.flat_v, slot) : c.optimizer->v(slot)));
     state.push_back({"v." + spec.name, io::DType::kF32, spec.shape, hold.back().data()});
   }
   OPENMOE_RETURN_IF_ERROR(WriteWeights(tmp, weights, options.max_shard_bytes));
@@ -226,15 +233,23 @@ absl::Status CheckSameDataOrder(const DataOrder& saved, const DataOrder& now) {
 
 absl::Status LoadOptimizerMoments(const std::string& folder, const TrainModel& model, AdamWOptimizer& optimizer) {
   OPENMOE_ASSIGN_OR_RETURN(const io::SafetensorsFile file, io::SafetensorsFile::Open(folder + "/trainer_state.safetensors"));
+  // ZeRO: the whole state read into temporaries (gaps zero), of which each rank keeps its part.
+  // (Per-rank shard files, read without the whole state, are a follow-up: docs/parallel.md.)
+  Vector<float, Space> full_m, full_v;
+  if (optimizer.sharded()) {
+    full_m = Vector<float, Space>("resume.m", model.layout().total());
+    full_v = Vector<float, Space>("resume.v", model.layout().total());
+  }
   for (const TensorSpec& spec : model.table()) {
     const ParameterSlot& slot = model.layout().slot(spec.name);
     const int64_t n = spec.numel();
     std::vector<float> host(n);
     OPENMOE_RETURN_IF_ERROR(file.ReadAsFloat("m." + spec.name, host.data(), n));
-    FromHost(host, optimizer.m(slot));
+    FromHost(host, optimizer.sharded() ? Vector<float, Space>(full_m.data() + slot.offset, n) : optimizer.m(slot));
     OPENMOE_RETURN_IF_ERROR(file.ReadAsFloat("v." + spec.name, host.data(), n));
-    FromHost(host, optimizer.v(slot));
+    FromHost(host, optimizer.sharded() ? Vector<float, Space>(full_v.data() + slot.offset, n) : optimizer.v(slot));
   }
+  if (optimizer.sharded()) return optimizer.SetMoments(full_m, full_v);
   return absl::OkStatus();
 }
 

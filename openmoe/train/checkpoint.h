@@ -47,6 +47,9 @@ struct CheckpointContents {
   const TrainOptions* options = nullptr;
   const TrainModel* model = nullptr;
   const AdamWOptimizer* optimizer = nullptr;
+  // The whole AdamW moments [layout total] (under ZeRO gathered from the ranks' shards:
+  // AdamWOptimizer::GatherMoments); empty: the optimizer's own (unsharded) buffers.
+  Vector<float, TrainSpace> flat_m, flat_v;
   TrainingPosition position;
   DataOrder data_order;
   std::string tokenizer_file;  // copied in when known
@@ -70,7 +73,8 @@ struct TrainerState {
 absl::StatusOr<TrainerState> ReadTrainerState(const std::string& folder, double initial_loss_scale);
 // The checkpoint was trained with `saved`; an error naming the first difference from `now`.
 absl::Status CheckSameDataOrder(const DataOrder& saved, const DataOrder& now);
-// The AdamW moments of trainer_state.safetensors in `folder` into `optimizer` (laid out as `model`).
+// The AdamW moments of trainer_state.safetensors in `folder` into `optimizer` (laid out as `model`;
+// under ZeRO each rank keeps its own part of the whole state).
 absl::Status LoadOptimizerMoments(const std::string& folder, const TrainModel& model, AdamWOptimizer& optimizer);
 
 // `--resume DIR`: the options of the run that wrote the checkpoint DIR names (its run_config.json),

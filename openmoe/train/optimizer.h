@@ -8,15 +8,27 @@
 //   AdamWOptimizer opt(model.layout(), options);
 //   model.set_loss_scale(float(opt.loss_scale()));  ... model.ForwardBackward ... (reduce gradients)
 //   OPENMOE_ASSIGN_OR_RETURN(OptimizerStepResult r, opt.Step(model, lr, std::isfinite(loss.total)));
+//
+// ZeRO (ZeroSharding, stage 1 or 2 over the data-parallel communicator): the flat layout is split
+// into ZeroPartition chunks; a rank keeps AdamW moments only for what it owns (its chunk plus the
+// small replicated tail) and updates only those weights, then the updated chunks are all-gathered
+// into every rank's flat_params (the 16-bit working copy is invalidated, so the next forward pass
+// converts it again: bit-identical to the fused cast, see optimizer_test). Stage 1 expects the
+// gradient already all-reduced (mean); stage 2 reduce-scatters it (ReduceScatterGradients) and
+// all-reduces the shards' sums of squares for the global norm. Per element the arithmetic is
+// ZeRO-0's, so weights and moments equal ZeRO-0's bit for bit when the clipping factor does.
 #ifndef OPENMOE_TRAIN_OPTIMIZER_H_
 #define OPENMOE_TRAIN_OPTIMIZER_H_
 
 #include <cstdint>
+#include <memory>
+#include <utility>
 
 #include <Kokkos_Core.hpp>
 
 #include "absl/status/statusor.h"
 #include "kernels/adamw.h"
+#include "openmoe/comm/communicator.h"
 #include "openmoe/core/tensor_types.h"
 #include "openmoe/loss_scaler.h"
 #include "openmoe/parameter_layout.h"
@@ -46,19 +58,51 @@ struct OptimizerStepResult {
 
 // sqrt(sum g^2) in double over a flat buffer (one reduction; the layout's gaps are 0).
 double GlobalNorm(Vector<float, TrainSpace> flat);
+// sum g^2 in double (GlobalNorm before its square root).
+double SumOfSquares(Vector<float, TrainSpace> flat);
+
+// ZeRO over the data-parallel ranks of `comm`: stage 1 shards the optimizer state (AdamW moments
+// and the update of the fp32 master weights), stage 2 also the gradient (reduce-scatter instead of
+// all-reduce). Stage 0 (or no communicator): everything replicated.
+struct ZeroSharding {
+  int stage = 0;
+  std::shared_ptr<comm::Communicator<TrainSpace>> comm;
+};
+
+// Which part of the flat layout [0, total) rank `rank` of `size` owns under ZeRO: the chunk
+// [begin, begin + chunk) with chunk = floor(total / (size * kAlignment)) * kAlignment elements
+// (every chunk starts at a multiple of kAlignment = 64 floats, 256 bytes) and begin = rank * chunk;
+// the tail [size * chunk, total) (fewer than size * kAlignment elements) is owned by every rank,
+// replicated, so that the collectives need no padding. Every rank derives the same split from
+// (total, size) alone.
+struct ZeroPartition {
+  static constexpr int64_t kAlignment = 64;
+  int64_t total = 0, chunk = 0, begin = 0, tail_begin = 0;
+  int rank = 0, size = 1;
+  static ZeroPartition Of(int64_t total, int rank, int size);
+  int64_t tail() const { return total - tail_begin; }
+  int64_t owned() const { return chunk + tail(); }  // moments kept by each rank
+};
 
 class AdamWOptimizer {
  public:
   AdamWOptimizer() = default;
-  // Zero moments for `layout`.
-  AdamWOptimizer(const ParameterLayout& layout, const OptimizerOptions& options);
+  // Zero moments for `layout`; with ZeRO (zero.stage 1 or 2 and a communicator) only for this
+  // rank's ZeroPartition of it.
+  AdamWOptimizer(const ParameterLayout& layout, const OptimizerOptions& options, ZeroSharding zero = {});
+
+  // 0: replicated; 1 or 2: ZeRO stage (partition() says what this rank owns).
+  int zero_stage() const { return zero_.stage; }
+  bool sharded() const { return zero_.stage > 0; }
+  const ZeroPartition& partition() const { return partition_; }
 
   const OptimizerOptions& options() const { return options_; }
   bool loss_scaling() const { return options_.compute_dtype == TrainModel::ComputeDtype::kFp16; }
   // The scale the next backward pass should use: the scaler's with loss scaling, else 1.
   double loss_scale() const { return loss_scaling() ? scaler_.scale() : 1.0; }
 
-  // The moments [layout.total()] and one tensor's part of them.
+  // The moments [layout.total()] and one tensor's part of them. Unsharded only: under ZeRO
+  // flat_m / flat_v are this rank's [chunk | tail] ([partition().owned()]); use GatherMoments.
   Vector<float, TrainSpace> flat_m() const { return flat_m_; }
   Vector<float, TrainSpace> flat_v() const { return flat_v_; }
   Vector<float, TrainSpace> m(const ParameterSlot& slot) const { return Part(flat_m_, slot); }
@@ -74,15 +118,37 @@ class AdamWOptimizer {
   // skips the update); clipping to max_grad_norm; AdamW at `lr` over the model's flat weights.
   absl::StatusOr<OptimizerStepResult> Step(TrainModel& model, double lr, bool loss_finite);
 
+  // ZeRO-2, after the backward pass (instead of the all-reduce; collective): this rank's chunk of
+  // the mean over ranks of model.flat_grads() into its gradient shard, the replicated tail
+  // all-reduced (mean) in place. model.flat_grads() outside the tail is left unreduced.
+  absl::Status ReduceScatterGradients(TrainModel& model);
+  // ZeRO-2 (collective): the reduced gradient shards all-gathered into model.flat_grads(), so that
+  // it holds the whole mean gradient (for --dump_step_state); the step still reads its shard.
+  absl::Status GatherGradients(TrainModel& model);
+
+  // The whole moments [total] in the flat layout (collective under ZeRO: every rank sends its
+  // chunk to rank 0, which returns them; the other ranks return empty Views). Unsharded: the
+  // optimizer's own buffers.
+  absl::StatusOr<std::pair<Vector<float, TrainSpace>, Vector<float, TrainSpace>>> GatherMoments() const;
+  // Sets the moments from whole ones [total] (each rank takes what it owns).
+  absl::Status SetMoments(Vector<float, TrainSpace> full_m, Vector<float, TrainSpace> full_v);
+
  private:
+  absl::StatusOr<OptimizerStepResult> ShardedStep(TrainModel& model, double lr, bool loss_finite);
   // AdamW writing the rounded weights into the model's working copy as T (bf16 or f16).
   template <class T>
   absl::Status StepAndCast(TrainModel& model, Vector<float, TrainSpace> grads, const kernels::AdamWOptions& adamw);
   static Vector<float, TrainSpace> Part(Vector<float, TrainSpace> flat, const ParameterSlot& slot) {
     return Vector<float, TrainSpace>(flat.data() + slot.offset, slot.numel);
   }
+  static Vector<float, TrainSpace> Sub(Vector<float, TrainSpace> flat, int64_t offset, int64_t n) {
+    return Vector<float, TrainSpace>(flat.data() + offset, n);
+  }
   OptimizerOptions options_;
+  ZeroSharding zero_;
+  ZeroPartition partition_;
   Vector<float, TrainSpace> flat_m_, flat_v_;
+  Vector<float, TrainSpace> grad_shard_;  // ZeRO-2: this rank's reduced gradient chunk [chunk]
   int64_t steps_ = 0;
   LossScaler scaler_;
 };

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 #include <utility>
 
 #include <Kokkos_Core.hpp>
@@ -102,10 +103,15 @@ absl::StatusOr<io::TokenBatch> LoadDataset(const TrainOptions& o, const std::str
 }  // namespace
 
 absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank dp, GradientReduction reduce_gradients,
-                                        LossReduction reduce_loss) {
+                                        LossReduction reduce_loss, ZeroSharding zero) {
   OPENMOE_RETURN_IF_ERROR(ValidateTrainOptions(o));
   OPENMOE_RETURN_IF_ERROR(ValidateDataParallelRank(dp));
-  if (dp.size > 1 && !reduce_gradients) {
+  if (zero.stage < 0 || zero.stage > 2) return absl::InvalidArgumentError(absl::StrCat("ZeRO stage ", zero.stage, ": 0, 1 or 2"));
+  if (zero.stage > 0 && (!zero.comm || zero.comm->size() != dp.size || zero.comm->rank() != dp.rank)) {
+    return absl::InvalidArgumentError(absl::StrCat("ZeRO-", zero.stage, " needs a communicator over the ", dp.size,
+                                                   " data-parallel ranks"));
+  }
+  if (dp.size > 1 && !reduce_gradients && zero.stage != 2) {
     return absl::InvalidArgumentError(absl::StrCat("data-parallel training over ", dp.size, " ranks needs a gradient reduction"));
   }
   const bool writer = dp.rank == 0;
@@ -146,7 +152,7 @@ absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank 
   optimizer.max_grad_norm = o.max_grad_norm;
   optimizer.compute_dtype = ComputeDtypeOf(o.precision);
   optimizer.loss_scaler.initial_scale = o.initial_loss_scale;
-  t.optimizer_ = AdamWOptimizer(t.model_.layout(), optimizer);
+  t.optimizer_ = AdamWOptimizer(t.model_.layout(), optimizer, std::move(zero));
   t.optimizer_.set_steps(resumed.position.step);
   if (!o.resume.empty()) {
     OPENMOE_RETURN_IF_ERROR(LoadOptimizerMoments(model_source, t.model_, t.optimizer_));
@@ -155,7 +161,10 @@ absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank 
   }
 
   if (writer) {
-    const std::string ranks = dp.size > 1 ? absl::StrCat(", data parallel over ", dp.size, " ranks") : "";
+    const std::string ranks =
+        dp.size > 1 ? absl::StrCat(", data parallel over ", dp.size, " ranks",
+                                   t.optimizer_.sharded() ? absl::StrCat(" with ZeRO-", t.optimizer_.zero_stage()) : "")
+                    : "";
     std::fprintf(stderr, "training %lld examples of %lld tokens, batch %lld, %lld steps (from step %lld), lr %g (%s), "
                  "%s, seed %llu%s, on %s; checkpoints in %s\n", (long long)N, (long long)S, (long long)B,
                  (long long)t.total_steps_, (long long)t.position_.step, o.lr, o.lr_schedule.c_str(), o.precision.c_str(),
@@ -184,9 +193,15 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
                                             "; stopping without saving (the last checkpoint in '", o.output_path,
                                             "' is kept)"));
   }
-  if (reduce_gradients_) OPENMOE_RETURN_IF_ERROR(reduce_gradients_(model_.flat_grads()));
+  if (optimizer_.zero_stage() == 2) {
+    OPENMOE_RETURN_IF_ERROR(optimizer_.ReduceScatterGradients(model_));
+  } else if (reduce_gradients_) {
+    OPENMOE_RETURN_IF_ERROR(reduce_gradients_(model_.flat_grads()));
+  }
   std::vector<std::vector<float>> dump_grads;  // the first step's gradients, before clipping
-  if (!o.dump_step_state.empty() && steps_this_run_ == 0 && dp_.rank == 0) {
+  const bool dump = !o.dump_step_state.empty() && steps_this_run_ == 0;
+  if (dump && optimizer_.zero_stage() == 2) OPENMOE_RETURN_IF_ERROR(optimizer_.GatherGradients(model_));  // every rank
+  if (dump && dp_.rank == 0) {
     for (const TensorSpec& spec : model_.table()) dump_grads.push_back(ToHost(model_.grad(spec.name)));
   }
   const double lr = schedule_.At(step);
@@ -231,8 +246,11 @@ absl::Status Trainer::DumpStepState(const LossParts& loss, const std::vector<std
 }
 
 absl::Status Trainer::SaveCheckpoint() const {
-  if (dp_.rank != 0) return absl::OkStatus();
   CheckpointContents c;
+  if (optimizer_.sharded()) {  // collective: the moment shards to rank 0
+    OPENMOE_ASSIGN_OR_RETURN(std::tie(c.flat_m, c.flat_v), optimizer_.GatherMoments());
+  }
+  if (dp_.rank != 0) return absl::OkStatus();
   c.options = &options_, c.model = &model_, c.optimizer = &optimizer_, c.position = position_;
   c.data_order = {options_.batch_size, data_.batch, data_.seq_len, int64_t(options_.seed), int64_t(options_.shuffle), dp_.size};
   c.tokenizer_file = tokenizer_file_;

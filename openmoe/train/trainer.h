@@ -12,6 +12,12 @@
 // gradient reduction that averages flat_grads over the ranks (in place); it runs after the
 // backward pass and before the gradient norm and the optimizer, so every rank applies the same
 // update. Rank 0 alone writes metrics and checkpoints. With one rank the reduction is the identity.
+//
+// ZeRO (`zero`, stage 1 or 2 over the same ranks): the optimizer keeps and updates only this
+// rank's part of the state (optimizer.h). Stage 1 still uses the gradient reduction (all-reduce,
+// mean); stage 2 replaces it by the optimizer's reduce-scatter (the reduction is not called).
+// SaveCheckpoint is then collective (the moment shards are gathered to rank 0, which writes the
+// same complete checkpoint as ZeRO-0); a resume gives each rank its part of the saved state.
 #ifndef OPENMOE_TRAIN_TRAINER_H_
 #define OPENMOE_TRAIN_TRAINER_H_
 
@@ -48,8 +54,10 @@ class Trainer {
   // its optimizer state and position), reads and tokenizes the dataset and, on rank 0, opens the
   // metrics sinks (metrics.jsonl; the progress printer on stderr with options.progress).
   // `reduce_gradients` may be empty for one rank only; `reduce_loss` may be empty always.
+  // `zero`: ZeRO-1/2 over a communicator of dp.size ranks in which this one is dp.rank.
   static absl::StatusOr<Trainer> Create(const TrainOptions& options, DataParallelRank dp = {},
-                                        GradientReduction reduce_gradients = {}, LossReduction reduce_loss = {});
+                                        GradientReduction reduce_gradients = {}, LossReduction reduce_loss = {},
+                                        ZeroSharding zero = {});
 
   // One more sink for every later step (any rank).
   void AddMetricsSink(std::unique_ptr<MetricsSink> sink) { sinks_.push_back(std::move(sink)); }
@@ -58,7 +66,8 @@ class Trainer {
   bool done() const { return position_.step >= total_steps_ || position_.epoch >= options_.num_epochs; }
   // One optimizer step on this rank's next batch; its metrics went to the sinks.
   absl::StatusOr<StepMetrics> Step();
-  // Writes the checkpoint of the current position (rank 0; other ranks return at once).
+  // Writes the checkpoint of the current position (rank 0; other ranks return at once, except
+  // under ZeRO, where every rank must call it: it gathers the optimizer state).
   absl::Status SaveCheckpoint() const;
   // Step() until done(), checkpointing every save_interval steps and at the end; then Finish()
   // of every sink.

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# //tools:train expert parallel (--plugin ep) under mpirun on host ranks, issue 17's `ep` plugin:
+#  1. EP equal to pure DP: on the tiny8b fixture (8 experts, 2 examples), `mpirun -np 2 train
+#     --plugin ep --zero_stage 0` (4 experts per rank, tokens exchanged by all-to-all) and `mpirun
+#     -np 2 train --plugin ep_zero --extra_dp_size 2 --zero_stage 0` (every expert on every rank;
+#     itself checked against single-process runs by train_data_parallel_test) with --batch_size 1
+#     --shuffle=false: the dumped step-1 gradients and the parameters checkpointed after 3 steps
+#     must agree (tolerances and their reasons: compare_ep_dp.py);
+#  2. an expert count that does not split over the ranks (8 experts on 3 ranks) stops before any
+#     work, naming --plugin ep and num_experts, without hanging.
+# mpirun setup as train_data_parallel_test.sh.
+set -uo pipefail
+train=tools/train
+compare=tools/compare_ep_dp.py
+split=tools/compare_dp_grads.py
+data=tests/data/openmoe/tiny8b
+
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_btl=self,vader
+export OMP_NUM_THREADS=1 OMP_PROC_BIND=false KOKKOS_DISABLE_WARNINGS=1
+unset TEST_PREMATURE_EXIT_FILE
+tmp=${TEST_TMPDIR:-$(mktemp -d)}/train_ep
+rm -rf "$tmp" && mkdir -p "$tmp"
+ompi_dir=$(mktemp -d /tmp/openmoe-mpi.XXXXXX) || exit 1
+trap 'rm -rf "$ompi_dir"' EXIT
+export TMPDIR=$ompi_dir OMPI_MCA_orte_tmpdir_base=$ompi_dir OMPI_MCA_btl_vader_backing_directory=$ompi_dir
+
+mpi() { local np=$1; shift; timeout -k 5 60 mpirun -np "$np" --oversubscribe --bind-to none "$@"; }
+fail() { echo "FAIL: $*"; exit 1; }
+
+PYTHONPATH=tools/reference python3 "$split" split "$data/expected.safetensors" "$tmp" || fail "split"
+lr=1e-5 steps=3
+common=(--model "$data" --dataset "$tmp/all.safetensors" --batch_size 1 --shuffle=false --num_epochs "$steps"
+        --max_steps "$steps" --lr "$lr" --progress=false)
+mpi 2 "$train" "${common[@]}" --plugin ep --zero_stage 0 --output_path "$tmp/ep" \
+  --dump_step_state "$tmp/ep.safetensors" >"$tmp/ep.log" 2>&1 || { cat "$tmp/ep.log"; fail "mpirun -np 2 --plugin ep"; }
+grep -qF "expert parallel: 8 experts over 2 ranks (4 each)" "$tmp/ep.log" || { cat "$tmp/ep.log"; fail "no expert-parallel line"; }
+[[ $(grep -c "^training " "$tmp/ep.log") == 1 ]] || { cat "$tmp/ep.log"; fail "more than rank 0 printed the run"; }
+mpi 2 "$train" "${common[@]}" --plugin ep_zero --extra_dp_size 2 --zero_stage 0 --output_path "$tmp/dp" \
+  --dump_step_state "$tmp/dp.safetensors" >"$tmp/dp.log" 2>&1 || { cat "$tmp/dp.log"; fail "mpirun -np 2 --plugin ep_zero"; }
+[[ "$(cat "$tmp/ep/latest")" == "step-$steps" ]] || fail "rank 0's checkpoint under --plugin ep"
+PYTHONPATH=tools/reference python3 "$compare" grads "$tmp/ep.safetensors" "$tmp/dp.safetensors" \
+  || fail "the expert-parallel step-1 gradient is not the data-parallel one"
+PYTHONPATH=tools/reference python3 "$compare" params "$tmp/ep/step-$steps/model.safetensors" \
+  "$tmp/dp/step-$steps/model.safetensors" "$lr" "$steps" || fail "the parameters after $steps steps differ"
+
+# 8 experts do not split over 3 ranks: refused before any work, naming the flag and the count.
+rc=0
+mpi 3 "$train" "${common[@]}" --plugin ep --zero_stage 0 --output_path "$tmp/bad" >"$tmp/bad.log" 2>&1 || rc=$?
+[[ $rc != 0 ]] || fail "8 experts on 3 ranks ran"
+[[ $rc != 124 && $rc != 137 ]] || fail "8 experts on 3 ranks hung"
+grep -qE "^rank [012]: INVALID_ARGUMENT: --plugin ep .*8 experts \(num_experts\) cannot be split evenly over 3 ranks" \
+  "$tmp/bad.log" || { cat "$tmp/bad.log"; fail "no error naming --plugin ep and num_experts"; }
+grep -q "^training " "$tmp/bad.log" && fail "work started with 8 experts on 3 ranks"
+echo "refused ($rc): 8 experts on 3 ranks"
+echo "expert parallel: PASS"
