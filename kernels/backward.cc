@@ -326,12 +326,16 @@ absl::Status RouterLossBackward(const ExecSpace& space, ConstMatrix<float, ExecS
             [&](const int64_t t, double& p) { p += Kokkos::Experimental::exp(double(logits(t, e)) - log_z(t)); }, prob);
         Kokkos::single(Kokkos::PerTeam(team), [&]() { fraction(e) = count / double(N), mean_prob(e) = prob / double(N); });
       });
+  // The two loss values: one team, its threads splitting the tokens (the z-sum over N was one
+  // thread's loop before: N = 2048 serial iterations per MoE layer on a GPU).
   Kokkos::parallel_for(
-      "openmoe::kernels::RouterLossParts", Kokkos::RangePolicy<ExecSpace>(space, 0, 1), KOKKOS_LAMBDA(const int) {
+      "openmoe::kernels::RouterLossParts", Team(space, 1, Kokkos::AUTO), KOKKOS_LAMBDA(const typename Team::member_type& team) {
         double balance = 0, z_sum = 0;
-        for (int64_t e = 0; e < E; ++e) balance += fraction(e) * mean_prob(e);
-        for (int64_t t = 0; t < N; ++t) z_sum += log_z(t) * log_z(t);
-        parts(0) = double(E) * balance, parts(1) = z_sum / double(N);
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, E), [&](const int64_t e, double& b) { b += fraction(e) * mean_prob(e); }, balance);
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, N), [&](const int64_t t, double& z) { z += log_z(t) * log_z(t); }, z_sum);
+        Kokkos::single(Kokkos::PerTeam(team), [&]() { parts(0) = double(E) * balance, parts(1) = z_sum / double(N); });
       });
   const double aux_coefficient = grad_scale * aux_weight * double(E) / double(N);  // d aux / d P_e(t) = E f_e / N
   const double z_coefficient   = grad_scale * z_weight * 2.0 / double(N);         // d z / d logZ_t = 2 logZ_t / N
