@@ -229,7 +229,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const kernels::ExecutionConte
   const T* wi_gate = weights_.data() + lo.wi_gate;  // [E, H, 2I]
   const T* wi_up   = weights_.data() + lo.wi_up;    // [E, H, I]
   const T* wo      = weights_.data() + lo.wo;       // [E, I, H]
-  if (N <= kDecodeTokens && kernels::GroupedExpertShapesFit(wi_gate, 2 * I) &&
+  if (!dispatch_every_step_ && N <= kDecodeTokens && kernels::GroupedExpertShapesFit(wi_gate, 2 * I) &&
       kernels::GroupedExpertShapesFit(wi_up, I) && kernels::GroupedExpertShapesFit(wo, H)) {
     // A decode step: each kept assignment a = 2 t + k runs through its expert's weights directly,
     // no dispatch buffer and no host round trip (so the step can be captured as a CUDA graph).
@@ -252,20 +252,26 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const kernels::ExecutionConte
     return RecordStats(layer, C, router_logits, rank, stats);
   }
 
-  // Dispatch -> experts (x @ W per expert on its C rows) -> combine.
-  Matrix<T, ExecSpace> dispatched = Buffer2<T>("moe.dispatched", E * C, H);  // [E*C, H]
-  Matrix<T, ExecSpace> gate       = Buffer2<T>("moe.gate", E * C, 2 * I);    // [E*C, 2I]
-  Matrix<T, ExecSpace> up         = Buffer2<T>("moe.up", E * C, I);          // [E*C, I]
-  Matrix<T, ExecSpace> act        = Buffer2<T>("moe.act", E * C, I);         // [E*C, I]
-  Matrix<T, ExecSpace> expert_out = Buffer2<T>("moe.expert_out", E * C, H);  // [E*C, H]
+  // Dispatch -> experts (x @ W per expert on its R rows) -> combine. This rank runs the
+  // dispatcher's local experts [first, first + EL): all E with the default SingleRankDispatcher
+  // (R = C), E/P under an installed expert-sharded dispatcher.
+  const int64_t first = dispatcher_->first_local_expert(), EL = dispatcher_->local_experts(E);
+  const int64_t R = dispatcher_->rows_per_expert(C);
+  Matrix<T, ExecSpace> dispatched = Buffer2<T>("moe.dispatched", EL * R, H);  // [EL*R, H]
+  Matrix<T, ExecSpace> gate       = Buffer2<T>("moe.gate", EL * R, 2 * I);    // [EL*R, 2I]
+  Matrix<T, ExecSpace> up         = Buffer2<T>("moe.up", EL * R, I);          // [EL*R, I]
+  Matrix<T, ExecSpace> act        = Buffer2<T>("moe.act", EL * R, I);         // [EL*R, I]
+  Matrix<T, ExecSpace> expert_out = Buffer2<T>("moe.expert_out", EL * R, H);  // [EL*R, H]
   profile_.Mark(space, "moe.router");
   OPENMOE_RETURN_IF_ERROR(dispatcher_->Dispatch(space, x, experts, rank, C, dispatched));
   profile_.Mark(space, "moe.dispatch+combine");
   // Whole queues only where decode graphs exist (CUDA); host backends multiply the rows in use.
-  const bool whole_queues = kIsCuda<ExecSpace> && C <= kWholeQueueRows;
-  char* workspaces = whole_queues ? Buffer<char>("moe.expert_workspaces", E * kExpertWorkspaceBytes).data() : nullptr;
-  // Expert e on the first `rows` rows of its queue: act = swiglu(x W_gate, x W_up), out = act W_o.
+  const bool whole_queues = kIsCuda<ExecSpace> && R <= kWholeQueueRows;
+  char* workspaces = whole_queues ? Buffer<char>("moe.expert_workspaces", EL * kExpertWorkspaceBytes).data() : nullptr;
+  // Local expert e (global first + e) on the first `rows` rows of its queue: act = swiglu(x W_gate,
+  // x W_up), out = act W_o.
   auto run_expert = [&](int64_t e, int64_t rows, const ExecSpace& on) -> absl::Status {
+    const int64_t g = first + e;  // the expert's index in the stacked weights
 #if defined(KOKKOS_ENABLE_CUDA)
     // Branches run at the same time: each expert's products get a cuBLAS workspace of their own.
     const kernels::ExecutionContext<ExecSpace> on_ctx =
@@ -274,14 +280,14 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const kernels::ExecutionConte
 #else
     const kernels::ExecutionContext<ExecSpace> on_ctx = ctx.OnStream(on);
 #endif
-    const auto range = std::make_pair(e * C, e * C + rows);
+    const auto range = std::make_pair(e * R, e * R + rows);
     Matrix<T, ExecSpace> in_e   = Kokkos::subview(dispatched, range, Kokkos::ALL);
     Matrix<T, ExecSpace> gate_e = Kokkos::subview(gate, range, Kokkos::ALL);
     Matrix<T, ExecSpace> up_e   = Kokkos::subview(up, range, Kokkos::ALL);
     Matrix<T, ExecSpace> act_e  = Kokkos::subview(act, range, Kokkos::ALL);
     Matrix<T, ExecSpace> out_e  = Kokkos::subview(expert_out, range, Kokkos::ALL);
-    return ExpertForward<T>(on_ctx, ConstMatrix<T, ExecSpace>(in_e), ConstMatrix<T, ExecSpace>(wi_gate + e * H * 2 * I, H, 2 * I),
-                            ConstMatrix<T, ExecSpace>(wi_up + e * H * I, H, I), ConstMatrix<T, ExecSpace>(wo + e * I * H, I, H),
+    return ExpertForward<T>(on_ctx, ConstMatrix<T, ExecSpace>(in_e), ConstMatrix<T, ExecSpace>(wi_gate + g * H * 2 * I, H, 2 * I),
+                            ConstMatrix<T, ExecSpace>(wi_up + g * H * I, H, I), ConstMatrix<T, ExecSpace>(wo + g * I * H, I, H),
                             gate_e, up_e, act_e, out_e);
   };
   if (graphs_ != nullptr && graphs_->capturing() && whole_queues) {
@@ -305,8 +311,10 @@ absl::Status OpenMoeModel<ExecSpace, T>::SparseMoe(const kernels::ExecutionConte
       for (int k = 0; k < 2; ++k) ++rows_used[experts_host(t, k)];
     for (int64_t& r : rows_used) r = std::min(r, C);
     profile_.Mark(space, "moe.host_sync");
-    for (int64_t e = 0; e < E; ++e) {
-      if (rows_used[e] > 0) OPENMOE_RETURN_IF_ERROR(run_expert(e, whole_queues ? C : rows_used[e], space));
+    for (int64_t e = 0; e < EL; ++e) {
+      // R > C (queues holding other ranks' tokens too): their counts are not known here, all R rows.
+      const int64_t rows = whole_queues || R != C ? R : rows_used[first + e];
+      if (R != C || rows_used[first + e] > 0) OPENMOE_RETURN_IF_ERROR(run_expert(e, rows, space));
     }
   }
   profile_.Mark(space, "moe.experts");
@@ -348,7 +356,7 @@ template <class ExecSpace, class T>
 bool OpenMoeModel<ExecSpace, T>::UseDecodeGraph(int64_t B, int64_t S, RoutingMode mode, bool last_only,
                                                 const std::vector<MoeLayerStats>* stats) {
   if (!DecodeGraphs<ExecSpace>::kSupported || !std::is_same_v<T, bf16> || S != 1 || !last_only ||
-      stats != nullptr || !decode_graphs_) {
+      stats != nullptr || !decode_graphs_ || dispatch_every_step_) {
     return false;
   }
   // MoE layers take the grouped-expert path (steps of <= kDecodeTokens tokens whose expert

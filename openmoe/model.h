@@ -163,9 +163,10 @@ class OpenMoeModel {
   DependentLaunch dependent_launch_ = DependentLaunch::kAll;  // OPENMOE_CUDA_GRAPHS is not "0" (read when the model is made)
   // The stream, scratch arena, tuning and cuBLAS handle of this model's ops (copies share them).
   kernels::ExecutionContext<ExecSpace> context_;
-  // The dispatch path's token movement (every expert on this device; expert-parallel inference
-  // is not built yet, so the model holds all experts).
+  // The dispatch path's token movement: every expert on this device by default; set_token_dispatcher
+  // installs another (expert-parallel inference: this rank runs only the dispatcher's local experts).
   std::shared_ptr<TokenDispatcher<ExecSpace>> dispatcher_ = std::make_shared<SingleRankDispatcher<ExecSpace>>();
+  bool dispatch_every_step_ = false;  // set by set_token_dispatcher
   std::shared_ptr<DecodeGraphs<ExecSpace>> graphs_;  // created on the first graphed step
 
  public:
@@ -174,6 +175,16 @@ class OpenMoeModel {
   int64_t host_syncs() const { return host_syncs_; }
   // Decode steps as replayed CUDA graphs (on by default where supported; see UseDecodeGraph).
   void set_decode_graphs(bool enabled) { decode_graphs_ = enabled; }
+  // Installs the dispatch path's token movement, e.g. an expert-sharded dispatcher from parallel/
+  // whose Dispatch / Combine are collective over its ranks. From then on every MoE layer of every
+  // step takes the dispatch path (the grouped-expert decode path of steps of <= 4 tokens, which
+  // would run all experts locally, is off), the experts run are the dispatcher's local ones
+  // [first_local_expert(), + local_experts(E)), and decode graphs are off. The default model
+  // (SingleRankDispatcher, nothing installed) is unchanged.
+  void set_token_dispatcher(std::shared_ptr<TokenDispatcher<ExecSpace>> dispatcher) {
+    dispatcher_ = std::move(dispatcher);
+    dispatch_every_step_ = true;
+  }
   // Which edges of the decode graphs captured from now on become programmatic (kAll by default;
   // decode_graph.h). Call before the first graphed step.
   void set_dependent_launch(DependentLaunch mode) { dependent_launch_ = mode; }

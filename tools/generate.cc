@@ -5,12 +5,14 @@
 //   bazel run //tools:generate -- --model DIR --chat --prompt "How do I kill a process?"
 //   bazel run //tools:generate -- --model DIR --batch_file prompts.txt --max_new_tokens 64
 //   bazel run //tools:generate -- --model DIR --input_ids_file in.safetensors --output_ids_file out.safetensors
+//   mpirun -np 2 bazel-bin/tools/generate --parallel expert --model DIR ...   # experts over 2 host ranks
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -20,6 +22,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
 #include "tools/cli_flags.h"
+#include "parallel/mpi_runtime.h"
 #include "tools/generate_runner.h"
 
 ABSL_FLAG(std::string, model, "", "Model folder (config.json, weights, tokenizer.model or spiece.model). "
@@ -45,6 +48,12 @@ ABSL_FLAG(bool, stream, true, "Print text as it is produced (single prompt).");
 ABSL_FLAG(std::string, input_ids_file, "", "Safetensors with int64 input_ids [B, P] (+ attention_mask): no "
           "tokenizer needed, every vocabulary id may be produced.");
 ABSL_FLAG(std::string, output_ids_file, "", "Write the generated ids as int64 output_ids [B, new_tokens].");
+ABSL_FLAG(std::string, output_logits_file, "", "Also write the float32 logits of the prompt as prompt_logits [B, P, V] "
+          "(one extra forward pass over the prompt after generating; compares runs, e.g. --parallel expert with one device).");
+ABSL_FLAG(std::string, parallel, "", "Under mpirun -np N (host ranks): 'expert' splits the experts over the N ranks "
+          "(num_experts % N == 0; dense layers and the whole batch on every rank; the same ids as one device). "
+          "Rank 0 reads the prompts and prints / writes the output. 'pipeline' (layer stages) is not supported "
+          "yet. Without mpirun (one rank) it has no effect: the run is the single-device one.");
 
 namespace {
 
@@ -93,40 +102,71 @@ int main(int argc, char** argv) {
       "  bazel run //tools:generate -- [--model DIR] [--prompt TEXT | --prompt_file F | --batch_file F]\n"
       "      [--chat [--system TEXT]] [--max_new_tokens N] [--greedy | --temperature T --top_k K --top_p P]\n"
       "      [--repetition_penalty R] [--seed S] [--stop a,b] [--dtype fp32|bf16]\n"
-      "      [--input_ids_file IN --output_ids_file OUT]");
+      "      [--input_ids_file IN --output_ids_file OUT]\n"
+      "  mpirun -np N bazel-bin/tools/generate --parallel expert [flags above]   # experts over N host ranks");
+  // MPI first (it may edit argv), only when mpirun started this process (it sets
+  // OMPI_COMM_WORLD_SIZE): a plain run is a world of one without MPI, as //tools:train.
+  std::unique_ptr<openmoe::parallel::MpiSession> session;
+  int world_rank = 0, world_size = 1;
+  if (std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr) {
+    absl::StatusOr<std::unique_ptr<openmoe::parallel::MpiSession>> created =
+        openmoe::parallel::MpiSession::Create(&argc, &argv);
+    if (!created.ok()) openmoe::parallel::AbortAll(created.status());
+    session = std::move(*created);
+    world_rank = session->world_rank(), world_size = session->world_size();
+  }
   openmoe::tools::RecordArgs(argc, argv);
   absl::ParseCommandLine(argc, argv);
+  // Every rank checks the same flags and stops alike; only rank 0 says why.
+  const auto fail = [&](const std::string& message) { return world_rank == 0 ? Fail(message) : 1; };
+  const std::string parallel = absl::GetFlag(FLAGS_parallel);
+  if (FlagGiven("parallel") && parallel != "expert" && parallel != "pipeline") {
+    return fail("--parallel must be 'expert' or 'pipeline', got '" + parallel + "'");
+  }
+  if (parallel == "pipeline") {
+    return fail("--parallel pipeline (layer stages over the ranks) is not supported yet; use --parallel expert");
+  }
+  if (world_size > 1 && parallel.empty()) {
+    return fail("this run has " + std::to_string(world_size) + " ranks (mpirun): give --parallel expert, or run "
+                "without mpirun on one device");
+  }
+  if (world_size == 1 && FlagGiven("parallel")) {
+    std::fprintf(stderr, "--parallel %s: one rank (not started by mpirun -np N > 1), no effect: a single-device run\n",
+                 parallel.c_str());
+  }
   openmoe::tools::GenerateRequest r;
+  r.parallel = parallel, r.world_rank = world_rank, r.world_size = world_size;
   r.model_dir = FlagGiven("model") ? ResolvePath(absl::GetFlag(FLAGS_model)) : DefaultModel();
-  if (!FlagGiven("model")) std::fprintf(stderr, "model: %s\n", r.model_dir.c_str());
+  if (!FlagGiven("model") && world_rank == 0) std::fprintf(stderr, "model: %s\n", r.model_dir.c_str());
 
   // Prompt sources: exactly one of --prompt, --prompt_file, --batch_file, --input_ids_file.
   int sources = FlagGiven("prompt") + FlagGiven("prompt_file") + FlagGiven("batch_file") + FlagGiven("input_ids_file");
-  if (sources > 1) return Fail("give only one of --prompt, --prompt_file, --batch_file, --input_ids_file");
+  if (sources > 1) return fail("give only one of --prompt, --prompt_file, --batch_file, --input_ids_file");
   r.input_ids_file  = ResolvePath(absl::GetFlag(FLAGS_input_ids_file));
   r.output_ids_file = ResolvePath(absl::GetFlag(FLAGS_output_ids_file));
-  if (FlagGiven("input_ids_file") && FlagGiven("chat")) return Fail("--chat needs text prompts, not --input_ids_file");
+  r.output_logits_file = ResolvePath(absl::GetFlag(FLAGS_output_logits_file));
+  if (FlagGiven("input_ids_file") && FlagGiven("chat")) return fail("--chat needs text prompts, not --input_ids_file");
   if (FlagGiven("prompt")) {
     r.prompts = {absl::GetFlag(FLAGS_prompt)};
   } else if (FlagGiven("prompt_file")) {
     std::string text;
-    if (!ReadAll(ResolvePath(absl::GetFlag(FLAGS_prompt_file)), text)) return Fail("cannot read --prompt_file " + absl::GetFlag(FLAGS_prompt_file));
+    if (!ReadAll(ResolvePath(absl::GetFlag(FLAGS_prompt_file)), text)) return fail("cannot read --prompt_file " + absl::GetFlag(FLAGS_prompt_file));
     while (!text.empty() && text.back() == '\n') text.pop_back();
     r.prompts = {text};
   } else if (FlagGiven("batch_file")) {
     std::string text;
-    if (!ReadAll(ResolvePath(absl::GetFlag(FLAGS_batch_file)), text)) return Fail("cannot read --batch_file " + absl::GetFlag(FLAGS_batch_file));
+    if (!ReadAll(ResolvePath(absl::GetFlag(FLAGS_batch_file)), text)) return fail("cannot read --batch_file " + absl::GetFlag(FLAGS_batch_file));
     for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipWhitespace())) r.prompts.emplace_back(line);
-    if (r.prompts.empty()) return Fail("--batch_file has no prompts");
+    if (r.prompts.empty()) return fail("--batch_file has no prompts");
   } else if (!FlagGiven("input_ids_file")) {
     r.prompts = {kDefaultPrompt};
-    std::fprintf(stderr, "no prompt given; using \"%s\"\n", kDefaultPrompt);
+    if (world_rank == 0) std::fprintf(stderr, "no prompt given; using \"%s\"\n", kDefaultPrompt);
   }
 
   // Decoding flags: sampling flags switch greedy off; an explicit --greedy contradicts them.
   const bool sampling_flag = FlagGiven("temperature") || FlagGiven("top_k") || FlagGiven("top_p");
   if (sampling_flag && FlagGiven("greedy") && absl::GetFlag(FLAGS_greedy)) {
-    return Fail("--greedy contradicts --temperature/--top_k/--top_p (sampling); give one or the other");
+    return fail("--greedy contradicts --temperature/--top_k/--top_p (sampling); give one or the other");
   }
   r.sampling.greedy             = FlagGiven("greedy") ? absl::GetFlag(FLAGS_greedy) : !sampling_flag;
   r.sampling.temperature        = absl::GetFlag(FLAGS_temperature);
@@ -140,7 +180,7 @@ int main(int argc, char** argv) {
   r.stop           = absl::GetFlag(FLAGS_stop);
   r.dtype          = absl::GetFlag(FLAGS_dtype);
   r.stream         = absl::GetFlag(FLAGS_stream);
-  const absl::Status status = openmoe::tools::RunGenerate(r);
-  if (!status.ok()) return Fail(std::string(status.message()));
+  const absl::Status status = openmoe::tools::RunGenerate(r);  // on several ranks a failed run ends them all
+  if (!status.ok()) return fail(std::string(status.message()));
   return 0;
 }

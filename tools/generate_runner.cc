@@ -5,14 +5,21 @@
 #include <map>
 #include <optional>
 
+#include <memory>
+#include <type_traits>
+
 #include <Kokkos_Core.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "openmoe/config.h"
 #include "openmoe/core/status_macros.h"
 #include "openmoe/runtime/generation.h"
 #include "openmoe/io/safetensors.h"
 #include "openmoe/io/token_batch.h"
 #include "openmoe/text/tokenizer.h"
+#include "parallel/inference_expert_dispatcher.h"
+#include "parallel/mpi_communicator.h"
+#include "parallel/mpi_runtime.h"
 
 namespace openmoe::tools {
 namespace {
@@ -28,16 +35,83 @@ bool CutAtStop(std::string& text, const std::vector<std::string>& stops) {
   return true;
 }
 
+// The ranks of an expert-parallel run (world_size > 1): the MPI world, which the dispatcher and
+// the broadcasts below use.
+// (Only MakeRanks names MpiCommunicator<Space>, which exists for host spaces only.)
+template <class Space>
+struct Ranks {
+  std::shared_ptr<comm::Communicator<Space>> comm;  // null on one rank
+  MPI_Comm mpi = MPI_COMM_NULL;                     // comm's MPI communicator
+  bool leader() const { return comm == nullptr || comm->rank() == 0; }
+};
+
+template <class Space>
+absl::StatusOr<Ranks<Space>> MakeRanks(const GenerateRequest& request) {
+  Ranks<Space> ranks;
+  if (request.world_size <= 1) return ranks;
+  if constexpr (std::is_same_v<typename Space::memory_space, Kokkos::HostSpace>) {
+    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<parallel::MpiCommunicator<Space>> world,
+                             parallel::MpiCommunicator<Space>::World());
+    ranks.mpi  = world->mpi_comm();
+    ranks.comm = std::move(world);
+    return ranks;
+  } else {
+    return absl::UnimplementedError(absl::StrCat("--parallel ", request.parallel, " on ", Space::name(),
+                                                 " ranks needs NCCL, which is not supported yet; host ranks only"));
+  }
+}
+
+// Rank 0's ids / mask [batch, len] to every rank (the others' vectors are replaced).
+template <class Space>
+absl::Status BroadcastPrompts(const Ranks<Space>& ranks, std::vector<int64_t>& ids, std::vector<int64_t>& mask,
+                              int64_t& batch, int64_t& len) {
+  if (ranks.comm == nullptr) return absl::OkStatus();
+  int64_t shape[2] = {batch, len};
+  MPI_Comm comm = ranks.mpi;
+  OPENMOE_RETURN_IF_ERROR(parallel::MpiResult(MPI_Bcast(shape, 2, MPI_INT64_T, 0, comm), "MPI_Bcast (prompt shape)"));
+  batch = shape[0], len = shape[1];
+  ids.resize(batch * len), mask.resize(batch * len);
+  OPENMOE_RETURN_IF_ERROR(parallel::MpiResult(MPI_Bcast(ids.data(), int(ids.size()), MPI_INT64_T, 0, comm), "MPI_Bcast (input_ids)"));
+  return parallel::MpiResult(MPI_Bcast(mask.data(), int(mask.size()), MPI_INT64_T, 0, comm), "MPI_Bcast (attention_mask)");
+}
+
+// Ends every rank unless all ranks produced the same `step` ids (they run the same computation on
+// the same batch; a difference would make them stop at different steps and hang).
+template <class Space>
+void CheckSameIds(const Ranks<Space>& ranks, const std::vector<int64_t>& step, int64_t step_index) {
+  const int64_t B = int64_t(step.size());
+  std::vector<int64_t> bounds(2 * B);  // [max ids | max of -ids]
+  for (int64_t b = 0; b < B; ++b) bounds[b] = step[b], bounds[B + b] = -step[b];
+  absl::Status status = parallel::MpiResult(
+      MPI_Allreduce(MPI_IN_PLACE, bounds.data(), int(2 * B), MPI_INT64_T, MPI_MAX, ranks.mpi),
+      "MPI_Allreduce (step ids)");
+  for (int64_t b = 0; status.ok() && b < B; ++b) {
+    if (bounds[b] != -bounds[B + b]) {
+      status = absl::InternalError(absl::StrCat("--parallel: the ranks produced different ids at step ", step_index,
+                                                ", row ", b, " (from ", -bounds[B + b], " to ", bounds[b], ")"));
+    }
+  }
+  if (!status.ok()) parallel::AbortAll(status);
+}
+
 template <class T>
 absl::Status Run(const GenerateRequest& request) {
   using Space = Kokkos::DefaultExecutionSpace;
-  // Prompts: token ids from a file, or text through the model folder's tokenizer.
+  OPENMOE_ASSIGN_OR_RETURN(const Ranks<Space> ranks, MakeRanks<Space>(request));
+  const bool leader = ranks.leader();
+  // Prompts: token ids from a file, or text through the model folder's tokenizer (read by rank 0,
+  // broadcast; every rank loads the tokenizer, which the stop rules use).
   std::optional<Tokenizer> tokenizer;
   std::vector<int64_t> ids, mask;
   int64_t batch = 0, len = 0;
   if (!request.input_ids_file.empty()) {
-    OPENMOE_ASSIGN_OR_RETURN(io::TokenBatch inputs, io::ReadTokenBatch(request.input_ids_file, "--input_ids_file"));
-    ids = std::move(inputs.ids), mask = std::move(inputs.mask), batch = inputs.batch, len = inputs.seq_len;
+    if (leader) {
+      OPENMOE_ASSIGN_OR_RETURN(io::TokenBatch inputs, io::ReadTokenBatch(request.input_ids_file, "--input_ids_file"));
+      ids = std::move(inputs.ids), mask = std::move(inputs.mask), batch = inputs.batch, len = inputs.seq_len;
+    }
+  } else if (!leader) {
+    OPENMOE_ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::Load(request.model_dir));
+    tokenizer = std::move(t);
   } else {
     OPENMOE_ASSIGN_OR_RETURN(Tokenizer t, Tokenizer::Load(request.model_dir));
     tokenizer = std::move(t);
@@ -51,11 +125,31 @@ absl::Status Run(const GenerateRequest& request) {
     LeftPad(rows, tokenizer->pad_id(), ids, mask, len);
     batch = int64_t(rows.size());
   }
+  OPENMOE_RETURN_IF_ERROR(BroadcastPrompts(ranks, ids, mask, batch, len));
 
+  // Every rank loads the whole model (the experts of other ranks stay unused: loading only the
+  // own experts is a follow-up).
   OPENMOE_ASSIGN_OR_RETURN(auto model, (OpenMoeModel<Space, T>::Load(request.model_dir)));
-  std::fprintf(stderr, "model %s (%s, %s), %lld prompt(s) of %lld tokens, seed %llu\n",
-               request.model_dir.c_str(), request.dtype.c_str(), Space::name(), static_cast<long long>(batch),
-               static_cast<long long>(len), static_cast<unsigned long long>(request.sampling.seed));
+  if (leader) {
+    std::fprintf(stderr, "model %s (%s, %s), %lld prompt(s) of %lld tokens, seed %llu\n",
+                 request.model_dir.c_str(), request.dtype.c_str(), Space::name(), static_cast<long long>(batch),
+                 static_cast<long long>(len), static_cast<unsigned long long>(request.sampling.seed));
+  }
+  if (ranks.comm != nullptr) {
+    {
+      const int64_t E = model.config().num_experts, P = ranks.comm->size();
+      absl::StatusOr<std::shared_ptr<parallel::InferenceExpertDispatcher<Space>>> dispatcher =
+          parallel::InferenceExpertDispatcher<Space>::Create(ranks.comm, E);
+      if (!dispatcher.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("--parallel expert: ", dispatcher.status().message(), " (num_experts)"));
+      }
+      model.set_token_dispatcher(*std::move(dispatcher));
+      if (leader) {
+        std::fprintf(stderr, "expert parallel: %lld experts over %lld ranks (%lld each), dense layers on every rank\n",
+                     (long long)E, (long long)P, (long long)(E / P));
+      }
+    }
+  }
 
   GenerationOptions options;
   options.max_new_tokens = request.max_new_tokens;
@@ -67,7 +161,7 @@ absl::Status Run(const GenerateRequest& request) {
       std::string text = tokenizer->Decode(generated);
       return CutAtStop(text, request.stop);
     };
-    if (request.stream && batch == 1) {
+    if (request.stream && batch == 1 && leader) {
       std::vector<int64_t> generated;
       options.on_step = [&, generated](const std::vector<int64_t>& step) mutable {
         generated.push_back(step[0]);
@@ -82,7 +176,21 @@ absl::Status Run(const GenerateRequest& request) {
       };
     }
   }
+  if (ranks.comm != nullptr) {  // every rank the same ids each step (before any printing)
+    auto print = std::move(options.on_step);
+    options.on_step = [&ranks, print, step_index = int64_t(0)](const std::vector<int64_t>& step) mutable {
+      CheckSameIds(ranks, step, step_index++);
+      if (print) print(step);
+    };
+  }
   OPENMOE_ASSIGN_OR_RETURN(GenerationResult result, Generate(model, ids, mask, batch, len, options));
+  // The prompt's logits from a fresh forward pass (its own KV cache; the prompt is one routing
+  // group, as in prefill): collective on several ranks, so every rank runs it.
+  std::vector<float> prompt_logits;
+  if (!request.output_logits_file.empty()) {
+    OPENMOE_ASSIGN_OR_RETURN(prompt_logits, model.Logits(ids, mask, batch, len, RoutingMode::kEval));
+  }
+  if (!leader) return absl::OkStatus();  // rank 0 prints and writes
 
   if (tokenizer) {
     for (int64_t b = 0; b < batch; ++b) {
@@ -103,6 +211,17 @@ absl::Status Run(const GenerateRequest& request) {
                static_cast<long long>(batch * len), result.prefill_seconds, static_cast<long long>(result.steps),
                static_cast<long long>(batch), result.decode_seconds,
                result.decode_seconds > 0 ? decode_tokens / result.decode_seconds : 0.0);
+  if (!request.output_logits_file.empty()) {
+    std::vector<io::TensorToWrite> tensors(1);
+    tensors[0].name  = "prompt_logits";
+    tensors[0].dtype = io::DType::kF32;
+    tensors[0].shape = {batch, len, model.config().vocab_size};
+    tensors[0].data  = prompt_logits.data();
+    OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors(request.output_logits_file, tensors));
+    std::fprintf(stderr, "wrote prompt_logits [%lld, %lld, %lld] to %s\n", static_cast<long long>(batch),
+                 static_cast<long long>(len), static_cast<long long>(model.config().vocab_size),
+                 request.output_logits_file.c_str());
+  }
   if (!request.output_ids_file.empty()) {
     std::vector<io::TensorToWrite> tensors(1);
     tensors[0].name  = "output_ids";
@@ -123,9 +242,25 @@ absl::Status RunGenerate(const GenerateRequest& request) {
     return absl::InvalidArgumentError(absl::StrCat("--dtype must be 'fp32' or 'bf16', got '", request.dtype, "'"));
   }
   OPENMOE_RETURN_IF_ERROR(ValidateSampling(request.sampling));
+  if (request.world_size > 1) {  // before any work, the same answer on every rank
+    if (request.parallel != "expert") {
+      return absl::InvalidArgumentError(absl::StrCat("--parallel must be 'expert' on ", request.world_size,
+                                                     " ranks, got '", request.parallel, "'"));
+    }
+    absl::StatusOr<OpenMoeConfig> config = LoadConfig(request.model_dir + "/config.json");
+    if (config.ok() && config->num_experts % request.world_size != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--parallel expert splits the experts over the ranks, but the model's ", config->num_experts,
+          " experts (num_experts) cannot be split evenly over ", request.world_size,
+          " ranks; use a world size dividing ", config->num_experts));
+    }
+  }
   setenv("OMP_PROC_BIND", "false", /*overwrite=*/0);  // silences Kokkos' binding advice
   Kokkos::ScopeGuard kokkos;
-  return request.dtype == "bf16" ? Run<bf16>(request) : Run<float>(request);
+  const absl::Status status = request.dtype == "bf16" ? Run<bf16>(request) : Run<float>(request);
+  // Under mpirun the other ranks may wait in a collective for this one: end them all.
+  if (!status.ok() && request.world_size > 1) parallel::AbortAll(status);
+  return status;
 }
 
 }  // namespace openmoe::tools

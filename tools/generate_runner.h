@@ -19,11 +19,19 @@ struct GenerateRequest {
   std::string system;
   std::string input_ids_file;   // ids mode: int64 input_ids / attention_mask [B, P]
   std::string output_ids_file;  // int64 output_ids [B, new_tokens]
+  std::string output_logits_file;  // float32 prompt_logits [B, P, V]: one forward pass over the prompt
   int64_t max_new_tokens = 32;
   SamplingOptions sampling;
   std::vector<std::string> stop;
   std::string dtype = "fp32";
   bool stream = true;
+  // Several ranks under mpirun (world_size > 1; the tool has started MPI): "expert" splits the
+  // experts over the ranks (every rank holds the dense layers and the whole batch; see
+  // parallel/inference_expert_dispatcher.h). Rank 0 reads and tokenizes the prompts and broadcasts
+  // them; only rank 0 prints text and writes output_ids_file. Every rank produces the same ids
+  // each step (checked each step: a difference ends the job).
+  std::string parallel;
+  int world_rank = 0, world_size = 1;
 };
 
 absl::Status RunGenerate(const GenerateRequest& request);
