@@ -6,7 +6,9 @@
 // DistributedSampler share of each global batch, and the gradient and logged loss are the means
 // over ranks (MPI all-reduce); ZeRO-1 shards the AdamW state and update over the ranks, ZeRO-2
 // also reduce-scatters the gradient (openmoe/train/optimizer.h); rank 0 alone prints and writes.
-// Other plugins: not yet.
+// `--plugin ep` (EP size N) and `--plugin ep_zero --extra_dp_size k` (k < N, EP size N/k) run the
+// MoE layers expert parallel inside EP groups (rank layout: WireExpertParallel), ZeRO 0/1/2 as
+// above; every rank still holds the full flat buffers. hybrid: not yet.
 //
 //   bazel run //tools:train          # default run: the embedded tiny model on the shipped data
 //   bazel run //tools:train -- --model DIR --dataset data.jsonl --output_path out --batch_size 4
@@ -80,19 +82,20 @@ ABSL_FLAG(int64_t, max_shard_bytes, int64_t(5) << 30, "Checkpoint weights larger
           "model-0000K-of-0000N.safetensors shards plus model.safetensors.index.json.");
 ABSL_FLAG(bool, grad_checkpoint, false, "Activation recomputation (upstream's gradient checkpointing): keep only "
           "each layer's input and run the layer again in the backward pass; same results, less memory.");
-// Upstream's parallelism and kernel flags. Supported today: pure data parallelism over host MPI
-// ranks (`--plugin ep_zero --extra_dp_size <world size> --zero_stage 0|1|2`); the rest are parsed
-// and refused.
-ABSL_FLAG(std::string, plugin, "hybrid", "hybrid | ep | ep_zero. Supported today: ep_zero with --extra_dp_size equal to "
-          "the world size and --zero_stage 0, 1 or 2, i.e. pure data parallelism over MPI host ranks (mpirun -np N; every "
-          "expert replicated on every rank). Without mpirun: omit it (one device). ep (--zero_stage 0): the experts split over the ranks (num_experts divisible by the world size), "
-          "dense parameters data parallel. hybrid: not supported yet.");
-ABSL_FLAG(int64_t, zero_stage, 2, "ZeRO stage 0 | 1 | 2 (with --plugin ep_zero --extra_dp_size <world size>): 0 "
+// Upstream's parallelism and kernel flags. Supported today over host MPI ranks: `--plugin ep` and
+// `--plugin ep_zero --extra_dp_size k` (k dividing the world size), `--zero_stage 0|1|2`; the rest
+// are parsed and refused.
+ABSL_FLAG(std::string, plugin, "hybrid", "hybrid | ep | ep_zero, over MPI host ranks (mpirun -np N). ep_zero: EP size "
+          "N / --extra_dp_size, each expert replicated --extra_dp_size times (--extra_dp_size N: pure data parallelism, "
+          "every expert on every rank). ep: the experts split over all N ranks (num_experts divisible by the EP size). "
+          "Dense parameters data parallel over all ranks; --zero_stage 0, 1 or 2. Without mpirun: omit it (one device). "
+          "hybrid: not supported yet.");
+ABSL_FLAG(int64_t, zero_stage, 2, "ZeRO stage 0 | 1 | 2 (--plugin ep or ep_zero; over all ranks' full flat buffer): 0 "
           "replicates the optimizer state; 1 shards the AdamW moments and the master-weight update over the ranks "
           "(updated slices all-gathered); 2 also reduce-scatters the gradient. Same results as 0; checkpoints are "
           "complete (rank 0 gathers the state) and resume under any stage with the same world size.");
-ABSL_FLAG(int64_t, extra_dp_size, 1, "ep_zero: replicas of each expert (EP size = world size / this). Supported "
-          "today: equal to the world size (EP size 1: pure data parallelism).");
+ABSL_FLAG(int64_t, extra_dp_size, 1, "ep_zero: replicas of each expert (EP size = world size / this; it must divide "
+          "the world size, and the EP size num_experts). Equal to the world size: pure data parallelism.");
 ABSL_FLAG(int64_t, pp_size, 2, "Not supported yet (hybrid plugin).");
 ABSL_FLAG(int64_t, dp_size, 1, "Not supported yet (hybrid plugin).");
 ABSL_FLAG(int64_t, ep_size, 2, "Not supported yet (hybrid plugin).");
@@ -117,13 +120,15 @@ int Fail(const std::string& message) {
 }
 
 // What --plugin / --zero_stage / --extra_dp_size (and the other parallel and kernel flags) allow
-// on `world` ranks: OkStatus for a single-device run (world 1, none of the three given) and for
-// pure data parallelism (--plugin ep_zero --extra_dp_size <world> --zero_stage 0); otherwise an
-// error naming the first offending flag and what works today. Checked before any work.
+// on `world` ranks: OkStatus for a single-device run (world 1, none of the three given), for
+// `--plugin ep` and for `--plugin ep_zero --extra_dp_size k` with k dividing the world size (k =
+// world: pure data parallelism; k < world: EP groups of world / k ranks), each with --zero_stage 0,
+// 1 or 2; otherwise an error naming the first offending flag and what works today. The expert count
+// against the EP size is checked once the model is known (CheckExpertSplit). Before any work.
 absl::Status CheckParallelFlags(int world) {
   const std::string supported = absl::StrCat(
-      "supported today: pure data parallelism over MPI host ranks, --plugin ep_zero --extra_dp_size ", world,
-      " (the world size) --zero_stage 0, 1 or 2 (every expert replicated on every rank)",
+      "supported today on MPI host ranks: --plugin ep, or --plugin ep_zero --extra_dp_size k with k dividing the "
+      "world size ", world, " (k = ", world, ": pure data parallelism), each with --zero_stage 0, 1 or 2",
       world == 1 ? "; or drop the parallel flags to train on one device" : "");
   for (const char* flag : {"pp_size", "dp_size", "ep_size", "microbatch_size", "use_kernel", "use_layernorm_kernel",
                            "load_balance", "load_balance_interval", "comm_overlap"}) {
@@ -138,18 +143,13 @@ absl::Status CheckParallelFlags(int world) {
   const std::string plugin = absl::GetFlag(FLAGS_plugin);
   const int64_t zero = absl::GetFlag(FLAGS_zero_stage), extra_dp = absl::GetFlag(FLAGS_extra_dp_size);
   const std::string where = absl::StrCat(" on ", world, world == 1 ? " rank" : " ranks", "; ");
-  if (plugin == "ep") {  // expert parallel: the expert count is checked once the model is known (CheckExpertSplit)
-    if (zero != 0) {
-      return absl::UnimplementedError(absl::StrCat("--zero_stage is not supported yet as ", zero, " with --plugin ep",
-                                                   where, "--plugin ep needs --zero_stage 0"));
-    }
-    return absl::OkStatus();
-  }
-  if (plugin != "ep_zero") {
+  if (plugin != "ep" && plugin != "ep_zero") {
     return absl::UnimplementedError(absl::StrCat("--plugin is not supported yet as '", plugin, "'", where, supported));
   }
-  if (extra_dp != world) {
-    return absl::UnimplementedError(absl::StrCat("--extra_dp_size is not supported yet as ", extra_dp, where, supported));
+  if (plugin == "ep_zero" && (extra_dp < 1 || extra_dp > world || world % extra_dp != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--extra_dp_size must divide the world size (the EP size is world / --extra_dp_size), not ", extra_dp, where,
+        supported));
   }
   if (zero != 0 && zero != 1 && zero != 2) {
     return absl::InvalidArgumentError(absl::StrCat("--zero_stage must be 0, 1 or 2, not ", zero, where, supported));
@@ -209,42 +209,72 @@ absl::Status MakeZeroSharding(int stage, std::shared_ptr<void>& keep, openmoe::t
   }
 }
 
-// ---- --plugin ep (expert parallelism over every rank; dense parameters data parallel) ----
-// Whether this run is expert parallel: --plugin ep on more than one rank (on one rank every expert
-// is local: the single-device run).
-bool ExpertParallelRun(int world) { return world > 1 && absl::GetFlag(FLAGS_plugin) == "ep"; }
+// ---- expert parallelism: --plugin ep, and --plugin ep_zero with --extra_dp_size k < world ----
+// Rank layout (docs/parallel.md, upstream's use_ep_inside=False mesh order): with EP size
+// P_ep = world / k, rank = ep_index * k + replica. EP group of a rank (the all-to-all of the MoE
+// layers): the P_ep ranks with its replica index rank % k, i.e. {replica, replica + k, ...}, in
+// which it has position ep_index = rank / k and owns experts [ep_index * E/P_ep, (ep_index + 1) *
+// E/P_ep); the k replicas of an expert are the neighbouring ranks {ep_index * k, ..., ep_index * k
+// + k - 1}. `ep` is k = 1 (one EP group of every rank).
 
-// Before any work: the model's expert count must split evenly over the `world` ranks. The config
-// of --model or --model_name's preset; a --resume run without them is checked when the dispatcher
-// is made (WireExpertParallel), after the model loads.
-absl::Status CheckExpertSplit(const openmoe::train::TrainOptions& o, int world) {
+// The EP size of this run: world for --plugin ep, world / --extra_dp_size for --plugin ep_zero
+// with --extra_dp_size < world; 0 when the run is not expert parallel (one rank, or pure DP).
+int ExpertParallelSize(int world) {
+  if (world <= 1) return 0;
+  const std::string plugin = absl::GetFlag(FLAGS_plugin);
+  if (plugin == "ep") return world;
+  const int64_t k = absl::GetFlag(FLAGS_extra_dp_size);
+  if (plugin == "ep_zero" && k >= 1 && k < world && world % k == 0) return int(world / k);
+  return 0;
+}
+
+// "--plugin ep" or "--plugin ep_zero --extra_dp_size k" (for messages).
+std::string PluginName() {
+  const std::string plugin = absl::GetFlag(FLAGS_plugin);
+  return plugin == "ep" ? "--plugin ep"
+                        : absl::StrCat("--plugin ep_zero --extra_dp_size ", absl::GetFlag(FLAGS_extra_dp_size));
+}
+
+// Before any work: the model's expert count must split evenly over the `ep_size` ranks of an EP
+// group. The config of --model or --model_name's preset; a --resume run without them is checked
+// when the dispatcher is made (WireExpertParallel), after the model loads.
+absl::Status CheckExpertSplit(const openmoe::train::TrainOptions& o, int ep_size, int world) {
   absl::StatusOr<openmoe::OpenMoeConfig> config = absl::NotFoundError("no model given");
   if (!o.model_dir.empty()) config = openmoe::LoadConfig((std::filesystem::path(o.model_dir) / "config.json").string());
   else if (!o.model_name.empty()) config = openmoe::PresetConfig(o.model_name);
   if (!config.ok()) return absl::OkStatus();  // Trainer::Create reports a bad model itself
-  if (config->num_experts % world != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--plugin ep splits the experts over the ranks, but the model's ",
-                                                   config->num_experts, " experts (num_experts) cannot be split evenly "
-                                                   "over ", world, " ranks; use a world size dividing ",
-                                                   config->num_experts));
+  if (config->num_experts % ep_size != 0) {
+    if (ep_size == world) {
+      return absl::InvalidArgumentError(absl::StrCat(PluginName(), " splits the experts over the ranks, but the model's ",
+                                                     config->num_experts, " experts (num_experts) cannot be split evenly "
+                                                     "over ", ep_size, " ranks; use a world size dividing ",
+                                                     config->num_experts));
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        PluginName(), " splits the experts over EP groups of ", world, " / ", world / ep_size, " = ", ep_size,
+        " ranks, but the model's ", config->num_experts, " experts (num_experts) cannot be split evenly over ", ep_size,
+        " ranks; choose --extra_dp_size so that world size / --extra_dp_size divides ", config->num_experts));
   }
   return absl::OkStatus();
 }
 
-// The gradient hook of --plugin ep: the dense data-parallel reduction (sum over ranks, then / P)
-// over the whole flat buffer, after zeroing the experts this rank does not own. Why that is the
-// step's gradient (the mean over ranks of each rank's gradient of its own loss) for every parameter:
+// The gradient hook of expert parallelism (ZeRO-0/1): the dense data-parallel reduction (sum over
+// ALL world ranks, then / world) over the whole flat buffer, after zeroing the experts this rank
+// does not own. Why that is the step's gradient (the mean over the world's DP ranks of each rank's
+// gradient of its own loss) for every parameter:
 //  - dense parameters: the mean of the ranks' gradients, as in pure data parallelism;
-//  - an expert owned by rank r: the model ran it on every rank's tokens (the all-to-all's backward
-//    brought every rank's output gradients), so r's slice already holds the SUM over ranks of each
-//    rank's gradient of its own loss; every other rank's slice is zero, so the all-reduce sum keeps
-//    that sum (x + 0 = x exactly) and the division by P makes it the mean;
-//  - the all-reduce thereby also gathers every expert's gradient on every rank: the replicated
-//    (ZeRO-0) AdamW applies the same update to each copy of each expert on every rank, so all
-//    copies stay identical and rank 0's checkpoints and --dump_step_state hold the full model.
-// Zeroing the non-owned slices is a guard: the model writes only its local experts' gradients
-// (flat_grads() is zeroed every step). Memory and traffic savings (hold and reduce only the local
-// experts, all-gather them for checkpoints) are a follow-up.
+//  - an expert e: inside each EP group exactly one rank owns it; the model ran it on every group
+//    member's tokens (the all-to-all's backward brought their output gradients), so the owner's
+//    slice holds the SUM over its group of each rank's gradient of its own loss, and every other
+//    member's slice is zero. The EP groups partition the world (k groups, one owner of e in each),
+//    so the world sum adds the k owners' group sums (plus exact zeros): the sum over all world
+//    ranks; the division by world makes it the mean. (`ep`: k = 1, one owner.)
+//  - the all-reduce thereby also gathers every expert's gradient on every rank: the replicated or
+//    ZeRO-1-sharded AdamW updates the full flat buffer identically everywhere, so all copies of each
+//    expert stay identical and rank 0's checkpoints and --dump_step_state hold the full model.
+// The model writes only its local experts' gradients (flat_grads() is zeroed every step), so the
+// zeroing is a guard of that invariant. Memory and traffic savings (hold and reduce only the local
+// experts, reduce them over their k replicas only) are a follow-up.
 openmoe::train::GradientReduction ExpertParallelGradients(
     std::shared_ptr<const std::vector<std::pair<int64_t, int64_t>>> not_owned, openmoe::train::GradientReduction dense) {
   return [not_owned, dense = std::move(dense)](openmoe::Vector<float, openmoe::train::TrainSpace> g) -> absl::Status {
@@ -255,35 +285,124 @@ openmoe::train::GradientReduction ExpertParallelGradients(
   };
 }
 
-// Hands the trainer's model an ExpertParallelDispatcher over every rank (rank r runs experts
-// [r * E/P, (r + 1) * E/P)) and fills `not_owned` with the flat-buffer ranges of the other ranks'
-// experts. Collective (the dispatcher's communicator duplicates MPI_COMM_WORLD; it lives with the
-// model, which every rank destroys at the same point).
+// Where the non-owned expert slices are, once the trainer exists: the model's flat gradient buffer
+// and the ranges of it (WireExpertParallel fills it).
+struct NotOwnedGradients {
+  const float* flat_grads = nullptr;
+  int64_t total = 0;
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+};
+
+// ZeRO-2 under expert parallelism: the optimizer reduce-scatters model.flat_grads() (and
+// all-reduces its replicated tail) over the world instead of calling the gradient hook, then
+// divides by the world size, as the hook does. This communicator wraps the optimizer's world
+// communicator and, before every ReduceScatter / AllReduce whose float32 send buffer lies inside the
+// flat gradient buffer, zeroes the parts of it that are non-owned expert slices; every other
+// collective (the weights' all-gather, the norm's partial sums, moments) passes through unchanged.
+// So the reduced shards are exactly the hook's sum / world (same values, same order of addition).
 template <class Space>
-absl::Status WireExpertParallel(openmoe::train::Trainer& trainer, int rank,
-                                std::vector<std::pair<int64_t, int64_t>>& not_owned) {
+class ExpertZeroCommunicator final : public openmoe::comm::Communicator<Space> {
+ public:
+  ExpertZeroCommunicator(std::shared_ptr<openmoe::comm::Communicator<Space>> inner,
+                         std::shared_ptr<const NotOwnedGradients> not_owned)
+      : inner_(std::move(inner)), not_owned_(std::move(not_owned)) {}
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+
+ protected:
+  using Buf = openmoe::comm::Buffer;
+  using CBuf = openmoe::comm::ConstBuffer;
+  absl::Status DoAllReduce(const Space& space, CBuf send, Buf recv, openmoe::comm::ReduceOp op) override {
+    ZeroNotOwned(space, send);
+    return inner_->AllReduce(space, send, recv, op);
+  }
+  absl::Status DoReduceScatter(const Space& space, CBuf send, Buf recv, openmoe::comm::ReduceOp op) override {
+    ZeroNotOwned(space, send);
+    return inner_->ReduceScatter(space, send, recv, op);
+  }
+  absl::Status DoAllGather(const Space& space, CBuf send, Buf recv) override { return inner_->AllGather(space, send, recv); }
+  absl::Status DoAllToAll(const Space& space, CBuf send, Buf recv) override { return inner_->AllToAll(space, send, recv); }
+  absl::Status DoSend(const Space& space, CBuf send, int peer) override { return inner_->Send(space, send, peer); }
+  absl::Status DoRecv(const Space& space, Buf recv, int peer) override { return inner_->Recv(space, recv, peer); }
+  absl::Status DoBroadcast(const Space& space, CBuf send, Buf recv, int root) override {
+    return inner_->Broadcast(space, send, recv, root);
+  }
+  absl::Status DoBarrier(const Space& space) override { return inner_->Barrier(space); }
+  absl::StatusOr<std::unique_ptr<openmoe::comm::Communicator<Space>>> DoSplit(int color, int key) const override {
+    return inner_->Split(color, key);
+  }
+
+ private:
+  // The send buffer is a part of the trainer's (mutable) flat_grads: zero its non-owned slices in place.
+  void ZeroNotOwned(const Space& space, CBuf send) const {
+    const NotOwnedGradients& n = *not_owned_;
+    if (send.dtype != openmoe::comm::DType::kFloat32 || n.flat_grads == nullptr || send.count == 0) return;
+    const float* p = static_cast<const float*>(send.data);
+    if (p < n.flat_grads || p + send.count > n.flat_grads + n.total) return;
+    const int64_t lo = p - n.flat_grads, hi = lo + send.count;
+    float* base = const_cast<float*>(n.flat_grads);
+    for (const auto& [begin, end] : n.ranges) {
+      const int64_t b = std::max(begin, lo), e = std::min(end, hi);
+      if (b >= e) continue;
+      Kokkos::deep_copy(space, Kokkos::View<float*, typename Space::memory_space, Kokkos::MemoryUnmanaged>(base + b, e - b),
+                        0.0f);
+    }
+    space.fence();
+  }
+  std::shared_ptr<openmoe::comm::Communicator<Space>> inner_;
+  std::shared_ptr<const NotOwnedGradients> not_owned_;
+};
+
+// Hands the trainer's model an ExpertParallelDispatcher over this rank's EP group of `ep_size`
+// ranks (the layout above; the whole world for `ep`) and fills `not_owned` with the flat-buffer
+// ranges of the experts other members of its group own. Collective (the dispatcher's communicator
+// is split from / duplicates MPI_COMM_WORLD; it lives with the model, which every rank destroys at
+// the same point).
+template <class Space>
+absl::Status WireExpertParallel(openmoe::train::Trainer& trainer, int rank, int world, int ep_size,
+                                NotOwnedGradients& not_owned) {
   if constexpr (std::is_same_v<typename Space::memory_space, Kokkos::HostSpace>) {
     using Comm = openmoe::parallel::MpiCommunicator<Space>;
-    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> world, Comm::World());
-    std::shared_ptr<openmoe::comm::Communicator<Space>> comm(std::move(world));
-    const int64_t E = trainer.model().config().num_experts, P = comm->size();
+    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> world_comm, Comm::World());
+    const int k = world / ep_size;  // replicas of each expert
+    std::unique_ptr<Comm> group = std::move(world_comm);
+    if (k > 1) {  // EP group: the ranks with this rank's replica index, ordered by rank (position rank / k)
+      OPENMOE_ASSIGN_OR_RETURN(group, group->Split(/*color=*/rank % k, /*key=*/rank));
+    }
+    if (group->size() != ep_size || group->rank() != rank / k) {
+      return absl::InternalError(absl::StrCat("expert parallelism: rank ", rank, " has position ", group->rank(), " of ",
+                                              group->size(), " in its EP group, expected ", rank / k, " of ", ep_size));
+    }
+    std::shared_ptr<openmoe::comm::Communicator<Space>> comm(std::move(group));
+    const int64_t E = trainer.model().config().num_experts, P = ep_size;
     absl::StatusOr<std::shared_ptr<openmoe::parallel::ExpertParallelDispatcher<Space>>> dispatcher =
         openmoe::parallel::ExpertParallelDispatcher<Space>::Create(comm, E);
     if (!dispatcher.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("--plugin ep: ", dispatcher.status().message(), " (num_experts)"));
+      return absl::InvalidArgumentError(absl::StrCat(PluginName(), ": ", dispatcher.status().message(), " (num_experts)"));
     }
     const int64_t first = (*dispatcher)->first_local_expert(), local = E / P;
-    not_owned.clear();
+    not_owned.ranges.clear();
     for (const openmoe::ParameterSlot& s : trainer.model().layout().slots()) {
       if (s.name.find(".experts.") == std::string::npos) continue;
       const int64_t per_expert = s.numel / E;  // stacked [E, ...]: one expert is one slice
-      if (first > 0) not_owned.push_back({s.offset, s.offset + first * per_expert});
-      if (first + local < E) not_owned.push_back({s.offset + (first + local) * per_expert, s.offset + E * per_expert});
+      if (first > 0) not_owned.ranges.push_back({s.offset, s.offset + first * per_expert});
+      if (first + local < E) not_owned.ranges.push_back({s.offset + (first + local) * per_expert, s.offset + E * per_expert});
     }
+    not_owned.flat_grads = trainer.model().flat_grads().data();
+    not_owned.total = int64_t(trainer.model().flat_grads().extent(0));
     trainer.model().set_token_dispatcher(*std::move(dispatcher));
     if (rank == 0) {
-      std::fprintf(stderr, "expert parallel: %lld experts over %lld ranks (%lld each), dense parameters data parallel\n",
-                   (long long)E, (long long)P, (long long)local);
+      std::string groups;
+      if (k > 1) {
+        groups = absl::StrCat(", each expert on ", k, " ranks; EP groups");
+        for (int r = 0; r < k; ++r) {
+          groups += r == 0 ? " {" : " {";
+          for (int p = 0; p < ep_size; ++p) absl::StrAppend(&groups, p ? "," : "", p * k + r);
+          groups += "}";
+        }
+      }
+      std::fprintf(stderr, "expert parallel: %lld experts over %lld ranks (%lld each)%s; dense parameters data parallel "
+                   "over %d ranks\n", (long long)E, (long long)P, (long long)local, groups.c_str(), world);
     }
     return absl::OkStatus();
   } else {
@@ -302,22 +421,28 @@ absl::Status Train(const openmoe::train::TrainOptions& options, openmoe::train::
   if (dp.size > 1) {
     OPENMOE_RETURN_IF_ERROR(MakeDataParallelHooks<openmoe::train::TrainSpace>(comm, reduce_gradients, reduce_loss));
   }
-  const bool expert_parallel = ExpertParallelRun(int(dp.size));  // --plugin ep
-  auto not_owned = std::make_shared<std::vector<std::pair<int64_t, int64_t>>>();  // filled by WireExpertParallel
-  if (expert_parallel) {
-    OPENMOE_RETURN_IF_ERROR(CheckExpertSplit(options, int(dp.size)));
-    reduce_gradients = ExpertParallelGradients(not_owned, std::move(reduce_gradients));
+  const int ep_size = ExpertParallelSize(int(dp.size));  // 0: not expert parallel
+  auto not_owned = std::make_shared<NotOwnedGradients>();  // filled by WireExpertParallel
+  if (ep_size > 0) {
+    OPENMOE_RETURN_IF_ERROR(CheckExpertSplit(options, ep_size, int(dp.size)));
+    reduce_gradients = ExpertParallelGradients(
+        std::shared_ptr<const std::vector<std::pair<int64_t, int64_t>>>(not_owned, &not_owned->ranges),
+        std::move(reduce_gradients));
   }
   std::shared_ptr<void> zero_comm;
   openmoe::train::ZeroSharding zero;  // one rank: nothing to shard, ZeRO-0
   if (const int64_t stage = absl::GetFlag(FLAGS_zero_stage); dp.size > 1 && stage > 0) {
     OPENMOE_RETURN_IF_ERROR(MakeZeroSharding<openmoe::train::TrainSpace>(int(stage), zero_comm, zero));
+    if (ep_size > 0 && stage == 2) {  // the reduce-scatter replaces the hook: zero the non-owned experts before it
+      zero.comm = std::make_shared<ExpertZeroCommunicator<openmoe::train::TrainSpace>>(zero.comm, not_owned);
+    }
   }
   OPENMOE_ASSIGN_OR_RETURN(openmoe::train::Trainer trainer,
                            openmoe::train::Trainer::Create(options, dp, std::move(reduce_gradients), std::move(reduce_loss),
                                                            std::move(zero)));
-  if (expert_parallel) {
-    OPENMOE_RETURN_IF_ERROR(WireExpertParallel<openmoe::train::TrainSpace>(trainer, int(dp.rank), *not_owned));
+  if (ep_size > 0) {
+    OPENMOE_RETURN_IF_ERROR(
+        WireExpertParallel<openmoe::train::TrainSpace>(trainer, int(dp.rank), int(dp.size), ep_size, *not_owned));
   }
   OPENMOE_RETURN_IF_ERROR(trainer.Run());
   if (dp.rank != 0) return absl::OkStatus();
@@ -352,7 +477,9 @@ int main(int argc, char** argv) {
       "  train --model DIR --dataset d --max_steps 1 --dump_step_state step1.safetensors\n"
       "  mpirun -np 2 train --plugin ep_zero --extra_dp_size 2 --zero_stage 0 --model DIR --dataset d ...\n"
       "                                          # pure data parallelism on 2 host ranks (mean gradient and loss);\n"
-      "                                          # --zero_stage 1 / 2 shard the optimizer state / also the gradient");
+      "                                          # --zero_stage 1 / 2 shard the optimizer state / also the gradient\n"
+      "  mpirun -np 4 train --plugin ep_zero --extra_dp_size 2 --zero_stage 1 ...  # EP groups of 2 ranks, experts x2\n"
+      "  mpirun -np 2 train --plugin ep --zero_stage 2 ...                          # experts split over the ranks");
   // MPI first (it may edit argv), only when mpirun started this process (it sets
   // OMPI_COMM_WORLD_SIZE): a plain run is a world of one without MPI at all, so concurrent plain
   // runs (tests) share no OpenMPI session files.

@@ -190,7 +190,7 @@ expect_error "is not writable" "${m[@]}" --dataset tools/train_data/tiny_instruc
 expect_error "the checkpoint's vocab_size is 640, --model has 320" --model "$data/tiny8b" --resume "$tmp/straight" \
   --dataset tools/train_data/tiny_instructions.jsonl --output_path "$tmp/x"
 expect_error "--plugin is not supported yet" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --plugin hybrid
-expect_error "--zero_stage is not supported yet as 2 with --plugin ep" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --plugin ep
+expect_error "--extra_dp_size must divide the world size" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --plugin ep_zero --extra_dp_size 2
 expect_error "fp16 overflow at step 1 even at loss scale 1" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl \
   --precision fp16 --initial_loss_scale 1 --max_length 16
 expect_error "--initial_loss_scale must be a finite number >= 1" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --precision fp16 --initial_loss_scale 0.5

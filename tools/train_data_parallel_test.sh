@@ -59,9 +59,9 @@ expect_error() {  # expect_error "<text>" train args...
   echo "refused ($rc): $*"
 }
 expect_error "--zero_stage must be 0, 1 or 2, not 3" --plugin ep_zero --extra_dp_size 2 --zero_stage 3
-expect_error "--zero_stage is not supported yet as 1 with --plugin ep" --plugin ep --zero_stage 1
+expect_error "--zero_stage must be 0, 1 or 2, not 3" --plugin ep --zero_stage 3
 expect_error "--plugin is not supported yet as 'hybrid'"
-expect_error "--extra_dp_size is not supported yet as 1" --plugin ep_zero --zero_stage 0
+expect_error "--extra_dp_size must divide the world size (the EP size is world / --extra_dp_size), not 3" --plugin ep_zero --extra_dp_size 3 --zero_stage 0
 expect_error "--pp_size is not supported yet" --plugin ep_zero --extra_dp_size 2 --zero_stage 0 --pp_size 2
 # A failure on the ranks (one example cannot feed 2 ranks) ends the job, naming the rank.
 expect_error "INVALID_ARGUMENT: --dataset has 1 examples, fewer than one batch" --plugin ep_zero --extra_dp_size 2 --zero_stage 0 --dataset "$tmp/example0.safetensors"
