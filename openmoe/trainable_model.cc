@@ -105,10 +105,34 @@ template <class ExecSpace>
 absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::vector<int64_t>& input_ids,
                                                                     const std::vector<int64_t>& attention_mask,
                                                                     int64_t B, int64_t S) {
+  const StagePlan plan{0, config_.num_hidden_layers, B, nullptr};
   switch (dtype_) {
-    case ComputeDtype::kBf16: return Step<bf16>(input_ids, attention_mask, B, S);
-    case ComputeDtype::kFp16: return Step<f16>(input_ids, attention_mask, B, S);
-    default: return Step<float>(input_ids, attention_mask, B, S);
+    case ComputeDtype::kBf16: return Step<bf16>(input_ids, attention_mask, B, S, plan);
+    case ComputeDtype::kFp16: return Step<f16>(input_ids, attention_mask, B, S, plan);
+    default: return Step<float>(input_ids, attention_mask, B, S, plan);
+  }
+}
+
+template <class ExecSpace>
+absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackwardStage(
+    int64_t first_layer, int64_t end_layer, const std::vector<int64_t>& input_ids,
+    const std::vector<int64_t>& attention_mask, int64_t B, int64_t S, int64_t microbatch_size,
+    const PipelineSchedule& schedule) {
+  const int64_t L = config_.num_hidden_layers;
+  if (first_layer < 0 || first_layer >= end_layer || end_layer > L) {
+    return absl::InvalidArgumentError(absl::StrCat("pipeline stage layers [", first_layer, ", ", end_layer,
+                                                   ") are not a non-empty range of the model's ", L, " layers"));
+  }
+  if (microbatch_size < 1 || B % microbatch_size != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("the batch of ", B, " examples does not split into microbatches of ",
+                                                   microbatch_size));
+  }
+  if (!schedule) return absl::InvalidArgumentError("pipeline stage without a schedule");
+  const StagePlan plan{first_layer, end_layer, microbatch_size, &schedule};
+  switch (dtype_) {
+    case ComputeDtype::kBf16: return Step<bf16>(input_ids, attention_mask, B, S, plan);
+    case ComputeDtype::kFp16: return Step<f16>(input_ids, attention_mask, B, S, plan);
+    default: return Step<float>(input_ids, attention_mask, B, S, plan);
   }
 }
 
@@ -127,8 +151,8 @@ const T* TrainableModel<ExecSpace>::Working(int64_t offset) const {
 template <class ExecSpace>
 template <class T>
 absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int64_t>& input_ids,
-                                                         const std::vector<int64_t>& attention_mask, int64_t B,
-                                                         int64_t S) {
+                                                         const std::vector<int64_t>& attention_mask,
+                                                         int64_t batch, int64_t S, const StagePlan& plan) {
   using M    = Matrix<T, ExecSpace>;   // activations, in the run dtype
   using CM   = ConstMatrix<T, ExecSpace>;
   using FM   = Matrix<float, ExecSpace>;  // gradients, float32
@@ -140,7 +164,12 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   using IntM = Matrix<int32_t, ExecSpace>;
   constexpr bool kFloat = std::is_same_v<T, float>;
   const OpenMoeConfig& c = config_;
-  OPENMOE_RETURN_IF_ERROR(ValidateInputs(c, input_ids, attention_mask, B, S));
+  OPENMOE_RETURN_IF_ERROR(ValidateInputs(c, input_ids, attention_mask, batch, S));
+  // B: examples per microbatch (the whole batch unless pipelined); Mb microbatches, each its own
+  // routing group; this stage's layers [l0, l1), first / last: with the embedding / the loss.
+  const int64_t B = plan.microbatch_size, Mb = batch / B;
+  const int64_t l0 = plan.first_layer, l1 = plan.end_layer;
+  const bool first_stage = l0 == 0, last_stage = l1 == c.num_hidden_layers;
   const int64_t N = B * S, H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size, E = c.num_experts;
   const int64_t Nh = c.num_attention_heads, Nkv = c.num_key_value_heads, Dh = c.head_dim;
   const int64_t Wq = Nh * Dh, Wkv = Nkv * Dh, L = c.num_hidden_layers;
@@ -168,11 +197,20 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   auto weight_grad = [&](CM a, CM b, FM c) { return kernels::AddTransposedProduct<T, ExecSpace>(ctx, a, b, c); };
   auto rows_of = [](auto x, int64_t r0, int64_t r1) { return Kokkos::subview(x, std::make_pair(r0, r1), Kokkos::ALL); };
 
-  Vector<int64_t, ExecSpace> ids("ids", N);
-  Kokkos::deep_copy(ids, Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(input_ids.data(), N));
-  Kokkos::View<int64_t**, Kokkos::LayoutRight, MemSpace> mask("mask", B, S);
-  Kokkos::deep_copy(mask, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
-                              attention_mask.data(), B, S));
+  // The current microbatch's ids and mask (the lambdas below read these; set per microbatch).
+  using MaskView = Kokkos::View<int64_t**, Kokkos::LayoutRight, MemSpace>;
+  Vector<int64_t, ExecSpace> ids;
+  MaskView mask;
+  std::vector<Vector<int64_t, ExecSpace>> micro_ids(Mb);
+  std::vector<MaskView> micro_mask(Mb);
+  for (int64_t j = 0; j < Mb; ++j) {
+    micro_ids[j] = Vector<int64_t, ExecSpace>("ids", N);
+    Kokkos::deep_copy(micro_ids[j], Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
+                                        input_ids.data() + j * N, N));
+    micro_mask[j] = MaskView("mask", B, S);
+    Kokkos::deep_copy(micro_mask[j], Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace,
+                                                  Kokkos::MemoryUnmanaged>(attention_mask.data() + j * N, B, S));
+  }
 
   // ---- forward, keeping what the backward pass reads ----
   struct Mlp {  // a dense MLP's activations
@@ -187,7 +225,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     IntM experts, rank;
     int64_t capacity = 0;
   };
-  std::vector<Layer> layers(L);
+  std::vector<Layer> layers;  // the current microbatch's (swapped in and out of its Micro)
   // Buffers that the op writing them fills completely: no zero-fill kernel (one per buffer and
   // step otherwise). Buffers that are accumulated into or partly written keep the zero-fill.
   auto fresh = [](const char* label, int64_t rows, int64_t cols) {
@@ -210,8 +248,6 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     return y;
   };
 
-  M h("h", N, H);
-  OPENMOE_RETURN_IF_ERROR(kernels::Embedding<T>(space, W(offsets_.embed_tokens, V, H), ids, h));
   // One layer's forward: h (the residual stream) goes from the layer's input to its output;
   // layers[i] receives every activation the backward pass reads.
   auto layer_forward = [&](int64_t i, M h) -> absl::Status {
@@ -269,16 +305,53 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     }
     return add(h, delta);
   };
-  for (int64_t i = 0; i < L; ++i) {
-    OPENMOE_RETURN_IF_ERROR(layer_forward(i, h));
-    if (recompute_) {  // keep only the layer's input; the backward pass runs the layer again
-      M h_in = layers[i].h_in;
-      layers[i] = Layer{};
-      layers[i].h_in = h_in;
+  // Per microbatch: its layers' activations between its forward and its backward.
+  struct Micro {
+    std::vector<Layer> layers;
+    M h_out;  // the last stage: the residual stream after its layers (the loss starts from it)
+    Kokkos::View<double*, MemSpace> router_parts;  // (aux, z) of each MoE layer of the stage
+    int64_t moe_count = 0;
+    bool forwarded = false, backwarded = false;
+  };
+  std::vector<Micro> micro(Mb);
+  auto check_micro = [&](const char* what, int64_t j, bool forward) -> absl::Status {
+    if (j < 0 || j >= Mb || (forward ? micro[j].forwarded : !micro[j].forwarded || micro[j].backwarded)) {
+      return absl::InternalError(absl::StrCat("pipeline schedule: ", what, " of microbatch ", j, " of ", Mb,
+                                              " out of order"));
     }
-  }
-  M h_final = copy(h), xf("xf", N, H);
-  OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h_final, WV(offsets_.final_norm), xf, eps));
+    return absl::OkStatus();
+  };
+  // Microbatch j's forward through layers [l0, l1) (StageOps::forward).
+  auto forward_micro = [&](int64_t j, CFM in, FM out) -> absl::Status {
+    OPENMOE_RETURN_IF_ERROR(check_micro("forward", j, true));
+    micro[j].forwarded = true;
+    ids = micro_ids[j], mask = micro_mask[j];
+    micro[j].layers.resize(L);
+    layers.swap(micro[j].layers);
+    M h("h", N, H);
+    if (first_stage) {
+      OPENMOE_RETURN_IF_ERROR(kernels::Embedding<T>(space, W(offsets_.embed_tokens, V, H), ids, h));
+    } else {  // the previous stage's output
+      OPENMOE_ASSIGN_OR_RETURN(CM in_t, to_t(in));
+      Kokkos::deep_copy(h, in_t);
+    }
+    for (int64_t i = l0; i < l1; ++i) {
+      OPENMOE_RETURN_IF_ERROR(layer_forward(i, h));
+      if (recompute_) {  // keep only the layer's input; the backward pass runs the layer again
+        M h_in = layers[i].h_in;
+        layers[i] = Layer{};
+        layers[i].h_in = h_in;
+      }
+    }
+    if (last_stage) {
+      micro[j].h_out = h;
+    } else {
+      OPENMOE_ASSIGN_OR_RETURN(CFM h_f, to_f(CM(h)));
+      Kokkos::deep_copy(out, h_f);
+    }
+    layers.swap(micro[j].layers);
+    return absl::OkStatus();
+  };
 
   // Float copies of the norm weights the backward pass reads (the step's working values).
   auto norm_weight = [&](int64_t offset) -> absl::StatusOr<ConstVector<float, ExecSpace>> {
@@ -289,10 +362,14 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   // ---- LM loss and its gradient, a chunk of rows at a time (never [N, V] logits at once) ----
   LossParts parts;
   FM dh("dh", N, H);  // gradient of the residual stream, walked backwards (float32)
-  {
+  // The last stage: microbatch j's loss from its final residual stream; its gradient into dh.
+  auto lm_loss_backward = [&](int64_t j) -> absl::Status {
+    M h_final = micro[j].h_out, xf("xf", N, H);
+    OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h_final, WV(offsets_.final_norm), xf, eps));
+    const int64_t* micro_input = input_ids.data() + j * N;
     std::vector<int64_t> labels(N);
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t s = 0; s < S; ++s) labels[b * S + s] = s + 1 < S ? input_ids[b * S + s + 1] : -1;
+      for (int64_t s = 0; s < S; ++s) labels[b * S + s] = s + 1 < S ? micro_input[b * S + s + 1] : -1;
     Vector<int64_t, ExecSpace> labels_d("labels", N);
     Kokkos::deep_copy(labels_d, Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(labels.data(), N));
     M dxf("dxf", N, H);
@@ -321,7 +398,9 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     OPENMOE_ASSIGN_OR_RETURN(CFM dxf_f, to_f(CM(dxf)));
     OPENMOE_ASSIGN_OR_RETURN(auto w_norm, norm_weight(offsets_.final_norm));
     OPENMOE_RETURN_IF_ERROR(kernels::RmsNormBackward<ExecSpace>(space, hf, w_norm, dxf_f, eps, dh, GV(offsets_.final_norm)));
-  }
+    micro[j].h_out = M();
+    return absl::OkStatus();
+  };
 
   // ---- backward through the layers (float32 gradients; products in the run dtype) ----
   FM dx("dx", N, H), dnorm("dnorm", N, H);
@@ -358,10 +437,21 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     return kernels::AddInPlace<float>(space, dh, CFM(dnorm));
   };
   const double moe_layers = std::max<int64_t>(1, c.NumMoeLayers());
+  // Microbatch j's backward through layers [l1, l0) (StageOps::backward).
+  auto backward_micro = [&](int64_t j, CFM dout, FM din) -> absl::Status {
+  OPENMOE_RETURN_IF_ERROR(check_micro("backward", j, false));
+  micro[j].backwarded = true;
+  ids = micro_ids[j], mask = micro_mask[j];
+  layers.swap(micro[j].layers);
+  if (last_stage) {
+    OPENMOE_RETURN_IF_ERROR(lm_loss_backward(j));
+  } else {  // the gradient of this stage's output, from the next stage
+    Kokkos::deep_copy(dh, dout);
+  }
   // Per MoE layer, in backward order: its unweighted (aux, z) [2 * MoE layers].
   Kokkos::View<double*, MemSpace> router_parts_d("router_parts", 2 * std::max<int64_t>(1, c.NumMoeLayers()));
   int64_t moe_index = 0;
-  for (int64_t i = L - 1; i >= 0; --i) {
+  for (int64_t i = l1 - 1; i >= l0; --i) {
     const LayerOffsets& lo = offsets_.layers[i];
     if (recompute_) {  // the same kernels on the same input: the same activations, bit for bit
       M h_again = copy(layers[i].h_in);
@@ -456,17 +546,45 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     OPENMOE_RETURN_IF_ERROR(norm_backward(lo.input_norm, CM(a.h_in), CFM(dx)));
     a = Layer{};  // this layer's activations are no longer needed
   }
-  OPENMOE_RETURN_IF_ERROR(kernels::EmbeddingBackward<ExecSpace>(space, ids, CFM(dh), c.pad_token_id,
-                                                                G(offsets_.embed_tokens, V, H)));
-  if (loss_scale_ != 1.0f) {  // back to the loss's own gradients (inf / NaN stay)
-    OPENMOE_RETURN_IF_ERROR(kernels::Scale<ExecSpace>(space, flat_grads_, 1.0f / loss_scale_));
+  if (first_stage) {
+    OPENMOE_RETURN_IF_ERROR(kernels::EmbeddingBackward<ExecSpace>(space, ids, CFM(dh), c.pad_token_id,
+                                                                  G(offsets_.embed_tokens, V, H)));
+  } else {  // the gradient of this stage's input, for the previous stage
+    Kokkos::deep_copy(din, dh);
+  }
+  micro[j].router_parts = router_parts_d, micro[j].moe_count = moe_index;
+  layers.swap(micro[j].layers);
+  micro[j].layers.clear();
+  return absl::OkStatus();
+  };
+
+  if (plan.schedule == nullptr) {  // ForwardBackward: the one microbatch through every layer
+    OPENMOE_RETURN_IF_ERROR(forward_micro(0, CFM(), FM()));
+    OPENMOE_RETURN_IF_ERROR(backward_micro(0, CFM(), FM()));
+  } else {
+    StageOps ops;
+    ops.microbatches = Mb, ops.rows = N, ops.hidden = H, ops.first = first_stage, ops.last = last_stage;
+    ops.forward = forward_micro, ops.backward = backward_micro;
+    OPENMOE_RETURN_IF_ERROR((*plan.schedule)(ops));
+    for (int64_t j = 0; j < Mb; ++j) {
+      if (!micro[j].backwarded) {
+        return absl::InternalError(absl::StrCat("pipeline schedule: microbatch ", j, " of ", Mb, " has no backward pass"));
+      }
+    }
+  }
+  // Back to the loss's own gradients (inf / NaN stay), of the mean over microbatches.
+  if (loss_scale_ != 1.0f || Mb != 1) {
+    OPENMOE_RETURN_IF_ERROR(kernels::Scale<ExecSpace>(space, flat_grads_, 1.0f / (loss_scale_ * float(Mb))));
   }
   Kokkos::fence();
   double aux_sum = 0, z_sum = 0;
-  auto router_parts = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), router_parts_d);
-  for (int64_t j = 0; j < moe_index; ++j) aux_sum += router_parts(2 * j), z_sum += router_parts(2 * j + 1);
-  parts.router_aux = c.router_aux_loss_factor * aux_sum / moe_layers;
-  parts.router_z   = c.router_z_loss_factor * z_sum / moe_layers;
+  for (int64_t j = 0; j < Mb; ++j) {
+    auto router_parts = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), micro[j].router_parts);
+    for (int64_t k = 0; k < micro[j].moe_count; ++k) aux_sum += router_parts(2 * k), z_sum += router_parts(2 * k + 1);
+  }
+  parts.lm         = parts.lm / double(Mb);
+  parts.router_aux = c.router_aux_loss_factor * aux_sum / moe_layers / double(Mb);
+  parts.router_z   = c.router_z_loss_factor * z_sum / moe_layers / double(Mb);
   parts.total      = parts.lm + parts.router_aux + parts.router_z;
   return parts;
 }

@@ -14,6 +14,7 @@
 #define OPENMOE_TRAINABLE_MODEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -93,10 +94,49 @@ class TrainableModel {
                                             const std::vector<int64_t>& attention_mask, int64_t batch,
                                             int64_t seq_len);
 
+  // ---- pipeline parallelism: one stage's share of a step ----
+  // What a pipeline schedule calls on this stage, one microbatch at a time. Hidden states and
+  // their gradients cross stages as float32 [rows, hidden] (rows = microbatch examples x S; exact
+  // for bf16 / fp16 runs too: their hidden states convert to float32 and back unchanged).
+  struct StageOps {
+    int64_t microbatches = 0, rows = 0, hidden = 0;
+    bool first = false, last = false;  // the stage holding the embedding / the final norm, LM head and loss
+    // Microbatch `micro`'s forward through the stage's layers: the first stage embeds its ids (`in`
+    // unused), the others start from `in` (the previous stage's output); every stage but the last
+    // writes its output to `out` (unused on the last). The activations stay until backward(micro).
+    std::function<absl::Status(int64_t micro, ConstMatrix<float, ExecSpace> in, Matrix<float, ExecSpace> out)> forward;
+    // Microbatch `micro`'s backward, after its forward: the last stage starts from the microbatch's
+    // loss (final norm, LM head; `dout` unused), the others from `dout` (the gradient of the stage's
+    // output, from the next stage); every stage but the first writes the gradient of its input to
+    // `din` (unused on the first). Weight gradients accumulate in grad().
+    std::function<absl::Status(int64_t micro, ConstMatrix<float, ExecSpace> dout, Matrix<float, ExecSpace> din)> backward;
+  };
+  // Runs ops.forward and ops.backward once per microbatch, each forward before its backward, in
+  // any order (GPipe, 1F1B), moving hidden states / gradients between stages.
+  using PipelineSchedule = std::function<absl::Status(const StageOps& ops)>;
+  // This stage's share of a step on `batch` examples split into batch / microbatch_size
+  // microbatches (each its own routing group): layers [first_layer, end_layer), plus the embedding
+  // when first_layer is 0 and the final norm, LM head and loss when end_layer is the layer count.
+  // grad() (overwritten): this stage's part of the gradient of the mean over microbatches of each
+  // microbatch's loss; every other parameter's gradient is 0 (so a sum over the stages gives the
+  // whole gradient). Returns this stage's part of that mean loss: the LM loss on the last stage
+  // (0 elsewhere), the router aux / z losses of its MoE layers (already weighted by the factors
+  // over all MoE layers of the model); the sum over stages is the unpipelined loss.
+  absl::StatusOr<LossParts> ForwardBackwardStage(int64_t first_layer, int64_t end_layer,
+                                                 const std::vector<int64_t>& input_ids,
+                                                 const std::vector<int64_t>& attention_mask, int64_t batch,
+                                                 int64_t seq_len, int64_t microbatch_size,
+                                                 const PipelineSchedule& schedule);
+
  private:
+  // The stage a step runs (ForwardBackward: every layer, one microbatch, no schedule).
+  struct StagePlan {
+    int64_t first_layer = 0, end_layer = 0, microbatch_size = 0;
+    const PipelineSchedule* schedule = nullptr;
+  };
   template <class T>
   absl::StatusOr<LossParts> Step(const std::vector<int64_t>& input_ids, const std::vector<int64_t>& attention_mask,
-                                 int64_t batch, int64_t seq_len);
+                                 int64_t batch, int64_t seq_len, const StagePlan& plan);
 
   // The step's working weights at `offset` (fp32 masters, or the 16-bit copy), gradients there.
   template <class T>

@@ -8,7 +8,7 @@
 // also reduce-scatters the gradient (openmoe/train/optimizer.h); rank 0 alone prints and writes.
 // `--plugin ep` (EP size N) and `--plugin ep_zero --extra_dp_size k` (k < N, EP size N/k) run the
 // MoE layers expert parallel inside EP groups (rank layout: WireExpertParallel), ZeRO 0/1/2 as
-// above; every rank still holds the full flat buffers. hybrid: not yet.
+// above; every rank still holds the full flat buffers. hybrid: pure pipeline (--pp_size = world, 1F1B).
 //
 //   bazel run //tools:train          # default run: the embedded tiny model on the shipped data
 //   bazel run //tools:train -- --model DIR --dataset data.jsonl --output_path out --batch_size 4
@@ -96,10 +96,10 @@ ABSL_FLAG(int64_t, zero_stage, 2, "ZeRO stage 0 | 1 | 2 (--plugin ep or ep_zero;
           "complete (rank 0 gathers the state) and resume under any stage with the same world size.");
 ABSL_FLAG(int64_t, extra_dp_size, 1, "ep_zero: replicas of each expert (EP size = world size / this; it must divide "
           "the world size, and the EP size num_experts). Equal to the world size: pure data parallelism.");
-ABSL_FLAG(int64_t, pp_size, 2, "Not supported yet (hybrid plugin).");
-ABSL_FLAG(int64_t, dp_size, 1, "Not supported yet (hybrid plugin).");
-ABSL_FLAG(int64_t, ep_size, 2, "Not supported yet (hybrid plugin).");
-ABSL_FLAG(int64_t, microbatch_size, 1, "Not supported yet (hybrid plugin).");
+ABSL_FLAG(int64_t, pp_size, 2, "--plugin hybrid: pipeline stages (today: the world size, with --ep_size 1 --dp_size 1).");
+ABSL_FLAG(int64_t, dp_size, 1, "--plugin hybrid: expert-replica DP size inside a stage (today: 1).");
+ABSL_FLAG(int64_t, ep_size, 2, "--plugin hybrid: EP size inside a stage (today: 1).");
+ABSL_FLAG(int64_t, microbatch_size, 1, "--plugin hybrid: examples per pipeline microbatch (dividing --batch_size).");
 ABSL_FLAG(bool, use_kernel, false, "Not supported yet (upstream's Triton/CUDA MoE kernels).");
 ABSL_FLAG(bool, use_layernorm_kernel, false, "Not supported yet (fused normalization).");
 ABSL_FLAG(bool, load_balance, false, "Not supported yet (expert load balancing).");
@@ -125,7 +125,11 @@ int Fail(const std::string& message) {
 // world: pure data parallelism; k < world: EP groups of world / k ranks), each with --zero_stage 0,
 // 1 or 2; otherwise an error naming the first offending flag and what works today. The expert count
 // against the EP size is checked once the model is known (CheckExpertSplit). Before any work.
+absl::Status CheckHybridFlags(int world);
+bool HybridPipeline() { return FlagGiven("plugin") && absl::GetFlag(FLAGS_plugin) == "hybrid"; }
+
 absl::Status CheckParallelFlags(int world) {
+  if (HybridPipeline()) return CheckHybridFlags(world);  // --plugin hybrid: see the pipeline section below
   const std::string supported = absl::StrCat(
       "supported today on MPI host ranks: --plugin ep, or --plugin ep_zero --extra_dp_size k with k dividing the "
       "world size ", world, " (k = ", world, ": pure data parallelism), each with --zero_stage 0, 1 or 2",
@@ -411,10 +415,196 @@ absl::Status WireExpertParallel(openmoe::train::Trainer& trainer, int rank, int 
   }
 }
 
+// ---- pipeline parallelism: --plugin hybrid --pp_size P (today: --ep_size 1 --dp_size 1, world = P) ----
+// Rank r is pipeline stage r. It holds every parameter (replicated flat buffers, as under ep) but
+// computes only its layers' gradients: stage s has layers [s L / P, (s + 1) L / P) (integer
+// division: stage sizes differ by at most one layer), stage 0 also the embedding, stage P - 1 the
+// final norm, LM head and loss. Every stage takes the same --batch_size examples (D = world / P = 1
+// data-parallel rank), split into batch_size / --microbatch_size microbatches, each its own routing
+// group. Schedule: 1F1B (Megatron's PipeDream-flush order: min(P - 1 - s, M) warm-up forwards,
+// then a forward and a backward in turn, then the remaining backwards); hidden states [m S, H]
+// go to the next stage and their gradients back as float32 by blocking MPI point-to-point calls,
+// the steady state's paired transfers as one MPI_Sendrecv each so that neighbouring stages never
+// both block in a send. After the schedule the flat gradients (zero outside each stage's
+// parameters) and the loss parts are summed over the stages (MPI all-reduce): every rank then
+// holds the whole gradient of the mean microbatch loss (router losses of every stage included),
+// its replicated AdamW keeps all copies equal, and rank 0 alone writes metrics, dumps and full
+// checkpoints. ZeRO-1 over the one data-parallel rank is ZeRO-0; ZeRO-2 is refused (as upstream).
+
+// --plugin hybrid on `world` ranks, before any work.
+absl::Status CheckHybridFlags(int world) {
+  const std::string supported = absl::StrCat(
+      "--plugin hybrid supports today pure pipeline parallelism over MPI host ranks: --pp_size P --ep_size 1 "
+      "--dp_size 1 on P ranks (mpirun -np P), --microbatch_size m dividing --batch_size, --zero_stage 0 or 1");
+  for (const char* flag : {"extra_dp_size", "use_kernel", "use_layernorm_kernel", "load_balance",
+                           "load_balance_interval", "comm_overlap"}) {
+    if (FlagGiven(flag)) {
+      return absl::UnimplementedError(absl::StrCat("--", flag, " is not supported with --plugin hybrid yet; ", supported));
+    }
+  }
+  const int64_t P = absl::GetFlag(FLAGS_pp_size), e = absl::GetFlag(FLAGS_ep_size), d = absl::GetFlag(FLAGS_dp_size);
+  const int64_t m = absl::GetFlag(FLAGS_microbatch_size), zero = absl::GetFlag(FLAGS_zero_stage);
+  if (P < 1 || e < 1 || d < 1 || m < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--pp_size, --ep_size, --dp_size and --microbatch_size must be >= 1, "
+                                                   "not ", P, ", ", e, ", ", d, ", ", m, "; ", supported));
+  }
+  if (world % (P * e * d) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--plugin hybrid: the world size ", world, " is not divisible by "
+                                                   "--pp_size ", P, " x --ep_size ", e, " x --dp_size ", d, " = ",
+                                                   P * e * d, "; ", supported));
+  }
+  if (e != 1 || d != 1 || world != P) {
+    return absl::UnimplementedError(absl::StrCat("--plugin hybrid with --ep_size ", e, " --dp_size ", d, " on ", world,
+                                                 " ranks (--pp_size ", P, ") is not supported yet; ", supported));
+  }
+  if (zero != 0 && zero != 1 && zero != 2) {
+    return absl::InvalidArgumentError(absl::StrCat("--zero_stage must be 0, 1 or 2, not ", zero, "; ", supported));
+  }
+  if (zero == 2 && P > 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--zero_stage 2 cannot be combined with pipeline parallelism "
+                                                   "(--pp_size ", P, "), as upstream; ", supported));
+  }
+  return absl::OkStatus();
+}
+
+// Layers [first, end) of pipeline stage `stage` of `stages` in a model of `layers` layers.
+std::pair<int64_t, int64_t> StageLayers(int64_t layers, int64_t stage, int64_t stages) {
+  return {stage * layers / stages, (stage + 1) * layers / stages};
+}
+
+// 1F1B over `comm` (stage = its rank; null for one stage): see the section comment.
+template <class Space>
+absl::Status RunOneFOneB(const openmoe::parallel::MpiCommunicator<Space>* comm, int stage, int stages,
+                         const typename openmoe::TrainableModel<Space>::StageOps& ops) {
+  using FM = openmoe::Matrix<float, Space>;
+  using CFM = openmoe::ConstMatrix<float, Space>;
+  const int64_t M = ops.microbatches, rows = ops.rows, H = ops.hidden;
+  FM in("pipeline_in", ops.first ? 0 : rows, H), out("pipeline_out", ops.last ? 0 : rows, H);
+  FM dout("pipeline_dout", ops.last ? 0 : rows, H), din("pipeline_din", ops.first ? 0 : rows, H);
+  const int count = int(rows * H);
+  const Space space;
+  MPI_Comm c = comm != nullptr ? comm->mpi_comm() : MPI_COMM_NULL;
+  using openmoe::parallel::MpiResult;
+  auto recv_forward = [&]() -> absl::Status {
+    if (ops.first) return absl::OkStatus();
+    return MpiResult(MPI_Recv(in.data(), count, MPI_FLOAT, stage - 1, 0, c, MPI_STATUS_IGNORE), "MPI_Recv (pipeline hidden states)");
+  };
+  auto send_forward = [&]() -> absl::Status {
+    if (ops.last) return absl::OkStatus();
+    space.fence();
+    return MpiResult(MPI_Send(out.data(), count, MPI_FLOAT, stage + 1, 0, c), "MPI_Send (pipeline hidden states)");
+  };
+  auto recv_backward = [&]() -> absl::Status {
+    if (ops.last) return absl::OkStatus();
+    return MpiResult(MPI_Recv(dout.data(), count, MPI_FLOAT, stage + 1, 0, c, MPI_STATUS_IGNORE), "MPI_Recv (pipeline gradients)");
+  };
+  auto send_backward = [&]() -> absl::Status {
+    if (ops.first) return absl::OkStatus();
+    space.fence();
+    return MpiResult(MPI_Send(din.data(), count, MPI_FLOAT, stage - 1, 0, c), "MPI_Send (pipeline gradients)");
+  };
+  auto send_forward_recv_backward = [&]() -> absl::Status {
+    if (ops.last) return absl::OkStatus();
+    space.fence();
+    return MpiResult(MPI_Sendrecv(out.data(), count, MPI_FLOAT, stage + 1, 0, dout.data(), count, MPI_FLOAT, stage + 1, 0,
+                                  c, MPI_STATUS_IGNORE), "MPI_Sendrecv (pipeline hidden states / gradients)");
+  };
+  auto send_backward_recv_forward = [&]() -> absl::Status {
+    if (ops.first) return absl::OkStatus();
+    space.fence();
+    return MpiResult(MPI_Sendrecv(din.data(), count, MPI_FLOAT, stage - 1, 0, in.data(), count, MPI_FLOAT, stage - 1, 0,
+                                  c, MPI_STATUS_IGNORE), "MPI_Sendrecv (pipeline gradients / hidden states)");
+  };
+  const int64_t warmup = std::min<int64_t>(stages - 1 - stage, M), steady = M - warmup;
+  for (int64_t j = 0; j < warmup; ++j) {
+    OPENMOE_RETURN_IF_ERROR(recv_forward());
+    OPENMOE_RETURN_IF_ERROR(ops.forward(j, CFM(in), out));
+    OPENMOE_RETURN_IF_ERROR(send_forward());
+  }
+  if (steady > 0) OPENMOE_RETURN_IF_ERROR(recv_forward());
+  for (int64_t i = 0; i < steady; ++i) {
+    OPENMOE_RETURN_IF_ERROR(ops.forward(warmup + i, CFM(in), out));
+    OPENMOE_RETURN_IF_ERROR(send_forward_recv_backward());
+    OPENMOE_RETURN_IF_ERROR(ops.backward(i, CFM(dout), din));
+    OPENMOE_RETURN_IF_ERROR(i + 1 == steady ? send_backward() : send_backward_recv_forward());
+  }
+  for (int64_t j = steady; j < M; ++j) {
+    OPENMOE_RETURN_IF_ERROR(recv_backward());
+    OPENMOE_RETURN_IF_ERROR(ops.backward(j, CFM(dout), din));
+    OPENMOE_RETURN_IF_ERROR(send_backward());
+  }
+  return absl::OkStatus();
+}
+
+// The trainer's pipeline hooks for this rank (stage `rank` of world = --pp_size ranks); `keep`
+// holds the communicator (the world, a duplicate of MPI_COMM_WORLD; none for one stage).
+template <class Space>
+absl::Status MakePipelineHooks(const openmoe::train::TrainOptions& options, int rank, int world,
+                               std::shared_ptr<void>& keep, openmoe::train::PipelineHooks& hooks) {
+  if constexpr (std::is_same_v<typename Space::memory_space, Kokkos::HostSpace>) {
+    using Comm = openmoe::parallel::MpiCommunicator<Space>;
+    const int stages = int(absl::GetFlag(FLAGS_pp_size));
+    const int64_t m = absl::GetFlag(FLAGS_microbatch_size);
+    if (options.batch_size % m != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("--plugin hybrid: --batch_size ", options.batch_size,
+                                                     " is not divisible by --microbatch_size ", m));
+    }
+    std::shared_ptr<Comm> comm;
+    if (world > 1) {
+      OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> created, Comm::World());
+      comm = std::move(created);
+    }
+    keep = comm;
+    hooks.writer = rank == 0;
+    hooks.forward_backward = [comm, stages, m, rank](openmoe::TrainableModel<Space>& model,
+                                                     const std::vector<int64_t>& ids, const std::vector<int64_t>& mask,
+                                                     int64_t batch, int64_t seq_len) -> absl::StatusOr<openmoe::LossParts> {
+      const int64_t L = model.config().num_hidden_layers;
+      if (L < stages) {
+        return absl::InvalidArgumentError(absl::StrCat("--plugin hybrid: ", L, " layers (num_hidden_layers) cannot be "
+                                                       "split over --pp_size ", stages, " stages"));
+      }
+      const auto [first, end] = StageLayers(L, rank, stages);
+      const typename openmoe::TrainableModel<Space>::PipelineSchedule schedule =
+          [&](const typename openmoe::TrainableModel<Space>::StageOps& ops) {
+            return RunOneFOneB<Space>(comm.get(), rank, stages, ops);
+          };
+      OPENMOE_ASSIGN_OR_RETURN(openmoe::LossParts loss,
+                               model.ForwardBackwardStage(first, end, ids, mask, batch, seq_len, m, schedule));
+      if (comm) {  // the whole gradient and loss: every other stage's part is zero here
+        const Space space;
+        OPENMOE_RETURN_IF_ERROR(comm->AllReduce(space, model.flat_grads(), openmoe::comm::ReduceOp::kSum));
+        double parts[3] = {loss.lm, loss.router_aux, loss.router_z};
+        OPENMOE_RETURN_IF_ERROR(openmoe::parallel::MpiResult(
+            MPI_Allreduce(MPI_IN_PLACE, parts, 3, MPI_DOUBLE, MPI_SUM, comm->mpi_comm()), "MPI_Allreduce (pipeline loss)"));
+        loss.lm = parts[0], loss.router_aux = parts[1], loss.router_z = parts[2];
+        loss.total = loss.lm + loss.router_aux + loss.router_z;
+      }
+      return loss;
+    };
+    if (rank == 0) {
+      std::fprintf(stderr, "pipeline parallel: %d stages (1F1B), --batch_size %lld in microbatches of %lld\n", stages,
+                   (long long)options.batch_size, (long long)m);
+    }
+    return absl::OkStatus();
+  } else {
+    return absl::UnimplementedError(absl::StrCat("pipeline-parallel training on ", Space::name(),
+                                                 " ranks needs NCCL, which is not supported yet; host ranks only"));
+  }
+}
+
 // The run, then output_path/loss_curve.png from every step of metrics.jsonl (those before a
 // resume too), the summed loss per label position. With dp.size > 1: data parallel over the MPI
 // world; only rank 0 writes the curve and the summary.
 absl::Status Train(const openmoe::train::TrainOptions& options, openmoe::train::DataParallelRank dp) {
+  const int64_t world_rank = dp.rank;
+  std::shared_ptr<void> pipeline_comm;  // --plugin hybrid: the pipeline stages' communicator
+  openmoe::train::PipelineHooks pipeline;
+  if (HybridPipeline()) {  // one data-parallel rank (D = world / P = 1): every stage trains the same examples
+    OPENMOE_RETURN_IF_ERROR(MakePipelineHooks<openmoe::train::TrainSpace>(options, int(dp.rank), int(dp.size),
+                                                                          pipeline_comm, pipeline));
+    dp = {0, 1};
+  }
   std::shared_ptr<void> comm;  // outlives the trainer's hooks (freed before the MPI session ends)
   openmoe::train::GradientReduction reduce_gradients;
   openmoe::train::LossReduction reduce_loss;
@@ -439,13 +629,13 @@ absl::Status Train(const openmoe::train::TrainOptions& options, openmoe::train::
   }
   OPENMOE_ASSIGN_OR_RETURN(openmoe::train::Trainer trainer,
                            openmoe::train::Trainer::Create(options, dp, std::move(reduce_gradients), std::move(reduce_loss),
-                                                           std::move(zero)));
+                                                           std::move(zero), std::move(pipeline)));
   if (ep_size > 0) {
     OPENMOE_RETURN_IF_ERROR(
         WireExpertParallel<openmoe::train::TrainSpace>(trainer, int(dp.rank), int(dp.size), ep_size, *not_owned));
   }
   OPENMOE_RETURN_IF_ERROR(trainer.Run());
-  if (dp.rank != 0) return absl::OkStatus();
+  if (world_rank != 0) return absl::OkStatus();
   const std::string png = (std::filesystem::path(options.output_path) / "loss_curve.png").string();
   OPENMOE_ASSIGN_OR_RETURN(openmoe::tools::LossCurve curve, openmoe::tools::ReadLossCurve(trainer.metrics_path()));
   std::vector<double> finite;

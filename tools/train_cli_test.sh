@@ -189,7 +189,7 @@ expect_error "holds no records" "${m[@]}" --dataset "$tmp/empty.jsonl"
 expect_error "is not writable" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --output_path /proc/no_such_dir
 expect_error "the checkpoint's vocab_size is 640, --model has 320" --model "$data/tiny8b" --resume "$tmp/straight" \
   --dataset tools/train_data/tiny_instructions.jsonl --output_path "$tmp/x"
-expect_error "--plugin is not supported yet" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --plugin hybrid
+expect_error "--plugin hybrid: the world size 1 is not divisible by --pp_size 2 x --ep_size 2" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --plugin hybrid
 expect_error "--extra_dp_size must divide the world size" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl --plugin ep_zero --extra_dp_size 2
 expect_error "fp16 overflow at step 1 even at loss scale 1" "${m[@]}" --dataset tools/train_data/tiny_instructions.jsonl \
   --precision fp16 --initial_loss_scale 1 --max_length 16

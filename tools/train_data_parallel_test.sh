@@ -60,7 +60,7 @@ expect_error() {  # expect_error "<text>" train args...
 }
 expect_error "--zero_stage must be 0, 1 or 2, not 3" --plugin ep_zero --extra_dp_size 2 --zero_stage 3
 expect_error "--zero_stage must be 0, 1 or 2, not 3" --plugin ep --zero_stage 3
-expect_error "--plugin is not supported yet as 'hybrid'"
+expect_error "--plugin hybrid: the world size 2 is not divisible by --pp_size 2 x --ep_size 2" --plugin hybrid
 expect_error "--extra_dp_size must divide the world size (the EP size is world / --extra_dp_size), not 3" --plugin ep_zero --extra_dp_size 3 --zero_stage 0
 expect_error "--pp_size is not supported yet" --plugin ep_zero --extra_dp_size 2 --zero_stage 0 --pp_size 2
 # A failure on the ranks (one example cannot feed 2 ranks) ends the job, naming the rank.

@@ -103,7 +103,7 @@ absl::StatusOr<io::TokenBatch> LoadDataset(const TrainOptions& o, const std::str
 }  // namespace
 
 absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank dp, GradientReduction reduce_gradients,
-                                        LossReduction reduce_loss, ZeroSharding zero) {
+                                        LossReduction reduce_loss, ZeroSharding zero, PipelineHooks pipeline) {
   OPENMOE_RETURN_IF_ERROR(ValidateTrainOptions(o));
   OPENMOE_RETURN_IF_ERROR(ValidateDataParallelRank(dp));
   if (zero.stage < 0 || zero.stage > 2) return absl::InvalidArgumentError(absl::StrCat("ZeRO stage ", zero.stage, ": 0, 1 or 2"));
@@ -114,7 +114,7 @@ absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank 
   if (dp.size > 1 && !reduce_gradients && zero.stage != 2) {
     return absl::InvalidArgumentError(absl::StrCat("data-parallel training over ", dp.size, " ranks needs a gradient reduction"));
   }
-  const bool writer = dp.rank == 0;
+  const bool writer = dp.rank == 0 && pipeline.writer;
   if (writer) OPENMOE_RETURN_IF_ERROR(PrepareOutputPath(o.output_path));
 
   // Model (and where to continue from).
@@ -128,6 +128,8 @@ absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank 
   OPENMOE_ASSIGN_OR_RETURN(TrainModel model, LoadModel(o, model_source));
   Trainer t(o, dp, std::move(reduce_gradients), std::move(model));
   t.reduce_loss_ = std::move(reduce_loss);
+  t.pipeline_ = std::move(pipeline);
+  t.writer_ = writer;
   t.position_ = resumed.position;
 
   // Data.
@@ -185,7 +187,9 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   const int64_t B = o.batch_size, S = data_.seq_len;
   const io::TokenBatch batch = GatherRows(data_, sharding_.Batch(position_.epoch, position_.batch));
   model_.set_loss_scale(float(optimizer_.loss_scale()));
-  OPENMOE_ASSIGN_OR_RETURN(LossParts loss, model_.ForwardBackward(batch.ids, batch.mask, B, S));
+  OPENMOE_ASSIGN_OR_RETURN(LossParts loss, pipeline_.forward_backward
+                                               ? pipeline_.forward_backward(model_, batch.ids, batch.mask, B, S)
+                                               : model_.ForwardBackward(batch.ids, batch.mask, B, S));
   if (reduce_loss_) OPENMOE_RETURN_IF_ERROR(reduce_loss_(loss));  // the mean over ranks: all stop together on NaN
   const int64_t step = position_.step + 1;
   if (!optimizer_.loss_scaling() && !std::isfinite(loss.total)) {
@@ -201,7 +205,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   std::vector<std::vector<float>> dump_grads;  // the first step's gradients, before clipping
   const bool dump = !o.dump_step_state.empty() && steps_this_run_ == 0;
   if (dump && optimizer_.zero_stage() == 2) OPENMOE_RETURN_IF_ERROR(optimizer_.GatherGradients(model_));  // every rank
-  if (dump && dp_.rank == 0) {
+  if (dump && writer_) {
     for (const TensorSpec& spec : model_.table()) dump_grads.push_back(ToHost(model_.grad(spec.name)));
   }
   const double lr = schedule_.At(step);
@@ -250,7 +254,7 @@ absl::Status Trainer::SaveCheckpoint() const {
   if (optimizer_.sharded()) {  // collective: the moment shards to rank 0
     OPENMOE_ASSIGN_OR_RETURN(std::tie(c.flat_m, c.flat_v), optimizer_.GatherMoments());
   }
-  if (dp_.rank != 0) return absl::OkStatus();
+  if (!writer_) return absl::OkStatus();
   c.options = &options_, c.model = &model_, c.optimizer = &optimizer_, c.position = position_;
   c.data_order = {options_.batch_size, data_.batch, data_.seq_len, int64_t(options_.seed), int64_t(options_.shuffle), dp_.size};
   c.tokenizer_file = tokenizer_file_;

@@ -47,6 +47,18 @@ using GradientReduction = std::function<absl::Status(Vector<float, TrainSpace> f
 // check, the gradient reduction and the metrics); replaces them with their mean over the
 // data-parallel ranks, so every rank logs, checks and dumps the same loss. Optional (identity).
 using LossReduction = std::function<absl::Status(LossParts& loss)>;
+// Pipeline parallelism (--plugin hybrid): this rank runs one pipeline stage. forward_backward
+// replaces the model's ForwardBackward on this rank's batch [batch, seq_len]: it runs the stage's
+// schedule and leaves in grad() the whole gradient and returns the whole loss (both reduced over
+// the stages), as ForwardBackward would; the data-parallel hooks above then apply as usual.
+// writer: false on every rank but the one that writes metrics, dumps and checkpoints (the
+// data-parallel rank 0 of pipeline stage 0).
+struct PipelineHooks {
+  std::function<absl::StatusOr<LossParts>(TrainModel& model, const std::vector<int64_t>& input_ids,
+                                          const std::vector<int64_t>& attention_mask, int64_t batch, int64_t seq_len)>
+      forward_backward;
+  bool writer = true;
+};
 
 class Trainer {
  public:
@@ -57,7 +69,7 @@ class Trainer {
   // `zero`: ZeRO-1/2 over a communicator of dp.size ranks in which this one is dp.rank.
   static absl::StatusOr<Trainer> Create(const TrainOptions& options, DataParallelRank dp = {},
                                         GradientReduction reduce_gradients = {}, LossReduction reduce_loss = {},
-                                        ZeroSharding zero = {});
+                                        ZeroSharding zero = {}, PipelineHooks pipeline = {});
 
   // One more sink for every later step (any rank).
   void AddMetricsSink(std::unique_ptr<MetricsSink> sink) { sinks_.push_back(std::move(sink)); }
@@ -93,6 +105,8 @@ class Trainer {
 
   TrainOptions options_;
   DataParallelRank dp_;
+  PipelineHooks pipeline_;
+  bool writer_ = true;  // dp rank 0 (of pipeline stage 0)
   GradientReduction reduce_gradients_;
   LossReduction reduce_loss_;
   TrainModel model_;
