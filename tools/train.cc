@@ -8,7 +8,8 @@
 // also reduce-scatters the gradient (openmoe/train/optimizer.h); rank 0 alone prints and writes.
 // `--plugin ep` (EP size N) and `--plugin ep_zero --extra_dp_size k` (k < N, EP size N/k) run the
 // MoE layers expert parallel inside EP groups (rank layout: WireExpertParallel), ZeRO 0/1/2 as
-// above; every rank still holds the full flat buffers. hybrid: pure pipeline (--pp_size = world, 1F1B).
+// above; every rank still holds the full flat buffers. hybrid: --pp_size P stages (1F1B) x --ep_size e
+// x --dp_size d inside a stage (world = P e d; dense DP over e d, layout in the pipeline section).
 //
 //   bazel run //tools:train          # default run: the embedded tiny model on the shipped data
 //   bazel run //tools:train -- --model DIR --dataset data.jsonl --output_path out --batch_size 4
@@ -74,7 +75,10 @@ ABSL_FLAG(double, router_aux_loss_factor, -1, "Router load-balancing loss factor
 ABSL_FLAG(double, router_z_loss_factor, -1, "Router z-loss factor (default: the config's, 0.0001).");
 ABSL_FLAG(std::string, resume, "", "Continue from a step-N folder or an --output_path with a `latest` file, "
           "with the options saved there (model, --dataset, hyperparameters; --output_path: the checkpoint's folder); "
-          "flags given again override them. Bit-identical to an uninterrupted run.");
+          "flags given again override them. Bit-identical to an uninterrupted run. Another world size, plugin or ZeRO "
+          "stage may resume it (the state is resharded on load); the data continues at the saved global example, which "
+          "this run's global batch (--batch_size x data-parallel ranks) must divide; keep the global batch to continue "
+          "the same run.");
 ABSL_FLAG(std::string, dump_step_state, "", "After the first optimizer step, write loss.*, grad.<param> (step-1 "
           "gradient) and param.<param> (after the step) to this safetensors file.");
 ABSL_FLAG(bool, progress, true, "Progress on stderr: a bar redrawn in place on a terminal, one line per step otherwise.");
@@ -89,16 +93,16 @@ ABSL_FLAG(std::string, plugin, "hybrid", "hybrid | ep | ep_zero, over MPI host r
           "N / --extra_dp_size, each expert replicated --extra_dp_size times (--extra_dp_size N: pure data parallelism, "
           "every expert on every rank). ep: the experts split over all N ranks (num_experts divisible by the EP size). "
           "Dense parameters data parallel over all ranks; --zero_stage 0, 1 or 2. Without mpirun: omit it (one device). "
-          "hybrid: not supported yet.");
+          "hybrid: --pp_size P pipeline stages (1F1B) x --ep_size e x --dp_size d on P*e*d ranks.");
 ABSL_FLAG(int64_t, zero_stage, 2, "ZeRO stage 0 | 1 | 2 (--plugin ep or ep_zero; over all ranks' full flat buffer): 0 "
           "replicates the optimizer state; 1 shards the AdamW moments and the master-weight update over the ranks "
           "(updated slices all-gathered); 2 also reduce-scatters the gradient. Same results as 0; checkpoints are "
-          "complete (rank 0 gathers the state) and resume under any stage with the same world size.");
+          "complete (rank 0 gathers the state) and resume under any stage, plugin or world size.");
 ABSL_FLAG(int64_t, extra_dp_size, 1, "ep_zero: replicas of each expert (EP size = world size / this; it must divide "
           "the world size, and the EP size num_experts). Equal to the world size: pure data parallelism.");
-ABSL_FLAG(int64_t, pp_size, 2, "--plugin hybrid: pipeline stages (today: the world size, with --ep_size 1 --dp_size 1).");
-ABSL_FLAG(int64_t, dp_size, 1, "--plugin hybrid: expert-replica DP size inside a stage (today: 1).");
-ABSL_FLAG(int64_t, ep_size, 2, "--plugin hybrid: EP size inside a stage (today: 1).");
+ABSL_FLAG(int64_t, pp_size, 2, "--plugin hybrid: pipeline stages (world size = --pp_size x --ep_size x --dp_size).");
+ABSL_FLAG(int64_t, dp_size, 1, "--plugin hybrid: expert-replica DP size inside a stage (dense DP over ep x dp ranks).");
+ABSL_FLAG(int64_t, ep_size, 2, "--plugin hybrid: EP size inside a stage (num_experts divisible by it).");
 ABSL_FLAG(int64_t, microbatch_size, 1, "--plugin hybrid: examples per pipeline microbatch (dividing --batch_size).");
 ABSL_FLAG(bool, use_kernel, false, "Not supported yet (upstream's Triton/CUDA MoE kernels).");
 ABSL_FLAG(bool, use_layernorm_kernel, false, "Not supported yet (fused normalization).");
@@ -137,8 +141,9 @@ absl::Status CheckParallelFlags(int world) {
   for (const char* flag : {"pp_size", "dp_size", "ep_size", "microbatch_size", "use_kernel", "use_layernorm_kernel",
                            "load_balance", "load_balance_interval", "comm_overlap"}) {
     if (FlagGiven(flag)) {
-      return absl::UnimplementedError(absl::StrCat("--", flag, " is not supported yet (upstream's hybrid plugin, fused "
-                                                   "kernels and load balancing are not implemented); ", supported));
+      return absl::UnimplementedError(absl::StrCat("--", flag, " is not supported yet here (--pp_size, --ep_size, "
+                                                   "--dp_size and --microbatch_size need --plugin hybrid; fused kernels "
+                                                   "and load balancing are not implemented); ", supported));
     }
   }
   if (world == 1 && !FlagGiven("plugin") && !FlagGiven("zero_stage") && !FlagGiven("extra_dp_size")) {
@@ -163,13 +168,18 @@ absl::Status CheckParallelFlags(int world) {
 
 // The data-parallel hooks of world `comm`: flat gradients summed in place and divided by the
 // world size (the mean of the ranks' gradients), loss parts averaged in float64. Host ranks only
-// (MPI over host memory); a device TrainSpace needs NCCL, not there yet.
+// (MPI over host memory); a device TrainSpace needs NCCL, not there yet. `color` >= 0 (--plugin
+// hybrid): over the world ranks of that colour instead (a collective Split of the world, ordered by
+// world rank), i.e. the data-parallel ranks of one pipeline stage.
 template <class Space>
 absl::Status MakeDataParallelHooks(std::shared_ptr<void>& keep, openmoe::train::GradientReduction& grads,
-                                   openmoe::train::LossReduction& loss) {
+                                   openmoe::train::LossReduction& loss, int color = -1) {
   if constexpr (std::is_same_v<typename Space::memory_space, Kokkos::HostSpace>) {
     using Comm = openmoe::parallel::MpiCommunicator<Space>;
     OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> world, Comm::World());
+    if (color >= 0) {
+      OPENMOE_ASSIGN_OR_RETURN(world, world->Split(color, world->rank()));
+    }
     std::shared_ptr<Comm> comm(std::move(world));
     keep = comm;
     grads = [comm](openmoe::Vector<float, Space> g) -> absl::Status {
@@ -198,11 +208,16 @@ absl::Status MakeDataParallelHooks(std::shared_ptr<void>& keep, openmoe::train::
 
 // ZeRO-1/2 of pure data parallelism (--zero_stage 1|2): the optimizer's own communicator over the
 // MPI world (a duplicate of MPI_COMM_WORLD, freed with the trainer). Host ranks only, as above.
+// `color` >= 0: over the world ranks of that colour (as MakeDataParallelHooks).
 template <class Space>
-absl::Status MakeZeroSharding(int stage, std::shared_ptr<void>& keep, openmoe::train::ZeroSharding& zero) {
+absl::Status MakeZeroSharding(int stage, std::shared_ptr<void>& keep, openmoe::train::ZeroSharding& zero,
+                              int color = -1) {
   if constexpr (std::is_same_v<typename Space::memory_space, Kokkos::HostSpace>) {
     using Comm = openmoe::parallel::MpiCommunicator<Space>;
     OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> world, Comm::World());
+    if (color >= 0) {
+      OPENMOE_ASSIGN_OR_RETURN(world, world->Split(color, world->rank()));
+    }
     std::shared_ptr<openmoe::comm::Communicator<Space>> comm(std::move(world));
     keep = comm;
     zero.stage = stage, zero.comm = comm;
@@ -235,6 +250,7 @@ int ExpertParallelSize(int world) {
 // "--plugin ep" or "--plugin ep_zero --extra_dp_size k" (for messages).
 std::string PluginName() {
   const std::string plugin = absl::GetFlag(FLAGS_plugin);
+  if (HybridPipeline()) return absl::StrCat("--plugin hybrid --ep_size ", absl::GetFlag(FLAGS_ep_size));
   return plugin == "ep" ? "--plugin ep"
                         : absl::StrCat("--plugin ep_zero --extra_dp_size ", absl::GetFlag(FLAGS_extra_dp_size));
 }
@@ -248,6 +264,12 @@ absl::Status CheckExpertSplit(const openmoe::train::TrainOptions& o, int ep_size
   else if (!o.model_name.empty()) config = openmoe::PresetConfig(o.model_name);
   if (!config.ok()) return absl::OkStatus();  // Trainer::Create reports a bad model itself
   if (config->num_experts % ep_size != 0) {
+    if (HybridPipeline()) {
+      return absl::InvalidArgumentError(absl::StrCat(PluginName(), " splits each stage's experts over EP groups of ",
+                                                     ep_size, " ranks, but the model's ", config->num_experts,
+                                                     " experts (num_experts) cannot be split evenly over ", ep_size,
+                                                     " ranks; choose an --ep_size dividing ", config->num_experts));
+    }
     if (ep_size == world) {
       return absl::InvalidArgumentError(absl::StrCat(PluginName(), " splits the experts over the ranks, but the model's ",
                                                      config->num_experts, " experts (num_experts) cannot be split evenly "
@@ -361,21 +383,25 @@ class ExpertZeroCommunicator final : public openmoe::comm::Communicator<Space> {
 // ranks (the layout above; the whole world for `ep`) and fills `not_owned` with the flat-buffer
 // ranges of the experts other members of its group own. Collective (the dispatcher's communicator
 // is split from / duplicates MPI_COMM_WORLD; it lives with the model, which every rank destroys at
-// the same point).
+// the same point). `replicas` k: copies of each expert (world / ep_size under ep / ep_zero; --dp_size
+// under hybrid, where the world is P stages of ep_size * k consecutive ranks: inside its stage a rank
+// has index inner = ep_index * k + replica, and its EP group is its stage's ranks of its replica
+// index; with one stage this is the ep / ep_zero layout).
 template <class Space>
-absl::Status WireExpertParallel(openmoe::train::Trainer& trainer, int rank, int world, int ep_size,
+absl::Status WireExpertParallel(openmoe::train::Trainer& trainer, int rank, int world, int ep_size, int replicas,
                                 NotOwnedGradients& not_owned) {
   if constexpr (std::is_same_v<typename Space::memory_space, Kokkos::HostSpace>) {
     using Comm = openmoe::parallel::MpiCommunicator<Space>;
     OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> world_comm, Comm::World());
-    const int k = world / ep_size;  // replicas of each expert
+    const int k = replicas, stage_ranks = ep_size * k;
+    const int stage = rank / stage_ranks, inner = rank % stage_ranks;
     std::unique_ptr<Comm> group = std::move(world_comm);
-    if (k > 1) {  // EP group: the ranks with this rank's replica index, ordered by rank (position rank / k)
-      OPENMOE_ASSIGN_OR_RETURN(group, group->Split(/*color=*/rank % k, /*key=*/rank));
+    if (ep_size < world) {  // EP group: the stage's ranks with this rank's replica index, ordered by rank (position inner / k)
+      OPENMOE_ASSIGN_OR_RETURN(group, group->Split(/*color=*/stage * k + inner % k, /*key=*/rank));
     }
-    if (group->size() != ep_size || group->rank() != rank / k) {
+    if (group->size() != ep_size || group->rank() != inner / k) {
       return absl::InternalError(absl::StrCat("expert parallelism: rank ", rank, " has position ", group->rank(), " of ",
-                                              group->size(), " in its EP group, expected ", rank / k, " of ", ep_size));
+                                              group->size(), " in its EP group, expected ", inner / k, " of ", ep_size));
     }
     std::shared_ptr<openmoe::comm::Communicator<Space>> comm(std::move(group));
     const int64_t E = trainer.model().config().num_experts, P = ep_size;
@@ -405,8 +431,9 @@ absl::Status WireExpertParallel(openmoe::train::Trainer& trainer, int rank, int 
           groups += "}";
         }
       }
+      if (stage_ranks < world) groups += absl::StrCat(" in stage 0 (the same in each of the ", world / stage_ranks, " stages)");
       std::fprintf(stderr, "expert parallel: %lld experts over %lld ranks (%lld each)%s; dense parameters data parallel "
-                   "over %d ranks\n", (long long)E, (long long)P, (long long)local, groups.c_str(), world);
+                   "over %d ranks\n", (long long)E, (long long)P, (long long)local, groups.c_str(), stage_ranks);
     }
     return absl::OkStatus();
   } else {
@@ -415,27 +442,44 @@ absl::Status WireExpertParallel(openmoe::train::Trainer& trainer, int rank, int 
   }
 }
 
-// ---- pipeline parallelism: --plugin hybrid --pp_size P (today: --ep_size 1 --dp_size 1, world = P) ----
-// Rank r is pipeline stage r. It holds every parameter (replicated flat buffers, as under ep) but
-// computes only its layers' gradients: stage s has layers [s L / P, (s + 1) L / P) (integer
-// division: stage sizes differ by at most one layer), stage 0 also the embedding, stage P - 1 the
-// final norm, LM head and loss. Every stage takes the same --batch_size examples (D = world / P = 1
-// data-parallel rank), split into batch_size / --microbatch_size microbatches, each its own routing
-// group. Schedule: 1F1B (Megatron's PipeDream-flush order: min(P - 1 - s, M) warm-up forwards,
-// then a forward and a backward in turn, then the remaining backwards); hidden states [m S, H]
-// go to the next stage and their gradients back as float32 by blocking MPI point-to-point calls,
-// the steady state's paired transfers as one MPI_Sendrecv each so that neighbouring stages never
-// both block in a send. After the schedule the flat gradients (zero outside each stage's
-// parameters) and the loss parts are summed over the stages (MPI all-reduce): every rank then
-// holds the whole gradient of the mean microbatch loss (router losses of every stage included),
-// its replicated AdamW keeps all copies equal, and rank 0 alone writes metrics, dumps and full
-// checkpoints. ZeRO-1 over the one data-parallel rank is ZeRO-0; ZeRO-2 is refused (as upstream).
+// ---- pipeline parallelism: --plugin hybrid --pp_size P --ep_size e --dp_size d (world = P e d) ----
+// Rank layout (docs/parallel.md's mesh, (pp, ep, edp) order, replica innermost): rank = stage * (e d)
+// + inner, inner = ep_index * d + replica. Pipeline of a rank: the P ranks with its inner index
+// (stage +- 1 are its neighbours; a Split of the world by inner, ordered by stage); inside a stage
+// the e d ranks are D = e d data-parallel ranks (data rank = inner: DistributedSampler share, dense
+// gradient mean, loss mean, ZeRO-1), and the stage's experts are split over the EP group of its e
+// ranks with the same replica index (WireExpertParallel), each expert on d ranks.
+// A rank holds every parameter (replicated flat buffers, as under ep) but computes only its
+// layers' gradients: stage s has layers [s L / P, (s + 1) L / P) (integer division: stage sizes
+// differ by at most one layer), stage 0 also the embedding, stage P - 1 the final norm, LM head and
+// loss. Every stage of a pipeline takes the same --batch_size examples (its data rank's share),
+// split into batch_size / --microbatch_size microbatches, each its own routing group. Schedule:
+// 1F1B (Megatron's PipeDream-flush order: min(P - 1 - s, M) warm-up forwards, then a forward and a
+// backward in turn, then the remaining backwards); hidden states [m S, H] go to the next stage and
+// their gradients back as float32 by blocking MPI point-to-point calls, the steady state's paired
+// transfers as one MPI_Sendrecv each so that neighbouring stages never both block in a send (the
+// EP all-to-alls of a stage's MoE layers run in the same order on all e ranks of an EP group: they
+// share the stage, hence the schedule).
+// Gradient: after the schedule the flat gradients (zero outside each stage's parameters) and the
+// loss parts are summed over the pipeline's stages (MPI all-reduce): every rank then holds its
+// data rank's whole gradient of the mean microbatch loss (router losses of every stage included),
+// with the experts its EP index does not own zero (all stages of a pipeline share the EP index).
+// Then, D > 1, the data-parallel hooks over the stage's e d ranks: non-owned expert slices zeroed
+// (ExpertParallelGradients' guard), sum over the e d ranks, / D. Dense parameters: the mean over
+// the D data ranks. An expert: the owner in each of the d EP groups holds the sum over its group's
+// e data ranks (the all-to-all's backward), the other slices are zero, so the sum over the e d
+// ranks is the sum over all D data ranks, / D the mean. Summing over stages first and over the
+// stage second is the sum over the world either way. The loss: the pipeline's sum, then the mean
+// over the D data ranks. Every rank ends with the full step gradient: its replicated AdamW (ZeRO-1:
+// sharded over the stage's D ranks, every stage alike) keeps all copies equal, and rank 0 (stage 0,
+// data rank 0) alone writes metrics, dumps and full checkpoints. ZeRO-2 with P > 1 is refused (as
+// upstream).
 
 // --plugin hybrid on `world` ranks, before any work.
 absl::Status CheckHybridFlags(int world) {
   const std::string supported = absl::StrCat(
-      "--plugin hybrid supports today pure pipeline parallelism over MPI host ranks: --pp_size P --ep_size 1 "
-      "--dp_size 1 on P ranks (mpirun -np P), --microbatch_size m dividing --batch_size, --zero_stage 0 or 1");
+      "--plugin hybrid supports today over MPI host ranks: --pp_size P --ep_size e --dp_size d on P x e x d ranks "
+      "(mpirun -np P*e*d), --microbatch_size m dividing --batch_size, --zero_stage 0 or 1 (2 only with --pp_size 1)");
   for (const char* flag : {"extra_dp_size", "use_kernel", "use_layernorm_kernel", "load_balance",
                            "load_balance_interval", "comm_overlap"}) {
     if (FlagGiven(flag)) {
@@ -453,9 +497,10 @@ absl::Status CheckHybridFlags(int world) {
                                                    "--pp_size ", P, " x --ep_size ", e, " x --dp_size ", d, " = ",
                                                    P * e * d, "; ", supported));
   }
-  if (e != 1 || d != 1 || world != P) {
-    return absl::UnimplementedError(absl::StrCat("--plugin hybrid with --ep_size ", e, " --dp_size ", d, " on ", world,
-                                                 " ranks (--pp_size ", P, ") is not supported yet; ", supported));
+  if (world != P * e * d) {
+    return absl::UnimplementedError(absl::StrCat("--plugin hybrid on ", world, " ranks with --pp_size ", P, " --ep_size ",
+                                                 e, " --dp_size ", d, " (", P * e * d, " ranks): a world larger than "
+                                                 "P x e x d is not supported yet; ", supported));
   }
   if (zero != 0 && zero != 1 && zero != 2) {
     return absl::InvalidArgumentError(absl::StrCat("--zero_stage must be 0, 1 or 2, not ", zero, "; ", supported));
@@ -536,27 +581,37 @@ absl::Status RunOneFOneB(const openmoe::parallel::MpiCommunicator<Space>* comm, 
   return absl::OkStatus();
 }
 
-// The trainer's pipeline hooks for this rank (stage `rank` of world = --pp_size ranks); `keep`
-// holds the communicator (the world, a duplicate of MPI_COMM_WORLD; none for one stage).
+// The trainer's pipeline hooks for world rank `rank` of `world` = P e d ranks (stage rank / (e d),
+// pipeline = the ranks of its inner index); `keep` holds the pipeline communicator (a Split of
+// MPI_COMM_WORLD by inner index, ordered by stage, so a stage's pipeline rank is its stage; none
+// for one stage).
 template <class Space>
 absl::Status MakePipelineHooks(const openmoe::train::TrainOptions& options, int rank, int world,
                                std::shared_ptr<void>& keep, openmoe::train::PipelineHooks& hooks) {
   if constexpr (std::is_same_v<typename Space::memory_space, Kokkos::HostSpace>) {
     using Comm = openmoe::parallel::MpiCommunicator<Space>;
     const int stages = int(absl::GetFlag(FLAGS_pp_size));
+    const int inner_ranks = world / stages, stage = rank / inner_ranks, inner = rank % inner_ranks;
     const int64_t m = absl::GetFlag(FLAGS_microbatch_size);
     if (options.batch_size % m != 0) {
       return absl::InvalidArgumentError(absl::StrCat("--plugin hybrid: --batch_size ", options.batch_size,
                                                      " is not divisible by --microbatch_size ", m));
     }
     std::shared_ptr<Comm> comm;
-    if (world > 1) {
+    if (stages > 1) {
       OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> created, Comm::World());
+      if (inner_ranks > 1) {
+        OPENMOE_ASSIGN_OR_RETURN(created, created->Split(/*color=*/inner, /*key=*/stage));
+      }
+      if (created->size() != stages || created->rank() != stage) {
+        return absl::InternalError(absl::StrCat("pipeline: rank ", rank, " has position ", created->rank(), " of ",
+                                                created->size(), " in its pipeline, expected ", stage, " of ", stages));
+      }
       comm = std::move(created);
     }
     keep = comm;
     hooks.writer = rank == 0;
-    hooks.forward_backward = [comm, stages, m, rank](openmoe::TrainableModel<Space>& model,
+    hooks.forward_backward = [comm, stages, m, rank = stage](openmoe::TrainableModel<Space>& model,
                                                      const std::vector<int64_t>& ids, const std::vector<int64_t>& mask,
                                                      int64_t batch, int64_t seq_len) -> absl::StatusOr<openmoe::LossParts> {
       const int64_t L = model.config().num_hidden_layers;
@@ -585,6 +640,17 @@ absl::Status MakePipelineHooks(const openmoe::train::TrainOptions& options, int 
     if (rank == 0) {
       std::fprintf(stderr, "pipeline parallel: %d stages (1F1B), --batch_size %lld in microbatches of %lld\n", stages,
                    (long long)options.batch_size, (long long)m);
+      if (inner_ranks > 1) {
+        std::string pipes;
+        for (int i = 0; i < inner_ranks; ++i) {
+          pipes += " {";
+          for (int s = 0; s < stages; ++s) absl::StrAppend(&pipes, s ? "," : "", s * inner_ranks + i);
+          pipes += "}";
+        }
+        std::fprintf(stderr, "hybrid: %d data-parallel ranks (--ep_size %lld x --dp_size %lld) in each of %d stages; "
+                     "pipelines%s\n", inner_ranks, (long long)absl::GetFlag(FLAGS_ep_size),
+                     (long long)absl::GetFlag(FLAGS_dp_size), stages, pipes.c_str());
+      }
     }
     return absl::OkStatus();
   } else {
@@ -600,18 +666,25 @@ absl::Status Train(const openmoe::train::TrainOptions& options, openmoe::train::
   const int64_t world_rank = dp.rank;
   std::shared_ptr<void> pipeline_comm;  // --plugin hybrid: the pipeline stages' communicator
   openmoe::train::PipelineHooks pipeline;
-  if (HybridPipeline()) {  // one data-parallel rank (D = world / P = 1): every stage trains the same examples
+  const bool hybrid = HybridPipeline();
+  const int world_size = int(dp.size);
+  int stage_color = -1;  // hybrid: the data-parallel hooks / ZeRO over this stage's ranks (a Split of the world)
+  if (hybrid) {  // D = e d data-parallel ranks, data rank = the index inside the stage; every stage of a pipeline alike
     OPENMOE_RETURN_IF_ERROR(MakePipelineHooks<openmoe::train::TrainSpace>(options, int(dp.rank), int(dp.size),
                                                                           pipeline_comm, pipeline));
-    dp = {0, 1};
+    const int64_t inner_ranks = dp.size / absl::GetFlag(FLAGS_pp_size);
+    stage_color = int(dp.rank / inner_ranks);
+    dp = {dp.rank % inner_ranks, inner_ranks};
   }
   std::shared_ptr<void> comm;  // outlives the trainer's hooks (freed before the MPI session ends)
   openmoe::train::GradientReduction reduce_gradients;
   openmoe::train::LossReduction reduce_loss;
   if (dp.size > 1) {
-    OPENMOE_RETURN_IF_ERROR(MakeDataParallelHooks<openmoe::train::TrainSpace>(comm, reduce_gradients, reduce_loss));
+    OPENMOE_RETURN_IF_ERROR(
+        MakeDataParallelHooks<openmoe::train::TrainSpace>(comm, reduce_gradients, reduce_loss, stage_color));
   }
-  const int ep_size = ExpertParallelSize(int(dp.size));  // 0: not expert parallel
+  const int hybrid_ep = int(absl::GetFlag(FLAGS_ep_size));
+  const int ep_size = hybrid ? (hybrid_ep > 1 ? hybrid_ep : 0) : ExpertParallelSize(int(dp.size));  // 0: not EP
   auto not_owned = std::make_shared<NotOwnedGradients>();  // filled by WireExpertParallel
   if (ep_size > 0) {
     OPENMOE_RETURN_IF_ERROR(CheckExpertSplit(options, ep_size, int(dp.size)));
@@ -622,7 +695,7 @@ absl::Status Train(const openmoe::train::TrainOptions& options, openmoe::train::
   std::shared_ptr<void> zero_comm;
   openmoe::train::ZeroSharding zero;  // one rank: nothing to shard, ZeRO-0
   if (const int64_t stage = absl::GetFlag(FLAGS_zero_stage); dp.size > 1 && stage > 0) {
-    OPENMOE_RETURN_IF_ERROR(MakeZeroSharding<openmoe::train::TrainSpace>(int(stage), zero_comm, zero));
+    OPENMOE_RETURN_IF_ERROR(MakeZeroSharding<openmoe::train::TrainSpace>(int(stage), zero_comm, zero, stage_color));
     if (ep_size > 0 && stage == 2) {  // the reduce-scatter replaces the hook: zero the non-owned experts before it
       zero.comm = std::make_shared<ExpertZeroCommunicator<openmoe::train::TrainSpace>>(zero.comm, not_owned);
     }
@@ -632,7 +705,8 @@ absl::Status Train(const openmoe::train::TrainOptions& options, openmoe::train::
                                                            std::move(zero), std::move(pipeline)));
   if (ep_size > 0) {
     OPENMOE_RETURN_IF_ERROR(
-        WireExpertParallel<openmoe::train::TrainSpace>(trainer, int(dp.rank), int(dp.size), ep_size, *not_owned));
+        WireExpertParallel<openmoe::train::TrainSpace>(trainer, int(world_rank), world_size, ep_size,
+                                                       /*replicas=*/int(dp.size) / ep_size, *not_owned));
   }
   OPENMOE_RETURN_IF_ERROR(trainer.Run());
   if (world_rank != 0) return absl::OkStatus();

@@ -154,6 +154,7 @@ absl::Status SaveCheckpoint(const CheckpointContents& c) {
   j["seed"] = options.seed, j["shuffle"] = options.shuffle, j["batch_size"] = options.batch_size;
   j["examples"] = c.data_order.examples, j["seq_len"] = c.data_order.seq_len;
   if (c.data_order.data_parallel_size != 1) j["data_parallel_size"] = c.data_order.data_parallel_size;
+  j["next_example"] = c.position.batch * options.batch_size * c.data_order.data_parallel_size;
   j["dataset"] = options.dataset, j["task_name"] = options.task_name;
   j["rng"] = "data order = EpochOrder(seed, epoch); no other random state";
   j["optimizer_steps"] = c.optimizer->steps(), j["precision"] = options.precision;
@@ -214,21 +215,51 @@ absl::StatusOr<TrainerState> ReadTrainerState(const std::string& folder, double 
   DataOrder& d = state.data_order;
   d.batch_size = integer("batch_size", -1), d.examples = integer("examples", -1), d.seq_len = integer("seq_len", -1);
   d.seed = integer("seed", -1), d.shuffle = integer("shuffle", -1), d.data_parallel_size = integer("data_parallel_size", 1);
+  state.next_example = integer("next_example", -1);
   return state;
 }
 
 absl::Status CheckSameDataOrder(const DataOrder& saved, const DataOrder& now) {
   const std::pair<const char*, std::pair<int64_t, int64_t>> keys[] = {
-      {"batch_size", {saved.batch_size, now.batch_size}}, {"examples", {saved.examples, now.examples}},
-      {"seq_len", {saved.seq_len, now.seq_len}}, {"seed", {saved.seed, now.seed}}, {"shuffle", {saved.shuffle, now.shuffle}},
-      {"data_parallel_size", {saved.data_parallel_size, now.data_parallel_size}}};
+      {"examples", {saved.examples, now.examples}}, {"seq_len", {saved.seq_len, now.seq_len}},
+      {"seed", {saved.seed, now.seed}}, {"shuffle", {saved.shuffle, now.shuffle}}};
   for (const auto& [key, values] : keys) {
-    if (values.first != values.second) {
+    if (values.first != -1 && values.first != values.second) {
       return absl::InvalidArgumentError(absl::StrCat("--resume: the checkpoint was trained with ", key, " = ", values.first,
                                                      ", this run has ", values.second, " (the data order would differ)"));
     }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<TrainingPosition> ResumePosition(const TrainerState& saved, const DataOrder& now, std::string* note) {
+  OPENMOE_RETURN_IF_ERROR(CheckSameDataOrder(saved.data_order, now));
+  const int64_t G = now.global_batch();
+  if (G <= 0 || now.examples < 0) return absl::InvalidArgumentError("ResumePosition: this run's data order is incomplete");
+  // An older checkpoint without batch_size: its global batch is taken as this run's.
+  const int64_t saved_G = saved.data_order.global_batch() > 0 ? saved.data_order.global_batch() : G;
+  const int64_t example = saved.next_example >= 0 ? saved.next_example : saved.position.batch * saved_G;
+  const auto split = [](const DataOrder& d) {
+    return absl::StrCat(d.batch_size * d.data_parallel_size, " = --batch_size ", d.batch_size, " x ", d.data_parallel_size,
+                        " data-parallel rank", d.data_parallel_size == 1 ? "" : "s");
+  };
+  if (example % G != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--resume: the checkpoint stopped after ", example, " examples of epoch ", saved.position.epoch,
+        " (global batch ", saved.data_order.batch_size > 0 ? split(saved.data_order) : absl::StrCat(saved_G), "); this run's global batch ",
+        split(now), " does not divide that, so it has no step boundary there; resume with a global batch dividing ", example));
+  }
+  TrainingPosition p{saved.position.step, saved.position.epoch, example / G};
+  if (p.batch >= now.examples / G) p = {p.step, p.epoch + 1, 0};  // this run's epoch ends there (drop_last)
+  if (note != nullptr) {
+    note->clear();
+    if (saved_G != G) {
+      *note = absl::StrCat("--resume: the global batch changes from ", split(saved.data_order), " to ", split(now),
+                           "; continuing at example ", example, " of epoch ", saved.position.epoch,
+                           " (not the continuation of either uninterrupted run)");
+    }
+  }
+  return p;
 }
 
 absl::Status LoadOptimizerMoments(const std::string& folder, const TrainModel& model, AdamWOptimizer& optimizer) {

@@ -7,9 +7,10 @@
 //                        max_shard_bytes, model-0000K-of-0000N.safetensors shards with
 //                        model.safetensors.index.json; tokenizer.model) plus
 //                        trainer_state.safetensors (AdamW moments m.<name>, v.<name>),
-//                        trainer_state.json (step, epoch, next batch, seed, data shape, optimizer
-//                        steps, loss scaler) and run_config.json (the run's options: what
-//                        `--resume DIR` restores)
+//                        trainer_state.json (step, epoch, next batch, next_example: the epoch's
+//                        examples consumed, in global DistributedSampler order, seed, data shape,
+//                        optimizer steps, loss scaler) and run_config.json (the run's options:
+//                        what `--resume DIR` restores)
 //   latest               the name of the newest complete step-<N> folder
 //   metrics.jsonl        one line per step (metrics.h); tools/train adds loss_curve.png
 // Folders are written under a temporary name and renamed, and `latest` is replaced by rename, so
@@ -31,15 +32,19 @@
 
 namespace openmoe::train {
 
-// Where training continues: the steps done and the next batch of the data order.
+// Where training continues: the steps done and the next batch of the data order (in batches of
+// the run's global batch, batch_size x data-parallel ranks).
 struct TrainingPosition {
   int64_t step = 0, epoch = 0, batch = 0;
 };
 
-// What decides the data order; a resume must see the same. -1: not recorded.
+// What decides the data order. -1: not recorded. A resume must see the same examples, seq_len,
+// seed and shuffle; batch_size and data_parallel_size may change (ResumePosition).
 struct DataOrder {
   int64_t batch_size = -1, examples = -1, seq_len = -1, seed = -1, shuffle = -1;
   int64_t data_parallel_size = 1;  // recorded when above 1
+  // Examples per optimizer step over all ranks (-1: batch_size not recorded).
+  int64_t global_batch() const { return batch_size < 0 ? -1 : batch_size * data_parallel_size; }
 };
 
 // Everything one checkpoint holds (views of the trainer's state).
@@ -68,11 +73,25 @@ struct TrainerState {
   int64_t optimizer_steps = 0;
   std::optional<LossScalerState> loss_scaler;
   DataOrder data_order;
+  // Examples of position.epoch consumed, counted in the epoch's global order (DistributedSampler:
+  // global batch b is positions [b G, (b + 1) G) of it, whatever the split of G = batch_size x D
+  // over the ranks); -1: not recorded (older checkpoints: next_batch x G).
+  int64_t next_example = -1;
 };
 // A missing loss-scaler scale reads as initial_loss_scale.
 absl::StatusOr<TrainerState> ReadTrainerState(const std::string& folder, double initial_loss_scale);
-// The checkpoint was trained with `saved`; an error naming the first difference from `now`.
+// The checkpoint was trained with `saved`; an error naming the first difference from `now` in
+// examples, seq_len, seed or shuffle (batch_size and data_parallel_size may differ).
 absl::Status CheckSameDataOrder(const DataOrder& saved, const DataOrder& now);
+// Where a run with data order `now` continues from the checkpoint `saved` (another world size,
+// plugin or split of the global batch over ranks allowed): the same epoch and the same global
+// example index, next_example / G' batches of this run's global batch G' = now.global_batch()
+// (the next epoch when that completes this one). An error when G' does not divide next_example
+// (no step boundary of this run there). With G' equal to the saved global batch the continuation
+// takes exactly the examples the uninterrupted run would have taken (each rank its
+// DistributedSampler share of them); with another G' it is a new run from there (its steps and
+// schedule count on from `saved`'s step), and `note` says so.
+absl::StatusOr<TrainingPosition> ResumePosition(const TrainerState& saved, const DataOrder& now, std::string* note);
 // The AdamW moments of trainer_state.safetensors in `folder` into `optimizer` (laid out as `model`;
 // under ZeRO each rank keeps its own part of the whole state).
 absl::Status LoadOptimizerMoments(const std::string& folder, const TrainModel& model, AdamWOptimizer& optimizer);

@@ -140,8 +140,10 @@ absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank 
   OPENMOE_ASSIGN_OR_RETURN(t.data_, LoadDataset(o, t.tokenizer_file_, t.model_.config().max_position_embeddings));
   const int64_t N = t.data_.batch, S = t.data_.seq_len, B = o.batch_size;
   OPENMOE_ASSIGN_OR_RETURN(t.sharding_, DataSharding::Create(N, B, dp, o.seed, o.shuffle));
-  if (!o.resume.empty()) {
-    OPENMOE_RETURN_IF_ERROR(CheckSameDataOrder(resumed.data_order, {B, N, S, int64_t(o.seed), int64_t(o.shuffle), dp.size}));
+  if (!o.resume.empty()) {  // the saved global example index in this run's batches (any world size or plugin)
+    std::string note;
+    OPENMOE_ASSIGN_OR_RETURN(t.position_, ResumePosition(resumed, {B, N, S, int64_t(o.seed), int64_t(o.shuffle), dp.size}, &note));
+    if (writer && !note.empty()) std::fprintf(stderr, "%s\n", note.c_str());
   }
   t.total_steps_ = t.sharding_.batches_per_epoch() * o.num_epochs;
   if (o.max_steps > 0) t.total_steps_ = std::min(t.total_steps_, o.max_steps);

@@ -18,6 +18,9 @@
 // mean); stage 2 replaces it by the optimizer's reduce-scatter (the reduction is not called).
 // SaveCheckpoint is then collective (the moment shards are gathered to rank 0, which writes the
 // same complete checkpoint as ZeRO-0); a resume gives each rank its part of the saved state.
+// A resume may use another world size, plugin or ZeRO stage: the checkpoint is consolidated (each
+// rank takes its ZeRO slice of the whole moments for its own world size) and the data position is a
+// global example index (ResumePosition, checkpoint.h).
 #ifndef OPENMOE_TRAIN_TRAINER_H_
 #define OPENMOE_TRAIN_TRAINER_H_
 

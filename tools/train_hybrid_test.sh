@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# //tools:train --plugin hybrid with data and expert parallelism inside the pipeline stages (issue 17),
+# 4 host ranks under mpirun (rank = stage * (e d) + ep_index * d + replica; docs/parallel.md):
+#  1. pipeline x DP: `--pp_size 2 --ep_size 1 --dp_size 2` (pipelines {0,2} {1,3}, data ranks 0 / 1
+#     inside each stage, ZeRO-1 over them) with --batch_size 1 --microbatch_size 1 --shuffle=false;
+#  2. pipeline x EP: `--pp_size 2 --ep_size 2 --dp_size 1` (EP groups {0,1} and {2,3}, 4 of the
+#     tiny8b fixture's 8 experts a rank; data ranks 0 / 1), ZeRO-0;
+#  each against `mpirun -np 2 --plugin ep_zero --extra_dp_size 2 --zero_stage 0` (pure data
+#  parallelism with the same two data ranks and batch: rank r takes examples r, r + 2, ... of 4;
+#  itself checked against single-process runs by train_data_parallel_test): the dumped step-1
+#  gradient and loss (the mean over the data ranks of each one's gradient of its own loss) and the
+#  parameters after 3 steps, to compare_ep_dp.py's tolerances (float32 orders differ: the
+#  pipeline's sums over stages / the experts' sums over EP ranks; see there);
+#  3. against `mpirun -np 4 --plugin ep_zero --extra_dp_size 4 --zero_stage 0` with --batch_size 1
+#     (the same 4 examples a step, each its own routing group), step-1 gradient and weights after 3
+#     steps: pipeline x DP with --batch_size 2 --microbatch_size 1 (2 microbatches per pipeline,
+#     1F1B's steady state), and the full mesh --pp_size 2 --ep_size 2 --dp_size 2 on 8 ranks
+#     (pipelines {0,4} {1,5} {2,6} {3,7}, EP groups {0,2} {1,3} / {4,6} {5,7}, ZeRO-1 over 4 ranks);
+#  4. a world other than P x e x d, and an --ep_size not dividing num_experts, refused before work.
+# mpirun setup as train_ep_zero_test.sh (4 ranks on 2 cores: --oversubscribe, one thread).
+set -uo pipefail
+train=tools/train
+data=tests/data/openmoe/tiny8b
+
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_btl=self,vader
+export OMP_NUM_THREADS=1 OMP_PROC_BIND=false KOKKOS_DISABLE_WARNINGS=1
+unset TEST_PREMATURE_EXIT_FILE
+tmp=${TEST_TMPDIR:-$(mktemp -d)}/train_hybrid
+rm -rf "$tmp" && mkdir -p "$tmp"
+ompi_dir=$(mktemp -d /tmp/openmoe-mpi.XXXXXX) || exit 1
+trap 'rm -rf "$ompi_dir"' EXIT
+export TMPDIR=$ompi_dir OMPI_MCA_orte_tmpdir_base=$ompi_dir OMPI_MCA_btl_vader_backing_directory=$ompi_dir
+
+mpi() { local np=$1; shift; timeout -k 5 60 mpirun -np "$np" --oversubscribe --bind-to none "$@"; }
+fail() { echo "FAIL: $*"; exit 1; }
+py() { PYTHONPATH=tools/reference python3 "$@"; }
+
+# The fixture's 2 examples plus 2 more (as train_ep_zero_test.sh): 4 different examples.
+py tools/compare_dp_grads.py split "$data/expected.safetensors" "$tmp" || fail "split"
+py - "$tmp/all.safetensors" "$tmp/four.safetensors" <<'PY' || fail "four examples"
+import sys
+import safetensors_lite as st
+t = st.read(sys.argv[1])
+(di, (n, s), ids), (dm, _, mask) = t["input_ids"], t["attention_mask"]
+more = [0 if v == 0 else 1 + (v * 7 + 5) % 319 for v in ids]
+st.write(sys.argv[2], {"input_ids": (di, [2 * n, s], list(ids) + more),
+                       "attention_mask": (dm, [2 * n, s], list(mask) + list(mask))})
+PY
+
+lr=1e-5 steps=3
+common=(--model "$data" --dataset "$tmp/four.safetensors" --shuffle=false --num_epochs "$steps" --max_steps "$steps"
+        --lr "$lr" --progress=false)
+run() {  # run NAME NP flags...
+  local name=$1 np=$2; shift 2
+  mpi "$np" "$train" "${common[@]}" --output_path "$tmp/$name" --dump_step_state "$tmp/$name.safetensors" "$@" \
+    >"$tmp/$name.log" 2>&1 || { cat "$tmp/$name.log"; fail "mpirun -np $np $*"; }
+  [[ $(grep -c "^training " "$tmp/$name.log") == 1 ]] || { cat "$tmp/$name.log"; fail "$name: not rank 0 alone printed the run"; }
+  [[ "$(cat "$tmp/$name/latest")" == "step-$steps" ]] || fail "$name: rank 0's checkpoint"
+}
+run dp2 2 --plugin ep_zero --extra_dp_size 2 --zero_stage 0 --batch_size 1
+
+# 1. pipeline x DP.
+run ppdp 4 --plugin hybrid --pp_size 2 --ep_size 1 --dp_size 2 --zero_stage 1 --batch_size 1 --microbatch_size 1
+grep -qF "hybrid: 2 data-parallel ranks (--ep_size 1 x --dp_size 2) in each of 2 stages; pipelines {0,2} {1,3}" \
+  "$tmp/ppdp.log" || { cat "$tmp/ppdp.log"; fail "no hybrid mesh line"; }
+grep -q "expert parallel" "$tmp/ppdp.log" && fail "--ep_size 1 ran expert parallel"
+py tools/compare_ep_dp.py grads "$tmp/ppdp.safetensors" "$tmp/dp2.safetensors" \
+  || fail "pipeline x DP: the step-1 gradient / loss is not the data-parallel one"
+py tools/compare_ep_dp.py params "$tmp/ppdp/step-$steps/model.safetensors" "$tmp/dp2/step-$steps/model.safetensors" \
+  "$lr" "$steps" || fail "pipeline x DP: the parameters after $steps steps differ from pure DP"
+
+# 2. pipeline x EP.
+run ppep 4 --plugin hybrid --pp_size 2 --ep_size 2 --dp_size 1 --zero_stage 0 --batch_size 1 --microbatch_size 1
+grep -qF "expert parallel: 8 experts over 2 ranks (4 each) in stage 0 (the same in each of the 2 stages); dense parameters data parallel over 2 ranks" \
+  "$tmp/ppep.log" || { cat "$tmp/ppep.log"; fail "no EP line"; }
+py tools/compare_ep_dp.py grads "$tmp/ppep.safetensors" "$tmp/dp2.safetensors" \
+  || fail "pipeline x EP: the step-1 gradient / loss is not the data-parallel one"
+py tools/compare_ep_dp.py params "$tmp/ppep/step-$steps/model.safetensors" "$tmp/dp2/step-$steps/model.safetensors" \
+  "$lr" "$steps" || fail "pipeline x EP: the parameters after $steps steps differ from pure DP"
+
+# 3. Against 4 data-parallel ranks of one example each (the same 4 examples a step, each its own
+#    routing group): two microbatches per pipeline, and the full mesh P = e = d = 2 on 8 ranks.
+run dp4 4 --plugin ep_zero --extra_dp_size 4 --zero_stage 0 --batch_size 1
+run ppdp_m2 4 --plugin hybrid --pp_size 2 --ep_size 1 --dp_size 2 --zero_stage 0 --batch_size 2 --microbatch_size 1
+run ppepdp 8 --plugin hybrid --pp_size 2 --ep_size 2 --dp_size 2 --zero_stage 1 --batch_size 1 --microbatch_size 1
+grep -qF "EP groups {0,2} {1,3} in stage 0 (the same in each of the 2 stages); dense parameters data parallel over 4 ranks" \
+  "$tmp/ppepdp.log" || { cat "$tmp/ppepdp.log"; fail "no EP group line (8 ranks)"; }
+for name in ppdp_m2 ppepdp; do
+  py tools/compare_ep_dp.py grads "$tmp/$name.safetensors" "$tmp/dp4.safetensors" \
+    || fail "$name: the step-1 gradient / loss is not the data-parallel one"
+  py tools/compare_ep_dp.py params "$tmp/$name/step-$steps/model.safetensors" "$tmp/dp4/step-$steps/model.safetensors" \
+    "$lr" "$steps" || fail "$name: the parameters after $steps steps differ from pure DP"
+done
+
+# 4. Refused before any work.
+expect_error() {  # expect_error NP WANT train flags...
+  local np=$1 want=$2; shift 2
+  local rc=0
+  mpi "$np" "$train" --model "$data" --dataset "$tmp/four.safetensors" --output_path "$tmp/bad" --progress=false "$@" \
+    >"$tmp/bad.log" 2>&1 || rc=$?
+  [[ $rc != 0 ]] || fail "expected an error for: $*"
+  [[ $rc != 124 && $rc != 137 ]] || fail "hung: $*"
+  grep -qF -- "$want" "$tmp/bad.log" || { cat "$tmp/bad.log"; fail "'$want' not in the output for: $*"; }
+  grep -q "^training " "$tmp/bad.log" && fail "work started for: $*"
+  echo "refused ($rc): -np $np $*"
+}
+expect_error 4 "--plugin hybrid on 4 ranks with --pp_size 2 --ep_size 1 --dp_size 1 (2 ranks): a world larger than P x e x d is not supported yet" \
+  --plugin hybrid --pp_size 2 --ep_size 1 --dp_size 1 --zero_stage 0
+expect_error 3 "--plugin hybrid --ep_size 3 splits each stage's experts over EP groups of 3 ranks, but the model's 8 experts" \
+  --plugin hybrid --pp_size 1 --ep_size 3 --dp_size 1 --zero_stage 0
+echo "hybrid (pipeline x DP, pipeline x EP, pipeline x EP x DP): PASS"
