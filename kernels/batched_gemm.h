@@ -9,7 +9,9 @@
 // A row-major [r, c] matrix with row stride ld is the column-major [c, r] matrix with leading
 // dimension ld, so row-major callers pass their operands swapped (C^T = op(B)^T op(A)^T).
 // Float32 accumulation for every type: cublasGemmStridedBatchedEx with CUBLAS_COMPUTE_32F on
-// CUDA (for float inputs no TF32, like PyTorch's default), a Kokkos loop on host backends.
+// CUDA (for float inputs no TF32, like PyTorch's default). Host backends: OpenBLAS's sgemm per
+// batch entry for float; 16-bit operands widened to float32 in scratch and sgemm where each is
+// reused enough (batched_gemm.cc), else a float32-accumulating Kokkos loop.
 #ifndef KERNELS_BATCHED_GEMM_H_
 #define KERNELS_BATCHED_GEMM_H_
 

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <type_traits>
 
-#include <KokkosBlas3_gemm.hpp>
+#include <openblas-openmp/cblas.h>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/instantiate.h"
@@ -14,13 +14,6 @@
 
 namespace openmoe::kernels {
 namespace {
-
-template <class ExecSpace>
-using ColMajor = Kokkos::View<float**, Kokkos::LayoutLeft, ExecSpace,
-                              Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
-template <class ExecSpace>
-using ConstColMajor = Kokkos::View<const float**, Kokkos::LayoutLeft, ExecSpace,
-                                   Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
 
 std::string Shape(size_t a, size_t b) { return absl::StrCat("[", a, ", ", b, "]"); }
 
@@ -183,7 +176,8 @@ void SplitKLinearFor(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstM
 }
 
 // y[M, N] (+)= x[M, K] @ op(w) through StridedBatchedGemm (cuBLAS on the caller's stream on CUDA,
-// a float32 loop on host): 16-bit products everywhere, float32 products on CUDA. Column-major
+// OpenBLAS or a float32 loop on host: batched_gemm.cc): 16-bit products everywhere, float32
+// products on CUDA. Column-major
 // view of row-major data: y^T[N, M] = op(w)^T[N, K] x^T[K, M].
 template <class T, class ExecSpace>
 absl::Status StridedGemm(const ExecutionContext<ExecSpace>& ctx, const T* x, const T* w, T* y, int64_t M, int64_t K, int64_t N,
@@ -224,19 +218,12 @@ absl::Status Gemm(const ExecutionContext<ExecSpace>& ctx, const char* op, ConstM
     return absl::OkStatus();
   }
   if constexpr (std::is_same_v<T, float> && !kIsCuda<ExecSpace>) {
-    // float32 on host backends: Kokkos Kernels' BLAS. (On CUDA float32 goes to cuBLAS below, on
-    // the caller's stream: Kokkos Kernels 3.4's gemm takes no execution-space instance and would
-    // run on the default stream.) Row-major [r, c] memory is column-major [c, r]:
-    // y^T[N, M] = op(w)^T[N, K] x^T[K, M].
-    ConstColMajor<ExecSpace> x_t(x.data(), K, M);
-    ColMajor<ExecSpace> y_t(y.data(), N, M);
-    if (w_is_out_in) {
-      ConstColMajor<ExecSpace> w_t(w.data(), K, N);  // w^T as stored; transposed in the call
-      KokkosBlas::gemm("T", "N", 1.0f, w_t, x_t, accumulate ? 1.0f : 0.0f, y_t);
-    } else {
-      ConstColMajor<ExecSpace> w_t(w.data(), N, K);
-      KokkosBlas::gemm("N", "N", 1.0f, w_t, x_t, accumulate ? 1.0f : 0.0f, y_t);
-    }
+    // float32 on host backends (Serial, OpenMP): OpenBLAS's sgemm on the row-major operands,
+    // y[M, N] = x[M, K] op(w) (+ y), op(w) = w^T for w [N, K]. Host kernels are synchronous, so
+    // x and w are ready. (On CUDA float32 goes to cuBLAS below, on the caller's stream.)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, w_is_out_in ? CblasTrans : CblasNoTrans, blasint(M), blasint(N),
+                blasint(K), 1.0f, x.data(), blasint(K), w.data(), blasint(w_is_out_in ? K : N),
+                accumulate ? 1.0f : 0.0f, y.data(), blasint(N));
     return absl::OkStatus();
   } else {
 #if defined(KOKKOS_ENABLE_CUDA)
@@ -296,10 +283,9 @@ absl::Status AddTransposedProduct(const ExecutionContext<ExecSpace>& ctx, ConstM
   }
   if (M == 0 || P == 0 || Q == 0) return absl::OkStatus();
   if constexpr (std::is_same_v<T, float> && !kIsCuda<ExecSpace>) {
-    // Host backends: Kokkos Kernels' BLAS on column-major views, c^T[Q, P] += b^T[Q, M] (a^T[P, M])^T.
-    ConstColMajor<ExecSpace> a_t(a.data(), P, M), b_t(b.data(), Q, M);
-    ColMajor<ExecSpace> c_t(c.data(), Q, P);
-    KokkosBlas::gemm("N", "T", 1.0f, b_t, a_t, 1.0f, c_t);
+    // Host backends: OpenBLAS's sgemm on the row-major operands, c[P, Q] += a^T[P, M] b[M, Q].
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, blasint(P), blasint(Q), blasint(M), 1.0f, a.data(),
+                blasint(P), b.data(), blasint(Q), 1.0f, c.data(), blasint(Q));
     return absl::OkStatus();
   } else {
     // 16-bit operands (and float32 on CUDA: cuBLAS on the caller's stream), float32 c: the same

@@ -1,14 +1,14 @@
 // File: kernels/linear.h
-// Row-major matrix products over Kokkos Views, through Kokkos Kernels' BLAS (cuBLAS on CUDA).
-// Kokkos Kernels is instantiated for column-major (LayoutLeft) float only, so a row-major
-// product is issued as the column-major product of the transposes: C^T = B^T A^T, with no copy.
+// Row-major matrix products over Kokkos Views: OpenBLAS's cblas_sgemm on host backends (Serial,
+// OpenMP), cuBLAS on CUDA.
 //
 //   Linear<T>(ctx, x, w, y);   // y[M, N] = x[M, K] @ w[N, K]^T   (nn.Linear weight [out, in])
 //   MatMul<T>(ctx, x, w, y);   // y[M, N] = x[M, K] @ w[K, N]     (OpenMoE expert weights, x@W)
 // With accumulate = true the product is added to y (beta = 1).
-// All Views must be contiguous row-major. T = float goes through Kokkos Kernels (cuBLAS on CUDA);
-// T = bf16 / f16 through StridedBatchedGemm (batched_gemm.h: cuBLAS with float32 compute on
-// CUDA, a float32-accumulating Kokkos loop on host); on CUDA, Linear with at most 4 rows (a decode step) and fewer than 8192
+// All Views must be contiguous row-major. T = float goes through cblas_sgemm on host (cuBLAS on
+// CUDA); T = bf16 / f16 through StridedBatchedGemm (batched_gemm.h: cuBLAS with float32 compute
+// on CUDA; on host, operands widened to float32 and sgemm, or a float32-accumulating Kokkos loop
+// for products of few rows); on CUDA, Linear with at most 4 rows (a decode step) and fewer than 8192
 // output columns (o_proj, down_proj, router) uses the project's own weight-streaming kernel
 // instead (one warp per output column, 16-byte loads), which reads the weights faster
 // than the split-K kernels cuBLAS picks for these shapes (decode_kernels_benchmark). That kernel
