@@ -4,6 +4,7 @@
 
 #include <cfloat>
 #include <cmath>
+#include <type_traits>
 
 #include "gtest/gtest.h"
 #include "kernels/reference/ops.h"
@@ -62,7 +63,7 @@ TYPED_TEST(LinearTest, MatchesReference) {
   }
 }
 
-// bf16 storage (LoopGemm on host, cublasGemmEx on CUDA, and on CUDA the weight-streaming kernels
+// bf16 storage (LoopGemm or, for <= 4 rows, the GEMV on host, cublasGemmEx on CUDA, and on CUDA the weight-streaming kernels
 // for Linear with <= 4 rows and 16-byte aligned rows): inputs are bf16 values, so the double
 // reference of those exact values differs from the kernel by the float32 accumulation error plus
 // one rounding of the result to bf16 (unit roundoff u = 2^-8 for its 8-bit significand).
@@ -113,6 +114,58 @@ TYPED_TEST(LinearTest, Bf16MatchesReferenceOfRoundedInputs) {
       }
     }
   }
+}
+
+// 16-bit products of 1-4 rows (decode), which on host backends take the vectorised GEMV of
+// linear.cc (Linear: one 32-lane dot product per column; MatMul: column tiles of at most 256,
+// N = 300 two of them, streaming w's rows) and on CUDA the decode kernels or cuBLAS: K and N not
+// multiples of the vector width (K = 31 only the tail of the dot product, 33 one block and a tail,
+// 777 24 blocks and a tail), against the double reference of the rounded inputs, with one
+// rounding of the result (unit roundoff 2^-8 for bf16, 2^-11 for f16).
+template <class Space, class T>
+void CheckFewRows() {
+  const int unit_exponent = std::is_same_v<T, bf16> ? -8 : -11;
+  for (int64_t M : {1, 2, 4}) {
+    for (auto [K, N] : {std::make_pair(1, 1), std::make_pair(31, 17), std::make_pair(33, 300),
+                        std::make_pair(777, 45), std::make_pair(64, 16)}) {
+      for (bool out_in : {true, false}) {
+        for (bool accumulate : {false, true}) {
+          const uint32_t seed = 900 + M + K + N;
+          std::vector<float> x = RandomNormal(M * K, 1.0f, seed), w = RandomNormal(K * N, 1.0f, seed + 1);
+          std::vector<float> y0 = RandomNormal(M * N, 1.0f, seed + 2);
+          std::vector<T> xt, wt, yt;
+          for (float& e : x) xt.push_back(FromFloat<T>(e)), e = ToFloat(xt.back());
+          for (float& e : w) wt.push_back(FromFloat<T>(e)), e = ToFloat(wt.back());
+          for (float& e : y0) yt.push_back(FromFloat<T>(e)), e = ToFloat(yt.back());
+          auto xd = ToDevice<Space, T>(xt, M, K, "x");
+          auto wd = out_in ? ToDevice<Space, T>(wt, N, K, "w") : ToDevice<Space, T>(wt, K, N, "w");
+          auto y  = ToDevice<Space, T>(yt, M, N, "y");
+          ExecutionContext<Space> ctx;
+          absl::Status s = out_in ? Linear<T>(ctx, ConstMatrix<T, Space>(xd), ConstMatrix<T, Space>(wd), y, accumulate)
+                                  : MatMul<T>(ctx, ConstMatrix<T, Space>(xd), ConstMatrix<T, Space>(wd), y, accumulate);
+          ASSERT_TRUE(s.ok()) << s;
+          const std::vector<T> got = ToHost(y);
+          const std::vector<double> want = reference::MatMul(x, w, M, K, N, out_in);
+          const std::vector<double> abs_sum = AbsProductSums(x, w, M, K, N, out_in);
+          for (int64_t i = 0; i < M * N; ++i) {
+            const double expected = want[i] + (accumulate ? y0[i] : 0.0);
+            // With accumulate, cuBLAS may round the product before adding y: two roundings.
+            const double rounding = std::ldexp(std::fabs(expected), unit_exponent) +
+                                    (accumulate ? std::ldexp(std::fabs(want[i]), unit_exponent) : 0.0);
+            const double bound = double(K + 1) * FLT_EPSILON * (abs_sum[i] + std::fabs(y0[i])) + rounding + 1e-30;
+            ASSERT_NEAR(ToFloat(got[i]), expected, bound)
+                << Space::name() << " M" << M << " K" << K << " N" << N << (out_in ? " Linear" : " MatMul")
+                << " acc " << accumulate << " element " << i << " seed " << seed;
+          }
+        }
+      }
+    }
+  }
+}
+
+TYPED_TEST(LinearTest, FewRows16BitMatchReferenceOfRoundedInputs) {
+  CheckFewRows<TypeParam, bf16>();
+  CheckFewRows<TypeParam, f16>();
 }
 
 // c += a^T b (the weight gradients of training) against a double sum of the same (for bf16 / f16:
