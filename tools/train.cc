@@ -778,7 +778,7 @@ int main(int argc, char** argv) {
   if (default_run) {  // the demo: every other flag still applies on top
     o.model_dir = kDefaultModel, o.dataset = kDefaultData;
     o.output_path = openmoe::tools::DefaultFinetuneDir();
-    o.max_length = 24, o.batch_size = 16, o.lr = 2e-3, o.num_epochs = 40, o.save_interval = 1000000;
+    o.max_length = 28, o.batch_size = 16, o.lr = 3e-3, o.num_epochs = 100, o.save_interval = 1000000;
     o.warmup_steps = 20, o.lr_schedule = "cosine", o.max_grad_norm = 1.0;
   }
   // A flag applies when given; otherwise the demo's or the restored run's value stays, and any

@@ -8,7 +8,8 @@
 #     saving a checkpoint, resumed from the last complete one (metrics.jsonl: every step once);
 #  3. bad input (malformed / incomplete / empty data, unwritable output, mismatched resume,
 #     unsupported flags, a loss that becomes NaN) stops with a clear message, keeping the last
-#     checkpoint.
+#     checkpoint;
+#  4. the default run (no --model/--dataset) uses the settings README.md states (one step).
 set -euo pipefail
 train=tools/train
 data=tests/data/openmoe
@@ -204,3 +205,22 @@ expect_error "--batch_size must be positive" "${m[@]}" --dataset tools/train_dat
 expect_error "the last checkpoint" "${common[@]}" --lr 1e30 --max_steps 5 --save_interval 1 --output_path "$tmp/nan"
 [[ "$(cat "$tmp/nan/latest")" == "step-1" ]] || { echo "FAIL: latest is $(cat "$tmp/nan/latest")"; exit 1; }
 echo "bad input refused with clear messages"
+
+# The default run (no --model/--dataset) uses the settings README.md's "The default run" states;
+# one step only (the full run is too slow for a test): 187 examples of 28 tokens (the longest
+# record is 27 tokens with <pad>, so none is cut), batch 16, lr 3e-3 cosine, 20 warmup steps,
+# 100 epochs, clipping at 1.
+"$train" --max_steps 1 --output_path "$tmp/default" --progress=false 2>"$tmp/default.log"
+grep -qF "training 187 examples of 28 tokens, batch 16, 1 steps (from step 0), lr 0.003 (cosine), fp32, seed 42," "$tmp/default.log" \
+  || { echo "FAIL: the default run's settings changed (update README.md's default-run paragraph):"; cat "$tmp/default.log"; exit 1; }
+py - "$tmp/default/step-1/run_config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+want = {"num_epochs": 100, "batch_size": 16, "max_length": 28, "lr": 3e-3, "lr_schedule": "cosine",
+        "warmup_steps": 20, "max_grad_norm": 1.0, "weight_decay": 0.0, "precision": "fp32"}
+got = {k: c[k] for k in want}
+assert got == want, f"default run settings {got} != README's {want}"
+assert c["model"].endswith("tools/default_model/openmoe-tiny-random"), c["model"]
+assert c["dataset"].endswith("tools/train_data/tiny_instructions.jsonl"), c["dataset"]
+PY
+echo "default run settings as in README.md"
