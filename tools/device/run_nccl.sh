@@ -25,7 +25,9 @@ if [[ $mode == stage ]]; then
   # with its plugins, help texts and default parameter files.
   for p in /usr/bin/orterun /usr/bin/orted /$multiarch/openmpi /$multiarch/pmix2 /usr/share/openmpi /usr/share/pmix \
            /etc/openmpi; do
-    if [[ -e $p ]]; then cp -a --parents "$p" "$ompi/"; fi
+    # (from / with a relative path: GNU cp 9.1 fails to set the attributes of the parent
+    # directories it created when given an absolute source with --parents)
+    if [[ -e $p ]]; then (cd / && cp -a --parents "${p#/}" "$OLDPWD/$ompi/"); fi
   done
   # The shared libraries the test, the launcher and the daemon load that the GPU machine lacks
   # (anything outside glibc and CUDA).
