@@ -4,7 +4,9 @@
 //
 //   generate_benchmark [--preset=8b] [--dtype=bf16] [--prompt_len=512] [--new_tokens=64] [--batches=1,16]
 // Prints one RESULT line per batch size: prefill tokens/s, time to first token, decode tokens/s,
-// the batch-1 fraction of the HBM roofline (active weight bytes per token / 4.8 TB/s), memory.
+// the batch-1 fraction of the read-bandwidth roofline (active weight bytes per token / the
+// bandwidth: the H200's 4.8 TB/s on CUDA, --read_gbps on host, e.g. from
+// tools/reference/read_bandwidth.sh; 0 when not known), memory.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -25,6 +27,12 @@
 namespace {
 
 constexpr double kH200Bandwidth = 4.8e12;  // bytes/s, HBM3e peak
+// The read bandwidth the roofline divides by: the H200's on CUDA; on host --read_gbps (0: unknown).
+double RooflineBandwidth(double host_read_gbps) {
+  return Kokkos::SpaceAccessibility<Kokkos::HostSpace, Kokkos::DefaultExecutionSpace::memory_space>::accessible
+             ? host_read_gbps * 1e9
+             : kH200Bandwidth;
+}
 
 std::string Arg(int argc, char** argv, const std::string& name, const std::string& fallback) {
   const std::string prefix = "--" + name + "=";
@@ -47,6 +55,7 @@ double GpuMemoryInUseGiB() {
 struct Tuning {
   openmoe::kernels::Tuning attention;  // decode attention and decode Linear kernels
   openmoe::DependentLaunch dependent_launch = openmoe::DependentLaunch::kAll;
+  double host_read_gbps = 0;  // --read_gbps: the host's measured read bandwidth (roofline)
 };
 
 template <class T>
@@ -71,7 +80,8 @@ int Run(const std::string& preset, const std::string& dtype, int64_t prompt_len,
   std::printf("openmoe-kokkos %s %s on %s: random init in %.1f s, %.2f GB of weights, %.2f GB read per "
               "batch-1 token (roofline %.0f tokens/s at %.1f TB/s)\n",
               preset.c_str(), dtype.c_str(), Space::name(), timer.seconds(), model->WeightBytes() / 1e9,
-              active_bytes / 1e9, kH200Bandwidth / active_bytes, kH200Bandwidth / 1e12);
+              active_bytes / 1e9, RooflineBandwidth(tuning.host_read_gbps) / active_bytes,
+              RooflineBandwidth(tuning.host_read_gbps) / 1e12);
 
   std::mt19937_64 rng(1234);
   std::uniform_int_distribution<int64_t> token(3, 255999);
@@ -103,7 +113,10 @@ int Run(const std::string& preset, const std::string& dtype, int64_t prompt_len,
                 preset.c_str(), dtype.c_str(), static_cast<long long>(B), static_cast<long long>(prompt_len),
                 static_cast<long long>(result->steps), double(B * prompt_len) / result->prefill_seconds,
                 result->prefill_seconds * 1e3, decode_tok_s,
-                B == 1 ? decode_tok_s / (kH200Bandwidth / active_bytes) : 0.0, GpuMemoryInUseGiB(),
+                B == 1 && RooflineBandwidth(tuning.host_read_gbps) > 0
+                    ? decode_tok_s / (RooflineBandwidth(tuning.host_read_gbps) / active_bytes)
+                    : 0.0,
+                GpuMemoryInUseGiB(),
                 double(model->host_syncs() - syncs_before) / double(result->steps));
     if (model->profile().enabled()) {
       std::printf("per-step phase times (OPENMOE_PROFILE, fenced; prefill included), batch %lld:\n",
@@ -121,6 +134,8 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--help")) {
       std::printf("generate_benchmark [--preset=base|8b|34b] [--dtype=bf16|fp32] [--prompt_len=512] "
                   "[--new_tokens=64] [--batches=1,16]\n"
+                  "  host backends: [--read_gbps=G] the machine's read bandwidth (tools/reference/read_bandwidth.sh) "
+                  "for roofline_frac_b1 (on CUDA: the H200's 4.8 TB/s)\n"
                   "  ablation of the CUDA decode attention: [--attention_team_warps=1] (warps per team), "
                   "[--attention_warp_keys=0] (keys per warp: 16, 32, or 0 for automatic)\n"
                   "  ablation of the decode Linear kernel (<= 4 rows): "
@@ -139,6 +154,7 @@ int main(int argc, char** argv) {
   setenv("OMP_PROC_BIND", "false", 0);
   Kokkos::ScopeGuard kokkos(argc, argv);
   Tuning tuning;
+  tuning.host_read_gbps = std::atof(Arg(argc, argv, "read_gbps", "0").c_str());
   tuning.attention.split_key_team_warps = std::atoi(Arg(argc, argv, "attention_team_warps", "1").c_str());
   tuning.attention.split_key_warp_keys  = std::atoi(Arg(argc, argv, "attention_warp_keys", "0").c_str());
   {
