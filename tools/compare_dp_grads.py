@@ -1,8 +1,11 @@
-"""Helpers of train_data_parallel_test.sh (stdlib + tools/reference/safetensors_lite only).
+"""Helpers of the multi-rank train tests (stdlib + tools/reference/safetensors_lite only).
 
   compare_dp_grads.py split EXPECTED.safetensors DIR
       DIR/all.safetensors: the fixture's input_ids / attention_mask [N, S]; DIR/example<r>.safetensors:
       row r alone [1, S] (what DistributedSampler gives rank r of N ranks with --shuffle=false).
+  compare_dp_grads.py grow ALL.safetensors OUT.safetensors COPIES
+      ALL's examples followed by COPIES remapped copies of them (non-zero tokens mapped to other ids
+      inside the vocabulary, the same masks): more distinct examples for more ranks or steps.
   compare_dp_grads.py check DP.safetensors SINGLE0.safetensors SINGLE1.safetensors METRICS.jsonl
       Every grad.<p> of the data-parallel dump against the mean of the two single runs' grad.<p>,
       and loss.total (dump and metrics.jsonl) against the mean of their losses.
@@ -31,6 +34,16 @@ def split(expected, out):
                   "attention_mask": (mask[0], [1, s], mask[2][r * s:(r + 1) * s])})
 
 
+def grow(src, out, copies):
+    t = st.read(src)
+    (di, (n, s), ids), (dm, _, mask) = t["input_ids"], t["attention_mask"]
+    remaps = [(7, 5), (11, 3)][:int(copies)]
+    more = [[0 if v == 0 else 1 + (v * a + b) % 319 for v in ids] for a, b in remaps]
+    rows = n * (1 + len(more))
+    st.write(out, {"input_ids": (di, [rows, s], list(ids) + sum(more, [])),
+                   "attention_mask": (dm, [rows, s], list(mask) * (1 + len(more)))})
+
+
 def check(dp_path, single0, single1, metrics):
     dp, a, b = st.read(dp_path), st.read(single0), st.read(single1)
     names = sorted(k for k in a if k.startswith("grad."))
@@ -57,4 +70,4 @@ def check(dp_path, single0, single1, metrics):
 
 
 if __name__ == "__main__":
-    {"split": split, "check": check}[sys.argv[1]](*sys.argv[2:])
+    {"split": split, "grow": grow, "check": check}[sys.argv[1]](*sys.argv[2:])

@@ -1,9 +1,5 @@
 """Helper of train_resume_reshard_test.sh (stdlib + tools/reference/safetensors_lite only).
 
-  compare_resume_runs.py make_six ALL.safetensors OUT.safetensors
-      The fixture's 2 examples plus 4 more (their non-zero tokens remapped inside the vocabulary in
-      two ways, same masks): 6 examples, so a global batch of 2 gives 3 steps per epoch and a
-      resume after step 2 lands mid-epoch.
   compare_resume_runs.py compare LR STEPS REFERENCE_RUN OTHER_RUN [OTHER_RUN ...]
       Each run folder's metrics.jsonl (loss per step 1..STEPS) and its step-STEPS checkpoint
       (model.safetensors weights, trainer_state.safetensors AdamW moments m.* / v.*) against the
@@ -28,15 +24,6 @@ import json
 import sys
 
 import safetensors_lite as st
-
-
-def make_six(src, out):
-    t = st.read(src)
-    (di, (n, s), ids), (dm, _, mask) = t["input_ids"], t["attention_mask"]
-    more1 = [0 if v == 0 else 1 + (v * 7 + 5) % 319 for v in ids]
-    more2 = [0 if v == 0 else 1 + (v * 11 + 3) % 319 for v in ids]
-    st.write(out, {"input_ids": (di, [3 * n, s], list(ids) + more1 + more2),
-                   "attention_mask": (dm, [3 * n, s], list(mask) * 3)})
 
 
 def metrics(run):
@@ -80,9 +67,7 @@ def compare(lr, steps, ref, other):
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "make_six":
-        make_six(sys.argv[2], sys.argv[3])
-    elif sys.argv[1] == "compare":
+    if sys.argv[1] == "compare":
         for run in sys.argv[5:]:
             compare(sys.argv[2], sys.argv[3], sys.argv[4], run)
     else:

@@ -18,19 +18,7 @@ gen=tools/generate
 data=tests/data/openmoe/tiny8b
 default_model=tools/default_model/openmoe-tiny-random
 
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_btl=self,vader
-export OMP_NUM_THREADS=1 OMP_PROC_BIND=false KOKKOS_DISABLE_WARNINGS=1
-unset TEST_PREMATURE_EXIT_FILE
-tmp=${TEST_TMPDIR:-$(mktemp -d)}/generate_parallel
-rm -rf "$tmp" && mkdir -p "$tmp"
-ompi_dir=$(mktemp -d /tmp/openmoe-mpi.XXXXXX) || exit 1
-trap 'rm -rf "$ompi_dir"' EXIT
-export TMPDIR=$ompi_dir OMPI_MCA_orte_tmpdir_base=$ompi_dir OMPI_MCA_btl_vader_backing_directory=$ompi_dir
-
-mpi() { local np=$1; shift; timeout -k 5 60 mpirun -np "$np" --oversubscribe --bind-to none "$@"; }
-fail() { echo "FAIL: $*"; exit 1; }
-py() { PYTHONPATH=tools/reference python3 "$@"; }
+source tools/mpi_test_env.sh generate_parallel
 
 py - "$data/expected.safetensors" "$tmp/prompt.safetensors" <<'PY' || fail "prompt file"
 import sys, safetensors_lite as st

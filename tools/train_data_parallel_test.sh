@@ -7,27 +7,13 @@
 #  2. unsupported plugin / ZeRO combinations under -np 2 stop before any work, non-zero, naming
 #     the flag;
 #  3. an error on the ranks (too few examples for 2 ranks) ends the job, naming the rank, no hang.
-# mpirun setup as parallel/mpi_test.sh: root-run variables, one OpenMPI tmp dir per run,
-# oversubscribed on CI's 2 cores with one OpenMP thread per rank (the single runs too, so each
-# rank's gradient is computed exactly like its single-process counterpart).
+# mpirun setup: tools/mpi_test_env.sh.
 set -uo pipefail
 train=tools/train
 compare=tools/compare_dp_grads.py
 data=tests/data/openmoe/tiny8b
 
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_btl=self,vader
-export OMP_NUM_THREADS=1 OMP_PROC_BIND=false KOKKOS_DISABLE_WARNINGS=1
-unset TEST_PREMATURE_EXIT_FILE
-tmp=${TEST_TMPDIR:-$(mktemp -d)}/train_dp
-rm -rf "$tmp" && mkdir -p "$tmp"
-# Short and per run (PMIx sockets; sandboxes share /tmp and /dev/shm, see parallel/mpi_test.sh).
-ompi_dir=$(mktemp -d /tmp/openmoe-mpi.XXXXXX) || exit 1
-trap 'rm -rf "$ompi_dir"' EXIT
-export TMPDIR=$ompi_dir OMPI_MCA_orte_tmpdir_base=$ompi_dir OMPI_MCA_btl_vader_backing_directory=$ompi_dir
-
-mpi() { timeout -k 5 60 mpirun -np 2 --oversubscribe --bind-to none "$@"; }
-fail() { echo "FAIL: $*"; exit 1; }
+source tools/mpi_test_env.sh train_dp
 
 # The fixture batch, and each of its examples alone.
 PYTHONPATH=tools/reference python3 "$compare" split "$data/expected.safetensors" "$tmp" || fail "split"
@@ -36,7 +22,7 @@ for r in 0 1; do
   "$train" "${common[@]}" --dataset "$tmp/example$r.safetensors" --output_path "$tmp/single$r" \
     --dump_step_state "$tmp/single$r.safetensors" 2>"$tmp/single$r.log" || { cat "$tmp/single$r.log"; fail "single run $r"; }
 done
-mpi "$train" "${common[@]}" --plugin ep_zero --extra_dp_size 2 --zero_stage 0 --dataset "$tmp/all.safetensors" \
+mpi 2 "$train" "${common[@]}" --plugin ep_zero --extra_dp_size 2 --zero_stage 0 --dataset "$tmp/all.safetensors" \
   --output_path "$tmp/dp" --dump_step_state "$tmp/dp.safetensors" >"$tmp/dp.log" 2>&1 \
   || { cat "$tmp/dp.log"; fail "mpirun -np 2 data-parallel run"; }
 grep -qF "data parallel over 2 ranks" "$tmp/dp.log" || { cat "$tmp/dp.log"; fail "no 'data parallel over 2 ranks' line"; }
@@ -49,7 +35,7 @@ PYTHONPATH=tools/reference python3 "$compare" check "$tmp/dp.safetensors" "$tmp/
 expect_error() {  # expect_error "<text>" train args...
   local want=$1; shift
   local rc=0
-  mpi "$train" --model "$data" --dataset "$tmp/all.safetensors" --output_path "$tmp/bad" --progress=false "$@" \
+  mpi 2 "$train" --model "$data" --dataset "$tmp/all.safetensors" --output_path "$tmp/bad" --progress=false "$@" \
     >"$tmp/bad.log" 2>&1 || rc=$?
   [[ $rc != 0 ]] || fail "expected an error for: $*"
   [[ $rc != 124 && $rc != 137 ]] || fail "hung: $*"

@@ -8,25 +8,14 @@
 #     must agree (tolerances and their reasons: compare_ep_dp.py);
 #  2. an expert count that does not split over the ranks (8 experts on 3 ranks) stops before any
 #     work, naming --plugin ep and num_experts, without hanging.
-# mpirun setup as train_data_parallel_test.sh.
+# mpirun setup: tools/mpi_test_env.sh.
 set -uo pipefail
 train=tools/train
 compare=tools/compare_ep_dp.py
 split=tools/compare_dp_grads.py
 data=tests/data/openmoe/tiny8b
 
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_btl=self,vader
-export OMP_NUM_THREADS=1 OMP_PROC_BIND=false KOKKOS_DISABLE_WARNINGS=1
-unset TEST_PREMATURE_EXIT_FILE
-tmp=${TEST_TMPDIR:-$(mktemp -d)}/train_ep
-rm -rf "$tmp" && mkdir -p "$tmp"
-ompi_dir=$(mktemp -d /tmp/openmoe-mpi.XXXXXX) || exit 1
-trap 'rm -rf "$ompi_dir"' EXIT
-export TMPDIR=$ompi_dir OMPI_MCA_orte_tmpdir_base=$ompi_dir OMPI_MCA_btl_vader_backing_directory=$ompi_dir
-
-mpi() { local np=$1; shift; timeout -k 5 60 mpirun -np "$np" --oversubscribe --bind-to none "$@"; }
-fail() { echo "FAIL: $*"; exit 1; }
+source tools/mpi_test_env.sh train_ep
 
 PYTHONPATH=tools/reference python3 "$split" split "$data/expected.safetensors" "$tmp" || fail "split"
 lr=1e-5 steps=3

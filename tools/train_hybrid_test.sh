@@ -17,36 +17,16 @@
 #     1F1B's steady state), and the full mesh --pp_size 2 --ep_size 2 --dp_size 2 on 8 ranks
 #     (pipelines {0,4} {1,5} {2,6} {3,7}, EP groups {0,2} {1,3} / {4,6} {5,7}, ZeRO-1 over 4 ranks);
 #  4. a world other than P x e x d, and an --ep_size not dividing num_experts, refused before work.
-# mpirun setup as train_ep_zero_test.sh (4 ranks on 2 cores: --oversubscribe, one thread).
+# mpirun setup: tools/mpi_test_env.sh (4 and 8 ranks on 2 cores: --oversubscribe, one thread).
 set -uo pipefail
 train=tools/train
 data=tests/data/openmoe/tiny8b
 
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_btl=self,vader
-export OMP_NUM_THREADS=1 OMP_PROC_BIND=false KOKKOS_DISABLE_WARNINGS=1
-unset TEST_PREMATURE_EXIT_FILE
-tmp=${TEST_TMPDIR:-$(mktemp -d)}/train_hybrid
-rm -rf "$tmp" && mkdir -p "$tmp"
-ompi_dir=$(mktemp -d /tmp/openmoe-mpi.XXXXXX) || exit 1
-trap 'rm -rf "$ompi_dir"' EXIT
-export TMPDIR=$ompi_dir OMPI_MCA_orte_tmpdir_base=$ompi_dir OMPI_MCA_btl_vader_backing_directory=$ompi_dir
-
-mpi() { local np=$1; shift; timeout -k 5 60 mpirun -np "$np" --oversubscribe --bind-to none "$@"; }
-fail() { echo "FAIL: $*"; exit 1; }
-py() { PYTHONPATH=tools/reference python3 "$@"; }
+source tools/mpi_test_env.sh train_hybrid
 
 # The fixture's 2 examples plus 2 more (as train_ep_zero_test.sh): 4 different examples.
 py tools/compare_dp_grads.py split "$data/expected.safetensors" "$tmp" || fail "split"
-py - "$tmp/all.safetensors" "$tmp/four.safetensors" <<'PY' || fail "four examples"
-import sys
-import safetensors_lite as st
-t = st.read(sys.argv[1])
-(di, (n, s), ids), (dm, _, mask) = t["input_ids"], t["attention_mask"]
-more = [0 if v == 0 else 1 + (v * 7 + 5) % 319 for v in ids]
-st.write(sys.argv[2], {"input_ids": (di, [2 * n, s], list(ids) + more),
-                       "attention_mask": (dm, [2 * n, s], list(mask) + list(mask))})
-PY
+py tools/compare_dp_grads.py grow "$tmp/all.safetensors" "$tmp/four.safetensors" 1 || fail "four examples"
 
 lr=1e-5 steps=3
 common=(--model "$data" --dataset "$tmp/four.safetensors" --shuffle=false --num_epochs "$steps" --max_steps "$steps"

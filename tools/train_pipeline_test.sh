@@ -11,25 +11,14 @@
 #  2. the parameters checkpointed after 3 steps equal those of pure data parallelism over 2 ranks
 #     with --batch_size 1 (the same two examples per step; compare_ep_dp.py params);
 #  3. ZeRO-2 with pipeline and a batch not divisible into microbatches are refused before any work.
-# mpirun setup as train_data_parallel_test.sh.
+# mpirun setup: tools/mpi_test_env.sh.
 set -uo pipefail
 train=tools/train
 split=tools/compare_dp_grads.py
 compare=tools/compare_ep_dp.py
 data=tests/data/openmoe/tiny8b
 
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_btl=self,vader
-export OMP_NUM_THREADS=1 OMP_PROC_BIND=false KOKKOS_DISABLE_WARNINGS=1
-unset TEST_PREMATURE_EXIT_FILE
-tmp=${TEST_TMPDIR:-$(mktemp -d)}/train_pp
-rm -rf "$tmp" && mkdir -p "$tmp"
-ompi_dir=$(mktemp -d /tmp/openmoe-mpi.XXXXXX) || exit 1
-trap 'rm -rf "$ompi_dir"' EXIT
-export TMPDIR=$ompi_dir OMPI_MCA_orte_tmpdir_base=$ompi_dir OMPI_MCA_btl_vader_backing_directory=$ompi_dir
-
-mpi() { local np=$1; shift; timeout -k 5 60 mpirun -np "$np" --oversubscribe --bind-to none "$@"; }
-fail() { echo "FAIL: $*"; exit 1; }
+source tools/mpi_test_env.sh train_pp
 
 PYTHONPATH=tools/reference python3 "$split" split "$data/expected.safetensors" "$tmp" || fail "split"
 lr=1e-5 steps=3

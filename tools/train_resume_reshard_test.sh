@@ -31,27 +31,16 @@
 #  C  np 2 ep_zero ZeRO-2 (pure DP)                   ->  np 2 --plugin ep ZeRO-0 (plugin and stage)
 #  D  np 2 --plugin ep ZeRO-1                         ->  np 2 --plugin hybrid --pp_size 2 ZeRO-1, batch 2
 # Then a resume whose global batch does not divide the saved position (3 into 4; A's step-2) is refused.
-# mpirun setup as train_data_parallel_test.sh.
+# mpirun setup: tools/mpi_test_env.sh.
 set -uo pipefail
 train=tools/train
 compare=tools/compare_resume_runs.py
 data=tests/data/openmoe/tiny8b
 
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_btl=self,vader
-export OMP_NUM_THREADS=1 OMP_PROC_BIND=false KOKKOS_DISABLE_WARNINGS=1
-unset TEST_PREMATURE_EXIT_FILE
-tmp=${TEST_TMPDIR:-$(mktemp -d)}/train_resume_reshard
-rm -rf "$tmp" && mkdir -p "$tmp"
-ompi_dir=$(mktemp -d /tmp/openmoe-mpi.XXXXXX) || exit 1
-trap 'rm -rf "$ompi_dir"' EXIT
-export TMPDIR=$ompi_dir OMPI_MCA_orte_tmpdir_base=$ompi_dir OMPI_MCA_btl_vader_backing_directory=$ompi_dir
-
-fail() { echo "FAIL: $*"; exit 1; }
-py() { PYTHONPATH=tools/reference python3 "$@"; }
+source tools/mpi_test_env.sh train_resume_reshard
 
 py tools/compare_dp_grads.py split "$data/expected.safetensors" "$tmp" || fail "split"
-py "$compare" make_six "$tmp/all.safetensors" "$tmp/six.safetensors" || fail "six examples"
+py tools/compare_dp_grads.py grow "$tmp/all.safetensors" "$tmp/six.safetensors" 2 || fail "six examples"
 lr=1e-3
 common=(--shuffle=true --seed 7 --num_epochs 2 --lr "$lr" --progress=false)
 # Parallel configurations (each global batch = 2 examples).

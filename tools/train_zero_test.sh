@@ -8,32 +8,20 @@
 #  2. resume: ZeRO-1 2 steps, then --resume 1 more step equals the 3-step run (checkpoint's
 #     complete state split again over the ranks); and ZeRO-2 resuming a ZeRO-0 checkpoint too;
 #  3. --zero_stage 3 is refused before any work, naming the flag.
-# mpirun setup as train_data_parallel_test.sh.
+# mpirun setup: tools/mpi_test_env.sh.
 set -uo pipefail
 train=tools/train
 compare=tools/compare_zero_runs.py
 data=tests/data/openmoe/tiny8b
 
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_btl=self,vader
-export OMP_NUM_THREADS=1 OMP_PROC_BIND=false KOKKOS_DISABLE_WARNINGS=1
-unset TEST_PREMATURE_EXIT_FILE
-tmp=${TEST_TMPDIR:-$(mktemp -d)}/train_zero
-rm -rf "$tmp" && mkdir -p "$tmp"
-ompi_dir=$(mktemp -d /tmp/openmoe-mpi.XXXXXX) || exit 1
-trap 'rm -rf "$ompi_dir"' EXIT
-export TMPDIR=$ompi_dir OMPI_MCA_orte_tmpdir_base=$ompi_dir OMPI_MCA_btl_vader_backing_directory=$ompi_dir
-
-mpi() { timeout -k 5 60 mpirun -np 2 --oversubscribe --bind-to none "$@"; }
-fail() { echo "FAIL: $*"; exit 1; }
-py() { PYTHONPATH=tools/reference python3 "$@"; }
+source tools/mpi_test_env.sh train_zero
 
 py tools/compare_dp_grads.py split "$data/expected.safetensors" "$tmp" || fail "split"
 common=(--plugin ep_zero --extra_dp_size 2 --batch_size 1 --shuffle=false --num_epochs 3 --progress=false
         --lr 1e-2 --max_grad_norm 0.5)
 run() {  # run NAME ZERO_STAGE train args...
   local name=$1 stage=$2; shift 2
-  mpi "$train" "${common[@]}" --zero_stage "$stage" "$@" >"$tmp/$name.log" 2>&1 \
+  mpi 2 "$train" "${common[@]}" --zero_stage "$stage" "$@" >"$tmp/$name.log" 2>&1 \
     || { cat "$tmp/$name.log"; fail "mpirun -np 2 run $name (ZeRO-$stage)"; }
 }
 for z in 0 1 2; do
@@ -53,7 +41,7 @@ run r2b 2 --resume "$tmp/r2" --max_steps 3
 py "$compare" "$tmp/z0" "$tmp/r1" "$tmp/r2" || fail "resumed runs differ from the 3-step run"
 
 rc=0
-mpi "$train" "${common[@]}" --zero_stage 3 --model "$data" --dataset "$tmp/all.safetensors" --output_path "$tmp/bad" \
+mpi 2 "$train" "${common[@]}" --zero_stage 3 --model "$data" --dataset "$tmp/all.safetensors" --output_path "$tmp/bad" \
   >"$tmp/bad.log" 2>&1 || rc=$?
 [[ $rc != 0 && $rc != 124 && $rc != 137 ]] || fail "--zero_stage 3: rc $rc"
 grep -qF -- "--zero_stage must be 0, 1 or 2, not 3" "$tmp/bad.log" || { cat "$tmp/bad.log"; fail "--zero_stage 3 message"; }
