@@ -18,6 +18,7 @@
 #include "kernels/moe.h"
 #include "kernels/rms_norm.h"
 #include "openmoe/blocks.h"
+#include "openmoe/checkpoint_table.h"
 #include "openmoe/parameter_store.h"
 #include "openmoe/core/execution_spaces.h"
 #include "openmoe/core/status_macros.h"
@@ -55,6 +56,27 @@ void AppendMask(const ExecSpace& space, Kokkos::View<int64_t**, Kokkos::LayoutRi
         const int64_t column = (device_position != nullptr ? *device_position : L0) + i % S;
         mask(i / S, column) = new_mask[i];
       });
+}
+
+// As ReadParameters for one pipeline stage: checks the whole checkpoint against the config's table
+// (ReadParameters' check of the stage's table alone would refuse the other stages' tensors), then
+// reads the stage's tensors `part` into their slots of `flat` [layout.total()], one at a time.
+template <class T, class ExecSpace>
+absl::Status ReadStageParameters(const CheckpointReader& reader, const OpenMoeConfig& config,
+                                 const std::vector<TensorSpec>& part, const ParameterLayout& layout,
+                                 Vector<T, ExecSpace> flat) {
+  OPENMOE_RETURN_IF_ERROR(reader.Validate(CheckpointTable(config)));
+  std::vector<float> staging;  // one tensor as float
+  std::vector<T> rounded;      // the same in T
+  for (const TensorSpec& spec : part) {
+    const ParameterSlot& slot = layout.slot(spec.name);
+    staging.resize(slot.numel), rounded.resize(slot.numel);
+    OPENMOE_RETURN_IF_ERROR(reader.ReadAsFloat(spec.name, staging.data(), slot.numel));
+    for (int64_t i = 0; i < slot.numel; ++i) rounded[i] = FromFloat<T>(staging[i]);
+    Kokkos::deep_copy(Vector<T, ExecSpace>(flat.data() + slot.offset, slot.numel),
+                      Kokkos::View<const T*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(rounded.data(), slot.numel));
+  }
+  return absl::OkStatus();
 }
 
 // head_in [B, H] = the last of each row's S columns of h [B*S, H].
@@ -110,11 +132,26 @@ absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::Load(cons
 }
 
 template <class ExecSpace, class T>
-void OpenMoeModel<ExecSpace, T>::AllocateWeights(const OpenMoeConfig& config) {
+absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::LoadStage(
+    const std::string& model_dir, std::shared_ptr<comm::Communicator<ExecSpace>> stages) {
+  if (stages == nullptr) return absl::InvalidArgumentError("OpenMoeModel::LoadStage: no communicator");
+  OPENMOE_ASSIGN_OR_RETURN(OpenMoeConfig config, LoadConfig(model_dir + "/config.json"));
+  OPENMOE_ASSIGN_OR_RETURN(const LayerRange range, PipelineStageLayers(config, stages->rank(), stages->size()));
+  OPENMOE_ASSIGN_OR_RETURN(CheckpointReader reader, CheckpointReader::Open(model_dir));
+  OpenMoeModel model;
+  model.AllocateWeights(config, range);
+  OPENMOE_RETURN_IF_ERROR((ReadStageParameters<T, ExecSpace>(reader, config, model.table_, model.layout_, model.weights_)));
+  if (stages->size() > 1) model.stages_ = std::move(stages);
+  return model;
+}
+
+template <class ExecSpace, class T>
+void OpenMoeModel<ExecSpace, T>::AllocateWeights(const OpenMoeConfig& config, const LayerRange& range) {
   config_  = config;
-  table_   = CheckpointTable(config);
+  range_   = range;
+  table_   = StageCheckpointTable(config, range);  // CheckpointTable(config) for the whole model
   layout_  = ParameterLayout(table_);
-  offsets_ = ResolveModelOffsets(layout_, config);
+  offsets_ = ResolveModelOffsets(layout_, config, range);
   weights_ = Vector<T, ExecSpace>("weights", layout_.total());  // zero: the gaps stay 0
   const char* graphs = std::getenv("OPENMOE_CUDA_GRAPHS");
   cuda_graphs_env_ = graphs == nullptr || std::string(graphs) != "0";
@@ -124,7 +161,7 @@ template <class ExecSpace, class T>
 absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::FromCheckpoint(
     const OpenMoeConfig& config, const CheckpointReader& reader) {
   OpenMoeModel model;
-  model.AllocateWeights(config);
+  model.AllocateWeights(config, WholeModel(config));
   OPENMOE_RETURN_IF_ERROR((ReadParameters<T, ExecSpace>(reader, model.table_, model.layout_, model.weights_)));
   return model;
 }
@@ -134,7 +171,7 @@ absl::StatusOr<OpenMoeModel<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::RandomIni
                                                                                 uint64_t seed) {
   OPENMOE_RETURN_IF_ERROR(ValidateConfig(config, "RandomInit"));
   OpenMoeModel model;
-  model.AllocateWeights(config);
+  model.AllocateWeights(config, WholeModel(config));
   InitializeParameters<T, ExecSpace>(ExecSpace(), config, model.table_, model.layout_, seed, model.weights_);
   Kokkos::fence();
   return model;
@@ -344,7 +381,7 @@ absl::StatusOr<KvCache<ExecSpace, T>> OpenMoeModel<ExecSpace, T>::NewCache(int64
   Cache cache;
   cache.batch = batch, cache.capacity = capacity;
   const int64_t width = config_.num_key_value_heads * config_.head_dim;
-  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+  for (int64_t i = range_.first; i < range_.end; ++i) {  // keys[i - first]
     cache.keys.emplace_back(absl::StrCat("kv.keys.", i), batch, capacity, width);
     cache.values.emplace_back(absl::StrCat("kv.values.", i), batch, capacity, width);
   }
@@ -356,7 +393,7 @@ template <class ExecSpace, class T>
 bool OpenMoeModel<ExecSpace, T>::UseDecodeGraph(int64_t B, int64_t S, RoutingMode mode, bool last_only,
                                                 const std::vector<MoeLayerStats>* stats) {
   if (!DecodeGraphs<ExecSpace>::kSupported || !std::is_same_v<T, bf16> || S != 1 || !last_only ||
-      stats != nullptr || !decode_graphs_ || dispatch_every_step_) {
+      stats != nullptr || !decode_graphs_ || dispatch_every_step_ || stages_ != nullptr) {
     return false;
   }
   // MoE layers take the grouped-expert path (steps of <= kDecodeTokens tokens whose expert
@@ -432,6 +469,7 @@ absl::StatusOr<std::vector<float>> OpenMoeModel<ExecSpace, T>::Step(
     int64_t S, RoutingMode mode, bool last_only, std::vector<MoeLayerStats>* stats) {
   ExecSpace space;
   OPENMOE_RETURN_IF_ERROR(RunStep(cache, input_ids, attention_mask, S, mode, last_only, stats, &space));
+  if (!range_.head) return std::vector<float>();  // a pipeline stage before the last: no logits here
   const int64_t rows = last_only ? cache.batch : cache.batch * S, V = config_.vocab_size;
   Matrix<T, ExecSpace> logits = Buffer2<T>("logits", rows, V);  // [rows, V], written by Forward
   auto logits_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), logits);
@@ -448,6 +486,7 @@ absl::StatusOr<std::vector<int64_t>> OpenMoeModel<ExecSpace, T>::StepGreedy(
   ExecSpace space;
   OPENMOE_RETURN_IF_ERROR(RunStep(cache, input_ids, attention_mask, S, mode, /*last_only=*/true, nullptr, &space));
   const int64_t B = cache.batch, V = config_.vocab_size;
+  if (!range_.head) return std::vector<int64_t>(B, 0);  // placeholders: the last stage picks (ShareStepIds)
   Matrix<T, ExecSpace> logits = Buffer2<T>("logits", B, V);  // [B, V], written by Forward
   Vector<int64_t, ExecSpace> ids(Buffer<int64_t>("greedy_ids", B).data(), B);
   OPENMOE_RETURN_IF_ERROR(kernels::RowArgmax<T>(context_.OnStream(space), ConstMatrix<T, ExecSpace>(logits),
@@ -480,8 +519,14 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const kernels::ExecutionContext
   const int64_t Wq = Nh * Dh, qkv_width = Wq + 2 * Nkv * Dh;
 
   profile_.Mark(space, "inputs");
-  OPENMOE_RETURN_IF_ERROR(kernels::Embedding<T>(space, W(offsets_.embed_tokens, V, H), ids, h));
-  profile_.Mark(space, "embedding");
+  const int stage = stages_ != nullptr ? stages_->rank() : 0;
+  if (range_.embedding) {
+    OPENMOE_RETURN_IF_ERROR(kernels::Embedding<T>(space, W(offsets_.embed_tokens, V, H), ids, h));
+    profile_.Mark(space, "embedding");
+  } else {  // h [N, H] after the previous stage's layers, residual included
+    OPENMOE_RETURN_IF_ERROR(stages_->Recv(space, h, stage - 1));
+    profile_.Mark(space, "pipeline.recv");
+  }
   // The residual add of each block is fused into the norm that follows it.
   bool delta_pending = false;  // delta not yet added to h
   auto norm_into = [&](Matrix<T, ExecSpace> out, int64_t weight) -> absl::Status {
@@ -493,7 +538,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const kernels::ExecutionContext
     return status;
   };
   auto norm_into_x = [&](int64_t weight) { return norm_into(x, weight); };
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+  for (int64_t i = range_.first; i < range_.end; ++i) {
     const LayerOffsets& lo = offsets_.layers[i];
     // Attention block: new keys/values join the cache at their absolute columns.
     OPENMOE_RETURN_IF_ERROR(norm_into_x(lo.input_norm));
@@ -501,7 +546,7 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const kernels::ExecutionContext
         ConstMatrix<T, ExecSpace>(x),
         Buffer2<T>("qkv", N, qkv_width),                                         // [N, Wq + 2Wkv]
         kernels::Tensor3<T, ExecSpace>(Buffer<T>("q", N * Wq).data(), B, S, Wq),  // [B, S, Wq]
-        cache.keys[i], cache.values[i], cache.mask,
+        cache.keys[i - range_.first], cache.values[i - range_.first], cache.mask,
         kernels::Tensor3<T, ExecSpace>(Buffer<T>("attn", N * Wq).data(), B, S, Wq),  // [B, S, Wq]
         delta};
     OPENMOE_RETURN_IF_ERROR(AttentionForward<T>(ctx, heads, W(lo.qkv, qkv_width, H), W(lo.o, H, Wq),
@@ -517,6 +562,14 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const kernels::ExecutionContext
     OPENMOE_RETURN_IF_ERROR(Mlp(ctx, lo.mlp, x, delta));
     profile_.Mark(space, "dense_mlp");
     delta_pending = true;
+  }
+  if (!range_.head) {
+    // h [N, H] with the last residual added (AddRmsNorm's arithmetic, which the next stage's
+    // RmsNorm continues bit for bit) to the next stage.
+    if (delta_pending) OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<T>(space, h, delta));
+    OPENMOE_RETURN_IF_ERROR(stages_->Send(space, h, stage + 1));
+    profile_.Mark(space, "pipeline.send");
+    return absl::OkStatus();
   }
   // Final norm and LM head, on every new column or only on the last one of each row.
   const int64_t rows = last_only ? B : N;
@@ -535,6 +588,20 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const kernels::ExecutionContext
   Matrix<T, ExecSpace> logits = Buffer2<T>("logits", rows, V);  // [rows, V]
   OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, ConstMatrix<T, ExecSpace>(normed), W(offsets_.lm_head, V, H), logits));
   profile_.Mark(space, "lm_head");
+  return absl::OkStatus();
+}
+
+template <class ExecSpace, class T>
+absl::Status OpenMoeModel<ExecSpace, T>::ShareStepIds(std::vector<int64_t>& ids) {
+  if (stages_ == nullptr) return absl::OkStatus();
+  const int64_t B = int64_t(ids.size());
+  const ExecSpace space;
+  Vector<int64_t, ExecSpace> shared(Buffer<int64_t>("pipeline.step_ids", B).data(), B);  // [B]
+  Kokkos::View<int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged> host(ids.data(), B);
+  Kokkos::deep_copy(space, shared, host);
+  OPENMOE_RETURN_IF_ERROR(stages_->Broadcast(space, shared, stages_->size() - 1));
+  Kokkos::deep_copy(space, host, shared);
+  space.fence();
   return absl::OkStatus();
 }
 

@@ -11,6 +11,11 @@
 //
 //   OPENMOE_ASSIGN_OR_RETURN(auto model, OpenMoeModel<Kokkos::DefaultExecutionSpace>::Load(dir));
 //   OPENMOE_ASSIGN_OR_RETURN(std::vector<float> logits, model.Logits(ids, mask, B, S, RoutingMode::kEval));
+//
+// Pipeline stages (LoadStage): each rank of a communicator holds consecutive layers (layer_range.h)
+// and only their weights and KV cache; a step receives the hidden state [N, H] from the previous
+// stage (or embeds the ids on the first), runs its layers and sends h to the next stage (or, on
+// the last, runs the final norm and LM head). Every stage runs every step with the same ids.
 #ifndef OPENMOE_MODEL_H_
 #define OPENMOE_MODEL_H_
 
@@ -23,7 +28,9 @@
 #include "absl/status/statusor.h"
 #include "openmoe/checkpoint.h"
 #include "openmoe/checkpoint_table.h"
+#include "openmoe/comm/communicator.h"
 #include "openmoe/config.h"
+#include "openmoe/layer_range.h"
 #include "openmoe/parameter_layout.h"
 #include "kernels/execution_context.h"
 #include "openmoe/decode_graph.h"
@@ -47,7 +54,8 @@ struct MoeLayerStats {
   std::vector<float> router_logits;  // [N, E]
 };
 
-// Keys and values of every layer for incremental decoding. Keys are stored after RoPE (at
+// Keys and values of every layer the model holds (all of them, or a pipeline stage's [first, end):
+// keys[i - first]) for incremental decoding. Keys are stored after RoPE (at
 // their absolute column position, which is what re-rotating the un-rotated cache every step
 // gives); the mask records which columns are real tokens.
 template <class ExecSpace, class T>
@@ -55,8 +63,8 @@ struct KvCache {
   int64_t batch    = 0;  // B
   int64_t capacity = 0;  // S_max
   int64_t length   = 0;  // columns filled so far
-  std::vector<Kokkos::View<T***, Kokkos::LayoutRight, typename ExecSpace::memory_space>> keys;    // L x [B, S_max, Nkv*Dh]
-  std::vector<Kokkos::View<T***, Kokkos::LayoutRight, typename ExecSpace::memory_space>> values;  // L x [B, S_max, Nkv*Dh]
+  std::vector<Kokkos::View<T***, Kokkos::LayoutRight, typename ExecSpace::memory_space>> keys;    // L_held x [B, S_max, Nkv*Dh]
+  std::vector<Kokkos::View<T***, Kokkos::LayoutRight, typename ExecSpace::memory_space>> values;  // L_held x [B, S_max, Nkv*Dh]
   Kokkos::View<int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> mask;           // [B, S_max]
 };
 
@@ -72,13 +80,29 @@ class OpenMoeModel {
   static absl::StatusOr<OpenMoeModel> Load(const std::string& model_dir);
   static absl::StatusOr<OpenMoeModel> FromCheckpoint(const OpenMoeConfig& config,
                                                      const CheckpointReader& reader);
+  // Pipeline stage stages->rank() of stages->size() (PipelineStageLayers): checks the whole
+  // checkpoint against the config, then allocates and reads only the stage's tensors. Steps are
+  // collective over `stages` (blocking Send / Recv of h between neighbours, a broadcast of each
+  // step's ids); decode graphs are off. One stage is the whole model. InvalidArgument naming
+  // num_hidden_layers when there are more stages than layers.
+  static absl::StatusOr<OpenMoeModel> LoadStage(const std::string& model_dir,
+                                                std::shared_ptr<comm::Communicator<ExecSpace>> stages);
   // Random weights drawn on the device (uniform with the spec 2.6 standard deviations; norms 1):
   // for benchmarks at real shapes without a checkpoint on disk.
   static absl::StatusOr<OpenMoeModel> RandomInit(const OpenMoeConfig& config, uint64_t seed);
-  // Bytes of weights in the run dtype.
+  // Bytes of weights in the run dtype (a pipeline stage: its own tensors only).
   int64_t WeightBytes() const;
 
   const OpenMoeConfig& config() const { return config_; }
+  // The layers (and embedding / head) this model holds: WholeModel(config) unless LoadStage.
+  const LayerRange& layers() const { return range_; }
+  // Whether steps produce logits here: the whole model, or the last pipeline stage. Elsewhere Step
+  // returns no logits (an empty vector) and StepGreedy B placeholder ids (0): the tokens are
+  // chosen on the last stage and reach the others through ShareStepIds.
+  bool holds_lm_head() const { return range_.head; }
+  // Pipeline: the last stage's ids [B] replace every stage's `ids` (collective over the stages;
+  // call it once per step on every stage). Without a pipeline: nothing.
+  absl::Status ShareStepIds(std::vector<int64_t>& ids);
 
   // input_ids and attention_mask are row-major [B, S] (mask 1 = real token, 0 = padding).
   // Returns float32 logits [B, S, V] on the host. Errors name the flag-level input
@@ -107,8 +131,9 @@ class OpenMoeModel {
                                                   RoutingMode mode, int64_t allowed_vocab);
 
  private:
-  // config_, the parameter table, layout and offsets, and zeroed weights_ for `config`.
-  void AllocateWeights(const OpenMoeConfig& config);
+  // config_, range_, the parameter table, layout and offsets, and zeroed weights_ for the part
+  // `range` of `config`.
+  void AllocateWeights(const OpenMoeConfig& config, const LayerRange& range);
   // The weights at `offset` of the flat store as [rows, cols] / as a norm weight [H].
   ConstMatrix<T, ExecSpace> W(int64_t offset, int64_t rows, int64_t cols) const;
   Vector<T, ExecSpace> WV(int64_t offset) const;
@@ -122,12 +147,13 @@ class OpenMoeModel {
                        bool last_only, std::vector<MoeLayerStats>* stats, ExecSpace* used_space);
   // Whether this step runs as a replayed CUDA graph: bf16 decode steps on CUDA whose expert
   // queues have at most 16 rows (batches up to 128 with 32 experts at OpenMoE's eval capacity factor 2) and models
-  // of at most 64 experts; OPENMOE_CUDA_GRAPHS=0 turns it off.
+  // of at most 64 experts, not pipeline stages; OPENMOE_CUDA_GRAPHS=0 turns it off.
   bool UseDecodeGraph(int64_t batch, int64_t seq_len, RoutingMode mode, bool last_only,
                       const std::vector<MoeLayerStats>* stats);
 
   // Enqueues a whole step on `space`: mask append, layers, final norm and LM head into the
-  // "logits" buffer. inputs = [ids (B*S) | mask (B*S) | position] on the device; with
+  // "logits" buffer (a pipeline stage: embedding or h from the previous stage, its layers, then h
+  // to the next stage or the head). inputs = [ids (B*S) | mask (B*S) | position] on the device; with
   // device_position the kernels read the step's column from there (graph replay).
   absl::Status Forward(const kernels::ExecutionContext<ExecSpace>& ctx, Cache& cache, Vector<int64_t, ExecSpace> inputs, int64_t seq_len,
                        const int64_t* device_position, RoutingMode mode, bool last_only,
@@ -149,7 +175,10 @@ class OpenMoeModel {
   Matrix<U, ExecSpace> Buffer2(const std::string& name, int64_t rows, int64_t cols);
 
   OpenMoeConfig config_;
-  // Every weight in one buffer [layout_.total()] at layout_'s offsets (parameter_layout.h): the
+  LayerRange range_;
+  // Pipeline stages (LoadStage with more than one): rank = this stage; null otherwise.
+  std::shared_ptr<comm::Communicator<ExecSpace>> stages_;
+  // Every weight this model holds in one buffer [layout_.total()] at layout_'s offsets (parameter_layout.h): the
   // fused q/k/v and gate/up products are views of adjacent rows; offsets_ resolved at load.
   std::vector<TensorSpec> table_;
   ParameterLayout layout_;

@@ -29,6 +29,29 @@ ParameterLayout::ParameterLayout(const std::vector<TensorSpec>& table) {
   total_ = (end + kAlignment - 1) / kAlignment * kAlignment;
 }
 
+bool ExpertShard::IsExpertTensor(const std::string& name) { return name.find(".experts.") != std::string::npos; }
+
+std::vector<TensorSpec> TrainingTable(const std::vector<TensorSpec>& full, const ExpertShard& shard) {
+  std::vector<TensorSpec> table;
+  table.reserve(full.size());
+  for (const TensorSpec& spec : full) {
+    if (!ExpertShard::IsExpertTensor(spec.name)) table.push_back(spec);
+  }
+  for (const TensorSpec& spec : full) {
+    if (!ExpertShard::IsExpertTensor(spec.name)) continue;
+    table.push_back(spec);
+    table.back().shape[0] = shard.count;
+  }
+  return table;
+}
+
+int64_t ExpertSegmentBegin(const ParameterLayout& layout) {
+  for (const ParameterSlot& s : layout.slots()) {
+    if (ExpertShard::IsExpertTensor(s.name)) return s.offset;
+  }
+  return layout.total();
+}
+
 absl::StatusOr<ParameterSlot> ParameterLayout::Find(const std::string& name) const {
   auto it = index_.find(name);
   if (it == index_.end()) return absl::NotFoundError(absl::StrCat("no parameter named '", name, "'"));
@@ -36,12 +59,17 @@ absl::StatusOr<ParameterSlot> ParameterLayout::Find(const std::string& name) con
 }
 
 ModelOffsets ResolveModelOffsets(const ParameterLayout& layout, const OpenMoeConfig& config) {
+  return ResolveModelOffsets(layout, config, WholeModel(config));
+}
+
+ModelOffsets ResolveModelOffsets(const ParameterLayout& layout, const OpenMoeConfig& config, const LayerRange& range) {
   auto at = [&](const std::string& name) { return layout.slot(name).offset; };
   ModelOffsets offsets;
-  offsets.embed_tokens = at("model.embed_tokens.weight");
-  offsets.final_norm   = at("model.norm.weight");
-  offsets.lm_head      = at("lm_head.weight");
-  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+  offsets.embed_tokens = range.embedding ? at("model.embed_tokens.weight") : -1;
+  offsets.final_norm   = range.head ? at("model.norm.weight") : -1;
+  offsets.lm_head      = range.head ? at("lm_head.weight") : -1;
+  offsets.layers.resize(range.first);  // layers before the range: not held
+  for (int64_t i = range.first; i < range.end; ++i) {
     const std::string pre = absl::StrCat("model.layers.", i);
     LayerOffsets lo;
     lo.input_norm = at(pre + ".input_layernorm.weight");
@@ -59,6 +87,7 @@ ModelOffsets ResolveModelOffsets(const ParameterLayout& layout, const OpenMoeCon
     }
     offsets.layers.push_back(lo);
   }
+  offsets.layers.resize(config.num_hidden_layers);  // layers after the range: not held
   return offsets;
 }
 

@@ -31,6 +31,7 @@
 #include "absl/status/statusor.h"
 #include "openmoe/checkpoint_table.h"
 #include "openmoe/config.h"
+#include "openmoe/layer_range.h"
 
 namespace openmoe {
 
@@ -61,6 +62,26 @@ class ParameterLayout {
   int64_t total_ = 0;
 };
 
+// Which experts of an MoE model one training rank stores (expert parallelism): experts
+// [first, first + count) of `total`. Every expert by default (count == total).
+struct ExpertShard {
+  int64_t first = 0, count = 0, total = 0;
+  static ExpertShard All(int64_t experts) { return {0, experts, experts}; }
+  bool all() const { return first == 0 && count == total; }
+  // Whether `name` is a stacked expert tensor [E, ...] (one expert per leading index).
+  static bool IsExpertTensor(const std::string& name);
+};
+
+// The parameters a training rank stores, in its flat-buffer order: every dense tensor of `full`
+// (in `full`'s order), then every stacked expert tensor with only `shard`'s experts ([count, ...]).
+// So the dense parameters (replicated over the data-parallel ranks) are one range [0, D) of the
+// flat buffers and the rank's experts (replicated only over the ranks holding the same experts)
+// another, [D, total): each range is reduced over its own group of ranks.
+std::vector<TensorSpec> TrainingTable(const std::vector<TensorSpec>& full, const ExpertShard& shard);
+// D above: where the first expert tensor starts in the layout of a TrainingTable (total() when the
+// model has no expert tensors).
+int64_t ExpertSegmentBegin(const ParameterLayout& layout);
+
 // Offsets (in elements) into a flat buffer of ParameterLayout(CheckpointTable(config)).
 struct MlpOffsets {
   int64_t gate_up = 0, down = 0;  // gate_proj then up_proj (adjacent: [3I, H]); down_proj [H, I]
@@ -81,6 +102,10 @@ struct ModelOffsets {
 };
 // The offsets of `config`'s tensors in `layout` (which must be the layout of its table).
 ModelOffsets ResolveModelOffsets(const ParameterLayout& layout, const OpenMoeConfig& config);
+// The same for a layout of StageCheckpointTable(config, range) (one pipeline stage): layers outside
+// the range keep default LayerOffsets, and embed_tokens / final_norm / lm_head are -1 where the
+// range does not hold them.
+ModelOffsets ResolveModelOffsets(const ParameterLayout& layout, const OpenMoeConfig& config, const LayerRange& range);
 
 }  // namespace openmoe
 

@@ -9,22 +9,42 @@
 
 namespace openmoe {
 
+TensorSpec WholeSpec(const TensorSpec& stored, const ExpertShard& shard) {
+  TensorSpec whole = stored;
+  if (!shard.all() && ExpertShard::IsExpertTensor(stored.name)) whole.shape[0] = shard.total;
+  return whole;
+}
+
+namespace {
+
+// Where the stored part of `spec`'s whole tensor starts (elements): the shard's first expert for
+// a stacked expert tensor, else 0.
+int64_t StoredPartBegin(const TensorSpec& stored, const ExpertShard& shard) {
+  if (shard.all() || !ExpertShard::IsExpertTensor(stored.name)) return 0;
+  return shard.first * (stored.numel() / shard.count);
+}
+
+}  // namespace
+
 template <class T, class ExecSpace>
 absl::Status ReadParameters(const CheckpointReader& reader, const std::vector<TensorSpec>& table,
-                            const ParameterLayout& layout, Vector<T, ExecSpace> flat) {
-  OPENMOE_RETURN_IF_ERROR(reader.Validate(table));
-  std::vector<float> staging;  // one tensor as float
-  std::vector<T> rounded;      // the same in T (unused for float)
+                            const ParameterLayout& layout, Vector<T, ExecSpace> flat, const ExpertShard& shard) {
+  std::vector<TensorSpec> whole_table;
+  for (const TensorSpec& spec : table) whole_table.push_back(WholeSpec(spec, shard));
+  OPENMOE_RETURN_IF_ERROR(reader.Validate(whole_table));
+  std::vector<float> staging;  // one whole tensor as float
+  std::vector<T> rounded;      // the stored part in T (unused for float)
   for (const TensorSpec& spec : table) {
     const ParameterSlot& slot = layout.slot(spec.name);
-    staging.resize(slot.numel);
-    OPENMOE_RETURN_IF_ERROR(reader.ReadAsFloat(spec.name, staging.data(), slot.numel));
+    const int64_t whole = WholeSpec(spec, shard).numel(), begin = StoredPartBegin(spec, shard);
+    staging.resize(whole);
+    OPENMOE_RETURN_IF_ERROR(reader.ReadAsFloat(spec.name, staging.data(), whole));
     const T* host = nullptr;
     if constexpr (std::is_same_v<T, float>) {
-      host = staging.data();
+      host = staging.data() + begin;
     } else {
       rounded.resize(slot.numel);
-      for (int64_t i = 0; i < slot.numel; ++i) rounded[i] = FromFloat<T>(staging[i]);
+      for (int64_t i = 0; i < slot.numel; ++i) rounded[i] = FromFloat<T>(staging[begin + i]);
       host = rounded.data();
     }
     Kokkos::deep_copy(Vector<T, ExecSpace>(flat.data() + slot.offset, slot.numel),
@@ -35,18 +55,29 @@ absl::Status ReadParameters(const CheckpointReader& reader, const std::vector<Te
 
 template <class T, class ExecSpace>
 void InitializeParameters(const ExecSpace& space, const OpenMoeConfig& config, const std::vector<TensorSpec>& table,
-                          const ParameterLayout& layout, uint64_t seed, Vector<T, ExecSpace> flat) {
+                          const ParameterLayout& layout, uint64_t seed, Vector<T, ExecSpace> flat,
+                          const ExpertShard& shard) {
   for (const TensorSpec& spec : table) {
     const ParameterSlot& slot = layout.slot(spec.name);
-    FillInitialValues<T>(space, config, spec, seed, Vector<T, ExecSpace>(flat.data() + slot.offset, slot.numel));
+    const Vector<T, ExecSpace> stored(flat.data() + slot.offset, slot.numel);
+    const TensorSpec whole = WholeSpec(spec, shard);
+    if (whole.numel() == slot.numel) {
+      FillInitialValues<T>(space, config, whole, seed, stored);
+      continue;
+    }
+    // The whole tensor's values (one tensor at a time), of which the shard's experts are kept.
+    Vector<T, ExecSpace> values(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("init.whole")), whole.numel());
+    FillInitialValues<T>(space, config, whole, seed, values);
+    const int64_t begin = StoredPartBegin(spec, shard);
+    Kokkos::deep_copy(space, stored, Kokkos::subview(values, std::make_pair(begin, begin + slot.numel)));
   }
 }
 
 #define OPENMOE_INSTANTIATE_PARAMETER_STORE(Space, T)                                                          \
   template absl::Status ReadParameters<T, Space>(const CheckpointReader&, const std::vector<TensorSpec>&,       \
-                                                 const ParameterLayout&, Vector<T, Space>);                    \
+                                                 const ParameterLayout&, Vector<T, Space>, const ExpertShard&); \
   template void InitializeParameters<T, Space>(const Space&, const OpenMoeConfig&, const std::vector<TensorSpec>&, \
-                                               const ParameterLayout&, uint64_t, Vector<T, Space>);
+                                               const ParameterLayout&, uint64_t, Vector<T, Space>, const ExpertShard&);
 OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_PARAMETER_STORE)
 
 }  // namespace openmoe

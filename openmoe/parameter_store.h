@@ -26,14 +26,22 @@ namespace openmoe {
 // Checks the checkpoint against `table` (missing tensors, wrong shapes: errors naming the file and
 // tensor), then reads each tensor as float and rounds it once to T into its slot of `flat`
 // [layout.total()]. Host memory stays at one tensor at a time.
+// `shard` (expert parallelism): `table` is a TrainingTable whose stacked expert tensors hold only
+// the shard's experts; the checkpoint's whole [E, ...] tensors are checked and read, and the
+// shard's slice of each is stored.
 template <class T, class ExecSpace>
 absl::Status ReadParameters(const CheckpointReader& reader, const std::vector<TensorSpec>& table,
-                            const ParameterLayout& layout, Vector<T, ExecSpace> flat);
+                            const ParameterLayout& layout, Vector<T, ExecSpace> flat, const ExpertShard& shard = {});
 
 // Upstream's initialiser (random_init.h) for every tensor of `table`, into its slot of `flat`.
+// `shard`: as ReadParameters; each stored expert gets the values it has in the whole model's init.
 template <class T, class ExecSpace>
 void InitializeParameters(const ExecSpace& space, const OpenMoeConfig& config, const std::vector<TensorSpec>& table,
-                          const ParameterLayout& layout, uint64_t seed, Vector<T, ExecSpace> flat);
+                          const ParameterLayout& layout, uint64_t seed, Vector<T, ExecSpace> flat,
+                          const ExpertShard& shard = {});
+
+// The whole model's spec of a TrainingTable entry: stacked expert tensors get shard.total experts.
+TensorSpec WholeSpec(const TensorSpec& stored, const ExpertShard& shard);
 
 }  // namespace openmoe
 

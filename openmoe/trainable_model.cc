@@ -36,24 +36,79 @@ absl::StatusOr<ConstMatrix<U, ExecSpace>> As(const ExecSpace& space, ConstMatrix
 
 constexpr int64_t kLossRowsPerChunk = 256;  // LM head rows whose [rows, V] logits exist at once
 
+// Expert placement (SetExpertPlacement): each assignment's slot, slots(t, k) = expert_slot(experts(t,
+// k)), and the combine weights in slot order, slot_probs(t, s) = probs(t, slot_expert(s)).
+template <class ExecSpace, class Map>
+void PlaceAssignments(const ExecSpace& space, ConstMatrix<int32_t, ExecSpace> experts, Map expert_slot,
+                      ConstMatrix<float, ExecSpace> probs, Map slot_expert, Matrix<int32_t, ExecSpace> slots,
+                      Matrix<float, ExecSpace> slot_probs) {
+  const int64_t N = experts.extent(0), K = experts.extent(1), E = probs.extent(1);
+  Kokkos::parallel_for("openmoe::place_assignments", Kokkos::RangePolicy<ExecSpace>(space, 0, N * K),
+                       KOKKOS_LAMBDA(int64_t i) { slots(i / K, i % K) = expert_slot(experts(i / K, i % K)); });
+  Kokkos::parallel_for("openmoe::place_probs", Kokkos::RangePolicy<ExecSpace>(space, 0, N * E),
+                       KOKKOS_LAMBDA(int64_t i) { slot_probs(i / E, i % E) = probs(i / E, slot_expert(i % E)); });
+}
+
+// The combine weights' gradient back in canonical order: dprobs(t, e) = slot_dprobs(t, expert_slot(e)).
+template <class ExecSpace, class Map>
+void UnplaceProbGradients(const ExecSpace& space, ConstMatrix<float, ExecSpace> slot_dprobs, Map expert_slot,
+                          Matrix<float, ExecSpace> dprobs) {
+  const int64_t N = dprobs.extent(0), E = dprobs.extent(1);
+  Kokkos::parallel_for("openmoe::unplace_prob_gradients", Kokkos::RangePolicy<ExecSpace>(space, 0, N * E),
+                       KOKKOS_LAMBDA(int64_t i) { dprobs(i / E, i % E) = slot_dprobs(i / E, expert_slot(i % E)); });
+}
+
+// Every MoE layer's experts in their own slots: slot_expert(l, s) = expert_slot(l, s) = s.
+template <class ExecSpace, class Placement>
+void IdentityPlacement(Placement slot_expert, Placement expert_slot) {
+  const int64_t E = slot_expert.extent(1);
+  Kokkos::parallel_for("openmoe::identity_placement", Kokkos::RangePolicy<ExecSpace>(0, slot_expert.extent(0) * E),
+                       KOKKOS_LAMBDA(int64_t i) { slot_expert(i / E, i % E) = expert_slot(i / E, i % E) = int32_t(i % E); });
+}
+
+// loads(e) += the assignments of `experts` [N, 2] to expert e.
+template <class ExecSpace, class Loads>
+void CountExpertLoads(const ExecSpace& space, ConstMatrix<int32_t, ExecSpace> experts, Loads loads) {
+  const int64_t K = experts.extent(1);
+  Kokkos::parallel_for("openmoe::count_expert_loads", Kokkos::RangePolicy<ExecSpace>(space, 0, experts.extent(0) * K),
+                       KOKKOS_LAMBDA(int64_t i) { Kokkos::atomic_add(&loads(experts(i / K, i % K)), int64_t(1)); });
+}
+
 }  // namespace
 
 template <class ExecSpace>
-absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::Load(const std::string& model_dir) {
+absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::Load(const std::string& model_dir,
+                                                                          ExpertShard shard) {
   OPENMOE_ASSIGN_OR_RETURN(OpenMoeConfig config, LoadConfig(model_dir + "/config.json"));
   OPENMOE_ASSIGN_OR_RETURN(CheckpointReader reader, CheckpointReader::Open(model_dir));
-  return FromCheckpoint(config, reader);
+  return FromCheckpoint(config, reader, shard);
+}
+
+template <class ExecSpace>
+absl::Status TrainableModel<ExecSpace>::SetTable(ExpertShard shard) {
+  const int64_t E = config_.num_experts;
+  if (shard.total == 0) shard = ExpertShard::All(E);
+  if (shard.total != E || shard.count < 1 || shard.first < 0 || shard.first + shard.count > E) {
+    return absl::InvalidArgumentError(absl::StrCat("expert shard [", shard.first, ", ", shard.first + shard.count,
+                                                   ") of ", shard.total, " experts does not fit the model's ", E,
+                                                   " experts (num_experts)"));
+  }
+  shard_ = shard;
+  table_ = TrainingTable(CheckpointTable(config_), shard_);
+  return absl::OkStatus();
 }
 
 template <class ExecSpace>
 absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::FromCheckpoint(const OpenMoeConfig& config,
-                                                                                    const CheckpointReader& reader) {
+                                                                                    const CheckpointReader& reader,
+                                                                                    ExpertShard shard) {
   TrainableModel model;
   model.config_ = config;
-  model.table_  = CheckpointTable(config);
-  OPENMOE_RETURN_IF_ERROR(reader.Validate(model.table_));  // before allocating anything
+  OPENMOE_RETURN_IF_ERROR(model.SetTable(shard));
+  OPENMOE_RETURN_IF_ERROR(reader.Validate(CheckpointTable(config)));  // before allocating anything
   model.AllocateFlatBuffers();
-  OPENMOE_RETURN_IF_ERROR((ReadParameters<float, ExecSpace>(reader, model.table_, model.layout_, model.flat_params_)));
+  OPENMOE_RETURN_IF_ERROR(
+      (ReadParameters<float, ExecSpace>(reader, model.table_, model.layout_, model.flat_params_, model.shard_)));
   return model;
 }
 
@@ -69,6 +124,16 @@ Vector<uint16_t, ExecSpace> TrainableModel<ExecSpace>::flat_working() {
 template <class ExecSpace>
 void TrainableModel<ExecSpace>::AllocateFlatBuffers() {
   layout_ = ParameterLayout(table_);
+  expert_begin_ = ExpertSegmentBegin(layout_);
+  const int64_t E = config_.num_experts, moe_layers = config_.NumMoeLayers();
+  slot_expert_.assign(moe_layers, std::vector<int32_t>(E));
+  for (std::vector<int32_t>& placement : slot_expert_) {
+    for (int64_t s = 0; s < E; ++s) placement[s] = int32_t(s);
+  }
+  placed_.assign(moe_layers, false);
+  slot_expert_d_ = Kokkos::View<int32_t**, Kokkos::LayoutRight, MemSpace>("slot_expert", moe_layers, E);
+  expert_slot_d_ = Kokkos::View<int32_t**, Kokkos::LayoutRight, MemSpace>("expert_slot", moe_layers, E);
+  IdentityPlacement<ExecSpace>(slot_expert_d_, expert_slot_d_);
   flat_params_ = Vector<float, ExecSpace>("params", layout_.total());  // zero: the gaps stay 0
   flat_grads_  = Vector<float, ExecSpace>("grads", layout_.total());
   offsets_ = ResolveModelOffsets(layout_, config_);
@@ -81,15 +146,59 @@ void TrainableModel<ExecSpace>::AllocateFlatBuffers() {
 
 template <class ExecSpace>
 absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::RandomInit(const OpenMoeConfig& config,
-                                                                                uint64_t seed) {
+                                                                                uint64_t seed, ExpertShard shard) {
   OPENMOE_RETURN_IF_ERROR(ValidateConfig(config, "RandomInit"));
   TrainableModel model;
   model.config_ = config;
-  model.table_  = CheckpointTable(config);
+  OPENMOE_RETURN_IF_ERROR(model.SetTable(shard));
   model.AllocateFlatBuffers();
-  InitializeParameters<float, ExecSpace>(ExecSpace(), config, model.table_, model.layout_, seed, model.flat_params_);
+  InitializeParameters<float, ExecSpace>(ExecSpace(), config, model.table_, model.layout_, seed, model.flat_params_,
+                                         model.shard_);
   Kokkos::fence();
   return model;
+}
+
+template <class ExecSpace>
+absl::Status TrainableModel<ExecSpace>::SetExpertPlacement(int64_t moe_layer, const std::vector<int32_t>& slot_expert) {
+  const int64_t E = config_.num_experts;
+  if (moe_layer < 0 || moe_layer >= int64_t(slot_expert_.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("SetExpertPlacement: no MoE layer ", moe_layer));
+  }
+  std::vector<int32_t> expert_slot(E, -1);
+  for (int64_t s = 0; s < int64_t(slot_expert.size()); ++s) {
+    const int32_t e = slot_expert[s];
+    if (int64_t(slot_expert.size()) != E || e < 0 || e >= E || expert_slot[e] != -1) {
+      return absl::InvalidArgumentError(absl::StrCat("SetExpertPlacement: not a permutation of the ", E, " experts"));
+    }
+    expert_slot[e] = int32_t(s);
+  }
+  slot_expert_[moe_layer] = slot_expert;
+  bool identity = true;
+  for (int64_t s = 0; s < E; ++s) identity = identity && slot_expert[s] == s;
+  placed_[moe_layer] = !identity;
+  const auto copy_row = [&](auto device, const std::vector<int32_t>& host) {
+    Kokkos::deep_copy(Kokkos::subview(device, moe_layer, Kokkos::ALL),
+                      Kokkos::View<const int32_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(host.data(), E));
+  };
+  copy_row(slot_expert_d_, slot_expert);
+  copy_row(expert_slot_d_, expert_slot);
+  return absl::OkStatus();
+}
+
+template <class ExecSpace>
+void TrainableModel<ExecSpace>::set_count_expert_loads(bool count) {
+  const int64_t n = count ? std::max<int64_t>(1, config_.NumMoeLayers()) * config_.num_experts : 0;
+  expert_loads_ = Kokkos::View<int64_t*, MemSpace>("expert_loads", n);
+}
+
+template <class ExecSpace>
+std::vector<int64_t> TrainableModel<ExecSpace>::TakeExpertLoads() {
+  std::vector<int64_t> loads(expert_loads_.extent(0));
+  Kokkos::deep_copy(Kokkos::View<int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(loads.data(), loads.size()),
+                    expert_loads_);
+  Kokkos::deep_copy(expert_loads_, int64_t(0));
+  loads.resize(config_.NumMoeLayers() * config_.num_experts);
+  return loads;
 }
 
 template <class ExecSpace>
@@ -174,6 +283,14 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   const int64_t Nh = c.num_attention_heads, Nkv = c.num_key_value_heads, Dh = c.head_dim;
   const int64_t Wq = Nh * Dh, Wkv = Nkv * Dh, L = c.num_hidden_layers;
   const int64_t e0 = dispatcher_->first_local_expert(), El = dispatcher_->local_experts(E);  // this rank's experts
+  // Where expert e0's weights are in this model's stacked expert tensors, which hold the experts of
+  // expert_shard() only.
+  const int64_t es = e0 - shard_.first;
+  if (es < 0 || es + El > shard_.count) {
+    return absl::FailedPreconditionError(absl::StrCat("the token dispatcher runs experts [", e0, ", ", e0 + El,
+                                                      ") here, but this model stores experts [", shard_.first, ", ",
+                                                      shard_.first + shard_.count, ")"));
+  }
   const float eps = c.rms_norm_eps;
   const kernels::ExecutionContext<ExecSpace>& ctx = context_;
   const ExecSpace& space = ctx.space();
@@ -223,6 +340,10 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     M router_logits, dispatched, eg, eu, eact, eo;
     FM probs;
     IntM experts, rank;
+    // What the dispatcher is handed: each assignment's slot and the combine weights in slot order
+    // (experts and probs themselves unless the layer's experts were moved: SetExpertPlacement).
+    IntM slots;
+    FM slot_probs;
     int64_t capacity = 0;
   };
   std::vector<Layer> layers;  // the current microbatch's (swapped in and out of its Micro)
@@ -276,26 +397,38 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
                                                           c.router_capacity_factor_train, c.router_min_capacity,
                                                           a.router_logits, a.probs, a.experts, a.rank));
       const int64_t C = a.capacity;
+      const int64_t moe_layer = (i + 1) / c.moe_layer_interval - 1;
+      a.slots = a.experts, a.slot_probs = a.probs;
+      if (placed_[moe_layer]) {
+        a.slots = IntM("slots", N, 2), a.slot_probs = FM("slot_probs", N, E);
+        PlaceAssignments<ExecSpace>(space, a.experts, Kokkos::subview(expert_slot_d_, moe_layer, Kokkos::ALL), CFM(a.probs),
+                                    Kokkos::subview(slot_expert_d_, moe_layer, Kokkos::ALL), a.slots, a.slot_probs);
+      }
       // Rows per local expert in the expert-major buffers: C here; P * C (every rank's slots) when an
       // expert-parallel dispatcher brings the rows of P ranks.
       const int64_t Ce = dispatcher_->rows_per_expert(C);
       // This rank's experts [e0, e0 + El): their weights and expert-major rows [El * Ce, ...].
       a.dispatched = M("dispatched", El * Ce, H), a.eg = M("eg", El * Ce, 2 * I), a.eu = M("eu", El * Ce, I);
       a.eact = M("eact", El * Ce, I), a.eo = M("eo", El * Ce, H);
-      OPENMOE_RETURN_IF_ERROR(dispatcher_->Dispatch(space, CM(a.x2), a.experts, a.rank, C, a.dispatched));
-      const T* wi_gate = Working<T>(lo.wi_gate) + e0 * H * 2 * I;
-      const T* wi_up   = Working<T>(lo.wi_up) + e0 * H * I;
-      const T* wo      = Working<T>(lo.wo) + e0 * I * H;
-      for (int64_t e = 0; e < El; ++e) {
-        const auto rows = std::make_pair(e * Ce, (e + 1) * Ce);
-        OPENMOE_RETURN_IF_ERROR(ExpertForward<T>(ctx, CM(rows_of(a.dispatched, rows.first, rows.second)),
-                                                 CM(wi_gate + e * H * 2 * I, H, 2 * I), CM(wi_up + e * H * I, H, I),
-                                                 CM(wo + e * I * H, I, H), rows_of(a.eg, rows.first, rows.second),
-                                                 rows_of(a.eu, rows.first, rows.second),
-                                                 rows_of(a.eact, rows.first, rows.second),
-                                                 rows_of(a.eo, rows.first, rows.second)));
-      }
-      OPENMOE_RETURN_IF_ERROR(dispatcher_->Combine(space, CM(a.eo), CFM(a.probs), a.experts, a.rank, C, delta));
+      const T* wi_gate = Working<T>(lo.wi_gate) + es * H * 2 * I;
+      const T* wi_up   = Working<T>(lo.wi_up) + es * H * I;
+      const T* wo      = Working<T>(lo.wo) + es * I * H;
+      // Local experts [first, end) on their rows: the dispatcher calls it between its exchanges (in
+      // chunks of experts with --comm_overlap; each expert's products are the same either way).
+      auto run_experts = [&](int64_t first, int64_t end) -> absl::Status {
+        for (int64_t e = first; e < end; ++e) {
+          const auto rows = std::make_pair(e * Ce, (e + 1) * Ce);
+          OPENMOE_RETURN_IF_ERROR(ExpertForward<T>(ctx, CM(rows_of(a.dispatched, rows.first, rows.second)),
+                                                   CM(wi_gate + e * H * 2 * I, H, 2 * I), CM(wi_up + e * H * I, H, I),
+                                                   CM(wo + e * I * H, I, H), rows_of(a.eg, rows.first, rows.second),
+                                                   rows_of(a.eu, rows.first, rows.second),
+                                                   rows_of(a.eact, rows.first, rows.second),
+                                                   rows_of(a.eo, rows.first, rows.second)));
+        }
+        return absl::OkStatus();
+      };
+      OPENMOE_RETURN_IF_ERROR(dispatcher_->RunExpertBlock(space, CM(a.x2), CFM(a.slot_probs), a.slots, a.rank, C,
+                                                          a.dispatched, a.eo, run_experts, delta));
       OPENMOE_RETURN_IF_ERROR(add(h, delta));
       a.h2 = copy(h), a.x3 = M("x3", N, H);
       OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h2, WV(lo.pre_extra_mlp_norm), a.x3, eps));
@@ -467,40 +600,59 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       FM d_eo("d_eo", El * Ce, H), dprobs("dprobs", N, E), d_eact("d_eact", El * Ce, I);
       FM d_eg("d_eg", El * Ce, 2 * I), d_eu("d_eu", El * Ce, I), d_disp("d_disp", El * Ce, H);
       OPENMOE_ASSIGN_OR_RETURN(CFM eo_f, to_f(CM(a.eo)));
-      OPENMOE_RETURN_IF_ERROR(dispatcher_->CombineBackward(space, CFM(dh), eo_f, CFM(a.probs), a.experts, a.rank, C, d_eo,
-                                                           dprobs));
-      const T* wi_gate = Working<T>(lo.wi_gate) + e0 * H * 2 * I;
-      const T* wi_up   = Working<T>(lo.wi_up) + e0 * H * I;
-      const T* wo      = Working<T>(lo.wo) + e0 * I * H;
-      float* g_wi_gate = (flat_grads_.data() + lo.wi_gate) + e0 * H * 2 * I;
-      float* g_wi_up   = (flat_grads_.data() + lo.wi_up) + e0 * H * I;
-      float* g_wo      = (flat_grads_.data() + lo.wo) + e0 * I * H;
+      const T* wi_gate = Working<T>(lo.wi_gate) + es * H * 2 * I;
+      const T* wi_up   = Working<T>(lo.wi_up) + es * H * I;
+      const T* wo      = Working<T>(lo.wo) + es * I * H;
+      float* g_wi_gate = (flat_grads_.data() + lo.wi_gate) + es * H * 2 * I;
+      float* g_wi_up   = (flat_grads_.data() + lo.wi_up) + es * H * I;
+      float* g_wo      = (flat_grads_.data() + lo.wo) + es * I * H;
       OPENMOE_ASSIGN_OR_RETURN(CFM eg_f, to_f(CM(a.eg)));
       OPENMOE_ASSIGN_OR_RETURN(CFM eu_f, to_f(CM(a.eu)));
-      for (int64_t e = 0; e < El; ++e) {
-        // d_eact_e = d_eo_e @ wo_e^T (wo_e [I, H] is Linear's [out = I, in = H]).
-        OPENMOE_ASSIGN_OR_RETURN(CM d_eo_t, to_t(CFM(rows_of(d_eo, e * Ce, (e + 1) * Ce))));
-        M d_eact_t("d_eact_t", Ce, I);
-        OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eo_t, CM(wo + e * I * H, I, H), d_eact_t));
-        OPENMOE_ASSIGN_OR_RETURN(CFM d_eact_f, to_f(CM(d_eact_t)));
-        Kokkos::deep_copy(rows_of(d_eact, e * Ce, (e + 1) * Ce), d_eact_f);
-        OPENMOE_RETURN_IF_ERROR(weight_grad(CM(rows_of(a.eact, e * Ce, (e + 1) * Ce)), d_eo_t, FM(g_wo + e * I * H, I, H)));
-      }
-      OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackward<ExecSpace>(space, eg_f, eu_f, CFM(d_eact), d_eg, d_eu));
-      for (int64_t e = 0; e < El; ++e) {
-        OPENMOE_ASSIGN_OR_RETURN(CM d_eg_t, to_t(CFM(rows_of(d_eg, e * Ce, (e + 1) * Ce))));
-        OPENMOE_ASSIGN_OR_RETURN(CM d_eu_t, to_t(CFM(rows_of(d_eu, e * Ce, (e + 1) * Ce))));
-        M d_disp_t("d_disp_t", Ce, H);
-        OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eg_t, CM(wi_gate + e * H * 2 * I, H, 2 * I), d_disp_t));
-        OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eu_t, CM(wi_up + e * H * I, H, I), d_disp_t, true));
-        OPENMOE_ASSIGN_OR_RETURN(CFM d_disp_f, to_f(CM(d_disp_t)));
-        Kokkos::deep_copy(rows_of(d_disp, e * Ce, (e + 1) * Ce), d_disp_f);
-        CM disp_e(rows_of(a.dispatched, e * Ce, (e + 1) * Ce));
-        OPENMOE_RETURN_IF_ERROR(weight_grad(disp_e, d_eg_t, FM(g_wi_gate + e * H * 2 * I, H, 2 * I)));
-        OPENMOE_RETURN_IF_ERROR(weight_grad(disp_e, d_eu_t, FM(g_wi_up + e * H * I, H, I)));
-      }
+      // Local experts [first, end): d_eo rows -> d_disp rows and their weight gradients (the dispatcher
+      // calls it between its exchanges, in chunks of experts with --comm_overlap).
+      auto run_experts_backward = [&](int64_t first, int64_t end) -> absl::Status {
+        for (int64_t e = first; e < end; ++e) {
+          // d_eact_e = d_eo_e @ wo_e^T (wo_e [I, H] is Linear's [out = I, in = H]).
+          OPENMOE_ASSIGN_OR_RETURN(CM d_eo_t, to_t(CFM(rows_of(d_eo, e * Ce, (e + 1) * Ce))));
+          M d_eact_t("d_eact_t", Ce, I);
+          OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eo_t, CM(wo + e * I * H, I, H), d_eact_t));
+          OPENMOE_ASSIGN_OR_RETURN(CFM d_eact_f, to_f(CM(d_eact_t)));
+          Kokkos::deep_copy(rows_of(d_eact, e * Ce, (e + 1) * Ce), d_eact_f);
+          OPENMOE_RETURN_IF_ERROR(weight_grad(CM(rows_of(a.eact, e * Ce, (e + 1) * Ce)), d_eo_t, FM(g_wo + e * I * H, I, H)));
+        }
+        const int64_t r0 = first * Ce, r1 = end * Ce;  // the range's rows (SwigluBackward is row-wise)
+        OPENMOE_RETURN_IF_ERROR(kernels::SwigluBackward<ExecSpace>(space, rows_of(eg_f, r0, r1), rows_of(eu_f, r0, r1),
+                                                                   CFM(rows_of(d_eact, r0, r1)), rows_of(d_eg, r0, r1),
+                                                                   rows_of(d_eu, r0, r1)));
+        for (int64_t e = first; e < end; ++e) {
+          OPENMOE_ASSIGN_OR_RETURN(CM d_eg_t, to_t(CFM(rows_of(d_eg, e * Ce, (e + 1) * Ce))));
+          OPENMOE_ASSIGN_OR_RETURN(CM d_eu_t, to_t(CFM(rows_of(d_eu, e * Ce, (e + 1) * Ce))));
+          M d_disp_t("d_disp_t", Ce, H);
+          OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eg_t, CM(wi_gate + e * H * 2 * I, H, 2 * I), d_disp_t));
+          OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eu_t, CM(wi_up + e * H * I, H, I), d_disp_t, true));
+          OPENMOE_ASSIGN_OR_RETURN(CFM d_disp_f, to_f(CM(d_disp_t)));
+          Kokkos::deep_copy(rows_of(d_disp, e * Ce, (e + 1) * Ce), d_disp_f);
+          CM disp_e(rows_of(a.dispatched, e * Ce, (e + 1) * Ce));
+          OPENMOE_RETURN_IF_ERROR(weight_grad(disp_e, d_eg_t, FM(g_wi_gate + e * H * 2 * I, H, 2 * I)));
+          OPENMOE_RETURN_IF_ERROR(weight_grad(disp_e, d_eu_t, FM(g_wi_up + e * H * I, H, I)));
+        }
+        return absl::OkStatus();
+      };
       Kokkos::deep_copy(dx, 0.0f);
-      OPENMOE_RETURN_IF_ERROR(dispatcher_->DispatchBackward(space, CFM(d_disp), a.experts, a.rank, C, dx));
+      const int64_t moe_layer = (i + 1) / c.moe_layer_interval - 1;
+      const bool placed = placed_[moe_layer];
+      FM slot_dprobs = placed ? FM("slot_dprobs", N, E) : dprobs;  // the combine weights' gradient in slot order
+      OPENMOE_RETURN_IF_ERROR(dispatcher_->RunExpertBlockBackward(space, CFM(dh), eo_f, CFM(a.slot_probs), a.slots,
+                                                                  a.rank, C, d_eo, slot_dprobs, d_disp,
+                                                                  run_experts_backward, dx));
+      if (placed) {
+        UnplaceProbGradients<ExecSpace>(space, CFM(slot_dprobs), Kokkos::subview(expert_slot_d_, moe_layer, Kokkos::ALL),
+                                        dprobs);
+      }
+      if (expert_loads_.extent(0) > 0) {  // once per step and layer (the backward pass runs once)
+        CountExpertLoads<ExecSpace>(space, a.experts,
+                                    Kokkos::subview(expert_loads_, std::make_pair(moe_layer * E, (moe_layer + 1) * E)));
+      }
       // Router: combine weights + aux loss through the softmax, z-loss on the logits (device;
       // this layer's unweighted aux and z land in router_parts_d, read once after the pass).
       OPENMOE_ASSIGN_OR_RETURN(CFM router_f, to_f(CM(a.router_logits)));

@@ -38,10 +38,15 @@ class TrainableModel {
  public:
   using MemSpace = typename ExecSpace::memory_space;
 
-  static absl::StatusOr<TrainableModel> Load(const std::string& model_dir);
-  static absl::StatusOr<TrainableModel> FromCheckpoint(const OpenMoeConfig& config, const CheckpointReader& reader);
+  // `shard` (expert parallelism): store only these experts (default: every expert). The flat
+  // buffers then hold the dense parameters and the shard's experts (TrainingTable's order); a
+  // token dispatcher must run only experts of the shard.
+  static absl::StatusOr<TrainableModel> Load(const std::string& model_dir, ExpertShard shard = {});
+  static absl::StatusOr<TrainableModel> FromCheckpoint(const OpenMoeConfig& config, const CheckpointReader& reader,
+                                                       ExpertShard shard = {});
   // Upstream's initialiser (spec 2.6, InitStd): normal draws, norms 1, the embedding's pad row 0.
-  static absl::StatusOr<TrainableModel> RandomInit(const OpenMoeConfig& config, uint64_t seed);
+  // A shard gets the values its experts have in the whole model's init.
+  static absl::StatusOr<TrainableModel> RandomInit(const OpenMoeConfig& config, uint64_t seed, ExpertShard shard = {});
 
   const OpenMoeConfig& config() const { return config_; }
   // The loss factors (label smoothing, output z-loss, router aux / z) of later ForwardBackward calls.
@@ -51,7 +56,14 @@ class TrainableModel {
     config_.router_aux_loss_factor = float(router_aux_loss_factor);
     config_.router_z_loss_factor = float(router_z_loss_factor);
   }
+  // The stored tensors, in flat-buffer order (TrainingTable: dense ones, then the experts of
+  // expert_shard(), whose stacked tensors are [shard.count, ...]).
   const std::vector<TensorSpec>& table() const { return table_; }
+  // The experts this model stores, of config().num_experts.
+  const ExpertShard& expert_shard() const { return shard_; }
+  // Where the stored experts start in the flat buffers: [0, expert_begin()) are the dense
+  // parameters, [expert_begin(), layout().total()) the shard's experts.
+  int64_t expert_begin() const { return expert_begin_; }
   // One tensor's weights / gradient: views into the flat buffers below (valid while the model is).
   Vector<float, ExecSpace> param(const std::string& name) const { return params_.at(name); }
   Vector<float, ExecSpace> grad(const std::string& name) const { return grads_.at(name); }
@@ -73,6 +85,21 @@ class TrainableModel {
   // How the MoE layers move tokens to their experts and back (SingleRankDispatcher by default:
   // every expert here). An expert-parallel dispatcher makes this model run its local experts only.
   void set_token_dispatcher(std::shared_ptr<TokenDispatcher<ExecSpace>> dispatcher) { dispatcher_ = std::move(dispatcher); }
+
+  // ---- expert load balancing (--load_balance, under expert parallelism) ----
+  // Where each MoE layer's experts are stored. Slot s = p * El + j of the EP group (position p,
+  // local index j, El = experts per position) holds expert slot_expert[s]; this rank stores the
+  // slots of expert_shard() ([first, first + count)), in slot order. The router stays in canonical
+  // expert order: the dispatcher is handed each assignment's slot and the combine weights in slot
+  // order, so a placement changes where an expert runs, never what the model computes (bit for
+  // bit). Identity by default. `moe_layer`: the index among the MoE layers (0 .. NumMoeLayers()).
+  absl::Status SetExpertPlacement(int64_t moe_layer, const std::vector<int32_t>& slot_expert);
+  const std::vector<int32_t>& expert_placement(int64_t moe_layer) const { return slot_expert_[moe_layer]; }
+  // Count the tokens each expert is routed to (both top-2 choices, kept or dropped) in later steps.
+  void set_count_expert_loads(bool count);
+  // The counts since the last call, [NumMoeLayers() * E] (MoE layer-major, canonical experts), then
+  // zero. This rank's own tokens only (sum over the ranks for the global loads).
+  std::vector<int64_t> TakeExpertLoads();
 
   // Activation recomputation (gradient checkpointing): the forward pass keeps only each layer's
   // input, and the backward pass runs the layer again before its gradients; same results.
@@ -148,10 +175,14 @@ class TrainableModel {
   bool recompute_ = false;
   ComputeDtype dtype_ = ComputeDtype::kFp32;
   float loss_scale_ = 1.0f;
+  // Checks `shard` against the config (every expert when empty), sets shard_ and table_.
+  absl::Status SetTable(ExpertShard shard);
   // Allocates the flat buffers for table_ and the per-tensor views into them.
   void AllocateFlatBuffers();
 
   std::vector<TensorSpec> table_;
+  ExpertShard shard_;
+  int64_t expert_begin_ = 0;
   ParameterLayout layout_;
   ModelOffsets offsets_;
   // The stream, scratch arena, tuning and cuBLAS handle of this model's ops (copies share them).
@@ -161,6 +192,12 @@ class TrainableModel {
   // type; allocated by the first 16-bit step.
   Vector<uint16_t, ExecSpace> flat_working_;
   bool working_current_ = false;
+  // Expert placement per MoE layer (host [moe_layers][E], and the device copies [moe_layers, E] the
+  // step reads; placed_: whether any layer is not the identity) and load counters [moe_layers * E].
+  std::vector<std::vector<int32_t>> slot_expert_;
+  Kokkos::View<int32_t**, Kokkos::LayoutRight, MemSpace> slot_expert_d_, expert_slot_d_;
+  std::vector<bool> placed_;
+  Kokkos::View<int64_t*, MemSpace> expert_loads_;
   std::shared_ptr<TokenDispatcher<ExecSpace>> dispatcher_ = std::make_shared<SingleRankDispatcher<ExecSpace>>();  // one-shot: set by MarkWorkingCopyCurrent, cleared by the step
   std::map<std::string, Vector<float, ExecSpace>> params_, grads_;  // HF name -> view into the flat buffers
 };

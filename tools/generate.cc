@@ -6,6 +6,7 @@
 //   bazel run //tools:generate -- --model DIR --batch_file prompts.txt --max_new_tokens 64
 //   bazel run //tools:generate -- --model DIR --input_ids_file in.safetensors --output_ids_file out.safetensors
 //   mpirun -np 2 bazel-bin/tools/generate --parallel expert --model DIR ...   # experts over 2 host ranks
+//   mpirun -np 2 bazel-bin/tools/generate --parallel pipeline --model DIR ... # layers over 2 host ranks
 #include <unistd.h>
 
 #include <cstdio>
@@ -51,9 +52,12 @@ ABSL_FLAG(std::string, output_ids_file, "", "Write the generated ids as int64 ou
 ABSL_FLAG(std::string, output_logits_file, "", "Also write the float32 logits of the prompt as prompt_logits [B, P, V] "
           "(one extra forward pass over the prompt after generating; compares runs, e.g. --parallel expert with one device).");
 ABSL_FLAG(std::string, parallel, "", "Under mpirun -np N (host ranks): 'expert' splits the experts over the N ranks "
-          "(num_experts % N == 0; dense layers and the whole batch on every rank; the same ids as one device). "
-          "Rank 0 reads the prompts and prints / writes the output. 'pipeline' (layer stages) is not supported "
-          "yet. Without mpirun (one rank) it has no effect: the run is the single-device one.");
+          "(num_experts % N == 0; dense layers and the whole batch on every rank). 'pipeline' makes rank r the "
+          "stage with layers [r L / N, (r + 1) L / N) of the L layers (2 <= N <= L; each rank holds only its "
+          "layers' weights and KV cache, the embedding on rank 0, the final norm and LM head on rank N - 1, "
+          "which picks every token and broadcasts it). Both give the same ids as one device. Rank 0 reads the "
+          "prompts and prints / writes the output. Without mpirun (one rank) 'expert' has no effect (the "
+          "single-device run) and 'pipeline' is an error.");
 
 namespace {
 
@@ -103,7 +107,8 @@ int main(int argc, char** argv) {
       "      [--chat [--system TEXT]] [--max_new_tokens N] [--greedy | --temperature T --top_k K --top_p P]\n"
       "      [--repetition_penalty R] [--seed S] [--stop a,b] [--dtype fp32|bf16]\n"
       "      [--input_ids_file IN --output_ids_file OUT]\n"
-      "  mpirun -np N bazel-bin/tools/generate --parallel expert [flags above]   # experts over N host ranks");
+      "  mpirun -np N bazel-bin/tools/generate --parallel expert [flags above]     # experts over N host ranks\n"
+      "  mpirun -np N bazel-bin/tools/generate --parallel pipeline [flags above]   # layer stages over N host ranks");
   // MPI first (it may edit argv), only when mpirun started this process (it sets
   // OMPI_COMM_WORLD_SIZE): a plain run is a world of one without MPI, as //tools:train.
   std::unique_ptr<openmoe::parallel::MpiSession> session;
@@ -123,12 +128,13 @@ int main(int argc, char** argv) {
   if (FlagGiven("parallel") && parallel != "expert" && parallel != "pipeline") {
     return fail("--parallel must be 'expert' or 'pipeline', got '" + parallel + "'");
   }
-  if (parallel == "pipeline") {
-    return fail("--parallel pipeline (layer stages over the ranks) is not supported yet; use --parallel expert");
+  if (parallel == "pipeline" && world_size < 2) {
+    return fail("--parallel pipeline splits the layers over the ranks of mpirun -np N (N >= 2), but this run has "
+                "one rank: start it with mpirun -np N, or leave out --parallel for one device");
   }
   if (world_size > 1 && parallel.empty()) {
-    return fail("this run has " + std::to_string(world_size) + " ranks (mpirun): give --parallel expert, or run "
-                "without mpirun on one device");
+    return fail("this run has " + std::to_string(world_size) + " ranks (mpirun): give --parallel expert or "
+                "--parallel pipeline, or run without mpirun on one device");
   }
   if (world_size == 1 && FlagGiven("parallel")) {
     std::fprintf(stderr, "--parallel %s: one rank (not started by mpirun -np N > 1), no effect: a single-device run\n",

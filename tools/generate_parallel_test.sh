@@ -8,9 +8,9 @@
 #     -np 4 (2 experts per rank) too; only rank 0 prints the run and writes the file;
 #  2. text mode on the embedded default model (4 experts): a 3-prompt batch (greedy) and a seeded
 #     sampled prompt print the same text on 2 ranks as on one;
-#  3. 8 experts on 3 ranks, an unknown --parallel value, --parallel pipeline and mpirun without
-#     --parallel are refused naming the flag, without hanging; --parallel expert on one process
-#     (no mpirun) says it has no effect and gives the single-device ids.
+#  3. 8 experts on 3 ranks, an unknown --parallel value and mpirun without --parallel are refused
+#     naming the flag, without hanging; --parallel expert on one process (no mpirun) says it has no
+#     effect and gives the single-device ids. (--parallel pipeline: generate_pipeline_test.sh.)
 # mpirun setup as train_expert_parallel_test.sh (root-run variables, per-run OpenMPI tmp dir,
 # --oversubscribe, OMP_NUM_THREADS=1, a 60 s timeout per mpirun). About 10 s on 2 cores.
 set -uo pipefail
@@ -105,8 +105,7 @@ expect_refused() {  # expect_refused NP "<message>" args...
 }
 expect_refused 3 "--parallel expert splits the experts over the ranks, but the model's 8 experts (num_experts) cannot be split evenly over 3 ranks" --parallel expert
 expect_refused 2 "--parallel must be 'expert' or 'pipeline', got 'bogus'" --parallel bogus
-expect_refused 2 "--parallel pipeline (layer stages over the ranks) is not supported yet" --parallel pipeline
-expect_refused 2 "this run has 2 ranks (mpirun): give --parallel expert" --dtype fp32
+expect_refused 2 "this run has 2 ranks (mpirun): give --parallel expert or --parallel pipeline" --dtype fp32
 "$gen" "${common[@]}" --parallel expert --output_ids_file "$tmp/single.safetensors" >"$tmp/single.log" 2>&1 \
   || { cat "$tmp/single.log"; fail "--parallel expert without mpirun"; }
 grep -qF -- "--parallel expert: one rank (not started by mpirun -np N > 1), no effect" "$tmp/single.log" || fail "no 'no effect' note"

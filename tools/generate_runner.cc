@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <optional>
 
@@ -13,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "openmoe/config.h"
 #include "openmoe/core/status_macros.h"
+#include "openmoe/layer_range.h"
 #include "openmoe/runtime/generation.h"
 #include "openmoe/io/safetensors.h"
 #include "openmoe/io/token_batch.h"
@@ -35,8 +37,8 @@ bool CutAtStop(std::string& text, const std::vector<std::string>& stops) {
   return true;
 }
 
-// The ranks of an expert-parallel run (world_size > 1): the MPI world, which the dispatcher and
-// the broadcasts below use.
+// The ranks of an expert-parallel or pipeline run (world_size > 1): the MPI world, which the
+// dispatcher or the pipeline stages and the broadcasts below use.
 // (Only MakeRanks names MpiCommunicator<Space>, which exists for host spaces only.)
 template <class Space>
 struct Ranks {
@@ -94,6 +96,39 @@ void CheckSameIds(const Ranks<Space>& ranks, const std::vector<int64_t>& step, i
   if (!status.ok()) parallel::AbortAll(status);
 }
 
+// Pipeline: the last stage's prompt logits [B, P, V] (`count` floats) to rank 0, which writes them;
+// the other stages hold none. Nothing to do on one rank or without a pipeline.
+template <class Space>
+absl::Status LogitsToLeader(const Ranks<Space>& ranks, bool pipeline, int64_t count, std::vector<float>& logits) {
+  if (ranks.comm == nullptr || !pipeline) return absl::OkStatus();
+  const int last = ranks.comm->size() - 1, rank = ranks.comm->rank();
+  if (count > std::numeric_limits<int>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat("--output_logits_file: ", count, " logits are too many for one MPI message"));
+  }
+  constexpr int kTag = 17;
+  if (rank == last) {
+    return parallel::MpiResult(MPI_Send(logits.data(), int(count), MPI_FLOAT, 0, kTag, ranks.mpi), "MPI_Send (prompt logits)");
+  }
+  if (rank != 0) return absl::OkStatus();
+  logits.resize(count);
+  return parallel::MpiResult(MPI_Recv(logits.data(), int(count), MPI_FLOAT, last, kTag, ranks.mpi, MPI_STATUS_IGNORE),
+                             "MPI_Recv (prompt logits)");
+}
+
+// The model of this rank: the whole one, or under --parallel pipeline its stage (rank r of N holds
+// layers [r L / N, (r + 1) L / N), the embedding on rank 0, the final norm and LM head on rank N - 1,
+// and only their weights and KV cache).
+template <class Space, class T>
+absl::StatusOr<OpenMoeModel<Space, T>> LoadModel(const GenerateRequest& request, const Ranks<Space>& ranks) {
+  if (request.parallel != "pipeline" || ranks.comm == nullptr) return OpenMoeModel<Space, T>::Load(request.model_dir);
+  absl::StatusOr<OpenMoeModel<Space, T>> stage = OpenMoeModel<Space, T>::LoadStage(request.model_dir, ranks.comm);
+  if (!stage.ok()) return absl::Status(stage.status().code(), absl::StrCat("--parallel pipeline: ", stage.status().message()));
+  const LayerRange& r = stage->layers();
+  std::fprintf(stderr, "pipeline stage %d of %d: %s, %.3f MiB of weights\n", ranks.comm->rank(),
+               ranks.comm->size(), r.ToString().c_str(), double(stage->WeightBytes()) / (1 << 20));
+  return stage;
+}
+
 template <class T>
 absl::Status Run(const GenerateRequest& request) {
   using Space = Kokkos::DefaultExecutionSpace;
@@ -127,15 +162,16 @@ absl::Status Run(const GenerateRequest& request) {
   }
   OPENMOE_RETURN_IF_ERROR(BroadcastPrompts(ranks, ids, mask, batch, len));
 
-  // Every rank loads the whole model (the experts of other ranks stay unused: loading only the
-  // own experts is a follow-up).
-  OPENMOE_ASSIGN_OR_RETURN(auto model, (OpenMoeModel<Space, T>::Load(request.model_dir)));
+  // --parallel expert: every rank loads the whole model (the experts of other ranks stay unused:
+  // loading only the own experts is a follow-up). --parallel pipeline: each rank its stage only.
+  const bool pipeline = request.parallel == "pipeline";
+  OPENMOE_ASSIGN_OR_RETURN(auto model, (LoadModel<Space, T>(request, ranks)));
   if (leader) {
     std::fprintf(stderr, "model %s (%s, %s), %lld prompt(s) of %lld tokens, seed %llu\n",
                  request.model_dir.c_str(), request.dtype.c_str(), Space::name(), static_cast<long long>(batch),
                  static_cast<long long>(len), static_cast<unsigned long long>(request.sampling.seed));
   }
-  if (ranks.comm != nullptr) {
+  if (ranks.comm != nullptr && !pipeline) {
     {
       const int64_t E = model.config().num_experts, P = ranks.comm->size();
       absl::StatusOr<std::shared_ptr<parallel::InferenceExpertDispatcher<Space>>> dispatcher =
@@ -186,9 +222,10 @@ absl::Status Run(const GenerateRequest& request) {
   OPENMOE_ASSIGN_OR_RETURN(GenerationResult result, Generate(model, ids, mask, batch, len, options));
   // The prompt's logits from a fresh forward pass (its own KV cache; the prompt is one routing
   // group, as in prefill): collective on several ranks, so every rank runs it.
-  std::vector<float> prompt_logits;
+  std::vector<float> prompt_logits;  // [B, P, V]
   if (!request.output_logits_file.empty()) {
     OPENMOE_ASSIGN_OR_RETURN(prompt_logits, model.Logits(ids, mask, batch, len, RoutingMode::kEval));
+    OPENMOE_RETURN_IF_ERROR(LogitsToLeader(ranks, pipeline, batch * len * model.config().vocab_size, prompt_logits));
   }
   if (!leader) return absl::OkStatus();  // rank 0 prints and writes
 
@@ -243,12 +280,18 @@ absl::Status RunGenerate(const GenerateRequest& request) {
   }
   OPENMOE_RETURN_IF_ERROR(ValidateSampling(request.sampling));
   if (request.world_size > 1) {  // before any work, the same answer on every rank
-    if (request.parallel != "expert") {
-      return absl::InvalidArgumentError(absl::StrCat("--parallel must be 'expert' on ", request.world_size,
+    if (request.parallel != "expert" && request.parallel != "pipeline") {
+      return absl::InvalidArgumentError(absl::StrCat("--parallel must be 'expert' or 'pipeline' on ", request.world_size,
                                                      " ranks, got '", request.parallel, "'"));
     }
     absl::StatusOr<OpenMoeConfig> config = LoadConfig(request.model_dir + "/config.json");
-    if (config.ok() && config->num_experts % request.world_size != 0) {
+    if (config.ok() && request.parallel == "pipeline" && config->num_hidden_layers < request.world_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--parallel pipeline puts at least one layer on each rank, but the model has ", config->num_hidden_layers,
+          " layers (num_hidden_layers) for ", request.world_size, " ranks; use at most ", config->num_hidden_layers,
+          " ranks"));
+    }
+    if (config.ok() && request.parallel == "expert" && config->num_experts % request.world_size != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--parallel expert splits the experts over the ranks, but the model's ", config->num_experts,
           " experts (num_experts) cannot be split evenly over ", request.world_size,

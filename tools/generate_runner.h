@@ -27,9 +27,12 @@ struct GenerateRequest {
   bool stream = true;
   // Several ranks under mpirun (world_size > 1; the tool has started MPI): "expert" splits the
   // experts over the ranks (every rank holds the dense layers and the whole batch; see
-  // parallel/inference_expert_dispatcher.h). Rank 0 reads and tokenizes the prompts and broadcasts
-  // them; only rank 0 prints text and writes output_ids_file. Every rank produces the same ids
-  // each step (checked each step: a difference ends the job).
+  // parallel/inference_expert_dispatcher.h); "pipeline" makes rank r of N the pipeline stage with
+  // layers [r L / N, (r + 1) L / N) (OpenMoeModel::LoadStage: only their weights and KV cache; the
+  // embedding on rank 0, the head on rank N - 1, which picks each step's tokens and broadcasts
+  // them). Rank 0 reads and tokenizes the prompts and broadcasts them; only rank 0 prints text and
+  // writes output_ids_file (and output_logits_file, sent to it by the last stage). Every rank
+  // produces the same ids each step (checked each step: a difference ends the job).
   std::string parallel;
   int world_rank = 0, world_size = 1;
 };

@@ -1,10 +1,11 @@
 // train: fine-tunes an OpenMoE model (single device, fp32 master weights) with the flags of
 // Colossal-AI's OpenMoE train.py: flags -> openmoe::train::TrainOptions -> openmoe::train::Trainer
 // (openmoe/train/trainer.h; output layout in openmoe/train/checkpoint.h), then the loss curve.
-// Under `mpirun -np N` (host ranks) with `--plugin ep_zero --extra_dp_size N --zero_stage 0|1|2`
+// Under `mpirun -np N` (host ranks through MPI; in a CUDA build one GPU per rank, GPU = local rank,
+// through NCCL: parallel/world_communicator.h) with `--plugin ep_zero --extra_dp_size N --zero_stage 0|1|2`
 // it trains data-parallel: every rank holds the whole model (every expert replicated), takes its
 // DistributedSampler share of each global batch, and the gradient and logged loss are the means
-// over ranks (MPI all-reduce); ZeRO-1 shards the AdamW state and update over the ranks, ZeRO-2
+// over ranks (all-reduce); ZeRO-1 shards the AdamW state and update over the ranks, ZeRO-2
 // also reduce-scatters the gradient (openmoe/train/optimizer.h); rank 0 alone prints and writes.
 // `--plugin ep` (EP size N) and `--plugin ep_zero --extra_dp_size k` (k < N, EP size N/k) run the
 // MoE layers expert parallel inside EP groups (rank layout: WireExpertParallel), ZeRO 0/1/2 as
@@ -36,9 +37,11 @@
 #include "openmoe/train/checkpoint.h"
 #include "openmoe/train/trainer.h"
 #include "openmoe/config.h"
+#include "openmoe/parameter_store.h"
 #include "parallel/expert_parallel_dispatcher.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/mpi_runtime.h"
+#include "parallel/world_communicator.h"
 #include "tools/cli_flags.h"
 #include "tools/loss_plot.h"
 
@@ -86,10 +89,12 @@ ABSL_FLAG(int64_t, max_shard_bytes, int64_t(5) << 30, "Checkpoint weights larger
           "model-0000K-of-0000N.safetensors shards plus model.safetensors.index.json.");
 ABSL_FLAG(bool, grad_checkpoint, false, "Activation recomputation (upstream's gradient checkpointing): keep only "
           "each layer's input and run the layer again in the backward pass; same results, less memory.");
-// Upstream's parallelism and kernel flags. Supported today over host MPI ranks: `--plugin ep` and
+// Upstream's parallelism and kernel flags. Supported today over MPI ranks (host: MPI; CUDA: NCCL): `--plugin ep` and
 // `--plugin ep_zero --extra_dp_size k` (k dividing the world size), `--zero_stage 0|1|2`; the rest
 // are parsed and refused.
-ABSL_FLAG(std::string, plugin, "hybrid", "hybrid | ep | ep_zero, over MPI host ranks (mpirun -np N). ep_zero: EP size "
+ABSL_FLAG(std::string, plugin, "hybrid", "hybrid | ep | ep_zero, over MPI ranks (mpirun -np N; host builds: MPI, "
+          "CUDA builds: NCCL, rank r on GPU local_rank; under mpirun -np 1 the plugin still runs its communicators, over "
+          "one rank). ep_zero: EP size "
           "N / --extra_dp_size, each expert replicated --extra_dp_size times (--extra_dp_size N: pure data parallelism, "
           "every expert on every rank). ep: the experts split over all N ranks (num_experts divisible by the EP size). "
           "Dense parameters data parallel over all ranks; --zero_stage 0, 1 or 2. Without mpirun: omit it (one device). "
@@ -106,9 +111,18 @@ ABSL_FLAG(int64_t, ep_size, 2, "--plugin hybrid: EP size inside a stage (num_exp
 ABSL_FLAG(int64_t, microbatch_size, 1, "--plugin hybrid: examples per pipeline microbatch (dividing --batch_size).");
 ABSL_FLAG(bool, use_kernel, false, "Not supported yet (upstream's Triton/CUDA MoE kernels).");
 ABSL_FLAG(bool, use_layernorm_kernel, false, "Not supported yet (fused normalization).");
-ABSL_FLAG(bool, load_balance, false, "Not supported yet (expert load balancing).");
-ABSL_FLAG(int64_t, load_balance_interval, 1000, "Not supported yet.");
-ABSL_FLAG(bool, comm_overlap, false, "Not supported yet.");
+ABSL_FLAG(bool, load_balance, false, "Expert parallelism (--plugin ep, or ep_zero with --extra_dp_size < world size): "
+          "every --load_balance_interval steps, sum the tokens routed to each expert over the ranks and move experts "
+          "(weights and AdamW moments) between EP ranks so that the busiest rank of each MoE layer gets fewer tokens. "
+          "The router keeps its canonical expert order, so a move never changes what the model computes; "
+          "checkpoints hold the experts in canonical order. Not with --plugin hybrid yet.");
+ABSL_FLAG(int64_t, load_balance_interval, 1000, "--load_balance: steps between rebalancings.");
+ABSL_FLAG(bool, comm_overlap, false, "Expert parallelism (--plugin ep, or ep_zero with --extra_dp_size < world size): "
+          "exchange the MoE all-to-alls in --comm_overlap_chunks chunks of local experts, each chunk's exchange "
+          "overlapping the previous chunk's expert compute (CUDA: on its own stream; host ranks: the same order, "
+          "no overlap). Results identical to no overlap, bit for bit. Without expert parallelism: an error.");
+ABSL_FLAG(int64_t, comm_overlap_chunks, 4, "--comm_overlap: chunks of each rank's local experts (at most their count; "
+          "1: a single exchange each way, as without --comm_overlap).");
 
 namespace {
 
@@ -130,6 +144,11 @@ int Fail(const std::string& message) {
 // 1 or 2; otherwise an error naming the first offending flag and what works today. The expert count
 // against the EP size is checked once the model is known (CheckExpertSplit). Before any work.
 absl::Status CheckHybridFlags(int world);
+// --comm_overlap / --comm_overlap_chunks on `world` ranks under --plugin ep / ep_zero (after the
+// plugin flags passed): they need expert parallelism (an EP size > 1) and chunks >= 1.
+absl::Status CheckCommOverlap(int world);
+// --load_balance / --load_balance_interval on `world` ranks (not hybrid): they need an EP size > 1.
+absl::Status CheckLoadBalance(int world);
 bool HybridPipeline() { return FlagGiven("plugin") && absl::GetFlag(FLAGS_plugin) == "hybrid"; }
 
 absl::Status CheckParallelFlags(int world) {
@@ -138,16 +157,16 @@ absl::Status CheckParallelFlags(int world) {
       "supported today on MPI host ranks: --plugin ep, or --plugin ep_zero --extra_dp_size k with k dividing the "
       "world size ", world, " (k = ", world, ": pure data parallelism), each with --zero_stage 0, 1 or 2",
       world == 1 ? "; or drop the parallel flags to train on one device" : "");
-  for (const char* flag : {"pp_size", "dp_size", "ep_size", "microbatch_size", "use_kernel", "use_layernorm_kernel",
-                           "load_balance", "load_balance_interval", "comm_overlap"}) {
+  for (const char* flag : {"pp_size", "dp_size", "ep_size", "microbatch_size", "use_kernel", "use_layernorm_kernel"}) {
     if (FlagGiven(flag)) {
       return absl::UnimplementedError(absl::StrCat("--", flag, " is not supported yet here (--pp_size, --ep_size, "
                                                    "--dp_size and --microbatch_size need --plugin hybrid; fused kernels "
                                                    "and load balancing are not implemented); ", supported));
     }
   }
+  OPENMOE_RETURN_IF_ERROR(CheckLoadBalance(world));
   if (world == 1 && !FlagGiven("plugin") && !FlagGiven("zero_stage") && !FlagGiven("extra_dp_size")) {
-    return absl::OkStatus();  // one device, as before
+    return CheckCommOverlap(world);  // one device, as before
   }
   const std::string plugin = absl::GetFlag(FLAGS_plugin);
   const int64_t zero = absl::GetFlag(FLAGS_zero_stage), extra_dp = absl::GetFlag(FLAGS_extra_dp_size);
@@ -163,28 +182,29 @@ absl::Status CheckParallelFlags(int world) {
   if (zero != 0 && zero != 1 && zero != 2) {
     return absl::InvalidArgumentError(absl::StrCat("--zero_stage must be 0, 1 or 2, not ", zero, where, supported));
   }
-  return absl::OkStatus();
+  return CheckCommOverlap(world);
 }
 
 // The data-parallel hooks of world `comm`: flat gradients summed in place and divided by the
-// world size (the mean of the ranks' gradients), loss parts averaged in float64. Host ranks only
-// (MPI over host memory); a device TrainSpace needs NCCL, not there yet. `color` >= 0 (--plugin
+// world size (the mean of the ranks' gradients), loss parts averaged in float64 on the host. Host
+// ranks: MPI; CUDA ranks: the gradients through NCCL (stream-ordered), the loss parts through MPI
+// over the same ranks (parallel/world_communicator.h). `color` >= 0 (--plugin
 // hybrid): over the world ranks of that colour instead (a collective Split of the world, ordered by
 // world rank), i.e. the data-parallel ranks of one pipeline stage.
 template <class Space>
 absl::Status MakeDataParallelHooks(std::shared_ptr<void>& keep, openmoe::train::GradientReduction& grads,
                                    openmoe::train::LossReduction& loss, int color = -1) {
-  if constexpr (std::is_same_v<typename Space::memory_space, Kokkos::HostSpace>) {
-    using Comm = openmoe::parallel::MpiCommunicator<Space>;
-    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> world, Comm::World());
+  if constexpr (openmoe::parallel::kHasWorldCommunicator<Space>) {
+    using Comm = openmoe::parallel::RankGroup<Space>;
+    OPENMOE_ASSIGN_OR_RETURN(Comm world, Comm::World());
     if (color >= 0) {
-      OPENMOE_ASSIGN_OR_RETURN(world, world->Split(color, world->rank()));
+      OPENMOE_ASSIGN_OR_RETURN(world, world.Split(color, world.rank()));
     }
-    std::shared_ptr<Comm> comm(std::move(world));
+    auto comm = std::make_shared<Comm>(std::move(world));
     keep = comm;
     grads = [comm](openmoe::Vector<float, Space> g) -> absl::Status {
       const Space space;
-      OPENMOE_RETURN_IF_ERROR(comm->AllReduce(space, g, openmoe::comm::ReduceOp::kSum));
+      OPENMOE_RETURN_IF_ERROR(comm->comm()->AllReduce(space, g, openmoe::comm::ReduceOp::kSum));
       const float inv = 1.0f / float(comm->size());
       Kokkos::parallel_for("train::mean_over_ranks", Kokkos::RangePolicy<Space>(space, 0, g.extent(0)),
                            KOKKOS_LAMBDA(int64_t i) { g(i) *= inv; });
@@ -202,19 +222,19 @@ absl::Status MakeDataParallelHooks(std::shared_ptr<void>& keep, openmoe::train::
     return absl::OkStatus();
   } else {
     return absl::UnimplementedError(absl::StrCat("data-parallel training on ", Space::name(),
-                                                 " ranks needs NCCL, which is not supported yet; host ranks only"));
+                                                 " ranks: this build has no communicator for them"));
   }
 }
 
 // ZeRO-1/2 of pure data parallelism (--zero_stage 1|2): the optimizer's own communicator over the
-// MPI world (a duplicate of MPI_COMM_WORLD, freed with the trainer). Host ranks only, as above.
+// world (host ranks: a duplicate of MPI_COMM_WORLD; CUDA ranks: NCCL), freed with the trainer.
 // `color` >= 0: over the world ranks of that colour (as MakeDataParallelHooks).
 template <class Space>
 absl::Status MakeZeroSharding(int stage, std::shared_ptr<void>& keep, openmoe::train::ZeroSharding& zero,
                               int color = -1) {
-  if constexpr (std::is_same_v<typename Space::memory_space, Kokkos::HostSpace>) {
-    using Comm = openmoe::parallel::MpiCommunicator<Space>;
-    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> world, Comm::World());
+  if constexpr (openmoe::parallel::kHasWorldCommunicator<Space>) {
+    using Comm = openmoe::comm::Communicator<Space>;
+    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> world, openmoe::parallel::WorldCommunicator<Space>());
     if (color >= 0) {
       OPENMOE_ASSIGN_OR_RETURN(world, world->Split(color, world->rank()));
     }
@@ -223,8 +243,8 @@ absl::Status MakeZeroSharding(int stage, std::shared_ptr<void>& keep, openmoe::t
     zero.stage = stage, zero.comm = comm;
     return absl::OkStatus();
   } else {
-    return absl::UnimplementedError(absl::StrCat("ZeRO on ", Space::name(), " ranks needs NCCL, which is not supported "
-                                                 "yet; host ranks only"));
+    return absl::UnimplementedError(absl::StrCat("ZeRO on ", Space::name(), " ranks: this build has no communicator "
+                                                 "for them"));
   }
 }
 
@@ -238,13 +258,50 @@ absl::Status MakeZeroSharding(int stage, std::shared_ptr<void>& keep, openmoe::t
 
 // The EP size of this run: world for --plugin ep, world / --extra_dp_size for --plugin ep_zero
 // with --extra_dp_size < world; 0 when the run is not expert parallel (one rank, or pure DP).
+// Under mpirun a world of one with --plugin ep is EP over that one rank (see `communicate` in Train).
 int ExpertParallelSize(int world) {
-  if (world <= 1) return 0;
+  if (world < 1 || (world == 1 && !openmoe::parallel::MpiIsActive())) return 0;
   const std::string plugin = absl::GetFlag(FLAGS_plugin);
   if (plugin == "ep") return world;
   const int64_t k = absl::GetFlag(FLAGS_extra_dp_size);
   if (plugin == "ep_zero" && k >= 1 && k < world && world % k == 0) return int(world / k);
   return 0;
+}
+
+absl::Status CheckLoadBalance(int world) {
+  const bool balance = absl::GetFlag(FLAGS_load_balance);
+  if (FlagGiven("load_balance_interval") && !balance) {
+    return absl::InvalidArgumentError("--load_balance_interval is given without --load_balance");
+  }
+  if (!balance) return absl::OkStatus();
+  if (ExpertParallelSize(world) < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--load_balance moves experts between expert-parallel ranks, and this run on ", world,
+        world == 1 ? " rank" : " ranks", " is not expert parallel: it needs mpirun with --plugin ep, or --plugin ep_zero "
+        "with --extra_dp_size smaller than the world size (an EP size > 1)"));
+  }
+  if (const int64_t interval = absl::GetFlag(FLAGS_load_balance_interval); interval < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--load_balance_interval must be at least 1, not ", interval));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckCommOverlap(int world) {
+  const bool overlap = absl::GetFlag(FLAGS_comm_overlap);
+  if (FlagGiven("comm_overlap_chunks") && !overlap) {
+    return absl::InvalidArgumentError("--comm_overlap_chunks is given without --comm_overlap");
+  }
+  if (!overlap) return absl::OkStatus();
+  if (ExpertParallelSize(world) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--comm_overlap overlaps the all-to-alls of expert parallelism with the experts' compute, and this run on ",
+        world, world == 1 ? " rank" : " ranks", " is not expert parallel: it needs mpirun with --plugin ep, or "
+        "--plugin ep_zero with --extra_dp_size smaller than the world size (an EP size > 1)"));
+  }
+  if (const int64_t chunks = absl::GetFlag(FLAGS_comm_overlap_chunks); chunks < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--comm_overlap_chunks must be at least 1, not ", chunks));
+  }
+  return absl::OkStatus();
 }
 
 // "--plugin ep" or "--plugin ep_zero --extra_dp_size k" (for messages).
@@ -284,143 +341,93 @@ absl::Status CheckExpertSplit(const openmoe::train::TrainOptions& o, int ep_size
   return absl::OkStatus();
 }
 
-// The gradient hook of expert parallelism (ZeRO-0/1): the dense data-parallel reduction (sum over
-// ALL world ranks, then / world) over the whole flat buffer, after zeroing the experts this rank
-// does not own. Why that is the step's gradient (the mean over the world's DP ranks of each rank's
-// gradient of its own loss) for every parameter:
-//  - dense parameters: the mean of the ranks' gradients, as in pure data parallelism;
-//  - an expert e: inside each EP group exactly one rank owns it; the model ran it on every group
-//    member's tokens (the all-to-all's backward brought their output gradients), so the owner's
-//    slice holds the SUM over its group of each rank's gradient of its own loss, and every other
-//    member's slice is zero. The EP groups partition the world (k groups, one owner of e in each),
-//    so the world sum adds the k owners' group sums (plus exact zeros): the sum over all world
-//    ranks; the division by world makes it the mean. (`ep`: k = 1, one owner.)
-//  - the all-reduce thereby also gathers every expert's gradient on every rank: the replicated or
-//    ZeRO-1-sharded AdamW updates the full flat buffer identically everywhere, so all copies of each
-//    expert stay identical and rank 0's checkpoints and --dump_step_state hold the full model.
-// The model writes only its local experts' gradients (flat_grads() is zeroed every step), so the
-// zeroing is a guard of that invariant. Memory and traffic savings (hold and reduce only the local
-// experts, reduce them over their k replicas only) are a follow-up.
-openmoe::train::GradientReduction ExpertParallelGradients(
-    std::shared_ptr<const std::vector<std::pair<int64_t, int64_t>>> not_owned, openmoe::train::GradientReduction dense) {
-  return [not_owned, dense = std::move(dense)](openmoe::Vector<float, openmoe::train::TrainSpace> g) -> absl::Status {
-    for (const auto& [begin, end] : *not_owned) {
-      Kokkos::deep_copy(openmoe::train::TrainSpace(), Kokkos::subview(g, std::make_pair(begin, end)), 0.0f);
-    }
-    return dense(g);
+// The gradient hook of expert parallelism (ZeRO-0/1). Each rank stores only its EP position's
+// experts, after the dense parameters (TrainingTable: [0, D) dense, [D, total) its experts; D
+// comes from the model once the trainer exists). The step's gradient is the mean over the D_dp
+// data-parallel ranks of each rank's gradient of its own loss, for every parameter:
+//  - dense parameters [0, D): the data-parallel hook (sum over the data-parallel ranks, / D_dp);
+//  - the rank's experts [D, total): the model ran each of them on every EP-group member's tokens
+//    (the all-to-all's backward brought their output gradients), so this slice holds the SUM over
+//    its EP group of each member's gradient. The ranks storing the same experts (one per EP group,
+//    the `replicas` communicator) together cover every data-parallel rank once, so their sum is
+//    the sum over all of them; / D_dp makes it the mean.
+// Under ZeRO-2 the optimizer does the same per range (ExpertGroups, openmoe/train/optimizer.h).
+openmoe::train::GradientReduction ShardedExpertGradients(
+    std::shared_ptr<const int64_t> expert_begin, openmoe::train::GradientReduction dense,
+    std::shared_ptr<openmoe::comm::Communicator<openmoe::train::TrainSpace>> replicas, int data_parallel_size) {
+  using Space = openmoe::train::TrainSpace;
+  return [expert_begin, dense = std::move(dense), replicas, data_parallel_size](openmoe::Vector<float, Space> g) -> absl::Status {
+    const int64_t begin = *expert_begin, total = int64_t(g.extent(0));
+    if (begin < 0 || begin > total) return absl::InternalError("expert parallelism: the experts' range is not set");
+    if (dense) OPENMOE_RETURN_IF_ERROR(dense(openmoe::Vector<float, Space>(g.data(), begin)));
+    const openmoe::Vector<float, Space> experts(g.data() + begin, total - begin);
+    const Space space;
+    OPENMOE_RETURN_IF_ERROR(replicas->AllReduce(space, experts, openmoe::comm::ReduceOp::kSum));
+    const float inv = 1.0f / float(data_parallel_size);
+    Kokkos::parallel_for("train::expert_mean_over_ranks", Kokkos::RangePolicy<Space>(space, 0, experts.extent(0)),
+                         KOKKOS_LAMBDA(int64_t i) { experts(i) *= inv; });
+    space.fence();
+    return absl::OkStatus();
   };
 }
 
-// Where the non-owned expert slices are, once the trainer exists: the model's flat gradient buffer
-// and the ranges of it (WireExpertParallel fills it).
-struct NotOwnedGradients {
-  const float* flat_grads = nullptr;
-  int64_t total = 0;
-  std::vector<std::pair<int64_t, int64_t>> ranges;
-};
-
-// ZeRO-2 under expert parallelism: the optimizer reduce-scatters model.flat_grads() (and
-// all-reduces its replicated tail) over the world instead of calling the gradient hook, then
-// divides by the world size, as the hook does. This communicator wraps the optimizer's world
-// communicator and, before every ReduceScatter / AllReduce whose float32 send buffer lies inside the
-// flat gradient buffer, zeroes the parts of it that are non-owned expert slices; every other
-// collective (the weights' all-gather, the norm's partial sums, moments) passes through unchanged.
-// So the reduced shards are exactly the hook's sum / world (same values, same order of addition).
+// The communicators of expert parallelism, in the layout of the section comment (collective over
+// the world): `experts.group`, this rank's EP group of `ep_size` ranks (its position = its EP
+// index, which decides the experts it stores), and `experts.replicas`, the `replicas` ranks storing
+// the same experts. `replicas` k: copies of each expert (world / ep_size under ep / ep_zero;
+// --dp_size under hybrid, where the world is P stages of ep_size * k consecutive ranks: inside its
+// stage a rank has index inner = ep_index * k + replica; with one stage this is the ep / ep_zero
+// layout).
 template <class Space>
-class ExpertZeroCommunicator final : public openmoe::comm::Communicator<Space> {
- public:
-  ExpertZeroCommunicator(std::shared_ptr<openmoe::comm::Communicator<Space>> inner,
-                         std::shared_ptr<const NotOwnedGradients> not_owned)
-      : inner_(std::move(inner)), not_owned_(std::move(not_owned)) {}
-  int rank() const override { return inner_->rank(); }
-  int size() const override { return inner_->size(); }
-
- protected:
-  using Buf = openmoe::comm::Buffer;
-  using CBuf = openmoe::comm::ConstBuffer;
-  absl::Status DoAllReduce(const Space& space, CBuf send, Buf recv, openmoe::comm::ReduceOp op) override {
-    ZeroNotOwned(space, send);
-    return inner_->AllReduce(space, send, recv, op);
-  }
-  absl::Status DoReduceScatter(const Space& space, CBuf send, Buf recv, openmoe::comm::ReduceOp op) override {
-    ZeroNotOwned(space, send);
-    return inner_->ReduceScatter(space, send, recv, op);
-  }
-  absl::Status DoAllGather(const Space& space, CBuf send, Buf recv) override { return inner_->AllGather(space, send, recv); }
-  absl::Status DoAllToAll(const Space& space, CBuf send, Buf recv) override { return inner_->AllToAll(space, send, recv); }
-  absl::Status DoSend(const Space& space, CBuf send, int peer) override { return inner_->Send(space, send, peer); }
-  absl::Status DoRecv(const Space& space, Buf recv, int peer) override { return inner_->Recv(space, recv, peer); }
-  absl::Status DoBroadcast(const Space& space, CBuf send, Buf recv, int root) override {
-    return inner_->Broadcast(space, send, recv, root);
-  }
-  absl::Status DoBarrier(const Space& space) override { return inner_->Barrier(space); }
-  absl::StatusOr<std::unique_ptr<openmoe::comm::Communicator<Space>>> DoSplit(int color, int key) const override {
-    return inner_->Split(color, key);
-  }
-
- private:
-  // The send buffer is a part of the trainer's (mutable) flat_grads: zero its non-owned slices in place.
-  void ZeroNotOwned(const Space& space, CBuf send) const {
-    const NotOwnedGradients& n = *not_owned_;
-    if (send.dtype != openmoe::comm::DType::kFloat32 || n.flat_grads == nullptr || send.count == 0) return;
-    const float* p = static_cast<const float*>(send.data);
-    if (p < n.flat_grads || p + send.count > n.flat_grads + n.total) return;
-    const int64_t lo = p - n.flat_grads, hi = lo + send.count;
-    float* base = const_cast<float*>(n.flat_grads);
-    for (const auto& [begin, end] : n.ranges) {
-      const int64_t b = std::max(begin, lo), e = std::min(end, hi);
-      if (b >= e) continue;
-      Kokkos::deep_copy(space, Kokkos::View<float*, typename Space::memory_space, Kokkos::MemoryUnmanaged>(base + b, e - b),
-                        0.0f);
+absl::Status MakeExpertGroups(int rank, int ep_size, int replicas, openmoe::train::ExpertParallelism& experts) {
+  if constexpr (openmoe::parallel::kHasWorldCommunicator<Space>) {  // MPI on host ranks, NCCL on CUDA ranks
+    using Comm = openmoe::comm::Communicator<Space>;
+    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> world, openmoe::parallel::WorldCommunicator<Space>());
+    const int k = replicas, stage_ranks = ep_size * k;
+    const int stage = rank / stage_ranks, inner = rank % stage_ranks, ep_index = inner / k;
+    // EP group: the stage's ranks with this rank's replica index, ordered by rank (position ep_index).
+    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> group, world->Split(/*color=*/stage * k + inner % k, /*key=*/rank));
+    // Replicas: the stage's ranks with this rank's EP index.
+    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> same, world->Split(/*color=*/stage * ep_size + ep_index, /*key=*/rank));
+    if (group->size() != ep_size || group->rank() != ep_index || same->size() != k) {
+      return absl::InternalError(absl::StrCat("expert parallelism: rank ", rank, " has position ", group->rank(), " of ",
+                                              group->size(), " in its EP group (expected ", ep_index, " of ", ep_size,
+                                              ") and ", same->size(), " replicas (expected ", k, ")"));
     }
-    space.fence();
+    experts.size = ep_size, experts.index = ep_index;
+    experts.group = std::move(group), experts.replicas = std::move(same);
+    return absl::OkStatus();
+  } else {
+    return absl::UnimplementedError(absl::StrCat("expert-parallel training on ", Space::name(),
+                                                 " ranks: this build has no communicator for them"));
   }
-  std::shared_ptr<openmoe::comm::Communicator<Space>> inner_;
-  std::shared_ptr<const NotOwnedGradients> not_owned_;
-};
+}
 
-// Hands the trainer's model an ExpertParallelDispatcher over this rank's EP group of `ep_size`
-// ranks (the layout above; the whole world for `ep`) and fills `not_owned` with the flat-buffer
-// ranges of the experts other members of its group own. Collective (the dispatcher's communicator
-// is split from / duplicates MPI_COMM_WORLD; it lives with the model, which every rank destroys at
-// the same point). `replicas` k: copies of each expert (world / ep_size under ep / ep_zero; --dp_size
-// under hybrid, where the world is P stages of ep_size * k consecutive ranks: inside its stage a rank
-// has index inner = ep_index * k + replica, and its EP group is its stage's ranks of its replica
-// index; with one stage this is the ep / ep_zero layout).
+// Hands the trainer's model an ExpertParallelDispatcher over this rank's EP group `group` of
+// `ep_size` ranks (MakeExpertGroups; the whole world for `ep`), whose position decides the local
+// experts: the ones the model stores. `replicas` k as in MakeExpertGroups (for the message).
 template <class Space>
 absl::Status WireExpertParallel(openmoe::train::Trainer& trainer, int rank, int world, int ep_size, int replicas,
-                                NotOwnedGradients& not_owned) {
-  if constexpr (std::is_same_v<typename Space::memory_space, Kokkos::HostSpace>) {
-    using Comm = openmoe::parallel::MpiCommunicator<Space>;
-    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> world_comm, Comm::World());
+                                std::shared_ptr<openmoe::comm::Communicator<Space>> group) {
+  if constexpr (openmoe::parallel::kHasWorldCommunicator<Space>) {  // MPI on host ranks, NCCL on CUDA ranks
     const int k = replicas, stage_ranks = ep_size * k;
-    const int stage = rank / stage_ranks, inner = rank % stage_ranks;
-    std::unique_ptr<Comm> group = std::move(world_comm);
-    if (ep_size < world) {  // EP group: the stage's ranks with this rank's replica index, ordered by rank (position inner / k)
-      OPENMOE_ASSIGN_OR_RETURN(group, group->Split(/*color=*/stage * k + inner % k, /*key=*/rank));
-    }
-    if (group->size() != ep_size || group->rank() != inner / k) {
-      return absl::InternalError(absl::StrCat("expert parallelism: rank ", rank, " has position ", group->rank(), " of ",
-                                              group->size(), " in its EP group, expected ", inner / k, " of ", ep_size));
-    }
-    std::shared_ptr<openmoe::comm::Communicator<Space>> comm(std::move(group));
     const int64_t E = trainer.model().config().num_experts, P = ep_size;
-    absl::StatusOr<std::shared_ptr<openmoe::parallel::ExpertParallelDispatcher<Space>>> dispatcher =
-        openmoe::parallel::ExpertParallelDispatcher<Space>::Create(comm, E);
-    if (!dispatcher.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(PluginName(), ": ", dispatcher.status().message(), " (num_experts)"));
+    absl::StatusOr<std::shared_ptr<openmoe::parallel::ExpertParallelDispatcher<Space>>> created =
+        openmoe::parallel::ExpertParallelDispatcher<Space>::Create(
+            group, E, /*overlap_chunks=*/absl::GetFlag(FLAGS_comm_overlap) ? absl::GetFlag(FLAGS_comm_overlap_chunks) : 1);
+    if (!created.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(PluginName(), ": ", created.status().message(), " (num_experts)"));
     }
-    const int64_t first = (*dispatcher)->first_local_expert(), local = E / P;
-    not_owned.ranges.clear();
-    for (const openmoe::ParameterSlot& s : trainer.model().layout().slots()) {
-      if (s.name.find(".experts.") == std::string::npos) continue;
-      const int64_t per_expert = s.numel / E;  // stacked [E, ...]: one expert is one slice
-      if (first > 0) not_owned.ranges.push_back({s.offset, s.offset + first * per_expert});
-      if (first + local < E) not_owned.ranges.push_back({s.offset + (first + local) * per_expert, s.offset + E * per_expert});
+    const std::shared_ptr<openmoe::parallel::ExpertParallelDispatcher<Space>> dispatcher = *std::move(created);
+    const int64_t local = E / P;
+    const openmoe::ExpertShard& stored = trainer.model().expert_shard();
+    if (dispatcher->first_local_expert() != stored.first || local != stored.count) {
+      return absl::InternalError(absl::StrCat("expert parallelism: rank ", rank, " stores experts [", stored.first, ", ",
+                                              stored.first + stored.count, ") but its EP position runs [",
+                                              dispatcher->first_local_expert(), ", ",
+                                              dispatcher->first_local_expert() + local, ")"));
     }
-    not_owned.flat_grads = trainer.model().flat_grads().data();
-    not_owned.total = int64_t(trainer.model().flat_grads().extent(0));
-    trainer.model().set_token_dispatcher(*std::move(dispatcher));
+    trainer.model().set_token_dispatcher(dispatcher);
     if (rank == 0) {
       std::string groups;
       if (k > 1) {
@@ -432,13 +439,25 @@ absl::Status WireExpertParallel(openmoe::train::Trainer& trainer, int rank, int 
         }
       }
       if (stage_ranks < world) groups += absl::StrCat(" in stage 0 (the same in each of the ", world / stage_ranks, " stages)");
+      const int64_t chunks = dispatcher->overlap_chunks();
+      const std::string overlap = absl::GetFlag(FLAGS_comm_overlap)
+          ? absl::StrCat("; --comm_overlap: all-to-alls in ", chunks, chunks == 1 ? " chunk" : " chunks",
+                         " of local experts", chunks == 1 ? " (one local expert: nothing to overlap)" : "")
+          : "";
       std::fprintf(stderr, "expert parallel: %lld experts over %lld ranks (%lld each)%s; dense parameters data parallel "
-                   "over %d ranks\n", (long long)E, (long long)P, (long long)local, groups.c_str(), stage_ranks);
+                   "over %d ranks%s\n", (long long)E, (long long)P, (long long)local, groups.c_str(), stage_ranks,
+                   overlap.c_str());
+      int64_t stored_params = 0, whole_params = 0;
+      for (const openmoe::TensorSpec& spec : trainer.model().table()) {
+        stored_params += spec.numel(), whole_params += openmoe::WholeSpec(spec, stored).numel();
+      }
+      std::fprintf(stderr, "expert parallel: each rank stores its own experts only: %lld of the model's %lld parameters "
+                   "(weights, gradients and AdamW moments)\n", (long long)stored_params, (long long)whole_params);
     }
     return absl::OkStatus();
   } else {
     return absl::UnimplementedError(absl::StrCat("expert-parallel training on ", Space::name(),
-                                                 " ranks needs NCCL, which is not supported yet; host ranks only"));
+                                                 " ranks: this build has no communicator for them"));
   }
 }
 
@@ -517,48 +536,41 @@ std::pair<int64_t, int64_t> StageLayers(int64_t layers, int64_t stage, int64_t s
   return {stage * layers / stages, (stage + 1) * layers / stages};
 }
 
-// 1F1B over `comm` (stage = its rank; null for one stage): see the section comment.
+// 1F1B over `comm` (stage = its rank; null for one stage): see the section comment. The transfers
+// are RankGroup's float32 point-to-point: blocking MPI on host ranks, stream-ordered NCCL on CUDA.
 template <class Space>
-absl::Status RunOneFOneB(const openmoe::parallel::MpiCommunicator<Space>* comm, int stage, int stages,
+absl::Status RunOneFOneB(const openmoe::parallel::RankGroup<Space>* comm, int stage, int stages,
                          const typename openmoe::TrainableModel<Space>::StageOps& ops) {
   using FM = openmoe::Matrix<float, Space>;
   using CFM = openmoe::ConstMatrix<float, Space>;
   const int64_t M = ops.microbatches, rows = ops.rows, H = ops.hidden;
   FM in("pipeline_in", ops.first ? 0 : rows, H), out("pipeline_out", ops.last ? 0 : rows, H);
   FM dout("pipeline_dout", ops.last ? 0 : rows, H), din("pipeline_din", ops.first ? 0 : rows, H);
-  const int count = int(rows * H);
+  const int64_t count = rows * H;
   const Space space;
-  MPI_Comm c = comm != nullptr ? comm->mpi_comm() : MPI_COMM_NULL;
-  using openmoe::parallel::MpiResult;
   auto recv_forward = [&]() -> absl::Status {
     if (ops.first) return absl::OkStatus();
-    return MpiResult(MPI_Recv(in.data(), count, MPI_FLOAT, stage - 1, 0, c, MPI_STATUS_IGNORE), "MPI_Recv (pipeline hidden states)");
+    return comm->Recv(space, in.data(), count, stage - 1, "pipeline hidden states");
   };
   auto send_forward = [&]() -> absl::Status {
     if (ops.last) return absl::OkStatus();
-    space.fence();
-    return MpiResult(MPI_Send(out.data(), count, MPI_FLOAT, stage + 1, 0, c), "MPI_Send (pipeline hidden states)");
+    return comm->Send(space, out.data(), count, stage + 1, "pipeline hidden states");
   };
   auto recv_backward = [&]() -> absl::Status {
     if (ops.last) return absl::OkStatus();
-    return MpiResult(MPI_Recv(dout.data(), count, MPI_FLOAT, stage + 1, 0, c, MPI_STATUS_IGNORE), "MPI_Recv (pipeline gradients)");
+    return comm->Recv(space, dout.data(), count, stage + 1, "pipeline gradients");
   };
   auto send_backward = [&]() -> absl::Status {
     if (ops.first) return absl::OkStatus();
-    space.fence();
-    return MpiResult(MPI_Send(din.data(), count, MPI_FLOAT, stage - 1, 0, c), "MPI_Send (pipeline gradients)");
+    return comm->Send(space, din.data(), count, stage - 1, "pipeline gradients");
   };
   auto send_forward_recv_backward = [&]() -> absl::Status {
     if (ops.last) return absl::OkStatus();
-    space.fence();
-    return MpiResult(MPI_Sendrecv(out.data(), count, MPI_FLOAT, stage + 1, 0, dout.data(), count, MPI_FLOAT, stage + 1, 0,
-                                  c, MPI_STATUS_IGNORE), "MPI_Sendrecv (pipeline hidden states / gradients)");
+    return comm->SendRecv(space, out.data(), dout.data(), count, stage + 1, "pipeline hidden states / gradients");
   };
   auto send_backward_recv_forward = [&]() -> absl::Status {
     if (ops.first) return absl::OkStatus();
-    space.fence();
-    return MpiResult(MPI_Sendrecv(din.data(), count, MPI_FLOAT, stage - 1, 0, in.data(), count, MPI_FLOAT, stage - 1, 0,
-                                  c, MPI_STATUS_IGNORE), "MPI_Sendrecv (pipeline gradients / hidden states)");
+    return comm->SendRecv(space, din.data(), in.data(), count, stage - 1, "pipeline gradients / hidden states");
   };
   const int64_t warmup = std::min<int64_t>(stages - 1 - stage, M), steady = M - warmup;
   for (int64_t j = 0; j < warmup; ++j) {
@@ -588,8 +600,8 @@ absl::Status RunOneFOneB(const openmoe::parallel::MpiCommunicator<Space>* comm, 
 template <class Space>
 absl::Status MakePipelineHooks(const openmoe::train::TrainOptions& options, int rank, int world,
                                std::shared_ptr<void>& keep, openmoe::train::PipelineHooks& hooks) {
-  if constexpr (std::is_same_v<typename Space::memory_space, Kokkos::HostSpace>) {
-    using Comm = openmoe::parallel::MpiCommunicator<Space>;
+  if constexpr (openmoe::parallel::kHasWorldCommunicator<Space>) {  // MPI on host ranks, NCCL (+ MPI) on CUDA ranks
+    using Comm = openmoe::parallel::RankGroup<Space>;
     const int stages = int(absl::GetFlag(FLAGS_pp_size));
     const int inner_ranks = world / stages, stage = rank / inner_ranks, inner = rank % inner_ranks;
     const int64_t m = absl::GetFlag(FLAGS_microbatch_size);
@@ -599,15 +611,15 @@ absl::Status MakePipelineHooks(const openmoe::train::TrainOptions& options, int 
     }
     std::shared_ptr<Comm> comm;
     if (stages > 1) {
-      OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> created, Comm::World());
+      OPENMOE_ASSIGN_OR_RETURN(Comm created, Comm::World());
       if (inner_ranks > 1) {
-        OPENMOE_ASSIGN_OR_RETURN(created, created->Split(/*color=*/inner, /*key=*/stage));
+        OPENMOE_ASSIGN_OR_RETURN(created, created.Split(/*color=*/inner, /*key=*/stage));
       }
-      if (created->size() != stages || created->rank() != stage) {
-        return absl::InternalError(absl::StrCat("pipeline: rank ", rank, " has position ", created->rank(), " of ",
-                                                created->size(), " in its pipeline, expected ", stage, " of ", stages));
+      if (created.size() != stages || created.rank() != stage) {
+        return absl::InternalError(absl::StrCat("pipeline: rank ", rank, " has position ", created.rank(), " of ",
+                                                created.size(), " in its pipeline, expected ", stage, " of ", stages));
       }
-      comm = std::move(created);
+      comm = std::make_shared<Comm>(std::move(created));
     }
     keep = comm;
     hooks.writer = rank == 0;
@@ -628,7 +640,7 @@ absl::Status MakePipelineHooks(const openmoe::train::TrainOptions& options, int 
                                model.ForwardBackwardStage(first, end, ids, mask, batch, seq_len, m, schedule));
       if (comm) {  // the whole gradient and loss: every other stage's part is zero here
         const Space space;
-        OPENMOE_RETURN_IF_ERROR(comm->AllReduce(space, model.flat_grads(), openmoe::comm::ReduceOp::kSum));
+        OPENMOE_RETURN_IF_ERROR(comm->comm()->AllReduce(space, model.flat_grads(), openmoe::comm::ReduceOp::kSum));
         double parts[3] = {loss.lm, loss.router_aux, loss.router_z};
         OPENMOE_RETURN_IF_ERROR(openmoe::parallel::MpiResult(
             MPI_Allreduce(MPI_IN_PLACE, parts, 3, MPI_DOUBLE, MPI_SUM, comm->mpi_comm()), "MPI_Allreduce (pipeline loss)"));
@@ -655,7 +667,7 @@ absl::Status MakePipelineHooks(const openmoe::train::TrainOptions& options, int 
     return absl::OkStatus();
   } else {
     return absl::UnimplementedError(absl::StrCat("pipeline-parallel training on ", Space::name(),
-                                                 " ranks needs NCCL, which is not supported yet; host ranks only"));
+                                                 " ranks: this build has no communicator for them"));
   }
 }
 
@@ -676,37 +688,39 @@ absl::Status Train(const openmoe::train::TrainOptions& options, openmoe::train::
     stage_color = int(dp.rank / inner_ranks);
     dp = {dp.rank % inner_ranks, inner_ranks};
   }
+  // Under mpirun a world of one with --plugin given runs the plugin's communicators over itself (the
+  // same results as one device, no MPI-free shortcut): how a single GPU checks the NCCL wiring.
+  const bool communicate = dp.size > 1 || (world_size == 1 && openmoe::parallel::MpiIsActive() && FlagGiven("plugin"));
   std::shared_ptr<void> comm;  // outlives the trainer's hooks (freed before the MPI session ends)
   openmoe::train::GradientReduction reduce_gradients;
   openmoe::train::LossReduction reduce_loss;
-  if (dp.size > 1) {
+  if (communicate) {
     OPENMOE_RETURN_IF_ERROR(
         MakeDataParallelHooks<openmoe::train::TrainSpace>(comm, reduce_gradients, reduce_loss, stage_color));
   }
   const int hybrid_ep = int(absl::GetFlag(FLAGS_ep_size));
   const int ep_size = hybrid ? (hybrid_ep > 1 ? hybrid_ep : 0) : ExpertParallelSize(int(dp.size));  // 0: not EP
-  auto not_owned = std::make_shared<NotOwnedGradients>();  // filled by WireExpertParallel
+  openmoe::train::ExpertParallelism experts;        // ep_size > 0: the EP group and replica communicators
+  auto expert_begin = std::make_shared<int64_t>(-1);  // where the model's experts start (set once it exists)
   if (ep_size > 0) {
     OPENMOE_RETURN_IF_ERROR(CheckExpertSplit(options, ep_size, int(dp.size)));
-    reduce_gradients = ExpertParallelGradients(
-        std::shared_ptr<const std::vector<std::pair<int64_t, int64_t>>>(not_owned, &not_owned->ranges),
-        std::move(reduce_gradients));
+    OPENMOE_RETURN_IF_ERROR(MakeExpertGroups<openmoe::train::TrainSpace>(int(world_rank), ep_size,
+                                                                         /*replicas=*/int(dp.size) / ep_size, experts));
+    reduce_gradients = ShardedExpertGradients(expert_begin, std::move(reduce_gradients), experts.replicas, int(dp.size));
   }
   std::shared_ptr<void> zero_comm;
   openmoe::train::ZeroSharding zero;  // one rank: nothing to shard, ZeRO-0
-  if (const int64_t stage = absl::GetFlag(FLAGS_zero_stage); dp.size > 1 && stage > 0) {
+  if (const int64_t stage = absl::GetFlag(FLAGS_zero_stage); communicate && stage > 0) {
     OPENMOE_RETURN_IF_ERROR(MakeZeroSharding<openmoe::train::TrainSpace>(int(stage), zero_comm, zero, stage_color));
-    if (ep_size > 0 && stage == 2) {  // the reduce-scatter replaces the hook: zero the non-owned experts before it
-      zero.comm = std::make_shared<ExpertZeroCommunicator<openmoe::train::TrainSpace>>(zero.comm, not_owned);
-    }
   }
   OPENMOE_ASSIGN_OR_RETURN(openmoe::train::Trainer trainer,
                            openmoe::train::Trainer::Create(options, dp, std::move(reduce_gradients), std::move(reduce_loss),
-                                                           std::move(zero), std::move(pipeline)));
+                                                           std::move(zero), std::move(pipeline), experts));
   if (ep_size > 0) {
+    *expert_begin = trainer.model().expert_begin();
     OPENMOE_RETURN_IF_ERROR(
         WireExpertParallel<openmoe::train::TrainSpace>(trainer, int(world_rank), world_size, ep_size,
-                                                       /*replicas=*/int(dp.size) / ep_size, *not_owned));
+                                                       /*replicas=*/int(dp.size) / ep_size, experts.group));
   }
   OPENMOE_RETURN_IF_ERROR(trainer.Run());
   if (world_rank != 0) return absl::OkStatus();
@@ -730,8 +744,9 @@ absl::Status Train(const openmoe::train::TrainOptions& options, openmoe::train::
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "Fine-tunes an OpenMoE model with the flags of Colossal-AI's OpenMoE train.py (one device, or data parallel over "
-      "MPI host ranks; fp32, bf16 or fp16).\n"
+      "Fine-tunes an OpenMoE model with the flags of Colossal-AI's OpenMoE train.py (one device, or parallel over "
+      "MPI ranks: host builds communicate through MPI, CUDA builds through NCCL with one GPU per rank, GPU = local "
+      "rank; fp32, bf16 or fp16).\n"
       "  train                                   # default run: the embedded tiny model (tools/default_model) on\n"
       "                                          # tools/train_data/tiny_instructions.jsonl, on CPU in about a minute;\n"
       "                                          # writes outputs/default_finetune, which `generate` then uses\n"
@@ -806,6 +821,8 @@ int main(int argc, char** argv) {
   if (use("seed")) o.seed = absl::GetFlag(FLAGS_seed);
   if (use("shuffle")) o.shuffle = absl::GetFlag(FLAGS_shuffle);
   if (use("grad_checkpoint")) o.grad_checkpoint = absl::GetFlag(FLAGS_grad_checkpoint);
+  o.load_balance = absl::GetFlag(FLAGS_load_balance);
+  o.load_balance_interval = absl::GetFlag(FLAGS_load_balance_interval);
   if (use("max_shard_bytes")) o.max_shard_bytes = absl::GetFlag(FLAGS_max_shard_bytes);
   o.resume = ResolvePath(absl::GetFlag(FLAGS_resume));
   o.dump_step_state = ResolvePath(absl::GetFlag(FLAGS_dump_step_state));
@@ -823,7 +840,8 @@ int main(int argc, char** argv) {
   if (!o.resume.empty() && !FlagGiven("model") && !FlagGiven("model_name")) o.model_dir.clear(), o.model_name.clear();
 
   setenv("OMP_PROC_BIND", "false", 0);
-  Kokkos::ScopeGuard kokkos(argc, argv);
+  // CUDA build under mpirun: Kokkos (and so every NCCL communicator) on GPU local_rank.
+  const std::unique_ptr<Kokkos::ScopeGuard> kokkos = openmoe::parallel::RankKokkos(argc, argv, session.get());
   const absl::Status status = Train(o, dp);
   if (!status.ok()) {
     // Under mpirun the other ranks may wait in a collective for this one: end them all.

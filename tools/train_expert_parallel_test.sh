@@ -6,6 +6,7 @@
 #     itself checked against single-process runs by train_data_parallel_test) with --batch_size 1
 #     --shuffle=false: the dumped step-1 gradients and the parameters checkpointed after 3 steps
 #     must agree (tolerances and their reasons: compare_ep_dp.py);
+#     each rank stores the dense parameters and only its own experts (its flat buffers' size);
 #  2. an expert count that does not split over the ranks (8 experts on 3 ranks) stops before any
 #     work, naming --plugin ep and num_experts, without hanging.
 # mpirun setup: tools/mpi_test_env.sh.
@@ -25,6 +26,17 @@ mpi 2 "$train" "${common[@]}" --plugin ep --zero_stage 0 --output_path "$tmp/ep"
   --dump_step_state "$tmp/ep.safetensors" >"$tmp/ep.log" 2>&1 || { cat "$tmp/ep.log"; fail "mpirun -np 2 --plugin ep"; }
 grep -qF "expert parallel: 8 experts over 2 ranks (4 each)" "$tmp/ep.log" || { cat "$tmp/ep.log"; fail "no expert-parallel line"; }
 [[ $(grep -c "^training " "$tmp/ep.log") == 1 ]] || { cat "$tmp/ep.log"; fail "more than rank 0 printed the run"; }
+# Memory: each rank stores the dense parameters and only its 4 of the 8 experts (counted here from
+# the fixture's own tensors, independently of the trainer's layout).
+stored=$(PYTHONPATH=tools/reference python3 -c '
+import sys, safetensors_lite as st
+t = st.read(sys.argv[1])
+dense = sum(len(v[2]) for k, v in t.items() if ".experts." not in k)
+experts = sum(len(v[2]) for k, v in t.items() if ".experts." in k)
+print(f"{dense + experts // 2} of the model'"'"'s {dense + experts} parameters")' "$data/model.safetensors") \
+  || fail "counting the fixture's parameters"
+grep -qF "expert parallel: each rank stores its own experts only: $stored" "$tmp/ep.log" \
+  || { cat "$tmp/ep.log"; fail "ranks do not store only their experts ($stored expected)"; }
 mpi 2 "$train" "${common[@]}" --plugin ep_zero --extra_dp_size 2 --zero_stage 0 --output_path "$tmp/dp" \
   --dump_step_state "$tmp/dp.safetensors" >"$tmp/dp.log" 2>&1 || { cat "$tmp/dp.log"; fail "mpirun -np 2 --plugin ep_zero"; }
 [[ "$(cat "$tmp/ep/latest")" == "step-$steps" ]] || fail "rank 0's checkpoint under --plugin ep"

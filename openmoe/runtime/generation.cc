@@ -53,12 +53,17 @@ absl::StatusOr<GenerationResult> Generate(OpenMoeModel<ExecSpace, T>& model,
   auto first_token = std::chrono::steady_clock::now();
   result.prefill_seconds = std::chrono::duration<double>(first_token - start).count();
 
+  // Pipeline stages: the last one (the LM head) picks the tokens, ShareStepIds gives them to all.
+  const bool picks = model.holds_lm_head();
   std::vector<int64_t> step_ids(B), ones(B, 1);
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
     for (int64_t b = 0; b < B; ++b) {
-      step_ids[b] = finished[b]     ? config.pad_token_id
-                    : device_greedy ? greedy_ids[b]
-                                    : SelectToken(logits.data() + b * V, allowed, history[b], options.sampling, rng);
+      step_ids[b] = finished[b] || !picks ? config.pad_token_id
+                    : device_greedy       ? greedy_ids[b]
+                                          : SelectToken(logits.data() + b * V, allowed, history[b], options.sampling, rng);
+    }
+    OPENMOE_RETURN_IF_ERROR(model.ShareStepIds(step_ids));
+    for (int64_t b = 0; b < B; ++b) {
       if (!finished[b]) {
         history[b].push_back(step_ids[b]);
         generated[b].push_back(step_ids[b]);

@@ -2,7 +2,9 @@
 // Autoregressive generation with the KV cache: one prefill Step over the prompt (one routing
 // group), then one Step per new token whose B tokens form their own routing group, as the
 // fixtures' gen_greedy_ids define. Finished rows keep being fed <pad> (as HF generate does) and
-// emit <pad>.
+// emit <pad>. On pipeline stages (OpenMoeModel::LoadStage) the last stage chooses each step's
+// tokens (greedy or sampled with its generator) and the model's ShareStepIds hands them to the
+// other stages, so every stage feeds, stops and returns the same ids.
 //
 //   GenerationOptions options;  options.max_new_tokens = 32;
 //   OPENMOE_ASSIGN_OR_RETURN(GenerationResult r, Generate(model, ids, mask, B, P, options));

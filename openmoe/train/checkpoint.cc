@@ -16,6 +16,7 @@
 #include "openmoe/config.h"
 #include "openmoe/core/status_macros.h"
 #include "openmoe/io/safetensors.h"
+#include "openmoe/parameter_store.h"
 #include "openmoe/train/text_files.h"
 
 namespace openmoe::train {
@@ -115,7 +116,6 @@ absl::Status WriteWeights(const fs::path& dir, const std::vector<io::TensorToWri
 
 absl::Status SaveCheckpoint(const CheckpointContents& c) {
   const TrainOptions& options = *c.options;
-  const TrainModel& model = *c.model;
   const fs::path root(options.output_path);
   const std::string name = absl::StrCat("step-", c.position.step);
   const fs::path tmp = root / absl::StrCat(".", name, ".tmp-", getpid()), final_dir = root / name;
@@ -123,25 +123,23 @@ absl::Status SaveCheckpoint(const CheckpointContents& c) {
   fs::remove_all(tmp, error);
   fs::create_directories(tmp, error);
   if (error) return absl::UnavailableError(absl::StrCat("--output_path: cannot create '", tmp.string(), "': ", error.message()));
-  OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "config.json").string(), ConfigToJson(model.config())));
-  std::vector<std::vector<float>> hold;  // host copies alive until written
-  std::vector<io::TensorToWrite> weights, state;
-  hold.reserve(3 * model.table().size());
-  const bool given = c.flat_m.data() != nullptr && c.flat_v.data() != nullptr;
-  if (!given && c.optimizer->sharded()) {
-    return absl::InternalError("SaveCheckpoint: ZeRO-sharded optimizer state must be gathered (flat_m / flat_v)");
+  OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "config.json").string(), ConfigToJson(c.config)));
+  const size_t n = c.table.size();
+  if (c.params.size() != n || c.m.size() != n || c.v.size() != n) {
+    return absl::InternalError("SaveCheckpoint: weights and moments must cover the table");
   }
-  const auto part = [](Vector<float, Space> flat, const ParameterSlot& slot) {
-    return Vector<float, Space>(flat.data() + slot.offset, slot.numel);
-  };
-  for (const TensorSpec& spec : model.table()) {
-    const ParameterSlot& slot = model.layout().slot(spec.name);
-    hold.push_back(ToHost(model.param(spec.name)));
-    weights.push_back({spec.name, io::DType::kF32, spec.shape, hold.back().data()});
-    hold.push_back(ToHost(given ? part(c.flat_m, slot) : c.optimizer->m(slot)));
-    state.push_back({"m." + spec.name, io::DType::kF32, spec.shape, hold.back().data()});
-    hold.push_back(ToHost(given ? part(c.flat_v, slot) : c.optimizer->v(slot)));
-    state.push_back({"v." + spec.name, io::DType::kF32, spec.shape, hold.back().data()});
+  std::vector<io::TensorToWrite> weights, state;
+  for (size_t k = 0; k < n; ++k) {
+    const TensorSpec& spec = c.table[k];
+    for (const std::vector<float>* values : {&c.params[k], &c.m[k], &c.v[k]}) {
+      if (int64_t(values->size()) != spec.numel()) {
+        return absl::InternalError(absl::StrCat("SaveCheckpoint: ", spec.name, " has ", values->size(), " values, not ",
+                                                spec.numel()));
+      }
+    }
+    weights.push_back({spec.name, io::DType::kF32, spec.shape, c.params[k].data()});
+    state.push_back({"m." + spec.name, io::DType::kF32, spec.shape, c.m[k].data()});
+    state.push_back({"v." + spec.name, io::DType::kF32, spec.shape, c.v[k].data()});
   }
   OPENMOE_RETURN_IF_ERROR(WriteWeights(tmp, weights, options.max_shard_bytes));
   OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors((tmp / "trainer_state.safetensors").string(), state));
@@ -264,24 +262,26 @@ absl::StatusOr<TrainingPosition> ResumePosition(const TrainerState& saved, const
 
 absl::Status LoadOptimizerMoments(const std::string& folder, const TrainModel& model, AdamWOptimizer& optimizer) {
   OPENMOE_ASSIGN_OR_RETURN(const io::SafetensorsFile file, io::SafetensorsFile::Open(folder + "/trainer_state.safetensors"));
-  // ZeRO: the whole state read into temporaries (gaps zero), of which each rank keeps its part.
-  // (Per-rank shard files, read without the whole state, are a follow-up: docs/parallel.md.)
-  Vector<float, Space> full_m, full_v;
-  if (optimizer.sharded()) {
-    full_m = Vector<float, Space>("resume.m", model.layout().total());
-    full_v = Vector<float, Space>("resume.v", model.layout().total());
-  }
+  // The whole moments of what this model stores, in its flat layout (gaps zero), of which each
+  // rank keeps its ZeRO part; a model storing some experts takes their slice of each whole
+  // stacked expert tensor. (Per-rank shard files, read without the whole state, are a follow-up:
+  // docs/parallel.md.)
+  Vector<float, Space> full_m("resume.m", model.layout().total()), full_v("resume.v", model.layout().total());
+  const ExpertShard& shard = model.expert_shard();
+  std::vector<float> host;
   for (const TensorSpec& spec : model.table()) {
     const ParameterSlot& slot = model.layout().slot(spec.name);
-    const int64_t n = spec.numel();
-    std::vector<float> host(n);
-    OPENMOE_RETURN_IF_ERROR(file.ReadAsFloat("m." + spec.name, host.data(), n));
-    FromHost(host, optimizer.sharded() ? Vector<float, Space>(full_m.data() + slot.offset, n) : optimizer.m(slot));
-    OPENMOE_RETURN_IF_ERROR(file.ReadAsFloat("v." + spec.name, host.data(), n));
-    FromHost(host, optimizer.sharded() ? Vector<float, Space>(full_v.data() + slot.offset, n) : optimizer.v(slot));
+    const int64_t whole = WholeSpec(spec, shard).numel();
+    const int64_t begin = whole == spec.numel() ? 0 : shard.first * (spec.numel() / shard.count);
+    host.resize(whole);
+    for (const auto& [prefix, full] : {std::make_pair("m.", full_m), std::make_pair("v.", full_v)}) {
+      OPENMOE_RETURN_IF_ERROR(file.ReadAsFloat(prefix + spec.name, host.data(), whole));
+      Kokkos::deep_copy(Vector<float, Space>(full.data() + slot.offset, slot.numel),
+                        Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(host.data() + begin,
+                                                                                               slot.numel));
+    }
   }
-  if (optimizer.sharded()) return optimizer.SetMoments(full_m, full_v);
-  return absl::OkStatus();
+  return optimizer.SetMoments(full_m, full_v);
 }
 
 absl::StatusOr<bool> LoadRunConfig(const std::string& resume, TrainOptions& options) {

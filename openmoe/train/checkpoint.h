@@ -47,14 +47,16 @@ struct DataOrder {
   int64_t global_batch() const { return batch_size < 0 ? -1 : batch_size * data_parallel_size; }
 };
 
-// Everything one checkpoint holds (views of the trainer's state).
+// Everything one checkpoint holds: the whole model's tensors on the host (under expert
+// parallelism gathered from the ranks' experts; under ZeRO from the ranks' moment shards).
 struct CheckpointContents {
   const TrainOptions* options = nullptr;
-  const TrainModel* model = nullptr;
-  const AdamWOptimizer* optimizer = nullptr;
-  // The whole AdamW moments [layout total] (under ZeRO gathered from the ranks' shards:
-  // AdamWOptimizer::GatherMoments); empty: the optimizer's own (unsharded) buffers.
-  Vector<float, TrainSpace> flat_m, flat_v;
+  const AdamWOptimizer* optimizer = nullptr;  // its step count and loss scaler
+  OpenMoeConfig config;
+  // Every tensor of the model (stacked expert tensors with every expert: [E, ...]), in any order,
+  // with its weights and AdamW moments (each [spec.numel()]).
+  std::vector<TensorSpec> table;
+  std::vector<std::vector<float>> params, m, v;  // [table.size()]
   TrainingPosition position;
   DataOrder data_order;
   std::string tokenizer_file;  // copied in when known

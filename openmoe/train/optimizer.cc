@@ -1,5 +1,6 @@
 #include "openmoe/train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -30,14 +31,35 @@ ZeroPartition ZeroPartition::Of(int64_t total, int rank, int size) {
   return p;
 }
 
-AdamWOptimizer::AdamWOptimizer(const ParameterLayout& layout, const OptimizerOptions& options, ZeroSharding zero)
+AdamWOptimizer::AdamWOptimizer(const ParameterLayout& layout, const OptimizerOptions& options, ZeroSharding zero,
+                               ExpertGroups experts, int64_t expert_begin)
     : options_(options), zero_(zero.stage > 0 && zero.comm ? std::move(zero) : ZeroSharding{}), scaler_(options.loss_scaler) {
-  partition_ = sharded() ? ZeroPartition::Of(layout.total(), zero_.comm->rank(), zero_.comm->size())
-                         : ZeroPartition::Of(layout.total(), 0, 1);
-  const int64_t owned = sharded() ? partition_.owned() : layout.total();
+  const int64_t total = layout.total();
+  const bool split = experts.ep && expert_begin >= 0 && expert_begin < total;
+  const auto part = [&](int64_t begin, int64_t size, std::shared_ptr<comm::Communicator<Space>> comm) {
+    Range p;
+    p.begin = begin, p.size = size;
+    p.comm = sharded() ? std::move(comm) : nullptr;
+    p.partition = p.comm ? ZeroPartition::Of(size, p.comm->rank(), p.comm->size()) : ZeroPartition::Of(size, 0, 1);
+    return p;
+  };
+  if (split) {
+    ep_ = experts.ep;
+    parts_.push_back(part(0, expert_begin, zero_.comm));
+    parts_.push_back(part(expert_begin, total - expert_begin, experts.replicas ? experts.replicas : zero_.comm));
+    parts_.back().per_ep_position = true;
+  } else {
+    parts_.push_back(part(0, total, zero_.comm));
+  }
+  int64_t owned = 0;
+  for (Range& p : parts_) {
+    p.moment_offset = owned;
+    owned += p.partition.owned();
+    if (zero_.stage == 2) p.grad_shard = Vector<float, Space>("zero2.grad_shard", p.partition.chunk);
+  }
+  if (sharded()) mean_scale_ = 1.0f / float(zero_.comm->size());
   flat_m_ = Vector<float, Space>("adamw.m", owned);
   flat_v_ = Vector<float, Space>("adamw.v", owned);
-  if (zero_.stage == 2) grad_shard_ = Vector<float, Space>("zero2.grad_shard", partition_.chunk);
 }
 
 namespace {
@@ -48,19 +70,39 @@ void ScaleBy(const Space& space, Vector<float, Space> x, float factor) {
                        KOKKOS_LAMBDA(int64_t i) { x(i) *= factor; });
 }
 
+// The sum over `comm`'s ranks of each rank's `value`, added in rank order (the doubles travel as
+// their 64 bits): the same double on every rank.
+absl::StatusOr<double> SumOverRanks(comm::Communicator<Space>& comm, double value) {
+  const Space space;
+  Kokkos::View<int64_t*, Space> mine("sum.mine", 1), all("sum.all", comm.size());
+  int64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof bits);
+  Kokkos::deep_copy(space, mine, bits);
+  OPENMOE_RETURN_IF_ERROR(comm.AllGather(space, mine, all));
+  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), all);
+  double sum = 0;
+  for (int r = 0; r < comm.size(); ++r) {
+    double part = 0;
+    std::memcpy(&part, &host(r), sizeof part);
+    sum += part;
+  }
+  return sum;
+}
+
 }  // namespace
 
 absl::Status AdamWOptimizer::ReduceScatterGradients(TrainModel& model) {
   if (zero_.stage != 2) return absl::FailedPreconditionError("ReduceScatterGradients: ZeRO-2 only");
-  const ZeroPartition& p = partition_;
   const Space space;
   const Vector<float, Space> grads = model.flat_grads();
-  OPENMOE_RETURN_IF_ERROR(zero_.comm->ReduceScatter(space, Sub(grads, 0, p.size * p.chunk), grad_shard_));
-  const Vector<float, Space> tail = Sub(grads, p.tail_begin, p.tail());
-  if (p.tail() > 0) OPENMOE_RETURN_IF_ERROR(zero_.comm->AllReduce(space, tail));
-  const float inv = 1.0f / float(p.size);
-  ScaleBy(space, grad_shard_, inv);
-  ScaleBy(space, tail, inv);
+  for (const Range& part : parts_) {
+    const ZeroPartition& p = part.partition;
+    OPENMOE_RETURN_IF_ERROR(part.comm->ReduceScatter(space, Sub(grads, part.begin, p.size * p.chunk), part.grad_shard));
+    const Vector<float, Space> tail = Sub(grads, part.begin + p.tail_begin, p.tail());
+    if (p.tail() > 0) OPENMOE_RETURN_IF_ERROR(part.comm->AllReduce(space, tail));
+    ScaleBy(space, part.grad_shard, mean_scale_);
+    ScaleBy(space, tail, mean_scale_);
+  }
   space.fence();
   return absl::OkStatus();
 }
@@ -68,36 +110,43 @@ absl::Status AdamWOptimizer::ReduceScatterGradients(TrainModel& model) {
 absl::Status AdamWOptimizer::GatherGradients(TrainModel& model) {
   if (zero_.stage != 2) return absl::FailedPreconditionError("GatherGradients: ZeRO-2 only");
   const Space space;
-  OPENMOE_RETURN_IF_ERROR(zero_.comm->AllGather(space, grad_shard_, Sub(model.flat_grads(), 0, partition_.size * partition_.chunk)));
+  for (const Range& part : parts_) {
+    const ZeroPartition& p = part.partition;
+    OPENMOE_RETURN_IF_ERROR(part.comm->AllGather(space, part.grad_shard, Sub(model.flat_grads(), part.begin, p.size * p.chunk)));
+  }
   space.fence();
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::pair<Vector<float, Space>, Vector<float, Space>>> AdamWOptimizer::GatherMoments() const {
   if (!sharded()) return std::make_pair(flat_m_, flat_v_);
-  const ZeroPartition& p = partition_;
   const Space space;
-  if (p.rank != 0) {
-    OPENMOE_RETURN_IF_ERROR(zero_.comm->Send(space, Sub(flat_m_, 0, p.chunk), 0));
-    OPENMOE_RETURN_IF_ERROR(zero_.comm->Send(space, Sub(flat_v_, 0, p.chunk), 0));
-    return std::make_pair(Vector<float, Space>(), Vector<float, Space>());
-  }
-  Vector<float, Space> m("adamw.m.gathered", p.total), v("adamw.v.gathered", p.total);
-  Kokkos::deep_copy(space, Sub(m, 0, p.chunk), Sub(flat_m_, 0, p.chunk));
-  Kokkos::deep_copy(space, Sub(v, 0, p.chunk), Sub(flat_v_, 0, p.chunk));
-  Kokkos::deep_copy(space, Sub(m, p.tail_begin, p.tail()), Sub(flat_m_, p.chunk, p.tail()));
-  Kokkos::deep_copy(space, Sub(v, p.tail_begin, p.tail()), Sub(flat_v_, p.chunk, p.tail()));
-  for (int r = 1; r < p.size; ++r) {
-    OPENMOE_RETURN_IF_ERROR(zero_.comm->Recv(space, Sub(m, r * p.chunk, p.chunk), r));
-    OPENMOE_RETURN_IF_ERROR(zero_.comm->Recv(space, Sub(v, r * p.chunk, p.chunk), r));
+  const int64_t total = parts_.back().begin + parts_.back().size;
+  Vector<float, Space> m("adamw.m.gathered", total), v("adamw.v.gathered", total);
+  for (const Range& part : parts_) {
+    const ZeroPartition& p = part.partition;
+    const int64_t o = part.moment_offset, b = part.begin;
+    Kokkos::deep_copy(space, Sub(m, b + p.begin, p.chunk), Sub(flat_m_, o, p.chunk));
+    Kokkos::deep_copy(space, Sub(v, b + p.begin, p.chunk), Sub(flat_v_, o, p.chunk));
+    Kokkos::deep_copy(space, Sub(m, b + p.tail_begin, p.tail()), Sub(flat_m_, o + p.chunk, p.tail()));
+    Kokkos::deep_copy(space, Sub(v, b + p.tail_begin, p.tail()), Sub(flat_v_, o + p.chunk, p.tail()));
+    if (p.rank != 0) {
+      OPENMOE_RETURN_IF_ERROR(part.comm->Send(space, Sub(flat_m_, o, p.chunk), 0));
+      OPENMOE_RETURN_IF_ERROR(part.comm->Send(space, Sub(flat_v_, o, p.chunk), 0));
+      continue;
+    }
+    for (int r = 1; r < p.size; ++r) {
+      OPENMOE_RETURN_IF_ERROR(part.comm->Recv(space, Sub(m, b + r * p.chunk, p.chunk), r));
+      OPENMOE_RETURN_IF_ERROR(part.comm->Recv(space, Sub(v, b + r * p.chunk, p.chunk), r));
+    }
   }
   space.fence();
   return std::make_pair(m, v);
 }
 
 absl::Status AdamWOptimizer::SetMoments(Vector<float, Space> full_m, Vector<float, Space> full_v) {
-  const ZeroPartition& p = partition_;
-  if (int64_t(full_m.extent(0)) != p.total || int64_t(full_v.extent(0)) != p.total) {
+  const int64_t total = parts_.back().begin + parts_.back().size;
+  if (int64_t(full_m.extent(0)) != total || int64_t(full_v.extent(0)) != total) {
     return absl::InvalidArgumentError("SetMoments: the moments must cover the whole layout");
   }
   const Space space;
@@ -105,46 +154,65 @@ absl::Status AdamWOptimizer::SetMoments(Vector<float, Space> full_m, Vector<floa
     Kokkos::deep_copy(space, flat_m_, full_m);
     Kokkos::deep_copy(space, flat_v_, full_v);
   } else {
-    Kokkos::deep_copy(space, Sub(flat_m_, 0, p.chunk), Sub(full_m, p.begin, p.chunk));
-    Kokkos::deep_copy(space, Sub(flat_v_, 0, p.chunk), Sub(full_v, p.begin, p.chunk));
-    Kokkos::deep_copy(space, Sub(flat_m_, p.chunk, p.tail()), Sub(full_m, p.tail_begin, p.tail()));
-    Kokkos::deep_copy(space, Sub(flat_v_, p.chunk, p.tail()), Sub(full_v, p.tail_begin, p.tail()));
+    for (const Range& part : parts_) {
+      const ZeroPartition& p = part.partition;
+      const int64_t o = part.moment_offset, b = part.begin;
+      Kokkos::deep_copy(space, Sub(flat_m_, o, p.chunk), Sub(full_m, b + p.begin, p.chunk));
+      Kokkos::deep_copy(space, Sub(flat_v_, o, p.chunk), Sub(full_v, b + p.begin, p.chunk));
+      Kokkos::deep_copy(space, Sub(flat_m_, o + p.chunk, p.tail()), Sub(full_m, b + p.tail_begin, p.tail()));
+      Kokkos::deep_copy(space, Sub(flat_v_, o + p.chunk, p.tail()), Sub(full_v, b + p.tail_begin, p.tail()));
+    }
   }
   space.fence();
   return absl::OkStatus();
 }
 
+std::vector<AdamWOptimizer::MomentPiece> AdamWOptimizer::OwnedMoments(int64_t begin, int64_t end) const {
+  std::vector<MomentPiece> pieces;
+  const auto add = [&](int64_t lo, int64_t hi, int64_t moment_at_lo) {  // [lo, hi) in layout coordinates
+    const int64_t b = std::max(lo, begin), e = std::min(hi, end);
+    if (b < e) pieces.push_back({b, moment_at_lo + (b - lo), e - b});
+  };
+  for (const Range& part : parts_) {
+    const ZeroPartition& p = part.partition;
+    add(part.begin + p.begin, part.begin + p.begin + p.chunk, part.moment_offset);
+    add(part.begin + p.tail_begin, part.begin + part.size, part.moment_offset + p.chunk);
+  }
+  return pieces;
+}
+
+absl::StatusOr<double> AdamWOptimizer::GradientNorm(const TrainModel& model) const {
+  const Vector<float, Space> grads = model.flat_grads();
+  // Without sharded experts and ZeRO-2 the whole mean gradient is here: one reduction, as ZeRO-0.
+  if (!sharded_experts() && zero_.stage != 2) return GlobalNorm(grads);
+  double sum_sq = 0;
+  for (const Range& part : parts_) {
+    const ZeroPartition& p = part.partition;
+    double part_sq = 0;
+    if (zero_.stage == 2) {
+      // Every rank's chunk sum of squares, summed in rank order, plus the replicated tail's: the
+      // same double on every rank, so an inf / NaN anywhere (fp16 overflow) gives every rank the
+      // same verdict and all skip the step together.
+      OPENMOE_ASSIGN_OR_RETURN(part_sq, SumOverRanks(*part.comm, SumOfSquares(part.grad_shard)));
+      part_sq += SumOfSquares(Sub(grads, part.begin + p.tail_begin, p.tail()));
+    } else {
+      part_sq = SumOfSquares(Sub(grads, part.begin, part.size));
+    }
+    if (part.per_ep_position) {  // every expert: the EP group's parts
+      OPENMOE_ASSIGN_OR_RETURN(part_sq, SumOverRanks(*ep_, part_sq));
+    }
+    sum_sq += part_sq;
+  }
+  return std::sqrt(sum_sq);
+}
+
 // ZeRO-1/2: the norm of the whole mean gradient, AdamW on this rank's chunk and the replicated
-// tail only, then the chunks all-gathered into every rank's flat_params.
+// tail of each part only, then each part's chunks all-gathered into every rank's flat_params.
 absl::StatusOr<OptimizerStepResult> AdamWOptimizer::ShardedStep(TrainModel& model, double lr, bool loss_finite) {
-  const ZeroPartition& p = partition_;
   const Space space;
   OptimizerStepResult result;
   const Vector<float, Space> grads = model.flat_grads(), params = model.flat_params();
-  // The gradient of the chunk: ZeRO-2 its reduced shard, ZeRO-1 that part of the all-reduced one.
-  const Vector<float, Space> g_chunk = zero_.stage == 2 ? grad_shard_ : Sub(grads, p.begin, p.chunk);
-  const Vector<float, Space> g_tail = Sub(grads, p.tail_begin, p.tail());
-  if (zero_.stage == 1) {
-    result.grad_norm = GlobalNorm(grads);  // the whole mean gradient is here: as ZeRO-0
-  } else {
-    // Every rank's chunk sum of squares (double, all-gathered as its 64 bits), summed in rank
-    // order, plus the replicated tail's: the same double on every rank, so an inf / NaN anywhere
-    // (fp16 overflow) gives every rank the same verdict and all skip the step together.
-    Kokkos::View<int64_t*, Space> mine("zero2.sum_sq", 1), all("zero2.sums_sq", p.size);
-    const double local = SumOfSquares(g_chunk);
-    int64_t bits = 0;
-    std::memcpy(&bits, &local, sizeof bits);
-    Kokkos::deep_copy(space, mine, bits);
-    OPENMOE_RETURN_IF_ERROR(zero_.comm->AllGather(space, mine, all));
-    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), all);
-    double sum_sq = 0;
-    for (int r = 0; r < p.size; ++r) {
-      double part = 0;
-      std::memcpy(&part, &host(r), sizeof part);
-      sum_sq += part;
-    }
-    result.grad_norm = std::sqrt(sum_sq + SumOfSquares(g_tail));
-  }
+  OPENMOE_ASSIGN_OR_RETURN(result.grad_norm, GradientNorm(model));
   result.loss_scale = loss_scale();
   const bool at_minimum = scaler_.AtMinimum();
   result.applied = !loss_scaling() || scaler_.Update(loss_finite && std::isfinite(result.grad_norm));
@@ -157,25 +225,32 @@ absl::StatusOr<OptimizerStepResult> AdamWOptimizer::ShardedStep(TrainModel& mode
   kernels::AdamWOptions adamw = options_.adamw;
   adamw.lr = lr;
   ++steps_;
-  if (clip != 1.0f) {
-    OPENMOE_RETURN_IF_ERROR(kernels::Scale<Space>(space, g_chunk, clip));
-    OPENMOE_RETURN_IF_ERROR(kernels::Scale<Space>(space, g_tail, clip));
-  }
-  const Vector<float, Space> p_chunk = Sub(params, p.begin, p.chunk);
-  if (p.chunk > 0) {
-    OPENMOE_RETURN_IF_ERROR(kernels::AdamWStep<Space>(space, p_chunk, g_chunk, Sub(flat_m_, 0, p.chunk),
-                                                      Sub(flat_v_, 0, p.chunk), steps_, adamw));
-  }
-  if (p.tail() > 0) {
-    OPENMOE_RETURN_IF_ERROR(kernels::AdamWStep<Space>(space, Sub(params, p.tail_begin, p.tail()), g_tail,
-                                                      Sub(flat_m_, p.chunk, p.tail()), Sub(flat_v_, p.chunk, p.tail()),
-                                                      steps_, adamw));
-  }
-  // Every rank's updated chunk into every rank's weights. The send buffer is the chunk's gradient,
-  // consumed by now (the all-gather must not read from the buffer it writes).
-  if (p.chunk > 0) {
-    Kokkos::deep_copy(space, g_chunk, p_chunk);
-    OPENMOE_RETURN_IF_ERROR(zero_.comm->AllGather(space, g_chunk, Sub(params, 0, p.size * p.chunk)));
+  for (const Range& part : parts_) {
+    const ZeroPartition& p = part.partition;
+    const int64_t o = part.moment_offset, b = part.begin;
+    // The gradient of the chunk: ZeRO-2 its reduced shard, ZeRO-1 that part of the all-reduced one.
+    const Vector<float, Space> g_chunk = zero_.stage == 2 ? part.grad_shard : Sub(grads, b + p.begin, p.chunk);
+    const Vector<float, Space> g_tail = Sub(grads, b + p.tail_begin, p.tail());
+    if (clip != 1.0f) {
+      OPENMOE_RETURN_IF_ERROR(kernels::Scale<Space>(space, g_chunk, clip));
+      OPENMOE_RETURN_IF_ERROR(kernels::Scale<Space>(space, g_tail, clip));
+    }
+    const Vector<float, Space> p_chunk = Sub(params, b + p.begin, p.chunk);
+    if (p.chunk > 0) {
+      OPENMOE_RETURN_IF_ERROR(kernels::AdamWStep<Space>(space, p_chunk, g_chunk, Sub(flat_m_, o, p.chunk),
+                                                        Sub(flat_v_, o, p.chunk), steps_, adamw));
+    }
+    if (p.tail() > 0) {
+      OPENMOE_RETURN_IF_ERROR(kernels::AdamWStep<Space>(space, Sub(params, b + p.tail_begin, p.tail()), g_tail,
+                                                        Sub(flat_m_, o + p.chunk, p.tail()),
+                                                        Sub(flat_v_, o + p.chunk, p.tail()), steps_, adamw));
+    }
+    // Every rank's updated chunk into every rank's weights. The send buffer is the chunk's
+    // gradient, consumed by now (the all-gather must not read from the buffer it writes).
+    if (p.chunk > 0) {
+      Kokkos::deep_copy(space, g_chunk, p_chunk);
+      OPENMOE_RETURN_IF_ERROR(part.comm->AllGather(space, g_chunk, Sub(params, b, p.size * p.chunk)));
+    }
   }
   space.fence();
   // The 16-bit copy: converted again from the gathered masters by the next forward pass.
@@ -197,7 +272,7 @@ absl::StatusOr<OptimizerStepResult> AdamWOptimizer::Step(TrainModel& model, doub
   if (sharded()) return ShardedStep(model, lr, loss_finite);
   OptimizerStepResult result;
   const Vector<float, Space> grads = model.flat_grads();
-  result.grad_norm = GlobalNorm(grads);
+  OPENMOE_ASSIGN_OR_RETURN(result.grad_norm, GradientNorm(model));
   result.loss_scale = loss_scale();
   // fp16: an overflow (inf / NaN loss or gradients at this scale) skips the update; one at the
   // minimum scale cannot be backed off from.

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include <Kokkos_Core.hpp>
 
@@ -69,6 +70,19 @@ struct ZeroSharding {
   std::shared_ptr<comm::Communicator<TrainSpace>> comm;
 };
 
+// Expert parallelism with sharded experts (the model stores only its experts, in the flat range
+// [TrainableModel::expert_begin(), total): TrainingTable): the groups of ranks that range is
+// reduced over. The dense range [0, expert_begin()) stays with ZeroSharding's communicator.
+//  - replicas: the ranks storing the same experts (ep_zero's k copies; one rank under `ep`): ZeRO
+//    1/2 shard the expert range's optimizer state (and stage 2 its gradient) over them;
+//  - ep: the ranks storing the other experts (the EP group): the gradient norm sums their parts.
+// The expert range's gradient mean divides by the same data-parallel size as the dense one
+// (ZeroSharding's communicator): each owner's expert gradient is the sum over its EP group, and
+// the replicas' sum makes it the sum over every data-parallel rank.
+struct ExpertGroups {
+  std::shared_ptr<comm::Communicator<TrainSpace>> replicas, ep;
+};
+
 // Which part of the flat layout [0, total) rank `rank` of `size` owns under ZeRO: the chunk
 // [begin, begin + chunk) with chunk = floor(total / (size * kAlignment)) * kAlignment elements
 // (every chunk starts at a multiple of kAlignment = 64 floats, 256 bytes) and begin = rank * chunk;
@@ -88,13 +102,20 @@ class AdamWOptimizer {
  public:
   AdamWOptimizer() = default;
   // Zero moments for `layout`; with ZeRO (zero.stage 1 or 2 and a communicator) only for this
-  // rank's ZeroPartition of it.
-  AdamWOptimizer(const ParameterLayout& layout, const OptimizerOptions& options, ZeroSharding zero = {});
+  // rank's ZeroPartition of it. `experts` with `expert_begin` (the model's expert_begin()) for a
+  // model storing only its experts: the dense range [0, expert_begin) and the expert range
+  // [expert_begin, total) are then two parts, each with its own ZeRO partition over its own ranks
+  // (zero.comm / experts.replicas), and the gradient norm adds the EP group's expert parts.
+  AdamWOptimizer(const ParameterLayout& layout, const OptimizerOptions& options, ZeroSharding zero = {},
+                 ExpertGroups experts = {}, int64_t expert_begin = -1);
 
   // 0: replicated; 1 or 2: ZeRO stage (partition() says what this rank owns).
   int zero_stage() const { return zero_.stage; }
   bool sharded() const { return zero_.stage > 0; }
-  const ZeroPartition& partition() const { return partition_; }
+  // The dense part's partition (the whole layout's without sharded experts).
+  const ZeroPartition& partition() const { return parts_.front().partition; }
+  // Whether the model stores only its experts (two parts: dense and experts).
+  bool sharded_experts() const { return parts_.size() > 1; }
 
   const OptimizerOptions& options() const { return options_; }
   bool loss_scaling() const { return options_.compute_dtype == TrainModel::ComputeDtype::kFp16; }
@@ -102,7 +123,7 @@ class AdamWOptimizer {
   double loss_scale() const { return loss_scaling() ? scaler_.scale() : 1.0; }
 
   // The moments [layout.total()] and one tensor's part of them. Unsharded only: under ZeRO
-  // flat_m / flat_v are this rank's [chunk | tail] ([partition().owned()]); use GatherMoments.
+  // flat_m / flat_v are this rank's [chunk | tail] of each part; use GatherMoments.
   Vector<float, TrainSpace> flat_m() const { return flat_m_; }
   Vector<float, TrainSpace> flat_v() const { return flat_v_; }
   Vector<float, TrainSpace> m(const ParameterSlot& slot) const { return Part(flat_m_, slot); }
@@ -126,14 +147,37 @@ class AdamWOptimizer {
   // it holds the whole mean gradient (for --dump_step_state); the step still reads its shard.
   absl::Status GatherGradients(TrainModel& model);
 
-  // The whole moments [total] in the flat layout (collective under ZeRO: every rank sends its
-  // chunk to rank 0, which returns them; the other ranks return empty Views). Unsharded: the
-  // optimizer's own buffers.
+  // The whole moments [total] in the flat layout. Unsharded: the optimizer's own buffers. Under
+  // ZeRO (collective over every part's ranks): each part's chunks go to rank 0 of the part's
+  // communicator, where that part of the result is complete (the dense part on the data-parallel
+  // rank 0, the expert part on each EP group position's first replica); elsewhere it is not.
   absl::StatusOr<std::pair<Vector<float, TrainSpace>, Vector<float, TrainSpace>>> GatherMoments() const;
   // Sets the moments from whole ones [total] (each rank takes what it owns).
   absl::Status SetMoments(Vector<float, TrainSpace> full_m, Vector<float, TrainSpace> full_v);
+  // The parts of the layout range [begin, end) whose moments this rank keeps, as pieces (layout
+  // offset, offset in flat_m() / flat_v(), count): the whole range unsharded, else its overlap
+  // with this rank's chunk and with the replicated tail of each part. Two ranks with the same
+  // position in every part's communicator get the same pieces for the same range.
+  struct MomentPiece {
+    int64_t layout = 0, moment = 0, count = 0;
+  };
+  std::vector<MomentPiece> OwnedMoments(int64_t begin, int64_t end) const;
 
  private:
+  // A range of the flat layout with its own ZeRO partition: [begin, begin + size) over `comm`
+  // (null: replicated); its moments at moment_offset of flat_m_ / flat_v_; ZeRO-2's reduced
+  // gradient chunk; whether its sum of squares differs between EP positions (the expert part).
+  struct Range {
+    int64_t begin = 0, size = 0, moment_offset = 0;
+    ZeroPartition partition;
+    std::shared_ptr<comm::Communicator<TrainSpace>> comm;
+    Vector<float, TrainSpace> grad_shard;
+    bool per_ep_position = false;
+  };
+  // The global norm of the step's (mean) gradient: every part's sum of squares (ZeRO-2: of the
+  // chunks all-gathered over the part's ranks), the expert part's summed over the EP group in rank
+  // order; the same double on every rank.
+  absl::StatusOr<double> GradientNorm(const TrainModel& model) const;
   absl::StatusOr<OptimizerStepResult> ShardedStep(TrainModel& model, double lr, bool loss_finite);
   // AdamW writing the rounded weights into the model's working copy as T (bf16 or f16).
   template <class T>
@@ -146,9 +190,10 @@ class AdamWOptimizer {
   }
   OptimizerOptions options_;
   ZeroSharding zero_;
-  ZeroPartition partition_;
+  std::shared_ptr<comm::Communicator<TrainSpace>> ep_;  // sharded experts: the EP group
+  std::vector<Range> parts_;  // the whole layout; or the dense range, then the expert range
+  float mean_scale_ = 1.0f;  // ZeRO-2: 1 / data-parallel ranks
   Vector<float, TrainSpace> flat_m_, flat_v_;
-  Vector<float, TrainSpace> grad_shard_;  // ZeRO-2: this rank's reduced gradient chunk [chunk]
   int64_t steps_ = 0;
   LossScaler scaler_;
 };

@@ -27,6 +27,9 @@ absl::Status ValidateTrainOptions(const TrainOptions& o) {
   if (o.lr_schedule != "constant" && o.lr_schedule != "cosine") {
     return absl::InvalidArgumentError(absl::StrCat("--lr_schedule must be constant or cosine, got ", o.lr_schedule));
   }
+  if (o.load_balance_interval <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--load_balance_interval must be positive, got ", o.load_balance_interval));
+  }
   if (o.dataset.empty()) return absl::InvalidArgumentError("--dataset is required (a .jsonl/.json file or a .safetensors batch)");
   if (o.model_dir.empty() == o.model_name.empty() && o.resume.empty()) {
     return absl::InvalidArgumentError("give exactly one of --model DIR and --model_name base|8b|34b (or --resume)");

@@ -30,6 +30,10 @@ struct TrainOptions {
   bool shuffle = true, progress = true;
   bool grad_checkpoint = false;  // recompute each layer's activations in the backward pass
   int64_t max_shard_bytes = int64_t(5) << 30;  // weights above this go to model-0000K-of-0000N shards
+  // Expert parallelism: every load_balance_interval steps, move experts between EP positions so
+  // that the busiest one gets fewer tokens (openmoe/train/expert_balance.h).
+  bool load_balance = false;
+  int64_t load_balance_interval = 1000;
   std::optional<double> label_smoothing, z_loss_factor, router_aux_loss_factor, router_z_loss_factor;
   // The --model DIR / --model_name the run started from: recorded in run_config.json and kept
   // across resumes (which load the checkpoint's own weights). Empty: model_dir / model_name.

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <tuple>
@@ -16,6 +18,7 @@
 #include "openmoe/config.h"
 #include "openmoe/core/status_macros.h"
 #include "openmoe/io/safetensors.h"
+#include "openmoe/parameter_store.h"
 #include "openmoe/text/tokenizer.h"
 #include "openmoe/train/train_data.h"
 
@@ -61,14 +64,26 @@ absl::Status PrepareOutputPath(const std::string& output_path) {
 
 // The model to train: the checkpoint in `folder` (the --resume one, or --model), else a random
 // init of --model_name; the loss factors, precision and recomputation of `o`.
-absl::StatusOr<TrainModel> LoadModel(const TrainOptions& o, const std::string& folder) {
+// `experts` (size > 0): only this EP position's experts are stored.
+absl::StatusOr<TrainModel> LoadModel(const TrainOptions& o, const std::string& folder, const ExpertParallelism& experts,
+                                     bool writer) {
+  OPENMOE_ASSIGN_OR_RETURN(const OpenMoeConfig config,
+                           !folder.empty() ? LoadConfig(folder + "/config.json") : PresetConfig(o.model_name));
+  ExpertShard shard;  // every expert
+  if (experts.size > 0) {
+    const int64_t E = config.num_experts;
+    if (E % experts.size != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("expert parallelism over ", experts.size, " ranks: the model's ", E,
+                                                     " experts (num_experts) cannot be split evenly"));
+    }
+    shard = {experts.index * (E / experts.size), E / experts.size, E};
+  }
   absl::StatusOr<TrainModel> model = absl::UnknownError("no model");
   if (!folder.empty()) {
-    model = TrainModel::Load(folder);
+    model = TrainModel::Load(folder, shard);
   } else {
-    OPENMOE_ASSIGN_OR_RETURN(OpenMoeConfig preset, PresetConfig(o.model_name));
-    std::fprintf(stderr, "random init of the %s preset (seed %llu)\n", o.model_name.c_str(), (unsigned long long)o.seed);
-    model = TrainModel::RandomInit(preset, o.seed);
+    if (writer) std::fprintf(stderr, "random init of the %s preset (seed %llu)\n", o.model_name.c_str(), (unsigned long long)o.seed);
+    model = TrainModel::RandomInit(config, o.seed, shard);
   }
   if (!model.ok()) return model.status();
   if (!o.resume.empty() && (!o.model_dir.empty() || !o.model_name.empty())) {  // the run's own model must match
@@ -103,7 +118,8 @@ absl::StatusOr<io::TokenBatch> LoadDataset(const TrainOptions& o, const std::str
 }  // namespace
 
 absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank dp, GradientReduction reduce_gradients,
-                                        LossReduction reduce_loss, ZeroSharding zero, PipelineHooks pipeline) {
+                                        LossReduction reduce_loss, ZeroSharding zero, PipelineHooks pipeline,
+                                        ExpertParallelism experts) {
   OPENMOE_RETURN_IF_ERROR(ValidateTrainOptions(o));
   OPENMOE_RETURN_IF_ERROR(ValidateDataParallelRank(dp));
   if (zero.stage < 0 || zero.stage > 2) return absl::InvalidArgumentError(absl::StrCat("ZeRO stage ", zero.stage, ": 0, 1 or 2"));
@@ -125,8 +141,14 @@ absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank 
     OPENMOE_ASSIGN_OR_RETURN(resumed, ReadTrainerState(model_source, o.initial_loss_scale));
     if (writer) std::fprintf(stderr, "resuming from step %lld of %s\n", (long long)resumed.position.step, model_source.c_str());
   }
-  OPENMOE_ASSIGN_OR_RETURN(TrainModel model, LoadModel(o, model_source));
+  if (experts.size > 0 && (!experts.group || experts.group->size() != experts.size || experts.group->rank() != experts.index ||
+                           !experts.replicas)) {
+    return absl::InvalidArgumentError(absl::StrCat("expert parallelism over ", experts.size, " ranks needs its EP group "
+                                                   "(this rank at position ", experts.index, ") and replica communicators"));
+  }
+  OPENMOE_ASSIGN_OR_RETURN(TrainModel model, LoadModel(o, model_source, experts, writer));
   Trainer t(o, dp, std::move(reduce_gradients), std::move(model));
+  t.experts_ = experts;
   t.reduce_loss_ = std::move(reduce_loss);
   t.pipeline_ = std::move(pipeline);
   t.writer_ = writer;
@@ -156,12 +178,24 @@ absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank 
   optimizer.max_grad_norm = o.max_grad_norm;
   optimizer.compute_dtype = ComputeDtypeOf(o.precision);
   optimizer.loss_scaler.initial_scale = o.initial_loss_scale;
-  t.optimizer_ = AdamWOptimizer(t.model_.layout(), optimizer, std::move(zero));
+  const ExpertGroups groups = t.model_.expert_shard().all() ? ExpertGroups{} : ExpertGroups{experts.replicas, experts.group};
+  t.optimizer_ = AdamWOptimizer(t.model_.layout(), optimizer, std::move(zero), groups, t.model_.expert_begin());
   t.optimizer_.set_steps(resumed.position.step);
   if (!o.resume.empty()) {
     OPENMOE_RETURN_IF_ERROR(LoadOptimizerMoments(model_source, t.model_, t.optimizer_));
     t.optimizer_.set_steps(resumed.optimizer_steps);
     if (t.optimizer_.loss_scaling() && resumed.loss_scaler) t.optimizer_.RestoreScaler(*resumed.loss_scaler);
+  }
+
+  if (o.load_balance) {
+    if (experts.size < 2) {
+      return absl::InvalidArgumentError("--load_balance moves experts between expert-parallel ranks: it needs expert "
+                                        "parallelism (mpirun with --plugin ep, or ep_zero with --extra_dp_size smaller "
+                                        "than the world size)");
+    }
+    t.model_.set_count_expert_loads(true);
+    t.placements_.assign(t.model_.config().NumMoeLayers(),
+                         ExpertPlacement::Identity(t.model_.config().num_experts, experts.size));
   }
 
   if (writer) {
@@ -207,8 +241,11 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   std::vector<std::vector<float>> dump_grads;  // the first step's gradients, before clipping
   const bool dump = !o.dump_step_state.empty() && steps_this_run_ == 0;
   if (dump && optimizer_.zero_stage() == 2) OPENMOE_RETURN_IF_ERROR(optimizer_.GatherGradients(model_));  // every rank
-  if (dump && writer_) {
-    for (const TensorSpec& spec : model_.table()) dump_grads.push_back(ToHost(model_.grad(spec.name)));
+  if (dump) {  // every rank: expert tensors are gathered
+    for (const TensorSpec& spec : model_.table()) {
+      OPENMOE_ASSIGN_OR_RETURN(std::vector<float> whole, WholeTensor(spec, model_.flat_grads()));
+      dump_grads.push_back(std::move(whole));
+    }
   }
   const double lr = schedule_.At(step);
   OPENMOE_ASSIGN_OR_RETURN(const OptimizerStepResult result, optimizer_.Step(model_, lr, std::isfinite(loss.total)));
@@ -227,7 +264,8 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   position_ = {step, position_.epoch, position_.batch + 1};
   if (position_.batch == sharding_.batches_per_epoch()) position_ = {step, position_.epoch + 1, 0};
   ++steps_this_run_;
-  if (!dump_grads.empty()) OPENMOE_RETURN_IF_ERROR(DumpStepState(loss, dump_grads));
+  if (dump) OPENMOE_RETURN_IF_ERROR(DumpStepState(loss, dump_grads));
+  if (o.load_balance && step % o.load_balance_interval == 0) OPENMOE_RETURN_IF_ERROR(BalanceExperts());
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time_).count();
   m.tokens_per_s = double(steps_this_run_ * B * S * dp_.size) / elapsed;
   m.eta_seconds = elapsed / double(steps_this_run_) * double(total_steps_ - step);
@@ -235,29 +273,148 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   return m;
 }
 
+absl::StatusOr<std::vector<float>> Trainer::WholeTensor(const TensorSpec& spec, Vector<float, TrainSpace> flat) const {
+  const ParameterSlot& slot = model_.layout().slot(spec.name);
+  const Vector<float, Space> stored(flat.data() + slot.offset, slot.numel);
+  const bool gathered = !model_.expert_shard().all() && ExpertShard::IsExpertTensor(spec.name);
+  if (!gathered) return writer_ ? ToHost(stored) : std::vector<float>();
+  // EP position p stores experts [p * count, (p + 1) * count): the all-gather in rank order is the
+  // whole stacked tensor.
+  const Space space;
+  Vector<float, Space> whole(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("whole_tensor")),
+                             slot.numel * experts_.group->size());
+  OPENMOE_RETURN_IF_ERROR(experts_.group->AllGather(space, stored, whole));
+  space.fence();
+  if (!writer_) return std::vector<float>();
+  std::vector<float> slots = ToHost(whole);  // slot order
+  const int64_t layer = std::atoll(spec.name.c_str() + std::strlen("model.layers."));
+  const int64_t moe_layer = (layer + 1) / model_.config().moe_layer_interval - 1;
+  const std::vector<int32_t>& slot_expert = model_.expert_placement(moe_layer);
+  if (std::is_sorted(slot_expert.begin(), slot_expert.end())) return slots;  // the identity
+  // Checkpoints and dumps hold the experts in canonical order, wherever they are stored.
+  const int64_t per_expert = slot.numel / model_.expert_shard().count;
+  std::vector<float> canonical(slots.size());
+  for (int64_t s = 0; s < int64_t(slot_expert.size()); ++s) {
+    std::copy(slots.begin() + s * per_expert, slots.begin() + (s + 1) * per_expert,
+              canonical.begin() + slot_expert[s] * per_expert);
+  }
+  return canonical;
+}
+
+namespace {
+
+// Swaps `buf` with the same-sized buffer of `peer` in `comm`; `first`: this side sends first (the
+// other receives first), so blocking point-to-point cannot deadlock.
+absl::Status SwapWithPeer(comm::Communicator<Space>& comm, Vector<float, Space> buf, int peer, bool first) {
+  const Space space;
+  if (first) {
+    OPENMOE_RETURN_IF_ERROR(comm.Send(space, buf, peer));
+    return comm.Recv(space, buf, peer);
+  }
+  Vector<float, Space> received(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("swap")), buf.extent(0));
+  OPENMOE_RETURN_IF_ERROR(comm.Recv(space, received, peer));
+  OPENMOE_RETURN_IF_ERROR(comm.Send(space, buf, peer));
+  Kokkos::deep_copy(space, buf, received);
+  space.fence();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Trainer::ExchangeExpertSlot(int64_t moe_layer, const ExpertSwap& swap) {
+  const int me = experts_.index;
+  if (me != swap.position_a && me != swap.position_b) return absl::OkStatus();
+  const int peer = int(me == swap.position_a ? swap.position_b : swap.position_a);
+  const bool first = me < peer;
+  const int64_t layer = (moe_layer + 1) * model_.config().moe_layer_interval - 1;
+  for (const char* tensor : {"wi_gate", "wi_up", "wo"}) {
+    const ParameterSlot& slot = model_.layout().slot(absl::StrCat("model.layers.", layer, ".mlp.experts.", tensor));
+    const int64_t per_expert = slot.numel / model_.expert_shard().count;
+    const int64_t begin = slot.offset + swap.local * per_expert;
+    OPENMOE_RETURN_IF_ERROR(SwapWithPeer(*experts_.group, Vector<float, Space>(model_.flat_params().data() + begin, per_expert),
+                                         peer, first));
+    // The moment pieces this rank keeps of the slot: the peer (same replica index, same ZeRO
+    // position) keeps the same pieces of its slot.
+    for (const AdamWOptimizer::MomentPiece& piece : optimizer_.OwnedMoments(begin, begin + per_expert)) {
+      for (Vector<float, Space> moments : {optimizer_.flat_m(), optimizer_.flat_v()}) {
+        OPENMOE_RETURN_IF_ERROR(
+            SwapWithPeer(*experts_.group, Vector<float, Space>(moments.data() + piece.moment, piece.count), peer, first));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::BalanceExperts() {
+  const Space space;
+  const int64_t E = model_.config().num_experts;
+  std::vector<int64_t> loads = model_.TakeExpertLoads();  // [moe_layers * E], this rank's tokens
+  // Summed over every data-parallel rank: the EP group, then the ranks holding the same experts.
+  Kokkos::View<int64_t*, Space> summed("expert_loads", loads.size());
+  Kokkos::deep_copy(summed, Kokkos::View<int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(loads.data(), loads.size()));
+  OPENMOE_RETURN_IF_ERROR(experts_.group->AllReduce(space, summed, comm::ReduceOp::kSum));
+  OPENMOE_RETURN_IF_ERROR(experts_.replicas->AllReduce(space, summed, comm::ReduceOp::kSum));
+  space.fence();
+  Kokkos::deep_copy(Kokkos::View<int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(loads.data(), loads.size()), summed);
+  std::string report;
+  for (int64_t l = 0; l < int64_t(placements_.size()); ++l) {
+    const std::vector<int64_t> layer_loads(loads.begin() + l * E, loads.begin() + (l + 1) * E);
+    const std::vector<ExpertSwap> swaps = PlanExpertSwaps(placements_[l], layer_loads);
+    if (swaps.empty()) continue;
+    const std::vector<int64_t> before = placements_[l].PositionLoads(layer_loads);
+    for (const ExpertSwap& swap : swaps) {
+      OPENMOE_RETURN_IF_ERROR(ExchangeExpertSlot(l, swap));
+      placements_[l].Swap(swap);
+    }
+    OPENMOE_RETURN_IF_ERROR(model_.SetExpertPlacement(l, placements_[l].slot_expert));
+    const std::vector<int64_t> after = placements_[l].PositionLoads(layer_loads);
+    absl::StrAppend(&report, report.empty() ? "" : ";", " MoE layer ", l, ": busiest rank ",
+                    *std::max_element(before.begin(), before.end()), " -> ", *std::max_element(after.begin(), after.end()),
+                    " tokens (", swaps.size(), swaps.size() == 1 ? " swap)" : " swaps)");
+  }
+  model_.InvalidateWorkingCopy();  // the 16-bit copy of the moved experts is stale
+  if (writer_ && !report.empty()) std::fprintf(stderr, "load balance at step %lld:%s\n", (long long)position_.step, report.c_str());
+  return absl::OkStatus();
+}
+
 absl::Status Trainer::DumpStepState(const LossParts& loss, const std::vector<std::vector<float>>& grads) const {
   std::vector<std::vector<float>> hold;
+  std::vector<TensorSpec> whole_specs;
+  hold.reserve(model_.table().size());
+  for (const TensorSpec& spec : model_.table()) {
+    OPENMOE_ASSIGN_OR_RETURN(std::vector<float> whole, WholeTensor(spec, model_.flat_params()));
+    hold.push_back(std::move(whole));
+    whole_specs.push_back(WholeSpec(spec, model_.expert_shard()));
+  }
+  if (!writer_) return absl::OkStatus();
   std::vector<io::TensorToWrite> tensors;
   const float parts[4] = {float(loss.total), float(loss.lm), float(loss.router_aux), float(loss.router_z)};
   const char* names[4] = {"loss.total", "loss.lm", "loss.router_aux", "loss.router_z"};
   for (int i = 0; i < 4; ++i) tensors.push_back({names[i], io::DType::kF32, {1}, &parts[i]});
-  hold.reserve(model_.table().size());
-  for (size_t k = 0; k < model_.table().size(); ++k) {
-    const TensorSpec& spec = model_.table()[k];
+  for (size_t k = 0; k < whole_specs.size(); ++k) {
+    const TensorSpec& spec = whole_specs[k];
     tensors.push_back({"grad." + spec.name, io::DType::kF32, spec.shape, grads[k].data()});
-    hold.push_back(ToHost(model_.param(spec.name)));
-    tensors.push_back({"param." + spec.name, io::DType::kF32, spec.shape, hold.back().data()});
+    tensors.push_back({"param." + spec.name, io::DType::kF32, spec.shape, hold[k].data()});
   }
   return io::WriteSafetensors(options_.dump_step_state, tensors);
 }
 
 absl::Status Trainer::SaveCheckpoint() const {
+  // Collective under ZeRO (the moment shards) and expert parallelism (the experts); only the
+  // writer keeps the whole tensors.
+  const bool gathers = optimizer_.sharded() || !model_.expert_shard().all();
+  if (!writer_ && !gathers) return absl::OkStatus();
   CheckpointContents c;
-  if (optimizer_.sharded()) {  // collective: the moment shards to rank 0
-    OPENMOE_ASSIGN_OR_RETURN(std::tie(c.flat_m, c.flat_v), optimizer_.GatherMoments());
+  OPENMOE_ASSIGN_OR_RETURN(const auto moments, optimizer_.GatherMoments());
+  for (const TensorSpec& spec : model_.table()) {
+    OPENMOE_ASSIGN_OR_RETURN(std::vector<float> params, WholeTensor(spec, model_.flat_params()));
+    OPENMOE_ASSIGN_OR_RETURN(std::vector<float> m, WholeTensor(spec, moments.first));
+    OPENMOE_ASSIGN_OR_RETURN(std::vector<float> v, WholeTensor(spec, moments.second));
+    c.table.push_back(WholeSpec(spec, model_.expert_shard()));
+    c.params.push_back(std::move(params)), c.m.push_back(std::move(m)), c.v.push_back(std::move(v));
   }
   if (!writer_) return absl::OkStatus();
-  c.options = &options_, c.model = &model_, c.optimizer = &optimizer_, c.position = position_;
+  c.options = &options_, c.optimizer = &optimizer_, c.config = model_.config(), c.position = position_;
   c.data_order = {options_.batch_size, data_.batch, data_.seq_len, int64_t(options_.seed), int64_t(options_.shuffle), dp_.size};
   c.tokenizer_file = tokenizer_file_;
   return train::SaveCheckpoint(c);

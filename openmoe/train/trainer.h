@@ -36,6 +36,7 @@
 #include "openmoe/io/token_batch.h"
 #include "openmoe/train/checkpoint.h"
 #include "openmoe/train/data_sharding.h"
+#include "openmoe/train/expert_balance.h"
 #include "openmoe/train/lr_schedule.h"
 #include "openmoe/train/metrics.h"
 #include "openmoe/train/optimizer.h"
@@ -63,6 +64,18 @@ struct PipelineHooks {
   bool writer = true;
 };
 
+// Expert parallelism (--plugin ep / ep_zero with k < world / hybrid's --ep_size): this rank is
+// position `index` of an EP group of `size` ranks and stores only experts [index * E / size,
+// (index + 1) * E / size) (TrainableModel's ExpertShard); the model's token dispatcher (set by the
+// caller after Create) must run exactly those. group: the EP group (whole expert tensors are
+// all-gathered over it for checkpoints and --dump_step_state; the gradient norm sums over it);
+// replicas: the ranks storing the same experts (the expert range's ZeRO and gradient reduction).
+// size 0: every rank stores every expert.
+struct ExpertParallelism {
+  int size = 0, index = 0;
+  std::shared_ptr<comm::Communicator<TrainSpace>> group, replicas;
+};
+
 class Trainer {
  public:
   // Validates `options`, prepares output_path, loads the model (or the --resume checkpoint with
@@ -72,7 +85,8 @@ class Trainer {
   // `zero`: ZeRO-1/2 over a communicator of dp.size ranks in which this one is dp.rank.
   static absl::StatusOr<Trainer> Create(const TrainOptions& options, DataParallelRank dp = {},
                                         GradientReduction reduce_gradients = {}, LossReduction reduce_loss = {},
-                                        ZeroSharding zero = {}, PipelineHooks pipeline = {});
+                                        ZeroSharding zero = {}, PipelineHooks pipeline = {},
+                                        ExpertParallelism experts = {});
 
   // One more sink for every later step (any rank).
   void AddMetricsSink(std::unique_ptr<MetricsSink> sink) { sinks_.push_back(std::move(sink)); }
@@ -102,12 +116,26 @@ class Trainer {
  private:
   Trainer(TrainOptions options, DataParallelRank dp, GradientReduction reduce, TrainModel model)
       : options_(std::move(options)), dp_(dp), reduce_gradients_(std::move(reduce)), model_(std::move(model)) {}
-  // --dump_step_state (rank 0 only): the loss parts, `grads` (the reduced gradient) and the
-  // weights after the step.
+  // --dump_step_state (written by the writer rank; collective under expert parallelism): the loss
+  // parts, `grads` (the reduced gradient, whole tensors) and the weights after the step.
   absl::Status DumpStepState(const LossParts& loss, const std::vector<std::vector<float>>& grads) const;
+  // The whole tensor `spec` (an entry of model().table()) of `flat`, a buffer in the model's flat
+  // layout (weights, gradients or moments), on the host: a stacked expert tensor of a model
+  // storing some experts is all-gathered over the EP group (collective over it; every rank calls
+  // this for the same tensors); empty on ranks other than the writer.
+  absl::StatusOr<std::vector<float>> WholeTensor(const TensorSpec& spec, Vector<float, TrainSpace> flat) const;
+  // --load_balance, every load_balance_interval steps (collective over every rank): the routed
+  // tokens summed over the data-parallel ranks, PlanExpertSwaps per MoE layer, each swap's weights
+  // and moment pieces exchanged between the two EP positions (every replica with its counterpart),
+  // then the model's placement. The model's function does not change.
+  absl::Status BalanceExperts();
+  // One swap of MoE layer `moe_layer`'s slots (a, j) <-> (b, j) on this rank's data, if it is at a or b.
+  absl::Status ExchangeExpertSlot(int64_t moe_layer, const ExpertSwap& swap);
 
   TrainOptions options_;
   DataParallelRank dp_;
+  ExpertParallelism experts_;
+  std::vector<ExpertPlacement> placements_;  // --load_balance: per MoE layer
   PipelineHooks pipeline_;
   bool writer_ = true;  // dp rank 0 (of pipeline stage 0)
   GradientReduction reduce_gradients_;

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# //tools:train --load_balance under mpirun on host ranks (issue 17): moving experts between EP
+# ranks never changes what the model computes.
+#  1. Move invariance: `--plugin ep` on 2 ranks, and `--plugin ep_zero --extra_dp_size 2` on 4
+#     ranks with ZeRO-1 and ZeRO-2 (the moved moments are split over the replicas), fp32 and bf16,
+#     with --load_balance --load_balance_interval 1 (a rebalancing after every step) against the
+#     same run without it: rank 0 must report moves, every step's logged loss and the checkpoint
+#     after 4 steps (weights and AdamW moments, in canonical expert order) must be the same bytes,
+#     the logged gradient norms equal to 1e-12 (the order of the optimizer's sum of squares follows
+#     where the experts are stored; without clipping the norm does not touch the update).
+#  2. --load_balance without expert parallelism is refused before any work, naming the flag.
+# mpirun setup: tools/mpi_test_env.sh.
+set -uo pipefail
+train=tools/train
+data=tests/data/openmoe/tiny8b
+
+source tools/mpi_test_env.sh train_load_balance
+
+py tools/compare_dp_grads.py split "$data/expected.safetensors" "$tmp" >/dev/null || fail "split"
+py tools/compare_dp_grads.py grow "$tmp/all.safetensors" "$tmp/six.safetensors" 2 >/dev/null || fail "six examples"
+steps=4
+common=(--model "$data" --dataset "$tmp/six.safetensors" --batch_size 1 --shuffle=false --num_epochs 4
+        --max_steps "$steps" --lr 1e-2 --progress=false)
+
+# Every step's loss as the exact JSON text.
+losses() { python3 -c 'import json, sys; [print(json.dumps(j["loss"])) for j in map(json.loads, open(sys.argv[1]))]' "$1"; }
+# The logged gradient norms to 1e-12 (relative): a move changes the order in which the optimizer
+# adds the experts' squares (the slots a rank stores, each rank's partial sum), not the gradient.
+same_norms() {
+  python3 -c '
+import json, sys
+a, b = ([j["grad_norm"] for j in map(json.loads, open(f))] for f in sys.argv[1:3])
+assert len(a) == len(b) and all(abs(x - y) <= 1e-12 * abs(x) for x, y in zip(a, b)), (a, b)' "$1" "$2"
+}
+
+check() {  # NAME NP FLAGS...
+  local name=$1 np=$2; shift 2
+  mpi "$np" "$train" "${common[@]}" "$@" --output_path "$tmp/$name.plain" >"$tmp/$name.plain.log" 2>&1 \
+    || { cat "$tmp/$name.plain.log"; fail "$name without --load_balance"; }
+  mpi "$np" "$train" "${common[@]}" "$@" --load_balance --load_balance_interval 1 --output_path "$tmp/$name.lb" \
+    >"$tmp/$name.lb.log" 2>&1 || { cat "$tmp/$name.lb.log"; fail "$name with --load_balance"; }
+  grep -q "^load balance at step 1: MoE layer .* swap" "$tmp/$name.lb.log" \
+    || { cat "$tmp/$name.lb.log"; fail "$name: no experts moved after step 1"; }
+  [[ "$(losses "$tmp/$name.plain/metrics.jsonl")" == "$(losses "$tmp/$name.lb/metrics.jsonl")" ]] \
+    || { paste <(losses "$tmp/$name.plain/metrics.jsonl") <(losses "$tmp/$name.lb/metrics.jsonl"); fail "$name: losses differ"; }
+  same_norms "$tmp/$name.plain/metrics.jsonl" "$tmp/$name.lb/metrics.jsonl" || fail "$name: gradient norms differ"
+  for f in model.safetensors trainer_state.safetensors; do
+    cmp -s "$tmp/$name.plain/step-$steps/$f" "$tmp/$name.lb/step-$steps/$f" || fail "$name: step-$steps/$f differs"
+  done
+  echo "$name: $(grep -c '^load balance at step' "$tmp/$name.lb.log") rebalancings, identical losses and checkpoint"
+}
+
+check ep_fp32 2 --plugin ep --zero_stage 0
+check ep_bf16 2 --plugin ep --zero_stage 1 --precision bf16
+check epz_zero1 4 --plugin ep_zero --extra_dp_size 2 --zero_stage 1
+check epz_zero2 4 --plugin ep_zero --extra_dp_size 2 --zero_stage 2
+
+# Without expert parallelism: refused, naming the flag.
+rc=0
+mpi 2 "$train" "${common[@]}" --plugin ep_zero --extra_dp_size 2 --load_balance --output_path "$tmp/bad" \
+  >"$tmp/bad.log" 2>&1 || rc=$?
+[[ $rc != 0 && $rc != 124 && $rc != 137 ]] || { cat "$tmp/bad.log"; fail "--load_balance on pure data parallelism: rc $rc"; }
+grep -q "load_balance moves experts between expert-parallel ranks" "$tmp/bad.log" \
+  || { cat "$tmp/bad.log"; fail "no error naming --load_balance"; }
+grep -q "^training " "$tmp/bad.log" && fail "work started"
+echo "load balance: PASS"
