@@ -41,20 +41,7 @@ if [[ $mode == stage ]]; then
 fi
 [[ $mode == run ]] || { echo "usage: run_nccl.sh stage|run" >&2; exit 2; }
 
-root=$PWD/$ompi/usr
-export OPAL_PREFIX=$root OPAL_EXEC_PREFIX=$root OPAL_BINDIR=$root/bin
-export OPAL_LIBDIR=$root/lib/x86_64-linux-gnu/openmpi/lib
-export OPAL_PKGLIBDIR=$OPAL_LIBDIR/openmpi3 OPAL_DATADIR=$root/share OPAL_PKGDATADIR=$root/share/openmpi
-export OPAL_SYSCONFDIR=$PWD/$ompi/etc/openmpi
-export PMIX_INSTALL_PREFIX=$root/lib/x86_64-linux-gnu/pmix2
-export PMIX_MCA_mca_base_component_path=$root/lib/x86_64-linux-gnu/pmix2/lib/pmix
-export PATH=$root/bin:$PATH
-export LD_LIBRARY_PATH=$PWD/$dev/lib:$OPAL_LIBDIR:$root/lib/x86_64-linux-gnu/pmix2/lib:/usr/local/cuda/lib64
-# The root-run variables (the device machine runs commands as root), one node (shared memory and
-# the self loop), and NVLink multicast kept off (KINDS.md).
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader
-export NCCL_NVLS_ENABLE=0 KOKKOS_DISABLE_WARNINGS=1
-unset TEST_PREMATURE_EXIT_FILE
+source tools/device/ompi_env.sh  # the staged OpenMPI, as root, one node, NVLink multicast off
 test_binary=$PWD/$dev/bin/nccl_communicator_test
 [[ -x $test_binary ]] || { echo "run_nccl.sh: $test_binary missing (run_nccl.sh stage here, carry .dev, unpack)" >&2; exit 1; }
 
