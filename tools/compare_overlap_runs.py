@@ -40,8 +40,8 @@ def concat(out, a_path, b_path):
     st.write(out, joined)
 
 
-def _same_tensors(path, other, what):
-    a, b = st.read(path), st.read(other)
+def _same_tensors(path, other, what, read=st.read):
+    a, b = read(path), read(other)
     assert sorted(a) == sorted(b), f"{what}: different tensor names"
     for key in a:
         assert a[key][1] == b[key][1], f"{what} {key}: shapes {a[key][1]} vs {b[key][1]}"
@@ -60,9 +60,9 @@ def same(run, dump, other_run, other_dump):
             assert x[field] == y[field], f"step {x['step']} {field}: no overlap {x[field]!r}, overlap {y[field]!r}"
     last = open(f"{run}/latest").read().strip()
     assert last == open(f"{other_run}/latest").read().strip(), "different last checkpoints"
-    for name in ("model.safetensors", "trainer_state.safetensors"):
-        if os.path.exists(f"{run}/{last}/{name}"):
-            tensors += _same_tensors(f"{run}/{last}/{name}", f"{other_run}/{last}/{name}", f"{last}/{name}")
+    tensors += _same_tensors(f"{run}/{last}/model.safetensors", f"{other_run}/{last}/model.safetensors",
+                             f"{last}/model.safetensors")
+    tensors += _same_tensors(f"{run}/{last}", f"{other_run}/{last}", f"{last} AdamW moments", st.read_moments)
     print(f"identical: {tensors} tensors (step-1 dump, {last} checkpoint), losses and grad norms of "
           f"{len(lines[0])} steps")
 

@@ -48,8 +48,8 @@ def compare(lr, steps, ref, other):
         for i, (u, v) in enumerate(zip(p[key][2], q[key][2])):
             assert abs(u - v) <= tol, f"{other}/step-{steps} {key}[{i}]: {v!r}, uninterrupted {u!r} (tolerance {tol:.3g})"
             worst["weights"] = max(worst["weights"], abs(u - v) / tol)
-    p = st.read(f"{ref}/step-{steps}/trainer_state.safetensors")
-    q = st.read(f"{other}/step-{steps}/trainer_state.safetensors")
+    p = st.read_moments(f"{ref}/step-{steps}")
+    q = st.read_moments(f"{other}/step-{steps}")
     assert sorted(p) == sorted(q), f"{other}: different moment names"
     nonzero = 0
     for key in p:

@@ -31,8 +31,9 @@ def compare(ref, other):
         assert abs(x["grad_norm"] - y["grad_norm"]) <= 1e-12 * abs(x["grad_norm"]), \
             f"{other} step {x['step']}: grad_norm {y['grad_norm']!r} vs {x['grad_norm']!r}"
     changed = 0
-    for name in ("model.safetensors", "trainer_state.safetensors"):
-        p, q = st.read(f"{ref}/step-3/{name}"), st.read(f"{other}/step-3/{name}")
+    for name, read in (("model.safetensors", lambda d: st.read(f"{d}/model.safetensors")),
+                       ("AdamW moments", st.read_moments)):
+        p, q = read(f"{ref}/step-3"), read(f"{other}/step-3")
         assert sorted(p) == sorted(q), f"{other}/{name}: different tensor names"
         for key in p:
             assert p[key][1] == q[key][1], f"{other}/{name} {key}: shape"

@@ -226,7 +226,8 @@ absl::Status MakeDataParallelHooks(std::shared_ptr<void>& keep, openmoe::train::
   }
 }
 
-// ZeRO-1/2 of pure data parallelism (--zero_stage 1|2): the optimizer's own communicator over the
+// ZeRO-1/2 of pure data parallelism (--zero_stage 1|2; with 0, the data-parallel group for the
+// checkpoints' optimizer shards): the optimizer's own communicator over the
 // world (host ranks: a duplicate of MPI_COMM_WORLD; CUDA ranks: NCCL), freed with the trainer.
 // `color` >= 0: over the world ranks of that colour (as MakeDataParallelHooks).
 template <class Space>
@@ -623,6 +624,7 @@ absl::Status MakePipelineHooks(const openmoe::train::TrainOptions& options, int 
     }
     keep = comm;
     hooks.writer = rank == 0;
+    hooks.first_stage = stage == 0;
     hooks.forward_backward = [comm, stages, m, rank = stage](openmoe::TrainableModel<Space>& model,
                                                      const std::vector<int64_t>& ids, const std::vector<int64_t>& mask,
                                                      int64_t batch, int64_t seq_len) -> absl::StatusOr<openmoe::LossParts> {
@@ -710,7 +712,9 @@ absl::Status Train(const openmoe::train::TrainOptions& options, openmoe::train::
   }
   std::shared_ptr<void> zero_comm;
   openmoe::train::ZeroSharding zero;  // one rank: nothing to shard, ZeRO-0
-  if (const int64_t stage = absl::GetFlag(FLAGS_zero_stage); communicate && stage > 0) {
+  // Every multi-rank run gets the data-parallel communicator (with stage 0 too: checkpoints write
+  // one optimizer shard per rank through it).
+  if (const int64_t stage = absl::GetFlag(FLAGS_zero_stage); communicate) {
     OPENMOE_RETURN_IF_ERROR(MakeZeroSharding<openmoe::train::TrainSpace>(int(stage), zero_comm, zero, stage_color));
   }
   OPENMOE_ASSIGN_OR_RETURN(openmoe::train::Trainer trainer,

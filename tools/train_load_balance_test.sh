@@ -5,7 +5,8 @@
 #     ranks with ZeRO-1 and ZeRO-2 (the moved moments are split over the replicas), fp32 and bf16,
 #     with --load_balance --load_balance_interval 1 (a rebalancing after every step) against the
 #     same run without it: rank 0 must report moves, every step's logged loss and the checkpoint
-#     after 4 steps (weights and AdamW moments, in canonical expert order) must be the same bytes,
+#     after 4 steps (the weights file's bytes; the AdamW moments put together from the ranks' shards,
+#     in canonical expert order) must be the same,
 #     the logged gradient norms equal to 1e-12 (the order of the optimizer's sum of squares follows
 #     where the experts are stored; without clipping the norm does not touch the update).
 #  2. --load_balance without expert parallelism is refused before any work, naming the flag.
@@ -44,9 +45,12 @@ check() {  # NAME NP FLAGS...
   [[ "$(losses "$tmp/$name.plain/metrics.jsonl")" == "$(losses "$tmp/$name.lb/metrics.jsonl")" ]] \
     || { paste <(losses "$tmp/$name.plain/metrics.jsonl") <(losses "$tmp/$name.lb/metrics.jsonl"); fail "$name: losses differ"; }
   same_norms "$tmp/$name.plain/metrics.jsonl" "$tmp/$name.lb/metrics.jsonl" || fail "$name: gradient norms differ"
-  for f in model.safetensors trainer_state.safetensors; do
-    cmp -s "$tmp/$name.plain/step-$steps/$f" "$tmp/$name.lb/step-$steps/$f" || fail "$name: step-$steps/$f differs"
-  done
+  cmp -s "$tmp/$name.plain/step-$steps/model.safetensors" "$tmp/$name.lb/step-$steps/model.safetensors" \
+    || fail "$name: step-$steps/model.safetensors differs"
+  # The moments, put together from the ranks' optimizer shards (each rank writes the experts it
+  # holds at the time, so the files themselves differ after moves).
+  py -c 'import sys, safetensors_lite as st; assert st.read_moments(sys.argv[1]) == st.read_moments(sys.argv[2])' \
+    "$tmp/$name.plain/step-$steps" "$tmp/$name.lb/step-$steps" || fail "$name: step-$steps AdamW moments differ"
   echo "$name: $(grep -c '^load balance at step' "$tmp/$name.lb.log") rebalancings, identical losses and checkpoint"
 }
 

@@ -3,8 +3,9 @@
 #  1. `mpirun -np 2 train --plugin ep_zero --extra_dp_size 2 --zero_stage 0|1|2 --batch_size 1
 #     --shuffle=false` on the tiny8b fixture batch (2 examples, rank r takes example r), 3 steps
 #     with clipping active (--max_grad_norm) and a large lr: ZeRO-1 and ZeRO-2 log the same losses
-#     as ZeRO-0 and their step-3 checkpoints (written by rank 0 from the gathered moment shards)
-#     hold the same weights and AdamW moments, bit for bit (compare_zero_runs.py says why exact);
+#     as ZeRO-0 and their step-3 checkpoints hold the same weights and AdamW moments, bit for bit
+#     (compare_zero_runs.py says why exact); each rank wrote its own optimizer shard (ZeRO-1/2:
+#     about half the moments each; ZeRO-0: rank 0 all of them), every value in exactly one;
 #  2. resume: ZeRO-1 2 steps, then --resume 1 more step equals the 3-step run (checkpoint's
 #     complete state split again over the ranks); and ZeRO-2 resuming a ZeRO-0 checkpoint too;
 #  3. --zero_stage 3 is refused before any work, naming the flag.
@@ -29,6 +30,23 @@ for z in 0 1 2; do
   [[ $z == 0 ]] || grep -qF "data parallel over 2 ranks with ZeRO-$z" "$tmp/z$z.log" || { cat "$tmp/z$z.log"; fail "no ZeRO-$z line"; }
 done
 py "$compare" moved "$tmp/z0" "$data/model.safetensors" || fail "ZeRO-0 did not train"
+# The optimizer state is one shard per rank plus an index, no whole trainer_state.safetensors:
+# under ZeRO-1/2 each rank wrote about half the moments, under ZeRO-0 rank 0 all of them (rank 1
+# holds the same replicated state and writes an empty shard).
+for z in 0 1 2; do
+  d="$tmp/z$z/step-3"
+  [[ -f $d/optimizer/index.json && ! -e $d/trainer_state.safetensors ]] || { ls -R "$d"; fail "ZeRO-$z: no sharded optimizer state"; }
+  py -c '
+import sys, safetensors_lite as st
+d, z = sys.argv[1], int(sys.argv[2])
+files = [f"{d}/optimizer/rank-0000{r}-of-00002.safetensors" for r in (0, 1)]
+counts = [sum(len(t[2]) for t in st.read(f).values()) for f in files]
+total = sum(len(t[2]) for t in st.read_moments(d).values())
+assert sum(counts) == total, (counts, total)
+share = counts[1] / total
+assert (0.4 < share < 0.6) if z else share == 0, f"ZeRO-{z}: rank 1 wrote {share:.3f} of the moments"
+print(f"ZeRO-{z}: the ranks wrote {counts} of {total} moment values")' "$d" "$z" || fail "ZeRO-$z optimizer shards"
+done
 py "$compare" "$tmp/z0" "$tmp/z1" "$tmp/z2" || fail "ZeRO-1/2 differ from ZeRO-0"
 
 # Resume under the same world size: 2 + 1 steps equal 3.

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -112,37 +113,94 @@ absl::Status WriteWeights(const fs::path& dir, const std::vector<io::TensorToWri
   return WriteTextAtomically((dir / "model.safetensors.index.json").string(), index.dump(2) + "\n");
 }
 
+std::string ShardFileName(int rank, int ranks) {
+  char name[64];
+  std::snprintf(name, sizeof(name), "rank-%05d-of-%05d.safetensors", rank, ranks);
+  return name;
+}
+
+// "m.<tensor>@<first>" -> (m, tensor, first); false for other names.
+bool ParsePieceName(const std::string& key, char& which, std::string& tensor, int64_t& first) {
+  const size_t at = key.rfind('@');
+  if (key.size() < 4 || (key[0] != 'm' && key[0] != 'v') || key[1] != '.' || at == std::string::npos || at < 3) return false;
+  const std::string digits = key.substr(at + 1);
+  if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) return false;
+  which = key[0], tensor = key.substr(2, at - 2), first = std::atoll(digits.c_str());
+  return true;
+}
+
 }  // namespace
+
+std::string CheckpointStagingDir(const std::string& output_path, int64_t step) {
+  return (fs::path(output_path) / absl::StrCat(".step-", step, ".tmp-shards")).string();
+}
+
+absl::Status WriteOptimizerShard(const std::string& staging_dir, int rank, int ranks,
+                                 const std::vector<OptimizerShardPiece>& pieces) {
+  std::error_code error;
+  const fs::path dir = fs::path(staging_dir) / "optimizer";
+  fs::create_directories(dir, error);
+  if (error) return absl::UnavailableError(absl::StrCat("cannot create '", dir.string(), "': ", error.message()));
+  std::vector<io::TensorToWrite> tensors;
+  for (const OptimizerShardPiece& piece : pieces) {
+    const int64_t count = int64_t(piece.m.size());
+    if (int64_t(piece.v.size()) != count) return absl::InternalError("WriteOptimizerShard: m and v pieces differ in size");
+    tensors.push_back({absl::StrCat("m.", piece.tensor, "@", piece.first), io::DType::kF32, {count}, piece.m.data()});
+    tensors.push_back({absl::StrCat("v.", piece.tensor, "@", piece.first), io::DType::kF32, {count}, piece.v.data()});
+  }
+  return io::WriteSafetensors((dir / ShardFileName(rank, ranks)).string(), tensors,
+                              {{"format", "openmoe.optimizer_shard.v1"}});
+}
 
 absl::Status SaveCheckpoint(const CheckpointContents& c) {
   const TrainOptions& options = *c.options;
   const fs::path root(options.output_path);
   const std::string name = absl::StrCat("step-", c.position.step);
-  const fs::path tmp = root / absl::StrCat(".", name, ".tmp-", getpid()), final_dir = root / name;
+  const bool sharded = c.optimizer_shards > 0;  // the ranks' moment shards are already in the staging folder
+  const fs::path tmp = sharded ? fs::path(CheckpointStagingDir(options.output_path, c.position.step))
+                               : root / absl::StrCat(".", name, ".tmp-", getpid());
+  const fs::path final_dir = root / name;
   std::error_code error;
-  fs::remove_all(tmp, error);
+  if (!sharded) fs::remove_all(tmp, error);
   fs::create_directories(tmp, error);
   if (error) return absl::UnavailableError(absl::StrCat("--output_path: cannot create '", tmp.string(), "': ", error.message()));
   OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "config.json").string(), ConfigToJson(c.config)));
   const size_t n = c.table.size();
-  if (c.params.size() != n || c.m.size() != n || c.v.size() != n) {
+  if (c.params.size() != n || (!sharded && (c.m.size() != n || c.v.size() != n))) {
     return absl::InternalError("SaveCheckpoint: weights and moments must cover the table");
   }
   std::vector<io::TensorToWrite> weights, state;
   for (size_t k = 0; k < n; ++k) {
     const TensorSpec& spec = c.table[k];
-    for (const std::vector<float>* values : {&c.params[k], &c.m[k], &c.v[k]}) {
-      if (int64_t(values->size()) != spec.numel()) {
-        return absl::InternalError(absl::StrCat("SaveCheckpoint: ", spec.name, " has ", values->size(), " values, not ",
+    std::vector<const std::vector<float>*> values = {&c.params[k]};
+    if (!sharded) values.push_back(&c.m[k]), values.push_back(&c.v[k]);
+    for (const std::vector<float>* v : values) {
+      if (int64_t(v->size()) != spec.numel()) {
+        return absl::InternalError(absl::StrCat("SaveCheckpoint: ", spec.name, " has ", v->size(), " values, not ",
                                                 spec.numel()));
       }
     }
     weights.push_back({spec.name, io::DType::kF32, spec.shape, c.params[k].data()});
+    if (sharded) continue;
     state.push_back({"m." + spec.name, io::DType::kF32, spec.shape, c.m[k].data()});
     state.push_back({"v." + spec.name, io::DType::kF32, spec.shape, c.v[k].data()});
   }
   OPENMOE_RETURN_IF_ERROR(WriteWeights(tmp, weights, options.max_shard_bytes));
-  OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors((tmp / "trainer_state.safetensors").string(), state));
+  if (sharded) {  // the ranks' files are there: check them, then the index
+    nlohmann::ordered_json index;
+    index["format"] = "openmoe.optimizer_shards.v1", index["ranks"] = c.optimizer_shards;
+    for (int r = 0; r < c.optimizer_shards; ++r) {
+      const std::string file = ShardFileName(r, c.optimizer_shards);
+      if (!fs::exists(tmp / "optimizer" / file)) {
+        return absl::InternalError(absl::StrCat("checkpoint step ", c.position.step, ": rank ", r, "'s optimizer shard ",
+                                                (tmp / "optimizer" / file).string(), " is missing"));
+      }
+      index["files"].push_back(file);
+    }
+    OPENMOE_RETURN_IF_ERROR(WriteTextAtomically((tmp / "optimizer" / "index.json").string(), index.dump(2) + "\n"));
+  } else {
+    OPENMOE_RETURN_IF_ERROR(io::WriteSafetensors((tmp / "trainer_state.safetensors").string(), state));
+  }
   if (!c.tokenizer_file.empty()) {
     fs::copy_file(c.tokenizer_file, tmp / "tokenizer.model", fs::copy_options::overwrite_existing, error);
     if (error) return absl::UnavailableError(absl::StrCat("cannot copy the tokenizer: ", error.message()));
@@ -180,6 +238,13 @@ absl::Status SaveCheckpoint(const CheckpointContents& c) {
   std::sort(folders.begin(), folders.end());
   for (size_t i = 0; i + 2 < folders.size(); ++i) fs::remove_all(folders[i].second, error);
   RemoveStaleTemporaries(root);
+  // Shard staging folders of steps this run did not complete (a run killed while saving).
+  for (const auto& entry : fs::directory_iterator(root, error)) {
+    const std::string n = entry.path().filename().string();
+    if (n.rfind(".step-", 0) == 0 && n.size() > 11 && n.compare(n.size() - 11, 11, ".tmp-shards") == 0) {
+      fs::remove_all(entry.path(), error);
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -260,13 +325,100 @@ absl::StatusOr<TrainingPosition> ResumePosition(const TrainerState& saved, const
   return p;
 }
 
+namespace {
+
+// Where this model's stored part of each tensor lies: whole-tensor elements [whole, whole + count)
+// at layout offset `layout`. A dense tensor is one region; a stacked expert tensor one per stored
+// expert (the shard's experts, in the identity placement a resume starts from).
+struct StoredRegion {
+  int64_t whole = 0, layout = 0, count = 0;
+};
+std::map<std::string, std::vector<StoredRegion>> StoredRegions(const TrainModel& model) {
+  std::map<std::string, std::vector<StoredRegion>> regions;
+  const ExpertShard& shard = model.expert_shard();
+  for (const TensorSpec& spec : model.table()) {
+    const ParameterSlot& slot = model.layout().slot(spec.name);
+    if (WholeSpec(spec, shard).numel() == spec.numel()) {
+      regions[spec.name].push_back({0, slot.offset, slot.numel});
+      continue;
+    }
+    const int64_t per_expert = spec.numel() / shard.count;
+    for (int64_t j = 0; j < shard.count; ++j) {
+      regions[spec.name].push_back({(shard.first + j) * per_expert, slot.offset + j * per_expert, per_expert});
+    }
+  }
+  return regions;
+}
+
+// The moments of optimizer/ shard files into full_m / full_v (this model's layout): every piece
+// overlapping a stored region; every stored element must be found exactly once.
+absl::Status ReadOptimizerShards(const std::string& folder, const TrainModel& model, Vector<float, Space> full_m,
+                                 Vector<float, Space> full_v) {
+  const fs::path dir = fs::path(folder) / "optimizer";
+  OPENMOE_ASSIGN_OR_RETURN(const std::string text, ReadText((dir / "index.json").string()));
+  const nlohmann::json index = nlohmann::json::parse(text, nullptr, false);
+  if (index.is_discarded() || !index.contains("files") || !index["files"].is_array()) {
+    return absl::InvalidArgumentError(absl::StrCat((dir / "index.json").string(), " is not an optimizer shard index"));
+  }
+  const std::map<std::string, std::vector<StoredRegion>> regions = StoredRegions(model);
+  std::map<std::string, int64_t> found;  // elements read per "m." / "v." tensor
+  std::vector<float> host;
+  for (const nlohmann::json& entry : index["files"]) {
+    const std::string path = (dir / entry.get<std::string>()).string();
+    OPENMOE_ASSIGN_OR_RETURN(const io::SafetensorsFile file, io::SafetensorsFile::Open(path));
+    for (const auto& [key, info] : file.tensors()) {
+      char which = 0;
+      std::string tensor;
+      int64_t first = 0;
+      if (!ParsePieceName(key, which, tensor, first)) continue;
+      const auto it = regions.find(tensor);
+      if (it == regions.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": piece ", key, " of a tensor the model does not have"));
+      }
+      const int64_t count = info.num_elements();
+      bool loaded = false;
+      for (const StoredRegion& r : it->second) {
+        const int64_t b = std::max(first, r.whole), e = std::min(first + count, r.whole + r.count);
+        if (b >= e) continue;
+        if (!loaded) {
+          host.resize(count);
+          OPENMOE_RETURN_IF_ERROR(file.ReadAsFloat(key, host.data(), count));
+          loaded = true;
+        }
+        const Vector<float, Space> full = which == 'm' ? full_m : full_v;
+        Kokkos::deep_copy(Vector<float, Space>(full.data() + r.layout + (b - r.whole), e - b),
+                          Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(host.data() + (b - first),
+                                                                                                 e - b));
+        found[std::string(1, which) + "." + tensor] += e - b;
+      }
+    }
+  }
+  for (const auto& [tensor, list] : regions) {
+    int64_t stored = 0;
+    for (const StoredRegion& r : list) stored += r.count;
+    for (const char* prefix : {"m.", "v."}) {
+      if (found[prefix + tensor] != stored) {
+        return absl::InvalidArgumentError(absl::StrCat(dir.string(), ": the shards hold ", found[prefix + tensor], " of the ",
+                                                       stored, " values of ", prefix, tensor, " this rank needs (missing "
+                                                       "or duplicated pieces)"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status LoadOptimizerMoments(const std::string& folder, const TrainModel& model, AdamWOptimizer& optimizer) {
-  OPENMOE_ASSIGN_OR_RETURN(const io::SafetensorsFile file, io::SafetensorsFile::Open(folder + "/trainer_state.safetensors"));
   // The whole moments of what this model stores, in its flat layout (gaps zero), of which each
   // rank keeps its ZeRO part; a model storing some experts takes their slice of each whole
-  // stacked expert tensor. (Per-rank shard files, read without the whole state, are a follow-up:
-  // docs/parallel.md.)
+  // stacked expert tensor.
   Vector<float, Space> full_m("resume.m", model.layout().total()), full_v("resume.v", model.layout().total());
+  if (fs::exists(fs::path(folder) / "optimizer" / "index.json")) {
+    OPENMOE_RETURN_IF_ERROR(ReadOptimizerShards(folder, model, full_m, full_v));
+    return optimizer.SetMoments(full_m, full_v);
+  }
+  OPENMOE_ASSIGN_OR_RETURN(const io::SafetensorsFile file, io::SafetensorsFile::Open(folder + "/trainer_state.safetensors"));
   const ExpertShard& shard = model.expert_shard();
   std::vector<float> host;
   for (const TensorSpec& spec : model.table()) {

@@ -6,7 +6,10 @@
 //   step-<N>/            a Hugging Face model folder (config.json, model.safetensors or, above
 //                        max_shard_bytes, model-0000K-of-0000N.safetensors shards with
 //                        model.safetensors.index.json; tokenizer.model) plus
-//                        trainer_state.safetensors (AdamW moments m.<name>, v.<name>),
+//                        the AdamW moments: one process writes trainer_state.safetensors (m.<name>,
+//                        v.<name>); ranks of a multi-rank run each write their own pieces into
+//                        optimizer/rank-RRRRR-of-NNNNN.safetensors, with optimizer/index.json
+//                        (OptimizerShardPiece below),
 //                        trainer_state.json (step, epoch, next batch, next_example: the epoch's
 //                        examples consumed, in global DistributedSampler order, seed, data shape,
 //                        optimizer steps, loss scaler) and run_config.json (the run's options:
@@ -47,8 +50,27 @@ struct DataOrder {
   int64_t global_batch() const { return batch_size < 0 ? -1 : batch_size * data_parallel_size; }
 };
 
+// Multi-rank optimizer state: each rank writes the AdamW moment pieces it is responsible for to
+// optimizer/rank-RRRRR-of-NNNNN.safetensors as 1-D tensors "m.<tensor>@<first>" and
+// "v.<tensor>@<first>": elements [first, first + count) of the whole tensor flattened (stacked
+// experts in canonical order). Every element of every tensor is in exactly one piece of one file;
+// optimizer/index.json lists the files. A resume with any world size, plugin or ZeRO stage reads
+// the pieces it needs (LoadOptimizerMoments).
+struct OptimizerShardPiece {
+  std::string tensor;
+  int64_t first = 0;
+  std::vector<float> m, v;  // [count] each
+};
+// The shard folder of a step, where the ranks write before rank 0 completes and renames it:
+// output_path/.step-<N>.tmp-shards.
+std::string CheckpointStagingDir(const std::string& output_path, int64_t step);
+// Writes rank `rank`'s pieces to staging_dir/optimizer/rank-RRRRR-of-NNNNN.safetensors (atomically).
+absl::Status WriteOptimizerShard(const std::string& staging_dir, int rank, int ranks,
+                                 const std::vector<OptimizerShardPiece>& pieces);
+
 // Everything one checkpoint holds: the whole model's tensors on the host (under expert
-// parallelism gathered from the ranks' experts; under ZeRO from the ranks' moment shards).
+// parallelism gathered from the ranks' experts), and the moments (whole, or already written by
+// the ranks as shards).
 struct CheckpointContents {
   const TrainOptions* options = nullptr;
   const AdamWOptimizer* optimizer = nullptr;  // its step count and loss scaler
@@ -56,7 +78,10 @@ struct CheckpointContents {
   // Every tensor of the model (stacked expert tensors with every expert: [E, ...]), in any order,
   // with its weights and AdamW moments (each [spec.numel()]).
   std::vector<TensorSpec> table;
-  std::vector<std::vector<float>> params, m, v;  // [table.size()]
+  std::vector<std::vector<float>> params, m, v;  // [table.size()]; m, v empty with optimizer_shards
+  // > 0: the ranks wrote this many optimizer shard files into CheckpointStagingDir (which exists);
+  // SaveCheckpoint completes that folder instead of a new one and writes optimizer/index.json.
+  int optimizer_shards = 0;
   TrainingPosition position;
   DataOrder data_order;
   std::string tokenizer_file;  // copied in when known
@@ -94,7 +119,8 @@ absl::Status CheckSameDataOrder(const DataOrder& saved, const DataOrder& now);
 // DistributedSampler share of them); with another G' it is a new run from there (its steps and
 // schedule count on from `saved`'s step), and `note` says so.
 absl::StatusOr<TrainingPosition> ResumePosition(const TrainerState& saved, const DataOrder& now, std::string* note);
-// The AdamW moments of trainer_state.safetensors in `folder` into `optimizer` (laid out as `model`;
+// The AdamW moments of `folder` (trainer_state.safetensors, or the optimizer/ shards) into
+// `optimizer` (laid out as `model`;
 // under ZeRO each rank keeps its own part of the whole state).
 absl::Status LoadOptimizerMoments(const std::string& folder, const TrainModel& model, AdamWOptimizer& optimizer);
 

@@ -169,14 +169,14 @@ absl::Status AdamWOptimizer::SetMoments(Vector<float, Space> full_m, Vector<floa
 
 std::vector<AdamWOptimizer::MomentPiece> AdamWOptimizer::OwnedMoments(int64_t begin, int64_t end) const {
   std::vector<MomentPiece> pieces;
-  const auto add = [&](int64_t lo, int64_t hi, int64_t moment_at_lo) {  // [lo, hi) in layout coordinates
+  const auto add = [&](int64_t lo, int64_t hi, int64_t moment_at_lo, bool tail) {  // [lo, hi) in layout coordinates
     const int64_t b = std::max(lo, begin), e = std::min(hi, end);
-    if (b < e) pieces.push_back({b, moment_at_lo + (b - lo), e - b});
+    if (b < e) pieces.push_back({b, moment_at_lo + (b - lo), e - b, tail});
   };
   for (const Range& part : parts_) {
     const ZeroPartition& p = part.partition;
-    add(part.begin + p.begin, part.begin + p.begin + p.chunk, part.moment_offset);
-    add(part.begin + p.tail_begin, part.begin + part.size, part.moment_offset + p.chunk);
+    add(part.begin + p.begin, part.begin + p.begin + p.chunk, part.moment_offset, false);
+    add(part.begin + p.tail_begin, part.begin + part.size, part.moment_offset + p.chunk, true);
   }
   return pieces;
 }

@@ -160,6 +160,7 @@ class AdamWOptimizer {
   // position in every part's communicator get the same pieces for the same range.
   struct MomentPiece {
     int64_t layout = 0, moment = 0, count = 0;
+    bool tail = false;  // in a part's tail, which every rank of the part's communicator keeps
   };
   std::vector<MomentPiece> OwnedMoments(int64_t begin, int64_t end) const;
 

@@ -179,6 +179,7 @@ absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank 
   optimizer.compute_dtype = ComputeDtypeOf(o.precision);
   optimizer.loss_scaler.initial_scale = o.initial_loss_scale;
   const ExpertGroups groups = t.model_.expert_shard().all() ? ExpertGroups{} : ExpertGroups{experts.replicas, experts.group};
+  t.dp_comm_ = zero.comm;
   t.optimizer_ = AdamWOptimizer(t.model_.layout(), optimizer, std::move(zero), groups, t.model_.expert_begin());
   t.optimizer_.set_steps(resumed.position.step);
   if (!o.resume.empty()) {
@@ -399,19 +400,77 @@ absl::Status Trainer::DumpStepState(const LossParts& loss, const std::vector<std
   return io::WriteSafetensors(options_.dump_step_state, tensors);
 }
 
+std::vector<OptimizerShardPiece> Trainer::OptimizerShardPieces() const {
+  std::vector<OptimizerShardPiece> pieces;
+  const ExpertShard& shard = model_.expert_shard();
+  const int replica = experts_.replicas ? experts_.replicas->rank() : 0;
+  const auto to_host = [](Vector<float, Space> flat, int64_t offset, int64_t count) {
+    return ToHost(Vector<float, Space>(flat.data() + offset, count));
+  };
+  for (const TensorSpec& spec : model_.table()) {
+    const ParameterSlot& slot = model_.layout().slot(spec.name);
+    const bool stored_experts = !shard.all() && ExpertShard::IsExpertTensor(spec.name);
+    // The first rank of the group keeping the same state: the data-parallel group for dense
+    // tensors (and every tensor without sharded experts), the replicas for a rank's experts.
+    const bool first_of_group = stored_experts ? replica == 0 : dp_.rank == 0;
+    const int64_t per_expert = stored_experts ? spec.numel() / shard.count : spec.numel();
+    for (const AdamWOptimizer::MomentPiece& piece : optimizer_.OwnedMoments(slot.offset, slot.offset + slot.numel)) {
+      const bool own = optimizer_.sharded() ? (!piece.tail || first_of_group) : first_of_group;
+      if (!own) continue;
+      // Split at expert boundaries: stored slot j holds expert slot_expert[first + j].
+      for (int64_t x = piece.layout - slot.offset, end = x + piece.count; x < end;) {
+        const int64_t j = x / per_expert, next = std::min(end, (j + 1) * per_expert);
+        int64_t whole = x;
+        if (stored_experts) {
+          const int64_t layer = std::atoll(spec.name.c_str() + std::strlen("model.layers."));
+          const int64_t moe_layer = (layer + 1) / model_.config().moe_layer_interval - 1;
+          whole = int64_t(model_.expert_placement(moe_layer)[shard.first + j]) * per_expert + x % per_expert;
+        }
+        const int64_t moment = piece.moment + (x - (piece.layout - slot.offset));
+        pieces.push_back({spec.name, whole, to_host(optimizer_.flat_m(), moment, next - x),
+                          to_host(optimizer_.flat_v(), moment, next - x)});
+        x = next;
+      }
+    }
+  }
+  return pieces;
+}
+
 absl::Status Trainer::SaveCheckpoint() const {
-  // Collective under ZeRO (the moment shards) and expert parallelism (the experts); only the
-  // writer keeps the whole tensors.
-  const bool gathers = optimizer_.sharded() || !model_.expert_shard().all();
+  // With a data-parallel group of several ranks every rank writes its own optimizer shard into the
+  // step's staging folder (rank 0 then completes and renames it); otherwise the moments are
+  // gathered (ZeRO) and rank 0 writes them whole. Under expert parallelism the weights' expert
+  // tensors are gathered over each EP group (collective); rank 0 writes the weights.
+  const bool shards = dp_comm_ && dp_comm_->size() > 1;
+  const bool gathers = shards || optimizer_.sharded() || !model_.expert_shard().all();
   if (!writer_ && !gathers) return absl::OkStatus();
   CheckpointContents c;
-  OPENMOE_ASSIGN_OR_RETURN(const auto moments, optimizer_.GatherMoments());
+  if (shards && pipeline_.first_stage) {
+    const Space space;
+    const std::string staging = CheckpointStagingDir(options_.output_path, position_.step);
+    if (dp_.rank == 0) {
+      std::error_code error;
+      fs::remove_all(staging, error);
+      fs::create_directories(fs::path(staging) / "optimizer", error);
+      if (error) return absl::UnavailableError(absl::StrCat("--output_path: cannot create '", staging, "': ", error.message()));
+    }
+    OPENMOE_RETURN_IF_ERROR(dp_comm_->Barrier(space));  // the folder exists
+    OPENMOE_RETURN_IF_ERROR(WriteOptimizerShard(staging, int(dp_.rank), int(dp_.size), OptimizerShardPieces()));
+    OPENMOE_RETURN_IF_ERROR(dp_comm_->Barrier(space));  // every shard is written
+    c.optimizer_shards = int(dp_.size);
+  }
+  std::pair<Vector<float, Space>, Vector<float, Space>> moments;
+  if (!shards) {
+    OPENMOE_ASSIGN_OR_RETURN(moments, optimizer_.GatherMoments());
+  }
   for (const TensorSpec& spec : model_.table()) {
     OPENMOE_ASSIGN_OR_RETURN(std::vector<float> params, WholeTensor(spec, model_.flat_params()));
+    c.table.push_back(WholeSpec(spec, model_.expert_shard()));
+    c.params.push_back(std::move(params));
+    if (shards) continue;
     OPENMOE_ASSIGN_OR_RETURN(std::vector<float> m, WholeTensor(spec, moments.first));
     OPENMOE_ASSIGN_OR_RETURN(std::vector<float> v, WholeTensor(spec, moments.second));
-    c.table.push_back(WholeSpec(spec, model_.expert_shard()));
-    c.params.push_back(std::move(params)), c.m.push_back(std::move(m)), c.v.push_back(std::move(v));
+    c.m.push_back(std::move(m)), c.v.push_back(std::move(v));
   }
   if (!writer_) return absl::OkStatus();
   c.options = &options_, c.optimizer = &optimizer_, c.config = model_.config(), c.position = position_;

@@ -16,8 +16,8 @@
 // ZeRO (`zero`, stage 1 or 2 over the same ranks): the optimizer keeps and updates only this
 // rank's part of the state (optimizer.h). Stage 1 still uses the gradient reduction (all-reduce,
 // mean); stage 2 replaces it by the optimizer's reduce-scatter (the reduction is not called).
-// SaveCheckpoint is then collective (the moment shards are gathered to rank 0, which writes the
-// same complete checkpoint as ZeRO-0); a resume gives each rank its part of the saved state.
+// In multi-rank runs SaveCheckpoint is collective: each rank writes the moments it keeps to its
+// own optimizer shard file (checkpoint.h); a resume gives each rank its part of the saved state.
 // A resume may use another world size, plugin or ZeRO stage: the checkpoint is consolidated (each
 // rank takes its ZeRO slice of the whole moments for its own world size) and the data position is a
 // global example index (ResumePosition, checkpoint.h).
@@ -62,6 +62,9 @@ struct PipelineHooks {
                                           const std::vector<int64_t>& attention_mask, int64_t batch, int64_t seq_len)>
       forward_backward;
   bool writer = true;
+  // Whether this rank is in the first stage, whose data-parallel ranks write the optimizer state
+  // (every stage holds the same, whole state).
+  bool first_stage = true;
 };
 
 // Expert parallelism (--plugin ep / ep_zero with k < world / hybrid's --ep_size): this rank is
@@ -82,7 +85,9 @@ class Trainer {
   // its optimizer state and position), reads and tokenizes the dataset and, on rank 0, opens the
   // metrics sinks (metrics.jsonl; the progress printer on stderr with options.progress).
   // `reduce_gradients` may be empty for one rank only; `reduce_loss` may be empty always.
-  // `zero`: ZeRO-1/2 over a communicator of dp.size ranks in which this one is dp.rank.
+  // `zero`: ZeRO-1/2 over a communicator of dp.size ranks in which this one is dp.rank. Given with
+  // stage 0 too, that communicator is the data-parallel group's (checkpoints: each rank writes its
+  // optimizer shard; without it rank 0 writes the whole state).
   static absl::StatusOr<Trainer> Create(const TrainOptions& options, DataParallelRank dp = {},
                                         GradientReduction reduce_gradients = {}, LossReduction reduce_loss = {},
                                         ZeroSharding zero = {}, PipelineHooks pipeline = {},
@@ -95,8 +100,9 @@ class Trainer {
   bool done() const { return position_.step >= total_steps_ || position_.epoch >= options_.num_epochs; }
   // One optimizer step on this rank's next batch; its metrics went to the sinks.
   absl::StatusOr<StepMetrics> Step();
-  // Writes the checkpoint of the current position (rank 0; other ranks return at once, except
-  // under ZeRO, where every rank must call it: it gathers the optimizer state).
+  // Writes the checkpoint of the current position (checkpoint.h). Collective in multi-rank runs
+  // (every rank must call it): each data-parallel rank writes its optimizer shard, expert tensors
+  // are gathered over the EP groups, and rank 0 writes the weights and completes the folder.
   absl::Status SaveCheckpoint() const;
   // Step() until done(), checkpointing every save_interval steps and at the end; then Finish()
   // of every sink.
@@ -131,10 +137,15 @@ class Trainer {
   absl::Status BalanceExperts();
   // One swap of MoE layer `moe_layer`'s slots (a, j) <-> (b, j) on this rank's data, if it is at a or b.
   absl::Status ExchangeExpertSlot(int64_t moe_layer, const ExpertSwap& swap);
+  // The AdamW moment pieces this rank writes to its optimizer shard (checkpoint.h): of each stored
+  // tensor, the parts it keeps, unless another rank keeps the same (replicated state is written by
+  // the first rank of its group), as whole-tensor element ranges (experts in canonical order).
+  std::vector<OptimizerShardPiece> OptimizerShardPieces() const;
 
   TrainOptions options_;
   DataParallelRank dp_;
   ExpertParallelism experts_;
+  std::shared_ptr<comm::Communicator<TrainSpace>> dp_comm_;  // the data-parallel ranks (may be null)
   std::vector<ExpertPlacement> placements_;  // --load_balance: per MoE layer
   PipelineHooks pipeline_;
   bool writer_ = true;  // dp rank 0 (of pipeline stage 0)

@@ -36,3 +36,32 @@ def write(path, tensors):
     text += b" " * ((8 - len(text) % 8) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def read_moments(step_dir):
+    """A training checkpoint folder's AdamW moments {"m.<name>" / "v.<name>": (dtype, shape, flat
+    values)}: its trainer_state.safetensors (one process), or the pieces "m.<name>@<first>" of the
+    ranks' optimizer/ shard files (multi-rank runs) put back together; every element must come from
+    exactly one piece. Shapes from the folder's weights (model.safetensors)."""
+    import os
+    if os.path.exists(f"{step_dir}/trainer_state.safetensors"):
+        return read(f"{step_dir}/trainer_state.safetensors")
+    weights = read(f"{step_dir}/model.safetensors")
+    index = json.load(open(f"{step_dir}/optimizer/index.json"))
+    out, filled = {}, {}
+    for name, (_, shape, values) in weights.items():
+        for which in ("m", "v"):
+            out[f"{which}.{name}"] = ("F32", shape, [0.0] * len(values))
+            filled[f"{which}.{name}"] = [0] * len(values)
+    for file in index["files"]:
+        for key, (_, shape, values) in read(f"{step_dir}/optimizer/{file}").items():
+            tensor, first = key.rsplit("@", 1)
+            first = int(first)
+            flat, seen = out[tensor][2], filled[tensor]
+            for i, value in enumerate(values):
+                flat[first + i] = value
+                seen[first + i] += 1
+    for tensor, seen in filled.items():
+        bad = [i for i, n in enumerate(seen) if n != 1]
+        assert not bad, f"{step_dir}: {tensor}[{bad[0]}] is in {seen[bad[0]]} optimizer pieces (not exactly one)"
+    return out
