@@ -78,14 +78,15 @@ void CountExpertLoads(const ExecSpace& space, ConstMatrix<int32_t, ExecSpace> ex
 
 template <class ExecSpace>
 absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::Load(const std::string& model_dir,
-                                                                          ExpertShard shard) {
+                                                                          ExpertShard shard,
+                                                                          std::optional<LayerRange> layers) {
   OPENMOE_ASSIGN_OR_RETURN(OpenMoeConfig config, LoadConfig(model_dir + "/config.json"));
   OPENMOE_ASSIGN_OR_RETURN(CheckpointReader reader, CheckpointReader::Open(model_dir));
-  return FromCheckpoint(config, reader, shard);
+  return FromCheckpoint(config, reader, shard, layers);
 }
 
 template <class ExecSpace>
-absl::Status TrainableModel<ExecSpace>::SetTable(ExpertShard shard) {
+absl::Status TrainableModel<ExecSpace>::SetTable(ExpertShard shard, std::optional<LayerRange> layers) {
   const int64_t E = config_.num_experts;
   if (shard.total == 0) shard = ExpertShard::All(E);
   if (shard.total != E || shard.count < 1 || shard.first < 0 || shard.first + shard.count > E) {
@@ -94,17 +95,24 @@ absl::Status TrainableModel<ExecSpace>::SetTable(ExpertShard shard) {
                                                    " experts (num_experts)"));
   }
   shard_ = shard;
-  table_ = TrainingTable(CheckpointTable(config_), shard_);
+  layers_ = layers ? *layers : WholeModel(config_);
+  if (layers_.first < 0 || layers_.first >= layers_.end || layers_.end > config_.num_hidden_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("the stored layers [", layers_.first, ", ", layers_.end,
+                                                   ") are not a range of the model's ", config_.num_hidden_layers,
+                                                   " layers (num_hidden_layers)"));
+  }
+  table_ = TrainingTable(StageCheckpointTable(config_, layers_), shard_);
   return absl::OkStatus();
 }
 
 template <class ExecSpace>
 absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::FromCheckpoint(const OpenMoeConfig& config,
                                                                                     const CheckpointReader& reader,
-                                                                                    ExpertShard shard) {
+                                                                                    ExpertShard shard,
+                                                                                    std::optional<LayerRange> layers) {
   TrainableModel model;
   model.config_ = config;
-  OPENMOE_RETURN_IF_ERROR(model.SetTable(shard));
+  OPENMOE_RETURN_IF_ERROR(model.SetTable(shard, layers));
   OPENMOE_RETURN_IF_ERROR(reader.Validate(CheckpointTable(config)));  // before allocating anything
   model.AllocateFlatBuffers();
   OPENMOE_RETURN_IF_ERROR(
@@ -136,7 +144,7 @@ void TrainableModel<ExecSpace>::AllocateFlatBuffers() {
   IdentityPlacement<ExecSpace>(slot_expert_d_, expert_slot_d_);
   flat_params_ = Vector<float, ExecSpace>("params", layout_.total());  // zero: the gaps stay 0
   flat_grads_  = Vector<float, ExecSpace>("grads", layout_.total());
-  offsets_ = ResolveModelOffsets(layout_, config_);
+  offsets_ = ResolveModelOffsets(layout_, config_, layers_);
   params_.clear(), grads_.clear();
   for (const ParameterSlot& s : layout_.slots()) {
     params_.emplace(s.name, Vector<float, ExecSpace>(flat_params_.data() + s.offset, s.numel));
@@ -146,11 +154,12 @@ void TrainableModel<ExecSpace>::AllocateFlatBuffers() {
 
 template <class ExecSpace>
 absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::RandomInit(const OpenMoeConfig& config,
-                                                                                uint64_t seed, ExpertShard shard) {
+                                                                                uint64_t seed, ExpertShard shard,
+                                                                                std::optional<LayerRange> layers) {
   OPENMOE_RETURN_IF_ERROR(ValidateConfig(config, "RandomInit"));
   TrainableModel model;
   model.config_ = config;
-  OPENMOE_RETURN_IF_ERROR(model.SetTable(shard));
+  OPENMOE_RETURN_IF_ERROR(model.SetTable(shard, layers));
   model.AllocateFlatBuffers();
   InitializeParameters<float, ExecSpace>(ExecSpace(), config, model.table_, model.layout_, seed, model.flat_params_,
                                          model.shard_);
@@ -214,6 +223,10 @@ template <class ExecSpace>
 absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackward(const std::vector<int64_t>& input_ids,
                                                                     const std::vector<int64_t>& attention_mask,
                                                                     int64_t B, int64_t S) {
+  if (layers_.first != 0 || layers_.end != config_.num_hidden_layers || !layers_.embedding || !layers_.head) {
+    return absl::FailedPreconditionError(absl::StrCat("ForwardBackward needs the whole model; this one stores ",
+                                                      layers_.ToString(), " (use ForwardBackwardStage)"));
+  }
   const StagePlan plan{0, config_.num_hidden_layers, B, nullptr};
   switch (dtype_) {
     case ComputeDtype::kBf16: return Step<bf16>(input_ids, attention_mask, B, S, plan);
@@ -231,6 +244,13 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::ForwardBackwardStage(
   if (first_layer < 0 || first_layer >= end_layer || end_layer > L) {
     return absl::InvalidArgumentError(absl::StrCat("pipeline stage layers [", first_layer, ", ", end_layer,
                                                    ") are not a non-empty range of the model's ", L, " layers"));
+  }
+  // The stage's tensors must be stored here: its layers, the embedding on the first stage and the
+  // final norm and LM head on the last.
+  if (first_layer < layers_.first || end_layer > layers_.end || (first_layer == 0 && !layers_.embedding) ||
+      (end_layer == L && !layers_.head)) {
+    return absl::FailedPreconditionError(absl::StrCat("pipeline stage layers [", first_layer, ", ", end_layer,
+                                                      ") are not all stored by this model (", layers_.ToString(), ")"));
   }
   if (microbatch_size < 1 || B % microbatch_size != 0) {
     return absl::InvalidArgumentError(absl::StrCat("the batch of ", B, " examples does not split into microbatches of ",

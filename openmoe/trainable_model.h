@@ -17,6 +17,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,7 @@
 #include "openmoe/config.h"
 #include "openmoe/core/bf16.h"
 #include "openmoe/core/tensor_types.h"
+#include "openmoe/layer_range.h"
 #include "openmoe/losses.h"
 #include "openmoe/parameter_layout.h"
 #include "openmoe/token_dispatcher.h"
@@ -40,13 +42,18 @@ class TrainableModel {
 
   // `shard` (expert parallelism): store only these experts (default: every expert). The flat
   // buffers then hold the dense parameters and the shard's experts (TrainingTable's order); a
-  // token dispatcher must run only experts of the shard.
-  static absl::StatusOr<TrainableModel> Load(const std::string& model_dir, ExpertShard shard = {});
+  // token dispatcher must run only experts of the shard. `layers` (a pipeline stage): store only
+  // that stage's tensors (layer_range.h; default: the whole model); such a model runs only
+  // ForwardBackwardStage on exactly those layers.
+  static absl::StatusOr<TrainableModel> Load(const std::string& model_dir, ExpertShard shard = {},
+                                             std::optional<LayerRange> layers = std::nullopt);
   static absl::StatusOr<TrainableModel> FromCheckpoint(const OpenMoeConfig& config, const CheckpointReader& reader,
-                                                       ExpertShard shard = {});
+                                                       ExpertShard shard = {},
+                                                       std::optional<LayerRange> layers = std::nullopt);
   // Upstream's initialiser (spec 2.6, InitStd): normal draws, norms 1, the embedding's pad row 0.
-  // A shard gets the values its experts have in the whole model's init.
-  static absl::StatusOr<TrainableModel> RandomInit(const OpenMoeConfig& config, uint64_t seed, ExpertShard shard = {});
+  // A shard or stage gets the values its tensors have in the whole model's init.
+  static absl::StatusOr<TrainableModel> RandomInit(const OpenMoeConfig& config, uint64_t seed, ExpertShard shard = {},
+                                                   std::optional<LayerRange> layers = std::nullopt);
 
   const OpenMoeConfig& config() const { return config_; }
   // The loss factors (label smoothing, output z-loss, router aux / z) of later ForwardBackward calls.
@@ -61,6 +68,8 @@ class TrainableModel {
   const std::vector<TensorSpec>& table() const { return table_; }
   // The experts this model stores, of config().num_experts.
   const ExpertShard& expert_shard() const { return shard_; }
+  // The layers (and embedding / head) this model stores.
+  const LayerRange& layers() const { return layers_; }
   // Where the stored experts start in the flat buffers: [0, expert_begin()) are the dense
   // parameters, [expert_begin(), layout().total()) the shard's experts.
   int64_t expert_begin() const { return expert_begin_; }
@@ -176,12 +185,13 @@ class TrainableModel {
   ComputeDtype dtype_ = ComputeDtype::kFp32;
   float loss_scale_ = 1.0f;
   // Checks `shard` against the config (every expert when empty), sets shard_ and table_.
-  absl::Status SetTable(ExpertShard shard);
+  absl::Status SetTable(ExpertShard shard, std::optional<LayerRange> layers);
   // Allocates the flat buffers for table_ and the per-tensor views into them.
   void AllocateFlatBuffers();
 
   std::vector<TensorSpec> table_;
   ExpertShard shard_;
+  LayerRange layers_;
   int64_t expert_begin_ = 0;
   ParameterLayout layout_;
   ModelOffsets offsets_;

@@ -164,8 +164,8 @@ absl::Status CheckParallelFlags(int world) {
                                                    "and load balancing are not implemented); ", supported));
     }
   }
-  OPENMOE_RETURN_IF_ERROR(CheckLoadBalance(world));
   if (world == 1 && !FlagGiven("plugin") && !FlagGiven("zero_stage") && !FlagGiven("extra_dp_size")) {
+    OPENMOE_RETURN_IF_ERROR(CheckLoadBalance(world));
     return CheckCommOverlap(world);  // one device, as before
   }
   const std::string plugin = absl::GetFlag(FLAGS_plugin);
@@ -182,6 +182,7 @@ absl::Status CheckParallelFlags(int world) {
   if (zero != 0 && zero != 1 && zero != 2) {
     return absl::InvalidArgumentError(absl::StrCat("--zero_stage must be 0, 1 or 2, not ", zero, where, supported));
   }
+  OPENMOE_RETURN_IF_ERROR(CheckLoadBalance(world));  // after the plugin flags, which its message takes as valid
   return CheckCommOverlap(world);
 }
 
@@ -485,7 +486,7 @@ absl::Status WireExpertParallel(openmoe::train::Trainer& trainer, int rank, int 
 // data rank's whole gradient of the mean microbatch loss (router losses of every stage included),
 // with the experts its EP index does not own zero (all stages of a pipeline share the EP index).
 // Then, D > 1, the data-parallel hooks over the stage's e d ranks: non-owned expert slices zeroed
-// (ExpertParallelGradients' guard), sum over the e d ranks, / D. Dense parameters: the mean over
+// (they are zero), sum over the e d ranks, / D. Dense parameters: the mean over
 // the D data ranks. An expert: the owner in each of the d EP groups holds the sum over its group's
 // e data ranks (the all-to-all's backward), the other slices are zero, so the sum over the e d
 // ranks is the sum over all D data ranks, / D the mean. Summing over stages first and over the
@@ -502,7 +503,9 @@ absl::Status CheckHybridFlags(int world) {
       "(mpirun -np P*e*d), --microbatch_size m dividing --batch_size, --zero_stage 0 or 1 (2 only with --pp_size 1)");
   for (const char* flag : {"extra_dp_size", "use_kernel", "use_layernorm_kernel", "load_balance",
                            "load_balance_interval", "comm_overlap"}) {
-    if (FlagGiven(flag)) {
+    const bool off = (std::string(flag) == "load_balance" && !absl::GetFlag(FLAGS_load_balance)) ||
+                     (std::string(flag) == "comm_overlap" && !absl::GetFlag(FLAGS_comm_overlap));
+    if (FlagGiven(flag) && !off) {  // (an explicit --load_balance=false / --comm_overlap=false is fine)
       return absl::UnimplementedError(absl::StrCat("--", flag, " is not supported with --plugin hybrid yet; ", supported));
     }
   }

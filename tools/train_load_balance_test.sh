@@ -9,7 +9,9 @@
 #     in canonical expert order) must be the same,
 #     the logged gradient norms equal to 1e-12 (the order of the optimizer's sum of squares follows
 #     where the experts are stored; without clipping the norm does not touch the update).
-#  2. --load_balance without expert parallelism is refused before any work, naming the flag.
+#     Also EP size 4 (`ep` on 4 ranks: swaps chain, ranks sit swaps out) with --comm_overlap.
+#  2. Resume after moves (2 steps rebalancing, --resume 2 more) equals the plain 4-step run.
+#  3. --load_balance without expert parallelism is refused before any work, naming the flag.
 # mpirun setup: tools/mpi_test_env.sh.
 set -uo pipefail
 train=tools/train
@@ -58,6 +60,23 @@ check ep_fp32 2 --plugin ep --zero_stage 0
 check ep_bf16 2 --plugin ep --zero_stage 1 --precision bf16
 check epz_zero1 4 --plugin ep_zero --extra_dp_size 2 --zero_stage 1
 check epz_zero2 4 --plugin ep_zero --extra_dp_size 2 --zero_stage 2
+check ep4_overlap 4 --plugin ep --zero_stage 1 --comm_overlap --comm_overlap_chunks 2
+
+# Resume after moves: 2 steps with rebalancing, then --resume for 2 more (the checkpoint holds the
+# experts in canonical order; the resumed run starts from the identity placement) equals the plain
+# 4-step run.
+mpi 2 "$train" "${common[@]}" --plugin ep --zero_stage 1 --load_balance --load_balance_interval 1 --max_steps 2 \
+  --output_path "$tmp/resumed" >"$tmp/resumed.a.log" 2>&1 || { cat "$tmp/resumed.a.log"; fail "2 steps with moves"; }
+grep -q "^load balance at step" "$tmp/resumed.a.log" || { cat "$tmp/resumed.a.log"; fail "no moves before the resume"; }
+mpi 2 "$train" --resume "$tmp/resumed" --max_steps "$steps" --plugin ep --zero_stage 1 --load_balance \
+  --load_balance_interval 1 >"$tmp/resumed.b.log" 2>&1 || { cat "$tmp/resumed.b.log"; fail "--resume after moves"; }
+mpi 2 "$train" "${common[@]}" --plugin ep --zero_stage 1 --output_path "$tmp/straight" >"$tmp/straight.log" 2>&1 \
+  || { cat "$tmp/straight.log"; fail "4 plain steps"; }
+cmp -s "$tmp/straight/step-$steps/model.safetensors" "$tmp/resumed/step-$steps/model.safetensors" \
+  || fail "resumed after moves: step-$steps/model.safetensors differs from the plain run"
+py -c 'import sys, safetensors_lite as st; assert st.read_moments(sys.argv[1]) == st.read_moments(sys.argv[2])' \
+  "$tmp/straight/step-$steps" "$tmp/resumed/step-$steps" || fail "resumed after moves: AdamW moments differ"
+echo "resume after moves: identical to the plain run"
 
 # Without expert parallelism: refused, naming the flag.
 rc=0

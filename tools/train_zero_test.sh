@@ -5,7 +5,7 @@
 #     with clipping active (--max_grad_norm) and a large lr: ZeRO-1 and ZeRO-2 log the same losses
 #     as ZeRO-0 and their step-3 checkpoints hold the same weights and AdamW moments, bit for bit
 #     (compare_zero_runs.py says why exact); each rank wrote its own optimizer shard (ZeRO-1/2:
-#     about half the moments each; ZeRO-0: rank 0 all of them), every value in exactly one;
+#     about half the moments each; ZeRO-0: whole tensors alternately), every value in exactly one;
 #  2. resume: ZeRO-1 2 steps, then --resume 1 more step equals the 3-step run (checkpoint's
 #     complete state split again over the ranks); and ZeRO-2 resuming a ZeRO-0 checkpoint too;
 #  3. --zero_stage 3 is refused before any work, naming the flag.
@@ -31,8 +31,8 @@ for z in 0 1 2; do
 done
 py "$compare" moved "$tmp/z0" "$data/model.safetensors" || fail "ZeRO-0 did not train"
 # The optimizer state is one shard per rank plus an index, no whole trainer_state.safetensors:
-# under ZeRO-1/2 each rank wrote about half the moments, under ZeRO-0 rank 0 all of them (rank 1
-# holds the same replicated state and writes an empty shard).
+# under ZeRO-1/2 each rank wrote about half the moments (its partition); under ZeRO-0 (the same
+# state on both) the tensors alternate between the ranks, so both wrote a real part of it.
 for z in 0 1 2; do
   d="$tmp/z$z/step-3"
   [[ -f $d/optimizer/index.json && ! -e $d/trainer_state.safetensors ]] || { ls -R "$d"; fail "ZeRO-$z: no sharded optimizer state"; }
@@ -44,7 +44,7 @@ counts = [sum(len(t[2]) for t in st.read(f).values()) for f in files]
 total = sum(len(t[2]) for t in st.read_moments(d).values())
 assert sum(counts) == total, (counts, total)
 share = counts[1] / total
-assert (0.4 < share < 0.6) if z else share == 0, f"ZeRO-{z}: rank 1 wrote {share:.3f} of the moments"
+assert (0.4 < share < 0.6) if z else 0.1 < share < 0.9, f"ZeRO-{z}: rank 1 wrote {share:.3f} of the moments"
 print(f"ZeRO-{z}: the ranks wrote {counts} of {total} moment values")' "$d" "$z" || fail "ZeRO-$z optimizer shards"
 done
 py "$compare" "$tmp/z0" "$tmp/z1" "$tmp/z2" || fail "ZeRO-1/2 differ from ZeRO-0"

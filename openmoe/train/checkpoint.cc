@@ -350,20 +350,36 @@ std::map<std::string, std::vector<StoredRegion>> StoredRegions(const TrainModel&
   return regions;
 }
 
-// The moments of optimizer/ shard files into full_m / full_v (this model's layout): every piece
-// overlapping a stored region; every stored element must be found exactly once.
-absl::Status ReadOptimizerShards(const std::string& folder, const TrainModel& model, Vector<float, Space> full_m,
-                                 Vector<float, Space> full_v) {
+// Host values of the stored elements at layout offsets [layout, layout + n) into the part of
+// `moments` (the optimizer's flat_m or flat_v) that this rank keeps: under ZeRO only its pieces,
+// so a resume never holds more than its own share on the device.
+void CopyIntoOwned(const AdamWOptimizer& optimizer, Vector<float, Space> moments, int64_t layout, const float* values,
+                   int64_t n) {
+  for (const AdamWOptimizer::MomentPiece& piece : optimizer.OwnedMoments(layout, layout + n)) {
+    Kokkos::deep_copy(Vector<float, Space>(moments.data() + piece.moment, piece.count),
+                      Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
+                          values + (piece.layout - layout), piece.count));
+  }
+}
+
+// The moments of the optimizer/ shard files: every piece overlapping what this model stores. Each
+// stored element must be covered exactly once (checked on the intervals read, per region).
+absl::Status ReadOptimizerShards(const std::string& folder, const TrainModel& model, AdamWOptimizer& optimizer) {
   const fs::path dir = fs::path(folder) / "optimizer";
-  OPENMOE_ASSIGN_OR_RETURN(const std::string text, ReadText((dir / "index.json").string()));
+  const std::string index_path = (dir / "index.json").string();
+  OPENMOE_ASSIGN_OR_RETURN(const std::string text, ReadText(index_path));
   const nlohmann::json index = nlohmann::json::parse(text, nullptr, false);
-  if (index.is_discarded() || !index.contains("files") || !index["files"].is_array()) {
-    return absl::InvalidArgumentError(absl::StrCat((dir / "index.json").string(), " is not an optimizer shard index"));
+  if (index.is_discarded() || !index.is_object() || !index.contains("files") || !index["files"].is_array()) {
+    return absl::InvalidArgumentError(absl::StrCat(index_path, " is not an optimizer shard index (no \"files\" list)"));
   }
   const std::map<std::string, std::vector<StoredRegion>> regions = StoredRegions(model);
-  std::map<std::string, int64_t> found;  // elements read per "m." / "v." tensor
+  std::map<std::string, int64_t> whole_numel;  // every tensor of the model, stored here or not
+  for (const TensorSpec& spec : CheckpointTable(model.config())) whole_numel[spec.name] = spec.numel();
+  // Intervals [begin, end) of whole-tensor elements read, per "m." / "v." tensor.
+  std::map<std::string, std::vector<std::pair<int64_t, int64_t>>> covered;
   std::vector<float> host;
   for (const nlohmann::json& entry : index["files"]) {
+    if (!entry.is_string()) return absl::InvalidArgumentError(absl::StrCat(index_path, ": a file name is not a string"));
     const std::string path = (dir / entry.get<std::string>()).string();
     OPENMOE_ASSIGN_OR_RETURN(const io::SafetensorsFile file, io::SafetensorsFile::Open(path));
     for (const auto& [key, info] : file.tensors()) {
@@ -371,11 +387,14 @@ absl::Status ReadOptimizerShards(const std::string& folder, const TrainModel& mo
       std::string tensor;
       int64_t first = 0;
       if (!ParsePieceName(key, which, tensor, first)) continue;
-      const auto it = regions.find(tensor);
-      if (it == regions.end()) {
-        return absl::InvalidArgumentError(absl::StrCat(path, ": piece ", key, " of a tensor the model does not have"));
-      }
+      const auto numel = whole_numel.find(tensor);
       const int64_t count = info.num_elements();
+      if (numel == whole_numel.end() || first + count > numel->second) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": piece ", key, " (", count, " values) is not part of a ",
+                                                       "tensor of this model"));
+      }
+      const auto it = regions.find(tensor);
+      if (it == regions.end()) continue;  // a tensor another pipeline stage stores
       bool loaded = false;
       for (const StoredRegion& r : it->second) {
         const int64_t b = std::max(first, r.whole), e = std::min(first + count, r.whole + r.count);
@@ -385,22 +404,32 @@ absl::Status ReadOptimizerShards(const std::string& folder, const TrainModel& mo
           OPENMOE_RETURN_IF_ERROR(file.ReadAsFloat(key, host.data(), count));
           loaded = true;
         }
-        const Vector<float, Space> full = which == 'm' ? full_m : full_v;
-        Kokkos::deep_copy(Vector<float, Space>(full.data() + r.layout + (b - r.whole), e - b),
-                          Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(host.data() + (b - first),
-                                                                                                 e - b));
-        found[std::string(1, which) + "." + tensor] += e - b;
+        CopyIntoOwned(optimizer, which == 'm' ? optimizer.flat_m() : optimizer.flat_v(), r.layout + (b - r.whole),
+                      host.data() + (b - first), e - b);
+        covered[std::string(1, which) + "." + tensor].push_back({b, e});
       }
     }
   }
   for (const auto& [tensor, list] : regions) {
-    int64_t stored = 0;
-    for (const StoredRegion& r : list) stored += r.count;
     for (const char* prefix : {"m.", "v."}) {
-      if (found[prefix + tensor] != stored) {
-        return absl::InvalidArgumentError(absl::StrCat(dir.string(), ": the shards hold ", found[prefix + tensor], " of the ",
-                                                       stored, " values of ", prefix, tensor, " this rank needs (missing "
-                                                       "or duplicated pieces)"));
+      std::vector<std::pair<int64_t, int64_t>> need;
+      for (const StoredRegion& r : list) need.push_back({r.whole, r.whole + r.count});
+      std::vector<std::pair<int64_t, int64_t>>& got = covered[prefix + tensor];
+      std::sort(need.begin(), need.end());
+      std::sort(got.begin(), got.end());
+      // The pieces read must tile the stored regions exactly: no gap, no overlap.
+      size_t k = 0;
+      bool ok = true;
+      for (const auto& [begin, end] : need) {
+        for (int64_t at = begin; at < end && ok; ++k) {
+          ok = k < got.size() && got[k].first == at && got[k].second <= end;
+          if (ok) at = got[k].second;
+        }
+      }
+      if (!ok || k != got.size()) {
+        return absl::InvalidArgumentError(absl::StrCat(dir.string(), ": the optimizer shards do not hold ", prefix, tensor,
+                                                       " exactly once where this rank stores it (missing or "
+                                                       "duplicated pieces)"));
       }
     }
   }
@@ -410,30 +439,24 @@ absl::Status ReadOptimizerShards(const std::string& folder, const TrainModel& mo
 }  // namespace
 
 absl::Status LoadOptimizerMoments(const std::string& folder, const TrainModel& model, AdamWOptimizer& optimizer) {
-  // The whole moments of what this model stores, in its flat layout (gaps zero), of which each
-  // rank keeps its ZeRO part; a model storing some experts takes their slice of each whole
-  // stacked expert tensor.
-  Vector<float, Space> full_m("resume.m", model.layout().total()), full_v("resume.v", model.layout().total());
-  if (fs::exists(fs::path(folder) / "optimizer" / "index.json")) {
-    OPENMOE_RETURN_IF_ERROR(ReadOptimizerShards(folder, model, full_m, full_v));
-    return optimizer.SetMoments(full_m, full_v);
-  }
+  // Straight into the part of the moments this rank keeps (its ZeRO share of what its model
+  // stores: a stage's tensors, a shard's experts); nothing whole on the device.
+  if (fs::exists(fs::path(folder) / "optimizer" / "index.json")) return ReadOptimizerShards(folder, model, optimizer);
   OPENMOE_ASSIGN_OR_RETURN(const io::SafetensorsFile file, io::SafetensorsFile::Open(folder + "/trainer_state.safetensors"));
-  const ExpertShard& shard = model.expert_shard();
+  const std::map<std::string, std::vector<StoredRegion>> regions = StoredRegions(model);
   std::vector<float> host;
   for (const TensorSpec& spec : model.table()) {
-    const ParameterSlot& slot = model.layout().slot(spec.name);
-    const int64_t whole = WholeSpec(spec, shard).numel();
-    const int64_t begin = whole == spec.numel() ? 0 : shard.first * (spec.numel() / shard.count);
+    const int64_t whole = WholeSpec(spec, model.expert_shard()).numel();
     host.resize(whole);
-    for (const auto& [prefix, full] : {std::make_pair("m.", full_m), std::make_pair("v.", full_v)}) {
-      OPENMOE_RETURN_IF_ERROR(file.ReadAsFloat(prefix + spec.name, host.data(), whole));
-      Kokkos::deep_copy(Vector<float, Space>(full.data() + slot.offset, slot.numel),
-                        Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(host.data() + begin,
-                                                                                               slot.numel));
+    for (const char which : {'m', 'v'}) {
+      OPENMOE_RETURN_IF_ERROR(file.ReadAsFloat(std::string(1, which) + "." + spec.name, host.data(), whole));
+      for (const StoredRegion& r : regions.at(spec.name)) {
+        CopyIntoOwned(optimizer, which == 'm' ? optimizer.flat_m() : optimizer.flat_v(), r.layout, host.data() + r.whole,
+                      r.count);
+      }
     }
   }
-  return optimizer.SetMoments(full_m, full_v);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<bool> LoadRunConfig(const std::string& resume, TrainOptions& options) {

@@ -279,15 +279,27 @@ absl::StatusOr<std::vector<float>> Trainer::WholeTensor(const TensorSpec& spec, 
   const Vector<float, Space> stored(flat.data() + slot.offset, slot.numel);
   const bool gathered = !model_.expert_shard().all() && ExpertShard::IsExpertTensor(spec.name);
   if (!gathered) return writer_ ? ToHost(stored) : std::vector<float>();
-  // EP position p stores experts [p * count, (p + 1) * count): the all-gather in rank order is the
-  // whole stacked tensor.
+  // Only the writer's EP group (replica 0 of the first stage; the writer is its position 0) takes
+  // part: EP position p sends its experts [p * count, (p + 1) * count) to position 0, which puts
+  // them in slot order on the host; one slice at a time on the device.
+  if (experts_.replicas->rank() != 0 || !pipeline_.first_stage) return std::vector<float>();
   const Space space;
-  Vector<float, Space> whole(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("whole_tensor")),
-                             slot.numel * experts_.group->size());
-  OPENMOE_RETURN_IF_ERROR(experts_.group->AllGather(space, stored, whole));
-  space.fence();
+  comm::Communicator<Space>& group = *experts_.group;
+  if (group.rank() != 0) {
+    OPENMOE_RETURN_IF_ERROR(group.Send(space, stored, 0));
+    space.fence();
+    return std::vector<float>();
+  }
+  std::vector<float> slots(slot.numel * group.size());
+  Vector<float, Space> received(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("expert_slice")), slot.numel);
+  for (int p = 0; p < group.size(); ++p) {
+    if (p > 0) OPENMOE_RETURN_IF_ERROR(group.Recv(space, received, p));
+    space.fence();
+    Kokkos::deep_copy(Kokkos::View<float*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(slots.data() + p * slot.numel,
+                                                                                       slot.numel),
+                      p == 0 ? stored : received);
+  }
   if (!writer_) return std::vector<float>();
-  std::vector<float> slots = ToHost(whole);  // slot order
   const int64_t layer = std::atoll(spec.name.c_str() + std::strlen("model.layers."));
   const int64_t moe_layer = (layer + 1) / model_.config().moe_layer_interval - 1;
   const std::vector<int32_t>& slot_expert = model_.expert_placement(moe_layer);
@@ -407,15 +419,21 @@ std::vector<OptimizerShardPiece> Trainer::OptimizerShardPieces() const {
   const auto to_host = [](Vector<float, Space> flat, int64_t offset, int64_t count) {
     return ToHost(Vector<float, Space>(flat.data() + offset, count));
   };
-  for (const TensorSpec& spec : model_.table()) {
+  const int replicas = experts_.replicas ? experts_.replicas->size() : 1;
+  for (size_t k = 0; k < model_.table().size(); ++k) {
+    const TensorSpec& spec = model_.table()[k];
     const ParameterSlot& slot = model_.layout().slot(spec.name);
     const bool stored_experts = !shard.all() && ExpertShard::IsExpertTensor(spec.name);
-    // The first rank of the group keeping the same state: the data-parallel group for dense
-    // tensors (and every tensor without sharded experts), the replicas for a rank's experts.
-    const bool first_of_group = stored_experts ? replica == 0 : dp_.rank == 0;
+    // State the ranks of a group keep alike (the data-parallel group for dense tensors and every
+    // tensor without sharded experts, the replicas for a rank's experts) is written once: ZeRO-0's
+    // whole tensors round-robin over the group (tensor k by its member k mod size), a ZeRO
+    // partition's small replicated tail by its first member.
+    const int group_rank = stored_experts ? replica : int(dp_.rank);
+    const int group_size = stored_experts ? replicas : int(dp_.size);
+    const bool first_of_group = group_rank == 0, turn = int(k % size_t(group_size)) == group_rank;
     const int64_t per_expert = stored_experts ? spec.numel() / shard.count : spec.numel();
     for (const AdamWOptimizer::MomentPiece& piece : optimizer_.OwnedMoments(slot.offset, slot.offset + slot.numel)) {
-      const bool own = optimizer_.sharded() ? (!piece.tail || first_of_group) : first_of_group;
+      const bool own = optimizer_.sharded() ? (!piece.tail || first_of_group) : turn;
       if (!own) continue;
       // Split at expert boundaries: stored slot j holds expert slot_expert[first + j].
       for (int64_t x = piece.layout - slot.offset, end = x + piece.count; x < end;) {

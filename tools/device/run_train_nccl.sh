@@ -6,7 +6,7 @@
 #   dpz1/2   orterun -np 1 train --plugin ep_zero --extra_dp_size 1 --zero_stage 1 / 2 (a world of one:
 #            the data-parallel hooks and ZeRO over NCCL, the loss over MPI)
 #   epz0/2   orterun -np 1 train --plugin ep --zero_stage 0 / 2 (EP over one rank: the dispatcher's
-#            all-to-alls and capacity all-reduce over NCCL; ZeRO-2 through ExpertZeroCommunicator)
+#            all-to-alls and capacity all-reduce over NCCL; ZeRO-2 over the dense and expert ranges)
 # then compares every run's dump with single's (compare_step_dumps.py: bit for bit or the largest
 # difference) and dpz1/2 with single as compare_zero_runs.py does (losses, weights, AdamW moments
 # exact; grad_norm to 1e-12), and runs NcclCommunicator's test alone and under orterun -np 1.

@@ -42,11 +42,16 @@ def read_moments(step_dir):
     """A training checkpoint folder's AdamW moments {"m.<name>" / "v.<name>": (dtype, shape, flat
     values)}: its trainer_state.safetensors (one process), or the pieces "m.<name>@<first>" of the
     ranks' optimizer/ shard files (multi-rank runs) put back together; every element must come from
-    exactly one piece. Shapes from the folder's weights (model.safetensors)."""
+    exactly one piece. Shapes from the folder's weights (model.safetensors, or its shards)."""
     import os
     if os.path.exists(f"{step_dir}/trainer_state.safetensors"):
         return read(f"{step_dir}/trainer_state.safetensors")
-    weights = read(f"{step_dir}/model.safetensors")
+    if os.path.exists(f"{step_dir}/model.safetensors"):
+        weights = read(f"{step_dir}/model.safetensors")
+    else:  # weights split by --max_shard_bytes
+        weights = {}
+        for file in sorted(set(json.load(open(f"{step_dir}/model.safetensors.index.json"))["weight_map"].values())):
+            weights.update(read(f"{step_dir}/{file}"))
     index = json.load(open(f"{step_dir}/optimizer/index.json"))
     out, filled = {}, {}
     for name, (_, shape, values) in weights.items():
