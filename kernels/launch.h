@@ -4,6 +4,7 @@
 //
 //   Kokkos::parallel_for("op", RowTeams(space, rows, 256), KOKKOS_LAMBDA(const Member& team) {...});
 //   Kokkos::parallel_for("op", FlatRange(space, rows * cols), KOKKOS_LAMBDA(const int64_t i) {...});
+//   SmallRangeFor("op", space, rows, rows * cols, KOKKOS_LAMBDA(const int64_t i) {...});  // tiny: inline on host
 #ifndef KERNELS_LAUNCH_H_
 #define KERNELS_LAUNCH_H_
 
@@ -47,6 +48,30 @@ Kokkos::TeamPolicy<ExecSpace> WarpTeams(const ExecSpace& space, int64_t league, 
 template <class ExecSpace>
 Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>> FlatRange(const ExecSpace& space, int64_t count) {
   return Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>(space, 0, count);
+}
+
+// Host backends run work of at most kHostInlineWork element-steps on the calling thread instead
+// of in a parallel region: waking the OpenMP threads costs ~1.5 us while they spin between regions
+// and 30-60 us when they sleep (OMP_WAIT_POLICY=passive: an idle vCPU of the 2-core VM, issue 18),
+// more than a decode step's one-row norm or router top-2 takes on one thread.
+inline constexpr int64_t kHostInlineWork = 4096;
+
+template <class ExecSpace>
+bool InlineOnHost(int64_t work) {
+#if defined(KOKKOS_ENABLE_CUDA)
+  if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) return false;
+#endif
+  return work <= kHostInlineWork;
+}
+
+// DependentParallelFor over [0, count), or a loop on the calling thread where InlineOnHost(work).
+template <class ExecSpace, class Body>
+void SmallRangeFor(const char* name, const ExecSpace& space, int64_t count, int64_t work, const Body& body) {
+  if (InlineOnHost<ExecSpace>(work)) {
+    for (int64_t i = 0; i < count; ++i) body(i);
+    return;
+  }
+  DependentParallelFor(name, Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>(space, 0, count), body);
 }
 
 // 16 bytes of consecutive elements, loaded and stored as one vector access (ld.global.v4 on

@@ -11,6 +11,7 @@
 #include "kernels/launch.h"
 
 #include "kernels/batched_gemm.h"
+#include "kernels/host_gemv.h"
 
 namespace openmoe::kernels {
 namespace {
@@ -175,132 +176,70 @@ void SplitKLinearFor(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, ConstM
         : SplitKLinear<T, false, ExecSpace>(space, x, w, y, accumulate, int(warps), int(rounds));
 }
 
-// Host GEMV for 16-bit products of few rows (batch-1 decode: one row of x against a weight
-// matrix, or the 2-4 rows of a small batch), float32 sums and one rounding of each result, as
-// the loop in batched_gemm.cc: the weights are read once, converted to float in registers (bf16:
-// a 16-bit shift), and the M rows of x are widened once per call into ctx.Scratch. g++ -O3
-// vectorises the fixed-width inner loops below (no intrinsics); the kernels are compiled for
-// x86-64-v4 (AVX-512), v3 (AVX2) and the baseline and the loader picks one for the CPU
-// (target_clones; not under nvcc, whose host compilation gets the baseline only).
-constexpr int64_t kHostGemvRows = 4;
-constexpr int kHostDotLanes = 32;         // independent float32 partial sums per row of x (2 zmm)
-constexpr int64_t kHostAxpyColumns = 256;  // columns of y per MatMul tile (4 rows: 4 KiB of sums)
+// Host products of few rows (batch-1 to batch-4 decode, the LM head's last rows, experts with
+// few tokens), float32 and 16-bit alike: every weight is read once by the streaming loops of
+// host_gemv.h (widened in registers, float32 sums), and each result is rounded once; 16-bit x is
+// widened once per call into ctx.Scratch. Linear (w [N, K]): tasks of kHostColumnsPerTask
+// columns, each a contiguous slab of w rows, split over the threads. MatMul (w [K, N]): column
+// tiles of at most kHostAxpyColumns (as many tiles as a multiple of the threads), each streaming
+// its segment of every w row. Products of fewer than kHostInlineWeights weights (the router) run
+// on the calling thread: a parallel region costs more than they do. Host kernels are
+// synchronous: x and w are ready.
+constexpr int64_t kHostColumnsPerTask = 64;        // Linear: w rows per task (K 768 bf16: 96 KiB)
+constexpr int64_t kHostAxpyColumns = 256;          // MatMul: columns of y per tile (4 rows: 4 KiB of sums)
+constexpr int64_t kHostInlineWeights = int64_t(1) << 16;
 
-#if defined(__x86_64__) && !defined(__CUDACC__) && defined(__GNUC__) && !defined(__clang__)
-#define OPENMOE_HOST_GEMV_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define OPENMOE_HOST_GEMV_CLONES
-#endif
-
-// out[m] = x[m, :] . w[0:K] for m < kRows (x: [kRows, K] float, row-major): kHostDotLanes
-// partial sums per row, lane j summing k = j (mod kHostDotLanes), then the tail, then the lanes.
-template <int kRows, class T>
-inline __attribute__((always_inline)) void HostDotRows(const float* __restrict x, int64_t K, const T* __restrict w,
-                                                       float* __restrict out) {
-  float acc[kRows][kHostDotLanes] = {};
-  int64_t k = 0;
-  for (; k + kHostDotLanes <= K; k += kHostDotLanes) {
-    float wf[kHostDotLanes];
-    for (int j = 0; j < kHostDotLanes; ++j) wf[j] = ToFloat(w[k + j]);
-    for (int m = 0; m < kRows; ++m)
-      for (int j = 0; j < kHostDotLanes; ++j) acc[m][j] += x[m * K + k + j] * wf[j];
-  }
-  for (; k < K; ++k) {
-    const float wf = ToFloat(w[k]);
-    for (int m = 0; m < kRows; ++m) acc[m][0] += x[m * K + k] * wf;
-  }
-  for (int m = 0; m < kRows; ++m) {
-    float sum = 0.0f;
-    for (int j = 0; j < kHostDotLanes; ++j) sum += acc[m][j];
-    out[m] = sum;
-  }
-}
-
-// acc[m, 0:cols] += sum_k x[m, k] w[k, 0:cols] for m < kRows (w: K rows of leading dimension ldw;
-// acc: [kRows, kHostAxpyColumns], cols <= kHostAxpyColumns): each w row segment is read once, contiguously, and the sums vectorise over
-// the columns, in the loop's order over k. (`omp simd`: -O2's cost model leaves loops of run-time
-// length scalar.)
-template <int kRows, class T>
-inline __attribute__((always_inline)) void HostAxpyRows(const float* __restrict x, int64_t K, const T* __restrict w,
-                                                        int64_t ldw, int64_t cols,
-                                                        float (*__restrict acc)[kHostAxpyColumns]) {
-  for (int64_t k = 0; k < K; ++k) {
-    const T* __restrict w_row = w + k * ldw;
-    float xk[kRows];
-    for (int m = 0; m < kRows; ++m) xk[m] = x[m * K + k];
-    float wf[kHostAxpyColumns];
-#pragma omp simd
-    for (int64_t j = 0; j < cols; ++j) wf[j] = ToFloat(w_row[j]);
-    for (int m = 0; m < kRows; ++m) {
-#pragma omp simd
-      for (int64_t j = 0; j < cols; ++j) acc[m][j] += xk[m] * wf[j];
-    }
-  }
-}
-
-#define OPENMOE_HOST_GEMV_FOR_TYPE(T)                                                                          \
-  OPENMOE_HOST_GEMV_CLONES void HostDot(const float* x, int64_t M, int64_t K, const T* w, float* out) {        \
-    switch (M) {                                                                                               \
-      case 1: HostDotRows<1>(x, K, w, out); break;                                                             \
-      case 2: HostDotRows<2>(x, K, w, out); break;                                                             \
-      case 3: HostDotRows<3>(x, K, w, out); break;                                                             \
-      default: HostDotRows<4>(x, K, w, out); break;                                                            \
-    }                                                                                                          \
-  }                                                                                                            \
-  OPENMOE_HOST_GEMV_CLONES void HostAxpy(const float* x, int64_t M, int64_t K, const T* w, int64_t ldw,        \
-                                         int64_t cols, float (*acc)[kHostAxpyColumns]) {                                           \
-    switch (M) {                                                                                               \
-      case 1: HostAxpyRows<1>(x, K, w, ldw, cols, acc); break;                                                 \
-      case 2: HostAxpyRows<2>(x, K, w, ldw, cols, acc); break;                                                 \
-      case 3: HostAxpyRows<3>(x, K, w, ldw, cols, acc); break;                                                 \
-      default: HostAxpyRows<4>(x, K, w, ldw, cols, acc); break;                                                \
-    }                                                                                                          \
-  }
-OPENMOE_HOST_GEMV_FOR_TYPE(bf16)
-OPENMOE_HOST_GEMV_FOR_TYPE(f16)
-#undef OPENMOE_HOST_GEMV_FOR_TYPE
-
-// y[M, N] (+)= x[M, K] @ op(w) for M <= kHostGemvRows on a host backend. Linear (w [N, K]): one
-// contiguous dot product per column, columns split over the threads. MatMul (w [K, N]): tiles of
-// at most kHostAxpyColumns columns (as many tiles as a multiple of the threads), each streaming
-// its segment of every w row. Host kernels are synchronous: x and w are ready.
 template <class T, class ExecSpace>
 absl::Status HostFewRowsGemm(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> x,
                              ConstMatrix<T, ExecSpace> w, Matrix<T, ExecSpace> y, bool w_is_out_in, bool accumulate) {
   const auto& space = ctx.space();
   const int64_t M = x.extent(0), K = x.extent(1), N = y.extent(1);
-  float* xf = ctx.template Scratch<float>("linear.host_gemv_x", size_t(M * K)).data();
-  const T* x_data = x.data();
-  for (int64_t i = 0; i < M * K; ++i) xf[i] = ToFloat(x_data[i]);
+  const float* xf = nullptr;  // [M, K]
+  if constexpr (std::is_same_v<T, float>) {
+    xf = x.data();
+  } else {
+    float* widened = ctx.template Scratch<float>("linear.host_gemv_x", size_t(M * K)).data();
+    const T* x_data = x.data();
+    for (int64_t i = 0; i < M * K; ++i) widened[i] = ToFloat(x_data[i]);
+    xf = widened;
+  }
   const T* w_data = w.data();
   T* y_data = y.data();
-  using Policy = Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>;
+  auto store = [=](int64_t m, int64_t n, float sum) {
+    T& out = y_data[m * N + n];
+    out = FromFloat<T>(accumulate ? ToFloat(out) + sum : sum);
+  };
+  int64_t tasks = 0, width = 0;
   if (w_is_out_in) {
-    Kokkos::parallel_for("openmoe::kernels::HostGemvLinear", Policy(space, 0, N), [=](const int64_t n) {
-      float sum[kHostGemvRows];
-      HostDot(xf, M, K, w_data + n * K, sum);
-      for (int64_t m = 0; m < M; ++m) {
-        T& out = y_data[m * N + n];
-        out = FromFloat<T>(accumulate ? ToFloat(out) + sum[m] : sum[m]);
-      }
-    });
+    width = kHostColumnsPerTask;
+    tasks = (N + width - 1) / width;
   } else {
     const int64_t threads = std::max<int64_t>(1, space.concurrency());
-    int64_t tiles = (N + kHostAxpyColumns - 1) / kHostAxpyColumns;
-    tiles = std::min(N, (tiles + threads - 1) / threads * threads);
-    const int64_t width = (N + tiles - 1) / tiles;
-    tiles = (N + width - 1) / width;
-    Kokkos::parallel_for("openmoe::kernels::HostGemvMatMul", Policy(space, 0, tiles), [=](const int64_t t) {
-      const int64_t n0 = t * width, cols = std::min(width, N - n0);
-      float acc[kHostGemvRows][kHostAxpyColumns];
-      for (int64_t m = 0; m < M; ++m) std::fill(acc[m], acc[m] + cols, 0.0f);
-      HostAxpy(xf, M, K, w_data + n0, N, cols, acc);
+    tasks = (N + kHostAxpyColumns - 1) / kHostAxpyColumns;
+    tasks = std::min(N, (tasks + threads - 1) / threads * threads);
+    width = (N + tasks - 1) / tasks;
+    tasks = (N + width - 1) / width;
+  }
+  auto task = [=](const int64_t t) {
+    const int64_t n0 = t * width, cols = std::min(width, N - n0);
+    if (w_is_out_in) {
+      float sums[kHostGemvRows * kHostColumnsPerTask];  // [M, cols]
+      HostDotColumns(xf, M, K, w_data + n0 * K, cols, sums);
       for (int64_t m = 0; m < M; ++m)
-        for (int64_t j = 0; j < cols; ++j) {
-          T& out = y_data[m * N + n0 + j];
-          out = FromFloat<T>(accumulate ? ToFloat(out) + acc[m][j] : acc[m][j]);
-        }
-    });
+        for (int64_t j = 0; j < cols; ++j) store(m, n0 + j, sums[m * cols + j]);
+    } else {
+      float acc[kHostGemvRows * kHostAxpyColumns];  // [M, cols]
+      std::fill(acc, acc + M * cols, 0.0f);
+      HostAxpyRows(xf, K, M, K, w_data + n0, N, cols, acc, cols);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t j = 0; j < cols; ++j) store(m, n0 + j, acc[m * cols + j]);
+    }
+  };
+  if (N * K < kHostInlineWeights) {
+    for (int64_t t = 0; t < tasks; ++t) task(t);
+  } else {
+    Kokkos::parallel_for("openmoe::kernels::HostFewRowsGemm",
+                         Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>(space, 0, tasks), task);
   }
   return absl::OkStatus();
 }
@@ -347,6 +286,9 @@ absl::Status Gemm(const ExecutionContext<ExecSpace>& ctx, const char* op, ConstM
     if (!accumulate) Kokkos::deep_copy(space, y, FromFloat<T>(0.0f));
     return absl::OkStatus();
   }
+  if constexpr (!kIsCuda<ExecSpace>) {  // host backends, few rows (decode): the streaming GEMV, any dtype
+    if (M <= size_t(kHostGemvRows)) return HostFewRowsGemm<T, ExecSpace>(ctx, x, w, y, w_is_out_in, accumulate);
+  }
   if constexpr (std::is_same_v<T, float> && !kIsCuda<ExecSpace>) {
     // float32 on host backends (Serial, OpenMP): OpenBLAS's sgemm on the row-major operands,
     // y[M, N] = x[M, K] op(w) (+ y), op(w) = w^T for w [N, K]. Host kernels are synchronous, so
@@ -375,9 +317,6 @@ absl::Status Gemm(const ExecutionContext<ExecSpace>& ctx, const char* op, ConstM
       }
     }
 #endif
-    if constexpr (!kIsCuda<ExecSpace>) {  // host backends, 16-bit operands: few rows through the GEMV
-      if (M <= size_t(kHostGemvRows)) return HostFewRowsGemm<T, ExecSpace>(ctx, x, w, y, w_is_out_in, accumulate);
-    }
     return StridedGemm<T, ExecSpace>(ctx, x.data(), w.data(), y.data(), M, K, N, w_is_out_in, accumulate);
   }
 }

@@ -5,10 +5,12 @@
 //   Linear<T>(ctx, x, w, y);   // y[M, N] = x[M, K] @ w[N, K]^T   (nn.Linear weight [out, in])
 //   MatMul<T>(ctx, x, w, y);   // y[M, N] = x[M, K] @ w[K, N]     (OpenMoE expert weights, x@W)
 // With accumulate = true the product is added to y (beta = 1).
-// All Views must be contiguous row-major. T = float goes through cblas_sgemm on host (cuBLAS on
-// CUDA); T = bf16 / f16 through StridedBatchedGemm (batched_gemm.h: cuBLAS with float32 compute
-// on CUDA; on host, operands widened to float32 and sgemm, or a float32-accumulating Kokkos loop
-// for products of few rows); on CUDA, Linear with at most 4 rows (a decode step) and fewer than 8192
+// All Views must be contiguous row-major. On host backends, products of at most 4 rows (decode
+// steps) of every dtype stream the weights once through the GEMV of host_gemv.h (float32 sums,
+// columns or column tiles split over the threads); larger ones go, T = float, through
+// cblas_sgemm (cuBLAS on CUDA), T = bf16 / f16 through StridedBatchedGemm (batched_gemm.h: cuBLAS
+// with float32 compute on CUDA; on host, operands widened to float32 and sgemm); on CUDA, Linear
+// with at most 4 rows (a decode step) and fewer than 8192
 // output columns (o_proj, down_proj, router) uses the project's own weight-streaming kernel
 // instead (one warp per output column, 16-byte loads), which reads the weights faster
 // than the split-K kernels cuBLAS picks for these shapes (decode_kernels_benchmark). That kernel

@@ -33,8 +33,10 @@ TYPED_TEST_SUITE(LinearTest, openmoe::testing::Backends);
 
 TYPED_TEST(LinearTest, MatchesReference) {
   using Space = TypeParam;
+  // M <= 4 takes the host GEMV (host_gemv.h): (3, 777, 45) with tails of K, (1, 48, 300) several
+  // column tasks / tiles.
   for (auto [M, K, N] : {std::make_tuple(19, 111, 37), std::make_tuple(1, 1, 1), std::make_tuple(48, 64, 192),
-                         std::make_tuple(7, 989, 3)}) {
+                         std::make_tuple(7, 989, 3), std::make_tuple(3, 777, 45), std::make_tuple(1, 48, 300)}) {
     for (bool out_in : {true, false}) {
       const uint32_t seed = 100 + M + K + N;
       const std::vector<float> x = RandomNormal(M * K, 1.0f, seed), w = RandomNormal(K * N, 1.0f, seed + 1);
@@ -117,17 +119,19 @@ TYPED_TEST(LinearTest, Bf16MatchesReferenceOfRoundedInputs) {
 }
 
 // 16-bit products of 1-4 rows (decode), which on host backends take the vectorised GEMV of
-// linear.cc (Linear: one 32-lane dot product per column; MatMul: column tiles of at most 256,
-// N = 300 two of them, streaming w's rows) and on CUDA the decode kernels or cuBLAS: K and N not
-// multiples of the vector width (K = 31 only the tail of the dot product, 33 one block and a tail,
-// 777 24 blocks and a tail), against the double reference of the rounded inputs, with one
-// rounding of the result (unit roundoff 2^-8 for bf16, 2^-11 for f16).
+// linear.cc and host_gemv.h (Linear: one sequential dot product per column, tasks of 64 columns;
+// one bf16 row of x with K a multiple of 16 through the even/odd split, K = 48 ending in a half
+// block; MatMul: column tiles of at most 256, N = 300 two of them, streaming w's rows) and on CUDA
+// the decode kernels or cuBLAS: K and N not multiples of the vector width (K = 31 only the tail of
+// the dot product, 33 one block and a tail, 777 24 blocks and a tail), against the double
+// reference of the rounded inputs, with one rounding of the result (unit roundoff 2^-8 for bf16,
+// 2^-11 for f16).
 template <class Space, class T>
 void CheckFewRows() {
   const int unit_exponent = std::is_same_v<T, bf16> ? -8 : -11;
-  for (int64_t M : {1, 2, 4}) {
+  for (int64_t M : {1, 2, 3, 4}) {
     for (auto [K, N] : {std::make_pair(1, 1), std::make_pair(31, 17), std::make_pair(33, 300),
-                        std::make_pair(777, 45), std::make_pair(64, 16)}) {
+                        std::make_pair(777, 45), std::make_pair(64, 16), std::make_pair(48, 37)}) {
       for (bool out_in : {true, false}) {
         for (bool accumulate : {false, true}) {
           const uint32_t seed = 900 + M + K + N;

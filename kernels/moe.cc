@@ -1,11 +1,14 @@
 #include "kernels/moe.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/host_gemv.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
 #include "kernels/layer_math.h"
+#include "openmoe/core/execution_spaces.h"
 
 namespace openmoe::kernels {
 
@@ -26,8 +29,8 @@ absl::Status RouterTop2(const ExecSpace& space, ConstMatrix<T, ExecSpace> logits
     return absl::InvalidArgumentError(absl::StrCat("RouterTop2: expected logits/probs [", N, ", E>=2], experts [",
                                                    N, ", 2]"));
   }
-  DependentParallelFor(
-      "openmoe::kernels::RouterTop2", Kokkos::RangePolicy<ExecSpace>(space, 0, N),
+  SmallRangeFor(
+      "openmoe::kernels::RouterTop2", space, N, N * E,
       KOKKOS_LAMBDA(const int64_t t) {
         // Three passes over the row's logits (independent loads); probabilities are recomputed,
         // never read back from global memory (a round trip per expert on GPUs).
@@ -70,8 +73,8 @@ absl::Status AssignSlots(const ExecSpace& space, ConstMatrix<int32_t, ExecSpace>
   }
   // One thread per expert walks the tokens in order: first the top-1 queue, then the top-2 queue
   // behind it. O(N * E) work, no atomics, deterministic.
-  DependentParallelFor(
-      "openmoe::kernels::AssignSlots", Kokkos::RangePolicy<ExecSpace>(space, 0, num_experts),
+  SmallRangeFor(
+      "openmoe::kernels::AssignSlots", space, num_experts, num_experts * N,
       KOKKOS_LAMBDA(const int64_t e) {
         int32_t next = 0;
         for (int64_t t = 0; t < N; ++t) {
@@ -146,6 +149,40 @@ bool GroupedExpertShapesFit(const T* weights, int64_t cols) {
   return IsPackAligned(weights, cols) && cols % Pack<T>::kSize == 0;
 }
 
+namespace {
+// GroupedExpertProduct on host backends: one task per (assignment a, slice s), tasks of one
+// assignment adjacent so that a thread's tasks are consecutive rows of the expert's weights;
+// each streams whole rows [k0, k1) of W_e [K, cols] (a contiguous block) into partial[s, a, :]
+// (host_gemv.h: widened in registers, float32 sums). x's slice is widened in chunks of
+// kHostXChunk values. Host kernels are synchronous.
+constexpr int64_t kHostXChunk = 256;
+
+template <class T, class ExecSpace>
+void HostGroupedExpertProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, bool x_per_token,
+                              ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
+                              int64_t capacity, const T* weights, Partials<ExecSpace> partial) {
+  const int64_t K = x.extent(1), A = partial.extent(1), splits = partial.extent(0), cols = partial.extent(2);
+  const int64_t rows_per_split = (K + splits - 1) / splits;
+  Kokkos::parallel_for(
+      "openmoe::kernels::HostGroupedExpertProduct",
+      Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>(space, 0, A * splits), [=](const int64_t task) {
+        const int64_t a = task / splits, split = task % splits, t = a / 2, k = a % 2;
+        if (rank(t, k) >= capacity) return;  // dropped: the consumers skip it
+        const int64_t e = experts(t, k), row = x_per_token ? t : a;
+        const int64_t k0 = std::min(K, split * rows_per_split), k1 = std::min(K, k0 + rows_per_split);
+        const T* w = weights + e * K * cols;  // [K, cols]
+        float* acc = &partial(split, a, 0);   // [cols]
+        std::fill(acc, acc + cols, 0.0f);
+        float xf[kHostXChunk];
+        for (int64_t c0 = k0; c0 < k1; c0 += kHostXChunk) {
+          const int64_t n = std::min(kHostXChunk, k1 - c0);
+          for (int64_t i = 0; i < n; ++i) xf[i] = ToFloat(x(row, c0 + i));
+          HostAxpyRows(xf, 0, 1, n, w + c0 * cols, cols, cols, acc, cols);
+        }
+      });
+}
+}  // namespace
+
 template <class T, class ExecSpace>
 absl::Status GroupedExpertProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, bool x_per_token,
                                   ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,
@@ -159,6 +196,10 @@ absl::Status GroupedExpertProduct(const ExecSpace& space, ConstMatrix<T, ExecSpa
     return absl::InvalidArgumentError(absl::StrCat("GroupedExpertProduct: partial [", partial.extent(0), ", ",
                                                    partial.extent(1), ", ", cols, "] does not fit x [",
                                                    x.extent(0), ", ", K, "] and ", A, " assignments"));
+  }
+  if constexpr (!kIsCuda<ExecSpace>) {
+    HostGroupedExpertProduct<T, ExecSpace>(space, x, x_per_token, experts, rank, capacity, weights, partial);
+    return absl::OkStatus();
   }
   constexpr int64_t kCols = kExpertLanes * P::kSize;  // columns per team
   const int64_t col_blocks = (cols + kCols - 1) / kCols, rows_per_split = (K + splits - 1) / splits;

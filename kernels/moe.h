@@ -64,7 +64,8 @@ bool GroupedExpertShapesFit(const T* weights, int64_t cols);
 
 // partial[s, a, :] = x[row(a), slice s] @ W_e[slice s, :] for kept a, W = weights [E, K, cols]
 // row-major (OpenMoE's x @ W layout); row(a) = t when x holds tokens [T, K] (x_per_token), a
-// when x holds one row per assignment [2T, K].
+// when x holds one row per assignment [2T, K]. Host backends: one task per (a, s), streaming the
+// slice's whole rows of W_e (host_gemv.h).
 template <class T, class ExecSpace>
 absl::Status GroupedExpertProduct(const ExecSpace& space, ConstMatrix<T, ExecSpace> x, bool x_per_token,
                                   ConstMatrix<int32_t, ExecSpace> experts, ConstMatrix<int32_t, ExecSpace> rank,

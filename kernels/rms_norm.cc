@@ -23,6 +23,20 @@ void PackedNorm(const ExecSpace& space, T* h, const T* delta, const T* weight, T
   constexpr int kHeld = 2;
   const int64_t packs = hidden / P::kSize;
   const float inv_hidden = 1.0f / float(hidden);
+  if (InlineOnHost<ExecSpace>(rows * hidden)) {  // a decode step's rows: the same sums on the calling thread
+    for (int64_t t = 0; t < rows; ++t) {
+      T* h_row = h + t * hidden;
+      float sum_squares = 0.0f;
+      for (int64_t j = 0; j < hidden; ++j) {
+        if constexpr (kAdd) h_row[j] = FromFloat<T>(ToFloat(h_row[j]) + ToFloat(delta[t * hidden + j]));
+        sum_squares += ToFloat(h_row[j]) * ToFloat(h_row[j]);
+      }
+      const float inv_rms = 1.0f / Kokkos::Experimental::sqrt(sum_squares * inv_hidden + eps);
+      for (int64_t j = 0; j < hidden; ++j)
+        y[t * hidden + j] = FromFloat<T>(ToFloat(weight[j]) * ToFloat(FromFloat<T>(ToFloat(h_row[j]) * inv_rms)));
+    }
+    return;
+  }
   DependentParallelForWaitsInside(
       kAdd ? "openmoe::kernels::AddRmsNormPacked" : "openmoe::kernels::RmsNormPacked", RowTeams(space, rows, kGpuThreads),
       KOKKOS_LAMBDA(const Member& team) {

@@ -28,10 +28,13 @@ int64_t StoredPartBegin(const TensorSpec& stored, const ExpertShard& shard) {
 
 template <class T, class ExecSpace>
 absl::Status ReadParameters(const CheckpointReader& reader, const std::vector<TensorSpec>& table,
-                            const ParameterLayout& layout, Vector<T, ExecSpace> flat, const ExpertShard& shard) {
-  std::vector<TensorSpec> whole_table;
-  for (const TensorSpec& spec : table) whole_table.push_back(WholeSpec(spec, shard));
-  OPENMOE_RETURN_IF_ERROR(reader.Validate(whole_table));
+                            const ParameterLayout& layout, Vector<T, ExecSpace> flat, const ExpertShard& shard,
+                            bool check_table) {
+  if (check_table) {
+    std::vector<TensorSpec> whole_table;
+    for (const TensorSpec& spec : table) whole_table.push_back(WholeSpec(spec, shard));
+    OPENMOE_RETURN_IF_ERROR(reader.Validate(whole_table));
+  }
   std::vector<float> staging;  // one whole tensor as float
   std::vector<T> rounded;      // the stored part in T (unused for float)
   for (const TensorSpec& spec : table) {
@@ -75,7 +78,8 @@ void InitializeParameters(const ExecSpace& space, const OpenMoeConfig& config, c
 
 #define OPENMOE_INSTANTIATE_PARAMETER_STORE(Space, T)                                                          \
   template absl::Status ReadParameters<T, Space>(const CheckpointReader&, const std::vector<TensorSpec>&,       \
-                                                 const ParameterLayout&, Vector<T, Space>, const ExpertShard&); \
+                                                 const ParameterLayout&, Vector<T, Space>, const ExpertShard&,  \
+                                                 bool);                                                         \
   template void InitializeParameters<T, Space>(const Space&, const OpenMoeConfig&, const std::vector<TensorSpec>&, \
                                                const ParameterLayout&, uint64_t, Vector<T, Space>, const ExpertShard&);
 OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_PARAMETER_STORE)

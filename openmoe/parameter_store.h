@@ -28,10 +28,12 @@ namespace openmoe {
 // [layout.total()]. Host memory stays at one tensor at a time.
 // `shard` (expert parallelism): `table` is a TrainingTable whose stacked expert tensors hold only
 // the shard's experts; the checkpoint's whole [E, ...] tensors are checked and read, and the
-// shard's slice of each is stored.
+// shard's slice of each is stored. `check_table` false: the caller validated the checkpoint against
+// the whole model already (`table` may then be a part of it, e.g. a pipeline stage's tensors).
 template <class T, class ExecSpace>
 absl::Status ReadParameters(const CheckpointReader& reader, const std::vector<TensorSpec>& table,
-                            const ParameterLayout& layout, Vector<T, ExecSpace> flat, const ExpertShard& shard = {});
+                            const ParameterLayout& layout, Vector<T, ExecSpace> flat, const ExpertShard& shard = {},
+                            bool check_table = true);
 
 // Upstream's initialiser (random_init.h) for every tensor of `table`, into its slot of `flat`.
 // `shard`: as ReadParameters; each stored expert gets the values it has in the whole model's init.

@@ -116,7 +116,8 @@ absl::StatusOr<TrainableModel<ExecSpace>> TrainableModel<ExecSpace>::FromCheckpo
   OPENMOE_RETURN_IF_ERROR(reader.Validate(CheckpointTable(config)));  // before allocating anything
   model.AllocateFlatBuffers();
   OPENMOE_RETURN_IF_ERROR(
-      (ReadParameters<float, ExecSpace>(reader, model.table_, model.layout_, model.flat_params_, model.shard_)));
+      (ReadParameters<float, ExecSpace>(reader, model.table_, model.layout_, model.flat_params_, model.shard_,
+                                        /*check_table=*/false)));  // checked against the whole model above
   return model;
 }
 

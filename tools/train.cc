@@ -470,31 +470,28 @@ absl::Status WireExpertParallel(openmoe::train::Trainer& trainer, int rank, int 
 // the e d ranks are D = e d data-parallel ranks (data rank = inner: DistributedSampler share, dense
 // gradient mean, loss mean, ZeRO-1), and the stage's experts are split over the EP group of its e
 // ranks with the same replica index (WireExpertParallel), each expert on d ranks.
-// A rank holds every parameter (replicated flat buffers, as under ep) but computes only its
-// layers' gradients: stage s has layers [s L / P, (s + 1) L / P) (integer division: stage sizes
-// differ by at most one layer), stage 0 also the embedding, stage P - 1 the final norm, LM head and
-// loss. Every stage of a pipeline takes the same --batch_size examples (its data rank's share),
-// split into batch_size / --microbatch_size microbatches, each its own routing group. Schedule:
-// 1F1B (Megatron's PipeDream-flush order: min(P - 1 - s, M) warm-up forwards, then a forward and a
-// backward in turn, then the remaining backwards); hidden states [m S, H] go to the next stage and
-// their gradients back as float32 by blocking MPI point-to-point calls, the steady state's paired
-// transfers as one MPI_Sendrecv each so that neighbouring stages never both block in a send (the
-// EP all-to-alls of a stage's MoE layers run in the same order on all e ranks of an EP group: they
-// share the stage, hence the schedule).
-// Gradient: after the schedule the flat gradients (zero outside each stage's parameters) and the
-// loss parts are summed over the pipeline's stages (MPI all-reduce): every rank then holds its
-// data rank's whole gradient of the mean microbatch loss (router losses of every stage included),
-// with the experts its EP index does not own zero (all stages of a pipeline share the EP index).
-// Then, D > 1, the data-parallel hooks over the stage's e d ranks: non-owned expert slices zeroed
-// (they are zero), sum over the e d ranks, / D. Dense parameters: the mean over
-// the D data ranks. An expert: the owner in each of the d EP groups holds the sum over its group's
-// e data ranks (the all-to-all's backward), the other slices are zero, so the sum over the e d
-// ranks is the sum over all D data ranks, / D the mean. Summing over stages first and over the
-// stage second is the sum over the world either way. The loss: the pipeline's sum, then the mean
-// over the D data ranks. Every rank ends with the full step gradient: its replicated AdamW (ZeRO-1:
-// sharded over the stage's D ranks, every stage alike) keeps all copies equal, and rank 0 (stage 0,
-// data rank 0) alone writes metrics, dumps and full checkpoints. ZeRO-2 with P > 1 is refused (as
-// upstream).
+// A rank stores only its stage's tensors (its layers, of the MoE layers only its EP index's
+// experts; the embedding on stage 0, the final norm and LM head on stage P - 1): stage s has layers
+// [s L / P, (s + 1) L / P) (integer division: stage sizes differ by at most one layer; the
+// trainer's PipelineStageLayers). Every stage of a pipeline takes the same --batch_size examples
+// (its data rank's share), split into batch_size / --microbatch_size microbatches, each its own
+// routing group. Schedule: 1F1B (Megatron's PipeDream-flush order: min(P - 1 - s, M) warm-up
+// forwards, then a forward and a backward in turn, then the remaining backwards); hidden states
+// [m S, H] go to the next stage and their gradients back as float32 by blocking point-to-point
+// calls, the steady state's paired transfers as one exchange each so that neighbouring stages never
+// both block in a send (the EP all-to-alls of a stage's MoE layers run in the same order on all e
+// ranks of an EP group: they share the stage, hence the schedule).
+// Gradient: after the schedule each rank holds its data rank's gradient of the mean microbatch
+// loss for its stage's tensors; the loss parts are summed over the pipeline's stages (the router
+// losses of every stage). Then, D > 1, the data-parallel hooks over the stage's e d ranks: dense
+// slices summed over the e d ranks and expert slices over their d replicas, / D. Dense parameters:
+// the mean over the D data ranks; an expert: the owner in each of the d EP groups holds the sum
+// over its group's e data ranks (the all-to-all's backward), so its d replicas sum to all D data
+// ranks. The gradient norm adds every stage's part (the trainer's optimizer, over the pipeline).
+// The loss: the pipeline's sum, then the mean over the D data ranks. ZeRO-1 shards each stage's
+// state over the stage's D ranks; rank 0 (stage 0, data rank 0) alone writes metrics, dumps and
+// checkpoints (the other stages send it their tensors; every rank writes its optimizer shard).
+// ZeRO-2 with P > 1 is refused (as upstream).
 
 // --plugin hybrid on `world` ranks, before any work.
 absl::Status CheckHybridFlags(int world) {
@@ -627,7 +624,8 @@ absl::Status MakePipelineHooks(const openmoe::train::TrainOptions& options, int 
     }
     keep = comm;
     hooks.writer = rank == 0;
-    hooks.first_stage = stage == 0;
+    hooks.stage = stage, hooks.stages = stages;
+    if (comm) hooks.pipeline = comm->comm();  // the trainer's: norms over every stage, weights to the writer
     hooks.forward_backward = [comm, stages, m, rank = stage](openmoe::TrainableModel<Space>& model,
                                                      const std::vector<int64_t>& ids, const std::vector<int64_t>& mask,
                                                      int64_t batch, int64_t seq_len) -> absl::StatusOr<openmoe::LossParts> {
@@ -643,9 +641,7 @@ absl::Status MakePipelineHooks(const openmoe::train::TrainOptions& options, int 
           };
       OPENMOE_ASSIGN_OR_RETURN(openmoe::LossParts loss,
                                model.ForwardBackwardStage(first, end, ids, mask, batch, seq_len, m, schedule));
-      if (comm) {  // the whole gradient and loss: every other stage's part is zero here
-        const Space space;
-        OPENMOE_RETURN_IF_ERROR(comm->comm()->AllReduce(space, model.flat_grads(), openmoe::comm::ReduceOp::kSum));
+      if (comm) {  // the whole loss (each stage's model stores and has gradients of its own tensors only)
         double parts[3] = {loss.lm, loss.router_aux, loss.router_z};
         OPENMOE_RETURN_IF_ERROR(openmoe::parallel::MpiResult(
             MPI_Allreduce(MPI_IN_PLACE, parts, 3, MPI_DOUBLE, MPI_SUM, comm->mpi_comm()), "MPI_Allreduce (pipeline loss)"));

@@ -33,6 +33,16 @@ mpi 2 "$train" "${common[@]}" "${pp[@]}" --dataset "$tmp/all.safetensors" --batc
   || { cat "$tmp/pp.log"; fail "mpirun -np 2 --plugin hybrid --pp_size 2"; }
 grep -qF "pipeline parallel: 2 stages (1F1B)" "$tmp/pp.log" || { cat "$tmp/pp.log"; fail "no pipeline line"; }
 [[ $(grep -c "^training " "$tmp/pp.log") == 1 ]] || { cat "$tmp/pp.log"; fail "more than rank 0 printed the run"; }
+# Memory: each stage stores only its own tensors: the two stages' counts add up to the whole model
+# and neither holds it all.
+py - "$tmp/pp.log" <<'PY' || { cat "$tmp/pp.log"; fail "the stages do not store disjoint parts of the model"; }
+import re, sys
+lines = re.findall(r"pipeline stage (\d) of 2 stores (.*): (\d+) of the model's (\d+) parameters", open(sys.argv[1]).read())
+assert sorted(int(s) for s, *_ in lines) == [0, 1], lines
+stored, whole = [int(n) for _, _, n, _ in lines], int(lines[0][3])
+assert sum(stored) == whole and max(stored) < whole, (stored, whole)
+print("stages store", stored, "of", whole, "parameters:", [what for _, what, _, _ in sorted(lines)])
+PY
 [[ "$(cat "$tmp/pp/latest")" == "step-$steps" ]] || fail "rank 0's checkpoint under --plugin hybrid"
 PYTHONPATH=tools/reference python3 "$split" check "$tmp/pp.safetensors" "$tmp/single0.safetensors" \
   "$tmp/single1.safetensors" "$tmp/pp/metrics.jsonl" || fail "the pipelined step-1 gradient / loss is not the mean of the single runs"

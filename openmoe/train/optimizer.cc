@@ -184,7 +184,7 @@ std::vector<AdamWOptimizer::MomentPiece> AdamWOptimizer::OwnedMoments(int64_t be
 absl::StatusOr<double> AdamWOptimizer::GradientNorm(const TrainModel& model) const {
   const Vector<float, Space> grads = model.flat_grads();
   // Without sharded experts and ZeRO-2 the whole mean gradient is here: one reduction, as ZeRO-0.
-  if (!sharded_experts() && zero_.stage != 2) return GlobalNorm(grads);
+  if (!sharded_experts() && zero_.stage != 2 && !pipeline_) return GlobalNorm(grads);
   double sum_sq = 0;
   for (const Range& part : parts_) {
     const ZeroPartition& p = part.partition;
@@ -202,6 +202,9 @@ absl::StatusOr<double> AdamWOptimizer::GradientNorm(const TrainModel& model) con
       OPENMOE_ASSIGN_OR_RETURN(part_sq, SumOverRanks(*ep_, part_sq));
     }
     sum_sq += part_sq;
+  }
+  if (pipeline_) {  // every stage's parameters
+    OPENMOE_ASSIGN_OR_RETURN(sum_sq, SumOverRanks(*pipeline_, sum_sq));
   }
   return std::sqrt(sum_sq);
 }

@@ -116,6 +116,9 @@ class AdamWOptimizer {
   const ZeroPartition& partition() const { return parts_.front().partition; }
   // Whether the model stores only its experts (two parts: dense and experts).
   bool sharded_experts() const { return parts_.size() > 1; }
+  // A pipeline stage's optimizer: the gradient norm adds every stage's sum of squares over
+  // `pipeline` (the ranks of this data index in every stage), so all stages clip alike.
+  void set_pipeline(std::shared_ptr<comm::Communicator<TrainSpace>> pipeline) { pipeline_ = std::move(pipeline); }
 
   const OptimizerOptions& options() const { return options_; }
   bool loss_scaling() const { return options_.compute_dtype == TrainModel::ComputeDtype::kFp16; }
@@ -192,6 +195,7 @@ class AdamWOptimizer {
   OptimizerOptions options_;
   ZeroSharding zero_;
   std::shared_ptr<comm::Communicator<TrainSpace>> ep_;  // sharded experts: the EP group
+  std::shared_ptr<comm::Communicator<TrainSpace>> pipeline_;  // a pipeline stage's: every stage
   std::vector<Range> parts_;  // the whole layout; or the dense range, then the expert range
   float mean_scale_ = 1.0f;  // ZeRO-2: 1 / data-parallel ranks
   Vector<float, TrainSpace> flat_m_, flat_v_;

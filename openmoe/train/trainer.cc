@@ -65,8 +65,9 @@ absl::Status PrepareOutputPath(const std::string& output_path) {
 // The model to train: the checkpoint in `folder` (the --resume one, or --model), else a random
 // init of --model_name; the loss factors, precision and recomputation of `o`.
 // `experts` (size > 0): only this EP position's experts are stored.
+// `pipeline` (stages > 1): only its stage's tensors are stored.
 absl::StatusOr<TrainModel> LoadModel(const TrainOptions& o, const std::string& folder, const ExpertParallelism& experts,
-                                     bool writer) {
+                                     const PipelineHooks& pipeline, bool writer) {
   OPENMOE_ASSIGN_OR_RETURN(const OpenMoeConfig config,
                            !folder.empty() ? LoadConfig(folder + "/config.json") : PresetConfig(o.model_name));
   ExpertShard shard;  // every expert
@@ -78,12 +79,16 @@ absl::StatusOr<TrainModel> LoadModel(const TrainOptions& o, const std::string& f
     }
     shard = {experts.index * (E / experts.size), E / experts.size, E};
   }
+  std::optional<LayerRange> layers;  // the whole model
+  if (pipeline.stages > 1) {
+    OPENMOE_ASSIGN_OR_RETURN(layers, PipelineStageLayers(config, pipeline.stage, pipeline.stages));
+  }
   absl::StatusOr<TrainModel> model = absl::UnknownError("no model");
   if (!folder.empty()) {
-    model = TrainModel::Load(folder, shard);
+    model = TrainModel::Load(folder, shard, layers);
   } else {
     if (writer) std::fprintf(stderr, "random init of the %s preset (seed %llu)\n", o.model_name.c_str(), (unsigned long long)o.seed);
-    model = TrainModel::RandomInit(config, o.seed, shard);
+    model = TrainModel::RandomInit(config, o.seed, shard, layers);
   }
   if (!model.ok()) return model.status();
   if (!o.resume.empty() && (!o.model_dir.empty() || !o.model_name.empty())) {  // the run's own model must match
@@ -146,12 +151,18 @@ absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank 
     return absl::InvalidArgumentError(absl::StrCat("expert parallelism over ", experts.size, " ranks needs its EP group "
                                                    "(this rank at position ", experts.index, ") and replica communicators"));
   }
-  OPENMOE_ASSIGN_OR_RETURN(TrainModel model, LoadModel(o, model_source, experts, writer));
+  if (pipeline.stages > 1 && (!pipeline.pipeline || pipeline.pipeline->size() != pipeline.stages ||
+                              pipeline.pipeline->rank() != pipeline.stage)) {
+    return absl::InvalidArgumentError(absl::StrCat("pipeline stage ", pipeline.stage, " of ", pipeline.stages,
+                                                   " needs the communicator of its pipeline"));
+  }
+  OPENMOE_ASSIGN_OR_RETURN(TrainModel model, LoadModel(o, model_source, experts, pipeline, writer));
   Trainer t(o, dp, std::move(reduce_gradients), std::move(model));
   t.experts_ = experts;
   t.reduce_loss_ = std::move(reduce_loss);
   t.pipeline_ = std::move(pipeline);
   t.writer_ = writer;
+  t.stage_writer_ = dp.rank == 0;
   t.position_ = resumed.position;
 
   // Data.
@@ -181,6 +192,16 @@ absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank 
   const ExpertGroups groups = t.model_.expert_shard().all() ? ExpertGroups{} : ExpertGroups{experts.replicas, experts.group};
   t.dp_comm_ = zero.comm;
   t.optimizer_ = AdamWOptimizer(t.model_.layout(), optimizer, std::move(zero), groups, t.model_.expert_begin());
+  if (t.pipeline_.stages > 1) {
+    t.optimizer_.set_pipeline(t.pipeline_.pipeline);  // the norm covers every stage
+    if (t.stage_writer_) {  // one line per stage
+      int64_t stored = 0, whole = 0;
+      for (const TensorSpec& spec : t.model_.table()) stored += spec.numel();
+      for (const TensorSpec& spec : CheckpointTable(t.model_.config())) whole += spec.numel();
+      std::fprintf(stderr, "pipeline stage %d of %d stores %s: %lld of the model's %lld parameters\n", t.pipeline_.stage,
+                   t.pipeline_.stages, t.model_.layers().ToString().c_str(), (long long)stored, (long long)whole);
+    }
+  }
   t.optimizer_.set_steps(resumed.position.step);
   if (!o.resume.empty()) {
     OPENMOE_RETURN_IF_ERROR(LoadOptimizerMoments(model_source, t.model_, t.optimizer_));
@@ -278,11 +299,11 @@ absl::StatusOr<std::vector<float>> Trainer::WholeTensor(const TensorSpec& spec, 
   const ParameterSlot& slot = model_.layout().slot(spec.name);
   const Vector<float, Space> stored(flat.data() + slot.offset, slot.numel);
   const bool gathered = !model_.expert_shard().all() && ExpertShard::IsExpertTensor(spec.name);
-  if (!gathered) return writer_ ? ToHost(stored) : std::vector<float>();
-  // Only the writer's EP group (replica 0 of the first stage; the writer is its position 0) takes
-  // part: EP position p sends its experts [p * count, (p + 1) * count) to position 0, which puts
-  // them in slot order on the host; one slice at a time on the device.
-  if (experts_.replicas->rank() != 0 || !pipeline_.first_stage) return std::vector<float>();
+  if (!gathered) return stage_writer_ ? ToHost(stored) : std::vector<float>();
+  // Only the stage writer's EP group (replica 0; the stage writer is its position 0) takes part:
+  // EP position p sends its experts [p * count, (p + 1) * count) to position 0, which puts them in
+  // slot order on the host; one slice at a time on the device.
+  if (experts_.replicas->rank() != 0) return std::vector<float>();
   const Space space;
   comm::Communicator<Space>& group = *experts_.group;
   if (group.rank() != 0) {
@@ -299,7 +320,7 @@ absl::StatusOr<std::vector<float>> Trainer::WholeTensor(const TensorSpec& spec, 
                                                                                        slot.numel),
                       p == 0 ? stored : received);
   }
-  if (!writer_) return std::vector<float>();
+  if (!stage_writer_) return std::vector<float>();
   const int64_t layer = std::atoll(spec.name.c_str() + std::strlen("model.layers."));
   const int64_t moe_layer = (layer + 1) / model_.config().moe_layer_interval - 1;
   const std::vector<int32_t>& slot_expert = model_.expert_placement(moe_layer);
@@ -390,23 +411,25 @@ absl::Status Trainer::BalanceExperts() {
   return absl::OkStatus();
 }
 
-absl::Status Trainer::DumpStepState(const LossParts& loss, const std::vector<std::vector<float>>& grads) const {
-  std::vector<std::vector<float>> hold;
-  std::vector<TensorSpec> whole_specs;
-  hold.reserve(model_.table().size());
+absl::Status Trainer::DumpStepState(const LossParts& loss, const std::vector<std::vector<float>>& stage_grads) const {
+  std::vector<std::vector<float>> stage_params;
+  stage_params.reserve(model_.table().size());
   for (const TensorSpec& spec : model_.table()) {
     OPENMOE_ASSIGN_OR_RETURN(std::vector<float> whole, WholeTensor(spec, model_.flat_params()));
-    hold.push_back(std::move(whole));
-    whole_specs.push_back(WholeSpec(spec, model_.expert_shard()));
+    stage_params.push_back(std::move(whole));
   }
+  OPENMOE_ASSIGN_OR_RETURN(auto grads, GatherStages(stage_grads));
+  OPENMOE_ASSIGN_OR_RETURN(auto params, GatherStages(std::move(stage_params)));
   if (!writer_) return absl::OkStatus();
+  const std::vector<TensorSpec>& whole_specs = params.first;
+  const std::vector<std::vector<float>>& hold = params.second;
   std::vector<io::TensorToWrite> tensors;
   const float parts[4] = {float(loss.total), float(loss.lm), float(loss.router_aux), float(loss.router_z)};
   const char* names[4] = {"loss.total", "loss.lm", "loss.router_aux", "loss.router_z"};
   for (int i = 0; i < 4; ++i) tensors.push_back({names[i], io::DType::kF32, {1}, &parts[i]});
   for (size_t k = 0; k < whole_specs.size(); ++k) {
     const TensorSpec& spec = whole_specs[k];
-    tensors.push_back({"grad." + spec.name, io::DType::kF32, spec.shape, grads[k].data()});
+    tensors.push_back({"grad." + spec.name, io::DType::kF32, spec.shape, grads.second[k].data()});
     tensors.push_back({"param." + spec.name, io::DType::kF32, spec.shape, hold[k].data()});
   }
   return io::WriteSafetensors(options_.dump_step_state, tensors);
@@ -454,42 +477,97 @@ std::vector<OptimizerShardPiece> Trainer::OptimizerShardPieces() const {
   return pieces;
 }
 
+absl::StatusOr<std::pair<std::vector<TensorSpec>, std::vector<std::vector<float>>>> Trainer::GatherStages(
+    std::vector<std::vector<float>> mine) const {
+  std::pair<std::vector<TensorSpec>, std::vector<std::vector<float>>> all;
+  const OpenMoeConfig& config = model_.config();
+  // Stage s's tensors, whole, in the order of its model's table.
+  const auto stage_specs = [&](int stage) -> absl::StatusOr<std::vector<TensorSpec>> {
+    LayerRange layers = WholeModel(config);
+    if (pipeline_.stages > 1) {
+      OPENMOE_ASSIGN_OR_RETURN(layers, PipelineStageLayers(config, stage, pipeline_.stages));
+    }
+    return TrainingTable(StageCheckpointTable(config, layers), ExpertShard::All(config.num_experts));
+  };
+  const Space space;
+  if (pipeline_.stages > 1 && pipeline_.stage > 0) {  // a stage writer sends its tensors to the writer
+    if (!stage_writer_) return all;
+    for (const std::vector<float>& values : mine) {
+      Vector<float, Space> buf(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("stage_tensor")), values.size());
+      Kokkos::deep_copy(buf, Kokkos::View<const float*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(values.data(),
+                                                                                                   values.size()));
+      OPENMOE_RETURN_IF_ERROR(pipeline_.pipeline->Send(space, buf, 0));
+      space.fence();
+    }
+    return all;
+  }
+  if (!writer_) return all;
+  for (int stage = 0; stage < pipeline_.stages; ++stage) {
+    OPENMOE_ASSIGN_OR_RETURN(std::vector<TensorSpec> specs, stage_specs(stage));
+    if (stage == 0 && specs.size() != mine.size()) return absl::InternalError("GatherStages: not the stage's tensors");
+    for (size_t k = 0; k < specs.size(); ++k) {
+      if (stage == 0) {
+        all.second.push_back(std::move(mine[k]));
+      } else {
+        Vector<float, Space> buf(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("stage_tensor")),
+                                 specs[k].numel());
+        OPENMOE_RETURN_IF_ERROR(pipeline_.pipeline->Recv(space, buf, stage));
+        space.fence();
+        all.second.push_back(ToHost(buf));
+      }
+      all.first.push_back(specs[k]);
+    }
+  }
+  return all;
+}
+
+absl::Status Trainer::BarrierAll() const {
+  const Space space;
+  if (dp_comm_) OPENMOE_RETURN_IF_ERROR(dp_comm_->Barrier(space));
+  if (pipeline_.pipeline) OPENMOE_RETURN_IF_ERROR(pipeline_.pipeline->Barrier(space));
+  if (dp_comm_) OPENMOE_RETURN_IF_ERROR(dp_comm_->Barrier(space));
+  return absl::OkStatus();
+}
+
 absl::Status Trainer::SaveCheckpoint() const {
-  // With a data-parallel group of several ranks every rank writes its own optimizer shard into the
-  // step's staging folder (rank 0 then completes and renames it); otherwise the moments are
-  // gathered (ZeRO) and rank 0 writes them whole. Under expert parallelism the weights' expert
-  // tensors are gathered over each EP group (collective); rank 0 writes the weights.
-  const bool shards = dp_comm_ && dp_comm_->size() > 1;
+  // With several ranks (data-parallel or pipeline stages) every rank writes its own optimizer shard
+  // into the step's staging folder (the writer then completes and renames it); otherwise the
+  // moments are gathered (ZeRO) and the writer writes them whole. Expert tensors are gathered over
+  // each stage writer's EP group, the other stages' tensors sent to the writer, which writes the
+  // weights.
+  const bool shards = (dp_comm_ && dp_comm_->size() > 1) || pipeline_.stages > 1;
   const bool gathers = shards || optimizer_.sharded() || !model_.expert_shard().all();
   if (!writer_ && !gathers) return absl::OkStatus();
   CheckpointContents c;
-  if (shards && pipeline_.first_stage) {
-    const Space space;
+  if (shards) {
     const std::string staging = CheckpointStagingDir(options_.output_path, position_.step);
-    if (dp_.rank == 0) {
+    if (writer_) {
       std::error_code error;
       fs::remove_all(staging, error);
       fs::create_directories(fs::path(staging) / "optimizer", error);
       if (error) return absl::UnavailableError(absl::StrCat("--output_path: cannot create '", staging, "': ", error.message()));
     }
-    OPENMOE_RETURN_IF_ERROR(dp_comm_->Barrier(space));  // the folder exists
-    OPENMOE_RETURN_IF_ERROR(WriteOptimizerShard(staging, int(dp_.rank), int(dp_.size), OptimizerShardPieces()));
-    OPENMOE_RETURN_IF_ERROR(dp_comm_->Barrier(space));  // every shard is written
-    c.optimizer_shards = int(dp_.size);
+    OPENMOE_RETURN_IF_ERROR(BarrierAll());  // the folder exists
+    const int ranks = pipeline_.stages * int(dp_.size);
+    OPENMOE_RETURN_IF_ERROR(WriteOptimizerShard(staging, pipeline_.stage * int(dp_.size) + int(dp_.rank), ranks,
+                                                OptimizerShardPieces()));
+    OPENMOE_RETURN_IF_ERROR(BarrierAll());  // every shard is written
+    c.optimizer_shards = ranks;
   }
   std::pair<Vector<float, Space>, Vector<float, Space>> moments;
   if (!shards) {
     OPENMOE_ASSIGN_OR_RETURN(moments, optimizer_.GatherMoments());
   }
+  std::vector<std::vector<float>> stage_params;
   for (const TensorSpec& spec : model_.table()) {
     OPENMOE_ASSIGN_OR_RETURN(std::vector<float> params, WholeTensor(spec, model_.flat_params()));
-    c.table.push_back(WholeSpec(spec, model_.expert_shard()));
-    c.params.push_back(std::move(params));
+    stage_params.push_back(std::move(params));
     if (shards) continue;
     OPENMOE_ASSIGN_OR_RETURN(std::vector<float> m, WholeTensor(spec, moments.first));
     OPENMOE_ASSIGN_OR_RETURN(std::vector<float> v, WholeTensor(spec, moments.second));
     c.m.push_back(std::move(m)), c.v.push_back(std::move(v));
   }
+  OPENMOE_ASSIGN_OR_RETURN(std::tie(c.table, c.params), GatherStages(std::move(stage_params)));
   if (!writer_) return absl::OkStatus();
   c.options = &options_, c.optimizer = &optimizer_, c.config = model_.config(), c.position = position_;
   c.data_order = {options_.batch_size, data_.batch, data_.seq_len, int64_t(options_.seed), int64_t(options_.shuffle), dp_.size};

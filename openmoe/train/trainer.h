@@ -51,20 +51,22 @@ using GradientReduction = std::function<absl::Status(Vector<float, TrainSpace> f
 // check, the gradient reduction and the metrics); replaces them with their mean over the
 // data-parallel ranks, so every rank logs, checks and dumps the same loss. Optional (identity).
 using LossReduction = std::function<absl::Status(LossParts& loss)>;
-// Pipeline parallelism (--plugin hybrid): this rank runs one pipeline stage. forward_backward
-// replaces the model's ForwardBackward on this rank's batch [batch, seq_len]: it runs the stage's
-// schedule and leaves in grad() the whole gradient and returns the whole loss (both reduced over
-// the stages), as ForwardBackward would; the data-parallel hooks above then apply as usual.
-// writer: false on every rank but the one that writes metrics, dumps and checkpoints (the
-// data-parallel rank 0 of pipeline stage 0).
+// Pipeline parallelism (--plugin hybrid): this rank runs stage `stage` of `stages`, and its model
+// stores only that stage's tensors (PipelineStageLayers: its layers, the embedding on the first
+// stage, the final norm and LM head on the last). forward_backward replaces the model's
+// ForwardBackward on this rank's batch [batch, seq_len]: it runs the stage's schedule, leaves in
+// grad() the gradient of the stage's tensors and returns the whole loss (reduced over the stages);
+// the data-parallel hooks above then apply as usual. `pipeline` (stages > 1): the ranks of this
+// rank's data index in every stage, ordered by stage: the gradient norm sums over it, and the
+// other stages' weights reach the writer through it. writer: false on every rank but the one that
+// writes metrics, dumps and checkpoints (the data-parallel rank 0 of pipeline stage 0).
 struct PipelineHooks {
   std::function<absl::StatusOr<LossParts>(TrainModel& model, const std::vector<int64_t>& input_ids,
                                           const std::vector<int64_t>& attention_mask, int64_t batch, int64_t seq_len)>
       forward_backward;
   bool writer = true;
-  // Whether this rank is in the first stage, whose data-parallel ranks write the optimizer state
-  // (every stage holds the same, whole state).
-  bool first_stage = true;
+  int stage = 0, stages = 1;
+  std::shared_ptr<comm::Communicator<TrainSpace>> pipeline;
 };
 
 // Expert parallelism (--plugin ep / ep_zero with k < world / hybrid's --ep_size): this rank is
@@ -137,6 +139,14 @@ class Trainer {
   absl::Status BalanceExperts();
   // One swap of MoE layer `moe_layer`'s slots (a, j) <-> (b, j) on this rank's data, if it is at a or b.
   absl::Status ExchangeExpertSlot(int64_t moe_layer, const ExpertSwap& swap);
+  // Every rank (collective): the whole tensors of every pipeline stage on the writer, in stage
+  // order; `mine` are this stage's (WholeTensor's results for model().table(), meaningful on the
+  // stage's data-parallel rank 0, which sends them to the writer). Empty elsewhere.
+  absl::StatusOr<std::pair<std::vector<TensorSpec>, std::vector<std::vector<float>>>> GatherStages(
+      std::vector<std::vector<float>> mine) const;
+  // A barrier over every rank of the run (the data-parallel group, then the pipeline, then the
+  // data-parallel group again).
+  absl::Status BarrierAll() const;
   // The AdamW moment pieces this rank writes to its optimizer shard (checkpoint.h): of each stored
   // tensor, the parts it keeps, unless another rank keeps the same (replicated state is written by
   // the first rank of its group), as whole-tensor element ranges (experts in canonical order).
@@ -149,6 +159,7 @@ class Trainer {
   std::vector<ExpertPlacement> placements_;  // --load_balance: per MoE layer
   PipelineHooks pipeline_;
   bool writer_ = true;  // dp rank 0 (of pipeline stage 0)
+  bool stage_writer_ = true;  // dp rank 0 of its stage: holds the stage's whole tensors for the writer
   GradientReduction reduce_gradients_;
   LossReduction reduce_loss_;
   TrainModel model_;
