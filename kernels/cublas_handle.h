@@ -66,6 +66,16 @@ class CublasHandle {
       handle_ = nullptr;
       return false;
     }
+    // Split-K products with 16-bit outputs reduce their partial sums in float32, not in the
+    // output type (cuBLAS's default allows the latter): every 16-bit result is rounded once, as
+    // the project's kernels and linear_test's FewRows16Bit bound assume (a bf16 [2, 777] x
+    // [777, 45] MatMul was off by more than one bf16 ulp on the H200 without this).
+    if (cublasSetMathMode(handle_, cublasMath_t(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)) !=
+        CUBLAS_STATUS_SUCCESS) {
+      cublasDestroy(handle_);
+      handle_ = nullptr;
+      return false;
+    }
     if (cudaMalloc(&workspace_, kCublasWorkspaceBytes) != cudaSuccess) {
       (void)cudaGetLastError();
       cublasDestroy(handle_);

@@ -63,16 +63,8 @@ void InitializeParameters(const ExecSpace& space, const OpenMoeConfig& config, c
   for (const TensorSpec& spec : table) {
     const ParameterSlot& slot = layout.slot(spec.name);
     const Vector<T, ExecSpace> stored(flat.data() + slot.offset, slot.numel);
-    const TensorSpec whole = WholeSpec(spec, shard);
-    if (whole.numel() == slot.numel) {
-      FillInitialValues<T>(space, config, whole, seed, stored);
-      continue;
-    }
-    // The whole tensor's values (one tensor at a time), of which the shard's experts are kept.
-    Vector<T, ExecSpace> values(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("init.whole")), whole.numel());
-    FillInitialValues<T>(space, config, whole, seed, values);
-    const int64_t begin = StoredPartBegin(spec, shard);
-    Kokkos::deep_copy(space, stored, Kokkos::subview(values, std::make_pair(begin, begin + slot.numel)));
+    // The stored part's draws of the whole tensor (counter-based: nothing else is drawn).
+    FillInitialValues<T>(space, config, WholeSpec(spec, shard), seed, stored, StoredPartBegin(spec, shard));
   }
 }
 

@@ -33,8 +33,8 @@ KOKKOS_INLINE_FUNCTION float NormalDraw(uint64_t stream, int64_t i, double stdde
 
 template <class T, class ExecSpace>
 void FillInitialValues(const ExecSpace& space, const OpenMoeConfig& config, const TensorSpec& spec, uint64_t seed,
-                       Vector<T, ExecSpace> weights) {
-  const int64_t n = spec.numel();
+                       Vector<T, ExecSpace> weights, int64_t first) {
+  const int64_t n = int64_t(weights.extent(0));
   if (spec.orientation == Orientation::kVector) {
     Kokkos::deep_copy(space, weights, FromFloat<T>(1.0f));
     return;
@@ -48,13 +48,14 @@ void FillInitialValues(const ExecSpace& space, const OpenMoeConfig& config, cons
   Kokkos::parallel_for(
       "openmoe::FillInitialValues", Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<int64_t>>(space, 0, n),
       KOKKOS_LAMBDA(const int64_t i) {
-        weights(i) = FromFloat<T>(i >= pad_begin && i < pad_end ? 0.0f : NormalDraw(stream, i, stddev));
+        const int64_t at = first + i;  // the element of the whole tensor
+        weights(i) = FromFloat<T>(at >= pad_begin && at < pad_end ? 0.0f : NormalDraw(stream, at, stddev));
       });
 }
 
 #define OPENMOE_INSTANTIATE_RANDOM_INIT(Space, T)                                                              \
   template void FillInitialValues<T, Space>(const Space&, const OpenMoeConfig&, const TensorSpec&, uint64_t, \
-                                            Vector<T, Space>);
+                                            Vector<T, Space>, int64_t);
 OPENMOE_FOR_EACH_SPACE_AND_DTYPE(OPENMOE_INSTANTIATE_RANDOM_INIT)
 
 }  // namespace openmoe

@@ -8,6 +8,7 @@
 // drawn where they live (on the GPU for CUDA models).
 //
 //   FillInitialValues<T>(space, config, spec, seed, weights);   // weights [spec.numel()]
+//   FillInitialValues<T>(space, config, spec, seed, part, first);  // part: elements [first, first + n)
 #ifndef OPENMOE_RANDOM_INIT_H_
 #define OPENMOE_RANDOM_INIT_H_
 
@@ -21,7 +22,7 @@ namespace openmoe {
 
 template <class T, class ExecSpace>
 void FillInitialValues(const ExecSpace& space, const OpenMoeConfig& config, const TensorSpec& spec, uint64_t seed,
-                       Vector<T, ExecSpace> weights);
+                       Vector<T, ExecSpace> weights, int64_t first = 0);
 
 }  // namespace openmoe
 

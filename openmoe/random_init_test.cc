@@ -46,5 +46,25 @@ TYPED_TEST(RandomInitTest, SameBitsOnEveryBackendAndBf16IsTheRoundedDraw) {
   }
 }
 
+// A part [first, first + n) of a tensor (an expert-parallel rank's experts, ExpertShard) gets
+// exactly those elements of the whole tensor's draw, the padding row included.
+TYPED_TEST(RandomInitTest, PartIsTheSliceOfTheWholeDraw) {
+  absl::StatusOr<OpenMoeConfig> config = LoadConfig("tests/data/openmoe/tiny8b/config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  for (const TensorSpec& spec : CheckpointTable(*config)) {
+    const std::vector<float> whole = Draw<float, TypeParam>(*config, spec, 7);
+    const int64_t n = spec.numel();
+    const int64_t pad_row = spec.name == "model.embed_tokens.weight" ? config->pad_token_id * config->hidden_size : 0;
+    for (auto [first, count] : {std::make_pair(int64_t(0), n / 3), std::make_pair(n / 3, n - n / 3),
+                                std::make_pair(pad_row > 0 ? pad_row - 5 : n / 2, std::min<int64_t>(n / 4, 64))}) {
+      Vector<float, TypeParam> part("part", count);
+      FillInitialValues<float>(TypeParam(), *config, spec, 7, part, first);
+      const std::vector<float> got = testing::ToHost(part);
+      ASSERT_EQ(got, std::vector<float>(whole.begin() + first, whole.begin() + first + count))
+          << spec.name << " [" << first << ", " << first + count << ")";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace openmoe

@@ -47,12 +47,12 @@ python3 tools/compare_dp_grads.py split "$data/expected.safetensors" "$work" || 
 common=(--model "$data" --dataset "$work/all.safetensors" --batch_size 1 --shuffle=false --num_epochs 3 --max_steps 3
         --lr 1e-2 --max_grad_norm 0.5 --progress=false)
 run() { local name=$1; shift; step "$@" "${common[@]}" --output_path "$work/$name" --dump_step_state "$work/$name.safetensors"; }
-mpi1() { orterun -np 1 --bind-to none "$@"; }
+mpi1=(orterun -np 1 --bind-to none)  # an array: `step` runs its command under timeout, which cannot run shell functions
 run single "$train"
-run dpz1 mpi1 "$train" --plugin ep_zero --extra_dp_size 1 --zero_stage 1
-run dpz2 mpi1 "$train" --plugin ep_zero --extra_dp_size 1 --zero_stage 2
-run epz0 mpi1 "$train" --plugin ep --zero_stage 0
-run epz2 mpi1 "$train" --plugin ep --zero_stage 2
+run dpz1 "${mpi1[@]}" "$train" --plugin ep_zero --extra_dp_size 1 --zero_stage 1
+run dpz2 "${mpi1[@]}" "$train" --plugin ep_zero --extra_dp_size 1 --zero_stage 2
+run epz0 "${mpi1[@]}" "$train" --plugin ep --zero_stage 0
+run epz2 "${mpi1[@]}" "$train" --plugin ep --zero_stage 2
 for name in single dpz1 dpz2 epz0 epz2; do
   echo "--- $name metrics"; cat "$work/$name/metrics.jsonl" 2>/dev/null | cut -c1-200
 done
