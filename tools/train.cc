@@ -115,7 +115,7 @@ ABSL_FLAG(bool, load_balance, false, "Expert parallelism (--plugin ep, or ep_zer
           "every --load_balance_interval steps, sum the tokens routed to each expert over the ranks and move experts "
           "(weights and AdamW moments) between EP ranks so that the busiest rank of each MoE layer gets fewer tokens. "
           "The router keeps its canonical expert order, so a move never changes what the model computes; "
-          "checkpoints hold the experts in canonical order. Not with --plugin hybrid yet.");
+          "checkpoints hold the experts in canonical order. Also inside --plugin hybrid's stages (--ep_size > 1).");
 ABSL_FLAG(int64_t, load_balance_interval, 1000, "--load_balance: steps between rebalancings.");
 ABSL_FLAG(bool, comm_overlap, false, "Expert parallelism (--plugin ep, or ep_zero with --extra_dp_size < world size): "
           "exchange the MoE all-to-alls in --comm_overlap_chunks chunks of local experts, each chunk's exchange "
@@ -270,17 +270,23 @@ int ExpertParallelSize(int world) {
   return 0;
 }
 
+// The EP size of this run under any plugin (hybrid: --ep_size when above 1); 0 when not expert parallel.
+int RunExpertParallelSize(int world) {
+  if (HybridPipeline()) return absl::GetFlag(FLAGS_ep_size) > 1 ? int(absl::GetFlag(FLAGS_ep_size)) : 0;
+  return ExpertParallelSize(world);
+}
+
 absl::Status CheckLoadBalance(int world) {
   const bool balance = absl::GetFlag(FLAGS_load_balance);
   if (FlagGiven("load_balance_interval") && !balance) {
     return absl::InvalidArgumentError("--load_balance_interval is given without --load_balance");
   }
   if (!balance) return absl::OkStatus();
-  if (ExpertParallelSize(world) < 2) {
+  if (RunExpertParallelSize(world) < 2) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--load_balance moves experts between expert-parallel ranks, and this run on ", world,
-        world == 1 ? " rank" : " ranks", " is not expert parallel: it needs mpirun with --plugin ep, or --plugin ep_zero "
-        "with --extra_dp_size smaller than the world size (an EP size > 1)"));
+        world == 1 ? " rank" : " ranks", " is not expert parallel: it needs mpirun with --plugin ep, --plugin ep_zero "
+        "with --extra_dp_size smaller than the world size, or --plugin hybrid with --ep_size > 1"));
   }
   if (const int64_t interval = absl::GetFlag(FLAGS_load_balance_interval); interval < 1) {
     return absl::InvalidArgumentError(absl::StrCat("--load_balance_interval must be at least 1, not ", interval));
@@ -294,11 +300,11 @@ absl::Status CheckCommOverlap(int world) {
     return absl::InvalidArgumentError("--comm_overlap_chunks is given without --comm_overlap");
   }
   if (!overlap) return absl::OkStatus();
-  if (ExpertParallelSize(world) == 0) {
+  if (RunExpertParallelSize(world) == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--comm_overlap overlaps the all-to-alls of expert parallelism with the experts' compute, and this run on ",
-        world, world == 1 ? " rank" : " ranks", " is not expert parallel: it needs mpirun with --plugin ep, or "
-        "--plugin ep_zero with --extra_dp_size smaller than the world size (an EP size > 1)"));
+        world, world == 1 ? " rank" : " ranks", " is not expert parallel: it needs mpirun with --plugin ep, "
+        "--plugin ep_zero with --extra_dp_size smaller than the world size, or --plugin hybrid with --ep_size > 1"));
   }
   if (const int64_t chunks = absl::GetFlag(FLAGS_comm_overlap_chunks); chunks < 1) {
     return absl::InvalidArgumentError(absl::StrCat("--comm_overlap_chunks must be at least 1, not ", chunks));
@@ -498,11 +504,8 @@ absl::Status CheckHybridFlags(int world) {
   const std::string supported = absl::StrCat(
       "--plugin hybrid supports today over MPI host ranks: --pp_size P --ep_size e --dp_size d on P x e x d ranks "
       "(mpirun -np P*e*d), --microbatch_size m dividing --batch_size, --zero_stage 0 or 1 (2 only with --pp_size 1)");
-  for (const char* flag : {"extra_dp_size", "use_kernel", "use_layernorm_kernel", "load_balance",
-                           "load_balance_interval", "comm_overlap"}) {
-    const bool off = (std::string(flag) == "load_balance" && !absl::GetFlag(FLAGS_load_balance)) ||
-                     (std::string(flag) == "comm_overlap" && !absl::GetFlag(FLAGS_comm_overlap));
-    if (FlagGiven(flag) && !off) {  // (an explicit --load_balance=false / --comm_overlap=false is fine)
+  for (const char* flag : {"extra_dp_size", "use_kernel", "use_layernorm_kernel"}) {
+    if (FlagGiven(flag)) {
       return absl::UnimplementedError(absl::StrCat("--", flag, " is not supported with --plugin hybrid yet; ", supported));
     }
   }
@@ -529,7 +532,8 @@ absl::Status CheckHybridFlags(int world) {
     return absl::InvalidArgumentError(absl::StrCat("--zero_stage 2 cannot be combined with pipeline parallelism "
                                                    "(--pp_size ", P, "), as upstream; ", supported));
   }
-  return absl::OkStatus();
+  OPENMOE_RETURN_IF_ERROR(CheckLoadBalance(world));  // --ep_size > 1 for these two
+  return CheckCommOverlap(world);
 }
 
 // Layers [first, end) of pipeline stage `stage` of `stages` in a model of `layers` layers.

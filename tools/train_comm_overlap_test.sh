@@ -9,8 +9,8 @@
 #     so some experts receive no token at all (the dump shows their zero gradients): no hang, same bits;
 #  2. --plugin ep_zero --extra_dp_size 2 on 4 ranks (EP groups {0,2} {1,3}): fp32 ZeRO-1 with
 #     --grad_checkpoint in 2 chunks, bf16 ZeRO-2 in 4, on two fixture and two constant-token examples;
-#  3. --comm_overlap without expert parallelism (one process; pure data parallelism), under
-#     --plugin hybrid, --comm_overlap_chunks 0 and --comm_overlap_chunks without --comm_overlap are
+#  3. --comm_overlap without expert parallelism (one process; pure data parallelism; a hybrid
+#     pipeline with --ep_size 1), --comm_overlap_chunks 0 and --comm_overlap_chunks without --comm_overlap are
 #     refused before any work, naming the flag.
 # mpirun setup: tools/mpi_test_env.sh.
 set -uo pipefail
@@ -75,7 +75,7 @@ expect_error() {  # expect_error NP WANT flags...
 }
 expect_error 1 "--comm_overlap .*is not expert parallel" --comm_overlap
 expect_error 2 "--comm_overlap .*is not expert parallel" --comm_overlap --plugin ep_zero --extra_dp_size 2
-expect_error 2 "--comm_overlap is not supported with --plugin hybrid" --comm_overlap --plugin hybrid --pp_size 2
+expect_error 2 "--comm_overlap .*is not expert parallel" --comm_overlap --plugin hybrid --pp_size 2 --ep_size 1 --zero_stage 1
 expect_error 2 "--comm_overlap_chunks must be at least 1, not 0" --comm_overlap --plugin ep --comm_overlap_chunks 0
 expect_error 2 "--comm_overlap_chunks is given without --comm_overlap" --plugin ep --comm_overlap_chunks 2
 echo "comm overlap: PASS"

@@ -9,7 +9,8 @@
 #     in canonical expert order) must be the same,
 #     the logged gradient norms equal to 1e-12 (the order of the optimizer's sum of squares follows
 #     where the experts are stored; without clipping the norm does not touch the update).
-#     Also EP size 4 (`ep` on 4 ranks: swaps chain, ranks sit swaps out) with --comm_overlap.
+#     Also EP size 4 (`ep` on 4 ranks: swaps chain, ranks sit swaps out) with --comm_overlap, and
+#     `hybrid` pp 2 x ep 2 (each stage balances its own layers) with --comm_overlap.
 #  2. Resume after moves (2 steps rebalancing, --resume 2 more) equals the plain 4-step run.
 #  3. --load_balance without expert parallelism is refused before any work, naming the flag.
 # mpirun setup: tools/mpi_test_env.sh.
@@ -61,6 +62,8 @@ check ep_bf16 2 --plugin ep --zero_stage 1 --precision bf16
 check epz_zero1 4 --plugin ep_zero --extra_dp_size 2 --zero_stage 1
 check epz_zero2 4 --plugin ep_zero --extra_dp_size 2 --zero_stage 2
 check ep4_overlap 4 --plugin ep --zero_stage 1 --comm_overlap --comm_overlap_chunks 2
+# Inside a pipeline: each stage balances its own MoE layers (2 stages x EP 2 on 4 ranks, with overlap).
+check hybrid_overlap 4 --plugin hybrid --pp_size 2 --ep_size 2 --dp_size 1 --zero_stage 1 --comm_overlap
 
 # Resume after moves: 2 steps with rebalancing, then --resume for 2 more (the checkpoint holds the
 # experts in canonical order; the resumed run starts from the identity placement) equals the plain
