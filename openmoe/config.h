@@ -43,6 +43,9 @@ struct OpenMoeConfig {
 
   bool IsMoeLayer(int64_t layer) const { return (layer + 1) % moe_layer_interval == 0; }
   int64_t NumMoeLayers() const { return num_hidden_layers / moe_layer_interval; }
+  // MoE layer `layer`'s index among the MoE layers, and back.
+  int64_t MoeIndex(int64_t layer) const { return (layer + 1) / moe_layer_interval - 1; }
+  int64_t MoeLayer(int64_t moe_index) const { return (moe_index + 1) * moe_layer_interval - 1; }
 };
 
 // Parses config.json text; `source` names the file in error messages.

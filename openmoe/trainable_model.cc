@@ -418,7 +418,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
                                                           c.router_capacity_factor_train, c.router_min_capacity,
                                                           a.router_logits, a.probs, a.experts, a.rank));
       const int64_t C = a.capacity;
-      const int64_t moe_layer = (i + 1) / c.moe_layer_interval - 1;
+      const int64_t moe_layer = c.MoeIndex(i);
       a.slots = a.experts, a.slot_probs = a.probs;
       if (placed_[moe_layer]) {
         a.slots = IntM("slots", N, 2), a.slot_probs = FM("slot_probs", N, E);
@@ -660,7 +660,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         return absl::OkStatus();
       };
       Kokkos::deep_copy(dx, 0.0f);
-      const int64_t moe_layer = (i + 1) / c.moe_layer_interval - 1;
+      const int64_t moe_layer = c.MoeIndex(i);
       const bool placed = placed_[moe_layer];
       FM slot_dprobs = placed ? FM("slot_dprobs", N, E) : dprobs;  // the combine weights' gradient in slot order
       OPENMOE_RETURN_IF_ERROR(dispatcher_->RunExpertBlockBackward(space, CFM(dh), eo_f, CFM(a.slot_probs), a.slots,

@@ -20,11 +20,7 @@ default_model=tools/default_model/openmoe-tiny-random
 
 source tools/mpi_test_env.sh generate_parallel
 
-py - "$data/expected.safetensors" "$tmp/prompt.safetensors" <<'PY' || fail "prompt file"
-import sys, safetensors_lite as st
-t = st.read(sys.argv[1])
-st.write(sys.argv[2], {"input_ids": t["gen_prompt_ids"], "attention_mask": t["gen_prompt_mask"]})
-PY
+fixture_prompt "$data/expected.safetensors" "$tmp/prompt.safetensors" || fail "prompt file"
 common=(--model "$data" --input_ids_file "$tmp/prompt.safetensors" --greedy --max_new_tokens 8)
 # Prompt logits (one forward pass of the prompt, the dispatch path): the expert outputs are
 # all-gathered and combined by the single-device kernel on the same rows with the same kernels and

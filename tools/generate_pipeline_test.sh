@@ -22,11 +22,7 @@ default_model=tools/default_model/openmoe-tiny-random
 
 source tools/mpi_test_env.sh generate_pipeline
 
-py - "$data/expected.safetensors" "$tmp/prompt.safetensors" <<'PY' || fail "prompt file"
-import sys, safetensors_lite as st
-t = st.read(sys.argv[1])
-st.write(sys.argv[2], {"input_ids": t["gen_prompt_ids"], "attention_mask": t["gen_prompt_mask"]})
-PY
+fixture_prompt "$data/expected.safetensors" "$tmp/prompt.safetensors" || fail "prompt file"
 common=(--model "$data" --input_ids_file "$tmp/prompt.safetensors" --greedy --max_new_tokens 8)
 # same_run ONE MANY [fixture]: output_ids equal (and the fixture's gen_greedy_ids), prompt logits
 # equal bit for bit (the stages run the single device's kernels on the same rows, the hidden state

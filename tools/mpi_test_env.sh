@@ -2,6 +2,7 @@
 #   source tools/mpi_test_env.sh NAME   # -> $tmp (empty, per test), the mpirun environment
 #   mpi NP PROGRAM ARGS...              # mpirun -np NP, 60 s limit
 #   fail MESSAGE; py SCRIPT ARGS...     # exit 1 with a message; python3 with tools/reference
+#   fixture_prompt EXPECTED OUT         # a fixture's generation prompt as a --input_ids_file
 # The mpirun setup of parallel/mpi_test.sh: root-run variables, shared memory between ranks,
 # oversubscribed on CI's 2 cores with one OpenMP thread per rank (single-process runs too, so a
 # rank computes exactly like its single-process counterpart), and one short OpenMPI tmp dir per
@@ -19,3 +20,10 @@ export TMPDIR=$ompi_dir OMPI_MCA_orte_tmpdir_base=$ompi_dir OMPI_MCA_btl_vader_b
 mpi() { local np=$1; shift; timeout -k 5 60 mpirun -np "$np" --oversubscribe --bind-to none "$@"; }
 fail() { echo "FAIL: $*"; exit 1; }
 py() { PYTHONPATH=tools/reference python3 "$@"; }
+# fixture_prompt EXPECTED OUT: a fixture's generation prompt (gen_prompt_ids / gen_prompt_mask) as
+# the input_ids / attention_mask file of generate's --input_ids_file.
+fixture_prompt() {
+  py -c 'import sys, safetensors_lite as st
+t = st.read(sys.argv[1])
+st.write(sys.argv[2], {"input_ids": t["gen_prompt_ids"], "attention_mask": t["gen_prompt_mask"]})' "$1" "$2"
+}

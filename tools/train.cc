@@ -703,8 +703,7 @@ absl::Status Train(const openmoe::train::TrainOptions& options, openmoe::train::
     OPENMOE_RETURN_IF_ERROR(
         MakeDataParallelHooks<openmoe::train::TrainSpace>(comm, reduce_gradients, reduce_loss, stage_color));
   }
-  const int hybrid_ep = int(absl::GetFlag(FLAGS_ep_size));
-  const int ep_size = hybrid ? (hybrid_ep > 1 ? hybrid_ep : 0) : ExpertParallelSize(int(dp.size));  // 0: not EP
+  const int ep_size = RunExpertParallelSize(world_size);  // 0: not EP
   openmoe::train::ExpertParallelism experts;        // ep_size > 0: the EP group and replica communicators
   auto expert_begin = std::make_shared<int64_t>(-1);  // where the model's experts start (set once it exists)
   if (ep_size > 0) {

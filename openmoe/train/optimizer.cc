@@ -209,25 +209,11 @@ absl::StatusOr<double> AdamWOptimizer::GradientNorm(const TrainModel& model) con
   return std::sqrt(sum_sq);
 }
 
-// ZeRO-1/2: the norm of the whole mean gradient, AdamW on this rank's chunk and the replicated
+// ZeRO-1/2, after Step's norm and clipping factor: AdamW on this rank's chunk and the replicated
 // tail of each part only, then each part's chunks all-gathered into every rank's flat_params.
-absl::StatusOr<OptimizerStepResult> AdamWOptimizer::ShardedStep(TrainModel& model, double lr, bool loss_finite) {
+absl::Status AdamWOptimizer::ShardedUpdate(TrainModel& model, float clip, const kernels::AdamWOptions& adamw) {
   const Space space;
-  OptimizerStepResult result;
   const Vector<float, Space> grads = model.flat_grads(), params = model.flat_params();
-  OPENMOE_ASSIGN_OR_RETURN(result.grad_norm, GradientNorm(model));
-  result.loss_scale = loss_scale();
-  const bool at_minimum = scaler_.AtMinimum();
-  result.applied = !loss_scaling() || scaler_.Update(loss_finite && std::isfinite(result.grad_norm));
-  if (!result.applied) {
-    result.overflow_at_minimum_scale = at_minimum;
-    return result;
-  }
-  const double max_norm = options_.max_grad_norm;
-  const float clip = max_norm > 0 && result.grad_norm > max_norm ? float(max_norm / result.grad_norm) : 1.0f;
-  kernels::AdamWOptions adamw = options_.adamw;
-  adamw.lr = lr;
-  ++steps_;
   for (const Range& part : parts_) {
     const ZeroPartition& p = part.partition;
     const int64_t o = part.moment_offset, b = part.begin;
@@ -258,7 +244,7 @@ absl::StatusOr<OptimizerStepResult> AdamWOptimizer::ShardedStep(TrainModel& mode
   space.fence();
   // The 16-bit copy: converted again from the gathered masters by the next forward pass.
   model.InvalidateWorkingCopy();
-  return result;
+  return absl::OkStatus();
 }
 
 template <class T>
@@ -272,7 +258,6 @@ absl::StatusOr<OptimizerStepResult> AdamWOptimizer::Step(TrainModel& model, doub
   if (options_.compute_dtype != model.compute_dtype()) {  // the working copy holds the model's type
     return absl::FailedPreconditionError("AdamW: the optimizer's compute dtype differs from the model's");
   }
-  if (sharded()) return ShardedStep(model, lr, loss_finite);
   OptimizerStepResult result;
   const Vector<float, Space> grads = model.flat_grads();
   OPENMOE_ASSIGN_OR_RETURN(result.grad_norm, GradientNorm(model));
@@ -290,6 +275,10 @@ absl::StatusOr<OptimizerStepResult> AdamWOptimizer::Step(TrainModel& model, doub
   kernels::AdamWOptions adamw = options_.adamw;
   adamw.lr = lr;
   ++steps_;
+  if (sharded()) {
+    OPENMOE_RETURN_IF_ERROR(ShardedUpdate(model, clip, adamw));
+    return result;
+  }
   // Clipping and AdamW over the flat buffers: one kernel each for every parameter; mixed
   // precision also refreshes the 16-bit working copy in AdamW's pass.
   if (clip != 1.0f) OPENMOE_RETURN_IF_ERROR(kernels::Scale<Space>(Space(), grads, clip));

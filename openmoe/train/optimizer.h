@@ -182,7 +182,8 @@ class AdamWOptimizer {
   // chunks all-gathered over the part's ranks), the expert part's summed over the EP group in rank
   // order; the same double on every rank.
   absl::StatusOr<double> GradientNorm(const TrainModel& model) const;
-  absl::StatusOr<OptimizerStepResult> ShardedStep(TrainModel& model, double lr, bool loss_finite);
+  // ZeRO-1/2's clipping (by `clip`) and AdamW on this rank's shares, then the all-gathers.
+  absl::Status ShardedUpdate(TrainModel& model, float clip, const kernels::AdamWOptions& adamw);
   // AdamW writing the rounded weights into the model's working copy as T (bf16 or f16).
   template <class T>
   absl::Status StepAndCast(TrainModel& model, Vector<float, TrainSpace> grads, const kernels::AdamWOptions& adamw);

@@ -28,6 +28,11 @@ namespace {
 namespace fs = std::filesystem;
 using Space = TrainSpace;
 
+// The MoE-layer index of a stacked expert tensor "model.layers.<layer>.mlp.experts.<...>".
+int64_t MoeIndexOf(const OpenMoeConfig& config, const std::string& expert_tensor) {
+  return config.MoeIndex(std::atoll(expert_tensor.c_str() + std::strlen("model.layers.")));
+}
+
 absl::Status CheckSameShapes(const OpenMoeConfig& a, const OpenMoeConfig& b, const std::string& what) {
   const std::vector<std::pair<const char*, std::pair<int64_t, int64_t>>> keys = {
       {"vocab_size", {a.vocab_size, b.vocab_size}}, {"hidden_size", {a.hidden_size, b.hidden_size}},
@@ -321,9 +326,7 @@ absl::StatusOr<std::vector<float>> Trainer::WholeTensor(const TensorSpec& spec, 
                       p == 0 ? stored : received);
   }
   if (!stage_writer_) return std::vector<float>();
-  const int64_t layer = std::atoll(spec.name.c_str() + std::strlen("model.layers."));
-  const int64_t moe_layer = (layer + 1) / model_.config().moe_layer_interval - 1;
-  const std::vector<int32_t>& slot_expert = model_.expert_placement(moe_layer);
+  const std::vector<int32_t>& slot_expert = model_.expert_placement(MoeIndexOf(model_.config(), spec.name));
   if (std::is_sorted(slot_expert.begin(), slot_expert.end())) return slots;  // the identity
   // Checkpoints and dumps hold the experts in canonical order, wherever they are stored.
   const int64_t per_expert = slot.numel / model_.expert_shard().count;
@@ -360,7 +363,7 @@ absl::Status Trainer::ExchangeExpertSlot(int64_t moe_layer, const ExpertSwap& sw
   if (me != swap.position_a && me != swap.position_b) return absl::OkStatus();
   const int peer = int(me == swap.position_a ? swap.position_b : swap.position_a);
   const bool first = me < peer;
-  const int64_t layer = (moe_layer + 1) * model_.config().moe_layer_interval - 1;
+  const int64_t layer = model_.config().MoeLayer(moe_layer);
   for (const char* tensor : {"wi_gate", "wi_up", "wo"}) {
     const ParameterSlot& slot = model_.layout().slot(absl::StrCat("model.layers.", layer, ".mlp.experts.", tensor));
     const int64_t per_expert = slot.numel / model_.expert_shard().count;
@@ -463,8 +466,7 @@ std::vector<OptimizerShardPiece> Trainer::OptimizerShardPieces() const {
         const int64_t j = x / per_expert, next = std::min(end, (j + 1) * per_expert);
         int64_t whole = x;
         if (stored_experts) {
-          const int64_t layer = std::atoll(spec.name.c_str() + std::strlen("model.layers."));
-          const int64_t moe_layer = (layer + 1) / model_.config().moe_layer_interval - 1;
+          const int64_t moe_layer = MoeIndexOf(model_.config(), spec.name);
           whole = int64_t(model_.expert_placement(moe_layer)[shard.first + j]) * per_expert + x % per_expert;
         }
         const int64_t moment = piece.moment + (x - (piece.layout - slot.offset));
