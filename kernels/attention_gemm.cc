@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "kernels/batched_gemm.h"
+#include "kernels/buffer_pool.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
 #include "openmoe/core/status_macros.h"
@@ -23,6 +24,7 @@ using MaskView = Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Exe
 //   x [rows, Nh*Dh] (q, dout),  y [keys, Nkv*Dh] (k, v),  p [Nh, rows, keys] (scores, probs).
 struct HeadGeometry {
   int64_t rows, keys, head_dim, num_kv_heads, group;
+  bool tf32 = false;  // float products on TF32 tensor cores (BatchedGemmShape::tf32)
 };
 
 // p[h] [rows, keys] = x_h [rows, Dh] . y_kv [keys, Dh]^T.
@@ -34,7 +36,7 @@ absl::Status RowsTimesKeysT(const ExecutionContext<ExecSpace>& ctx, const HeadGe
   s.trans_a = true, s.m = g.keys, s.n = g.rows, s.k = g.head_dim;
   s.lda = ldy, s.ldb = ldx, s.ldc = g.keys;
   s.stride_a = g.head_dim, s.stride_b = g.group * g.head_dim, s.stride_c = g.group * g.rows * g.keys;
-  s.batch = g.num_kv_heads;
+  s.batch = g.num_kv_heads, s.tf32 = g.tf32;
   for (int64_t r = 0; r < g.group; ++r) {
     OPENMOE_RETURN_IF_ERROR(
         (StridedBatchedGemm<T, TOut, ExecSpace>(ctx, s, y, x + r * g.head_dim, p + r * g.rows * g.keys)));
@@ -51,7 +53,7 @@ absl::Status ProbsTimesKeys(const ExecutionContext<ExecSpace>& ctx, const HeadGe
   s.m = g.head_dim, s.n = g.rows, s.k = g.keys;
   s.lda = ldy, s.ldb = g.keys, s.ldc = ldo;
   s.stride_a = g.head_dim, s.stride_b = g.group * g.rows * g.keys, s.stride_c = g.group * g.head_dim;
-  s.batch = g.num_kv_heads, s.beta = accumulate ? 1.0f : 0.0f;
+  s.batch = g.num_kv_heads, s.beta = accumulate ? 1.0f : 0.0f, s.tf32 = g.tf32;
   for (int64_t r = 0; r < g.group; ++r) {
     OPENMOE_RETURN_IF_ERROR(
         (StridedBatchedGemm<T, TOut, ExecSpace>(ctx, s, y, p + r * g.rows * g.keys, out + r * g.head_dim)));
@@ -68,7 +70,7 @@ absl::Status AddProbsTTimesRows(const ExecutionContext<ExecSpace>& ctx, const He
   s.trans_b = true, s.m = g.head_dim, s.n = g.keys, s.k = g.rows;
   s.lda = ldx, s.ldb = g.keys, s.ldc = ldo;
   s.stride_a = g.group * g.head_dim, s.stride_b = g.group * g.rows * g.keys, s.stride_c = g.head_dim;
-  s.batch = g.num_kv_heads, s.beta = 1.0f;
+  s.batch = g.num_kv_heads, s.beta = 1.0f, s.tf32 = g.tf32;
   for (int64_t r = 0; r < g.group; ++r) {
     OPENMOE_RETURN_IF_ERROR(
         (StridedBatchedGemm<float, float, ExecSpace>(ctx, s, x + r * g.head_dim, p + r * g.rows * g.keys, out)));
@@ -220,14 +222,15 @@ absl::Status GemmAttentionBackward(const ExecutionContext<ExecSpace>& ctx, Tenso
   const int64_t chunk = ChunkRows(ctx.tuning(), num_heads, S, S);
   auto probs = ctx.template Scratch<float>("attention_gemm.scores", num_heads * chunk * S);
   auto grad  = ctx.template Scratch<float>("attention_gemm.grad", num_heads * chunk * S);
-  Kokkos::deep_copy(space, dk, 0.0f);
-  Kokkos::deep_copy(space, dv, 0.0f);
+  ZeroFill(space, dk);  // accumulated over the query chunks below
+  ZeroFill(space, dv);
   for (int64_t b = 0; b < B; ++b) {
     const float* k_b = k.data() + b * Sk_max * Wkv;
     const float* v_b = v.data() + b * Sk_max * Wkv;
     for (int64_t q0 = 0; q0 < S; q0 += chunk) {
       const int64_t rows = std::min(chunk, S - q0);
-      const HeadGeometry g{rows, q0 + rows, head_dim, num_kv_heads, num_heads / num_kv_heads};
+      const HeadGeometry g{rows, q0 + rows, head_dim, num_kv_heads, num_heads / num_kv_heads,
+                           ctx.tuning().attention_backward_tf32};
       const float* q_rows  = q.data() + (b * S + q0) * Wq;
       const float* do_rows = dout.data() + (b * S + q0) * Wq;
       OPENMOE_RETURN_IF_ERROR((RowsTimesKeysT<float, float, ExecSpace>(ctx, g, q_rows, Wq, k_b, Wkv, probs.data())));

@@ -106,17 +106,19 @@ absl::Status CublasBatchedGemm(const ExecutionContext<Kokkos::Cuda>& ctx, const 
                                "cublasSetStream or cublasSetWorkspace failed)");
   }
   const float alpha = 1.0f, beta = s.beta;
+  const cublasComputeType_t compute =
+      std::is_same_v<TIn, float> && s.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   const cublasOperation_t op_a = s.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = s.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   // One product (Linear, weight gradients): plain cublasGemmEx, whose kernel choice the decode
   // and training benchmarks measured.
   const cublasStatus_t status =
       s.batch == 1
           ? cublasGemmEx(handle, op_a, op_b, int(s.m), int(s.n), int(s.k), &alpha, a, CudaType<TIn>(), int(s.lda), b,
-                         CudaType<TIn>(), int(s.ldb), &beta, c, CudaType<TOut>(), int(s.ldc), CUBLAS_COMPUTE_32F,
+                         CudaType<TIn>(), int(s.ldb), &beta, c, CudaType<TOut>(), int(s.ldc), compute,
                          CUBLAS_GEMM_DEFAULT)
           : cublasGemmStridedBatchedEx(handle, op_a, op_b, int(s.m), int(s.n), int(s.k), &alpha, a, CudaType<TIn>(),
                                        int(s.lda), s.stride_a, b, CudaType<TIn>(), int(s.ldb), s.stride_b, &beta, c,
-                                       CudaType<TOut>(), int(s.ldc), s.stride_c, int(s.batch), CUBLAS_COMPUTE_32F,
+                                       CudaType<TOut>(), int(s.ldc), s.stride_c, int(s.batch), compute,
                                        CUBLAS_GEMM_DEFAULT);
   if (status != CUBLAS_STATUS_SUCCESS) {
     return absl::InternalError(absl::StrCat("cuBLAS GEMM failed with status ", int(status), " (m ", s.m, ", n ", s.n,

@@ -29,6 +29,9 @@ struct BatchedGemmShape {
   int64_t stride_a = 0, stride_b = 0, stride_c = 0;
   int64_t batch = 1;
   float beta = 0.0f;
+  // Float operands on CUDA: TF32 tensor cores (inputs rounded to 10-bit mantissas, float32
+  // accumulation). Ignored for 16-bit operands and on host backends (exact float32 there).
+  bool tf32 = false;
 };
 
 // TIn: float, bf16 or f16; TOut: float or TIn. Pointers are in ExecSpace's memory.

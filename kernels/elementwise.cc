@@ -82,6 +82,14 @@ absl::Status Convert(const ExecSpace& space, ConstMatrix<TIn, ExecSpace> x, Matr
   if (y.extent(0) != size_t(N) || y.extent(1) != size_t(C)) {
     return absl::InvalidArgumentError(absl::StrCat("Convert: '", x.label(), "' and '", y.label(), "' differ in shape"));
   }
+  if (x.span_is_contiguous() && y.span_is_contiguous()) {  // flat: no index division per element
+    const TIn* in = x.data();
+    TOut* out     = y.data();
+    DependentParallelFor(
+        "openmoe::kernels::Convert", FlatRange(space, N * C),
+        KOKKOS_LAMBDA(const int64_t i) { out[i] = FromFloat<TOut>(ToFloat(in[i])); });
+    return absl::OkStatus();
+  }
   DependentParallelFor(
       "openmoe::kernels::Convert", FlatRange(space, N * C), KOKKOS_LAMBDA(const int64_t idx) {
         y(idx / C, idx % C) = FromFloat<TOut>(ToFloat(x(idx / C, idx % C)));

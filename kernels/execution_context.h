@@ -1,6 +1,7 @@
 // File: kernels/execution_context.h
 // What an op runs with besides its operands: the execution-space instance its work is ordered on
-// (the CUDA stream), a scratch arena of buffers kept between calls, tuning values, and on CUDA a
+// (the CUDA stream), a scratch arena of buffers kept between calls, a pool of buffers handed out
+// and taken back by reference count (buffer_pool.h), tuning values, and on CUDA a
 // cuBLAS handle bound to that stream. Ops that need any of these take the context; ops that need
 // only the stream take the space (ctx.space()). Nothing of it is process-wide: two models, two
 // threads or two ranks in one process each run with their own.
@@ -28,6 +29,7 @@
 
 #include <Kokkos_Core.hpp>
 
+#include "kernels/buffer_pool.h"
 #include "kernels/cublas_handle.h"
 
 namespace openmoe::kernels {
@@ -50,6 +52,10 @@ struct Tuning {
   // Cap of the GEMM attention's scores chunk [Nh, rows, keys] in elements (64 Mi: 256 MiB of
   // float32); tests lower it to exercise chunking.
   int64_t max_score_elements = int64_t(64) << 20;
+  // GemmAttentionBackward's float products on TF32 tensor cores (CUDA). Set by 16-bit training
+  // steps, whose q, k, v are 16-bit values (exact in TF32) and whose other products are 16-bit
+  // anyway; never by float32 runs.
+  bool attention_backward_tf32 = false;
 };
 
 template <class ExecSpace>
@@ -86,6 +92,10 @@ class ExecutionContext {
   // the old buffers and must not be replayed across a change.
   uint64_t scratch_generation() const { return shared_->scratch_generation; }
 
+  // Buffers that a repeated computation (a training step) takes and gives back by reference count
+  // (buffer_pool.h); shared by the copies of this context, on every stream of it.
+  BufferPool<memory_space>& Pool() const { return shared_->pool; }
+
   // This context's arena, tuning and cuBLAS handle on `space`; cuBLAS calls use `bytes` of
   // workspace at `cublas_workspace` (nullptr: the handle's own).
   ExecutionContext OnStream(const ExecSpace& space, void* cublas_workspace = nullptr, size_t bytes = 0) const {
@@ -107,6 +117,7 @@ class ExecutionContext {
   struct Shared {
     std::map<std::string, Kokkos::View<char*, memory_space>> scratch;
     uint64_t scratch_generation = 0;
+    BufferPool<memory_space> pool;
     Tuning tuning;
 #if defined(KOKKOS_ENABLE_CUDA)
     CublasHandle cublas;

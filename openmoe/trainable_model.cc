@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -21,17 +23,26 @@
 namespace openmoe {
 namespace {
 
-// x as a U matrix: the same data when its element type already is U, else a converted copy.
+// x as a U matrix: the same data when its element type already is U, else a converted copy in a
+// buffer of the context's pool.
 template <class U, class V, class ExecSpace>
-absl::StatusOr<ConstMatrix<U, ExecSpace>> As(const ExecSpace& space, ConstMatrix<V, ExecSpace> x) {
+absl::StatusOr<ConstMatrix<U, ExecSpace>> As(const kernels::ExecutionContext<ExecSpace>& ctx, ConstMatrix<V, ExecSpace> x) {
   if constexpr (std::is_same_v<U, V>) {
     return x;
   } else {
-    Matrix<U, ExecSpace> y(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("converted")), x.extent(0),
-                           x.extent(1));  // every element written below
-    OPENMOE_RETURN_IF_ERROR((kernels::Convert<V, U>(space, x, y)));
+    Matrix<U, ExecSpace> y = ctx.Pool().template Take<U>(ctx.space(), "converted", x.extent(0), x.extent(1),
+                                                         /*zeroed=*/false);  // every element written below
+    OPENMOE_RETURN_IF_ERROR((kernels::Convert<V, U>(ctx.space(), x, y)));
     return ConstMatrix<U, ExecSpace>(y);
   }
+}
+
+// Misuse of a model that keeps only its share of the fp32 masters: it has no whole buffer.
+[[noreturn]] void NoWholeMasters(const char* accessor) {
+  std::fprintf(stderr, "TrainableModel::%s: this model keeps only its share of the fp32 master weights (ShardMasters: "
+               "ZeRO-1/2 of a bf16 / fp16 run), there is no whole buffer; use flat_masters() / OwnedMasters(), or "
+               "AdamWOptimizer::GatherMasters for whole tensors\n", accessor);
+  std::abort();
 }
 
 constexpr int64_t kLossRowsPerChunk = 256;  // LM head rows whose [rows, V] logits exist at once
@@ -131,6 +142,92 @@ Vector<uint16_t, ExecSpace> TrainableModel<ExecSpace>::flat_working() {
 }
 
 template <class ExecSpace>
+Vector<float, ExecSpace> TrainableModel<ExecSpace>::flat_params() const {
+  if (masters_sharded()) NoWholeMasters("flat_params");
+  return flat_params_;
+}
+
+template <class ExecSpace>
+Vector<float, ExecSpace> TrainableModel<ExecSpace>::param(const std::string& name) const {
+  if (masters_sharded()) NoWholeMasters("param");
+  return params_.at(name);
+}
+
+template <class ExecSpace>
+template <class T>
+absl::Status TrainableModel<ExecSpace>::ConvertMastersToWorking(const ExecSpace& space) {
+  const int64_t total = layout_.total();
+  Vector<uint16_t, ExecSpace> working = flat_working();
+  return kernels::Convert<float, T>(space, ConstMatrix<float, ExecSpace>(flat_params_.data(), 1, total),
+                                    Matrix<T, ExecSpace>(reinterpret_cast<T*>(working.data()), 1, total));
+}
+
+template <class ExecSpace>
+template <class T>
+absl::Status TrainableModel<ExecSpace>::RefreshWorkingCopy(const ExecSpace& space) {
+  if (masters_sharded()) {  // the working copy is the only whole copy of the weights, in sharded_dtype_
+    if (dtype_ == sharded_dtype_) return absl::OkStatus();
+    return absl::FailedPreconditionError("the compute dtype changed after ShardMasters: the sharded fp32 masters "
+                                         "cannot be converted into a new whole working copy");
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    return absl::OkStatus();  // fp32 computes with the masters themselves
+  } else {
+    if (working_current_) return absl::OkStatus();  // the optimizer wrote it with the weights
+    return ConvertMastersToWorking<T>(space);
+  }
+}
+
+template <class ExecSpace>
+absl::Status TrainableModel<ExecSpace>::ShardMasters(const std::vector<MasterPiece>& pieces) {
+  if (dtype_ == ComputeDtype::kFp32) {
+    return absl::FailedPreconditionError("ShardMasters: an fp32 run computes with its fp32 master weights, which "
+                                         "must stay whole (only bf16 / fp16 runs keep a share of them)");
+  }
+  if (masters_sharded()) return absl::FailedPreconditionError("ShardMasters: the masters are already sharded");
+  int64_t kept = 0, end = 0;
+  for (const MasterPiece& piece : pieces) {
+    if (piece.count <= 0 || piece.layout < end || piece.layout + piece.count > layout_.total() || piece.master != kept) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ShardMasters: piece [", piece.layout, ", ", piece.layout + piece.count, ") at ", piece.master,
+          ": the pieces must be ascending, disjoint, non-empty ranges of the layout [0, ", layout_.total(),
+          ") packed in order (each at the sum of the counts before it)"));
+    }
+    end = piece.layout + piece.count, kept += piece.count;
+  }
+  // The whole working copy from the whole masters, then the kept pieces into their own buffer.
+  const ExecSpace& space = context_.space();
+  OPENMOE_RETURN_IF_ERROR(dtype_ == ComputeDtype::kBf16 ? ConvertMastersToWorking<bf16>(space)
+                                                        : ConvertMastersToWorking<f16>(space));
+  Vector<float, ExecSpace> masters(Kokkos::view_alloc(Kokkos::WithoutInitializing, "masters"), kept);
+  for (const MasterPiece& piece : pieces) {
+    Kokkos::deep_copy(space, Vector<float, ExecSpace>(masters.data() + piece.master, piece.count),
+                      Vector<float, ExecSpace>(flat_params_.data() + piece.layout, piece.count));
+  }
+  space.fence();
+  flat_params_ = masters;  // frees the whole masters (params_ held unmanaged views into them)
+  params_.clear();
+  master_pieces_ = pieces;
+  sharded_dtype_ = dtype_;
+  return absl::OkStatus();
+}
+
+template <class ExecSpace>
+std::vector<typename TrainableModel<ExecSpace>::MasterPiece> TrainableModel<ExecSpace>::OwnedMasters(int64_t begin,
+                                                                                                     int64_t end) const {
+  std::vector<MasterPiece> owned;
+  if (!masters_sharded()) {  // the whole range, at its own offset
+    if (begin < end) owned.push_back({begin, begin, end - begin});
+    return owned;
+  }
+  for (const MasterPiece& piece : master_pieces_) {
+    const int64_t b = std::max(begin, piece.layout), e = std::min(end, piece.layout + piece.count);
+    if (b < e) owned.push_back({b, piece.master + (b - piece.layout), e - b});
+  }
+  return owned;
+}
+
+template <class ExecSpace>
 void TrainableModel<ExecSpace>::AllocateFlatBuffers() {
   layout_ = ParameterLayout(table_);
   expert_begin_ = ExpertSegmentBegin(layout_);
@@ -144,6 +241,7 @@ void TrainableModel<ExecSpace>::AllocateFlatBuffers() {
   expert_slot_d_ = Kokkos::View<int32_t**, Kokkos::LayoutRight, MemSpace>("expert_slot", moe_layers, E);
   IdentityPlacement<ExecSpace>(slot_expert_d_, expert_slot_d_);
   flat_params_ = Vector<float, ExecSpace>("params", layout_.total());  // zero: the gaps stay 0
+  master_pieces_.clear(), sharded_dtype_ = ComputeDtype::kFp32;  // whole masters
   flat_grads_  = Vector<float, ExecSpace>("grads", layout_.total());
   offsets_ = ResolveModelOffsets(layout_, config_, layers_);
   params_.clear(), grads_.clear();
@@ -315,21 +413,20 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   const float eps = c.rms_norm_eps;
   const kernels::ExecutionContext<ExecSpace>& ctx = context_;
   const ExecSpace& space = ctx.space();
-  Kokkos::deep_copy(space, flat_grads_, 0.0f);
-  if constexpr (!kFloat) {  // 16-bit working weights from the fp32 masters: one conversion
-    const int64_t total = layout_.total();
-    Vector<uint16_t, ExecSpace> working = flat_working();
-    if (!working_current_) {  // (the optimizer wrote them with the weights: nothing to do)
-      OPENMOE_RETURN_IF_ERROR((kernels::Convert<float, T>(space, CFM(flat_params_.data(), 1, total),
-                                                          Matrix<T, ExecSpace>(reinterpret_cast<T*>(working.data()), 1, total))));
-    }
-  }
+  // Every activation and temporary of the step comes from the context's pool: after the first
+  // step, no allocation, no free (which waits for the device on CUDA) and no zero-fill kernel
+  // for buffers their producer writes completely.
+  kernels::BufferPool<MemSpace>& pool = ctx.Pool();
+  ctx.tuning().attention_backward_tf32 = !kFloat;
+  pool.Trim();  // frees what the previous step did not use
+  kernels::ZeroFill(space, flat_grads_);
+  OPENMOE_RETURN_IF_ERROR(RefreshWorkingCopy<T>(space));  // 16-bit: at most one conversion of the masters
   working_current_ = false;
   auto W = [&](int64_t offset, int64_t rows, int64_t cols) { return CM(Working<T>(offset), rows, cols); };
   auto WV = [&](int64_t offset) { return ConstVector<T, ExecSpace>(Working<T>(offset), H); };
   // Float views of run-dtype data and run-dtype views of float gradients (no copy for float runs).
-  auto to_f = [&](CM x) { return As<float>(space, x); };
-  auto to_t = [&](CFM x) { return As<T>(space, x); };
+  auto to_f = [&](CM x) { return As<float>(ctx, x); };
+  auto to_t = [&](CFM x) { return As<T>(ctx, x); };
   // Weight gradient c += a^T b in the run dtype (16-bit operands, float32 accumulation and c, as
   // autocast does; float runs: SGEMM).
   auto weight_grad = [&](CM a, CM b, FM c) { return kernels::AddTransposedProduct<T, ExecSpace>(ctx, a, b, c); };
@@ -368,13 +465,22 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     int64_t capacity = 0;
   };
   std::vector<Layer> layers;  // the current microbatch's (swapped in and out of its Micro)
-  // Buffers that the op writing them fills completely: no zero-fill kernel (one per buffer and
-  // step otherwise). Buffers that are accumulated into or partly written keep the zero-fill.
-  auto fresh = [](const char* label, int64_t rows, int64_t cols) {
-    return M(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), rows, cols);
+  // Buffers that the op writing them fills completely: fresh (uninitialised). Buffers that are
+  // accumulated into or partly written: zeros.
+  auto fresh = [&](const char* label, int64_t rows, int64_t cols) -> M {
+    return pool.template Take<T>(space, label, rows, cols, /*zeroed=*/false);
   };
-  auto fresh_f = [](const char* label, int64_t rows, int64_t cols) {
-    return FM(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), rows, cols);
+  auto fresh_f = [&](const char* label, int64_t rows, int64_t cols) -> FM {
+    return pool.template Take<float>(space, label, rows, cols, /*zeroed=*/false);
+  };
+  auto zeros = [&](const char* label, int64_t rows, int64_t cols) -> M {
+    return pool.template Take<T>(space, label, rows, cols, /*zeroed=*/true);
+  };
+  auto zeros_f = [&](const char* label, int64_t rows, int64_t cols) -> FM {
+    return pool.template Take<float>(space, label, rows, cols, /*zeroed=*/true);
+  };
+  auto zeros_i = [&](const char* label, int64_t rows, int64_t cols) -> IntM {
+    return pool.template Take<int32_t>(space, label, rows, cols, /*zeroed=*/true);
   };
   // gate_proj [2I, H] and up_proj [I, H] are adjacent in the flat layout: one [3I, H] product.
   auto run_mlp = [&](const MlpOffsets& mlp, CM x, M out) -> absl::StatusOr<Mlp> {
@@ -385,8 +491,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   };
   auto add = [&](M y, M x) { return kernels::AddInPlace<T>(space, y, CM(x)); };
   auto copy = [&](M x) {
-    M y(Kokkos::view_alloc(Kokkos::WithoutInitializing, x.label()), x.extent(0), x.extent(1));
-    Kokkos::deep_copy(y, x);
+    M y = fresh("copy", x.extent(0), x.extent(1));
+    Kokkos::deep_copy(space, y, x);
     return y;
   };
 
@@ -412,8 +518,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     a.x2    = fresh("x2", N, H);
     OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h_mid, WV(lo.post_attention_norm), a.x2, eps));
     if (c.IsMoeLayer(i)) {
-      a.router_logits = M("router_logits", N, E), a.probs = FM("probs", N, E);
-      a.experts = IntM("experts", N, 2), a.rank = IntM("rank", N, 2);
+      a.router_logits = zeros("router_logits", N, E), a.probs = zeros_f("probs", N, E);
+      a.experts = zeros_i("experts", N, 2), a.rank = zeros_i("rank", N, 2);
       OPENMOE_ASSIGN_OR_RETURN(a.capacity, RouteTokens<T>(ctx, CM(a.x2), W(lo.router, E, H),
                                                           c.router_capacity_factor_train, c.router_min_capacity,
                                                           a.router_logits, a.probs, a.experts, a.rank));
@@ -421,7 +527,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       const int64_t moe_layer = c.MoeIndex(i);
       a.slots = a.experts, a.slot_probs = a.probs;
       if (placed_[moe_layer]) {
-        a.slots = IntM("slots", N, 2), a.slot_probs = FM("slot_probs", N, E);
+        a.slots = zeros_i("slots", N, 2), a.slot_probs = zeros_f("slot_probs", N, E);
         PlaceAssignments<ExecSpace>(space, a.experts, Kokkos::subview(expert_slot_d_, moe_layer, Kokkos::ALL), CFM(a.probs),
                                     Kokkos::subview(slot_expert_d_, moe_layer, Kokkos::ALL), a.slots, a.slot_probs);
       }
@@ -429,8 +535,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       // expert-parallel dispatcher brings the rows of P ranks.
       const int64_t Ce = dispatcher_->rows_per_expert(C);
       // This rank's experts [e0, e0 + El): their weights and expert-major rows [El * Ce, ...].
-      a.dispatched = M("dispatched", El * Ce, H), a.eg = M("eg", El * Ce, 2 * I), a.eu = M("eu", El * Ce, I);
-      a.eact = M("eact", El * Ce, I), a.eo = M("eo", El * Ce, H);
+      a.dispatched = zeros("dispatched", El * Ce, H), a.eg = zeros("eg", El * Ce, 2 * I), a.eu = zeros("eu", El * Ce, I);
+      a.eact = zeros("eact", El * Ce, I), a.eo = zeros("eo", El * Ce, H);
       const T* wi_gate = Working<T>(lo.wi_gate) + es * H * 2 * I;
       const T* wi_up   = Working<T>(lo.wi_up) + es * H * I;
       const T* wo      = Working<T>(lo.wo) + es * I * H;
@@ -451,7 +557,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       OPENMOE_RETURN_IF_ERROR(dispatcher_->RunExpertBlock(space, CM(a.x2), CFM(a.slot_probs), a.slots, a.rank, C,
                                                           a.dispatched, a.eo, run_experts, delta));
       OPENMOE_RETURN_IF_ERROR(add(h, delta));
-      a.h2 = copy(h), a.x3 = M("x3", N, H);
+      a.h2 = copy(h), a.x3 = zeros("x3", N, H);
       OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, a.h2, WV(lo.pre_extra_mlp_norm), a.x3, eps));
       OPENMOE_ASSIGN_OR_RETURN(a.mlp, run_mlp(lo.mlp, CM(a.x3), delta));
     } else {
@@ -482,12 +588,12 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     ids = micro_ids[j], mask = micro_mask[j];
     micro[j].layers.resize(L);
     layers.swap(micro[j].layers);
-    M h("h", N, H);
+    M h = zeros("h", N, H);
     if (first_stage) {
       OPENMOE_RETURN_IF_ERROR(kernels::Embedding<T>(space, W(offsets_.embed_tokens, V, H), ids, h));
     } else {  // the previous stage's output
       OPENMOE_ASSIGN_OR_RETURN(CM in_t, to_t(in));
-      Kokkos::deep_copy(h, in_t);
+      Kokkos::deep_copy(space, h, in_t);
     }
     for (int64_t i = l0; i < l1; ++i) {
       OPENMOE_RETURN_IF_ERROR(layer_forward(i, h));
@@ -501,7 +607,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       micro[j].h_out = h;
     } else {
       OPENMOE_ASSIGN_OR_RETURN(CFM h_f, to_f(CM(h)));
-      Kokkos::deep_copy(out, h_f);
+      Kokkos::deep_copy(out, h_f);  // fenced: the schedule sends `out` to the next stage
     }
     layers.swap(micro[j].layers);
     return absl::OkStatus();
@@ -515,10 +621,10 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
 
   // ---- LM loss and its gradient, a chunk of rows at a time (never [N, V] logits at once) ----
   LossParts parts;
-  FM dh("dh", N, H);  // gradient of the residual stream, walked backwards (float32)
+  FM dh = zeros_f("dh", N, H);  // gradient of the residual stream, walked backwards (float32)
   // The last stage: microbatch j's loss from its final residual stream; its gradient into dh.
   auto lm_loss_backward = [&](int64_t j) -> absl::Status {
-    M h_final = micro[j].h_out, xf("xf", N, H);
+    M h_final = micro[j].h_out, xf = zeros("xf", N, H);
     OPENMOE_RETURN_IF_ERROR(kernels::RmsNorm<T>(space, h_final, WV(offsets_.final_norm), xf, eps));
     const int64_t* micro_input = input_ids.data() + j * N;
     std::vector<int64_t> labels(N);
@@ -526,11 +632,12 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       for (int64_t s = 0; s < S; ++s) labels[b * S + s] = s + 1 < S ? micro_input[b * S + s + 1] : -1;
     Vector<int64_t, ExecSpace> labels_d("labels", N);
     Kokkos::deep_copy(labels_d, Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(labels.data(), N));
-    M dxf("dxf", N, H);
+    M dxf = zeros("dxf", N, H);
     const int64_t chunk = std::min(N, kLossRowsPerChunk);
-    M logits("logits_chunk", chunk, V);
-    FM logits_f("logits_chunk_f32", kFloat ? 0 : chunk, kFloat ? 0 : V);
-    Vector<double, ExecSpace> row_loss("row_loss", chunk);
+    M logits = fresh("logits_chunk", chunk, V);  // each chunk's product writes its rows
+    FM logits_f = fresh_f("logits_chunk_f32", kFloat ? 0 : chunk, kFloat ? 0 : V);
+    // Every row's loss, read back once after the last chunk (no wait for the device per chunk).
+    Vector<double, ExecSpace> row_loss = pool.template TakeVector<double>(space, "row_loss", N, /*zeroed=*/true);
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t r1 = std::min(N, r0 + chunk), R = r1 - r0;
       M lg(logits.data(), R, V);
@@ -538,16 +645,16 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, x_rows, W(offsets_.lm_head, V, H), lg));
       FM lgf = kFloat ? FM(reinterpret_cast<float*>(lg.data()), R, V) : FM(logits_f.data(), R, V);  // float logits
       if constexpr (!kFloat) OPENMOE_RETURN_IF_ERROR((kernels::Convert<T, float>(space, CM(lg), lgf)));
-      Vector<double, ExecSpace> loss_rows(row_loss.data(), R);
+      Vector<double, ExecSpace> loss_rows(row_loss.data() + r0, R);
       OPENMOE_RETURN_IF_ERROR(kernels::LmLossBackward<ExecSpace>(space, lgf, Kokkos::subview(labels_d, std::make_pair(r0, r1)),
                                                                  c.label_smoothing, c.z_loss_factor, loss_rows,
                                                                  loss_scale_));
-      auto loss_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), loss_rows);
-      for (int64_t r = 0; r < R; ++r) parts.lm += loss_host(r);
       OPENMOE_ASSIGN_OR_RETURN(CM dlg, to_t(CFM(lgf)));
       OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(ctx, dlg, W(offsets_.lm_head, V, H), rows_of(dxf, r0, r1)));
       OPENMOE_RETURN_IF_ERROR(weight_grad(dlg, x_rows, G(offsets_.lm_head, V, H)));
     }
+    auto loss_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), row_loss);
+    for (int64_t r = 0; r < N; ++r) parts.lm += loss_host(r);  // in row order, as chunk by chunk before
     OPENMOE_ASSIGN_OR_RETURN(CFM hf, to_f(CM(h_final)));
     OPENMOE_ASSIGN_OR_RETURN(CFM dxf_f, to_f(CM(dxf)));
     OPENMOE_ASSIGN_OR_RETURN(auto w_norm, norm_weight(offsets_.final_norm));
@@ -557,7 +664,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   };
 
   // ---- backward through the layers (float32 gradients; products in the run dtype) ----
-  FM dx("dx", N, H), dnorm("dnorm", N, H);
+  FM dx = zeros_f("dx", N, H), dnorm = zeros_f("dnorm", N, H);
   // out (float) = sum of dy_k @ w_k over the given pairs, a run-dtype product. The gradients dy_k
   // come in the run dtype (converted once by the caller, which also uses them for the weight
   // gradients).
@@ -567,13 +674,13 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(ctx, terms[k].first, terms[k].second, acc, k > 0));
     }
     OPENMOE_ASSIGN_OR_RETURN(CFM acc_f, to_f(CM(acc)));
-    Kokkos::deep_copy(out, acc_f);
+    Kokkos::deep_copy(space, out, acc_f);
     return absl::OkStatus();
   };
   // MLP backward: dy -> dx (written); weight gradients accumulated.
   // (gate_proj; up_proj) as one [3I, H] matrix, in the weights and in the gradients.
   auto mlp_backward = [&](const MlpOffsets& mlp, CM x, const Mlp& m, CFM dy, FM dx_out) -> absl::Status {
-    FM dact("dact", N, I), d_gate_up("d_gate_up", N, 3 * I);
+    FM dact = zeros_f("dact", N, I), d_gate_up = zeros_f("d_gate_up", N, 3 * I);
     OPENMOE_ASSIGN_OR_RETURN(CM dy_t, to_t(dy));
     OPENMOE_RETURN_IF_ERROR(matmul_sum({{dy_t, W(mlp.down, H, I)}}, dact));
     OPENMOE_RETURN_IF_ERROR(weight_grad(dy_t, CM(m.act), G(mlp.down, H, I)));
@@ -600,7 +707,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   if (last_stage) {
     OPENMOE_RETURN_IF_ERROR(lm_loss_backward(j));
   } else {  // the gradient of this stage's output, from the next stage
-    Kokkos::deep_copy(dh, dout);
+    Kokkos::deep_copy(space, dh, dout);
   }
   // Per MoE layer, in backward order: its unweighted (aux, z) [2 * MoE layers].
   Kokkos::View<double*, MemSpace> router_parts_d("router_parts", 2 * std::max<int64_t>(1, c.NumMoeLayers()));
@@ -618,8 +725,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       OPENMOE_RETURN_IF_ERROR(mlp_backward(lo.mlp, CM(a.x3), a.mlp, CFM(dh), dx));
       OPENMOE_RETURN_IF_ERROR(norm_backward(lo.pre_extra_mlp_norm, CM(a.h2), CFM(dx)));
       // Experts: dh is the gradient of the combined output.
-      FM d_eo("d_eo", El * Ce, H), dprobs("dprobs", N, E), d_eact("d_eact", El * Ce, I);
-      FM d_eg("d_eg", El * Ce, 2 * I), d_eu("d_eu", El * Ce, I), d_disp("d_disp", El * Ce, H);
+      FM d_eo = zeros_f("d_eo", El * Ce, H), dprobs = zeros_f("dprobs", N, E), d_eact = zeros_f("d_eact", El * Ce, I);
+      FM d_eg = zeros_f("d_eg", El * Ce, 2 * I), d_eu = zeros_f("d_eu", El * Ce, I), d_disp = zeros_f("d_disp", El * Ce, H);
       OPENMOE_ASSIGN_OR_RETURN(CFM eo_f, to_f(CM(a.eo)));
       const T* wi_gate = Working<T>(lo.wi_gate) + es * H * 2 * I;
       const T* wi_up   = Working<T>(lo.wi_up) + es * H * I;
@@ -635,10 +742,10 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         for (int64_t e = first; e < end; ++e) {
           // d_eact_e = d_eo_e @ wo_e^T (wo_e [I, H] is Linear's [out = I, in = H]).
           OPENMOE_ASSIGN_OR_RETURN(CM d_eo_t, to_t(CFM(rows_of(d_eo, e * Ce, (e + 1) * Ce))));
-          M d_eact_t("d_eact_t", Ce, I);
+          M d_eact_t = zeros("d_eact_t", Ce, I);
           OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eo_t, CM(wo + e * I * H, I, H), d_eact_t));
           OPENMOE_ASSIGN_OR_RETURN(CFM d_eact_f, to_f(CM(d_eact_t)));
-          Kokkos::deep_copy(rows_of(d_eact, e * Ce, (e + 1) * Ce), d_eact_f);
+          Kokkos::deep_copy(space, rows_of(d_eact, e * Ce, (e + 1) * Ce), d_eact_f);
           OPENMOE_RETURN_IF_ERROR(weight_grad(CM(rows_of(a.eact, e * Ce, (e + 1) * Ce)), d_eo_t, FM(g_wo + e * I * H, I, H)));
         }
         const int64_t r0 = first * Ce, r1 = end * Ce;  // the range's rows (SwigluBackward is row-wise)
@@ -648,21 +755,21 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         for (int64_t e = first; e < end; ++e) {
           OPENMOE_ASSIGN_OR_RETURN(CM d_eg_t, to_t(CFM(rows_of(d_eg, e * Ce, (e + 1) * Ce))));
           OPENMOE_ASSIGN_OR_RETURN(CM d_eu_t, to_t(CFM(rows_of(d_eu, e * Ce, (e + 1) * Ce))));
-          M d_disp_t("d_disp_t", Ce, H);
+          M d_disp_t = zeros("d_disp_t", Ce, H);
           OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eg_t, CM(wi_gate + e * H * 2 * I, H, 2 * I), d_disp_t));
           OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eu_t, CM(wi_up + e * H * I, H, I), d_disp_t, true));
           OPENMOE_ASSIGN_OR_RETURN(CFM d_disp_f, to_f(CM(d_disp_t)));
-          Kokkos::deep_copy(rows_of(d_disp, e * Ce, (e + 1) * Ce), d_disp_f);
+          Kokkos::deep_copy(space, rows_of(d_disp, e * Ce, (e + 1) * Ce), d_disp_f);
           CM disp_e(rows_of(a.dispatched, e * Ce, (e + 1) * Ce));
           OPENMOE_RETURN_IF_ERROR(weight_grad(disp_e, d_eg_t, FM(g_wi_gate + e * H * 2 * I, H, 2 * I)));
           OPENMOE_RETURN_IF_ERROR(weight_grad(disp_e, d_eu_t, FM(g_wi_up + e * H * I, H, I)));
         }
         return absl::OkStatus();
       };
-      Kokkos::deep_copy(dx, 0.0f);
+      kernels::ZeroFill(space, dx);
       const int64_t moe_layer = c.MoeIndex(i);
       const bool placed = placed_[moe_layer];
-      FM slot_dprobs = placed ? FM("slot_dprobs", N, E) : dprobs;  // the combine weights' gradient in slot order
+      FM slot_dprobs = placed ? zeros_f("slot_dprobs", N, E) : dprobs;  // the combine weights' gradient in slot order
       OPENMOE_RETURN_IF_ERROR(dispatcher_->RunExpertBlockBackward(space, CFM(dh), eo_f, CFM(a.slot_probs), a.slots,
                                                                   a.rank, C, d_eo, slot_dprobs, d_disp,
                                                                   run_experts_backward, dx));
@@ -683,7 +790,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
           space, router_f, a.experts, CFM(dprobs), aux_w, z_w, loss_scale_, d_router,
           Kokkos::subview(router_parts_d, std::make_pair(2 * moe_index, 2 * moe_index + 2))));
       ++moe_index;
-      FM dx_router("dx_router", N, H);
+      FM dx_router = zeros_f("dx_router", N, H);
       OPENMOE_ASSIGN_OR_RETURN(CM d_router_t, to_t(CFM(d_router)));
       OPENMOE_RETURN_IF_ERROR(matmul_sum({{d_router_t, W(lo.router, E, H)}}, dx_router));
       OPENMOE_RETURN_IF_ERROR(kernels::AddInPlace<float>(space, dx, CFM(dx_router)));
@@ -723,7 +830,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     OPENMOE_RETURN_IF_ERROR(kernels::EmbeddingBackward<ExecSpace>(space, ids, CFM(dh), c.pad_token_id,
                                                                   G(offsets_.embed_tokens, V, H)));
   } else {  // the gradient of this stage's input, for the previous stage
-    Kokkos::deep_copy(din, dh);
+    Kokkos::deep_copy(din, dh);  // fenced: the schedule sends `din` to the previous stage
   }
   micro[j].router_parts = router_parts_d, micro[j].moe_count = moe_index;
   layers.swap(micro[j].layers);

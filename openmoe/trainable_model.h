@@ -6,6 +6,8 @@
 // that keeps the activations the backward pass needs, and the gradients of OpenMoE's training
 // loss (losses.h) for every parameter. The batch is one routing group with training capacity
 // (router_capacity_factor_train); labels are the inputs shifted by one, padding not masked.
+// Under ZeRO-1/2 of a bf16 / fp16 run the model keeps only this rank's share of the fp32 masters
+// (ShardMasters); the 16-bit working copy it computes with stays whole.
 //
 //   OPENMOE_ASSIGN_OR_RETURN(auto model, TrainableModel<Space>::Load(dir));
 //   OPENMOE_ASSIGN_OR_RETURN(LossParts loss, model.ForwardBackward(ids, mask, B, S));
@@ -74,20 +76,46 @@ class TrainableModel {
   // parameters, [expert_begin(), layout().total()) the shard's experts.
   int64_t expert_begin() const { return expert_begin_; }
   // One tensor's weights / gradient: views into the flat buffers below (valid while the model is).
-  Vector<float, ExecSpace> param(const std::string& name) const { return params_.at(name); }
+  // param() needs whole masters (see flat_params()).
+  Vector<float, ExecSpace> param(const std::string& name) const;
   Vector<float, ExecSpace> grad(const std::string& name) const { return grads_.at(name); }
   // Every parameter and every gradient as one float32 buffer [layout().total()] each (tensors at
   // layout()'s offsets, zero gaps): what the optimizer, the gradient norm and gradient
-  // reductions work on.
+  // reductions work on. flat_params() is the whole fp32 master weights: the weights an fp32 run
+  // computes with (always whole), the masters of a bf16 / fp16 one. A model whose masters are
+  // sharded (ShardMasters) has no whole buffer: flat_params() and param() then abort with a
+  // message (use flat_masters() / OwnedMasters(), or the optimizer's GatherMasters).
   const ParameterLayout& layout() const { return layout_; }
-  Vector<float, ExecSpace> flat_params() const { return flat_params_; }
+  Vector<float, ExecSpace> flat_params() const;
   Vector<float, ExecSpace> flat_grads() const { return flat_grads_; }
-  // The 16-bit working copy of flat_params() that a bf16 / fp16 step computes with [total],
-  // allocated here if needed (raw bits of compute_dtype()). An optimizer that writes it together
-  // with the weights (kernels::AdamWStepAndCast, in compute_dtype()) calls MarkWorkingCopyCurrent():
-  // the next step then skips its own conversion. Whoever changes the weights in any other way
-  // between that call and the next step (a load, a broadcast from another rank) must call
-  // InvalidateWorkingCopy().
+
+  // ---- fp32 masters kept in part (ZeRO-1/2 of a bf16 / fp16 run) ----
+  // [layout, layout + count) of the flat layout, kept at flat_masters()[master, master + count).
+  struct MasterPiece {
+    int64_t layout = 0, master = 0, count = 0;
+  };
+  // Keeps only `pieces` of the fp32 masters (ascending, disjoint ranges of [0, layout().total()),
+  // packed in order: master = the counts before it): the whole 16-bit working copy is converted
+  // from the whole masters first, then the rest of the masters is freed. From then on the working
+  // copy is the only whole copy of the weights; whoever updates a master piece must write its
+  // rounding into flat_working() too (the optimizer's fused cast), and whoever moves weights (an
+  // expert swap) must move both. 16-bit runs only (an fp32 run computes with its masters); once.
+  absl::Status ShardMasters(const std::vector<MasterPiece>& pieces);
+  bool masters_sharded() const { return sharded_dtype_ != ComputeDtype::kFp32; }
+  // The fp32 masters this model keeps: flat_params() when whole, else the pieces' values in piece
+  // order [sum of their counts].
+  Vector<float, ExecSpace> flat_masters() const { return flat_params_; }
+  // The parts of the layout range [begin, end) whose masters this model keeps, as pieces: the
+  // whole range (master = layout offset) when whole, else its overlaps with the kept pieces.
+  std::vector<MasterPiece> OwnedMasters(int64_t begin, int64_t end) const;
+
+  // The 16-bit working copy of the weights that a bf16 / fp16 step computes with [total],
+  // allocated here if needed (raw bits of compute_dtype()); always whole. An optimizer that writes
+  // it together with the weights (kernels::AdamWStepAndCast, in compute_dtype()) calls
+  // MarkWorkingCopyCurrent(): the next step then skips its own conversion of the whole masters.
+  // Whoever changes whole masters in any other way between that call and the next step (a load,
+  // a broadcast from another rank) must call InvalidateWorkingCopy(). With sharded masters there
+  // is no conversion: the working copy is always current (both calls change nothing).
   Vector<uint16_t, ExecSpace> flat_working();
   void MarkWorkingCopyCurrent() { working_current_ = true; }
   void InvalidateWorkingCopy() { working_current_ = false; }
@@ -179,6 +207,14 @@ class TrainableModel {
   const T* Working(int64_t offset) const;
   Matrix<float, ExecSpace> G(int64_t offset, int64_t rows, int64_t cols) const;
   Vector<float, ExecSpace> GV(int64_t offset) const;  // [H]: a norm weight's gradient
+  // Before a step in T: for bf16 / f16 the working copy converted from the whole masters unless
+  // the optimizer already wrote it; nothing for float or with sharded masters (always current;
+  // an error if the compute dtype changed since ShardMasters).
+  template <class T>
+  absl::Status RefreshWorkingCopy(const ExecSpace& space);
+  // The whole masters rounded to T into flat_working().
+  template <class T>
+  absl::Status ConvertMastersToWorking(const ExecSpace& space);
 
   OpenMoeConfig config_;
   bool recompute_ = false;
@@ -197,9 +233,14 @@ class TrainableModel {
   ModelOffsets offsets_;
   // The stream, scratch arena, tuning and cuBLAS handle of this model's ops (copies share them).
   kernels::ExecutionContext<ExecSpace> context_;  // where each layer's tensors start, resolved at load: no lookups by name per step
-  Vector<float, ExecSpace> flat_params_, flat_grads_;  // [layout_.total()]
-  // The 16-bit copy of flat_params_ (bf16 / fp16 runs), same layout: raw bits, read as the step's
-  // type; allocated by the first 16-bit step.
+  // flat_params_: the fp32 masters, [layout_.total()] when whole; after ShardMasters only the
+  // master_pieces_, packed [sum of their counts]. flat_grads_: [layout_.total()].
+  Vector<float, ExecSpace> flat_params_, flat_grads_;
+  std::vector<MasterPiece> master_pieces_;
+  // The compute dtype whose working copy ShardMasters filled (kFp32: the masters are whole).
+  ComputeDtype sharded_dtype_ = ComputeDtype::kFp32;
+  // The 16-bit copy of the masters (bf16 / fp16 runs), same layout, always whole: raw bits, read
+  // as the step's type; allocated by the first 16-bit step (or ShardMasters).
   Vector<uint16_t, ExecSpace> flat_working_;
   bool working_current_ = false;
   // Expert placement per MoE layer (host [moe_layers][E], and the device copies [moe_layers, E] the

@@ -101,7 +101,7 @@ ABSL_FLAG(std::string, plugin, "hybrid", "hybrid | ep | ep_zero, over MPI ranks 
           "hybrid: --pp_size P pipeline stages (1F1B) x --ep_size e x --dp_size d on P*e*d ranks.");
 ABSL_FLAG(int64_t, zero_stage, 2, "ZeRO stage 0 | 1 | 2 (--plugin ep or ep_zero; over all ranks' full flat buffer): 0 "
           "replicates the optimizer state; 1 shards the AdamW moments and the master-weight update over the ranks "
-          "(updated slices all-gathered); 2 also reduce-scatters the gradient. Same results as 0; checkpoints are "
+          "(updated slices all-gathered), and in bf16 / fp16 runs the fp32 master weights themselves; 2 also reduce-scatters the gradient. Same results as 0; checkpoints are "
           "complete (rank 0 gathers the state) and resume under any stage, plugin or world size.");
 ABSL_FLAG(int64_t, extra_dp_size, 1, "ep_zero: replicas of each expert (EP size = world size / this; it must divide "
           "the world size, and the EP size num_experts). Equal to the world size: pure data parallelism.");

@@ -2,7 +2,8 @@
 # //tools:train --load_balance under mpirun on host ranks (issue 17): moving experts between EP
 # ranks never changes what the model computes.
 #  1. Move invariance: `--plugin ep` on 2 ranks, and `--plugin ep_zero --extra_dp_size 2` on 4
-#     ranks with ZeRO-1 and ZeRO-2 (the moved moments are split over the replicas), fp32 and bf16,
+#     ranks with ZeRO-1 and ZeRO-2 (the moved moments, and in bf16 the fp32 masters, are split over
+#     the replicas), fp32 and bf16,
 #     with --load_balance --load_balance_interval 1 (a rebalancing after every step) against the
 #     same run without it: rank 0 must report moves, every step's logged loss and the checkpoint
 #     after 4 steps (the weights file's bytes; the AdamW moments put together from the ranks' shards,
@@ -61,6 +62,9 @@ check ep_fp32 2 --plugin ep --zero_stage 0
 check ep_bf16 2 --plugin ep --zero_stage 1 --precision bf16
 check epz_zero1 4 --plugin ep_zero --extra_dp_size 2 --zero_stage 1
 check epz_zero2 4 --plugin ep_zero --extra_dp_size 2 --zero_stage 2
+# bf16 ZeRO-1 keeps only each replica's share of the experts' fp32 masters: the swaps move those
+# pieces (and the 16-bit working copy's slots) like the moment pieces.
+check epz_bf16 4 --plugin ep_zero --extra_dp_size 2 --zero_stage 1 --precision bf16
 check ep4_overlap 4 --plugin ep --zero_stage 1 --comm_overlap --comm_overlap_chunks 2
 # Inside a pipeline: each stage balances its own MoE layers (2 stages x EP 2 on 4 ranks, with overlap).
 check hybrid_overlap 4 --plugin hybrid --pp_size 2 --ep_size 2 --dp_size 1 --zero_stage 1 --comm_overlap

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/elementwise.h"
 #include "openmoe/core/bf16.h"
 #include "openmoe/core/status_macros.h"
@@ -120,28 +121,87 @@ absl::Status AdamWOptimizer::GatherGradients(TrainModel& model) {
 
 absl::StatusOr<std::pair<Vector<float, Space>, Vector<float, Space>>> AdamWOptimizer::GatherMoments() const {
   if (!sharded()) return std::make_pair(flat_m_, flat_v_);
-  const Space space;
   const int64_t total = parts_.back().begin + parts_.back().size;
   Vector<float, Space> m("adamw.m.gathered", total), v("adamw.v.gathered", total);
+  OPENMOE_RETURN_IF_ERROR(GatherRange(flat_m_, 0, total, m));
+  OPENMOE_RETURN_IF_ERROR(GatherRange(flat_v_, 0, total, v));
+  return std::make_pair(m, v);
+}
+
+absl::Status AdamWOptimizer::GatherRange(Vector<float, Space> owned, int64_t begin, int64_t end,
+                                         Vector<float, Space> out) const {
+  const Space space;
+  for (const MomentPiece& piece : OwnedMoments(begin, end)) {
+    Kokkos::deep_copy(space, Sub(out, piece.layout - begin, piece.count), Sub(owned, piece.moment, piece.count));
+  }
   for (const Range& part : parts_) {
     const ZeroPartition& p = part.partition;
-    const int64_t o = part.moment_offset, b = part.begin;
-    Kokkos::deep_copy(space, Sub(m, b + p.begin, p.chunk), Sub(flat_m_, o, p.chunk));
-    Kokkos::deep_copy(space, Sub(v, b + p.begin, p.chunk), Sub(flat_v_, o, p.chunk));
-    Kokkos::deep_copy(space, Sub(m, b + p.tail_begin, p.tail()), Sub(flat_m_, o + p.chunk, p.tail()));
-    Kokkos::deep_copy(space, Sub(v, b + p.tail_begin, p.tail()), Sub(flat_v_, o + p.chunk, p.tail()));
-    if (p.rank != 0) {
-      OPENMOE_RETURN_IF_ERROR(part.comm->Send(space, Sub(flat_m_, o, p.chunk), 0));
-      OPENMOE_RETURN_IF_ERROR(part.comm->Send(space, Sub(flat_v_, o, p.chunk), 0));
+    // Rank r's chunk within the range, [lo, hi) in layout coordinates (empty: no message). Every
+    // rank derives the same overlaps, so sends and receives match.
+    const auto chunk_of = [&](int r) {
+      const int64_t chunk_begin = part.begin + r * p.chunk;
+      return std::make_pair(std::max(begin, chunk_begin), std::min(end, chunk_begin + p.chunk));
+    };
+    if (p.rank != 0) {  // this rank's chunk piece, just copied into `out`, to rank 0
+      const auto [lo, hi] = chunk_of(p.rank);
+      if (lo < hi) OPENMOE_RETURN_IF_ERROR(part.comm->Send(space, Sub(out, lo - begin, hi - lo), 0));
       continue;
     }
     for (int r = 1; r < p.size; ++r) {
-      OPENMOE_RETURN_IF_ERROR(part.comm->Recv(space, Sub(m, b + r * p.chunk, p.chunk), r));
-      OPENMOE_RETURN_IF_ERROR(part.comm->Recv(space, Sub(v, b + r * p.chunk, p.chunk), r));
+      const auto [lo, hi] = chunk_of(r);
+      if (lo < hi) OPENMOE_RETURN_IF_ERROR(part.comm->Recv(space, Sub(out, lo - begin, hi - lo), r));
     }
   }
   space.fence();
-  return std::make_pair(m, v);
+  return absl::OkStatus();
+}
+
+std::vector<ZeroPartition> AdamWOptimizer::partitions() const {
+  std::vector<ZeroPartition> all;
+  for (const Range& part : parts_) all.push_back(part.partition);
+  return all;
+}
+
+absl::Status AdamWOptimizer::ShardMasters(TrainModel& model) const {
+  if (!shards_masters()) return absl::OkStatus();
+  const int64_t total = parts_.back().begin + parts_.back().size;
+  if (model.layout().total() != total) {
+    return absl::InvalidArgumentError("ShardMasters: the model's layout is not the optimizer's");
+  }
+  std::vector<TrainModel::MasterPiece> pieces;
+  for (const MomentPiece& piece : OwnedMoments(0, total)) pieces.push_back({piece.layout, piece.moment, piece.count});
+  return model.ShardMasters(pieces);
+}
+
+absl::Status AdamWOptimizer::CheckMasters(const TrainModel& model) const {
+  if (model.masters_sharded() != shards_masters()) {
+    return absl::FailedPreconditionError(
+        shards_masters() ? absl::StrCat("AdamW: ZeRO-", zero_.stage, " of a 16-bit run keeps only this rank's fp32 "
+                                        "masters, but the model's are whole (call AdamWOptimizer::ShardMasters first)")
+                         : std::string("AdamW: the model's fp32 masters are sharded, but this optimizer updates whole ones"));
+  }
+  if (!model.masters_sharded()) return absl::OkStatus();
+  const int64_t total = parts_.back().begin + parts_.back().size;
+  const std::vector<MomentPiece> mine = OwnedMoments(0, total);
+  const std::vector<TrainModel::MasterPiece> kept = model.OwnedMasters(0, total);
+  bool same = mine.size() == kept.size() && model.layout().total() == total;
+  for (size_t i = 0; same && i < mine.size(); ++i) {
+    same = mine[i].layout == kept[i].layout && mine[i].moment == kept[i].master && mine[i].count == kept[i].count;
+  }
+  if (!same) return absl::FailedPreconditionError("AdamW: the model keeps other fp32 master pieces than this rank owns");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Vector<float, Space>> AdamWOptimizer::GatherMasters(const TrainModel& model, int64_t begin,
+                                                                   int64_t end) const {
+  if (begin < 0 || begin > end || end > model.layout().total()) {
+    return absl::InvalidArgumentError(absl::StrCat("GatherMasters: [", begin, ", ", end, ") is not a range of the layout"));
+  }
+  if (!model.masters_sharded()) return Sub(model.flat_params(), begin, end - begin);
+  OPENMOE_RETURN_IF_ERROR(CheckMasters(model));
+  Vector<float, Space> whole("masters.gathered", end - begin);
+  OPENMOE_RETURN_IF_ERROR(GatherRange(model.flat_masters(), begin, end, whole));
+  return whole;
 }
 
 absl::Status AdamWOptimizer::SetMoments(Vector<float, Space> full_m, Vector<float, Space> full_v) {
@@ -210,10 +270,10 @@ absl::StatusOr<double> AdamWOptimizer::GradientNorm(const TrainModel& model) con
 }
 
 // ZeRO-1/2, after Step's norm and clipping factor: AdamW on this rank's chunk and the replicated
-// tail of each part only, then each part's chunks all-gathered into every rank's flat_params.
+// tail of each part only, then each part's updated chunks all-gathered into every rank's model.
 absl::Status AdamWOptimizer::ShardedUpdate(TrainModel& model, float clip, const kernels::AdamWOptions& adamw) {
   const Space space;
-  const Vector<float, Space> grads = model.flat_grads(), params = model.flat_params();
+  const Vector<float, Space> grads = model.flat_grads();
   for (const Range& part : parts_) {
     const ZeroPartition& p = part.partition;
     const int64_t o = part.moment_offset, b = part.begin;
@@ -224,40 +284,63 @@ absl::Status AdamWOptimizer::ShardedUpdate(TrainModel& model, float clip, const 
       OPENMOE_RETURN_IF_ERROR(kernels::Scale<Space>(space, g_chunk, clip));
       OPENMOE_RETURN_IF_ERROR(kernels::Scale<Space>(space, g_tail, clip));
     }
-    const Vector<float, Space> p_chunk = Sub(params, b + p.begin, p.chunk);
-    if (p.chunk > 0) {
-      OPENMOE_RETURN_IF_ERROR(kernels::AdamWStep<Space>(space, p_chunk, g_chunk, Sub(flat_m_, o, p.chunk),
-                                                        Sub(flat_v_, o, p.chunk), steps_, adamw));
-    }
-    if (p.tail() > 0) {
-      OPENMOE_RETURN_IF_ERROR(kernels::AdamWStep<Space>(space, Sub(params, b + p.tail_begin, p.tail()), g_tail,
-                                                        Sub(flat_m_, o + p.chunk, p.tail()),
-                                                        Sub(flat_v_, o + p.chunk, p.tail()), steps_, adamw));
-    }
-    // Every rank's updated chunk into every rank's weights. The send buffer is the chunk's
-    // gradient, consumed by now (the all-gather must not read from the buffer it writes).
-    if (p.chunk > 0) {
-      Kokkos::deep_copy(space, g_chunk, p_chunk);
-      OPENMOE_RETURN_IF_ERROR(part.comm->AllGather(space, g_chunk, Sub(params, b, p.size * p.chunk)));
-    }
+    // This rank's [chunk | tail] of the part: moments (and sharded masters) at o and o + chunk.
+    OPENMOE_RETURN_IF_ERROR(UpdateOwned(model, b + p.begin, o, g_chunk, adamw));
+    OPENMOE_RETURN_IF_ERROR(UpdateOwned(model, b + p.tail_begin, o + p.chunk, g_tail, adamw));
+    if (p.chunk > 0) OPENMOE_RETURN_IF_ERROR(GatherChunks(model, part, g_chunk));
   }
   space.fence();
-  // The 16-bit copy: converted again from the gathered masters by the next forward pass.
-  model.InvalidateWorkingCopy();
   return absl::OkStatus();
 }
 
-template <class T>
-absl::Status AdamWOptimizer::StepAndCast(TrainModel& model, Vector<float, Space> grads, const kernels::AdamWOptions& adamw) {
-  Vector<uint16_t, Space> bits = model.flat_working();
-  return kernels::AdamWStepAndCast<T, Space>(Space(), model.flat_params(), grads, flat_m_, flat_v_, steps_, adamw,
-                                             Vector<T, Space>(reinterpret_cast<T*>(bits.data()), bits.extent(0)));
+absl::Status AdamWOptimizer::UpdateOwned(TrainModel& model, int64_t layout, int64_t moment, Vector<float, Space> grad,
+                                         const kernels::AdamWOptions& adamw) {
+  const int64_t n = grad.extent(0);
+  if (n == 0) return absl::OkStatus();
+  const Vector<float, Space> m = Sub(flat_m_, moment, n), v = Sub(flat_v_, moment, n);
+  if (!model.masters_sharded()) {
+    return kernels::AdamWStep<Space>(Space(), Sub(model.flat_params(), layout, n), grad, m, v, steps_, adamw);
+  }
+  return StepAndCast(model, Sub(model.flat_masters(), moment, n), grad, m, v, layout, adamw);
+}
+
+absl::Status AdamWOptimizer::GatherChunks(TrainModel& model, const Range& part, Vector<float, Space> send) const {
+  const Space space;
+  const ZeroPartition& p = part.partition;
+  const int64_t mine = part.begin + p.begin, n = p.chunk;  // this rank's chunk [mine, mine + n)
+  if (!model.masters_sharded()) {  // fp32: the masters are the weights
+    const Vector<float, Space> masters = model.flat_params();
+    Kokkos::deep_copy(space, send, Sub(masters, mine, n));
+    return part.comm->AllGather(space, send, Sub(masters, part.begin, p.size * n));
+  }
+  // 16-bit: the working copy's chunks (the first half of the gradient chunk's bytes sends).
+  const Vector<uint16_t, Space> working = model.flat_working();
+  const Vector<uint16_t, Space> send16(reinterpret_cast<uint16_t*>(send.data()), n);
+  Kokkos::deep_copy(space, send16, Vector<uint16_t, Space>(working.data() + mine, n));
+  const comm::DType dtype =
+      options_.compute_dtype == TrainModel::ComputeDtype::kBf16 ? comm::DType::kBf16 : comm::DType::kF16;
+  return part.comm->AllGather(space, comm::ConstBuffer(send16.data(), n, dtype),
+                              comm::Buffer{working.data() + part.begin, p.size * n, dtype});
+}
+
+absl::Status AdamWOptimizer::StepAndCast(TrainModel& model, Vector<float, Space> masters, Vector<float, Space> grad,
+                                         Vector<float, Space> m, Vector<float, Space> v, int64_t working_at,
+                                         const kernels::AdamWOptions& adamw) {
+  uint16_t* const bits = model.flat_working().data() + working_at;
+  const int64_t n = masters.extent(0);
+  if (options_.compute_dtype == TrainModel::ComputeDtype::kBf16) {
+    return kernels::AdamWStepAndCast<bf16, Space>(Space(), masters, grad, m, v, steps_, adamw,
+                                                  Vector<bf16, Space>(reinterpret_cast<bf16*>(bits), n));
+  }
+  return kernels::AdamWStepAndCast<f16, Space>(Space(), masters, grad, m, v, steps_, adamw,
+                                               Vector<f16, Space>(reinterpret_cast<f16*>(bits), n));
 }
 
 absl::StatusOr<OptimizerStepResult> AdamWOptimizer::Step(TrainModel& model, double lr, bool loss_finite) {
   if (options_.compute_dtype != model.compute_dtype()) {  // the working copy holds the model's type
     return absl::FailedPreconditionError("AdamW: the optimizer's compute dtype differs from the model's");
   }
+  OPENMOE_RETURN_IF_ERROR(CheckMasters(model));
   OptimizerStepResult result;
   const Vector<float, Space> grads = model.flat_grads();
   OPENMOE_ASSIGN_OR_RETURN(result.grad_norm, GradientNorm(model));
@@ -287,8 +370,7 @@ absl::StatusOr<OptimizerStepResult> AdamWOptimizer::Step(TrainModel& model, doub
     OPENMOE_RETURN_IF_ERROR(kernels::AdamWStep<Space>(Space(), model.flat_params(), grads, flat_m_, flat_v_, steps_, adamw));
     return result;
   }
-  OPENMOE_RETURN_IF_ERROR(options_.compute_dtype == Dtype::kBf16 ? StepAndCast<bf16>(model, grads, adamw)
-                                                                  : StepAndCast<f16>(model, grads, adamw));
+  OPENMOE_RETURN_IF_ERROR(StepAndCast(model, model.flat_params(), grads, flat_m_, flat_v_, 0, adamw));
   model.MarkWorkingCopyCurrent();
   return result;
 }

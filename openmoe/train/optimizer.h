@@ -1,22 +1,32 @@
 // File: openmoe/train/optimizer.h
-// The optimizer of a training run, over the model's flat buffers (TrainableModel::flat_params /
+// The optimizer of a training run, over the model's flat buffers (TrainableModel::flat_masters /
 // flat_grads / layout): AdamW (kernels/adamw.h) with float32 moments in the same layout, clipping
 // by the global gradient norm, and for fp16 the dynamic loss scaler that skips overflowing steps.
 // In a bf16 / fp16 run AdamW also writes the rounded weights into the model's 16-bit working copy
 // (kernels::AdamWStepAndCast), so the next step skips its own conversion.
 //
 //   AdamWOptimizer opt(model.layout(), options);
+//   OPENMOE_RETURN_IF_ERROR(opt.ShardMasters(model));  // ZeRO-1/2 of a 16-bit run; else nothing
 //   model.set_loss_scale(float(opt.loss_scale()));  ... model.ForwardBackward ... (reduce gradients)
 //   OPENMOE_ASSIGN_OR_RETURN(OptimizerStepResult r, opt.Step(model, lr, std::isfinite(loss.total)));
 //
 // ZeRO (ZeroSharding, stage 1 or 2 over the data-parallel communicator): the flat layout is split
 // into ZeroPartition chunks; a rank keeps AdamW moments only for what it owns (its chunk plus the
-// small replicated tail) and updates only those weights, then the updated chunks are all-gathered
-// into every rank's flat_params (the 16-bit working copy is invalidated, so the next forward pass
-// converts it again: bit-identical to the fused cast, see optimizer_test). Stage 1 expects the
-// gradient already all-reduced (mean); stage 2 reduce-scatters it (ReduceScatterGradients) and
-// all-reduces the shards' sums of squares for the global norm. Per element the arithmetic is
-// ZeRO-0's, so weights and moments equal ZeRO-0's bit for bit when the clipping factor does.
+// small replicated tail; with sharded experts, that of the dense range and of the expert range)
+// and updates only those weights. Stage 1 expects the gradient already all-reduced (mean); stage 2
+// reduce-scatters it (ReduceScatterGradients) and all-reduces the shards' sums of squares for the
+// global norm. Per element the arithmetic is ZeRO-0's, so weights and moments equal ZeRO-0's bit
+// for bit when the clipping factor does. The fp32 master weights:
+//  - bf16 / fp16 runs: the model keeps only the masters this rank owns (ShardMasters: the same
+//    pieces as the moments, at the same offsets, so TrainableModel::flat_masters() is laid out as
+//    flat_m()); AdamW updates them and writes their 16-bit rounding into the owned positions of
+//    the model's whole working copy, whose chunks are then all-gathered (16-bit: half the bytes of
+//    an fp32 all-gather). That working copy equals the rounding of ZeRO-0's whole masters bit for
+//    bit (rounding is per element). Whole tensors of the masters (checkpoints, dumps): GatherMasters.
+//  - fp32 runs: the masters are the weights the forward pass computes with, so they stay whole;
+//    the updated fp32 chunks are all-gathered into every rank's flat_params.
+// Still whole on every rank: ZeRO-2's fp32 gradient buffer (the backward pass writes it whole and
+// the reduce-scatter reads it) and the 16-bit working copy.
 #ifndef OPENMOE_TRAIN_OPTIMIZER_H_
 #define OPENMOE_TRAIN_OPTIMIZER_H_
 
@@ -62,9 +72,10 @@ double GlobalNorm(Vector<float, TrainSpace> flat);
 // sum g^2 in double (GlobalNorm before its square root).
 double SumOfSquares(Vector<float, TrainSpace> flat);
 
-// ZeRO over the data-parallel ranks of `comm`: stage 1 shards the optimizer state (AdamW moments
-// and the update of the fp32 master weights), stage 2 also the gradient (reduce-scatter instead of
-// all-reduce). Stage 0 (or no communicator): everything replicated.
+// ZeRO over the data-parallel ranks of `comm`: stage 1 shards the optimizer state (AdamW moments,
+// the update of the fp32 master weights and, in bf16 / fp16 runs, the masters themselves), stage 2
+// also the gradient (reduce-scatter instead of all-reduce). Stage 0 (or no communicator):
+// everything replicated.
 struct ZeroSharding {
   int stage = 0;
   std::shared_ptr<comm::Communicator<TrainSpace>> comm;
@@ -95,7 +106,7 @@ struct ZeroPartition {
   int rank = 0, size = 1;
   static ZeroPartition Of(int64_t total, int rank, int size);
   int64_t tail() const { return total - tail_begin; }
-  int64_t owned() const { return chunk + tail(); }  // moments kept by each rank
+  int64_t owned() const { return chunk + tail(); }  // moments (16-bit runs: masters) kept by each rank
 };
 
 class AdamWOptimizer {
@@ -114,6 +125,8 @@ class AdamWOptimizer {
   bool sharded() const { return zero_.stage > 0; }
   // The dense part's partition (the whole layout's without sharded experts).
   const ZeroPartition& partition() const { return parts_.front().partition; }
+  // Every part's partition: the dense range's, then (sharded experts) the expert range's.
+  std::vector<ZeroPartition> partitions() const;
   // Whether the model stores only its experts (two parts: dense and experts).
   bool sharded_experts() const { return parts_.size() > 1; }
   // A pipeline stage's optimizer: the gradient norm adds every stage's sum of squares over
@@ -124,6 +137,20 @@ class AdamWOptimizer {
   bool loss_scaling() const { return options_.compute_dtype == TrainModel::ComputeDtype::kFp16; }
   // The scale the next backward pass should use: the scaler's with loss scaling, else 1.
   double loss_scale() const { return loss_scaling() ? scaler_.scale() : 1.0; }
+
+  // Whether the model keeps only this rank's fp32 masters: ZeRO-1/2 of a bf16 / fp16 run.
+  bool shards_masters() const { return sharded() && options_.compute_dtype != TrainModel::ComputeDtype::kFp32; }
+  // With shards_masters() (else nothing): the model keeps only the masters this rank updates,
+  // OwnedMoments(0, total) at the moments' offsets (TrainableModel::ShardMasters). Call it once,
+  // before the first Step (which refuses a model whose masters are not as this optimizer expects).
+  absl::Status ShardMasters(TrainModel& model) const;
+  // The fp32 master weights of the layout range [begin, end) (e.g. one tensor's slot), whole
+  // [end - begin]. Whole masters: a view into model.flat_params(). Sharded (collective over every
+  // part's ranks whose chunks overlap the range, so every rank calls it for the same ranges): each
+  // part's pieces go to rank 0 of the part's communicator, where that part of the range is
+  // complete (the dense part on the data-parallel rank 0, the expert part on each EP group
+  // position's first replica); elsewhere it holds only this rank's pieces.
+  absl::StatusOr<Vector<float, TrainSpace>> GatherMasters(const TrainModel& model, int64_t begin, int64_t end) const;
 
   // The moments [layout.total()] and one tensor's part of them. Unsharded only: under ZeRO
   // flat_m / flat_v are this rank's [chunk | tail] of each part; use GatherMoments.
@@ -160,7 +187,8 @@ class AdamWOptimizer {
   // The parts of the layout range [begin, end) whose moments this rank keeps, as pieces (layout
   // offset, offset in flat_m() / flat_v(), count): the whole range unsharded, else its overlap
   // with this rank's chunk and with the replicated tail of each part. Two ranks with the same
-  // position in every part's communicator get the same pieces for the same range.
+  // position in every part's communicator get the same pieces for the same range. With
+  // shards_masters() they are also the model's master pieces (offsets in flat_masters()).
   struct MomentPiece {
     int64_t layout = 0, moment = 0, count = 0;
     bool tail = false;  // in a part's tail, which every rank of the part's communicator keeps
@@ -182,11 +210,31 @@ class AdamWOptimizer {
   // chunks all-gathered over the part's ranks), the expert part's summed over the EP group in rank
   // order; the same double on every rank.
   absl::StatusOr<double> GradientNorm(const TrainModel& model) const;
+  // An error unless the model keeps the masters this optimizer updates: whole, or (shards_masters())
+  // exactly OwnedMoments(0, total) at the moments' offsets.
+  absl::Status CheckMasters(const TrainModel& model) const;
   // ZeRO-1/2's clipping (by `clip`) and AdamW on this rank's shares, then the all-gathers.
   absl::Status ShardedUpdate(TrainModel& model, float clip, const kernels::AdamWOptions& adamw);
-  // AdamW writing the rounded weights into the model's working copy as T (bf16 or f16).
-  template <class T>
-  absl::Status StepAndCast(TrainModel& model, Vector<float, TrainSpace> grads, const kernels::AdamWOptions& adamw);
+  // AdamW on the grad.extent(0) weights this rank owns at layout offset `layout` (moments at
+  // `moment`): whole masters are updated in place there; sharded ones (at `moment` too) write
+  // their rounding into the working copy at `layout` as well.
+  absl::Status UpdateOwned(TrainModel& model, int64_t layout, int64_t moment, Vector<float, TrainSpace> grad,
+                           const kernels::AdamWOptions& adamw);
+  // Every rank's updated chunk of `part` into every rank's model (collective over the part's
+  // ranks): the fp32 chunks of whole masters, or (sharded masters) the working copy's 16-bit
+  // chunks. `send`: the chunk's gradient, consumed by now, lends its memory as the send buffer (an
+  // all-gather must not read from the buffer it writes).
+  absl::Status GatherChunks(TrainModel& model, const Range& part, Vector<float, TrainSpace> send) const;
+  // AdamW on masters, grad, m, v [n] also writing the rounded weights into the model's working
+  // copy [working_at, working_at + n) in its compute dtype (bf16 or f16).
+  absl::Status StepAndCast(TrainModel& model, Vector<float, TrainSpace> masters, Vector<float, TrainSpace> grad,
+                           Vector<float, TrainSpace> m, Vector<float, TrainSpace> v, int64_t working_at,
+                           const kernels::AdamWOptions& adamw);
+  // `owned`, a buffer laid out as flat_m() (each part's [chunk | tail]), over the layout range
+  // [begin, end) into `out` [end - begin] (collective as GatherMasters): this rank's pieces
+  // copied, the other ranks' chunk pieces received by rank 0 of each part's communicator.
+  absl::Status GatherRange(Vector<float, TrainSpace> owned, int64_t begin, int64_t end,
+                           Vector<float, TrainSpace> out) const;
   static Vector<float, TrainSpace> Part(Vector<float, TrainSpace> flat, const ParameterSlot& slot) {
     return Vector<float, TrainSpace>(flat.data() + slot.offset, slot.numel);
   }

@@ -2,12 +2,18 @@
 // whose AdamW writes the 16-bit working copy (AdamWStepAndCast) computes the next steps exactly as
 // one whose model converts its masters again (InvalidateWorkingCopy before every step): losses and
 // weights bit-identical over three steps. A compute dtype other than the model's is refused before
-// anything changes.
+// anything changes. Sharded fp32 masters (ZeRO-1 of a bf16 run over a one-rank communicator, so the
+// partition is a chunk and a tail): the optimizer's pieces are the model's, the steps equal ZeRO-0's
+// bit for bit (gathered masters, working copy, losses), and misuse is refused with a message: an
+// fp32 model's masters cannot be sharded, a ZeRO-1 16-bit optimizer refuses whole masters, and a
+// sharded model has no whole flat_params().
 #include "openmoe/train/optimizer.h"
 
+#include <memory>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "openmoe/comm/single_rank.h"
 
 namespace openmoe::train {
 namespace {
@@ -43,6 +49,78 @@ TEST(AdamWOptimizer, FusedCastStepsEqualReconvertedSteps) {
     ASSERT_TRUE(opt_reconverted.Step(*reconverted, 1e-2, true).ok());
   }
   EXPECT_EQ(Weights(*fused), Weights(*reconverted));
+}
+
+std::vector<uint16_t> WorkingBits(TrainModel& model) {
+  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), model.flat_working());
+  return std::vector<uint16_t>(host.data(), host.data() + host.extent(0));
+}
+
+ZeroSharding OneRankZero1() { return {1, std::make_shared<comm::SingleRankCommunicator<TrainSpace>>()}; }
+
+TEST(AdamWOptimizer, ShardedMastersStepAsWholeOnes) {
+  auto sharded = TrainModel::Load("tests/data/openmoe/tiny8b"), whole = TrainModel::Load("tests/data/openmoe/tiny8b");
+  ASSERT_TRUE(sharded.ok() && whole.ok());
+  OptimizerOptions options;
+  options.adamw.lr = 1e-2, options.max_grad_norm = 1.0, options.compute_dtype = Dtype::kBf16;
+  sharded->set_compute_dtype(Dtype::kBf16), whole->set_compute_dtype(Dtype::kBf16);
+  AdamWOptimizer opt_sharded(sharded->layout(), options, OneRankZero1()), opt_whole(whole->layout(), options);
+  ASSERT_TRUE(opt_sharded.shards_masters());
+  ASSERT_FALSE(opt_whole.shards_masters());
+  ASSERT_TRUE(opt_whole.ShardMasters(*whole).ok());  // nothing to do
+  ASSERT_FALSE(whole->masters_sharded());
+  ASSERT_TRUE(opt_sharded.ShardMasters(*sharded).ok());
+  ASSERT_TRUE(sharded->masters_sharded());
+  // One rank: the chunk (a multiple of 64) and the tail, kept at the moments' offsets.
+  const int64_t total = sharded->layout().total(), chunk = total / 64 * 64;
+  const std::vector<TrainModel::MasterPiece> pieces = sharded->OwnedMasters(0, total);
+  ASSERT_EQ(pieces.size(), chunk == total ? 1u : 2u);
+  EXPECT_EQ(pieces[0].layout, 0);
+  EXPECT_EQ(pieces[0].master, 0);
+  EXPECT_EQ(pieces[0].count, chunk);
+  EXPECT_EQ(int64_t(sharded->flat_masters().extent(0)), total);
+  EXPECT_EQ(int64_t(opt_sharded.flat_m().extent(0)), total);
+  const int64_t B = 2, S = 8;
+  const std::vector<int64_t> ids = Batch(B, S, whole->config().vocab_size), mask(B * S, 1);
+  for (int step = 0; step < 3; ++step) {
+    auto a = sharded->ForwardBackward(ids, mask, B, S), b = whole->ForwardBackward(ids, mask, B, S);
+    ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+    ASSERT_EQ(a->total, b->total) << "step " << step;
+    ASSERT_TRUE(opt_sharded.Step(*sharded, 1e-2, true).ok());
+    ASSERT_TRUE(opt_whole.Step(*whole, 1e-2, true).ok());
+  }
+  absl::StatusOr<Vector<float, TrainSpace>> gathered = opt_sharded.GatherMasters(*sharded, 0, total);
+  ASSERT_TRUE(gathered.ok()) << gathered.status();
+  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), *gathered);
+  EXPECT_EQ(std::vector<float>(host.data(), host.data() + total), Weights(*whole));
+  EXPECT_EQ(WorkingBits(*sharded), WorkingBits(*whole));
+}
+
+TEST(AdamWOptimizer, RefusesMastersNotShardedAsItsPartition) {
+  auto fp32 = TrainModel::Load("tests/data/openmoe/tiny8b"), bf16_model = TrainModel::Load("tests/data/openmoe/tiny8b");
+  ASSERT_TRUE(fp32.ok() && bf16_model.ok());
+  // fp32 runs compute with their masters: they stay whole.
+  absl::Status status = fp32->ShardMasters({{0, 0, 64}});
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(std::string(status.message()).find("must stay whole"), std::string::npos) << status;
+  // A ZeRO-1 bf16 optimizer updates only this rank's masters: whole ones are refused before any change.
+  OptimizerOptions options;
+  options.compute_dtype = Dtype::kBf16;
+  bf16_model->set_compute_dtype(Dtype::kBf16);
+  AdamWOptimizer optimizer(bf16_model->layout(), options, OneRankZero1());
+  const std::vector<float> before = Weights(*bf16_model);
+  absl::StatusOr<OptimizerStepResult> r = optimizer.Step(*bf16_model, 1e-2, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("ShardMasters"), std::string::npos) << r.status();
+  EXPECT_EQ(optimizer.steps(), 0);
+  EXPECT_EQ(Weights(*bf16_model), before);
+  // Pieces that do not tile the kept buffer in order are refused; sharded masters have no whole view.
+  EXPECT_EQ(bf16_model->ShardMasters({{64, 64, 64}}).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(bf16_model->ShardMasters({{0, 0, 64}, {128, 64, 64}}).ok());
+  EXPECT_EQ(int64_t(bf16_model->flat_masters().extent(0)), 128);
+  EXPECT_EQ(bf16_model->ShardMasters({{0, 0, 64}}).code(), absl::StatusCode::kFailedPrecondition);  // once
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";  // re-runs the test in a child: no fork of threads
+  EXPECT_DEATH(bf16_model->flat_params(), "keeps only its share of the fp32 master weights");
 }
 
 TEST(AdamWOptimizer, RefusesAComputeDtypeOtherThanTheModels) {

@@ -125,6 +125,28 @@ absl::StatusOr<io::TokenBatch> LoadDataset(const TrainOptions& o, const std::str
   return TokenizeRecords(records, tokenizer, std::min(o.max_length, max_position_embeddings));
 }
 
+// One line per rank of a multi-rank run: how many fp32 master weights it keeps of the flat layout
+// it stores, with the ZeRO partition's parts as "<elements> over <ranks> ranks" (the dense range
+// over the data-parallel ranks, then with sharded experts the expert range over the replicas).
+// ZeRO-1/2 of a bf16 / fp16 run keeps its chunk plus the replicated tail of each part; fp32 runs
+// and ZeRO-0 keep them whole (said so).
+std::string MastersLine(const TrainModel& model, const AdamWOptimizer& optimizer, const DataParallelRank& dp, int stage) {
+  std::string how = absl::StrCat("ZeRO-", optimizer.zero_stage());
+  if (optimizer.sharded()) {
+    const char* separator = " parts: ";
+    for (const ZeroPartition& p : optimizer.partitions()) {
+      absl::StrAppend(&how, separator, p.total, " over ", p.size, " ranks");
+      separator = ", ";
+    }
+  }
+  if (!model.masters_sharded()) {
+    absl::StrAppend(&how, model.compute_dtype() == TrainModel::ComputeDtype::kFp32 ? "; whole: an fp32 run computes with them"
+                                                                                   : "; whole");
+  }
+  return absl::StrCat("fp32 masters: stage ", stage, ", data-parallel rank ", dp.rank, " of ", dp.size, " keeps ",
+                      model.flat_masters().extent(0), " of ", model.layout().total(), " (", how, ")");
+}
+
 }  // namespace
 
 absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank dp, GradientReduction reduce_gradients,
@@ -206,6 +228,12 @@ absl::StatusOr<Trainer> Trainer::Create(const TrainOptions& o, DataParallelRank 
       std::fprintf(stderr, "pipeline stage %d of %d stores %s: %lld of the model's %lld parameters\n", t.pipeline_.stage,
                    t.pipeline_.stages, t.model_.layers().ToString().c_str(), (long long)stored, (long long)whole);
     }
+  }
+  // ZeRO-1/2 of a 16-bit run: the model keeps only this rank's fp32 masters (its whole working
+  // copy converted from the loaded or initialised ones first); a resume's moments follow below.
+  OPENMOE_RETURN_IF_ERROR(t.optimizer_.ShardMasters(t.model_));
+  if (dp.size > 1 || t.pipeline_.stages > 1) {
+    std::fprintf(stderr, "%s\n", MastersLine(t.model_, t.optimizer_, dp, t.pipeline_.stage).c_str());
   }
   t.optimizer_.set_steps(resumed.position.step);
   if (!o.resume.empty()) {
@@ -302,7 +330,18 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
 
 absl::StatusOr<std::vector<float>> Trainer::WholeTensor(const TensorSpec& spec, Vector<float, TrainSpace> flat) const {
   const ParameterSlot& slot = model_.layout().slot(spec.name);
-  const Vector<float, Space> stored(flat.data() + slot.offset, slot.numel);
+  return WholeFromStored(spec, Vector<float, Space>(flat.data() + slot.offset, slot.numel));
+}
+
+absl::StatusOr<std::vector<float>> Trainer::WholeMasterTensor(const TensorSpec& spec) const {
+  const ParameterSlot& slot = model_.layout().slot(spec.name);
+  OPENMOE_ASSIGN_OR_RETURN(const auto stored,  // [slot.numel]
+                           optimizer_.GatherMasters(model_, slot.offset, slot.offset + slot.numel));
+  return WholeFromStored(spec, stored);
+}
+
+absl::StatusOr<std::vector<float>> Trainer::WholeFromStored(const TensorSpec& spec, Vector<float, TrainSpace> stored) const {
+  const ParameterSlot& slot = model_.layout().slot(spec.name);
   const bool gathered = !model_.expert_shard().all() && ExpertShard::IsExpertTensor(spec.name);
   if (!gathered) return stage_writer_ ? ToHost(stored) : std::vector<float>();
   // Only the stage writer's EP group (replica 0; the stage writer is its position 0) takes part:
@@ -342,13 +381,14 @@ namespace {
 
 // Swaps `buf` with the same-sized buffer of `peer` in `comm`; `first`: this side sends first (the
 // other receives first), so blocking point-to-point cannot deadlock.
-absl::Status SwapWithPeer(comm::Communicator<Space>& comm, Vector<float, Space> buf, int peer, bool first) {
+template <class T>
+absl::Status SwapWithPeer(comm::Communicator<Space>& comm, Vector<T, Space> buf, int peer, bool first) {
   const Space space;
   if (first) {
     OPENMOE_RETURN_IF_ERROR(comm.Send(space, buf, peer));
     return comm.Recv(space, buf, peer);
   }
-  Vector<float, Space> received(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("swap")), buf.extent(0));
+  Vector<T, Space> received(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("swap")), buf.extent(0));
   OPENMOE_RETURN_IF_ERROR(comm.Recv(space, received, peer));
   OPENMOE_RETURN_IF_ERROR(comm.Send(space, buf, peer));
   Kokkos::deep_copy(space, buf, received);
@@ -367,16 +407,26 @@ absl::Status Trainer::ExchangeExpertSlot(int64_t moe_layer, const ExpertSwap& sw
   for (const char* tensor : {"wi_gate", "wi_up", "wo"}) {
     const ParameterSlot& slot = model_.layout().slot(absl::StrCat("model.layers.", layer, ".mlp.experts.", tensor));
     const int64_t per_expert = slot.numel / model_.expert_shard().count;
-    const int64_t begin = slot.offset + swap.local * per_expert;
-    OPENMOE_RETURN_IF_ERROR(SwapWithPeer(*experts_.group, Vector<float, Space>(model_.flat_params().data() + begin, per_expert),
-                                         peer, first));
-    // The moment pieces this rank keeps of the slot: the peer (same replica index, same ZeRO
-    // position) keeps the same pieces of its slot.
-    for (const AdamWOptimizer::MomentPiece& piece : optimizer_.OwnedMoments(begin, begin + per_expert)) {
+    const int64_t begin = slot.offset + swap.local * per_expert, end = begin + per_expert;
+    // The fp32 master pieces (the whole slot, or under 16-bit ZeRO the pieces this rank keeps) and
+    // the AdamW moment pieces of the slot: the peer (same replica index, same ZeRO position) keeps
+    // the same pieces of its slot.
+    for (const TrainModel::MasterPiece& piece : model_.OwnedMasters(begin, end)) {
+      OPENMOE_RETURN_IF_ERROR(SwapWithPeer(
+          *experts_.group, Vector<float, Space>(model_.flat_masters().data() + piece.master, piece.count), peer, first));
+    }
+    for (const AdamWOptimizer::MomentPiece& piece : optimizer_.OwnedMoments(begin, end)) {
       for (Vector<float, Space> moments : {optimizer_.flat_m(), optimizer_.flat_v()}) {
         OPENMOE_RETURN_IF_ERROR(
             SwapWithPeer(*experts_.group, Vector<float, Space>(moments.data() + piece.moment, piece.count), peer, first));
       }
+    }
+    // bf16 / fp16 runs: the whole slot of the 16-bit working copy (the rounding of its masters; with
+    // sharded masters the only whole copy of the weights). Raw 16-bit words, moved as bf16.
+    if (model_.compute_dtype() != TrainModel::ComputeDtype::kFp32) {
+      OPENMOE_RETURN_IF_ERROR(SwapWithPeer(
+          *experts_.group, Vector<bf16, Space>(reinterpret_cast<bf16*>(model_.flat_working().data()) + begin, per_expert),
+          peer, first));
     }
   }
   return absl::OkStatus();
@@ -409,7 +459,7 @@ absl::Status Trainer::BalanceExperts() {
                     *std::max_element(before.begin(), before.end()), " -> ", *std::max_element(after.begin(), after.end()),
                     " tokens (", swaps.size(), swaps.size() == 1 ? " swap)" : " swaps)");
   }
-  model_.InvalidateWorkingCopy();  // the 16-bit copy of the moved experts is stale
+  // (The 16-bit working copy moved with the weights: it stays the rounding of the masters.)
   if (writer_ && !report.empty()) std::fprintf(stderr, "load balance at step %lld:%s\n", (long long)position_.step, report.c_str());
   return absl::OkStatus();
 }
@@ -418,7 +468,7 @@ absl::Status Trainer::DumpStepState(const LossParts& loss, const std::vector<std
   std::vector<std::vector<float>> stage_params;
   stage_params.reserve(model_.table().size());
   for (const TensorSpec& spec : model_.table()) {
-    OPENMOE_ASSIGN_OR_RETURN(std::vector<float> whole, WholeTensor(spec, model_.flat_params()));
+    OPENMOE_ASSIGN_OR_RETURN(std::vector<float> whole, WholeMasterTensor(spec));
     stage_params.push_back(std::move(whole));
   }
   OPENMOE_ASSIGN_OR_RETURN(auto grads, GatherStages(stage_grads));
@@ -562,7 +612,7 @@ absl::Status Trainer::SaveCheckpoint() const {
   }
   std::vector<std::vector<float>> stage_params;
   for (const TensorSpec& spec : model_.table()) {
-    OPENMOE_ASSIGN_OR_RETURN(std::vector<float> params, WholeTensor(spec, model_.flat_params()));
+    OPENMOE_ASSIGN_OR_RETURN(std::vector<float> params, WholeMasterTensor(spec));
     stage_params.push_back(std::move(params));
     if (shards) continue;
     OPENMOE_ASSIGN_OR_RETURN(std::vector<float> m, WholeTensor(spec, moments.first));

@@ -14,7 +14,8 @@
 // update. Rank 0 alone writes metrics and checkpoints. With one rank the reduction is the identity.
 //
 // ZeRO (`zero`, stage 1 or 2 over the same ranks): the optimizer keeps and updates only this
-// rank's part of the state (optimizer.h). Stage 1 still uses the gradient reduction (all-reduce,
+// rank's part of the state (optimizer.h); in bf16 / fp16 runs the model keeps only this rank's part
+// of the fp32 master weights too (whole tensors of them are gathered for checkpoints and dumps). Stage 1 still uses the gradient reduction (all-reduce,
 // mean); stage 2 replaces it by the optimizer's reduce-scatter (the reduction is not called).
 // In multi-rank runs SaveCheckpoint is collective: each rank writes the moments it keeps to its
 // own optimizer shard file (checkpoint.h); a resume gives each rank its part of the saved state.
@@ -128,14 +129,22 @@ class Trainer {
   // parts, `grads` (the reduced gradient, whole tensors) and the weights after the step.
   absl::Status DumpStepState(const LossParts& loss, const std::vector<std::vector<float>>& grads) const;
   // The whole tensor `spec` (an entry of model().table()) of `flat`, a buffer in the model's flat
-  // layout (weights, gradients or moments), on the host: a stacked expert tensor of a model
+  // layout (gradients or gathered moments), on the host: a stacked expert tensor of a model
   // storing some experts is all-gathered over the EP group (collective over it; every rank calls
   // this for the same tensors); empty on ranks other than the writer.
   absl::StatusOr<std::vector<float>> WholeTensor(const TensorSpec& spec, Vector<float, TrainSpace> flat) const;
+  // WholeTensor of the fp32 master weights: a model keeping only its share of them (ZeRO-1/2 of a
+  // 16-bit run) gathers the tensor's slot over each part's ZeRO ranks first
+  // (AdamWOptimizer::GatherMasters; collective over them too).
+  absl::StatusOr<std::vector<float>> WholeMasterTensor(const TensorSpec& spec) const;
+  // WholeTensor from the tensor's values as this model stores them, `stored` [its slot's numel]
+  // (complete on the stage writer, and for expert tensors on the first replica of each EP position).
+  absl::StatusOr<std::vector<float>> WholeFromStored(const TensorSpec& spec, Vector<float, TrainSpace> stored) const;
   // --load_balance, every load_balance_interval steps (collective over every rank): the routed
   // tokens summed over the data-parallel ranks, PlanExpertSwaps per MoE layer, each swap's weights
-  // and moment pieces exchanged between the two EP positions (every replica with its counterpart),
-  // then the model's placement. The model's function does not change.
+  // (fp32 master pieces as kept, the whole 16-bit working slot) and moment pieces exchanged between
+  // the two EP positions (every replica with its counterpart), then the model's placement. The
+  // model's function does not change.
   absl::Status BalanceExperts();
   // One swap of MoE layer `moe_layer`'s slots (a, j) <-> (b, j) on this rank's data, if it is at a or b.
   absl::Status ExchangeExpertSlot(int64_t moe_layer, const ExpertSwap& swap);
