@@ -101,6 +101,9 @@ void MaskedSoftmax(const ExecSpace& space, const float* scores, TP* probs, TP* p
               if ((j == 0 || mask(b, j) != 0) && s[j] > m) m = s[j];
             },
             Kokkos::Max<float>(max_score));
+        // Kokkos 3.4 (CUDA) hands a team reduction's result back through one shared buffer and returns
+        // without a barrier: the next reduction must not overwrite it before every thread has read it.
+        team.team_barrier();
         float sum = 0.0f;
         Kokkos::parallel_reduce(
             Kokkos::TeamThreadRange(team, visible_end),

@@ -2,6 +2,7 @@
 
 #include <cfloat>
 #include <cmath>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/attention_gemm.h"
@@ -12,49 +13,97 @@
 namespace openmoe::kernels {
 namespace {
 constexpr int64_t kMaxHeadDim = 128;  // per-thread rows of the attention backward
+
+// Team reductions that another may follow are followed by team.team_barrier(): Kokkos 3.4's CUDA
+// team reductions (team_reduce, parallel_reduce over a TeamThreadRange) leave their result in one
+// __shared__ buffer per value type and return without a barrier, so a warp that enters the next
+// reduction of the same type (or the next league iteration) can overwrite a result that a slower
+// warp has yet to read. Seen on an H100: back-to-back Sum<double> reductions gave wrong row sums.
+
+// ---- RmsNormBackward ----
+constexpr int kNormThreads = 256;       // GPU threads of a row team (dx) and of a column tile (dw)
+constexpr int kNormRowBlock = 32;       // rows of one dw partial sum
+constexpr int kNormColumnTile = 256;    // columns of one dw team: one per GPU thread
+
+// dx [N, H] = r (w dy) - x r^3 mean(w dy x), one team per row; r [N] = 1 / rms(x) (written).
+template <class ExecSpace>
+void RmsNormBackwardDx(const ExecSpace& space, ConstMatrix<float, ExecSpace> x, ConstVector<float, ExecSpace> w,
+                       ConstMatrix<float, ExecSpace> dy, float eps, Matrix<float, ExecSpace> dx,
+                       Vector<float, ExecSpace> r) {
+  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  const int H = int(x.extent(1));
+  const float inv_h = 1.0f / float(H);
+  Kokkos::parallel_for(
+      "openmoe::kernels::RmsNormBackward.dx", RowTeams(space, x.extent(0), kNormThreads),
+      KOKKOS_LAMBDA(const Member& team) {
+        const int t = team.league_rank();
+        float sum_sq = 0.0f, sum_wdx = 0.0f;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, H), [&](const int j, float& s) { s += x(t, j) * x(t, j); }, sum_sq);
+        team.team_barrier();
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, H), [&](const int j, float& s) { s += w(j) * dy(t, j) * x(t, j); }, sum_wdx);
+        team.team_barrier();
+        const float rt = 1.0f / Kokkos::Experimental::sqrt(sum_sq * inv_h + eps);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, H), [&](const int j) {
+          dx(t, j) = rt * w(j) * dy(t, j) - x(t, j) * rt * rt * rt * sum_wdx * inv_h;
+        });
+        Kokkos::single(Kokkos::PerTeam(team), [&]() { r(t) = rt; });
+      });
+}
+
+// dw [H] += sum_t dy x r, deterministic in two stages: partial [blocks, H] (scratch) = the sums
+// over blocks of kNormRowBlock rows (float, rows in order; one team per (row block, column tile),
+// a thread per column: coalesced rows), then per column the blocks in order (double).
+template <class ExecSpace>
+void RmsNormBackwardDw(const ExecSpace& space, ConstMatrix<float, ExecSpace> x, ConstMatrix<float, ExecSpace> dy,
+                       ConstVector<float, ExecSpace> r, Matrix<float, ExecSpace> partial, Vector<float, ExecSpace> dw) {
+  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  const int N = int(x.extent(0)), H = int(x.extent(1));
+  const int blocks = int(partial.extent(0)), tiles = (H + kNormColumnTile - 1) / kNormColumnTile;
+  Kokkos::parallel_for(
+      "openmoe::kernels::RmsNormBackward.dw_blocks", RowTeams(space, int64_t(blocks) * tiles, kNormThreads),
+      KOKKOS_LAMBDA(const Member& team) {
+        const int block = team.league_rank() / tiles, tile = team.league_rank() % tiles;
+        const int t0 = block * kNormRowBlock, t1 = N - t0 < kNormRowBlock ? N : t0 + kNormRowBlock;
+        const int j0 = tile * kNormColumnTile, j1 = H - j0 < kNormColumnTile ? H : j0 + kNormColumnTile;
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, j0, j1), [&](const int j) {
+          float acc = 0.0f;
+          for (int t = t0; t < t1; ++t) acc += dy(t, j) * x(t, j) * r(t);
+          partial(block, j) = acc;
+        });
+      });
+  Kokkos::parallel_for(
+      "openmoe::kernels::RmsNormBackward.dw", FlatRange(space, H), KOKKOS_LAMBDA(const int64_t j) {
+        double acc = dw(j);
+        for (int block = 0; block < blocks; ++block) acc += partial(block, j);
+        dw(j) = float(acc);
+      });
+}
 }  // namespace
 
 template <class ExecSpace>
-absl::Status RmsNormBackward(const ExecSpace& space, ConstMatrix<float, ExecSpace> x, ConstVector<float, ExecSpace> w,
-                             ConstMatrix<float, ExecSpace> dy, float eps, Matrix<float, ExecSpace> dx,
-                             Vector<float, ExecSpace> dw) {
+absl::Status RmsNormBackward(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<float, ExecSpace> x,
+                             ConstVector<float, ExecSpace> w, ConstMatrix<float, ExecSpace> dy, float eps,
+                             Matrix<float, ExecSpace> dx, Vector<float, ExecSpace> dw) {
+  const ExecSpace& space = ctx.space();
   const int64_t N = x.extent(0), H = x.extent(1);
   if (w.extent(0) != size_t(H) || dw.extent(0) != size_t(H) || dy.extent(0) != size_t(N) || dy.extent(1) != size_t(H) ||
       dx.extent(0) != size_t(N) || dx.extent(1) != size_t(H)) {
     return absl::InvalidArgumentError(absl::StrCat("RmsNormBackward: shapes do not fit x [", N, ", ", H, "]"));
   }
-  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
-  const float inv_h = 1.0f / float(H);
-  Kokkos::parallel_for(
-      "openmoe::kernels::RmsNormBackward.dx", RowTeams(space, N, 256), KOKKOS_LAMBDA(const Member& team) {
-        const int64_t t = team.league_rank();
-        float sum_sq = 0.0f, sum_wdx = 0.0f;
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, H), [&](const int64_t j, float& s) { s += x(t, j) * x(t, j); }, sum_sq);
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, H), [&](const int64_t j, float& s) { s += w(j) * dy(t, j) * x(t, j); },
-            sum_wdx);
-        const float r = 1.0f / Kokkos::Experimental::sqrt(sum_sq * inv_h + eps);
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, H), [&](const int64_t j) {
-          dx(t, j) = r * w(j) * dy(t, j) - x(t, j) * r * r * r * sum_wdx * inv_h;
-        });
-      });
-  // dw: one thread per column, rows in order (deterministic); r recomputed per row.
-  Kokkos::View<float*, typename ExecSpace::memory_space> r("rms_backward.r", N);
-  Kokkos::parallel_for(
-      "openmoe::kernels::RmsNormBackward.r", RowTeams(space, N, 256), KOKKOS_LAMBDA(const Member& team) {
-        const int64_t t = team.league_rank();
-        float sum_sq = 0.0f;
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, H), [&](const int64_t j, float& s) { s += x(t, j) * x(t, j); }, sum_sq);
-        Kokkos::single(Kokkos::PerTeam(team), [&]() { r(t) = 1.0f / Kokkos::Experimental::sqrt(sum_sq * inv_h + eps); });
-      });
-  Kokkos::parallel_for(
-      "openmoe::kernels::RmsNormBackward.dw", FlatRange(space, H), KOKKOS_LAMBDA(const int64_t j) {
-        float acc = 0.0f;
-        for (int64_t t = 0; t < N; ++t) acc += dy(t, j) * x(t, j) * r(t);
-        dw(j) += acc;
-      });
+  if (N == 0 || H == 0) return absl::OkStatus();
+  if (N > INT32_MAX / 2 || H > INT32_MAX / 2) {
+    return absl::InvalidArgumentError(absl::StrCat("RmsNormBackward: x [", N, ", ", H, "] too large for 32-bit indices"));
+  }
+  // The context's scratch (kept between calls, no allocation per call): r [N], then the dw partial
+  // sums [blocks, H].
+  const int64_t blocks = (N + kNormRowBlock - 1) / kNormRowBlock;
+  auto scratch = ctx.template Scratch<float>("rms_backward.scratch", size_t(N + blocks * H));
+  Vector<float, ExecSpace> r(scratch.data(), N);
+  RmsNormBackwardDx(space, x, w, dy, eps, dx, r);
+  RmsNormBackwardDw(space, x, dy, ConstVector<float, ExecSpace>(r), Matrix<float, ExecSpace>(scratch.data() + N, blocks, H),
+                    dw);
   return absl::OkStatus();
 }
 
@@ -192,49 +241,254 @@ absl::Status EmbeddingBackward(const ExecSpace& space, ConstVector<int64_t, Exec
   return absl::OkStatus();
 }
 
+namespace {
+// ---- LmLossBackward ----
+// Each row of logits is cut into segments of kLossSegment logits (the last one shorter), one team
+// of kLossThreads GPU threads each: at R = 256 rows of V = 256,384, 256 x 32 teams of 8 packs of
+// 4 floats per thread (one team per row gave 256 blocks for 132 SMs).
+constexpr int kLossSegment = 8192;
+constexpr int kLossThreads = 256;
+constexpr int kLossBatch = 4;  // packs a thread loads before it uses the first (loads in flight)
+
+// Partial sums of a stretch of a row: the largest logit, sum exp(x - max) and sum x.
+struct LogitSums {
+  double max = -FLT_MAX;
+  double sum_exp = 0, sum = 0;
+};
+
+// One thread's LogitSums, built online (one read of each logit): exp in float32, each pack's four
+// terms summed in float32, the running sums in double (relative error ~1e-7 on sum_exp).
+struct OnlineLogitSums {
+  float max = -FLT_MAX;
+  double sum_exp = 0, sum = 0;
+
+  KOKKOS_INLINE_FUNCTION void Rescale(float new_max) {  // new_max >= max
+    sum_exp *= Kokkos::Experimental::exp(double(max) - double(new_max));
+    max = new_max;
+  }
+  KOKKOS_INLINE_FUNCTION void Add(float x) {
+    if (x > max) Rescale(x);
+    sum_exp += double(Kokkos::Experimental::exp(x - max));
+    sum += double(x);
+  }
+  KOKKOS_INLINE_FUNCTION void Add(const Pack<float>& p) {
+    const float m = Kokkos::Experimental::fmax(Kokkos::Experimental::fmax(p.v[0], p.v[1]),
+                                               Kokkos::Experimental::fmax(p.v[2], p.v[3]));
+    if (m > max) Rescale(m);
+    float pack_exp = 0.0f, pack_sum = 0.0f;
+    for (int e = 0; e < Pack<float>::kSize; ++e) {
+      pack_exp += Kokkos::Experimental::exp(p.v[e] - max);
+      pack_sum += p.v[e];
+    }
+    sum_exp += double(pack_exp), sum += double(pack_sum);
+  }
+  // The team's sums, in every thread (team reductions: a fixed order for a fixed team size).
+  template <class Member>
+  KOKKOS_INLINE_FUNCTION LogitSums OverTeam(const Member& team) {
+    float team_max = max;
+    team.team_reduce(Kokkos::Max<float>(team_max));
+    team.team_barrier();
+    Rescale(team_max);
+    team.team_reduce(Kokkos::Sum<double>(sum_exp));
+    team.team_barrier();
+    team.team_reduce(Kokkos::Sum<double>(sum));
+    team.team_barrier();
+    LogitSums sums;
+    sums.max = max, sums.sum_exp = sum_exp, sums.sum = sum;
+    return sums;
+  }
+};
+
+// What the gradient pass needs of a row: dloss/dlogit_v = grad_scale * (softmax_v (1 + 2 z logZ)
+// - target_v) = exp(x_v - max) * coefficient - grad_scale * target_v.
+struct RowScale {
+  double max = 0;          // the row's largest logit (a float32 value)
+  double coefficient = 0;  // grad_scale * (1 + 2 z logZ) / sum_v exp(x_v - max)
+};
+
+// The team thread's share of row[begin, end) (T: float or const float): pack(p, x) for its 16-byte
+// packs p, x holding their 4 logits, kLossBatch packs loaded before the first call (the compiler
+// may not move a load above a store to the same row); for a non-const row, x is stored back after
+// the call. Then scalar(v) for its elements after the last whole pack. packed: the row is 16-byte
+// aligned and begin a multiple of 4 (otherwise scalar(v) for every element). Threads stride by the
+// team size (coalesced).
+template <class T, class Member, class PackFn, class ScalarFn>
+KOKKOS_INLINE_FUNCTION void ForEachOfSegment(const Member& team, T* row, bool packed, int begin, int end,
+                                             const PackFn& pack, const ScalarFn& scalar) {
+  using P = Pack<float>;
+  constexpr bool kStore = !std::is_const_v<T>;
+  const int step = team.team_size();
+  int tail = begin;
+  if (packed) {
+    using PackPointer = std::conditional_t<kStore, P*, const P*>;
+    const PackPointer packs = reinterpret_cast<PackPointer>(row);
+    const int first = begin / P::kSize, last = first + (end - begin) / P::kSize;
+    for (int base = first + team.team_rank(); base < last; base += kLossBatch * step) {
+      P x[kLossBatch];
+      for (int u = 0; u < kLossBatch; ++u) {
+        if (base + u * step < last) x[u] = packs[base + u * step];
+      }
+      for (int u = 0; u < kLossBatch; ++u) {
+        const int p = base + u * step;
+        if (p >= last) break;
+        pack(p, x[u]);
+        if constexpr (kStore) packs[p] = x[u];
+      }
+    }
+    tail = begin + (last - first) * P::kSize;
+  }
+  for (int v = tail + team.team_rank(); v < end; v += step) scalar(v);
+}
+
+// Pass 1: partial [R * segments] = LogitSums of each row segment (rows with label < 0 skipped).
 template <class ExecSpace>
-absl::Status LmLossBackward(const ExecSpace& space, Matrix<float, ExecSpace> logits, ConstVector<int64_t, ExecSpace> labels,
-                            double label_smoothing, double z_loss_factor, Vector<double, ExecSpace> loss,
-                            double grad_scale) {
+void LmLossSegmentSums(const ExecSpace& space, ConstMatrix<float, ExecSpace> logits,
+                       ConstVector<int64_t, ExecSpace> labels, int segments, bool packed,
+                       Kokkos::View<LogitSums*, typename ExecSpace::memory_space> partial) {
+  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  const int V = int(logits.extent(1));
+  Kokkos::parallel_for(
+      "openmoe::kernels::LmLossBackward.sums", RowTeams(space, int64_t(logits.extent(0)) * segments, kLossThreads),
+      KOKKOS_LAMBDA(const Member& team) {
+        const int r = team.league_rank() / segments, segment = team.league_rank() % segments;
+        if (labels(r) < 0) return;
+        const int begin = segment * kLossSegment, end = V - begin < kLossSegment ? V : begin + kLossSegment;
+        const float* row = &logits(r, 0);
+        OnlineLogitSums sums;
+        ForEachOfSegment(
+            team, row, packed, begin, end, [&](const int, const Pack<float>& x) { sums.Add(x); },
+            [&](const int v) { sums.Add(row[v]); });
+        const LogitSums total = sums.OverTeam(team);
+        Kokkos::single(Kokkos::PerTeam(team), [&]() { partial(team.league_rank()) = total; });
+      });
+}
+
+// Pass 2, a team per row, its threads over the segments: logZ, loss [R] and RowScale [R].
+template <class ExecSpace>
+void LmLossRows(const ExecSpace& space, ConstMatrix<float, ExecSpace> logits, ConstVector<int64_t, ExecSpace> labels,
+                int segments, Kokkos::View<const LogitSums*, typename ExecSpace::memory_space> partial,
+                double label_smoothing, double z_loss_factor, double grad_scale, Vector<double, ExecSpace> loss,
+                Kokkos::View<RowScale*, typename ExecSpace::memory_space> scale) {
+  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  const int64_t V = logits.extent(1);
+  const double ls = label_smoothing, off = ls / double(V - 1), z = z_loss_factor;
+  const double constant = -((1 - ls) * std::log(1 - ls) + double(V - 1) * off * std::log(off + 1e-20));
+  Kokkos::parallel_for(
+      "openmoe::kernels::LmLossBackward.rows", RowTeams(space, logits.extent(0), 32), KOKKOS_LAMBDA(const Member& team) {
+        const int r = team.league_rank();
+        const int64_t label = labels(r);
+        if (label < 0) {
+          Kokkos::single(Kokkos::PerTeam(team), [&]() { loss(r) = 0.0, scale(r) = RowScale(); });
+          return;
+        }
+        const LogitSums* part = &partial(int64_t(r) * segments);  // [segments]
+        double max = -DBL_MAX, sum_exp = 0.0, sum_logits = 0.0;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, segments),
+            [&](const int s, double& m) { m = part[s].max > m ? part[s].max : m; }, Kokkos::Max<double>(max));
+        team.team_barrier();
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, segments),
+            [&](const int s, double& acc) { acc += part[s].sum_exp * Kokkos::Experimental::exp(part[s].max - max); },
+            sum_exp);
+        team.team_barrier();
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, segments), [&](const int s, double& acc) { acc += part[s].sum; }, sum_logits);
+        team.team_barrier();
+        Kokkos::single(Kokkos::PerTeam(team), [&]() {
+          const double log_z = max + Kokkos::Experimental::log(sum_exp);
+          const double label_term = double(logits(r, label)) - log_z, all_terms = sum_logits - double(V) * log_z;
+          const double cross = (1 - ls) * label_term + off * (all_terms - label_term);
+          loss(r) = -cross + z * log_z * log_z - constant;
+          scale(r).max = max;
+          scale(r).coefficient = grad_scale * (1.0 + 2.0 * z * log_z) / sum_exp;
+        });
+      });
+}
+
+// Pass 3, teams as pass 1: logits become the gradient (each logit read and written by one thread;
+// exp in float32, the rest in double); rows with label < 0 become 0.
+template <class ExecSpace>
+void LmLossGradient(const ExecSpace& space, Matrix<float, ExecSpace> logits, ConstVector<int64_t, ExecSpace> labels,
+                    int segments, bool packed, Kokkos::View<const RowScale*, typename ExecSpace::memory_space> scale,
+                    double label_smoothing, double grad_scale) {
+  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  const int V = int(logits.extent(1));
+  const double on_label = grad_scale * (1 - label_smoothing), off_label = grad_scale * label_smoothing / double(V - 1);
+  Kokkos::parallel_for(
+      "openmoe::kernels::LmLossBackward.gradient", RowTeams(space, int64_t(logits.extent(0)) * segments, kLossThreads),
+      KOKKOS_LAMBDA(const Member& team) {
+        const int r = team.league_rank() / segments, segment = team.league_rank() % segments;
+        const int begin = segment * kLossSegment, end = V - begin < kLossSegment ? V : begin + kLossSegment;
+        float* row = &logits(r, 0);
+        const int64_t label64 = labels(r);
+        if (label64 < 0) {
+          ForEachOfSegment(
+              team, row, packed, begin, end, [&](const int, Pack<float>& x) { x = Pack<float>{}; },
+              [&](const int v) { row[v] = 0.0f; });
+          return;
+        }
+        const int label = int(label64);
+        const float max = float(scale(r).max);
+        const double coefficient = scale(r).coefficient;
+        auto gradient = [&](const int v, const float x) {
+          return float(double(Kokkos::Experimental::exp(x - max)) * coefficient - (v == label ? on_label : off_label));
+        };
+        ForEachOfSegment(
+            team, row, packed, begin, end,
+            [&](const int p, Pack<float>& x) {
+              for (int e = 0; e < Pack<float>::kSize; ++e) x.v[e] = gradient(p * Pack<float>::kSize + e, x.v[e]);
+            },
+            [&](const int v) { row[v] = gradient(v, row[v]); });
+      });
+}
+
+// ---- CombineBackward ----
+constexpr int kCombineThreads = 256;  // GPU threads of a token's team (over H)
+
+// m = 0, as one flat range when m is contiguous: Kokkos 3.4's deep_copy(m, 0) of a 2-D view runs
+// CUDA blocks of 2 x 16 threads (77 us for 15.7 MB on an H100, ~200 GB/s).
+template <class ExecSpace>
+void ZeroMatrix(const ExecSpace& space, Matrix<float, ExecSpace> m) {
+  if (!m.span_is_contiguous()) {
+    Kokkos::deep_copy(space, m, 0.0f);
+    return;
+  }
+  float* data = m.data();
+  Kokkos::parallel_for(
+      "openmoe::kernels::CombineBackward.zero", FlatRange(space, int64_t(m.span())),
+      KOKKOS_LAMBDA(const int64_t i) { data[i] = 0.0f; });
+}
+}  // namespace
+
+template <class ExecSpace>
+absl::Status LmLossBackward(const ExecutionContext<ExecSpace>& ctx, Matrix<float, ExecSpace> logits,
+                            ConstVector<int64_t, ExecSpace> labels, double label_smoothing, double z_loss_factor,
+                            Vector<double, ExecSpace> loss, double grad_scale) {
+  const ExecSpace& space = ctx.space();
   const int64_t R = logits.extent(0), V = logits.extent(1);
   if (labels.extent(0) != size_t(R) || loss.extent(0) != size_t(R) || V < 2) {
     return absl::InvalidArgumentError("LmLossBackward: labels and loss must have one entry per logits row");
   }
-  const double ls = label_smoothing, off = ls / double(V - 1);
-  const double constant = -((1 - ls) * std::log(1 - ls) + double(V - 1) * off * std::log(off + 1e-20));
-  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
-  Kokkos::parallel_for(
-      "openmoe::kernels::LmLossBackward", RowTeams(space, R, 256), KOKKOS_LAMBDA(const Member& team) {
-        const int64_t r = team.league_rank(), label = labels(r);
-        if (label < 0) {
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, V), [&](const int64_t v) { logits(r, v) = 0.0f; });
-          Kokkos::single(Kokkos::PerTeam(team), [&]() { loss(r) = 0.0; });
-          return;
-        }
-        double m = -DBL_MAX;
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, V), [&](const int64_t v, double& mx) { mx = logits(r, v) > mx ? logits(r, v) : mx; },
-            Kokkos::Max<double>(m));
-        double sum_exp = 0.0, sum_logits = 0.0;
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, V),
-            [&](const int64_t v, double& s) { s += Kokkos::Experimental::exp(double(logits(r, v)) - m); }, sum_exp);
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, V), [&](const int64_t v, double& s) { s += logits(r, v); }, sum_logits);
-        const double log_z = m + Kokkos::Experimental::log(sum_exp);
-        const double label_logit = logits(r, label);
-        team.team_barrier();  // every thread has read the row before it is overwritten
-        Kokkos::single(Kokkos::PerTeam(team), [&]() {
-          const double label_term = label_logit - log_z, all_terms = sum_logits - double(V) * log_z;
-          const double cross = (1 - ls) * label_term + off * (all_terms - label_term);
-          loss(r) = -cross + z_loss_factor * log_z * log_z - constant;
-        });
-        const double scale = 1.0 + 2.0 * z_loss_factor * log_z;
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, V), [&](const int64_t v) {
-          const double p = Kokkos::Experimental::exp(double(logits(r, v)) - log_z);
-          logits(r, v) = float(grad_scale * (p * scale - (v == label ? 1 - ls : off)));
-        });
-      });
+  if (R == 0) return absl::OkStatus();
+  const int64_t segments = (V + kLossSegment - 1) / kLossSegment;
+  if (V > INT32_MAX - kLossSegment || R * segments > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("LmLossBackward: logits [", R, ", ", V, "] too large"));
+  }
+  // 16-byte packs where every row starts on a 16-byte boundary (segments start at multiples of 4).
+  const bool packed = IsPackAligned(logits.data(), int64_t(logits.stride(0)));
+  using MemSpace = typename ExecSpace::memory_space;
+  // The context's scratch (of doubles, kept between calls): the segments' LogitSums [R * segments],
+  // then RowScale [R].
+  static_assert(sizeof(LogitSums) == 3 * sizeof(double) && sizeof(RowScale) == 2 * sizeof(double));
+  auto scratch = ctx.template Scratch<double>("lm_loss.scratch", size_t(R * segments * 3 + R * 2));
+  Kokkos::View<LogitSums*, MemSpace> partial(reinterpret_cast<LogitSums*>(scratch.data()), R * segments);
+  Kokkos::View<RowScale*, MemSpace> scale(reinterpret_cast<RowScale*>(scratch.data() + R * segments * 3), R);
+  LmLossSegmentSums(space, ConstMatrix<float, ExecSpace>(logits), labels, int(segments), packed, partial);
+  LmLossRows(space, ConstMatrix<float, ExecSpace>(logits), labels, int(segments),
+             Kokkos::View<const LogitSums*, MemSpace>(partial), label_smoothing, z_loss_factor, grad_scale, loss, scale);
+  LmLossGradient(space, logits, labels, int(segments), packed, Kokkos::View<const RowScale*, MemSpace>(scale),
+                 label_smoothing, grad_scale);
   return absl::OkStatus();
 }
 
@@ -248,20 +502,35 @@ absl::Status CombineBackward(const ExecSpace& space, ConstMatrix<float, ExecSpac
       dprobs.extent(0) != size_t(N) || dprobs.extent(1) != size_t(E)) {
     return absl::InvalidArgumentError("CombineBackward: expert_out [E*C, H], probs/dprobs [N, E] and dy [N, H] must agree");
   }
-  Kokkos::deep_copy(space, d_expert_out, 0.0f);
-  Kokkos::deep_copy(space, dprobs, 0.0f);
+  ZeroMatrix(space, d_expert_out);
+  ZeroMatrix(space, dprobs);
+  if (N == 0) return absl::OkStatus();
+  if (H > INT32_MAX) return absl::InvalidArgumentError(absl::StrCat("CombineBackward: H = ", H, " too large"));
+  // One team per token, its threads over H: for each kept assignment (e, slot), the row e*C + slot
+  // of d_expert_out = probs(t, e) dy[t] and dprobs(t, e) = dy[t] . expert_out[e*C + slot] (a team
+  // reduction: fixed order). The two experts of a token differ, kept slots are unique: no overlap.
+  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  const int width = int(H);
   Kokkos::parallel_for(
-      "openmoe::kernels::CombineBackward", FlatRange(space, N * 2), KOKKOS_LAMBDA(const int64_t idx) {
-        const int64_t t = idx / 2, k = idx % 2;
-        const int32_t e = experts(t, k), slot = rank(t, k);
-        if (slot >= capacity) return;
-        const int64_t row = e * capacity + slot;
-        float dot = 0.0f;
-        for (int64_t h = 0; h < H; ++h) {
-          dot += dy(t, h) * expert_out(row, h);
-          d_expert_out(row, h) = probs(t, e) * dy(t, h);
+      "openmoe::kernels::CombineBackward", RowTeams(space, N, kCombineThreads), KOKKOS_LAMBDA(const Member& team) {
+        const int t = team.league_rank();
+        for (int k = 0; k < 2; ++k) {
+          const int32_t e = experts(t, k), slot = rank(t, k);
+          if (slot >= capacity) continue;  // dropped: the whole team skips it
+          const int64_t row = int64_t(e) * capacity + slot;
+          const float p = probs(t, e);
+          float dot = 0.0f;
+          Kokkos::parallel_reduce(
+              Kokkos::TeamThreadRange(team, width),
+              [&](const int h, float& acc) {
+                const float g = dy(t, h);
+                acc += g * expert_out(row, h);
+                d_expert_out(row, h) = p * g;
+              },
+              dot);
+          team.team_barrier();
+          Kokkos::single(Kokkos::PerTeam(team), [&]() { dprobs(t, e) = dot; });
         }
-        dprobs(t, e) = dot;  // the two experts of a token differ
       });
   return absl::OkStatus();
 }
@@ -321,6 +590,7 @@ absl::Status RouterLossBackward(const ExecSpace& space, ConstMatrix<float, ExecS
         Kokkos::parallel_reduce(
             Kokkos::TeamThreadRange(team, N),
             [&](const int64_t t, double& c) { c += double(experts(t, 0) == e) + double(experts(t, 1) == e); }, count);
+        team.team_barrier();  // see the note on team reductions at the top
         Kokkos::parallel_reduce(
             Kokkos::TeamThreadRange(team, N),
             [&](const int64_t t, double& p) { p += Kokkos::Experimental::exp(double(logits(t, e)) - log_z(t)); }, prob);
@@ -333,6 +603,7 @@ absl::Status RouterLossBackward(const ExecSpace& space, ConstMatrix<float, ExecS
         double balance = 0, z_sum = 0;
         Kokkos::parallel_reduce(
             Kokkos::TeamThreadRange(team, E), [&](const int64_t e, double& b) { b += fraction(e) * mean_prob(e); }, balance);
+        team.team_barrier();  // see the note on team reductions at the top
         Kokkos::parallel_reduce(
             Kokkos::TeamThreadRange(team, N), [&](const int64_t t, double& z) { z += log_z(t) * log_z(t); }, z_sum);
         Kokkos::single(Kokkos::PerTeam(team), [&]() { parts(0) = double(E) * balance, parts(1) = z_sum / double(N); });
@@ -357,7 +628,7 @@ absl::Status RouterLossBackward(const ExecSpace& space, ConstMatrix<float, ExecS
 }
 
 #define OPENMOE_INSTANTIATE_BACKWARD(Space)                                                                        \
-  template absl::Status RmsNormBackward<Space>(const Space&, ConstMatrix<float, Space>, ConstVector<float, Space>,  \
+  template absl::Status RmsNormBackward<Space>(const ExecutionContext<Space>&, ConstMatrix<float, Space>, ConstVector<float, Space>,  \
                                                ConstMatrix<float, Space>, float, Matrix<float, Space>,             \
                                                Vector<float, Space>);                                              \
   template absl::Status SwigluBackward<Space>(const Space&, ConstMatrix<float, Space>, ConstMatrix<float, Space>,   \
@@ -370,7 +641,7 @@ absl::Status RouterLossBackward(const ExecSpace& space, ConstMatrix<float, ExecS
       int64_t, int64_t, int64_t, Tensor3<float, Space>, Tensor3<float, Space>, Tensor3<float, Space>);             \
   template absl::Status EmbeddingBackward<Space>(const Space&, ConstVector<int64_t, Space>, ConstMatrix<float, Space>, \
                                                  int64_t, Matrix<float, Space>);                                    \
-  template absl::Status LmLossBackward<Space>(const Space&, Matrix<float, Space>, ConstVector<int64_t, Space>,      \
+  template absl::Status LmLossBackward<Space>(const ExecutionContext<Space>&, Matrix<float, Space>, ConstVector<int64_t, Space>,      \
                                               double, double, Vector<double, Space>, double);                              \
   template absl::Status CombineBackward<Space>(const Space&, ConstMatrix<float, Space>, ConstMatrix<float, Space>,  \
                                                ConstMatrix<float, Space>, ConstMatrix<int32_t, Space>,             \

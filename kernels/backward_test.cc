@@ -5,6 +5,7 @@
 #include "kernels/backward.h"
 
 #include <tuple>
+#include <utility>
 
 #include "kernels/attention_gemm.h"
 
@@ -14,6 +15,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/reference/ops.h"
+#include "kernels/reference/rms_norm.h"
 #include "openmoe/core/test_util.h"
 
 namespace openmoe::kernels {
@@ -69,7 +71,7 @@ TYPED_TEST(BackwardTest, RmsNormMatchesFiniteDifferences) {
   auto xd = ToDevice<Space>(x, N, H, "x"), gd = ToDevice<Space>(g, N, H, "g"), wd = ToDevice<Space>(w, 1, H, "w");
   Matrix<float, Space> dx("dx", N, H);
   Vector<float, Space> dw("dw", H);
-  ASSERT_TRUE(RmsNormBackward<Space>(Space(), xd, ConstVector<float, Space>(wd.data(), H), gd, eps, dx, dw).ok());
+  ASSERT_TRUE(RmsNormBackward<Space>(ExecutionContext<Space>(), xd, ConstVector<float, Space>(wd.data(), H), gd, eps, dx, dw).ok());
   ExpectClose(ToHost(dx), NumericGradient([&](const std::vector<double>& v) { return loss(v, ToDouble(w)); }, ToDouble(x)),
               1e-5, "dx");
   ExpectClose(ToHost(Matrix<float, Space>(dw.data(), 1, H)),
@@ -263,6 +265,162 @@ TYPED_TEST(BackwardTest, RouterLossMatchesFiniteDifferences) {
   EXPECT_FALSE((RouterLossBackward<Space>(Space(), ToDevice<Space>(logits, N, E), ToDevice<Space>(experts, N, 2),
                                           ToDevice<Space>(dprobs, N, E), aux_w, z_w, grad_scale, wrong, parts)
                     .ok()));
+}
+
+// RmsNormBackward against the double-precision chain rule (kernels/reference/rms_norm.h) at
+// shapes whose rows are not a whole number of the kernel's row blocks, nor columns of its column
+// tiles; dw accumulates into what it holds. Two runs give the same bits (fixed-order sums).
+TYPED_TEST(BackwardTest, RmsNormMatchesReferenceAtUnevenShapes) {
+  using Space = TypeParam;
+  for (const auto& [N, H] : {std::pair<int64_t, int64_t>{77, 300}, {1, 9}, {200, 64}, {33, 257}}) {
+    SCOPED_TRACE(::testing::Message() << "N = " << N << ", H = " << H << " on " << Space::name());
+    const float eps = 1e-6f;
+    const std::vector<float> x = RandomNormal(N * H, 1.0f, 91), w = RandomNormal(H, 1.0f, 92);
+    const std::vector<float> g = RandomNormal(N * H, 1.0f, 93), dw0 = RandomNormal(H, 0.5f, 94);
+    std::vector<double> want_dx, want_dw;
+    reference::RmsNormBackward(x, w, g, N, H, eps, want_dx, want_dw);
+    for (int64_t h = 0; h < H; ++h) want_dw[h] += dw0[h];
+    auto wd = ToDevice<Space>(w, 1, H, "w");
+    std::vector<std::vector<float>> runs;
+    for (int run = 0; run < 2; ++run) {
+      Matrix<float, Space> dx("dx", N, H);
+      Matrix<float, Space> dw = ToDevice<Space>(dw0, 1, H, "dw");
+      ASSERT_TRUE(RmsNormBackward<Space>(ExecutionContext<Space>(), ToDevice<Space>(x, N, H, "x"), ConstVector<float, Space>(wd.data(), H),
+                                         ToDevice<Space>(g, N, H, "g"), eps, dx, Vector<float, Space>(dw.data(), H))
+                      .ok());
+      ExpectClose(ToHost(dx), want_dx, 1e-5, "dx");
+      ExpectClose(ToHost(dw), want_dw, 1e-5, "dw");
+      runs.push_back(ToHost(dx));
+      const std::vector<float> dw_host = ToHost(dw);
+      runs.back().insert(runs.back().end(), dw_host.begin(), dw_host.end());
+    }
+    EXPECT_EQ(runs[0], runs[1]) << "not deterministic";
+  }
+}
+
+// The reference LM loss's gradient (kernels/reference/ops.h) is the derivative of its loss:
+// central differences at every logit of a small row, label smoothing and z-loss on.
+TEST(LmLossReference, GradientIsTheLossDerivative) {
+  const int64_t V = 7, label = 3;
+  const double ls = 0.1, z = 0.01;
+  std::vector<float> logits = RandomNormal(V, 2.0f, 101);
+  const reference::LmLossRow row = reference::LmLoss(logits.data(), V, label, ls, z);
+  for (int64_t v = 0; v < V; ++v) {
+    // Steps in float logits: h = 2^-8 is exact; the quotient's error ~h^2 f''' ~ 1e-5.
+    const float keep = logits[v], h = 1.0f / 256;
+    logits[v] = keep + h;
+    const double up = reference::LmLoss(logits.data(), V, label, ls, z).loss;
+    logits[v] = keep - h;
+    const double down = reference::LmLoss(logits.data(), V, label, ls, z).loss;
+    logits[v] = keep;
+    EXPECT_NEAR(row.grad[v], (up - down) / (2 * h), 1e-4) << v;
+  }
+}
+
+// LmLossBackward row by row against the double reference: vocabularies that are not a multiple of
+// any block or pack size (5, 1,003, 70,001) and one that is a whole number of 16-byte packs but
+// not of the kernel's row segments (20,004); rows with label < 0 (zero gradient, zero loss)
+// mixed in; labels at both ends of the row; a row of large spread around +80 (exp overflows
+// float32 without the max subtracted) and a row whose label logit dominates (softmax ~ 1 there:
+// softmax - target cancels); grad_scale != 1 (the gradient only). Bounds: float32 exp and
+// logit - max give ~1e-7 relative per softmax entry (2e-6 allowed, 1e-12 absolute below that);
+// the row sums are in double, so the loss stays within ~1e-9 relative (1e-7 allowed). Two runs
+// give the same bits.
+TYPED_TEST(BackwardTest, LmLossMatchesReference) {
+  using Space = TypeParam;
+  struct Case {
+    int64_t V;
+    double ls, z, grad_scale;
+  };
+  for (const Case& c : {Case{5, 0.1, 1e-2, 1.0}, Case{1003, 0.1, 1e-2, 4.0}, Case{20004, 0.0, 1e-4, 1.0},
+                        Case{70001, 0.1, 1e-3, 1024.0}}) {
+    const int64_t V = c.V, R = 7;
+    SCOPED_TRACE(::testing::Message() << "V = " << V << " on " << Space::name());
+    std::vector<float> logits = RandomNormal(R * V, 1.0f, uint32_t(200 + V));
+    const std::vector<int64_t> labels = {V / 2, -1, 0, V - 1, 1, -100, V / 3};
+    for (int64_t v = 0; v < V; ++v) logits[3 * V + v] = 80.0f + 20.0f * logits[3 * V + v];  // large spread
+    logits[4 * V + 1] = 40.0f;                                                                // label dominates
+    std::vector<reference::LmLossRow> want(R);
+    for (int64_t r = 0; r < R; ++r) {
+      if (labels[r] >= 0) want[r] = reference::LmLoss(logits.data() + r * V, V, labels[r], c.ls, c.z);
+    }
+    Vector<int64_t, Space> labels_d("labels", R);
+    Kokkos::deep_copy(labels_d, Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(labels.data(), R));
+    std::vector<std::vector<float>> grads;
+    std::vector<std::vector<double>> losses;
+    for (int run = 0; run < 2; ++run) {
+      Matrix<float, Space> lg = ToDevice<Space>(logits, R, V, "logits");
+      Vector<double, Space> loss("loss", R);
+      Kokkos::deep_copy(loss, 7.0);  // written, not accumulated
+      ASSERT_TRUE(LmLossBackward<Space>(ExecutionContext<Space>(), lg, labels_d, c.ls, c.z, loss, c.grad_scale).ok());
+      grads.push_back(ToHost(lg));
+      losses.push_back(ToHost(loss));
+    }
+    const std::vector<float>& got = grads[0];
+    const double off = c.ls / double(V - 1);
+    for (int64_t r = 0; r < R; ++r) {
+      if (labels[r] < 0) {
+        EXPECT_EQ(losses[0][r], 0.0) << "row " << r;
+        for (int64_t v = 0; v < V; ++v) ASSERT_EQ(got[r * V + v], 0.0f) << "row " << r << ", " << v;
+        continue;
+      }
+      EXPECT_NEAR(losses[0][r], want[r].loss, 1e-7 * (1 + std::fabs(want[r].loss))) << "row " << r;
+      for (int64_t v = 0; v < V; ++v) {
+        const double g = want[r].grad[v], softmax_part = g + (v == labels[r] ? 1 - c.ls : off);
+        ASSERT_NEAR(got[r * V + v] / c.grad_scale, g, 2e-6 * (std::fabs(softmax_part) + std::fabs(g)) + 1e-12)
+            << "row " << r << ", " << v << " (label " << labels[r] << ")";
+      }
+    }
+    EXPECT_EQ(grads[0], grads[1]) << "gradient not deterministic";
+    EXPECT_EQ(losses[0], losses[1]) << "loss not deterministic";
+  }
+}
+
+// CombineBackward against its definition, computed by hand in double: top-2 routing of 37 tokens
+// over 4 experts with capacity 12 (over a dozen assignments dropped), H = 300. Rows of
+// d_expert_out that no kept assignment fills, and dprobs outside kept assignments, are zeroed
+// (both start as 7).
+TYPED_TEST(BackwardTest, CombineBackwardMatchesDefinition) {
+  using Space = TypeParam;
+  const int64_t T = 37, E = 4, H = 300, C = 12;
+  const reference::Top2Routing routing = reference::RouteTop2(RandomNormal(T * E, 1.0f, 111), T, E);
+  const std::vector<float> probs(routing.probs.begin(), routing.probs.end());
+  const std::vector<float> dy = RandomNormal(T * H, 1.0f, 112), expert_out = RandomNormal(E * C * H, 1.0f, 113);
+  std::vector<double> want_d_out(E * C * H, 0.0), want_dprobs(T * E, 0.0);
+  std::vector<bool> kept(T * E, false);
+  int64_t dropped = 0;
+  for (int64_t t = 0; t < T; ++t)
+    for (int k = 0; k < 2; ++k) {
+      const int64_t e = routing.expert[t * 2 + k], slot = routing.rank[t * 2 + k];
+      if (slot >= C) {
+        ++dropped;
+        continue;
+      }
+      double dot = 0;
+      for (int64_t h = 0; h < H; ++h) {
+        want_d_out[(e * C + slot) * H + h] = double(probs[t * E + e]) * double(dy[t * H + h]);
+        dot += double(dy[t * H + h]) * double(expert_out[(e * C + slot) * H + h]);
+      }
+      want_dprobs[t * E + e] = dot, kept[t * E + e] = true;
+    }
+  ASSERT_GT(dropped, 10);
+  Matrix<float, Space> d_out("d_expert_out", E * C, H), dprobs("dprobs", T, E);
+  Kokkos::deep_copy(d_out, 7.0f);
+  Kokkos::deep_copy(dprobs, 7.0f);
+  ASSERT_TRUE(CombineBackward<Space>(Space(), ToDevice<Space>(dy, T, H, "dy"), ToDevice<Space>(expert_out, E * C, H, "out"),
+                                     ToDevice<Space>(probs, T, E, "probs"), ToDevice<Space>(routing.expert, T, 2, "experts"),
+                                     ToDevice<Space>(routing.rank, T, 2, "rank"), C, d_out, dprobs)
+                  .ok());
+  const std::vector<float> got_d_out = ToHost(d_out), got_dprobs = ToHost(dprobs);
+  for (size_t i = 0; i < got_d_out.size(); ++i) {
+    ASSERT_NEAR(got_d_out[i], want_d_out[i], 1e-6 * std::fabs(want_d_out[i])) << "d_expert_out[" << i << "]";
+  }
+  ExpectClose(got_dprobs, want_dprobs, 1e-6, "dprobs");
+  for (size_t i = 0; i < got_dprobs.size(); ++i) {
+    if (!kept[i]) {
+      ASSERT_EQ(got_dprobs[i], 0.0f) << "dprobs[" << i << "]";
+    }
+  }
 }
 
 }  // namespace

@@ -338,6 +338,36 @@ absl::Status MatMul(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecS
   return Gemm<T, ExecSpace>(ctx, "MatMul", x, w, y, /*w_is_out_in=*/false, accumulate);
 }
 
+template <class T, class ExecSpace>
+absl::Status ProductIntoFloat(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
+                              Matrix<float, ExecSpace> y, bool w_is_out_in, bool accumulate) {
+  if constexpr (std::is_same_v<T, float>) {
+    return Gemm<float, ExecSpace>(ctx, "ProductIntoFloat", x, w, y, w_is_out_in, accumulate);
+  } else {
+    const size_t M = x.extent(0), K = x.extent(1);
+    const size_t N = w_is_out_in ? w.extent(0) : w.extent(1), w_k = w_is_out_in ? w.extent(1) : w.extent(0);
+    if (w_k != K || y.extent(0) != M || y.extent(1) != N) {
+      return absl::InvalidArgumentError(absl::StrCat("ProductIntoFloat: '", x.label(), "' ", Shape(M, K), ", weight '",
+                                                     w.label(), "' ", Shape(w.extent(0), w.extent(1)), " and output '",
+                                                     y.label(), "' ", Shape(y.extent(0), y.extent(1)), " do not fit"));
+    }
+    for (absl::Status s : {CheckContiguous("ProductIntoFloat", x), CheckContiguous("ProductIntoFloat", w),
+                           CheckContiguous("ProductIntoFloat", y)}) {
+      if (!s.ok()) return s;
+    }
+    if (M == 0 || N == 0) return absl::OkStatus();
+    if (K == 0) {
+      if (!accumulate) Kokkos::deep_copy(ctx.space(), y, 0.0f);
+      return absl::OkStatus();
+    }
+    // Column-major view of the row-major data, as StridedGemm: y^T[N, M] = op(w)^T[N, K] x^T[K, M].
+    BatchedGemmShape s;
+    s.trans_a = w_is_out_in, s.m = int64_t(N), s.n = int64_t(M), s.k = int64_t(K);
+    s.lda = w_is_out_in ? int64_t(K) : int64_t(N), s.ldb = int64_t(K), s.ldc = int64_t(N);
+    s.beta = accumulate ? 1.0f : 0.0f;
+    return StridedBatchedGemm<T, float, ExecSpace>(ctx, s, w.data(), x.data(), y.data());
+  }
+}
 
 template <class T, class ExecSpace>
 absl::Status AddTransposedProduct(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> a, ConstMatrix<T, ExecSpace> b,
@@ -378,7 +408,9 @@ OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_TRANSPOSED_PRODUCT)
   template absl::Status Linear<T, Space>(const ExecutionContext<Space>&, ConstMatrix<T, Space>, ConstMatrix<T, Space>, \
                                          Matrix<T, Space>, bool);                               \
   template absl::Status MatMul<T, Space>(const ExecutionContext<Space>&, ConstMatrix<T, Space>, ConstMatrix<T, Space>, \
-                                         Matrix<T, Space>, bool);
+                                         Matrix<T, Space>, bool);                               \
+  template absl::Status ProductIntoFloat<T, Space>(const ExecutionContext<Space>&, ConstMatrix<T, Space>,             \
+                                                   ConstMatrix<T, Space>, Matrix<float, Space>, bool, bool);
 OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_LINEAR)
 
 }  // namespace openmoe::kernels

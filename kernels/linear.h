@@ -35,6 +35,14 @@ template <class T, class ExecSpace>
 absl::Status MatMul(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
                     Matrix<T, ExecSpace> y, bool accumulate = false);
 
+// y[M, N] (+)= x[M, K] @ op(w) into float32 y, op(w) = w^T for Linear's w [N, K] (w_is_out_in) or w
+// for MatMul's w [K, N]: the input gradients of mixed-precision training, whose sum stays float32
+// (16-bit operands, float32 accumulation and output; no rounding to 16 bits and no conversion
+// pass). T = float: exactly Linear / MatMul.
+template <class T, class ExecSpace>
+absl::Status ProductIntoFloat(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
+                              Matrix<float, ExecSpace> y, bool w_is_out_in, bool accumulate = false);
+
 // c[P, Q] += a[M, P]^T b[M, Q], c float32: the weight gradients of training, accumulated.
 //   Linear's w [N, K]:  AddTransposedProduct(ctx, dy, x, dw)   (dw += dy^T x)
 //   MatMul's w [K, N]:  AddTransposedProduct(ctx, x, dy, dw)   (dw += x^T dy)

@@ -205,6 +205,50 @@ TYPED_TEST(LinearTest, AddTransposedProductAccumulatesATransposeB) {
   CheckTransposedProduct<TypeParam, f16>();
 }
 
+// y (+)= x @ op(w) into float32 y (the input gradients of mixed-precision training) against a
+// double sum of the same (for bf16 / f16: rounded) operands: a float32 bound, no 16-bit rounding of
+// the result, for both weight layouts and with accumulation; a mismatched output is named.
+template <class Space, class T>
+void CheckProductIntoFloat() {
+  for (auto [M, K, N] : {std::make_tuple(19, 37, 23), std::make_tuple(1, 5, 3), std::make_tuple(33, 130, 17)}) {
+    for (bool out_in : {true, false}) {
+      for (bool accumulate : {false, true}) {
+        const uint32_t seed = 900 + M + K + N;
+        std::vector<float> x = RandomNormal(M * K, 1.0f, seed), w = RandomNormal(K * N, 1.0f, seed + 1);
+        const std::vector<float> y0 = RandomNormal(M * N, 1.0f, seed + 2);
+        std::vector<T> x_t, w_t;
+        for (float& e : x) x_t.push_back(FromFloat<T>(e)), e = ToFloat(x_t.back());
+        for (float& e : w) w_t.push_back(FromFloat<T>(e)), e = ToFloat(w_t.back());
+        auto y = ToDevice<Space>(y0, M, N, "y");
+        const absl::Status status = ProductIntoFloat<T, Space>(
+            ExecutionContext<Space>(), ToDevice<Space, T>(x_t, M, K, "x"),
+            out_in ? ToDevice<Space, T>(w_t, N, K, "w") : ToDevice<Space, T>(w_t, K, N, "w"), y, out_in, accumulate);
+        ASSERT_TRUE(status.ok()) << status;
+        const std::vector<float> got = ToHost(y);
+        const std::vector<double> want = reference::MatMul(x, w, M, K, N, out_in);
+        const std::vector<double> abs_sum = AbsProductSums(x, w, M, K, N, out_in);
+        for (int64_t i = 0; i < M * N; ++i) {
+          const double expected = want[i] + (accumulate ? y0[i] : 0.0);
+          ASSERT_NEAR(got[i], expected, double(K + 2) * FLT_EPSILON * (abs_sum[i] + std::fabs(y0[i])) + 1e-30)
+              << M << "x" << K << "x" << N << " out_in " << out_in << " accumulate " << accumulate << " at " << i;
+        }
+      }
+    }
+  }
+  Matrix<float, Space> wrong("y_wrong", 3, 4);
+  std::vector<T> ones(12, FromFloat<T>(1.0f));
+  EXPECT_NE(std::string(ProductIntoFloat<T, Space>(ExecutionContext<Space>(), ToDevice<Space, T>(ones, 3, 4, "x"),
+                                                   ToDevice<Space, T>(ones, 3, 4, "w"), wrong, /*w_is_out_in=*/true)
+                            .message())
+                .find("y_wrong"), std::string::npos);
+}
+
+TYPED_TEST(LinearTest, ProductIntoFloatKeepsTheFloat32Sum) {
+  CheckProductIntoFloat<TypeParam, float>();
+  CheckProductIntoFloat<TypeParam, bf16>();
+  CheckProductIntoFloat<TypeParam, f16>();
+}
+
 TYPED_TEST(LinearTest, RejectsMismatchedShapesNamingTheTensor) {
   using Space = TypeParam;
   Matrix<float, Space> x("x", 4, 8), w("w_proj", 5, 7), y("y", 4, 5);

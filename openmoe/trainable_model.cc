@@ -632,7 +632,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       for (int64_t s = 0; s < S; ++s) labels[b * S + s] = s + 1 < S ? micro_input[b * S + s + 1] : -1;
     Vector<int64_t, ExecSpace> labels_d("labels", N);
     Kokkos::deep_copy(labels_d, Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(labels.data(), N));
-    M dxf = zeros("dxf", N, H);
+    FM dxf = fresh_f("dxf", N, H);  // every chunk writes its rows
     const int64_t chunk = std::min(N, kLossRowsPerChunk);
     M logits = fresh("logits_chunk", chunk, V);  // each chunk's product writes its rows
     FM logits_f = fresh_f("logits_chunk_f32", kFloat ? 0 : chunk, kFloat ? 0 : V);
@@ -646,35 +646,34 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       FM lgf = kFloat ? FM(reinterpret_cast<float*>(lg.data()), R, V) : FM(logits_f.data(), R, V);  // float logits
       if constexpr (!kFloat) OPENMOE_RETURN_IF_ERROR((kernels::Convert<T, float>(space, CM(lg), lgf)));
       Vector<double, ExecSpace> loss_rows(row_loss.data() + r0, R);
-      OPENMOE_RETURN_IF_ERROR(kernels::LmLossBackward<ExecSpace>(space, lgf, Kokkos::subview(labels_d, std::make_pair(r0, r1)),
+      OPENMOE_RETURN_IF_ERROR(kernels::LmLossBackward<ExecSpace>(ctx, lgf, Kokkos::subview(labels_d, std::make_pair(r0, r1)),
                                                                  c.label_smoothing, c.z_loss_factor, loss_rows,
                                                                  loss_scale_));
       OPENMOE_ASSIGN_OR_RETURN(CM dlg, to_t(CFM(lgf)));
-      OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(ctx, dlg, W(offsets_.lm_head, V, H), rows_of(dxf, r0, r1)));
+      OPENMOE_RETURN_IF_ERROR(kernels::ProductIntoFloat<T>(ctx, dlg, W(offsets_.lm_head, V, H), rows_of(dxf, r0, r1),
+                                                           /*w_is_out_in=*/false));
       OPENMOE_RETURN_IF_ERROR(weight_grad(dlg, x_rows, G(offsets_.lm_head, V, H)));
     }
     auto loss_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), row_loss);
     for (int64_t r = 0; r < N; ++r) parts.lm += loss_host(r);  // in row order, as chunk by chunk before
     OPENMOE_ASSIGN_OR_RETURN(CFM hf, to_f(CM(h_final)));
-    OPENMOE_ASSIGN_OR_RETURN(CFM dxf_f, to_f(CM(dxf)));
+    const CFM dxf_f(dxf);
     OPENMOE_ASSIGN_OR_RETURN(auto w_norm, norm_weight(offsets_.final_norm));
-    OPENMOE_RETURN_IF_ERROR(kernels::RmsNormBackward<ExecSpace>(space, hf, w_norm, dxf_f, eps, dh, GV(offsets_.final_norm)));
+    OPENMOE_RETURN_IF_ERROR(kernels::RmsNormBackward<ExecSpace>(ctx, hf, w_norm, dxf_f, eps, dh, GV(offsets_.final_norm)));
     micro[j].h_out = M();
     return absl::OkStatus();
   };
 
   // ---- backward through the layers (float32 gradients; products in the run dtype) ----
   FM dx = zeros_f("dx", N, H), dnorm = zeros_f("dnorm", N, H);
-  // out (float) = sum of dy_k @ w_k over the given pairs, a run-dtype product. The gradients dy_k
-  // come in the run dtype (converted once by the caller, which also uses them for the weight
-  // gradients).
+  // out (float) = sum of dy_k @ w_k over the given pairs: run-dtype products summed in float32
+  // (kernels::ProductIntoFloat; the first one writes out). The gradients dy_k come in the run dtype
+  // (converted once by the caller, which also uses them for the weight gradients).
   auto matmul_sum = [&](const std::vector<std::pair<CM, CM>>& terms, FM out) -> absl::Status {
-    M acc = fresh("matmul_sum", out.extent(0), out.extent(1));  // the first product writes it
     for (size_t k = 0; k < terms.size(); ++k) {
-      OPENMOE_RETURN_IF_ERROR(kernels::MatMul<T>(ctx, terms[k].first, terms[k].second, acc, k > 0));
+      OPENMOE_RETURN_IF_ERROR(kernels::ProductIntoFloat<T>(ctx, terms[k].first, terms[k].second, out,
+                                                           /*w_is_out_in=*/false, /*accumulate=*/k > 0));
     }
-    OPENMOE_ASSIGN_OR_RETURN(CFM acc_f, to_f(CM(acc)));
-    Kokkos::deep_copy(space, out, acc_f);
     return absl::OkStatus();
   };
   // MLP backward: dy -> dx (written); weight gradients accumulated.
@@ -694,7 +693,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   auto norm_backward = [&](int64_t weight, CM x_in, CFM dy) -> absl::Status {
     OPENMOE_ASSIGN_OR_RETURN(CFM x_f, to_f(x_in));
     OPENMOE_ASSIGN_OR_RETURN(auto w, norm_weight(weight));
-    OPENMOE_RETURN_IF_ERROR(kernels::RmsNormBackward<ExecSpace>(space, x_f, w, dy, eps, dnorm, GV(weight)));
+    OPENMOE_RETURN_IF_ERROR(kernels::RmsNormBackward<ExecSpace>(ctx, x_f, w, dy, eps, dnorm, GV(weight)));
     return kernels::AddInPlace<float>(space, dh, CFM(dnorm));
   };
   const double moe_layers = std::max<int64_t>(1, c.NumMoeLayers());
@@ -742,10 +741,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         for (int64_t e = first; e < end; ++e) {
           // d_eact_e = d_eo_e @ wo_e^T (wo_e [I, H] is Linear's [out = I, in = H]).
           OPENMOE_ASSIGN_OR_RETURN(CM d_eo_t, to_t(CFM(rows_of(d_eo, e * Ce, (e + 1) * Ce))));
-          M d_eact_t = zeros("d_eact_t", Ce, I);
-          OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eo_t, CM(wo + e * I * H, I, H), d_eact_t));
-          OPENMOE_ASSIGN_OR_RETURN(CFM d_eact_f, to_f(CM(d_eact_t)));
-          Kokkos::deep_copy(space, rows_of(d_eact, e * Ce, (e + 1) * Ce), d_eact_f);
+          OPENMOE_RETURN_IF_ERROR(kernels::ProductIntoFloat<T>(ctx, d_eo_t, CM(wo + e * I * H, I, H),
+                                                               rows_of(d_eact, e * Ce, (e + 1) * Ce), /*w_is_out_in=*/true));
           OPENMOE_RETURN_IF_ERROR(weight_grad(CM(rows_of(a.eact, e * Ce, (e + 1) * Ce)), d_eo_t, FM(g_wo + e * I * H, I, H)));
         }
         const int64_t r0 = first * Ce, r1 = end * Ce;  // the range's rows (SwigluBackward is row-wise)
@@ -755,11 +752,11 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         for (int64_t e = first; e < end; ++e) {
           OPENMOE_ASSIGN_OR_RETURN(CM d_eg_t, to_t(CFM(rows_of(d_eg, e * Ce, (e + 1) * Ce))));
           OPENMOE_ASSIGN_OR_RETURN(CM d_eu_t, to_t(CFM(rows_of(d_eu, e * Ce, (e + 1) * Ce))));
-          M d_disp_t = zeros("d_disp_t", Ce, H);
-          OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eg_t, CM(wi_gate + e * H * 2 * I, H, 2 * I), d_disp_t));
-          OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, d_eu_t, CM(wi_up + e * H * I, H, I), d_disp_t, true));
-          OPENMOE_ASSIGN_OR_RETURN(CFM d_disp_f, to_f(CM(d_disp_t)));
-          Kokkos::deep_copy(space, rows_of(d_disp, e * Ce, (e + 1) * Ce), d_disp_f);
+          const FM d_disp_e = rows_of(d_disp, e * Ce, (e + 1) * Ce);
+          OPENMOE_RETURN_IF_ERROR(kernels::ProductIntoFloat<T>(ctx, d_eg_t, CM(wi_gate + e * H * 2 * I, H, 2 * I), d_disp_e,
+                                                               /*w_is_out_in=*/true));
+          OPENMOE_RETURN_IF_ERROR(kernels::ProductIntoFloat<T>(ctx, d_eu_t, CM(wi_up + e * H * I, H, I), d_disp_e,
+                                                               /*w_is_out_in=*/true, /*accumulate=*/true));
           CM disp_e(rows_of(a.dispatched, e * Ce, (e + 1) * Ce));
           OPENMOE_RETURN_IF_ERROR(weight_grad(disp_e, d_eg_t, FM(g_wi_gate + e * H * 2 * I, H, 2 * I)));
           OPENMOE_RETURN_IF_ERROR(weight_grad(disp_e, d_eu_t, FM(g_wi_up + e * H * I, H, I)));

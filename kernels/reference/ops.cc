@@ -1,5 +1,6 @@
 #include "kernels/reference/ops.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace openmoe::kernels::reference {
@@ -87,6 +88,28 @@ Top2Routing RouteTop2(const std::vector<float>& logits, int64_t T, int64_t E) {
     r.rank[t * 2 + 1] = top1_count[e] + top2_count[e]++;
   }
   return r;
+}
+
+LmLossRow LmLoss(const float* logits, int64_t V, int64_t label, double ls, double z) {
+  LmLossRow row;
+  row.grad.resize(V);
+  row.softmax.resize(V);
+  double max_logit = -INFINITY;
+  for (int64_t v = 0; v < V; ++v) max_logit = std::max(max_logit, double(logits[v]));
+  double sum = 0;
+  for (int64_t v = 0; v < V; ++v) sum += std::exp(double(logits[v]) - max_logit);
+  const double log_z = max_logit + std::log(sum);
+  const double off = ls / double(V - 1);
+  double cross = 0;  // sum_v target_v log_softmax_v
+  for (int64_t v = 0; v < V; ++v) {
+    const double log_softmax = double(logits[v]) - log_z, target = v == label ? 1 - ls : off;
+    cross += target * log_softmax;
+    row.softmax[v] = std::exp(log_softmax);
+    row.grad[v] = row.softmax[v] * (1 + 2 * z * log_z) - target;
+  }
+  const double constant = -((1 - ls) * std::log(1 - ls) + ls * std::log(off + 1e-20));
+  row.loss = -cross + z * log_z * log_z - constant;
+  return row;
 }
 
 }  // namespace openmoe::kernels::reference

@@ -33,6 +33,19 @@ struct Top2Routing {
 // Softmax, top-2 (lowest index on ties), queue ranks (all top-1 before top-2, token order).
 Top2Routing RouteTop2(const std::vector<float>& logits, int64_t T, int64_t E);
 
+// OpenMoE's LM loss of one row (spec section 3): label-smoothed cross entropy with z-loss,
+//   loss = -sum_v target_v log_softmax_v + z logZ^2 - K,
+//   target = 1 - ls on the label, ls / (V - 1) elsewhere,
+//   K = -[(1 - ls) ln(1 - ls) + ls ln(ls / (V - 1) + 1e-20)],
+// and its gradient dloss/dlogit_v = softmax_v (1 + 2 z logZ) - target_v (sum_v target_v = 1).
+// logits [V] of one row; label in [0, V).
+struct LmLossRow {
+  double loss = 0;
+  std::vector<double> grad;     // [V]
+  std::vector<double> softmax;  // [V]
+};
+LmLossRow LmLoss(const float* logits, int64_t V, int64_t label, double label_smoothing, double z_loss_factor);
+
 }  // namespace openmoe::kernels::reference
 
 #endif  // KERNELS_REFERENCE_OPS_H_
