@@ -1,6 +1,7 @@
 // File: parallel/world_communicator.cc
 #include "parallel/world_communicator.h"
 
+#include <atomic>
 #include <climits>
 #include <string>
 #include <utility>
@@ -35,7 +36,26 @@ absl::Status FitsMpiCount(int64_t count, const char* what) {
 comm::ConstBuffer Floats(const float* data, int64_t count) { return {data, count, comm::DType::kFloat32}; }
 comm::Buffer Floats(float* data, int64_t count) { return {data, count, comm::DType::kFloat32}; }
 
+std::atomic<int> communicators_created{0};  // CommunicatorsCreated()
+
+// WorldCommunicator without counting (RankGroup::World counts the group once, in Of).
+template <class Space>
+absl::StatusOr<std::unique_ptr<comm::Communicator<Space>>> UncountedWorld() {
+  if constexpr (kIsCuda<Space>) {
+#if defined(KOKKOS_ENABLE_CUDA)
+    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> nccl,
+                             NcclCommunicator::Create(MPI_COMM_WORLD, Kokkos::Cuda().cuda_device()));
+    return std::unique_ptr<comm::Communicator<Space>>(std::move(nccl));
+#endif
+  } else {
+    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<MpiCommunicator<Space>> mpi, MpiCommunicator<Space>::World());
+    return std::unique_ptr<comm::Communicator<Space>>(std::move(mpi));
+  }
+}
+
 }  // namespace
+
+int CommunicatorsCreated() { return communicators_created.load(); }
 
 std::unique_ptr<Kokkos::ScopeGuard> RankKokkos(int& argc, char** argv, const MpiSession* session) {
 #if defined(KOKKOS_ENABLE_CUDA)
@@ -54,16 +74,9 @@ std::unique_ptr<Kokkos::ScopeGuard> RankKokkos(int& argc, char** argv, const Mpi
 template <class Space>
 absl::StatusOr<std::unique_ptr<comm::Communicator<Space>>> WorldCommunicator() {
   OPENMOE_RETURN_IF_ERROR(NeedMpi("WorldCommunicator"));
-  if constexpr (kIsCuda<Space>) {
-#if defined(KOKKOS_ENABLE_CUDA)
-    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> nccl,
-                             NcclCommunicator::Create(MPI_COMM_WORLD, Kokkos::Cuda().cuda_device()));
-    return std::unique_ptr<comm::Communicator<Space>>(std::move(nccl));
-#endif
-  } else {
-    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<MpiCommunicator<Space>> mpi, MpiCommunicator<Space>::World());
-    return std::unique_ptr<comm::Communicator<Space>>(std::move(mpi));
-  }
+  OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<comm::Communicator<Space>> world, UncountedWorld<Space>());
+  ++communicators_created;
+  return world;
 }
 
 template <class Space>
@@ -76,9 +89,11 @@ absl::StatusOr<RankGroup<Space>> RankGroup<Space>::Of(std::unique_ptr<comm::Comm
                                               host ? host->size() : -1));
     }
     const MPI_Comm mpi = host->mpi_comm();
+    ++communicators_created;
     return RankGroup(std::move(comm), std::move(host), mpi);
   } else {
-    const MPI_Comm mpi = static_cast<const MpiCommunicator<Space>&>(*comm).mpi_comm();  // always one (WorldCommunicator)
+    const MPI_Comm mpi = static_cast<const MpiCommunicator<Space>&>(*comm).mpi_comm();  // always one (UncountedWorld)
+    ++communicators_created;
     return RankGroup(std::move(comm), nullptr, mpi);
   }
 }
@@ -95,7 +110,7 @@ absl::StatusOr<RankGroup<Space>> RankGroup<Space>::World() {
     return Of(std::move(nccl), std::move(host));
 #endif
   }
-  OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<comm::Communicator<Space>> comm, WorldCommunicator<Space>());
+  OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<comm::Communicator<Space>> comm, UncountedWorld<Space>());
   return Of(std::move(comm), std::move(host));
 }
 

@@ -28,6 +28,10 @@
 //
 // Everything here needs an active MPI session (FailedPrecondition otherwise). Destroy a group's
 // communicators in the same order on each of its ranks (they may wait for their peers).
+//
+// Each WorldCommunicator() and each RankGroup made (World, Split) is a communicator over ranks
+// (on Cuda an NCCL one: device memory for its peers' buffers and a collective init), so callers
+// make each group once and share it; CommunicatorsCreated() counts them for this process.
 #ifndef OPENMOE_PARALLEL_WORLD_COMMUNICATOR_H_
 #define OPENMOE_PARALLEL_WORLD_COMMUNICATOR_H_
 
@@ -67,6 +71,12 @@ std::unique_ptr<Kokkos::ScopeGuard> RankKokkos(int& argc, char** argv, const Mpi
 // Kokkos::Cuda().cuda_device(). Sub-groups: its Split.
 template <class Space>
 absl::StatusOr<std::unique_ptr<comm::Communicator<Space>>> WorldCommunicator();
+
+// How many communicators this process has created here so far, whatever the space: one for each
+// WorldCommunicator() and one for each RankGroup (World, Split; on Cuda that is one NCCL
+// communicator together with its MPI twin). Splits made on a comm::Communicator directly are
+// not counted.
+int CommunicatorsCreated();
 
 template <class Space>
 class RankGroup {

@@ -186,23 +186,43 @@ absl::Status CheckParallelFlags(int world) {
   return CheckCommOverlap(world);
 }
 
-// The data-parallel hooks of world `comm`: flat gradients summed in place and divided by the
-// world size (the mean of the ranks' gradients), loss parts averaged in float64 on the host. Host
-// ranks: MPI; CUDA ranks: the gradients through NCCL (stream-ordered), the loss parts through MPI
-// over the same ranks (parallel/world_communicator.h). `color` >= 0 (--plugin
-// hybrid): over the world ranks of that colour instead (a collective Split of the world, ordered by
-// world rank), i.e. the data-parallel ranks of one pipeline stage.
+// ---- process groups: every communicator of a run, each distinct group of ranks made once ----
+// MakeProcessGroups (before Train) creates the world once per process (RankGroup::World; on CUDA
+// ranks one ncclCommInitRank over every rank) and each other group as a Split of it, only where it
+// is not a group already made (same ranks in the same order); every hook takes its group from here
+// (shared_ptr), so a run holds one communicator per distinct group, as upstream's ProcessGroupMesh.
+// Every rank prints their count at startup (parallel::CommunicatorsCreated()). Per plugin, W ranks
+// (layouts: the expert- and pipeline-parallel sections below):
+//  - pure data parallelism (ep_zero --extra_dp_size W; or one rank with --plugin under mpirun):
+//    the world, which is the data-parallel hooks' and ZeRO's group: 1 communicator;
+//  - ep: the world = data parallel = ZeRO = the EP group; the expert replicas: each rank alone (a
+//    Split; the world itself on one rank): 2 (one rank: 1);
+//  - ep_zero k (1 < k < W): the world = data parallel = ZeRO; the EP group (the W / k ranks of this
+//    replica index) and the expert replicas (the k ranks of this EP index): 3;
+//  - hybrid P x e x d: the world; the pipeline (P > 1: the P ranks of this inner index; the world
+//    when e d = 1); the stage (data parallel and ZeRO over its e d ranks when e d > 1; the world
+//    when P = 1); with e > 1 the EP group (the stage itself when d = 1) and the expert replicas (d
+//    ranks). P = 2: e 1 d 1 -> 1, e 1 d 2 -> 3, e 2 d 1 -> 4, e 2 d 2 -> 5.
 template <class Space>
-absl::Status MakeDataParallelHooks(std::shared_ptr<void>& keep, openmoe::train::GradientReduction& grads,
-                                   openmoe::train::LossReduction& loss, int color = -1) {
+struct ProcessGroups {
+  using Group = openmoe::parallel::RankGroup<Space>;
+  std::shared_ptr<const Group> world;            // null: one device, no communicator
+  std::shared_ptr<const Group> data_parallel;    // the data-parallel hooks and ZeRO (null: none)
+  std::shared_ptr<const Group> expert_group;     // the EP all-to-alls (null: not expert parallel)
+  std::shared_ptr<const Group> expert_replicas;  // the ranks storing this rank's experts
+  std::shared_ptr<const Group> pipeline;         // the pipeline's stages (null: one stage)
+  int ep_size = 0, ep_index = 0;                 // expert_group's size and this rank's position in it
+};
+
+// The data-parallel hooks over `comm` (ProcessGroups::data_parallel: the world, or under --plugin
+// hybrid the data-parallel ranks of this rank's pipeline stage): flat gradients summed in place and
+// divided by the group's size (the mean of the ranks' gradients), loss parts averaged in float64 on
+// the host. Host ranks: MPI; CUDA ranks: the gradients through NCCL (stream-ordered), the loss parts
+// through MPI over the same ranks (parallel/world_communicator.h).
+template <class Space>
+absl::Status MakeDataParallelHooks(std::shared_ptr<const openmoe::parallel::RankGroup<Space>> comm,
+                                   openmoe::train::GradientReduction& grads, openmoe::train::LossReduction& loss) {
   if constexpr (openmoe::parallel::kHasWorldCommunicator<Space>) {
-    using Comm = openmoe::parallel::RankGroup<Space>;
-    OPENMOE_ASSIGN_OR_RETURN(Comm world, Comm::World());
-    if (color >= 0) {
-      OPENMOE_ASSIGN_OR_RETURN(world, world.Split(color, world.rank()));
-    }
-    auto comm = std::make_shared<Comm>(std::move(world));
-    keep = comm;
     grads = [comm](openmoe::Vector<float, Space> g) -> absl::Status {
       const Space space;
       OPENMOE_RETURN_IF_ERROR(comm->comm()->AllReduce(space, g, openmoe::comm::ReduceOp::kSum));
@@ -228,21 +248,13 @@ absl::Status MakeDataParallelHooks(std::shared_ptr<void>& keep, openmoe::train::
 }
 
 // ZeRO-1/2 of pure data parallelism (--zero_stage 1|2; with 0, the data-parallel group for the
-// checkpoints' optimizer shards): the optimizer's own communicator over the
-// world (host ranks: a duplicate of MPI_COMM_WORLD; CUDA ranks: NCCL), freed with the trainer.
-// `color` >= 0: over the world ranks of that colour (as MakeDataParallelHooks).
+// checkpoints' optimizer shards): the optimizer runs on the device communicator of `group`, the
+// data-parallel hooks' group (ProcessGroups::data_parallel; host ranks: MPI, CUDA ranks: NCCL).
 template <class Space>
-absl::Status MakeZeroSharding(int stage, std::shared_ptr<void>& keep, openmoe::train::ZeroSharding& zero,
-                              int color = -1) {
+absl::Status MakeZeroSharding(int stage, const openmoe::parallel::RankGroup<Space>& group,
+                              openmoe::train::ZeroSharding& zero) {
   if constexpr (openmoe::parallel::kHasWorldCommunicator<Space>) {
-    using Comm = openmoe::comm::Communicator<Space>;
-    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> world, openmoe::parallel::WorldCommunicator<Space>());
-    if (color >= 0) {
-      OPENMOE_ASSIGN_OR_RETURN(world, world->Split(color, world->rank()));
-    }
-    std::shared_ptr<openmoe::comm::Communicator<Space>> comm(std::move(world));
-    keep = comm;
-    zero.stage = stage, zero.comm = comm;
+    zero.stage = stage, zero.comm = group.comm();
     return absl::OkStatus();
   } else {
     return absl::UnimplementedError(absl::StrCat("ZeRO on ", Space::name(), " ranks: this build has no communicator "
@@ -379,41 +391,21 @@ openmoe::train::GradientReduction ShardedExpertGradients(
   };
 }
 
-// The communicators of expert parallelism, in the layout of the section comment (collective over
-// the world): `experts.group`, this rank's EP group of `ep_size` ranks (its position = its EP
-// index, which decides the experts it stores), and `experts.replicas`, the `replicas` ranks storing
-// the same experts. `replicas` k: copies of each expert (world / ep_size under ep / ep_zero;
-// --dp_size under hybrid, where the world is P stages of ep_size * k consecutive ranks: inside its
-// stage a rank has index inner = ep_index * k + replica; with one stage this is the ep / ep_zero
-// layout).
+// The communicators of expert parallelism as the trainer takes them: `groups`' EP group (this
+// rank's position in it = its EP index, which decides the experts it stores) and expert replicas
+// (the ranks storing the same experts); MakeProcessGroups made them in the layout above.
 template <class Space>
-absl::Status MakeExpertGroups(int rank, int ep_size, int replicas, openmoe::train::ExpertParallelism& experts) {
-  if constexpr (openmoe::parallel::kHasWorldCommunicator<Space>) {  // MPI on host ranks, NCCL on CUDA ranks
-    using Comm = openmoe::comm::Communicator<Space>;
-    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> world, openmoe::parallel::WorldCommunicator<Space>());
-    const int k = replicas, stage_ranks = ep_size * k;
-    const int stage = rank / stage_ranks, inner = rank % stage_ranks, ep_index = inner / k;
-    // EP group: the stage's ranks with this rank's replica index, ordered by rank (position ep_index).
-    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> group, world->Split(/*color=*/stage * k + inner % k, /*key=*/rank));
-    // Replicas: the stage's ranks with this rank's EP index.
-    OPENMOE_ASSIGN_OR_RETURN(std::unique_ptr<Comm> same, world->Split(/*color=*/stage * ep_size + ep_index, /*key=*/rank));
-    if (group->size() != ep_size || group->rank() != ep_index || same->size() != k) {
-      return absl::InternalError(absl::StrCat("expert parallelism: rank ", rank, " has position ", group->rank(), " of ",
-                                              group->size(), " in its EP group (expected ", ep_index, " of ", ep_size,
-                                              ") and ", same->size(), " replicas (expected ", k, ")"));
-    }
-    experts.size = ep_size, experts.index = ep_index;
-    experts.group = std::move(group), experts.replicas = std::move(same);
-    return absl::OkStatus();
-  } else {
-    return absl::UnimplementedError(absl::StrCat("expert-parallel training on ", Space::name(),
-                                                 " ranks: this build has no communicator for them"));
-  }
+openmoe::train::ExpertParallelism ExpertParallelismOf(const ProcessGroups<Space>& groups) {
+  openmoe::train::ExpertParallelism experts;
+  experts.size = groups.ep_size, experts.index = groups.ep_index;
+  experts.group = groups.expert_group->comm(), experts.replicas = groups.expert_replicas->comm();
+  return experts;
 }
 
 // Hands the trainer's model an ExpertParallelDispatcher over this rank's EP group `group` of
-// `ep_size` ranks (MakeExpertGroups; the whole world for `ep`), whose position decides the local
-// experts: the ones the model stores. `replicas` k as in MakeExpertGroups (for the message).
+// `ep_size` ranks (ProcessGroups::expert_group; the whole world for `ep`), whose position decides
+// the local experts: the ones the model stores. `replicas` k: copies of each expert (world / ep_size
+// under ep / ep_zero; --dp_size under hybrid; for the message).
 template <class Space>
 absl::Status WireExpertParallel(openmoe::train::Trainer& trainer, int rank, int world, int ep_size, int replicas,
                                 std::shared_ptr<openmoe::comm::Communicator<Space>> group) {
@@ -599,34 +591,21 @@ absl::Status RunOneFOneB(const openmoe::parallel::RankGroup<Space>* comm, int st
 }
 
 // The trainer's pipeline hooks for world rank `rank` of `world` = P e d ranks (stage rank / (e d),
-// pipeline = the ranks of its inner index); `keep` holds the pipeline communicator (a Split of
-// MPI_COMM_WORLD by inner index, ordered by stage, so a stage's pipeline rank is its stage; none
-// for one stage).
+// pipeline = the ranks of its inner index) over `comm`, ProcessGroups::pipeline (a Split of the
+// world by inner index, ordered by stage, so a stage's pipeline rank is its stage; null for one
+// stage).
 template <class Space>
 absl::Status MakePipelineHooks(const openmoe::train::TrainOptions& options, int rank, int world,
-                               std::shared_ptr<void>& keep, openmoe::train::PipelineHooks& hooks) {
+                               std::shared_ptr<const openmoe::parallel::RankGroup<Space>> comm,
+                               openmoe::train::PipelineHooks& hooks) {
   if constexpr (openmoe::parallel::kHasWorldCommunicator<Space>) {  // MPI on host ranks, NCCL (+ MPI) on CUDA ranks
-    using Comm = openmoe::parallel::RankGroup<Space>;
     const int stages = int(absl::GetFlag(FLAGS_pp_size));
-    const int inner_ranks = world / stages, stage = rank / inner_ranks, inner = rank % inner_ranks;
+    const int inner_ranks = world / stages, stage = rank / inner_ranks;
     const int64_t m = absl::GetFlag(FLAGS_microbatch_size);
     if (options.batch_size % m != 0) {
       return absl::InvalidArgumentError(absl::StrCat("--plugin hybrid: --batch_size ", options.batch_size,
                                                      " is not divisible by --microbatch_size ", m));
     }
-    std::shared_ptr<Comm> comm;
-    if (stages > 1) {
-      OPENMOE_ASSIGN_OR_RETURN(Comm created, Comm::World());
-      if (inner_ranks > 1) {
-        OPENMOE_ASSIGN_OR_RETURN(created, created.Split(/*color=*/inner, /*key=*/stage));
-      }
-      if (created.size() != stages || created.rank() != stage) {
-        return absl::InternalError(absl::StrCat("pipeline: rank ", rank, " has position ", created.rank(), " of ",
-                                                created.size(), " in its pipeline, expected ", stage, " of ", stages));
-      }
-      comm = std::make_shared<Comm>(std::move(created));
-    }
-    keep = comm;
     hooks.writer = rank == 0;
     hooks.stage = stage, hooks.stages = stages;
     if (comm) hooks.pipeline = comm->comm();  // the trainer's: norms over every stage, weights to the writer
@@ -676,48 +655,136 @@ absl::Status MakePipelineHooks(const openmoe::train::TrainOptions& options, int 
   }
 }
 
+// The run's process groups (the layout of the section comment at ProcessGroups) for world rank
+// `rank` of `world`: `stages` pipeline stages of world / stages ranks each (1 but under hybrid),
+// `data_parallel`: the data-parallel hooks and ZeRO over a stage's ranks; `ep_size` > 0: expert
+// parallel with `replicas` copies of each expert (ep_size x replicas = a stage's ranks). Collective
+// over the world; nothing (no world) for one device.
+template <class Space>
+absl::StatusOr<ProcessGroups<Space>> MakeProcessGroups(int rank, int world, int stages, bool data_parallel,
+                                                       int ep_size, int replicas) {
+  ProcessGroups<Space> groups;
+  if (stages <= 1 && !data_parallel) return groups;  // one device
+  if constexpr (openmoe::parallel::kHasWorldCommunicator<Space>) {  // MPI on host ranks, NCCL (+ MPI) on CUDA ranks
+    using Group = openmoe::parallel::RankGroup<Space>;
+    OPENMOE_ASSIGN_OR_RETURN(Group created, Group::World());
+    groups.world = std::make_shared<const Group>(std::move(created));
+    // The world ranks of `color`, ordered by (key, rank).
+    const auto split = [&](int color, int key) -> absl::StatusOr<std::shared_ptr<const Group>> {
+      OPENMOE_ASSIGN_OR_RETURN(Group sub, groups.world->Split(color, key));
+      return std::make_shared<const Group>(std::move(sub));
+    };
+    const int inner_ranks = world / stages, stage = rank / inner_ranks, inner = rank % inner_ranks;
+    if (stages > 1) {  // the pipeline: the stages' ranks of this inner index, ordered by stage
+      groups.pipeline = groups.world;
+      if (inner_ranks > 1) {
+        OPENMOE_ASSIGN_OR_RETURN(groups.pipeline, split(/*color=*/inner, /*key=*/stage));
+      }
+      if (groups.pipeline->size() != stages || groups.pipeline->rank() != stage) {
+        return absl::InternalError(absl::StrCat("pipeline: rank ", rank, " has position ", groups.pipeline->rank(),
+                                                " of ", groups.pipeline->size(), " in its pipeline, expected ", stage,
+                                                " of ", stages));
+      }
+    }
+    std::shared_ptr<const Group> stage_ranks = groups.world;  // this rank's stage, ordered by rank
+    if (stages > 1 && (data_parallel || ep_size > 0)) {
+      OPENMOE_ASSIGN_OR_RETURN(stage_ranks, split(/*color=*/stage, /*key=*/rank));
+    }
+    if (data_parallel) groups.data_parallel = stage_ranks;
+    if (ep_size > 0) {  // inside the stage: inner = ep_index * k + replica
+      const int k = replicas, ep_index = inner / k;
+      // EP group: the stage's ranks with this rank's replica index, ordered by rank (position ep_index).
+      groups.expert_group = stage_ranks;
+      if (k > 1) {
+        OPENMOE_ASSIGN_OR_RETURN(groups.expert_group, split(/*color=*/stage * k + inner % k, /*key=*/rank));
+      }
+      // Replicas: the stage's ranks with this rank's EP index.
+      groups.expert_replicas = stage_ranks;
+      if (ep_size > 1) {
+        OPENMOE_ASSIGN_OR_RETURN(groups.expert_replicas, split(/*color=*/stage * ep_size + ep_index, /*key=*/rank));
+      }
+      const Group &group = *groups.expert_group, &same = *groups.expert_replicas;
+      if (group.size() != ep_size || group.rank() != ep_index || same.size() != k) {
+        return absl::InternalError(absl::StrCat("expert parallelism: rank ", rank, " has position ", group.rank(), " of ",
+                                                group.size(), " in its EP group (expected ", ep_index, " of ", ep_size,
+                                                ") and ", same.size(), " replicas (expected ", k, ")"));
+      }
+      groups.ep_size = ep_size, groups.ep_index = ep_index;
+    }
+    return groups;
+  } else {
+    return absl::UnimplementedError(absl::StrCat(stages > 1 ? "pipeline-parallel" : "data-parallel", " training on ",
+                                                 Space::name(), " ranks: this build has no communicator for them"));
+  }
+}
+
+// The startup line of every rank with process groups, once all hooks exist: "rank 1: communicators:
+// 3 (world of 4 ranks: data parallel + ZeRO; 2 ranks: EP group; 2 ranks: expert replicas)", the
+// communicators this process made (parallel::CommunicatorsCreated()) and each distinct group of
+// `groups` once, with what uses it.
+template <class Space>
+void PrintCommunicators(int rank, const ProcessGroups<Space>& groups) {
+  using Group = openmoe::parallel::RankGroup<Space>;
+  if (groups.world == nullptr) return;  // one device
+  const std::pair<const char*, const std::shared_ptr<const Group>*> uses[] = {
+      {"pipeline", &groups.pipeline}, {"data parallel + ZeRO", &groups.data_parallel},
+      {"EP group", &groups.expert_group}, {"expert replicas", &groups.expert_replicas}};
+  std::vector<const Group*> listed;
+  std::string described;
+  for (const std::shared_ptr<const Group>* group : {&groups.world, &groups.pipeline, &groups.data_parallel,
+                                                    &groups.expert_group, &groups.expert_replicas}) {
+    if (*group == nullptr || std::find(listed.begin(), listed.end(), group->get()) != listed.end()) continue;
+    listed.push_back(group->get());
+    std::string by;
+    for (const auto& [name, user] : uses) {
+      if (*user == *group) absl::StrAppend(&by, by.empty() ? ": " : " + ", name);
+    }
+    const int n = (*group)->size();
+    absl::StrAppend(&described, described.empty() ? "" : "; ", group == &groups.world ? "world of " : "", n,
+                    n == 1 ? " rank" : " ranks", by);
+  }
+  std::fprintf(stderr, "rank %d: communicators: %d (%s)\n", rank, openmoe::parallel::CommunicatorsCreated(),
+               described.c_str());
+}
+
 // The run, then output_path/loss_curve.png from every step of metrics.jsonl (those before a
 // resume too), the summed loss per label position. With dp.size > 1: data parallel over the MPI
 // world; only rank 0 writes the curve and the summary.
 absl::Status Train(const openmoe::train::TrainOptions& options, openmoe::train::DataParallelRank dp) {
-  const int64_t world_rank = dp.rank;
-  std::shared_ptr<void> pipeline_comm;  // --plugin hybrid: the pipeline stages' communicator
-  openmoe::train::PipelineHooks pipeline;
+  using Space = openmoe::train::TrainSpace;
+  const int world_rank = int(dp.rank), world_size = int(dp.size);
   const bool hybrid = HybridPipeline();
-  const int world_size = int(dp.size);
-  int stage_color = -1;  // hybrid: the data-parallel hooks / ZeRO over this stage's ranks (a Split of the world)
+  const int stages = hybrid ? int(absl::GetFlag(FLAGS_pp_size)) : 1;
   if (hybrid) {  // D = e d data-parallel ranks, data rank = the index inside the stage; every stage of a pipeline alike
-    OPENMOE_RETURN_IF_ERROR(MakePipelineHooks<openmoe::train::TrainSpace>(options, int(dp.rank), int(dp.size),
-                                                                          pipeline_comm, pipeline));
-    const int64_t inner_ranks = dp.size / absl::GetFlag(FLAGS_pp_size);
-    stage_color = int(dp.rank / inner_ranks);
+    const int64_t inner_ranks = dp.size / stages;
     dp = {dp.rank % inner_ranks, inner_ranks};
   }
   // Under mpirun a world of one with --plugin given runs the plugin's communicators over itself (the
   // same results as one device, no MPI-free shortcut): how a single GPU checks the NCCL wiring.
   const bool communicate = dp.size > 1 || (world_size == 1 && openmoe::parallel::MpiIsActive() && FlagGiven("plugin"));
-  std::shared_ptr<void> comm;  // outlives the trainer's hooks (freed before the MPI session ends)
+  const int ep_size = RunExpertParallelSize(world_size);  // 0: not EP
+  const int replicas = ep_size > 0 ? int(dp.size) / ep_size : 0;  // copies of each expert
+  if (ep_size > 0) OPENMOE_RETURN_IF_ERROR(CheckExpertSplit(options, ep_size, int(dp.size)));
+  // Every communicator of the run, each group made once; it outlives the trainer and its hooks (and
+  // is freed before the MPI session ends).
+  OPENMOE_ASSIGN_OR_RETURN(const ProcessGroups<Space> groups,
+                           MakeProcessGroups<Space>(world_rank, world_size, stages, communicate, ep_size, replicas));
+  openmoe::train::PipelineHooks pipeline;
+  if (hybrid) OPENMOE_RETURN_IF_ERROR(MakePipelineHooks<Space>(options, world_rank, world_size, groups.pipeline, pipeline));
   openmoe::train::GradientReduction reduce_gradients;
   openmoe::train::LossReduction reduce_loss;
-  if (communicate) {
-    OPENMOE_RETURN_IF_ERROR(
-        MakeDataParallelHooks<openmoe::train::TrainSpace>(comm, reduce_gradients, reduce_loss, stage_color));
-  }
-  const int ep_size = RunExpertParallelSize(world_size);  // 0: not EP
-  openmoe::train::ExpertParallelism experts;        // ep_size > 0: the EP group and replica communicators
+  if (communicate) OPENMOE_RETURN_IF_ERROR(MakeDataParallelHooks<Space>(groups.data_parallel, reduce_gradients, reduce_loss));
+  openmoe::train::ExpertParallelism experts;          // ep_size > 0: the EP group and replica communicators
   auto expert_begin = std::make_shared<int64_t>(-1);  // where the model's experts start (set once it exists)
   if (ep_size > 0) {
-    OPENMOE_RETURN_IF_ERROR(CheckExpertSplit(options, ep_size, int(dp.size)));
-    OPENMOE_RETURN_IF_ERROR(MakeExpertGroups<openmoe::train::TrainSpace>(int(world_rank), ep_size,
-                                                                         /*replicas=*/int(dp.size) / ep_size, experts));
+    experts = ExpertParallelismOf(groups);
     reduce_gradients = ShardedExpertGradients(expert_begin, std::move(reduce_gradients), experts.replicas, int(dp.size));
   }
-  std::shared_ptr<void> zero_comm;
   openmoe::train::ZeroSharding zero;  // one rank: nothing to shard, ZeRO-0
   // Every multi-rank run gets the data-parallel communicator (with stage 0 too: checkpoints write
   // one optimizer shard per rank through it).
   if (const int64_t stage = absl::GetFlag(FLAGS_zero_stage); communicate) {
-    OPENMOE_RETURN_IF_ERROR(MakeZeroSharding<openmoe::train::TrainSpace>(int(stage), zero_comm, zero, stage_color));
+    OPENMOE_RETURN_IF_ERROR(MakeZeroSharding<Space>(int(stage), *groups.data_parallel, zero));
   }
   OPENMOE_ASSIGN_OR_RETURN(openmoe::train::Trainer trainer,
                            openmoe::train::Trainer::Create(options, dp, std::move(reduce_gradients), std::move(reduce_loss),
@@ -725,9 +792,9 @@ absl::Status Train(const openmoe::train::TrainOptions& options, openmoe::train::
   if (ep_size > 0) {
     *expert_begin = trainer.model().expert_begin();
     OPENMOE_RETURN_IF_ERROR(
-        WireExpertParallel<openmoe::train::TrainSpace>(trainer, int(world_rank), world_size, ep_size,
-                                                       /*replicas=*/int(dp.size) / ep_size, experts.group));
+        WireExpertParallel<Space>(trainer, world_rank, world_size, ep_size, replicas, experts.group));
   }
+  PrintCommunicators(world_rank, groups);  // every communicator of the run exists by now
   OPENMOE_RETURN_IF_ERROR(trainer.Run());
   if (world_rank != 0) return absl::OkStatus();
   const std::string png = (std::filesystem::path(options.output_path) / "loss_curve.png").string();

@@ -6,7 +6,8 @@
 #     each example alone, and the dumped loss the mean of their losses (compare_dp_grads.py);
 #  2. unsupported plugin / ZeRO combinations under -np 2 stop before any work, non-zero, naming
 #     the flag;
-#  3. an error on the ranks (too few examples for 2 ranks) ends the job, naming the rank, no hang.
+#  3. an error on the ranks (too few examples for 2 ranks) ends the job, naming the rank, no hang;
+#  and each rank of 1. makes one communicator (the world, shared by the hooks and ZeRO).
 # mpirun setup: tools/mpi_test_env.sh.
 set -uo pipefail
 train=tools/train
@@ -14,6 +15,13 @@ compare=tools/compare_dp_grads.py
 data=tests/data/openmoe/tiny8b
 
 source tools/mpi_test_env.sh train_dp
+
+# communicators LOG NP N: each of the NP ranks says it made N communicators ("rank R: communicators:
+# N (...)"; tools/train.cc's ProcessGroups: the world once, each distinct group of ranks once).
+communicators() {
+  [[ $(grep -cE "^rank [0-9]+: communicators: $3 \(" "$1") == "$2" ]] \
+    || { grep "communicators:" "$1"; fail "$(basename "$1"): expected $3 communicators on each of $2 ranks"; }
+}
 
 # The fixture batch, and each of its examples alone.
 PYTHONPATH=tools/reference python3 "$compare" split "$data/expected.safetensors" "$tmp" || fail "split"
@@ -27,6 +35,9 @@ mpi 2 "$train" "${common[@]}" --plugin ep_zero --extra_dp_size 2 --zero_stage 0 
   || { cat "$tmp/dp.log"; fail "mpirun -np 2 data-parallel run"; }
 grep -qF "data parallel over 2 ranks" "$tmp/dp.log" || { cat "$tmp/dp.log"; fail "no 'data parallel over 2 ranks' line"; }
 [[ $(grep -c "^training " "$tmp/dp.log") == 1 ]] || { cat "$tmp/dp.log"; fail "more than rank 0 printed the run"; }
+# Pure data parallelism: the world is the data-parallel hooks' and ZeRO's group, and no other
+# group exists -> 1 communicator per rank.
+communicators "$tmp/dp.log" 2 1
 [[ "$(cat "$tmp/dp/latest")" == "step-1" && $(wc -l <"$tmp/dp/metrics.jsonl") == 1 ]] || fail "rank 0's checkpoint / metrics"
 PYTHONPATH=tools/reference python3 "$compare" check "$tmp/dp.safetensors" "$tmp/single0.safetensors" \
   "$tmp/single1.safetensors" "$tmp/dp/metrics.jsonl" || fail "the data-parallel step is not the mean of the single runs"

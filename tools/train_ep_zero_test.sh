@@ -12,13 +12,21 @@
 #     why exact), and the ZeRO-2 step-1 gradient dump equals ZeRO-0's;
 #  3. --extra_dp_size not dividing the world size, and an EP size not dividing num_experts (8
 #     experts; -np 3 --extra_dp_size 1, -np 6 --extra_dp_size 2), are refused before any work,
-#     naming the flag.
+#     naming the flag;
+#  and each rank makes every group of its plugin once (the counts at `communicators` below).
 # mpirun setup as train_data_parallel_test.sh (4 ranks on 2 cores: --oversubscribe, one thread).
 set -uo pipefail
 train=tools/train
 data=tests/data/openmoe/tiny8b
 
 source tools/mpi_test_env.sh train_ep_zero
+
+# communicators LOG NP N: each of the NP ranks says it made N communicators ("rank R: communicators:
+# N (...)"; tools/train.cc's ProcessGroups: the world once, each distinct group of ranks once).
+communicators() {
+  [[ $(grep -cE "^rank [0-9]+: communicators: $3 \(" "$1") == "$2" ]] \
+    || { grep "communicators:" "$1"; fail "$(basename "$1"): expected $3 communicators on each of $2 ranks"; }
+}
 
 # The fixture's 2 examples plus 2 more (their non-zero tokens remapped inside the vocabulary, same
 # masks), so that 4 ranks each take a different example.
@@ -34,9 +42,15 @@ mpi 4 "$train" "${common[@]}" --plugin ep_zero --extra_dp_size 2 --zero_stage 1 
 grep -qF "expert parallel: 8 experts over 2 ranks (4 each), each expert on 2 ranks; EP groups {0,2} {1,3}" "$tmp/epz.log" \
   || { cat "$tmp/epz.log"; fail "no EP group line"; }
 grep -qF "with ZeRO-1" "$tmp/epz.log" || { cat "$tmp/epz.log"; fail "no ZeRO-1 line"; }
+# Communicators, each group once: ep_zero k = 2 on 4 ranks makes the world (also the data-parallel
+# hooks' and ZeRO's group: dense DP is every rank), the EP group ({0,2} / {1,3}) and the expert
+# replicas ({0,1} / {2,3}) -> 3; pure DP (k = 4) the world alone -> 1; ep on 2 ranks the world
+# (also the EP group: every rank) and the replicas (each rank alone) -> 2.
+communicators "$tmp/epz.log" 4 3
 mpi 4 "$train" "${common[@]}" --plugin ep_zero --extra_dp_size 4 --zero_stage 0 --output_path "$tmp/dp" \
   --dump_step_state "$tmp/dp.safetensors" >"$tmp/dp.log" 2>&1 || { cat "$tmp/dp.log"; fail "mpirun -np 4 pure DP"; }
 grep -q "expert parallel" "$tmp/dp.log" && fail "pure data parallelism ran expert parallel"
+communicators "$tmp/dp.log" 4 1
 [[ "$(cat "$tmp/epz/latest")" == "step-$steps" ]] || fail "rank 0's checkpoint under ep_zero k=2"
 py tools/compare_ep_dp.py grads "$tmp/epz.safetensors" "$tmp/dp.safetensors" \
   || fail "the ep_zero (k=2, ZeRO-1) step-1 gradient is not the data-parallel one"
@@ -50,6 +64,7 @@ for z in 0 1 2; do
   mpi 2 "$train" "${zcommon[@]}" --zero_stage $z --output_path "$tmp/ep_z$z" --dump_step_state "$tmp/ep_z$z.safetensors" \
     >"$tmp/ep_z$z.log" 2>&1 || { cat "$tmp/ep_z$z.log"; fail "mpirun -np 2 --plugin ep --zero_stage $z"; }
   grep -qF "expert parallel: 8 experts over 2 ranks (4 each)" "$tmp/ep_z$z.log" || { cat "$tmp/ep_z$z.log"; fail "no EP line"; }
+  communicators "$tmp/ep_z$z.log" 2 2
 done
 py tools/compare_zero_runs.py moved "$tmp/ep_z0" "$data/model.safetensors" || fail "ep ZeRO-0 did not train"
 py tools/compare_zero_runs.py "$tmp/ep_z0" "$tmp/ep_z1" "$tmp/ep_z2" || fail "ep ZeRO-1/2 differ from ZeRO-0"
