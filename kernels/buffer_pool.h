@@ -13,7 +13,9 @@
 // Lifetime is Kokkos' own reference count: the pool keeps one reference to each buffer, and a
 // buffer is free again when nothing else holds one (use_count() == 1). The same type and shape is
 // handed out again (steps repeat their shapes); Trim() frees the buffers that no Take asked for
-// since the previous Trim, so the pool holds what one repetition uses and no more.
+// since the previous Trim, so the pool holds what one repetition uses and no more. That memory stays
+// taken between repetitions; Clear() gives back what nothing holds (TrainableModel::
+// ReleaseStepBuffers, before a checkpoint's gathers).
 //
 // Reuse is ordered by the stream, not by the host: a buffer released while kernels that read it
 // are still queued may be handed out at once, to work queued after them on the same execution

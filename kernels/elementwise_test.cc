@@ -3,8 +3,13 @@
 
 #include <cfloat>
 #include <cmath>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
 
 #include "gtest/gtest.h"
+#include "openmoe/core/bf16.h"
 #include "openmoe/core/test_util.h"
 
 namespace openmoe::kernels {
@@ -33,6 +38,41 @@ TYPED_TEST(ElementwiseTest, SwigluIsLinearFirstHalfTimesSiluSecondHalfTimesUp) {
     }
   Matrix<float, Space> bad("bad", T, I + 1);
   EXPECT_FALSE(SwigluCombine<float>(Space(), ToDevice<Space>(gate, T, 2 * I), ToDevice<Space>(up, T, I), bad).ok());
+}
+
+// Convert between float and 16-bit types: every element is the round-to-nearest-even of its float
+// (FromFloat, checked against the bit-level rounding of openmoe/core/bf16.h's tests), widening is
+// exact; sizes with and without a tail of fewer than 8 elements, and views that start off the
+// 16-byte boundary (the element-by-element path).
+template <class Space, class T>
+void CheckConvert() {
+  for (auto [rows, cols, offset] : {std::make_tuple(3, 7, 0), std::make_tuple(4, 64, 0), std::make_tuple(5, 13, 0),
+                                    std::make_tuple(2, 40, 1), std::make_tuple(1, 1, 0)}) {
+    const int64_t n = rows * cols;
+    std::vector<float> x = RandomNormal(n + offset, 3.0f, 70 + n);
+    x[offset] = 1.0f + 1.0f / 256.0f;  // a tie for bf16: rounds to even (1.0)
+    auto whole = ToDevice<Space>(x, 1, n + offset, "x");
+    ConstMatrix<float, Space> xd(whole.data() + offset, rows, cols);
+    Matrix<T, Space> narrow("narrow", rows, cols);
+    ASSERT_TRUE((Convert<float, T, Space>(Space(), xd, narrow).ok()));
+    const std::vector<T> got = ToHost(narrow);
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_EQ(ToFloat(got[i]), ToFloat(FromFloat<T>(x[offset + i]))) << rows << "x" << cols << "+" << offset << " at " << i;
+    }
+    if constexpr (std::is_same_v<T, bf16>) EXPECT_EQ(ToFloat(got[0]), 1.0f);  // the tie went to even
+    Matrix<float, Space> wide("wide", rows, cols);
+    ASSERT_TRUE((Convert<T, float, Space>(Space(), ConstMatrix<T, Space>(narrow), wide).ok()));
+    const std::vector<float> back = ToHost(wide);
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(back[i], ToFloat(got[i])) << i;
+  }
+  Matrix<T, Space> bad("bad_shape", 2, 3);
+  EXPECT_NE(std::string(Convert<float, T, Space>(Space(), ToDevice<Space>(std::vector<float>(6), 3, 2), bad).message())
+                .find("bad_shape"), std::string::npos);
+}
+
+TYPED_TEST(ElementwiseTest, ConvertRoundsEachElementAndWidensExactly) {
+  CheckConvert<TypeParam, bf16>();
+  CheckConvert<TypeParam, f16>();
 }
 
 TYPED_TEST(ElementwiseTest, FusedSwigluEqualsSwigluOnTheSplitParts) {

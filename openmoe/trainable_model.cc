@@ -310,6 +310,12 @@ std::vector<int64_t> TrainableModel<ExecSpace>::TakeExpertLoads() {
 }
 
 template <class ExecSpace>
+void TrainableModel<ExecSpace>::ReleaseStepBuffers() const {
+  context_.space().fence();
+  context_.Pool().Clear();
+}
+
+template <class ExecSpace>
 Matrix<float, ExecSpace> TrainableModel<ExecSpace>::G(int64_t offset, int64_t rows, int64_t cols) const {
   return Matrix<float, ExecSpace>(flat_grads_.data() + offset, rows, cols);
 }
@@ -413,9 +419,10 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   const float eps = c.rms_norm_eps;
   const kernels::ExecutionContext<ExecSpace>& ctx = context_;
   const ExecSpace& space = ctx.space();
-  // Every activation and temporary of the step comes from the context's pool: after the first
-  // step, no allocation, no free (which waits for the device on CUDA) and no zero-fill kernel
-  // for buffers their producer writes completely.
+  // The step's inputs, activations and temporaries come from the context's pool: after the first
+  // step the step itself allocates and frees none of them (a free waits for the device on CUDA)
+  // and fills none that their producer writes completely. (Still allocated per call: the
+  // expert-parallel dispatcher's staging buffers and the pipeline schedule's transfer buffers.)
   kernels::BufferPool<MemSpace>& pool = ctx.Pool();
   ctx.tuning().attention_backward_tf32 = !kFloat;
   pool.Trim();  // frees what the previous step did not use
@@ -439,10 +446,10 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   std::vector<Vector<int64_t, ExecSpace>> micro_ids(Mb);
   std::vector<MaskView> micro_mask(Mb);
   for (int64_t j = 0; j < Mb; ++j) {
-    micro_ids[j] = Vector<int64_t, ExecSpace>("ids", N);
+    micro_ids[j] = pool.template TakeVector<int64_t>(space, "ids", N, /*zeroed=*/false);
     Kokkos::deep_copy(micro_ids[j], Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
                                         input_ids.data() + j * N, N));
-    micro_mask[j] = MaskView("mask", B, S);
+    micro_mask[j] = pool.template Take<int64_t>(space, "mask", B, S, /*zeroed=*/false);
     Kokkos::deep_copy(micro_mask[j], Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace,
                                                   Kokkos::MemoryUnmanaged>(attention_mask.data() + j * N, B, S));
   }
@@ -616,7 +623,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   // Float copies of the norm weights the backward pass reads (the step's working values).
   auto norm_weight = [&](int64_t offset) -> absl::StatusOr<ConstVector<float, ExecSpace>> {
     OPENMOE_ASSIGN_OR_RETURN(CFM w, to_f(CM(Working<T>(offset), 1, H)));
-    return ConstVector<float, ExecSpace>(w.data(), H);
+    return ConstVector<float, ExecSpace>(Kokkos::subview(w, 0, Kokkos::ALL));  // holds the pooled buffer
   };
 
   // ---- LM loss and its gradient, a chunk of rows at a time (never [N, V] logits at once) ----
@@ -630,13 +637,14 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     std::vector<int64_t> labels(N);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t s = 0; s < S; ++s) labels[b * S + s] = s + 1 < S ? micro_input[b * S + s + 1] : -1;
-    Vector<int64_t, ExecSpace> labels_d("labels", N);
+    Vector<int64_t, ExecSpace> labels_d = pool.template TakeVector<int64_t>(space, "labels", N, /*zeroed=*/false);
     Kokkos::deep_copy(labels_d, Kokkos::View<const int64_t*, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(labels.data(), N));
     FM dxf = fresh_f("dxf", N, H);  // every chunk writes its rows
     const int64_t chunk = std::min(N, kLossRowsPerChunk);
     M logits = fresh("logits_chunk", chunk, V);  // each chunk's product writes its rows
     FM logits_f = fresh_f("logits_chunk_f32", kFloat ? 0 : chunk, kFloat ? 0 : V);
-    // Every row's loss, read back once after the last chunk (no wait for the device per chunk).
+    // Every row's loss, read back once per microbatch after its last chunk (no wait for the device
+    // per chunk).
     Vector<double, ExecSpace> row_loss = pool.template TakeVector<double>(space, "row_loss", N, /*zeroed=*/true);
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t r1 = std::min(N, r0 + chunk), R = r1 - r0;
@@ -709,7 +717,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     Kokkos::deep_copy(space, dh, dout);
   }
   // Per MoE layer, in backward order: its unweighted (aux, z) [2 * MoE layers].
-  Kokkos::View<double*, MemSpace> router_parts_d("router_parts", 2 * std::max<int64_t>(1, c.NumMoeLayers()));
+  Kokkos::View<double*, MemSpace> router_parts_d =
+      pool.template TakeVector<double>(space, "router_parts", 2 * std::max<int64_t>(1, c.NumMoeLayers()), /*zeroed=*/true);
   int64_t moe_index = 0;
   for (int64_t i = l1 - 1; i >= l0; --i) {
     const LayerOffsets& lo = offsets_.layers[i];

@@ -138,6 +138,12 @@ class TrainableModel {
   // zero. This rank's own tokens only (sum over the ranks for the global loads).
   std::vector<int64_t> TakeExpertLoads();
 
+  // The step keeps its activation and temporary buffers in its execution context's pool between
+  // steps (kernels/buffer_pool.h: a step allocates nothing once one has run). This frees them, after
+  // the device has finished with them: for work that needs the memory between steps, such as
+  // saving a checkpoint; the next step allocates them again.
+  void ReleaseStepBuffers() const;
+
   // Activation recomputation (gradient checkpointing): the forward pass keeps only each layer's
   // input, and the backward pass runs the layer again before its gradients; same results.
   void set_recompute_activations(bool recompute) { recompute_ = recompute; }

@@ -319,7 +319,10 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   position_ = {step, position_.epoch, position_.batch + 1};
   if (position_.batch == sharding_.batches_per_epoch()) position_ = {step, position_.epoch + 1, 0};
   ++steps_this_run_;
-  if (dump) OPENMOE_RETURN_IF_ERROR(DumpStepState(loss, dump_grads));
+  if (dump) {
+    model_.ReleaseStepBuffers();  // the whole-tensor gathers need the memory the step's buffers hold
+    OPENMOE_RETURN_IF_ERROR(DumpStepState(loss, dump_grads));
+  }
   if (o.load_balance && step % o.load_balance_interval == 0) OPENMOE_RETURN_IF_ERROR(BalanceExperts());
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time_).count();
   m.tokens_per_s = double(steps_this_run_ * B * S * dp_.size) / elapsed;
@@ -582,6 +585,7 @@ absl::Status Trainer::BarrierAll() const {
 }
 
 absl::Status Trainer::SaveCheckpoint() const {
+  model_.ReleaseStepBuffers();  // the gathers below need the memory the step's buffers hold
   // With several ranks (data-parallel or pipeline stages) every rank writes its own optimizer shard
   // into the step's staging folder (the writer then completes and renames it); otherwise the
   // moments are gathered (ZeRO) and the writer writes them whole. Expert tensors are gathered over

@@ -10,6 +10,7 @@ step() { echo "=== $*"; "$@" || { echo "=== FAILED: $*"; status=1; }; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 step .device/bin/kokkos_info
 for t in kokkos_toolchain_test rms_norm_test linear_test attention_test batched_gemm_test moe_test argmax_test backward_test \
+         buffer_pool_test dependent_launch_test elementwise_test \
          decode_graph_test execution_context_test parity_test bf16_parity_test generation_test decode_graph_generation_test train_parity_test \
          adamw_test loss_test; do
   if [[ -x .device/bin/$t ]]; then step .device/bin/$t; else echo "=== MISSING: .device/bin/$t (stage.sh stages it)"; status=1; fi

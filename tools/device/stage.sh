@@ -15,7 +15,8 @@ if ((${#binaries[@]} == 0)); then
   # The tests and tools of run_suite.sh; benchmarks are staged by name when needed (the device
   # call carries at most 64 MiB, test data included).
   binaries=(kernels/rms_norm_test kernels/linear_test kernels/attention_test kernels/batched_gemm_test kernels/moe_test
-            kernels/argmax_test kernels/backward_test kernels/execution_context_test openmoe/decode_graph_test tests/kokkos_toolchain_test
+            kernels/argmax_test kernels/backward_test kernels/execution_context_test kernels/buffer_pool_test
+            kernels/dependent_launch_test kernels/elementwise_test openmoe/decode_graph_test tests/kokkos_toolchain_test
             tests/parity_test tests/bf16_parity_test tests/generation_test tests/decode_graph_generation_test
             tests/train_parity_test tests/adamw_test tests/loss_test
             tools/kokkos_info tools/logits)
