@@ -123,6 +123,38 @@ TEST(AdamWOptimizer, RefusesMastersNotShardedAsItsPartition) {
   EXPECT_DEATH(bf16_model->flat_params(), "keeps only its share of the fp32 master weights");
 }
 
+// Pieces whose layout offsets differ from their master offsets (a rank's share that does not start
+// at 0, as on every rank but the first): the kept masters are the pieces' slices of the whole ones,
+// and OwnedMasters maps a layout range to them (hand-worked: [100, 200) overlaps only [128, 192),
+// kept from master offset 64). A one-rank optimizer cannot build such pieces, so this is checked on
+// the model directly.
+TEST(AdamWOptimizer, ShardedMastersKeepTheirLayoutSlices) {
+  auto model = TrainModel::Load("tests/data/openmoe/tiny8b");
+  ASSERT_TRUE(model.ok()) << model.status();
+  model->set_compute_dtype(Dtype::kBf16);
+  const std::vector<float> whole = Weights(*model);
+  ASSERT_TRUE(model->ShardMasters({{0, 0, 64}, {128, 64, 64}}).ok());
+  auto kept = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), model->flat_masters());
+  ASSERT_EQ(kept.extent(0), 128u);
+  for (int64_t i = 0; i < 64; ++i) {
+    ASSERT_EQ(kept(i), whole[i]) << i;
+    ASSERT_EQ(kept(64 + i), whole[128 + i]) << 128 + i;
+  }
+  const std::vector<TrainModel::MasterPiece> owned = model->OwnedMasters(100, 200);
+  ASSERT_EQ(owned.size(), 1u);
+  EXPECT_EQ(owned[0].layout, 128);
+  EXPECT_EQ(owned[0].master, 64);
+  EXPECT_EQ(owned[0].count, 64);
+  const std::vector<TrainModel::MasterPiece> first = model->OwnedMasters(10, 140);
+  ASSERT_EQ(first.size(), 2u);
+  EXPECT_EQ(first[0].layout, 10);
+  EXPECT_EQ(first[0].master, 10);
+  EXPECT_EQ(first[0].count, 54);
+  EXPECT_EQ(first[1].layout, 128);
+  EXPECT_EQ(first[1].master, 64);
+  EXPECT_EQ(first[1].count, 12);
+}
+
 TEST(AdamWOptimizer, RefusesAComputeDtypeOtherThanTheModels) {
   auto model = TrainModel::Load("tests/data/openmoe/tiny8b");
   ASSERT_TRUE(model.ok());
