@@ -217,7 +217,7 @@ absl::Status GemmAttentionBackward(const ExecutionContext<ExecSpace>& ctx, Tenso
                                    Tensor3<const float, ExecSpace> k, Tensor3<const float, ExecSpace> v,
                                    MaskView<ExecSpace> mask, Tensor3<const float, ExecSpace> dout, int64_t num_heads,
                                    int64_t num_kv_heads, int64_t head_dim, Tensor3<float, ExecSpace> dq,
-                                   Tensor3<float, ExecSpace> dk, Tensor3<float, ExecSpace> dv) {
+                                   Tensor3<float, ExecSpace> dk, Tensor3<float, ExecSpace> dv, bool tf32_products) {
   const auto& space = ctx.space();
   using MemSpace = typename ExecSpace::memory_space;
   const int64_t B = q.extent(0), S = q.extent(1), Sk_max = k.extent(1);
@@ -233,7 +233,7 @@ absl::Status GemmAttentionBackward(const ExecutionContext<ExecSpace>& ctx, Tenso
     for (int64_t q0 = 0; q0 < S; q0 += chunk) {
       const int64_t rows = std::min(chunk, S - q0);
       const HeadGeometry g{rows, q0 + rows, head_dim, num_kv_heads, num_heads / num_kv_heads,
-                           ctx.tuning().attention_backward_tf32};
+                           tf32_products};
       const float* q_rows  = q.data() + (b * S + q0) * Wq;
       const float* do_rows = dout.data() + (b * S + q0) * Wq;
       OPENMOE_RETURN_IF_ERROR((RowsTimesKeysT<float, float, ExecSpace>(ctx, g, q_rows, Wq, k_b, Wkv, probs.data())));
@@ -260,7 +260,7 @@ OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_GEMM_ATTENTION)
   template absl::Status GemmAttentionBackward<Space>(                                                               \
       const ExecutionContext<Space>&, Tensor3<const float, Space>, Tensor3<const float, Space>, Tensor3<const float, Space>,          \
       MaskView<Space>, Tensor3<const float, Space>, int64_t, int64_t, int64_t, Tensor3<float, Space>,                \
-      Tensor3<float, Space>, Tensor3<float, Space>);
+      Tensor3<float, Space>, Tensor3<float, Space>, bool);
 OPENMOE_FOR_EACH_EXECUTION_SPACE(OPENMOE_INSTANTIATE_GEMM_ATTENTION_BACKWARD)
 
 }  // namespace openmoe::kernels

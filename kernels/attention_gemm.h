@@ -45,7 +45,7 @@ absl::Status GemmAttentionBackward(const ExecutionContext<ExecSpace>& ctx, Tenso
                                    Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> mask,
                                    Tensor3<const float, ExecSpace> dout, int64_t num_heads, int64_t num_kv_heads,
                                    int64_t head_dim, Tensor3<float, ExecSpace> dq, Tensor3<float, ExecSpace> dk,
-                                   Tensor3<float, ExecSpace> dv);
+                                   Tensor3<float, ExecSpace> dv, bool tf32_products);
 
 }  // namespace openmoe::kernels
 

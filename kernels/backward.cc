@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/attention_gemm.h"
+#include "kernels/buffer_pool.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
 #include "kernels/layer_math.h"
@@ -148,7 +149,7 @@ absl::Status CausalAttentionBackward(const ExecutionContext<ExecSpace>& ctx, Ten
                                      Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> mask,
                                      Tensor3<const float, ExecSpace> dout, int64_t Nh, int64_t Nkv, int64_t Dh,
                                      Tensor3<float, ExecSpace> dq, Tensor3<float, ExecSpace> dk,
-                                     Tensor3<float, ExecSpace> dv) {
+                                     Tensor3<float, ExecSpace> dv, bool tf32_products) {
   const auto& space = ctx.space();
   const int64_t B = q.extent(0), S = q.extent(1);
   if (Nkv <= 0 || Nh % Nkv != 0 || q.extent(2) != size_t(Nh * Dh) || k.extent(2) != size_t(Nkv * Dh) ||
@@ -156,7 +157,7 @@ absl::Status CausalAttentionBackward(const ExecutionContext<ExecSpace>& ctx, Ten
     return absl::InvalidArgumentError("CausalAttentionBackward: q, k, v, dq, dk, dv do not fit [B, S, heads * Dh]");
   }
   if (UseGemmAttention<ExecSpace>(ctx.tuning(), S)) {  // CUDA (attention_gemm.h)
-    return GemmAttentionBackward<ExecSpace>(ctx, q, k, v, mask, dout, Nh, Nkv, Dh, dq, dk, dv);
+    return GemmAttentionBackward<ExecSpace>(ctx, q, k, v, mask, dout, Nh, Nkv, Dh, dq, dk, dv, tf32_products);
   }
   if (Dh > kMaxHeadDim) {
     return absl::InvalidArgumentError(absl::StrCat("CausalAttentionBackward: head_dim ", Dh, " > ", kMaxHeadDim));
@@ -446,19 +447,6 @@ void LmLossGradient(const ExecSpace& space, Matrix<float, ExecSpace> logits, Con
 // ---- CombineBackward ----
 constexpr int kCombineThreads = 256;  // GPU threads of a token's team (over H)
 
-// m = 0, as one flat range when m is contiguous: Kokkos 3.4's deep_copy(m, 0) of a 2-D view runs
-// CUDA blocks of 2 x 16 threads (77 us for 15.7 MB on an H100, ~200 GB/s).
-template <class ExecSpace>
-void ZeroMatrix(const ExecSpace& space, Matrix<float, ExecSpace> m) {
-  if (!m.span_is_contiguous()) {
-    Kokkos::deep_copy(space, m, 0.0f);
-    return;
-  }
-  float* data = m.data();
-  Kokkos::parallel_for(
-      "openmoe::kernels::CombineBackward.zero", FlatRange(space, int64_t(m.span())),
-      KOKKOS_LAMBDA(const int64_t i) { data[i] = 0.0f; });
-}
 }  // namespace
 
 template <class ExecSpace>
@@ -502,8 +490,8 @@ absl::Status CombineBackward(const ExecSpace& space, ConstMatrix<float, ExecSpac
       dprobs.extent(0) != size_t(N) || dprobs.extent(1) != size_t(E)) {
     return absl::InvalidArgumentError("CombineBackward: expert_out [E*C, H], probs/dprobs [N, E] and dy [N, H] must agree");
   }
-  ZeroMatrix(space, d_expert_out);
-  ZeroMatrix(space, dprobs);
+  ZeroFill(space, d_expert_out);  // (Kokkos 3.4's 2-D deep_copy(m, 0) ran at ~200 GB/s on an H100)
+  ZeroFill(space, dprobs);
   if (N == 0) return absl::OkStatus();
   if (H > INT32_MAX) return absl::InvalidArgumentError(absl::StrCat("CombineBackward: H = ", H, " too large"));
   // One team per token, its threads over H: for each kept assignment (e, slot), the row e*C + slot
@@ -638,7 +626,7 @@ absl::Status RouterLossBackward(const ExecSpace& space, ConstMatrix<float, ExecS
   template absl::Status CausalAttentionBackward<Space>(                                                            \
       const ExecutionContext<Space>&, Tensor3<const float, Space>, Tensor3<const float, Space>, Tensor3<const float, Space>,         \
       Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename Space::memory_space>, Tensor3<const float, Space>, \
-      int64_t, int64_t, int64_t, Tensor3<float, Space>, Tensor3<float, Space>, Tensor3<float, Space>);             \
+      int64_t, int64_t, int64_t, Tensor3<float, Space>, Tensor3<float, Space>, Tensor3<float, Space>, bool);       \
   template absl::Status EmbeddingBackward<Space>(const Space&, ConstVector<int64_t, Space>, ConstMatrix<float, Space>, \
                                                  int64_t, Matrix<float, Space>);                                    \
   template absl::Status LmLossBackward<Space>(const ExecutionContext<Space>&, Matrix<float, Space>, ConstVector<int64_t, Space>,      \

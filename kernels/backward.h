@@ -37,13 +37,17 @@ absl::Status SwigluBackwardFused(const ExecSpace& space, ConstMatrix<float, Exec
 
 // Gradients of CausalAttention (q_offset 0, Sq = Sk = S) with respect to its rotated q, k and v:
 // dq [B, S, Nh*Dh], dk, dv [B, S, Nkv*Dh] (written). The softmax is recomputed.
+// tf32_products: the CUDA GEMM path's float products on TF32 tensor cores (operands rounded to
+// 10-bit mantissas, float32 accumulation), for 16-bit training runs, whose q, k, v are 16-bit values
+// (exact in TF32): the float32 probabilities and gradients keep 3 more mantissa bits than autocast's
+// bf16 products. Ignored on host backends.
 template <class ExecSpace>
 absl::Status CausalAttentionBackward(const ExecutionContext<ExecSpace>& ctx, Tensor3<const float, ExecSpace> q,
                                      Tensor3<const float, ExecSpace> k, Tensor3<const float, ExecSpace> v,
                                      Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> mask,
                                      Tensor3<const float, ExecSpace> dout, int64_t num_heads, int64_t num_kv_heads,
                                      int64_t head_dim, Tensor3<float, ExecSpace> dq, Tensor3<float, ExecSpace> dk,
-                                     Tensor3<float, ExecSpace> dv);
+                                     Tensor3<float, ExecSpace> dv, bool tf32_products = false);
 
 // dtable[ids[t]] += dh[t] for every token whose id is not pad_id (nn.Embedding(padding_idx)).
 template <class ExecSpace>

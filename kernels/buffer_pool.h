@@ -86,24 +86,12 @@ class BufferPool {
   // Frees the free buffers that no Take has asked for since the previous Trim (call once per
   // repetition, before it).
   void Trim() {
-    for (auto& [key, entries] : shelves_) {
-      std::vector<std::unique_ptr<Entry>> kept;
-      for (auto& entry : entries) {
-        if (entry->in_use() || entry->generation == generation_) kept.push_back(std::move(entry));
-      }
-      entries = std::move(kept);
-    }
+    FreeUnheld([this](const Entry& entry) { return entry.generation != generation_; });
     ++generation_;
   }
   // Frees every buffer that nothing else holds.
   void Clear() {
-    for (auto& [key, entries] : shelves_) {
-      std::vector<std::unique_ptr<Entry>> kept;
-      for (auto& entry : entries) {
-        if (entry->in_use()) kept.push_back(std::move(entry));
-      }
-      entries = std::move(kept);
-    }
+    FreeUnheld([](const Entry&) { return true; });
   }
   int64_t buffers() const {
     int64_t n = 0;
@@ -132,6 +120,18 @@ class BufferPool {
   };
   // (element type and rank, extent 0, extent 1 or -1)
   using Key = std::tuple<std::type_index, int64_t, int64_t>;
+
+  // Frees the buffers that nothing outside the pool holds and `unwanted` selects.
+  template <class Unwanted>
+  void FreeUnheld(const Unwanted& unwanted) {
+    for (auto& [key, entries] : shelves_) {
+      std::vector<std::unique_ptr<Entry>> kept;
+      for (auto& entry : entries) {
+        if (entry->in_use() || !unwanted(*entry)) kept.push_back(std::move(entry));
+      }
+      entries = std::move(kept);
+    }
+  }
 
   template <class View, class ExecSpace>
   View TakeView(const ExecSpace& space, const char* label, std::pair<int64_t, int64_t> extents, bool zeroed) {

@@ -52,12 +52,6 @@ struct Tuning {
   // Cap of the GEMM attention's scores chunk [Nh, rows, keys] in elements (64 Mi: 256 MiB of
   // float32); tests lower it to exercise chunking.
   int64_t max_score_elements = int64_t(64) << 20;
-  // GemmAttentionBackward's float products on TF32 tensor cores (CUDA): operands rounded to 10-bit
-  // mantissas, float32 accumulation. Set by 16-bit training steps, whose q, k, v are 16-bit values
-  // (exact in TF32); the float32 probabilities, their gradients and the output gradient are
-  // rounded, which keeps 3 more mantissa bits than the bf16 products autocast would run (the
-  // CUDA bf16 training parity of tests/train_parity_test did not move); never by float32 runs.
-  bool attention_backward_tf32 = false;
 };
 
 template <class ExecSpace>

@@ -246,23 +246,25 @@ absl::Status HostFewRowsGemm(const ExecutionContext<ExecSpace>& ctx, ConstMatrix
 
 // y[M, N] (+)= x[M, K] @ op(w) through StridedBatchedGemm (cuBLAS on the caller's stream on CUDA,
 // OpenBLAS or a float32 loop on host: batched_gemm.cc): 16-bit products everywhere, float32
-// products on CUDA. Column-major
+// products on CUDA; y in T or float32 (TOut). Column-major
 // view of row-major data: y^T[N, M] = op(w)^T[N, K] x^T[K, M].
-template <class T, class ExecSpace>
-absl::Status StridedGemm(const ExecutionContext<ExecSpace>& ctx, const T* x, const T* w, T* y, int64_t M, int64_t K, int64_t N,
-                    bool w_is_out_in, bool accumulate) {
-  const auto& space = ctx.space();
+template <class T, class TOut, class ExecSpace>
+absl::Status StridedGemm(const ExecutionContext<ExecSpace>& ctx, const T* x, const T* w, TOut* y, int64_t M, int64_t K,
+                         int64_t N, bool w_is_out_in, bool accumulate) {
   BatchedGemmShape s;
   s.trans_a = w_is_out_in, s.m = N, s.n = M, s.k = K;
   s.lda = w_is_out_in ? K : N, s.ldb = K, s.ldc = N, s.beta = accumulate ? 1.0f : 0.0f;
-  return StridedBatchedGemm<T, T, ExecSpace>(ctx, s, w, x, y);
+  return StridedBatchedGemm<T, TOut, ExecSpace>(ctx, s, w, x, y);
 }
 
-// y[M, N] (+)= x[M, K] @ op(w), op(w) = w^T (w is [N, K]) or w (w is [K, N]).
-template <class T, class ExecSpace>
+// y[M, N] (+)= x[M, K] @ op(w), op(w) = w^T (w is [N, K]) or w (w is [K, N]); y in T, or in
+// float32 for 16-bit T (TOut = float: ProductIntoFloat, always through StridedGemm).
+template <class T, class TOut, class ExecSpace>
 absl::Status Gemm(const ExecutionContext<ExecSpace>& ctx, const char* op, ConstMatrix<T, ExecSpace> x,
-                  ConstMatrix<T, ExecSpace> w, Matrix<T, ExecSpace> y, bool w_is_out_in,
+                  ConstMatrix<T, ExecSpace> w, Matrix<TOut, ExecSpace> y, bool w_is_out_in,
                   bool accumulate) {
+  static_assert(std::is_same_v<TOut, T> || std::is_same_v<TOut, float>, "Gemm: the output is T or float32");
+  constexpr bool kSameType = std::is_same_v<TOut, T>;
   const auto& space = ctx.space();
   const size_t M = x.extent(0), K = x.extent(1);
   const size_t N = w_is_out_in ? w.extent(0) : w.extent(1);
@@ -283,10 +285,10 @@ absl::Status Gemm(const ExecutionContext<ExecSpace>& ctx, const char* op, ConstM
   }
   if (M == 0 || N == 0) return absl::OkStatus();
   if (K == 0) {
-    if (!accumulate) Kokkos::deep_copy(space, y, FromFloat<T>(0.0f));
+    if (!accumulate) Kokkos::deep_copy(space, y, FromFloat<TOut>(0.0f));
     return absl::OkStatus();
   }
-  if constexpr (!kIsCuda<ExecSpace>) {  // host backends, few rows (decode): the streaming GEMV, any dtype
+  if constexpr (!kIsCuda<ExecSpace> && kSameType) {  // host backends, few rows (decode): the streaming GEMV, any dtype
     if (M <= size_t(kHostGemvRows)) return HostFewRowsGemm<T, ExecSpace>(ctx, x, w, y, w_is_out_in, accumulate);
   }
   if constexpr (std::is_same_v<T, float> && !kIsCuda<ExecSpace>) {
@@ -299,7 +301,7 @@ absl::Status Gemm(const ExecutionContext<ExecSpace>& ctx, const char* op, ConstM
     return absl::OkStatus();
   } else {
 #if defined(KOKKOS_ENABLE_CUDA)
-    if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda> && !std::is_same_v<T, float>) {  // 16-bit decode kernels
+    if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda> && !std::is_same_v<T, float> && kSameType) {  // 16-bit decode kernels
       const DecodeLinearKernel kernel = ctx.tuning().decode_linear_kernel;
       const bool fits = w_is_out_in && M <= size_t(kSmallBatchRows) && IsPackAligned(x.data(), K) &&
                         IsPackAligned(w.data(), K);
@@ -317,7 +319,7 @@ absl::Status Gemm(const ExecutionContext<ExecSpace>& ctx, const char* op, ConstM
       }
     }
 #endif
-    return StridedGemm<T, ExecSpace>(ctx, x.data(), w.data(), y.data(), M, K, N, w_is_out_in, accumulate);
+    return StridedGemm<T, TOut, ExecSpace>(ctx, x.data(), w.data(), y.data(), M, K, N, w_is_out_in, accumulate);
   }
 }
 
@@ -328,45 +330,20 @@ template <class T, class ExecSpace>
 absl::Status Linear(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
                     Matrix<T, ExecSpace> y, bool accumulate) {
   const auto& space = ctx.space();
-  return Gemm<T, ExecSpace>(ctx, "Linear", x, w, y, /*w_is_out_in=*/true, accumulate);
+  return Gemm<T, T, ExecSpace>(ctx, "Linear", x, w, y, /*w_is_out_in=*/true, accumulate);
 }
 
 template <class T, class ExecSpace>
 absl::Status MatMul(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
                     Matrix<T, ExecSpace> y, bool accumulate) {
   const auto& space = ctx.space();
-  return Gemm<T, ExecSpace>(ctx, "MatMul", x, w, y, /*w_is_out_in=*/false, accumulate);
+  return Gemm<T, T, ExecSpace>(ctx, "MatMul", x, w, y, /*w_is_out_in=*/false, accumulate);
 }
 
 template <class T, class ExecSpace>
 absl::Status ProductIntoFloat(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
                               Matrix<float, ExecSpace> y, bool w_is_out_in, bool accumulate) {
-  if constexpr (std::is_same_v<T, float>) {
-    return Gemm<float, ExecSpace>(ctx, "ProductIntoFloat", x, w, y, w_is_out_in, accumulate);
-  } else {
-    const size_t M = x.extent(0), K = x.extent(1);
-    const size_t N = w_is_out_in ? w.extent(0) : w.extent(1), w_k = w_is_out_in ? w.extent(1) : w.extent(0);
-    if (w_k != K || y.extent(0) != M || y.extent(1) != N) {
-      return absl::InvalidArgumentError(absl::StrCat("ProductIntoFloat: '", x.label(), "' ", Shape(M, K), ", weight '",
-                                                     w.label(), "' ", Shape(w.extent(0), w.extent(1)), " and output '",
-                                                     y.label(), "' ", Shape(y.extent(0), y.extent(1)), " do not fit"));
-    }
-    for (absl::Status s : {CheckContiguous("ProductIntoFloat", x), CheckContiguous("ProductIntoFloat", w),
-                           CheckContiguous("ProductIntoFloat", y)}) {
-      if (!s.ok()) return s;
-    }
-    if (M == 0 || N == 0) return absl::OkStatus();
-    if (K == 0) {
-      if (!accumulate) Kokkos::deep_copy(ctx.space(), y, 0.0f);
-      return absl::OkStatus();
-    }
-    // Column-major view of the row-major data, as StridedGemm: y^T[N, M] = op(w)^T[N, K] x^T[K, M].
-    BatchedGemmShape s;
-    s.trans_a = w_is_out_in, s.m = int64_t(N), s.n = int64_t(M), s.k = int64_t(K);
-    s.lda = w_is_out_in ? int64_t(K) : int64_t(N), s.ldb = int64_t(K), s.ldc = int64_t(N);
-    s.beta = accumulate ? 1.0f : 0.0f;
-    return StridedBatchedGemm<T, float, ExecSpace>(ctx, s, w.data(), x.data(), y.data());
-  }
+  return Gemm<T, float, ExecSpace>(ctx, "ProductIntoFloat", x, w, y, w_is_out_in, accumulate);
 }
 
 template <class T, class ExecSpace>

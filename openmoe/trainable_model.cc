@@ -424,7 +424,6 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   // and fills none that their producer writes completely. (Still allocated per call: the
   // expert-parallel dispatcher's staging buffers and the pipeline schedule's transfer buffers.)
   kernels::BufferPool<MemSpace>& pool = ctx.Pool();
-  ctx.tuning().attention_backward_tf32 = !kFloat;
   pool.Trim();  // frees what the previous step did not use
   kernels::ZeroFill(space, flat_grads_);
   OPENMOE_RETURN_IF_ERROR(RefreshWorkingCopy<T>(space));  // 16-bit: at most one conversion of the masters
@@ -817,7 +816,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     OPENMOE_ASSIGN_OR_RETURN(CFM v_f, to_f(CM(a.v)));
     OPENMOE_RETURN_IF_ERROR(kernels::CausalAttentionBackward<ExecSpace>(
         ctx, CF3(q_f.data(), B, S, Wq), CF3(k_f.data(), B, S, Wkv), CF3(v_f.data(), B, S, Wkv), mask,
-        CF3(dattn.data(), B, S, Wq), Nh, Nkv, Dh, F3(dq.data(), B, S, Wq), F3(dk.data(), B, S, Wkv), F3(dv.data(), B, S, Wkv)));
+        CF3(dattn.data(), B, S, Wq), Nh, Nkv, Dh, F3(dq.data(), B, S, Wq), F3(dk.data(), B, S, Wkv), F3(dv.data(), B, S, Wkv),
+        /*tf32_products=*/!kFloat));
     OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<float>(space, F3(dq.data(), B, S, Wq), Dh, 0, /*inverse=*/true));
     OPENMOE_RETURN_IF_ERROR(kernels::ApplyRope<float>(space, F3(dk.data(), B, S, Wkv), Dh, 0, /*inverse=*/true));
     OPENMOE_ASSIGN_OR_RETURN(CM dq_t, to_t(CFM(dq)));
