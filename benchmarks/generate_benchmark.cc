@@ -56,6 +56,7 @@ struct Tuning {
   openmoe::kernels::Tuning attention;  // decode attention and decode Linear kernels
   openmoe::DependentLaunch dependent_launch = openmoe::DependentLaunch::kAll;
   double host_read_gbps = 0;  // --read_gbps: the host's measured read bandwidth (roofline)
+  int split_probs = -1;       // --split_probs: 1 / 0 forces Tuning::split_16bit_probs; -1 keeps the model's
 };
 
 template <class T>
@@ -73,7 +74,14 @@ int Run(const std::string& preset, const std::string& dtype, int64_t prompt_len,
     std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
     return 1;
   }
-  model->context().tuning() = tuning.attention;
+  // The command line's switches over the model's own tuning (which rounds the 16-bit attention
+  // probabilities once for inference: kernels::Tuning::split_16bit_probs).
+  openmoe::kernels::Tuning& model_tuning = model->context().tuning();
+  model_tuning.split_key_team_warps = tuning.attention.split_key_team_warps;
+  model_tuning.split_key_warp_keys  = tuning.attention.split_key_warp_keys;
+  model_tuning.decode_linear_kernel = tuning.attention.decode_linear_kernel;
+  if (tuning.split_probs >= 0) model_tuning.split_16bit_probs = tuning.split_probs != 0;
+  std::printf("split_16bit_probs=%d\n", int(model_tuning.split_16bit_probs));
   model->set_dependent_launch(tuning.dependent_launch);
   // Weights a batch-1 decode step must read.
   const double active_bytes = double(openmoe::ActiveParameters(*config)) * sizeof(T);
@@ -142,7 +150,9 @@ int main(int argc, char** argv) {
                   "[--decode_linear=auto|cublas|warp_per_column|split_k]\n"
                   "  ablation of programmatic dependent launch in the CUDA decode graphs: "
                   "[--dependent_launch=all|own|off] (default all)\n"
-                  "    (all: edges from any kernel into the project's kernels; own: only between the project's kernels)\n");
+                  "    (all: edges from any kernel into the project's kernels; own: only between the project's kernels)\n"
+                  "  ablation of the 16-bit prefill attention probabilities: [--split_probs=1] keeps them as two\n"
+                  "    16-bit halves (training's choice), 0 rounds them once (the model's inference default)\n");
       return 0;
     }
   const std::string preset = Arg(argc, argv, "preset", "8b"), dtype = Arg(argc, argv, "dtype", "bf16");
@@ -155,6 +165,7 @@ int main(int argc, char** argv) {
   Kokkos::ScopeGuard kokkos(argc, argv);
   Tuning tuning;
   tuning.host_read_gbps = std::atof(Arg(argc, argv, "read_gbps", "0").c_str());
+  tuning.split_probs    = std::atoi(Arg(argc, argv, "split_probs", "-1").c_str());
   tuning.attention.split_key_team_warps = std::atoi(Arg(argc, argv, "attention_team_warps", "1").c_str());
   tuning.attention.split_key_warp_keys  = std::atoi(Arg(argc, argv, "attention_warp_keys", "0").c_str());
   {

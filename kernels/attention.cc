@@ -395,26 +395,53 @@ absl::Status RopeAndAppend(const ExecSpace& space, Tensor3<const T, ExecSpace> q
     return absl::InvalidArgumentError(absl::StrCat("RopeAndAppend: q_out or the caches do not fit [", B, ", ", S,
                                                    "] new columns from column ", offset));
   }
-  const int64_t half = head_dim / 2, q_pairs = q_width / 2, kv_pairs = kv_width / 2;
-  const int64_t pairs = q_pairs > kv_pairs ? q_pairs : kv_pairs;
+  // One thread per (b, s, j, group of heads) rotates pair (j, j + half) of each head of its group
+  // in q and k and copies the same two elements of v. cos/sin depend only on (column, j): computed
+  // once per thread (RopeCosSin's double pow/cos/sin cost more than the bytes moved when done per
+  // head). Heads form one group when B * S * half threads fill the GPU (prefill), else up to one
+  // head per group (a decode step). Consecutive threads take consecutive j: coalesced accesses.
+  constexpr int64_t kMinThreads = int64_t(1) << 17;  // about an H100's resident threads
+  constexpr int kHeadsInFlight  = 4;                 // heads whose loads are all issued before any store
+  const int64_t half = head_dim / 2, q_heads = q_width / head_dim, kv_heads = kv_width / head_dim;
+  const int64_t heads = q_heads > kv_heads ? q_heads : kv_heads;
+  const int64_t row_threads = B * S * half;
+  const int64_t wanted_groups = row_threads > 0 ? (kMinThreads + row_threads - 1) / row_threads : 1;
+  const int64_t group_heads   = heads > wanted_groups ? (heads + wanted_groups - 1) / wanted_groups : 1;
+  const int64_t head_groups   = heads > 0 ? (heads + group_heads - 1) / group_heads : 1;
+  const int64_t k0 = q_width, v0 = q_width + kv_width;  // where k and v start in a qkv row
   DependentParallelFor(
       "openmoe::kernels::RopeAndAppend",
-      FlatRange(space, B * S * pairs), KOKKOS_LAMBDA(const int64_t idx) {
-        const int64_t pair = idx % pairs, s = (idx / pairs) % S, b = idx / (pairs * S);
-        const int64_t head = pair / half, j = pair % half;
-        const int64_t lo = head * head_dim + j, hi = lo + half;
+      FlatRange(space, row_threads * head_groups), KOKKOS_LAMBDA(const int64_t idx) {
+        // idx = ((b * S + s) * head_groups + group) * half + j
+        const int64_t j = idx % half, group = (idx / half) % head_groups, row = idx / (half * head_groups);
+        const int64_t s = row % S, b = row / S;
         const int64_t column = offset + (device_offset != nullptr ? *device_offset : 0) + s;
         float c, sn;
         RopeCosSin(column, j, head_dim, c, sn);
-        if (pair < q_pairs) {
-          RotatePair(ToFloat(qkv(b, s, lo)), ToFloat(qkv(b, s, hi)), c, sn, q_out(b, s, lo), q_out(b, s, hi));
-        }
-        if (pair < kv_pairs) {
-          const int64_t k0 = q_width, v0 = q_width + kv_width;
-          RotatePair(ToFloat(qkv(b, s, k0 + lo)), ToFloat(qkv(b, s, k0 + hi)), c, sn, k_cache(b, column, lo),
-                     k_cache(b, column, hi));
-          v_cache(b, column, lo) = qkv(b, s, v0 + lo);
-          v_cache(b, column, hi) = qkv(b, s, v0 + hi);
+        const int64_t first = group * group_heads, last = first + group_heads < heads ? first + group_heads : heads;
+        for (int64_t h0 = first; h0 < last; h0 += kHeadsInFlight) {
+          // Loads of kHeadsInFlight heads first (the stores could alias them as far as the compiler
+          // knows, so it would not move later loads above them), then the rotations and stores.
+          float q_lo[kHeadsInFlight], q_hi[kHeadsInFlight], k_lo[kHeadsInFlight], k_hi[kHeadsInFlight];
+          T v_lo[kHeadsInFlight], v_hi[kHeadsInFlight];
+          for (int u = 0; u < kHeadsInFlight; ++u) {
+            const int64_t head = h0 + u, lo = head * head_dim + j, hi = lo + half;
+            if (head >= last) break;
+            if (head < q_heads) q_lo[u] = ToFloat(qkv(b, s, lo)), q_hi[u] = ToFloat(qkv(b, s, hi));
+            if (head < kv_heads) {
+              k_lo[u] = ToFloat(qkv(b, s, k0 + lo)), k_hi[u] = ToFloat(qkv(b, s, k0 + hi));
+              v_lo[u] = qkv(b, s, v0 + lo), v_hi[u] = qkv(b, s, v0 + hi);
+            }
+          }
+          for (int u = 0; u < kHeadsInFlight; ++u) {
+            const int64_t head = h0 + u, lo = head * head_dim + j, hi = lo + half;
+            if (head >= last) break;
+            if (head < q_heads) RotatePair(q_lo[u], q_hi[u], c, sn, q_out(b, s, lo), q_out(b, s, hi));
+            if (head < kv_heads) {
+              RotatePair(k_lo[u], k_hi[u], c, sn, k_cache(b, column, lo), k_cache(b, column, hi));
+              v_cache(b, column, lo) = v_lo[u], v_cache(b, column, hi) = v_hi[u];
+            }
+          }
         }
       });
   return absl::OkStatus();

@@ -6,6 +6,7 @@
 
 #include "kernels/batched_gemm.h"
 #include "kernels/buffer_pool.h"
+#include "kernels/elementwise.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
 #include "openmoe/core/status_macros.h"
@@ -78,74 +79,166 @@ absl::Status AddProbsTTimesRows(const ExecutionContext<ExecSpace>& ctx, const He
   return absl::OkStatus();
 }
 
+// Rows of the softmax kernels per team: on CUDA one warp per row (the row's keys over 32 lanes,
+// its reductions as warp shuffles, no block barrier), 8 warps per block.
+constexpr int kSoftmaxRowsPerTeam = 8;
+
+template <class ExecSpace>
+Kokkos::TeamPolicy<ExecSpace> SoftmaxTeams(const ExecSpace& space, int64_t rows) {
+  return WarpTeams(space, (rows + kSoftmaxRowsPerTeam - 1) / kSoftmaxRowsPerTeam, kSoftmaxRowsPerTeam);
+}
+
+// Keys a query sees under the causal rule: 0 .. position (at most `keys`).
+KOKKOS_INLINE_FUNCTION int64_t CausalKeys(int64_t position, int64_t keys) {
+  return position + 1 < keys ? position + 1 : keys;
+}
+
 // probs[row] = softmax over the visible keys of scores[row] (0 elsewhere), rows = heads x chunk
 // rows; the query of chunk row i is at position first_position + i. probs may alias scores.
 // With probs_low (bf16), each weight is stored as two bf16 values, probs + probs_low, whose sum
 // keeps 16 significant bits: P.V as hi.V + lo.V then has the accuracy of float P.
+// Scores past the causal end are never read (about half of them in training and prefill).
 template <class TP, class ExecSpace>
-void MaskedSoftmax(const ExecSpace& space, const float* scores, TP* probs, TP* probs_low, MaskView<ExecSpace> mask,
-                   int64_t b, const HeadGeometry& g, int64_t first_position) {
+void MaskedSoftmaxLoops(const ExecSpace& space, const float* scores, TP* probs, TP* probs_low, MaskView<ExecSpace> mask,
+                        int64_t b, const HeadGeometry& g, int64_t first_position) {
   using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
-  const int64_t rows = g.rows, keys = g.keys;
+  const int64_t rows = g.rows, keys = g.keys, total_rows = g.num_kv_heads * g.group * rows;
   DependentParallelFor(
-      "openmoe::kernels::GemmAttention.softmax", RowTeams(space, g.num_kv_heads * g.group * rows, 256),
-      KOKKOS_LAMBDA(const Member& team) {
-        const int64_t row = team.league_rank(), position = first_position + row % rows;
-        const int64_t visible_end = position + 1 < keys ? position + 1 : keys;  // causal
-        const float* s = scores + row * keys;
-        TP* p = probs + row * keys;
-        float max_score = -FLT_MAX;
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, visible_end),
-            [&](const int64_t j, float& m) {
-              if ((j == 0 || mask(b, j) != 0) && s[j] > m) m = s[j];
-            },
-            Kokkos::Max<float>(max_score));
-        // Kokkos 3.4 (CUDA) hands a team reduction's result back through one shared buffer and returns
-        // without a barrier: the next reduction must not overwrite it before every thread has read it.
-        team.team_barrier();
-        float sum = 0.0f;
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, visible_end),
-            [&](const int64_t j, float& acc) {
-              if (j == 0 || mask(b, j) != 0) acc += Kokkos::Experimental::exp(s[j] - max_score);
-            },
-            sum);
-        const float inv_sum = 1.0f / sum;
-        team.team_barrier();  // every read of s before any write of p (they may alias)
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, keys), [&](const int64_t j) {
-          const bool visible = j < visible_end && (j == 0 || mask(b, j) != 0);
-          const float weight = visible ? Kokkos::Experimental::exp(s[j] - max_score) * inv_sum : 0.0f;
-          const TP high = FromFloat<TP>(weight);
-          p[j] = high;
-          if (probs_low != nullptr) probs_low[row * keys + j] = FromFloat<TP>(weight - ToFloat(high));
+      "openmoe::kernels::GemmAttention.softmax", SoftmaxTeams(space, total_rows), KOKKOS_LAMBDA(const Member& team) {
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kSoftmaxRowsPerTeam), [&](const int r) {
+          const int64_t row = team.league_rank() * kSoftmaxRowsPerTeam + r;
+          if (row >= total_rows) return;
+          const int64_t visible_end = CausalKeys(first_position + row % rows, keys);
+          const float* s = scores + row * keys;
+          TP* p = probs + row * keys;
+          float max_score = -FLT_MAX;
+          Kokkos::parallel_reduce(
+              Kokkos::ThreadVectorRange(team, visible_end),
+              [&](const int64_t j, float& m) {
+                if ((j == 0 || mask(b, j) != 0) && s[j] > m) m = s[j];
+              },
+              Kokkos::Max<float>(max_score));
+          float sum = 0.0f;
+          Kokkos::parallel_reduce(
+              Kokkos::ThreadVectorRange(team, visible_end),
+              [&](const int64_t j, float& acc) {
+                if (j == 0 || mask(b, j) != 0) acc += Kokkos::Experimental::exp(s[j] - max_score);
+              },
+              sum);
+          const float inv_sum = 1.0f / sum;
+          WarpSync();  // every lane's reads of s before any write of p (they may alias)
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, keys), [&](const int64_t j) {
+            const bool visible = j < visible_end && (j == 0 || mask(b, j) != 0);
+            const float weight = visible ? Kokkos::Experimental::exp(s[j] - max_score) * inv_sum : 0.0f;
+            const TP high = FromFloat<TP>(weight);
+            p[j] = high;
+            if (probs_low != nullptr) probs_low[row * keys + j] = FromFloat<TP>(weight - ToFloat(high));
+          });
         });
       });
 }
 
-// grad[row] = probs[row] * (grad[row] - probs[row] . grad[row]): dP becomes dS in place.
-template <class ExecSpace>
-void SoftmaxBackward(const ExecSpace& space, const float* probs, float* grad, int64_t rows, int64_t keys) {
+// The same on CUDA for rows of at most 32 x kPerLane keys, the row held in registers: lane l
+// loads keys l, l + 32, ... all at once (the loops above wait for one load per step: at 512 keys
+// a row took ~20 us of latency), then max, sum and the weights come from registers, the
+// reductions as warp shuffles.
+template <int kPerLane, class TP, class ExecSpace>
+void MaskedSoftmaxInRegisters(const ExecSpace& space, const float* scores, TP* probs, TP* probs_low,
+                              MaskView<ExecSpace> mask, int64_t b, const HeadGeometry& g, int64_t first_position) {
   using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  const int64_t rows = g.rows, keys = g.keys, total_rows = g.num_kv_heads * g.group * rows;
   DependentParallelFor(
-      "openmoe::kernels::GemmAttention.softmax_backward", RowTeams(space, rows, 256),
+      "openmoe::kernels::GemmAttention.softmax_registers", SoftmaxTeams(space, total_rows),
       KOKKOS_LAMBDA(const Member& team) {
-        const float* p = probs + team.league_rank() * keys;
-        float* g = grad + team.league_rank() * keys;
-        float dot = 0.0f;
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(team, keys), [&](const int64_t j, float& acc) { acc += p[j] * g[j]; }, dot);
-        team.team_barrier();
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, keys), [&](const int64_t j) { g[j] = p[j] * (g[j] - dot); });
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kSoftmaxRowsPerTeam), [&](const int r) {
+          const int64_t row = team.league_rank() * kSoftmaxRowsPerTeam + r;
+          if (row >= total_rows) return;
+          const int64_t visible_end = CausalKeys(first_position + row % rows, keys);
+          const float* s = scores + row * keys;
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, 32), [&](const int lane) {
+            float w[kPerLane];  // score, then weight, of key lane + 32 i; -FLT_MAX: not visible
+            float max_score = -FLT_MAX;
+            for (int i = 0; i < kPerLane; ++i) {
+              const int64_t j = lane + 32 * int64_t(i);
+              w[i] = j < visible_end && (j == 0 || mask(b, j) != 0) ? s[j] : -FLT_MAX;
+            }
+            for (int i = 0; i < kPerLane; ++i) max_score = w[i] > max_score ? w[i] : max_score;
+            for (int m = 16; m >= 1; m /= 2) {
+              const float other = LaneXor(max_score, m);
+              max_score = other > max_score ? other : max_score;
+            }
+            float sum = 0.0f;
+            for (int i = 0; i < kPerLane; ++i) {
+              w[i] = w[i] == -FLT_MAX ? 0.0f : Kokkos::Experimental::exp(w[i] - max_score);
+              sum += w[i];
+            }
+            for (int m = 16; m >= 1; m /= 2) sum += LaneXor(sum, m);
+            const float inv_sum = 1.0f / sum;
+            // Every lane's loads are done (the shuffles above met them): p may alias s.
+            TP* p = probs + row * keys;
+            for (int i = 0; i < kPerLane; ++i) {
+              const int64_t j = lane + 32 * int64_t(i);
+              if (j >= keys) break;
+              const float weight = w[i] * inv_sum;
+              const TP high = FromFloat<TP>(weight);
+              p[j] = high;
+              if (probs_low != nullptr) probs_low[row * keys + j] = FromFloat<TP>(weight - ToFloat(high));
+            }
+          });
+        });
       });
 }
 
-// out[i] = round(sum[i]) for i < count (a function of its own: nvcc forbids device lambdas under
-// if constexpr).
+// MaskedSoftmax: the register kernel on CUDA where the keys fit it, the loops otherwise.
+template <class TP, class ExecSpace>
+void MaskedSoftmax(const ExecSpace& space, const float* scores, TP* probs, TP* probs_low, MaskView<ExecSpace> mask,
+                   int64_t b, const HeadGeometry& g, int64_t first_position) {
+#if defined(KOKKOS_ENABLE_CUDA)
+  if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+    if (g.keys <= 32 * 16) {
+      return MaskedSoftmaxInRegisters<16, TP, ExecSpace>(space, scores, probs, probs_low, mask, b, g, first_position);
+    }
+    if (g.keys <= 32 * 64) {
+      return MaskedSoftmaxInRegisters<64, TP, ExecSpace>(space, scores, probs, probs_low, mask, b, g, first_position);
+    }
+  }
+#endif
+  MaskedSoftmaxLoops<TP, ExecSpace>(space, scores, probs, probs_low, mask, b, g, first_position);
+}
+
+// grad[row] = probs[row] * (grad[row] - probs[row] . grad[row]): dP becomes dS in place. Rows as
+// MaskedSoftmax's (heads x chunk rows from first_position): past the causal end P is 0, so dS
+// is 0 there and neither P nor dP is read.
+template <class ExecSpace>
+void SoftmaxBackward(const ExecSpace& space, const float* probs, float* grad, const HeadGeometry& g,
+                     int64_t first_position) {
+  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  const int64_t rows = g.rows, keys = g.keys, total_rows = g.num_kv_heads * g.group * rows;
+  DependentParallelFor(
+      "openmoe::kernels::GemmAttention.softmax_backward", SoftmaxTeams(space, total_rows),
+      KOKKOS_LAMBDA(const Member& team) {
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kSoftmaxRowsPerTeam), [&](const int r) {
+          const int64_t row = team.league_rank() * kSoftmaxRowsPerTeam + r;
+          if (row >= total_rows) return;
+          const int64_t visible_end = CausalKeys(first_position + row % rows, keys);
+          const float* p = probs + row * keys;
+          float* d = grad + row * keys;
+          float dot = 0.0f;
+          Kokkos::parallel_reduce(
+              Kokkos::ThreadVectorRange(team, visible_end), [&](const int64_t j, float& acc) { acc += p[j] * d[j]; },
+              dot);
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, keys), [&](const int64_t j) {
+            d[j] = j < visible_end ? p[j] * (d[j] - dot) : 0.0f;
+          });
+        });
+      });
+}
+
+// out[i] = round(sum[i]) for i < count: the vectorised Convert over the flat buffers.
 template <class T, class ExecSpace>
-void RoundInto(const ExecSpace& space, const float* sum, T* out, int64_t count) {
-  DependentParallelFor("openmoe::kernels::GemmAttention.round", FlatRange(space, count),
-                       KOKKOS_LAMBDA(const int64_t i) { out[i] = FromFloat<T>(sum[i]); });
+absl::Status RoundInto(const ExecSpace& space, const float* sum, T* out, int64_t count) {
+  return Convert<float, T, ExecSpace>(space, ConstMatrix<float, ExecSpace>(sum, 1, count),
+                                      Matrix<T, ExecSpace>(out, 1, count));
 }
 
 // Query rows per chunk: the scores of all heads for the chunk stay within max_score_elements.
@@ -175,16 +268,20 @@ absl::Status GemmAttention(const ExecutionContext<ExecSpace>& ctx, Tensor3<const
   const int64_t chunk = ChunkRows(ctx.tuning(), num_heads, Sq, num_keys);
   const int64_t score_count = num_heads * chunk * num_keys;
   auto scores = ctx.template Scratch<float>("attention_gemm.scores", score_count);
-  // float: P in place of the scores, P.V written to out. bf16: P as two bf16 halves (MaskedSoftmax),
-  // P.V summed in float32 (a chunk-sized buffer) and rounded once into out.
-  constexpr bool kSplit = !std::is_same_v<T, float>;
+  // float: P in place of the scores, P.V written to out. 16-bit T, tuning.split_16bit_probs: P as
+  // two T halves (MaskedSoftmax), P.V summed in float32 (a chunk-sized buffer) and rounded once
+  // into out; otherwise P rounded to T and P.V written to out by the GEMM.
+  constexpr bool k16Bit = !std::is_same_v<T, float>;
+  const bool split = k16Bit && ctx.tuning().split_16bit_probs;
   T* probs = nullptr;
   T* probs_low = nullptr;
   float* out_f = nullptr;
-  if constexpr (kSplit) {
-    probs     = ctx.template Scratch<T>("attention_gemm.probs", 2 * score_count).data();
-    probs_low = probs + score_count;
-    out_f     = ctx.template Scratch<float>("attention_gemm.out", chunk * Wq).data();
+  if constexpr (k16Bit) {
+    probs = ctx.template Scratch<T>("attention_gemm.probs", (split ? 2 : 1) * score_count).data();
+    if (split) {
+      probs_low = probs + score_count;
+      out_f     = ctx.template Scratch<float>("attention_gemm.out", chunk * Wq).data();
+    }
   } else {
     probs = reinterpret_cast<T*>(scores.data());
   }
@@ -199,14 +296,16 @@ absl::Status GemmAttention(const ExecutionContext<ExecSpace>& ctx, Tensor3<const
       MaskedSoftmax<T, ExecSpace>(space, scores.data(), probs, probs_low, key_mask, b, g, q_offset + q0);
       const T* v_b = v.data() + b * Sk_max * Wkv;
       T* out_rows  = out.data() + (b * Sq + q0) * Wq;
-      if constexpr (kSplit) {
-        OPENMOE_RETURN_IF_ERROR((ProbsTimesKeys<T, float, ExecSpace>(ctx, g, probs, v_b, Wkv, out_f, Wq)));
-        OPENMOE_RETURN_IF_ERROR(
-            (ProbsTimesKeys<T, float, ExecSpace>(ctx, g, probs_low, v_b, Wkv, out_f, Wq, /*accumulate=*/true)));
-        RoundInto<T, ExecSpace>(space, out_f, out_rows, rows * Wq);
-      } else {
-        OPENMOE_RETURN_IF_ERROR((ProbsTimesKeys<T, T, ExecSpace>(ctx, g, probs, v_b, Wkv, out_rows, Wq)));
+      if constexpr (k16Bit) {
+        if (split) {
+          OPENMOE_RETURN_IF_ERROR((ProbsTimesKeys<T, float, ExecSpace>(ctx, g, probs, v_b, Wkv, out_f, Wq)));
+          OPENMOE_RETURN_IF_ERROR(
+              (ProbsTimesKeys<T, float, ExecSpace>(ctx, g, probs_low, v_b, Wkv, out_f, Wq, /*accumulate=*/true)));
+          OPENMOE_RETURN_IF_ERROR((RoundInto<T, ExecSpace>(space, out_f, out_rows, rows * Wq)));
+          continue;
+        }
       }
+      OPENMOE_RETURN_IF_ERROR((ProbsTimesKeys<T, T, ExecSpace>(ctx, g, probs, v_b, Wkv, out_rows, Wq)));
     }
   }
   return absl::OkStatus();
@@ -239,7 +338,7 @@ absl::Status GemmAttentionBackward(const ExecutionContext<ExecSpace>& ctx, Tenso
       OPENMOE_RETURN_IF_ERROR((RowsTimesKeysT<float, float, ExecSpace>(ctx, g, q_rows, Wq, k_b, Wkv, probs.data())));
       MaskedSoftmax<float, ExecSpace>(space, probs.data(), probs.data(), nullptr, mask, b, g, q0);
       OPENMOE_RETURN_IF_ERROR((RowsTimesKeysT<float, float, ExecSpace>(ctx, g, do_rows, Wq, v_b, Wkv, grad.data())));
-      SoftmaxBackward<ExecSpace>(space, probs.data(), grad.data(), num_heads * rows, g.keys);
+      SoftmaxBackward<ExecSpace>(space, probs.data(), grad.data(), g, q0);
       OPENMOE_RETURN_IF_ERROR(AddProbsTTimesRows<ExecSpace>(ctx, g, probs.data(), do_rows, Wq, dv.data() + b * S * Wkv, Wkv));
       OPENMOE_RETURN_IF_ERROR(AddProbsTTimesRows<ExecSpace>(ctx, g, grad.data(), q_rows, Wq, dk.data() + b * S * Wkv, Wkv));
       OPENMOE_RETURN_IF_ERROR((ProbsTimesKeys<float, float, ExecSpace>(ctx, g, grad.data(), k_b, Wkv,

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -65,7 +67,7 @@ Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> Secon
 std::vector<double> AttentionErrorBounds(const std::vector<float>& q, const std::vector<float>& k,
                                          const std::vector<float>& v, const std::vector<int64_t>& key_mask,
                                          int64_t B, int64_t Sq, int64_t Sk, int64_t Nh, int64_t Nkv, int64_t Dh,
-                                         int64_t q_offset) {
+                                         int64_t q_offset, double extra_relative = 0.0) {
   const double eps = FLT_EPSILON;
   std::vector<double> bound(B * Sq * Nh * Dh);
   for (int64_t b = 0; b < B; ++b)
@@ -88,7 +90,7 @@ std::vector<double> AttentionErrorBounds(const std::vector<float>& q, const std:
         double sum = 0.0;
         for (double& e : score) sum += (e = std::exp(e - max_score));
         const double n = double(keys.size()), delta = (Dh + 2) * eps * A + 4 * eps;
-        const double relative = std::expm1(2 * delta) + (n + 4) * eps * std::exp(2 * delta);
+        const double relative = std::expm1(2 * delta) + (n + 4) * eps * std::exp(2 * delta) + extra_relative;
         for (int64_t d = 0; d < Dh; ++d) {
           double W = 0.0;
           for (size_t i = 0; i < keys.size(); ++i)
@@ -223,13 +225,61 @@ TYPED_TEST(AttentionTest, Bf16DecodeMatchesReferenceOfRoundedInputs) {
   }
 }
 
-TYPED_TEST(AttentionTest, RopeAndAppendEqualsRopeThenCopies) {
+// bf16 storage at prefill shapes on the GEMM path (on CUDA the softmax's register kernels: 16
+// keys per lane up to 512 keys, 64 beyond), against the reference of the rounded inputs, with
+// probabilities split into two bf16 halves (training) and rounded once (inference). Bound: the
+// float32 bound above plus the rounding of each weight (2^-8 relative, once rounded; 2^-16 for
+// the split pair), both relative to W_d = sum_j p_j |v_jd|, plus the output's rounding 2^-8 |out|.
+TYPED_TEST(AttentionTest, Bf16PrefillMatchesReferenceOfRoundedInputs) {
   using Space = TypeParam;
-  const int64_t B = 2, S = 3, Nh = 4, Nkv = 2, Dh = 8, S_max = 9, offset = 5;
-  const int64_t Wq = Nh * Dh, Wkv = Nkv * Dh;
-  const std::vector<float> q = RandomNormal(B * S * Wq, 1.0f, 71), k = RandomNormal(B * S * Wkv, 1.0f, 72);
-  const std::vector<float> v = RandomNormal(B * S * Wkv, 1.0f, 73);
-  std::vector<float> qkv;  // rows [q | k | v]
+  struct Case { int64_t B, Sq, Sk, Nh, Nkv, Dh, q_offset; };
+  for (const bool split : {true, false})
+  for (const Case c : {Case{2, 40, 40, 4, 2, 16, 0}, Case{2, 24, 600, 2, 2, 16, 576}}) {
+    const uint32_t seed = 91 + uint32_t(c.Sk);
+    std::vector<float> q = RandomNormal(c.B * c.Sq * c.Nh * c.Dh, 0.3f, seed);
+    std::vector<float> k = RandomNormal(c.B * c.Sk * c.Nkv * c.Dh, 0.3f, seed + 1);
+    std::vector<float> v = RandomNormal(c.B * c.Sk * c.Nkv * c.Dh, 1.0f, seed + 2);
+    std::vector<bf16> qb, kb, vb;
+    for (float& e : q) qb.push_back(bf16(e)), e = float(qb.back());
+    for (float& e : k) kb.push_back(bf16(e)), e = float(kb.back());
+    for (float& e : v) vb.push_back(bf16(e)), e = float(vb.back());
+    std::vector<int64_t> mask(c.B * c.Sk, 1);
+    for (int64_t j = 0; j < 5; ++j) mask[(c.B - 1) * c.Sk + j] = 0;  // left-padded last row
+    auto qd = ToDevice3<Space>(qb, c.B, c.Sq, c.Nh * c.Dh, "q");
+    auto kd = ToDevice3<Space>(kb, c.B, c.Sk, c.Nkv * c.Dh, "k");
+    auto vd = ToDevice3<Space>(vb, c.B, c.Sk, c.Nkv * c.Dh, "v");
+    Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", c.B, c.Sk);
+    Kokkos::deep_copy(md, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
+                              mask.data(), c.B, c.Sk));
+    ExecutionContext<Space> ctx = ContextFor<Space>(kPaths[1]);  // the GEMM path
+    ctx.tuning().split_16bit_probs = split;
+    Tensor3<bf16, Space> out("out", c.B, c.Sq, c.Nh * c.Dh);
+    absl::Status s = CausalAttention<bf16>(ctx, qd, kd, vd, md, c.Nh, c.Nkv, c.Dh, c.Sk, c.q_offset, out);
+    ASSERT_TRUE(s.ok()) << s;
+    const std::vector<bf16> got = ToHost(out);
+    const std::vector<double> want = reference::Attention(ToDouble(q), ToDouble(k), ToDouble(v), mask, c.B, c.Sq,
+                                                          c.Sk, c.Nh, c.Nkv, c.Dh, c.q_offset);
+    const std::vector<double> bound = AttentionErrorBounds(q, k, v, mask, c.B, c.Sq, c.Sk, c.Nh, c.Nkv, c.Dh,
+                                                           c.q_offset, std::ldexp(1.0, split ? -16 : -8));
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_NEAR(float(got[i]), want[i], bound[i] + std::ldexp(std::fabs(want[i]), -8) + 1e-6)
+          << i << " seed " << seed << " Sk " << c.Sk << (split ? " split" : " rounded once");
+    }
+  }
+}
+
+// RopeAndAppend against ApplyRope on q and k and plain copies into the caches, bit for bit (both
+// rotate through RopeCosSin and RotatePair), for qkv [B, S, (Nh + 2 Nkv) Dh] written at `offset`.
+template <class Space, class T>
+void CheckRopeAndAppend(int64_t B, int64_t S, int64_t Nh, int64_t Nkv, int64_t Dh, int64_t offset, uint32_t seed) {
+  const int64_t Wq = Nh * Dh, Wkv = Nkv * Dh, S_max = offset + S + 1;
+  auto random = [](size_t n, uint32_t seed) {
+    std::vector<T> out;
+    for (float e : RandomNormal(n, 1.0f, seed)) out.push_back(T(e));
+    return out;
+  };
+  const std::vector<T> q = random(B * S * Wq, seed), k = random(B * S * Wkv, seed + 1), v = random(B * S * Wkv, seed + 2);
+  std::vector<T> qkv;  // rows [q | k | v]
   for (int64_t r = 0; r < B * S; ++r) {
     qkv.insert(qkv.end(), q.begin() + r * Wq, q.begin() + (r + 1) * Wq);
     qkv.insert(qkv.end(), k.begin() + r * Wkv, k.begin() + (r + 1) * Wkv);
@@ -238,20 +288,36 @@ TYPED_TEST(AttentionTest, RopeAndAppendEqualsRopeThenCopies) {
   auto q1 = ToDevice3<Space>(q, B, S, Wq, "q1"), k1 = ToDevice3<Space>(k, B, S, Wkv, "k1");
   auto vd = ToDevice3<Space>(v, B, S, Wkv, "v");
   auto qkvd = ToDevice3<Space>(qkv, B, S, Wq + 2 * Wkv, "qkv");
-  Tensor3<float, Space> q2("q2", B, S, Wq);
-  Tensor3<float, Space> kc1("kc1", B, S_max, Wkv), vc1("vc1", B, S_max, Wkv);
-  Tensor3<float, Space> kc2("kc2", B, S_max, Wkv), vc2("vc2", B, S_max, Wkv);
-  ASSERT_TRUE(ApplyRope<float>(Space(), q1, Dh, offset).ok());
-  ASSERT_TRUE(ApplyRope<float>(Space(), k1, Dh, offset).ok());
+  Tensor3<T, Space> q2("q2", B, S, Wq);
+  Tensor3<T, Space> kc1("kc1", B, S_max, Wkv), vc1("vc1", B, S_max, Wkv);
+  Tensor3<T, Space> kc2("kc2", B, S_max, Wkv), vc2("vc2", B, S_max, Wkv);
+  ASSERT_TRUE(ApplyRope<T>(Space(), q1, Dh, offset).ok());
+  ASSERT_TRUE(ApplyRope<T>(Space(), k1, Dh, offset).ok());
   const auto columns = std::make_pair(offset, offset + S);
   Kokkos::deep_copy(Kokkos::subview(kc1, Kokkos::ALL, columns, Kokkos::ALL), k1);
   Kokkos::deep_copy(Kokkos::subview(vc1, Kokkos::ALL, columns, Kokkos::ALL), vd);
-  ASSERT_TRUE(RopeAndAppend<float>(Space(), qkvd, Dh, Wkv, offset, q2, kc2, vc2).ok());
-  EXPECT_EQ(ToHost(q2), ToHost(q1));
-  EXPECT_EQ(ToHost(kc2), ToHost(kc1));
-  EXPECT_EQ(ToHost(vc2), ToHost(vc1));
-  Tensor3<float, Space> small("small", B, offset + S - 1, Wkv);
-  EXPECT_FALSE(RopeAndAppend<float>(Space(), qkvd, Dh, Wkv, offset, q2, small, small).ok());
+  ASSERT_TRUE(RopeAndAppend<T>(Space(), qkvd, Dh, Wkv, offset, q2, kc2, vc2).ok());
+  const std::string shape = "B " + std::to_string(B) + " S " + std::to_string(S) + " Nh " + std::to_string(Nh) +
+                            " Nkv " + std::to_string(Nkv) + " Dh " + std::to_string(Dh);
+  const std::pair<Tensor3<T, Space>, Tensor3<T, Space>> pairs[] = {{q2, q1}, {kc2, kc1}, {vc2, vc1}};
+  for (const auto& [got_view, want_view] : pairs) {
+    const std::vector<T> got = ToHost(got_view), want = ToHost(want_view);
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(float(got[i]), float(want[i])) << want_view.label() << " element " << i << " (" << shape << ")";
+  }
+  Tensor3<T, Space> small("small", B, offset + S - 1, Wkv);
+  EXPECT_FALSE(RopeAndAppend<T>(Space(), qkvd, Dh, Wkv, offset, q2, small, small).ok());
+}
+
+// The kernel gives each thread one j of a group of heads, as many heads as keep >= 2^17 threads:
+// one head per thread (the small shape, a decode-like step), groups of 2 heads (B S Dh / 2 = 44800
+// threads per group), all 6 heads in one group (2 x 1024 x 64 = 2^17) with 2 kv heads, i.e. q heads
+// without k and v in the group and a last batch of in-flight heads cut short.
+TYPED_TEST(AttentionTest, RopeAndAppendEqualsRopeThenCopies) {
+  CheckRopeAndAppend<TypeParam, float>(/*B=*/2, /*S=*/3, /*Nh=*/4, /*Nkv=*/2, /*Dh=*/8, /*offset=*/5, 71);
+  CheckRopeAndAppend<TypeParam, float>(1, 700, 5, 5, 128, 3, 74);
+  CheckRopeAndAppend<TypeParam, float>(2, 1024, 6, 2, 128, 0, 77);
+  CheckRopeAndAppend<TypeParam, bf16>(2, 1024, 6, 2, 128, 11, 80);
 }
 
 // A step replayed as a CUDA graph reads its position from device memory: with the offset there

@@ -52,6 +52,11 @@ struct Tuning {
   // Cap of the GEMM attention's scores chunk [Nh, rows, keys] in elements (64 Mi: 256 MiB of
   // float32); tests lower it to exercise chunking.
   int64_t max_score_elements = int64_t(64) << 20;
+  // 16-bit GEMM attention (attention_gemm.h): true keeps P as two 16-bit halves, hi + lo, whose
+  // P.V sum has float32 accuracy (bf16 training: its router gradients are sensitive to rounding P);
+  // false rounds P once to 16 bits, as flash attention does, and saves the second P.V product,
+  // the float32 output pass and half the softmax writes (inference: OpenMoeModel sets it).
+  bool split_16bit_probs = true;
 };
 
 template <class ExecSpace>

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <random>
 
 #include "gtest/gtest.h"
 #include "kernels/launch.h"
@@ -60,6 +61,36 @@ TYPED_TEST(MoeTest, ExactTiesGoToTheLowestIndex) {
   const std::vector<float> logits = {0, 0, 0, 0, /**/ 0.5f, 2, -1, 2};
   auto got = this->Route(logits, 2, 4);
   EXPECT_EQ(got.experts, (std::vector<int32_t>{0, 1, 1, 3}));
+}
+
+// AssignSlots over many tokens -- several chunks of each queue on every backend (CUDA: 2048
+// tokens per chunk, host: 8 per team thread), a last chunk cut short -- against a plain loop over
+// the queue definition: expert e's top-1 tokens in token order, then its top-2 tokens. Random
+// distinct (top-1, top-2) pairs over experts [0, E - 1): expert E - 1 gets nothing.
+template <class Space>
+void CheckAssignSlots(int64_t N, int64_t E, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> pick(0, int32_t(E) - 2);
+  std::vector<int32_t> experts(2 * N);  // [N, 2]
+  for (int64_t t = 0; t < N; ++t) {
+    experts[2 * t] = pick(rng);
+    do experts[2 * t + 1] = pick(rng);
+    while (experts[2 * t + 1] == experts[2 * t]);
+  }
+  std::vector<int32_t> want(2 * N), next(E, 0);
+  for (int k = 0; k < 2; ++k)
+    for (int64_t t = 0; t < N; ++t) want[2 * t + k] = next[experts[2 * t + k]]++;
+  Matrix<int32_t, Space> rank("rank", N, 2);
+  ASSERT_TRUE(AssignSlots<Space>(Space(), ToDevice<Space>(experts, N, 2, "experts"), E, rank).ok());
+  const std::vector<int32_t> got = ToHost(rank);
+  for (int64_t i = 0; i < 2 * N; ++i)
+    ASSERT_EQ(got[i], want[i]) << "token " << i / 2 << " choice " << i % 2 << " expert " << experts[i] << " (N " << N
+                               << ", E " << E << ", seed " << seed << ")";
+}
+
+TYPED_TEST(MoeTest, AssignSlotsOfManyTokensMatchesAPlainLoop) {
+  CheckAssignSlots<TypeParam>(/*N=*/3001, /*E=*/7, /*seed=*/31);
+  CheckAssignSlots<TypeParam>(/*N=*/8192, /*E=*/32, /*seed=*/32);  // the 8B prefill's shape
 }
 
 // Full dispatch -> "experts" -> combine with expert e multiplying by (e + 1), against a direct

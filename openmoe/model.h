@@ -191,7 +191,12 @@ class OpenMoeModel {
   bool cuda_graphs_env_ = true;
   DependentLaunch dependent_launch_ = DependentLaunch::kAll;  // OPENMOE_CUDA_GRAPHS is not "0" (read when the model is made)
   // The stream, scratch arena, tuning and cuBLAS handle of this model's ops (copies share them).
-  kernels::ExecutionContext<ExecSpace> context_;
+  // Inference rounds the 16-bit attention probabilities once (Tuning::split_16bit_probs).
+  kernels::ExecutionContext<ExecSpace> context_ = [] {
+    kernels::ExecutionContext<ExecSpace> context;
+    context.tuning().split_16bit_probs = false;
+    return context;
+  }();
   // The dispatch path's token movement: every expert on this device by default; set_token_dispatcher
   // installs another (expert-parallel inference: this rank runs only the dispatcher's local experts).
   std::shared_ptr<TokenDispatcher<ExecSpace>> dispatcher_ = std::make_shared<SingleRankDispatcher<ExecSpace>>();
