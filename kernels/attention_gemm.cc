@@ -126,7 +126,7 @@ void MaskedSoftmaxLoops(const ExecSpace& space, const float* scores, TP* probs, 
               },
               sum);
           const float inv_sum = 1.0f / sum;
-          WarpSync();  // every lane's reads of s before any write of p (they may alias)
+          // (Each lane writes only the keys it read itself, so aliasing p and s is safe.)
           Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, keys), [&](const int64_t j) {
             const bool visible = j < visible_end && (j == 0 || mask(b, j) != 0);
             const float weight = visible ? Kokkos::Experimental::exp(s[j] - max_score) * inv_sum : 0.0f;
@@ -179,7 +179,7 @@ void MaskedSoftmaxInRegisters(const ExecSpace& space, const float* scores, TP* p
             for (int i = 0; i < kPerLane; ++i) {
               const int64_t j = lane + 32 * int64_t(i);
               if (j >= keys) break;
-              const float weight = w[i] * inv_sum;
+              const float weight = w[i] != 0.0f ? w[i] * inv_sum : 0.0f;  // exact 0 past the end, NaN rows too
               const TP high = FromFloat<TP>(weight);
               p[j] = high;
               if (probs_low != nullptr) probs_low[row * keys + j] = FromFloat<TP>(weight - ToFloat(high));

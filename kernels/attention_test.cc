@@ -226,7 +226,7 @@ TYPED_TEST(AttentionTest, Bf16DecodeMatchesReferenceOfRoundedInputs) {
 }
 
 // bf16 storage at prefill shapes on the GEMM path (on CUDA the softmax's register kernels: 16
-// keys per lane up to 512 keys, 64 beyond), against the reference of the rounded inputs, with
+// keys per lane up to 512 keys, 64 up to 2048, the loops beyond), against the reference of the rounded inputs, with
 // probabilities split into two bf16 halves (training) and rounded once (inference). Bound: the
 // float32 bound above plus the rounding of each weight (2^-8 relative, once rounded; 2^-16 for
 // the split pair), both relative to W_d = sum_j p_j |v_jd|, plus the output's rounding 2^-8 |out|.
@@ -234,7 +234,8 @@ TYPED_TEST(AttentionTest, Bf16PrefillMatchesReferenceOfRoundedInputs) {
   using Space = TypeParam;
   struct Case { int64_t B, Sq, Sk, Nh, Nkv, Dh, q_offset; };
   for (const bool split : {true, false})
-  for (const Case c : {Case{2, 40, 40, 4, 2, 16, 0}, Case{2, 24, 600, 2, 2, 16, 576}}) {
+  // Keys: <= 512, <= 2048 and beyond (on CUDA the two register kernels and the loops).
+  for (const Case c : {Case{2, 40, 40, 4, 2, 16, 0}, Case{2, 24, 600, 2, 2, 16, 576}, Case{1, 16, 2100, 2, 1, 8, 2084}}) {
     const uint32_t seed = 91 + uint32_t(c.Sk);
     std::vector<float> q = RandomNormal(c.B * c.Sq * c.Nh * c.Dh, 0.3f, seed);
     std::vector<float> k = RandomNormal(c.B * c.Sk * c.Nkv * c.Dh, 0.3f, seed + 1);

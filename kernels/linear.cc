@@ -11,6 +11,7 @@
 #include "kernels/launch.h"
 
 #include "kernels/batched_gemm.h"
+#include "kernels/buffer_pool.h"
 #include "kernels/host_gemv.h"
 
 namespace openmoe::kernels {
@@ -348,7 +349,7 @@ absl::Status ProductIntoFloat(const ExecutionContext<ExecSpace>& ctx, ConstMatri
 
 template <class T, class ExecSpace>
 absl::Status AddTransposedProduct(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> a, ConstMatrix<T, ExecSpace> b,
-                                  Matrix<float, ExecSpace> c) {
+                                  Matrix<float, ExecSpace> c, bool accumulate) {
   const auto& space = ctx.space();
   const size_t M = a.extent(0), P = a.extent(1), Q = b.extent(1);
   if (b.extent(0) != M || c.extent(0) != P || c.extent(1) != Q) {
@@ -360,25 +361,30 @@ absl::Status AddTransposedProduct(const ExecutionContext<ExecSpace>& ctx, ConstM
                          CheckContiguous("AddTransposedProduct", c)}) {
     if (!s.ok()) return s;
   }
-  if (M == 0 || P == 0 || Q == 0) return absl::OkStatus();
+  if (P == 0 || Q == 0) return absl::OkStatus();
+  if (M == 0) {  // an empty sum
+    if (!accumulate) ZeroFill(space, c);
+    return absl::OkStatus();
+  }
+  const float beta = accumulate ? 1.0f : 0.0f;  // BLAS and cuBLAS do not read c when beta is 0
   if constexpr (std::is_same_v<T, float> && !kIsCuda<ExecSpace>) {
-    // Host backends: OpenBLAS's sgemm on the row-major operands, c[P, Q] += a^T[P, M] b[M, Q].
+    // Host backends: OpenBLAS's sgemm on the row-major operands, c[P, Q] (+)= a^T[P, M] b[M, Q].
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, blasint(P), blasint(Q), blasint(M), 1.0f, a.data(),
-                blasint(P), b.data(), blasint(Q), 1.0f, c.data(), blasint(Q));
+                blasint(P), b.data(), blasint(Q), beta, c.data(), blasint(Q));
     return absl::OkStatus();
   } else {
     // 16-bit operands (and float32 on CUDA: cuBLAS on the caller's stream), float32 c: the same
     // column-major product through StridedBatchedGemm.
     BatchedGemmShape shape;
     shape.trans_b = true, shape.m = Q, shape.n = P, shape.k = M;
-    shape.lda = Q, shape.ldb = P, shape.ldc = Q, shape.beta = 1.0f;
+    shape.lda = Q, shape.ldb = P, shape.ldc = Q, shape.beta = beta;
     return StridedBatchedGemm<T, float, ExecSpace>(ctx, shape, b.data(), a.data(), c.data());
   }
 }
 
 #define OPENMOE_INSTANTIATE_TRANSPOSED_PRODUCT(Space, T)                                                   \
   template absl::Status AddTransposedProduct<T, Space>(const ExecutionContext<Space>&, ConstMatrix<T, Space>, ConstMatrix<T, Space>, \
-                                                       Matrix<float, Space>);
+                                                       Matrix<float, Space>, bool);
 OPENMOE_FOR_EACH_SPACE_AND_KERNEL_DTYPE(OPENMOE_INSTANTIATE_TRANSPOSED_PRODUCT)
 
 #define OPENMOE_INSTANTIATE_LINEAR(Space, T)                                                   \

@@ -43,7 +43,8 @@ template <class T, class ExecSpace>
 absl::Status ProductIntoFloat(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> x, ConstMatrix<T, ExecSpace> w,
                               Matrix<float, ExecSpace> y, bool w_is_out_in, bool accumulate = false);
 
-// c[P, Q] += a[M, P]^T b[M, Q], c float32: the weight gradients of training, accumulated.
+// c[P, Q] += a[M, P]^T b[M, Q], c float32: the weight gradients of training, accumulated
+// (accumulate = false: c = a^T b, c's old contents never read, NaN included).
 //   Linear's w [N, K]:  AddTransposedProduct(ctx, dy, x, dw)   (dw += dy^T x)
 //   MatMul's w [K, N]:  AddTransposedProduct(ctx, x, dy, dw)   (dw += x^T dy)
 // T = float (SGEMM), or bf16 / f16 operands with float32 accumulation and output (mixed
@@ -52,7 +53,7 @@ absl::Status ProductIntoFloat(const ExecutionContext<ExecSpace>& ctx, ConstMatri
 // Linear, dx = Linear(dy, w) for MatMul.
 template <class T, class ExecSpace>
 absl::Status AddTransposedProduct(const ExecutionContext<ExecSpace>& ctx, ConstMatrix<T, ExecSpace> a, ConstMatrix<T, ExecSpace> b,
-                                  Matrix<float, ExecSpace> c);
+                                  Matrix<float, ExecSpace> c, bool accumulate = true);
 
 // Which kernel Linear uses for <= 4 rows on CUDA: ctx.tuning().decode_linear_kernel, kAuto (a
 // weight-streaming kernel for fewer than 8192 columns: warp per column where K is a multiple of

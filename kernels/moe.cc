@@ -119,12 +119,12 @@ absl::Status AssignSlots(const ExecSpace& space, ConstMatrix<int32_t, ExecSpace>
             for (int i = 0; i < kSlotTokens; ++i) {
               if (match[i]) rank(t0 + i, k) = next++;
             }
-            // The chunk's matches, as the last thread sees them. Kokkos 3.4 (CUDA) keeps team scans
-            // and broadcasts in one shared buffer: a barrier between them.
+            // The chunk's matches, as the last thread sees them. Scans and broadcasts share one
+            // team buffer; Kokkos 3.4 synchronises on entry to each, the barriers are defensive.
             int32_t chunk_total = before + count;
             team.team_barrier();
             team.team_broadcast(chunk_total, team.team_size() - 1);
-            team.team_barrier();  // every thread has read the broadcast before the next scan writes
+            team.team_barrier();  // (defensive) every thread has read the broadcast before the next scan
             carried += chunk_total;
           }
         }

@@ -1,6 +1,7 @@
 #include "openmoe/trainable_model.h"
 
 #include <algorithm>
+#include <set>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -46,6 +47,7 @@ absl::StatusOr<ConstMatrix<U, ExecSpace>> As(const kernels::ExecutionContext<Exe
 }
 
 constexpr int64_t kLossRowsPerChunk = 256;  // LM head rows whose [rows, V] logits exist at once
+constexpr int64_t kLmHeadGradientBytes = int64_t(1) << 30;  // at most this for all rows' logit gradients
 
 // Expert placement (SetExpertPlacement): each assignment's slot, slots(t, k) = expert_slot(experts(t,
 // k)), and the combine weights in slot order, slot_probs(t, s) = probs(t, slot_expert(s)).
@@ -425,7 +427,20 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   // expert-parallel dispatcher's staging buffers and the pipeline schedule's transfer buffers.)
   kernels::BufferPool<MemSpace>& pool = ctx.Pool();
   pool.Trim();  // frees what the previous step did not use
-  kernels::ZeroFill(space, flat_grads_);
+  // Gradients: zeros where products do not write first (all of it in the first step).
+  std::set<int64_t> products_written;  // product regions written so far in this step
+  bool relearn_product_grads = false;  // a product outside the learned regions: learn them again
+  if (product_grads_known_) {
+    int64_t gap = 0;
+    for (const auto& [offset, size] : product_grads_) {
+      kernels::ZeroFill(space, Kokkos::subview(flat_grads_, std::make_pair(gap, offset)));
+      gap = offset + size;
+    }
+    kernels::ZeroFill(space, Kokkos::subview(flat_grads_, std::make_pair(gap, int64_t(flat_grads_.extent(0)))));
+  } else {
+    kernels::ZeroFill(space, flat_grads_);
+    product_grads_.clear();
+  }
   OPENMOE_RETURN_IF_ERROR(RefreshWorkingCopy<T>(space));  // 16-bit: at most one conversion of the masters
   working_current_ = false;
   auto W = [&](int64_t offset, int64_t rows, int64_t cols) { return CM(Working<T>(offset), rows, cols); };
@@ -435,7 +450,23 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
   auto to_t = [&](CFM x) { return As<T>(ctx, x); };
   // Weight gradient c += a^T b in the run dtype (16-bit operands, float32 accumulation and c, as
   // autocast does; float runs: SGEMM).
-  auto weight_grad = [&](CM a, CM b, FM c) { return kernels::AddTransposedProduct<T, ExecSpace>(ctx, a, b, c); };
+  // The first product into a known region in this step writes it; later ones add.
+  auto weight_grad = [&](CM a, CM b, FM c) {
+    const int64_t offset = c.data() - flat_grads_.data(), size = int64_t(c.size());
+    const bool first = products_written.insert(offset).second;
+    bool overwrite = false;
+    if (product_grads_known_) {
+      const auto region = product_grads_.find(offset);
+      overwrite = first && region != product_grads_.end() && region->second == size;
+      if (first && !overwrite) {  // not a learned region (none today): it may hold stale values
+        kernels::ZeroFill(space, c);
+        relearn_product_grads = true;
+      }
+    } else {
+      product_grads_.emplace(offset, size);
+    }
+    return kernels::AddTransposedProduct<T, ExecSpace>(ctx, a, b, c, /*accumulate=*/!overwrite);
+  };
   auto rows_of = [](auto x, int64_t r0, int64_t r1) { return Kokkos::subview(x, std::make_pair(r0, r1), Kokkos::ALL); };
 
   // The current microbatch's ids and mask (the lambdas below read these; set per microbatch).
@@ -645,6 +676,11 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     // Every row's loss, read back once per microbatch after its last chunk (no wait for the device
     // per chunk).
     Vector<double, ExecSpace> row_loss = pool.template TakeVector<double>(space, "row_loss", N, /*zeroed=*/true);
+    // Where the run-dtype logit gradients of all N rows fit kLmHeadGradientBytes, they are kept
+    // and the LM head's weight gradient is one product over all rows: a product per chunk would
+    // read and write the whole [V, H] float32 gradient once per chunk (8 x 4.2 GB at 8B shapes).
+    const bool one_head_product = N * V * int64_t(sizeof(T)) <= kLmHeadGradientBytes;
+    M dlg_all = fresh("dlogits", one_head_product ? N : 0, one_head_product ? V : 0);  // every chunk writes its rows
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t r1 = std::min(N, r0 + chunk), R = r1 - r0;
       M lg(logits.data(), R, V);
@@ -656,11 +692,23 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
       OPENMOE_RETURN_IF_ERROR(kernels::LmLossBackward<ExecSpace>(ctx, lgf, Kokkos::subview(labels_d, std::make_pair(r0, r1)),
                                                                  c.label_smoothing, c.z_loss_factor, loss_rows,
                                                                  loss_scale_));
-      OPENMOE_ASSIGN_OR_RETURN(CM dlg, to_t(CFM(lgf)));
+      CM dlg;  // the chunk's logit gradients [R, V] in the run dtype
+      if (one_head_product) {
+        const M dlg_rows(dlg_all.data() + r0 * V, R, V);
+        if constexpr (kFloat) {
+          Kokkos::deep_copy(space, dlg_rows, lg);  // (LmLossBackward wrote them over the float logits)
+        } else {
+          OPENMOE_RETURN_IF_ERROR((kernels::Convert<float, T>(space, CFM(lgf), dlg_rows)));
+        }
+        dlg = CM(dlg_rows);
+      } else {
+        OPENMOE_ASSIGN_OR_RETURN(dlg, to_t(CFM(lgf)));
+      }
       OPENMOE_RETURN_IF_ERROR(kernels::ProductIntoFloat<T>(ctx, dlg, W(offsets_.lm_head, V, H), rows_of(dxf, r0, r1),
                                                            /*w_is_out_in=*/false));
-      OPENMOE_RETURN_IF_ERROR(weight_grad(dlg, x_rows, G(offsets_.lm_head, V, H)));
+      if (!one_head_product) OPENMOE_RETURN_IF_ERROR(weight_grad(dlg, x_rows, G(offsets_.lm_head, V, H)));
     }
+    if (one_head_product) OPENMOE_RETURN_IF_ERROR(weight_grad(CM(dlg_all), CM(xf), G(offsets_.lm_head, V, H)));
     auto loss_host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), row_loss);
     for (int64_t r = 0; r < N; ++r) parts.lm += loss_host(r);  // in row order, as chunk by chunk before
     OPENMOE_ASSIGN_OR_RETURN(CFM hf, to_f(CM(h_final)));
@@ -857,6 +905,19 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
         return absl::InternalError(absl::StrCat("pipeline schedule: microbatch ", j, " of ", Mb, " has no backward pass"));
       }
     }
+  }
+  if (product_grads_known_) {  // a known region no product wrote this step holds last step's values
+    for (const auto& [offset, size] : product_grads_) {
+      if (!products_written.count(offset)) {
+        kernels::ZeroFill(space, Kokkos::subview(flat_grads_, std::make_pair(offset, offset + size)));
+      }
+    }
+    if (relearn_product_grads) product_grads_known_ = false;  // the next step zero-fills all and learns
+  } else {  // learned: used from the next step on if the regions are disjoint and only products wrote them
+    int64_t end = 0;
+    bool disjoint = true;
+    for (const auto& [offset, size] : product_grads_) disjoint = disjoint && offset >= end, end = offset + size;
+    product_grads_known_ = disjoint && end <= int64_t(flat_grads_.extent(0));
   }
   // Back to the loss's own gradients (inf / NaN stay), of the mean over microbatches.
   if (loss_scale_ != 1.0f || Mb != 1) {

@@ -242,6 +242,13 @@ class TrainableModel {
   // flat_params_: the fp32 masters, [layout_.total()] when whole; after ShardMasters only the
   // master_pieces_, packed [sum of their counts]. flat_grads_: [layout_.total()].
   Vector<float, ExecSpace> flat_params_, flat_grads_;
+  // Regions of flat_grads_ that weight-gradient products write, offset -> size, learned in the
+  // first step (which zero-fills the whole buffer). From the second step on the step zero-fills
+  // only the rest, and the first product into each region in a step overwrites it (beta = 0): the
+  // fp32 gradients are written once instead of zero-filled, read and written again. (A step that
+  // fails part-way may leave regions it did not reach with the previous step's values.)
+  std::map<int64_t, int64_t> product_grads_;
+  bool product_grads_known_ = false;
   std::vector<MasterPiece> master_pieces_;
   // The compute dtype whose working copy ShardMasters filled (kFp32: the masters are whole).
   ComputeDtype sharded_dtype_ = ComputeDtype::kFp32;

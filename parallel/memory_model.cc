@@ -149,8 +149,11 @@ int64_t HeadWorkspaceBytes(const OpenMoeConfig& c, const ActivationShape& s) {
   const int64_t N = s.batch * s.seq_len, T = s.compute_bytes, H = c.hidden_size, V = c.vocab_size;
   const int64_t rows = std::min<int64_t>(N, 256);  // trainable_model.cc's kLossRowsPerChunk
   // Logits of a chunk in 16 bits, as float, and their 16-bit gradient [rows, V]; dxf [N, H];
-  // float copies of h_final and dxf for the final norm's backward [N, H].
-  return rows * V * (2 * T + 4) + N * H * T + 2 * N * H * 4;
+  // float copies of h_final and dxf for the final norm's backward [N, H]; and all rows' logit
+  // gradients [N, V] where they fit trainable_model.cc's kLmHeadGradientBytes (1 GiB: one LM-head
+  // weight product over all rows).
+  const int64_t all_rows = N * V * T <= (int64_t(1) << 30) ? N * V * T : 0;
+  return rows * V * (2 * T + 4) + N * H * T + 2 * N * H * 4 + all_rows;
 }
 
 int64_t AttentionScratchBytes(const OpenMoeConfig& c, const ActivationShape& s) {

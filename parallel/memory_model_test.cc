@@ -82,8 +82,9 @@ TEST(MemoryModel, ActivationParts) {
   EXPECT_EQ(LayerWorkspaceBytes(c, 0, Shape(), false), 1984);
   EXPECT_EQ(LayerWorkspaceBytes(c, 1, Shape(), false), 5312);
   EXPECT_EQ(LayerWorkspaceBytes(c, 1, Shape(), true), 5504);
-  // LM head: 8 rows x 10 x (4 + 4) = 640 + dxf 8 x 4 x 2 = 64 + 2 x 8 x 4 x 4 = 256 -> 960.
-  EXPECT_EQ(HeadWorkspaceBytes(c, Shape()), 960);
+  // LM head: 8 rows x 10 x (4 + 4) = 640 + dxf 8 x 4 x 2 = 64 + 2 x 8 x 4 x 4 = 256, + all 8 rows'
+  // logit gradients 8 x 10 x 2 = 160 (one weight product) -> 1120.
+  EXPECT_EQ(HeadWorkspaceBytes(c, Shape()), 1120);
   // Scratch: chunk = all 8 rows; 2 x 8 x 8 = 128 scores x (8 + 4) = 1536 + 8 x 4 x 4 = 128 -> 1664.
   EXPECT_EQ(AttentionScratchBytes(c, Shape()), 1664);
 }
