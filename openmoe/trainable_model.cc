@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <type_traits>
 #include <vector>
 
@@ -456,14 +457,22 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     const bool first = products_written.insert(offset).second;
     bool overwrite = false;
     if (product_grads_known_) {
-      const auto region = product_grads_.find(offset);
-      overwrite = first && region != product_grads_.end() && region->second == size;
-      if (first && !overwrite) {  // not a learned region (none today): it may hold stale values
+      auto next = product_grads_.upper_bound(offset);  // the first learned region after offset
+      const auto region = next == product_grads_.begin() ? product_grads_.end() : std::prev(next);
+      const bool learned = region != product_grads_.end() && region->first == offset && region->second == size;
+      overwrite = first && learned;
+      if (first && !learned) {  // not a learned region (none today): it may hold stale values
+        const bool overlaps = (region != product_grads_.end() && region->first + region->second > offset) ||
+                              (next != product_grads_.end() && next->first < offset + size);
+        if (overlaps) {  // part of it may already hold this step's gradients: nothing safe to do
+          return absl::InternalError(absl::StrCat("weight gradient [", offset, ", ", offset + size,
+                                                  ") overlaps a region learned with another shape"));
+        }
         kernels::ZeroFill(space, c);
         relearn_product_grads = true;
       }
-    } else {
-      product_grads_.emplace(offset, size);
+    } else if (!product_grads_.emplace(offset, size).second && product_grads_[offset] != size) {
+      relearn_product_grads = true;  // two shapes at one offset: not learned, this step zero-filled all
     }
     return kernels::AddTransposedProduct<T, ExecSpace>(ctx, a, b, c, /*accumulate=*/!overwrite);
   };
@@ -680,7 +689,8 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     // and the LM head's weight gradient is one product over all rows: a product per chunk would
     // read and write the whole [V, H] float32 gradient once per chunk (8 x 4.2 GB at 8B shapes).
     const bool one_head_product = N * V * int64_t(sizeof(T)) <= kLmHeadGradientBytes;
-    M dlg_all = fresh("dlogits", one_head_product ? N : 0, one_head_product ? V : 0);  // every chunk writes its rows
+    M dlg_all;  // every chunk writes its rows
+    if (one_head_product) dlg_all = fresh("dlogits", N, V);
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
       const int64_t r1 = std::min(N, r0 + chunk), R = r1 - r0;
       M lg(logits.data(), R, V);
@@ -917,7 +927,7 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     int64_t end = 0;
     bool disjoint = true;
     for (const auto& [offset, size] : product_grads_) disjoint = disjoint && offset >= end, end = offset + size;
-    product_grads_known_ = disjoint && end <= int64_t(flat_grads_.extent(0));
+    product_grads_known_ = disjoint && !relearn_product_grads && end <= int64_t(flat_grads_.extent(0));
   }
   // Back to the loss's own gradients (inf / NaN stay), of the mean over microbatches.
   if (loss_scale_ != 1.0f || Mb != 1) {
