@@ -48,7 +48,6 @@ absl::StatusOr<ConstMatrix<U, ExecSpace>> As(const kernels::ExecutionContext<Exe
 }
 
 constexpr int64_t kLossRowsPerChunk = 256;  // LM head rows whose [rows, V] logits exist at once
-constexpr int64_t kLmHeadGradientBytes = int64_t(1) << 30;  // at most this for all rows' logit gradients
 
 // Expert placement (SetExpertPlacement): each assignment's slot, slots(t, k) = expert_slot(experts(t,
 // k)), and the combine weights in slot order, slot_probs(t, s) = probs(t, slot_expert(s)).
@@ -685,10 +684,10 @@ absl::StatusOr<LossParts> TrainableModel<ExecSpace>::Step(const std::vector<int6
     // Every row's loss, read back once per microbatch after its last chunk (no wait for the device
     // per chunk).
     Vector<double, ExecSpace> row_loss = pool.template TakeVector<double>(space, "row_loss", N, /*zeroed=*/true);
-    // Where the run-dtype logit gradients of all N rows fit kLmHeadGradientBytes, they are kept
+    // Where the run-dtype logit gradients of all N rows fit lm_head_gradient_bytes_, they are kept
     // and the LM head's weight gradient is one product over all rows: a product per chunk would
     // read and write the whole [V, H] float32 gradient once per chunk (8 x 4.2 GB at 8B shapes).
-    const bool one_head_product = N * V * int64_t(sizeof(T)) <= kLmHeadGradientBytes;
+    const bool one_head_product = N * V * int64_t(sizeof(T)) <= lm_head_gradient_bytes_;
     M dlg_all;  // every chunk writes its rows
     if (one_head_product) dlg_all = fresh("dlogits", N, V);
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {

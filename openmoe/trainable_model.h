@@ -147,6 +147,9 @@ class TrainableModel {
   // Activation recomputation (gradient checkpointing): the forward pass keeps only each layer's
   // input, and the backward pass runs the layer again before its gradients; same results.
   void set_recompute_activations(bool recompute) { recompute_ = recompute; }
+  // At most this many bytes (default 1 GiB) hold all rows' logit gradients, so that the LM head's
+  // weight gradient is one product; beyond, it is added chunk by chunk (tests force either path).
+  void set_lm_head_gradient_bytes(int64_t bytes) { lm_head_gradient_bytes_ = bytes; }
   // Mixed precision (bf16 or fp16): fp32 master weights, gradients and optimizer; each step
   // computes with 16-bit copies of the weights, keeps its activations in 16 bits and runs the
   // products (forward and input gradients) in 16 bits with float32 accumulation; the element-wise
@@ -224,6 +227,7 @@ class TrainableModel {
 
   OpenMoeConfig config_;
   bool recompute_ = false;
+  int64_t lm_head_gradient_bytes_ = int64_t(1) << 30;  // parallel/memory_model.cc counts this default
   ComputeDtype dtype_ = ComputeDtype::kFp32;
   float loss_scale_ = 1.0f;
   // Checks `shard` against the config (every expert when empty), sets shard_ and table_.

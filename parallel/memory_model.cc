@@ -150,7 +150,7 @@ int64_t HeadWorkspaceBytes(const OpenMoeConfig& c, const ActivationShape& s) {
   const int64_t rows = std::min<int64_t>(N, 256);  // trainable_model.cc's kLossRowsPerChunk
   // Logits of a chunk in 16 bits, as float, and their 16-bit gradient [rows, V]; dxf [N, H];
   // float copies of h_final and dxf for the final norm's backward [N, H]; and all rows' logit
-  // gradients [N, V] where they fit trainable_model.cc's kLmHeadGradientBytes (1 GiB: one LM-head
+  // gradients [N, V] where they fit TrainableModel's default lm_head_gradient_bytes_ (1 GiB: one LM-head
   // weight product over all rows).
   const int64_t all_rows = N * V * T <= (int64_t(1) << 30) ? N * V * T : 0;
   return rows * V * (2 * T + 4) + N * H * T + 2 * N * H * 4 + all_rows;

@@ -4,8 +4,10 @@
 // (tests/data/openmoe/README.md tolerances: loss 1e-4 relative; gradients within 1e-3 of each
 // tensor's largest; parameters 1e-6 where the reference gradient is >= 1e-3 of the tensor's
 // largest, 2 lr elsewhere).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <random>
 #include <string>
 #include <utility>
 
@@ -121,6 +123,45 @@ TYPED_TEST(TrainParityTest, LaterStepsGiveTheGradientsOfAFirstStep) {
       EXPECT_EQ(testing::ToHost(Matrix<float, Space>(first->grad(spec.name).data(), 1, n)),
                 testing::ToHost(Matrix<float, Space>(later->grad(spec.name).data(), 1, n)))
           << name << " " << spec.name << (dtype == Dtype::kBf16 ? " bf16" : " fp32") << " on " << Space::name();
+    }
+  }
+}
+
+// The LM head's weight gradient as one product over all rows (the default where their logit
+// gradients fit) and as chunk-by-chunk additions (256 rows a chunk): 320 rows make two chunks.
+// Every other gradient takes the same operations: bit-identical; the LM head's sums run in
+// another order: within 1e-5 of its largest (fp32: ~320 terms of rounding 6e-8 each).
+TYPED_TEST(TrainParityTest, OneLmHeadProductEqualsChunkedProducts) {
+  using Space = TypeParam;
+  using Dtype = typename TrainableModel<Space>::ComputeDtype;
+  const std::string dir = testing::FixtureDir("tiny8b");
+  const uint32_t seed = 20261206;
+  io::TokenBatch batch;
+  batch.batch = 2, batch.seq_len = 160;
+  batch.mask.assign(batch.batch * batch.seq_len, 1);
+  std::mt19937 rng(seed);
+  for (int64_t i = 0; i < batch.batch * batch.seq_len; ++i) batch.ids.push_back(int64_t(rng() % 320));
+  for (const Dtype dtype : {Dtype::kFp32, Dtype::kBf16}) {
+    auto one = TrainableModel<Space>::Load(dir), chunked = TrainableModel<Space>::Load(dir);
+    ASSERT_TRUE(one.ok() && chunked.ok());
+    one->set_compute_dtype(dtype), chunked->set_compute_dtype(dtype);
+    chunked->set_lm_head_gradient_bytes(0);
+    auto a = one->ForwardBackward(batch.ids, batch.mask, batch.batch, batch.seq_len);
+    auto b = chunked->ForwardBackward(batch.ids, batch.mask, batch.batch, batch.seq_len);
+    ASSERT_TRUE(a.ok() && b.ok()) << a.status() << " " << b.status();
+    EXPECT_EQ(a->total, b->total);
+    for (const TensorSpec& spec : one->table()) {
+      const int64_t n = one->grad(spec.name).extent(0);
+      const std::vector<float> x = testing::ToHost(Matrix<float, Space>(one->grad(spec.name).data(), 1, n));
+      const std::vector<float> y = testing::ToHost(Matrix<float, Space>(chunked->grad(spec.name).data(), 1, n));
+      if (spec.name != "lm_head.weight") {
+        EXPECT_EQ(x, y) << spec.name << " seed " << seed << " on " << Space::name();
+        continue;
+      }
+      float largest = 0;
+      for (float e : x) largest = std::max(largest, std::fabs(e));
+      ASSERT_GT(largest, 0.0f);
+      for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(x[i], y[i], 1e-5 * largest) << i << " seed " << seed;
     }
   }
 }
