@@ -174,7 +174,7 @@ void MaskedSoftmaxInRegisters(const ExecSpace& space, const float* scores, TP* p
             }
             for (int m = 16; m >= 1; m /= 2) sum += LaneXor(sum, m);
             const float inv_sum = 1.0f / sum;
-            // Every lane's loads are done (the shuffles above met them): p may alias s.
+            // Each lane writes only the keys it loaded itself, so p may alias s.
             TP* p = probs + row * keys;
             for (int i = 0; i < kPerLane; ++i) {
               const int64_t j = lane + 32 * int64_t(i);

@@ -32,16 +32,30 @@ Tensor3<T, Space> ToDevice3(const std::vector<T>& host, int64_t a, int64_t b, in
 
 std::vector<double> ToDouble(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 
+// A host key mask [B, capacity] on the device.
+template <class Space>
+Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> MaskToDevice(const std::vector<int64_t>& mask,
+                                                                                      int64_t B, int64_t capacity) {
+  Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> device("mask", B, capacity);
+  Kokkos::deep_copy(device, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace,
+                                         Kokkos::MemoryUnmanaged>(mask.data(), B, capacity));
+  return device;
+}
+
 // A key mask [B, capacity] of ones, except the first `padding` columns of row 1 (left padding).
 template <class Space>
 Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> SecondRowLeftPadded(int64_t B, int64_t capacity,
                                                                                              int64_t padding) {
   std::vector<int64_t> mask(B * capacity, 1);
   for (int64_t j = 0; j < padding; ++j) mask[capacity + j] = 0;
-  Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> device("mask", B, capacity);
-  Kokkos::deep_copy(device, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace,
-                                         Kokkos::MemoryUnmanaged>(mask.data(), B, capacity));
-  return device;
+  return MaskToDevice<Space>(mask, B, capacity);
+}
+
+// x rounded to bf16: the bf16 values, and x replaced by them (the reference's inputs).
+std::vector<bf16> RoundToBf16(std::vector<float>& x) {
+  std::vector<bf16> rounded;
+  for (float& e : x) rounded.push_back(bf16(e)), e = float(rounded.back());
+  return rounded;
 }
 
 // Per-element bound on |float32 attention - double reference| for q, k, v [B, S, heads*Dh] as in
@@ -167,9 +181,7 @@ TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
     auto qd = ToDevice3<Space>(q, c.B, c.Sq, c.Nh * c.Dh, "q");
     auto kd = ToDevice3<Space>(k, c.B, c.Sk, c.Nkv * c.Dh, "k");
     auto vd = ToDevice3<Space>(v, c.B, c.Sk, c.Nkv * c.Dh, "v");
-    Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", c.B, c.Sk);
-    Kokkos::deep_copy(md, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
-                              mask.data(), c.B, c.Sk));
+    const auto md = MaskToDevice<Space>(mask, c.B, c.Sk);
     Tensor3<float, Space> out("out", c.B, c.Sq, c.Nh * c.Dh);
     absl::Status s = CausalAttention<float>(ctx, qd, kd, vd, md, c.Nh, c.Nkv, c.Dh, c.Sk, c.q_offset, out);
     ASSERT_TRUE(s.ok()) << s;
@@ -195,18 +207,13 @@ TYPED_TEST(AttentionTest, Bf16DecodeMatchesReferenceOfRoundedInputs) {
   std::vector<float> q = RandomNormal(B * Sq * Nh * Dh, 0.1f, seed);
   std::vector<float> k = RandomNormal(B * Sk * Nkv * Dh, 0.1f, seed + 1);
   std::vector<float> v = RandomNormal(B * Sk * Nkv * Dh, 1.0f, seed + 2);
-  std::vector<bf16> qb, kb, vb;
-  for (float& e : q) qb.push_back(bf16(e)), e = float(qb.back());
-  for (float& e : k) kb.push_back(bf16(e)), e = float(kb.back());
-  for (float& e : v) vb.push_back(bf16(e)), e = float(vb.back());
+  const std::vector<bf16> qb = RoundToBf16(q), kb = RoundToBf16(k), vb = RoundToBf16(v);
   std::vector<int64_t> mask(B * Sk, 1);
   for (int64_t j = 0; j < 70; ++j) mask[Sk + j] = 0;  // row 1: 70 padding keys (> 2 chunks of 32)
   auto qd = ToDevice3<Space>(qb, B, Sq, Nh * Dh, "q");
   auto kd = ToDevice3<Space>(kb, B, Sk, Nkv * Dh, "k");
   auto vd = ToDevice3<Space>(vb, B, Sk, Nkv * Dh, "v");
-  Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", B, Sk);
-  Kokkos::deep_copy(md, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
-                            mask.data(), B, Sk));
+  const auto md = MaskToDevice<Space>(mask, B, Sk);
   const std::vector<double> want =
       reference::Attention(ToDouble(q), ToDouble(k), ToDouble(v), mask, B, Sq, Sk, Nh, Nkv, Dh, q_offset);
   for (const int warp_keys : kWarpKeyChoices)
@@ -240,18 +247,13 @@ TYPED_TEST(AttentionTest, Bf16PrefillMatchesReferenceOfRoundedInputs) {
     std::vector<float> q = RandomNormal(c.B * c.Sq * c.Nh * c.Dh, 0.3f, seed);
     std::vector<float> k = RandomNormal(c.B * c.Sk * c.Nkv * c.Dh, 0.3f, seed + 1);
     std::vector<float> v = RandomNormal(c.B * c.Sk * c.Nkv * c.Dh, 1.0f, seed + 2);
-    std::vector<bf16> qb, kb, vb;
-    for (float& e : q) qb.push_back(bf16(e)), e = float(qb.back());
-    for (float& e : k) kb.push_back(bf16(e)), e = float(kb.back());
-    for (float& e : v) vb.push_back(bf16(e)), e = float(vb.back());
+    const std::vector<bf16> qb = RoundToBf16(q), kb = RoundToBf16(k), vb = RoundToBf16(v);
     std::vector<int64_t> mask(c.B * c.Sk, 1);
     for (int64_t j = 0; j < 5; ++j) mask[(c.B - 1) * c.Sk + j] = 0;  // left-padded last row
     auto qd = ToDevice3<Space>(qb, c.B, c.Sq, c.Nh * c.Dh, "q");
     auto kd = ToDevice3<Space>(kb, c.B, c.Sk, c.Nkv * c.Dh, "k");
     auto vd = ToDevice3<Space>(vb, c.B, c.Sk, c.Nkv * c.Dh, "v");
-    Kokkos::View<int64_t**, Kokkos::LayoutRight, typename Space::memory_space> md("mask", c.B, c.Sk);
-    Kokkos::deep_copy(md, Kokkos::View<const int64_t**, Kokkos::LayoutRight, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>(
-                              mask.data(), c.B, c.Sk));
+    const auto md = MaskToDevice<Space>(mask, c.B, c.Sk);
     ExecutionContext<Space> ctx = ContextFor<Space>(kPaths[1]);  // the GEMM path
     ctx.tuning().split_16bit_probs = split;
     Tensor3<bf16, Space> out("out", c.B, c.Sq, c.Nh * c.Dh);

@@ -1,11 +1,11 @@
 #include "openmoe/trainable_model.h"
 
 #include <algorithm>
-#include <set>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <iterator>
+#include <set>
 #include <type_traits>
 #include <vector>
 
