@@ -57,6 +57,7 @@ struct Tuning {
   openmoe::DependentLaunch dependent_launch = openmoe::DependentLaunch::kAll;
   double host_read_gbps = 0;  // --read_gbps: the host's measured read bandwidth (roofline)
   int split_probs = -1;       // --split_probs: 1 / 0 forces Tuning::split_16bit_probs; -1 keeps the model's
+  uint32_t leave_out = 0;     // --leave_out: kernels::LeaveOut bits (timing only)
 };
 
 template <class T>
@@ -80,6 +81,7 @@ int Run(const std::string& preset, const std::string& dtype, int64_t prompt_len,
   model_tuning.split_key_team_warps = tuning.attention.split_key_team_warps;
   model_tuning.split_key_warp_keys  = tuning.attention.split_key_warp_keys;
   model_tuning.decode_linear_kernel = tuning.attention.decode_linear_kernel;
+  model_tuning.decode_leave_out     = tuning.leave_out;
   if (tuning.split_probs >= 0) model_tuning.split_16bit_probs = tuning.split_probs != 0;
   std::printf("split_16bit_probs=%d\n", int(model_tuning.split_16bit_probs));
   model->set_dependent_launch(tuning.dependent_launch);
@@ -152,7 +154,10 @@ int main(int argc, char** argv) {
                   "[--dependent_launch=all|own|off] (default all)\n"
                   "    (all: edges from any kernel into the project's kernels; own: only between the project's kernels)\n"
                   "  ablation of the 16-bit prefill attention probabilities: [--split_probs=1] keeps them as two\n"
-                  "    16-bit halves (training's choice), 0 rounds them once (the model's inference default)\n");
+                  "    16-bit halves (training's choice), 0 rounds them once (the model's inference default)\n"
+                  "  what parts of a decode step cost inside the replayed graph: [--leave_out=a,b,...] of norms,\n"
+                  "    attention_core, attention_products, dense_mlp, moe: decode steps skip them (timing only:\n"
+                  "    the generated tokens are then wrong)\n");
       return 0;
     }
   const std::string preset = Arg(argc, argv, "preset", "8b"), dtype = Arg(argc, argv, "dtype", "bf16");
@@ -180,6 +185,25 @@ int main(int argc, char** argv) {
     }
     tuning.attention.decode_linear_kernel = kernels.at(name);
     std::printf("decode_linear=%s\n", name.c_str());
+  }
+  {
+    namespace k = openmoe::kernels;
+    const std::map<std::string, uint32_t> parts = {
+        {"norms", k::kLeaveOutNorms}, {"attention_core", k::kLeaveOutAttentionCore},
+        {"attention_products", k::kLeaveOutAttentionProducts}, {"dense_mlp", k::kLeaveOutDenseMlp},
+        {"moe", k::kLeaveOutMoe}};
+    std::stringstream names(Arg(argc, argv, "leave_out", ""));
+    for (std::string name; std::getline(names, name, ',');) {
+      if (!parts.count(name)) {
+        std::fprintf(stderr, "generate_benchmark: unknown --leave_out part '%s' (norms, attention_core, "
+                     "attention_products, dense_mlp, moe)\n", name.c_str());
+        return 2;
+      }
+      tuning.leave_out |= parts.at(name);
+    }
+    if (tuning.leave_out != 0)
+      std::printf("leave_out=%s (decode steps skip these: timing only, outputs invalid)\n",
+                  Arg(argc, argv, "leave_out", "").c_str());
   }
   {
     using D = openmoe::DependentLaunch;

@@ -57,6 +57,19 @@ struct Tuning {
   // false rounds P once to 16 bits, as flash attention does, and saves the second P.V product,
   // the float32 output pass and half the softmax writes (inference: OpenMoeModel sets it).
   bool split_16bit_probs = true;
+  // Benchmarks only (generate_benchmark --leave_out): the kinds of work, bits of LeaveOut, that a
+  // decode step (one new token per row) skips, so that the step's time without them shows what
+  // they cost inside the replayed graph, where kernels overlap and a profiler's serialised
+  // kernel times do not apply. The step's outputs are then wrong.
+  uint32_t decode_leave_out = 0;
+};
+
+enum LeaveOut : uint32_t {
+  kLeaveOutNorms              = 1u << 0,  // the layers' residual-add + RMSNorm kernels (not the final norm)
+  kLeaveOutAttentionCore      = 1u << 1,  // RoPE + cache append + attention (one kernel per layer)
+  kLeaveOutAttentionProducts  = 1u << 2,  // q/k/v and o_proj
+  kLeaveOutDenseMlp           = 1u << 3,  // gate/up, SwiGLU, down of the dense MLPs
+  kLeaveOutMoe                = 1u << 4,  // router, top-2, experts, combine of the MoE layers
 };
 
 template <class ExecSpace>

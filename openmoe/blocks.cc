@@ -20,9 +20,14 @@ absl::Status AttentionForward(const kernels::ExecutionContext<ExecSpace>& ctx, A
   const int64_t B = b.q.extent(0), S = b.q.extent(1), Wq = heads.num_heads * heads.head_dim;
   const int64_t Wkv = heads.num_kv_heads * heads.head_dim;
   kernels::Tensor3<const T, ExecSpace> qkv(b.qkv.data(), B, S, Wq + 2 * Wkv);  // [B, S, Wq + 2Wkv]
-  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, b.x, qkv_weight, b.qkv));
+  // Benchmark ablation (kernels::Tuning::decode_leave_out): decode steps may skip parts.
+  const uint32_t leave_out = decode_position != nullptr ? ctx.tuning().decode_leave_out : 0;
+  const bool products = !(leave_out & kernels::kLeaveOutAttentionProducts);
+  if (products) OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, b.x, qkv_weight, b.qkv));
   mark("attn.qkv_proj");
-  if (decode_position != nullptr) {  // a decode step (S = 1): one fused kernel on CUDA
+  if (leave_out & kernels::kLeaveOutAttentionCore) {
+    // (skipped: benchmark ablation)
+  } else if (decode_position != nullptr) {  // a decode step (S = 1): one fused kernel on CUDA
     OPENMOE_RETURN_IF_ERROR(kernels::RopeAppendAttention<T>(ctx, qkv, b.q, b.keys, b.values, b.key_mask,
                                                             heads.num_heads, heads.num_kv_heads, heads.head_dim,
                                                             b.attn, decode_position));
@@ -36,7 +41,7 @@ absl::Status AttentionForward(const kernels::ExecutionContext<ExecSpace>& ctx, A
         heads.head_dim, /*num_keys=*/offset + S, /*q_offset=*/offset, b.attn));
     mark("attn.scores+softmax+pv");
   }
-  OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, ConstMatrix<T, ExecSpace>(b.attn.data(), B * S, Wq), o_weight, b.out));
+  if (products) OPENMOE_RETURN_IF_ERROR(kernels::Linear<T>(ctx, ConstMatrix<T, ExecSpace>(b.attn.data(), B * S, Wq), o_weight, b.out));
   mark("attn.o_proj");
   return absl::OkStatus();
 }

@@ -40,7 +40,7 @@
 namespace openmoe {
 
 struct DecodeGraphKey {
-  uint64_t cache        = 0;  // identity of the KvCache's buffers (a hash of their addresses)
+  uint64_t cache        = 0;  // identity of the KvCache's buffers (a hash of their addresses and the decode tuning)
   int64_t batch         = 0;
   int64_t capacity      = 0;
   uint64_t generation   = 0;  // buffer generation

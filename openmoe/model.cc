@@ -449,6 +449,11 @@ absl::Status OpenMoeModel<ExecSpace, T>::RunStep(Cache& cache, const std::vector
       cache_id = cache_id * 1000003u ^ reinterpret_cast<uintptr_t>(cache.keys[i].data());
       cache_id = cache_id * 1000003u ^ reinterpret_cast<uintptr_t>(cache.values[i].data());
     }
+    // The tuning the kernels were captured with (a graph replays the kernels chosen then).
+    const kernels::Tuning& tuning = context_.tuning();
+    for (uint64_t value : {uint64_t(tuning.decode_leave_out), uint64_t(tuning.decode_linear_kernel),
+                           uint64_t(tuning.split_key_team_warps), uint64_t(tuning.split_key_warp_keys)})
+      cache_id = cache_id * 1000003u ^ value;
     auto generation = [this] { return workspace_generation_ + (context_.scratch_generation() << 32); };
     const DecodeGraphKey key{cache_id, B, cache.capacity, generation()};
     profile_.set_paused(true);
@@ -527,9 +532,12 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const kernels::ExecutionContext
     OPENMOE_RETURN_IF_ERROR(stages_->Recv(space, h, stage - 1));
     profile_.Mark(space, "pipeline.recv");
   }
+  // Benchmark ablation (kernels::Tuning::decode_leave_out): decode steps may skip parts.
+  const uint32_t leave_out = device_position != nullptr ? ctx.tuning().decode_leave_out : 0;
   // The residual add of each block is fused into the norm that follows it.
   bool delta_pending = false;  // delta not yet added to h
   auto norm_into = [&](Matrix<T, ExecSpace> out, int64_t weight) -> absl::Status {
+    if ((leave_out & kernels::kLeaveOutNorms) && out.data() == x.data()) return absl::OkStatus();
     const absl::Status status = delta_pending
         ? kernels::AddRmsNorm<T>(space, h, delta, WV(weight), out, c.rms_norm_eps)
         : kernels::RmsNorm<T>(space, h, WV(weight), out, c.rms_norm_eps);
@@ -555,11 +563,11 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const kernels::ExecutionContext
     // Feed-forward block(s).
     OPENMOE_RETURN_IF_ERROR(norm_into_x(lo.post_attention_norm));
     if (c.IsMoeLayer(i)) {
-      OPENMOE_RETURN_IF_ERROR(SparseMoe(ctx, i, x, mode, delta, stats));
+      if (!(leave_out & kernels::kLeaveOutMoe)) OPENMOE_RETURN_IF_ERROR(SparseMoe(ctx, i, x, mode, delta, stats));
       delta_pending = true;
       OPENMOE_RETURN_IF_ERROR(norm_into_x(lo.pre_extra_mlp_norm));
     }
-    OPENMOE_RETURN_IF_ERROR(Mlp(ctx, lo.mlp, x, delta));
+    if (!(leave_out & kernels::kLeaveOutDenseMlp)) OPENMOE_RETURN_IF_ERROR(Mlp(ctx, lo.mlp, x, delta));
     profile_.Mark(space, "dense_mlp");
     delta_pending = true;
   }

@@ -249,6 +249,42 @@ TYPED_TEST(GenerationTest, FinishedRowsAreFedPad) {
       << "row 1 does not depend on what finished row 0 is fed: this test cannot tell";
 }
 
+// The benchmark ablation kernels::Tuning::decode_leave_out (generate_benchmark --leave_out) must
+// skip each part in decode steps only: with a part left out, the prompt's logits are those of the
+// full model and the first decode step's are not (an ablation that skipped nothing would report
+// its part as free); with nothing left out, the decode step is the full one again.
+TYPED_TEST(GenerationTest, DecodeLeaveOutSkipsItsPartInDecodeStepsOnly) {
+  const std::string dir = "tests/data/openmoe/tiny8b";  // has MoE layers
+  auto model = OpenMoeModel<TypeParam>::Load(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Prompt p = LoadPrompt(dir);
+  // Prompt logits and first decode-step logits with `leave_out`.
+  auto run = [&](uint32_t leave_out, std::vector<float>* prompt_logits, std::vector<float>* step_logits) {
+    model->context().tuning().decode_leave_out = leave_out;
+    auto cache = model->NewCache(p.batch, p.len + 1);
+    ASSERT_TRUE(cache.ok());
+    auto first = model->Step(*cache, p.ids, p.mask, p.len, RoutingMode::kEval, /*last_only=*/true);
+    ASSERT_TRUE(first.ok()) << first.status();
+    auto next = model->Step(*cache, std::vector<int64_t>(p.batch, 7), std::vector<int64_t>(p.batch, 1), 1,
+                            RoutingMode::kEval, /*last_only=*/true);
+    ASSERT_TRUE(next.ok()) << next.status();
+    *prompt_logits = *first, *step_logits = *next;
+  };
+  std::vector<float> full_prompt, full_step;
+  run(0, &full_prompt, &full_step);
+  for (uint32_t part : {kernels::kLeaveOutNorms, kernels::kLeaveOutAttentionCore, kernels::kLeaveOutAttentionProducts,
+                        kernels::kLeaveOutDenseMlp, kernels::kLeaveOutMoe}) {
+    std::vector<float> prompt, step;
+    run(part, &prompt, &step);
+    EXPECT_EQ(prompt, full_prompt) << "part " << part << ": the prompt is not a decode step";
+    EXPECT_NE(step, full_step) << "part " << part << ": left out, yet the decode step is unchanged";
+  }
+  std::vector<float> prompt, step;
+  run(0, &prompt, &step);
+  EXPECT_EQ(step, full_step);
+  model->context().tuning().decode_leave_out = 0;
+}
+
 TYPED_TEST(GenerationTest, RejectsPromptsThatDoNotFitTheContext) {
   auto model = OpenMoeModel<TypeParam>::Load("tests/data/openmoe/tiny8b");
   ASSERT_TRUE(model.ok());

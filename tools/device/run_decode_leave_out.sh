@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# run_decode_leave_out.sh OUTDIR [BASELINE_DIR]: on the GPU machine, what each part of a batch-1
+# decode step costs inside the replayed CUDA graph (issue 19). generate_benchmark of .device/bin at
+# 8B shapes, bf16, prompt 512, 64 new tokens, batch 1: the whole step, then the step with each part
+# left out (--leave_out: timing only, the tokens are then wrong), ROUNDS times (default 2); with
+# BASELINE_DIR, that directory's generate_benchmark first in each round (same call, same card).
+# Cost of a part = step time without it subtracted from the whole step's. Log: OUTDIR/leave_out.log.
+set -uo pipefail
+out="${1:?usage: run_decode_leave_out.sh OUTDIR [BASELINE_DIR]}"
+baseline="${2:-}"
+mkdir -p "$out"
+log="$out/leave_out.log"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$log"
+gen=(--preset=8b --dtype=bf16 --prompt_len=512 --new_tokens=64 --batches=1)
+run() { echo "=== $*" | tee -a "$log"; "$@" 2>&1 | grep -E "RESULT|rror|leave_out" | tee -a "$log"; }
+for ((round = 1; round <= ${ROUNDS:-2}; ++round)); do
+  [[ -n "$baseline" ]] && run "$baseline/generate_benchmark" "${gen[@]}"
+  run .device/bin/generate_benchmark "${gen[@]}"
+  for part in norms attention_core attention_products dense_mlp moe norms,attention_core \
+              norms,attention_core,attention_products,dense_mlp,moe; do
+    run .device/bin/generate_benchmark "${gen[@]}" --leave_out=$part
+  done
+done
