@@ -127,6 +127,58 @@ TYPED_TEST(TrainParityTest, LaterStepsGiveTheGradientsOfAFirstStep) {
   }
 }
 
+// As LaterStepsGiveTheGradientsOfAFirstStep, with the batch split in microbatches of one example
+// (a stage running every layer, microbatches one after the other): in a later step the first
+// microbatch's product into each learned gradient region overwrites it and the next ones add, so
+// a later step must still give a first step's gradients bit for bit, and a step of two
+// microbatches must differ from one of a single microbatch (each microbatch is its own routing
+// group and the gradients are their mean: otherwise this test could not tell the paths apart).
+TYPED_TEST(TrainParityTest, LaterStepsOfMicrobatchesGiveTheGradientsOfAFirstStep) {
+  using Space = TypeParam;
+  using Model = TrainableModel<Space>;
+  using Dtype = typename Model::ComputeDtype;
+  const typename Model::PipelineSchedule one_after_another = [](const typename Model::StageOps& ops) -> absl::Status {
+    for (int64_t j = 0; j < ops.microbatches; ++j) {
+      absl::Status s = ops.forward(j, {}, {});
+      if (s.ok()) s = ops.backward(j, {}, {});
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  };
+  const std::string dir = testing::FixtureDir("tiny8b");
+  absl::StatusOr<io::TokenBatch> batch = testing::FixtureBatch(dir);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  ASSERT_GE(batch->batch, 2) << "needs two examples for two microbatches";
+  io::TokenBatch other = *batch;
+  for (int64_t& id : other.ids) id = (id * 7 + 3) % 288;
+  for (const Dtype dtype : {Dtype::kFp32, Dtype::kBf16}) {
+    auto first = Model::Load(dir), later = Model::Load(dir), whole = Model::Load(dir);
+    ASSERT_TRUE(first.ok() && later.ok() && whole.ok());
+    first->set_compute_dtype(dtype), later->set_compute_dtype(dtype), whole->set_compute_dtype(dtype);
+    const int64_t L = first->config().num_hidden_layers;
+    auto step = [&](Model& model, const io::TokenBatch& b, int64_t microbatch_size) {
+      return model.ForwardBackwardStage(0, L, b.ids, b.mask, b.batch, b.seq_len, microbatch_size, one_after_another);
+    };
+    ASSERT_TRUE(step(*later, other, 1).ok());
+    ASSERT_TRUE(step(*later, other, 1).ok());
+    Kokkos::deep_copy(later->flat_grads(), std::nanf(""));  // stale values, even NaN, must not leak
+    auto a = step(*first, *batch, 1);
+    auto b = step(*later, *batch, 1);
+    auto c = step(*whole, *batch, batch->batch);  // one microbatch of the whole batch
+    ASSERT_TRUE(a.ok() && b.ok() && c.ok()) << a.status() << " " << b.status() << " " << c.status();
+    EXPECT_EQ(a->total, b->total);
+    bool any_differs_from_whole = false;
+    for (const TensorSpec& spec : first->table()) {
+      const int64_t n = first->grad(spec.name).extent(0);
+      const std::vector<float> got = testing::ToHost(Matrix<float, Space>(later->grad(spec.name).data(), 1, n));
+      EXPECT_EQ(testing::ToHost(Matrix<float, Space>(first->grad(spec.name).data(), 1, n)), got)
+          << spec.name << (dtype == Dtype::kBf16 ? " bf16" : " fp32") << " on " << Space::name();
+      any_differs_from_whole |= got != testing::ToHost(Matrix<float, Space>(whole->grad(spec.name).data(), 1, n));
+    }
+    EXPECT_TRUE(any_differs_from_whole) << "two microbatches gave the gradients of one: this test cannot tell";
+  }
+}
+
 // The LM head's weight gradient as one product over all rows (the default where their logit
 // gradients fit) and as chunk-by-chunk additions (256 rows a chunk): 320 rows make two chunks.
 // Every other gradient takes the same operations: bit-identical; the LM head's sums run in
