@@ -119,7 +119,7 @@ int Run(const std::string& preset, const std::string& dtype, int64_t prompt_len,
     const double decode_tok_s = double(B * (result->steps - 1)) / result->decode_seconds;
     std::printf("RESULT impl=openmoe_kokkos preset=%s dtype=%s batch=%lld prompt=%lld new=%lld "
                 "prefill_tok_s=%.1f ttft_ms=%.1f decode_tok_s=%.1f roofline_frac_b1=%.3f gpu_mem_gib=%.1f "
-                "host_syncs_per_step=%.1f\n",
+                "host_syncs_per_step=%.1f%s\n",
                 preset.c_str(), dtype.c_str(), static_cast<long long>(B), static_cast<long long>(prompt_len),
                 static_cast<long long>(result->steps), double(B * prompt_len) / result->prefill_seconds,
                 result->prefill_seconds * 1e3, decode_tok_s,
@@ -127,7 +127,8 @@ int Run(const std::string& preset, const std::string& dtype, int64_t prompt_len,
                     ? decode_tok_s / (RooflineBandwidth(tuning.host_read_gbps) / active_bytes)
                     : 0.0,
                 GpuMemoryInUseGiB(),
-                double(model->host_syncs() - syncs_before) / double(result->steps));
+                double(model->host_syncs() - syncs_before) / double(result->steps),
+                tuning.leave_out != 0 ? " leave_out=timing_only" : "");
     if (model->profile().enabled()) {
       std::printf("per-step phase times (OPENMOE_PROFILE, fenced; prefill included), batch %lld:\n",
                   static_cast<long long>(B));

@@ -9,7 +9,8 @@
 // second captures and launches it, later ones replay it. The captured kernels keep pointing at
 // the same buffers, so the key names them: the KV cache's buffers, the batch and a generation
 // that changes whenever a work buffer the step uses is reallocated (the model's workspace and
-// the attention kernels' scratch). Inputs that change per step
+// the attention kernels' scratch); and the kernels were chosen under the model's decode tuning,
+// which the key names too. Inputs that change per step
 // (token ids, position) must be read by the kernels from device memory written before Run.
 //
 // By default (set_dependent_launch(DependentLaunch::kAll)): before instantiation, every edge from a kernel to a kernel launched through
@@ -40,12 +41,14 @@
 namespace openmoe {
 
 struct DecodeGraphKey {
-  uint64_t cache        = 0;  // identity of the KvCache's buffers (a hash of their addresses and the decode tuning)
+  uint64_t cache        = 0;  // identity of the KvCache's buffers (a hash of their addresses)
   int64_t batch         = 0;
   int64_t capacity      = 0;
   uint64_t generation   = 0;  // buffer generation
+  uint64_t tuning       = 0;  // a hash of the decode tuning the kernels were chosen with
   bool operator==(const DecodeGraphKey& o) const {
-    return cache == o.cache && batch == o.batch && capacity == o.capacity && generation == o.generation;
+    return cache == o.cache && batch == o.batch && capacity == o.capacity && generation == o.generation &&
+           tuning == o.tuning;
   }
 };
 

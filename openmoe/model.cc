@@ -449,13 +449,15 @@ absl::Status OpenMoeModel<ExecSpace, T>::RunStep(Cache& cache, const std::vector
       cache_id = cache_id * 1000003u ^ reinterpret_cast<uintptr_t>(cache.keys[i].data());
       cache_id = cache_id * 1000003u ^ reinterpret_cast<uintptr_t>(cache.values[i].data());
     }
-    // The tuning the kernels were captured with (a graph replays the kernels chosen then).
+    // The decode tuning the kernels are chosen with (a graph replays the kernels chosen at capture;
+    // split_16bit_probs, attention_path and max_score_elements concern prefill only).
     const kernels::Tuning& tuning = context_.tuning();
+    uint64_t tuning_id = 0;
     for (uint64_t value : {uint64_t(tuning.decode_leave_out), uint64_t(tuning.decode_linear_kernel),
                            uint64_t(tuning.split_key_team_warps), uint64_t(tuning.split_key_warp_keys)})
-      cache_id = cache_id * 1000003u ^ value;
+      tuning_id = tuning_id * 1000003u ^ value;
     auto generation = [this] { return workspace_generation_ + (context_.scratch_generation() << 32); };
-    const DecodeGraphKey key{cache_id, B, cache.capacity, generation()};
+    const DecodeGraphKey key{cache_id, B, cache.capacity, generation(), tuning_id};
     profile_.set_paused(true);
     const absl::Status status = graphs_->Run(key, generation, enqueue);
     profile_.set_paused(false);
@@ -537,7 +539,6 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const kernels::ExecutionContext
   // The residual add of each block is fused into the norm that follows it.
   bool delta_pending = false;  // delta not yet added to h
   auto norm_into = [&](Matrix<T, ExecSpace> out, int64_t weight) -> absl::Status {
-    if ((leave_out & kernels::kLeaveOutNorms) && out.data() == x.data()) return absl::OkStatus();
     const absl::Status status = delta_pending
         ? kernels::AddRmsNorm<T>(space, h, delta, WV(weight), out, c.rms_norm_eps)
         : kernels::RmsNorm<T>(space, h, WV(weight), out, c.rms_norm_eps);
@@ -545,7 +546,10 @@ absl::Status OpenMoeModel<ExecSpace, T>::Forward(const kernels::ExecutionContext
     profile_.Mark(space, "norm+residual");
     return status;
   };
-  auto norm_into_x = [&](int64_t weight) { return norm_into(x, weight); };
+  // (A left-out layer norm keeps delta pending: the next norm still adds it, as in the whole step.)
+  auto norm_into_x = [&](int64_t weight) {
+    return (leave_out & kernels::kLeaveOutNorms) ? absl::OkStatus() : norm_into(x, weight);
+  };
   for (int64_t i = range_.first; i < range_.end; ++i) {
     const LayerOffsets& lo = offsets_.layers[i];
     // Attention block: new keys/values join the cache at their absolute columns.

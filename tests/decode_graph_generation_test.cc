@@ -93,5 +93,56 @@ TYPED_TEST(DecodeGraphGenerationTest, Bf16DecodeGraphsWithExpertBranchesGiveIden
   ExpectDecodeGraphsGiveIdenticalLogits<TypeParam>(16);
 }
 
+// A captured decode graph replays the kernels chosen under the tuning it was captured with, so a
+// change of the decode tuning between steps of one cache must capture a new graph. Here decode
+// steps 1-4 capture and replay a graph of the whole step; steps 5-7 leave the attention kernels
+// out (kernels::Tuning::decode_leave_out, the benchmarks' ablation) and steps 8-10 run the whole
+// step again. Every step's logits must be those of the same tuning run kernel by kernel (a
+// replayed stale graph gives the whole step's logits in steps 5-7, and the test checks that
+// those differ).
+TYPED_TEST(DecodeGraphGenerationTest, ChangingTheDecodeTuningCapturesANewGraph) {
+  using Space = TypeParam;
+  if (!OpenMoeModel<Space, bf16>::kDecodeGraphsSupported) GTEST_SKIP() << "no decode graphs on " << Space::name();
+  const std::string dir = "tests/data/openmoe/tiny8b";
+  const Prompt p = LoadPrompt(dir);
+  auto graphed = OpenMoeModel<Space, bf16>::Load(dir);
+  auto direct = OpenMoeModel<Space, bf16>::Load(dir);
+  ASSERT_TRUE(graphed.ok() && direct.ok());
+  direct->set_decode_graphs(false);
+  auto cache_g = graphed->NewCache(p.batch, p.len + 16);
+  auto cache_d = direct->NewCache(p.batch, p.len + 16);
+  ASSERT_TRUE(cache_g.ok() && cache_d.ok());
+  auto logits_g = graphed->Step(*cache_g, p.ids, p.mask, p.len, RoutingMode::kEval, true);
+  auto logits_d = direct->Step(*cache_d, p.ids, p.mask, p.len, RoutingMode::kEval, true);
+  ASSERT_TRUE(logits_g.ok() && logits_d.ok());
+  const std::vector<int64_t> next(p.batch, 11), ones(p.batch, 1);
+  std::vector<float> whole_step_logits;  // step 5 with the whole step (a third model)
+  {
+    auto whole = OpenMoeModel<Space, bf16>::Load(dir);
+    ASSERT_TRUE(whole.ok());
+    whole->set_decode_graphs(false);
+    auto cache = whole->NewCache(p.batch, p.len + 16);
+    ASSERT_TRUE(cache.ok());
+    ASSERT_TRUE(whole->Step(*cache, p.ids, p.mask, p.len, RoutingMode::kEval, true).ok());
+    for (int step = 1; step <= 5; ++step) {
+      auto logits = whole->Step(*cache, next, ones, 1, RoutingMode::kEval, true);
+      ASSERT_TRUE(logits.ok());
+      whole_step_logits = *logits;
+    }
+  }
+  const int64_t launches_before = graphed->decode_graph_launches();
+  for (int step = 1; step <= 10; ++step) {
+    const uint32_t leave_out = step >= 5 && step <= 7 ? kernels::kLeaveOutAttentionCore : 0u;
+    graphed->context().tuning().decode_leave_out = leave_out;
+    direct->context().tuning().decode_leave_out = leave_out;
+    logits_g = graphed->Step(*cache_g, next, ones, 1, RoutingMode::kEval, true);
+    logits_d = direct->Step(*cache_d, next, ones, 1, RoutingMode::kEval, true);
+    ASSERT_TRUE(logits_g.ok() && logits_d.ok()) << logits_g.status() << logits_d.status();
+    ASSERT_EQ(*logits_g, *logits_d) << "step " << step << " on " << Space::name();
+    if (step == 5) ASSERT_NE(*logits_d, whole_step_logits) << "leaving attention out changes nothing: this test cannot tell";
+  }
+  EXPECT_GE(graphed->decode_graph_launches() - launches_before, 5) << "the steps were not replayed as graphs";
+}
+
 }  // namespace
 }  // namespace openmoe
