@@ -58,9 +58,9 @@ struct Tuning {
   // the float32 output pass and half the softmax writes (inference: OpenMoeModel sets it).
   bool split_16bit_probs = true;
   // Benchmarks only (generate_benchmark --leave_out): the kinds of work, bits of LeaveOut, that a
-  // step of one new token per row (a decode step; also a one-token prompt) skips, so that the step's time without them shows what
-  // they cost inside the replayed graph, where kernels overlap and a profiler's serialised
-  // kernel times do not apply. The step's outputs are then wrong.
+  // step of one new token per row (a decode step; also a one-token prompt) skips, so that the
+  // step's time without them shows what they cost inside the replayed graph, where kernels
+  // overlap and a profiler's serialised kernel times do not apply. The outputs are then wrong.
   uint32_t decode_leave_out = 0;
 };
 
