@@ -81,6 +81,8 @@ int Run(const std::string& preset, const std::string& dtype, int64_t prompt_len,
   model_tuning.split_key_team_warps = tuning.attention.split_key_team_warps;
   model_tuning.split_key_warp_keys  = tuning.attention.split_key_warp_keys;
   model_tuning.decode_linear_kernel = tuning.attention.decode_linear_kernel;
+  model_tuning.decode_attention_kernel = tuning.attention.decode_attention_kernel;
+  model_tuning.block_split_lane_keys   = tuning.attention.block_split_lane_keys;
   model_tuning.decode_leave_out     = tuning.leave_out;
   if (tuning.split_probs >= 0) model_tuning.split_16bit_probs = tuning.split_probs != 0;
   std::printf("split_16bit_probs=%d\n", int(model_tuning.split_16bit_probs));
@@ -147,8 +149,10 @@ int main(int argc, char** argv) {
                   "[--new_tokens=64] [--batches=1,16]\n"
                   "  host backends: [--read_gbps=G] the machine's read bandwidth (tools/reference/read_bandwidth.sh) "
                   "for roofline_frac_b1 (on CUDA: the H200's 4.8 TB/s)\n"
-                  "  ablation of the CUDA decode attention: [--attention_team_warps=1] (warps per team), "
+                  "  ablation of the CUDA decode attention: [--decode_attention=auto|warp_split|block_split]\n"
+                  "    warp split: [--attention_team_warps=1] (warps per team), "
                   "[--attention_warp_keys=0] (keys per warp: 16, 32, or 0 for automatic)\n"
+                  "    block split: [--attention_lane_keys=0] (keys per lane: 4, 8, or 0 for automatic)\n"
                   "  ablation of the decode Linear kernel (<= 4 rows): "
                   "[--decode_linear=auto|cublas|warp_per_column|split_k]\n"
                   "  ablation of programmatic dependent launch in the CUDA decode graphs: "
@@ -174,6 +178,20 @@ int main(int argc, char** argv) {
   tuning.split_probs    = std::atoi(Arg(argc, argv, "split_probs", "-1").c_str());
   tuning.attention.split_key_team_warps = std::atoi(Arg(argc, argv, "attention_team_warps", "1").c_str());
   tuning.attention.split_key_warp_keys  = std::atoi(Arg(argc, argv, "attention_warp_keys", "0").c_str());
+  tuning.attention.block_split_lane_keys = std::atoi(Arg(argc, argv, "attention_lane_keys", "0").c_str());
+  {
+    using K = openmoe::kernels::DecodeAttentionKernel;
+    const std::string name = Arg(argc, argv, "decode_attention", "auto");
+    const std::map<std::string, K> kernels = {{"auto", K::kAuto}, {"warp_split", K::kWarpSplit},
+                                             {"block_split", K::kBlockSplit}};
+    if (!kernels.count(name)) {
+      std::fprintf(stderr, "generate_benchmark: unknown --decode_attention=%s (auto, warp_split, block_split)\n",
+                   name.c_str());
+      return 2;
+    }
+    tuning.attention.decode_attention_kernel = kernels.at(name);
+    std::printf("decode_attention=%s lane_keys=%d\n", name.c_str(), tuning.attention.block_split_lane_keys);
+  }
   {
     using K = openmoe::kernels::DecodeLinearKernel;
     const std::string name = Arg(argc, argv, "decode_linear", "auto");

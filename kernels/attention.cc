@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/attention_gemm.h"
+#include "kernels/block_split_attention.h"
 #include "kernels/instantiate.h"
 #include "kernels/launch.h"
 #include "kernels/layer_math.h"
@@ -56,18 +57,7 @@ bool UseWideSplitKeyChunks(const ExecutionContext<ExecSpace>& ctx, int64_t queri
 }
 
 
-// Where the decode kernel reads its queries, and (fused mode) the raw new key and value.
-template <class T>
-struct SplitKeySource {
-  const T* q          = nullptr;  // q of row (b, s) at q + (b * Sq + s) * row_stride + head * Dh
-  int64_t row_stride  = 0;
-  // Fused mode (Sq = 1): q is a fused projection row [q (Nh*Dh) | k (Nkv*Dh) | v (Nkv*Dh)] not yet
-  // rotated; the kernel rotates q and the new key (cos/sin from rope_table [positions, Dh/2, 2]),
-  // writes the new key and value into the caches at column *device_offset and attends to them.
-  const float* rope_table = nullptr;
-  T* k_cache = nullptr;  // the caches' data (same layout as k and v), written in fused mode
-  T* v_cache = nullptr;
-};
+using internal::SplitKeySource;
 
 template <int kPacks, int kKeys, bool kFused, class T, class ExecSpace>
 void SplitKeyAttention(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<T> source, int64_t batch, int64_t Sq,
@@ -329,6 +319,59 @@ absl::Status LaunchSplitKey(const ExecutionContext<ExecSpace>& ctx, SplitKeySour
   return absl::InternalError(absl::StrCat("SplitKeyAttention: head_dim ", head_dim, " does not fit"));
 }
 
+// BlockSplitAttention (block_split_attention.h) for the shape's packs per head row
+// (SplitKeyShapesFit holds) and the tuning's keys per lane: 4 unless set to 8 (tuning().block_split_lane_keys).
+template <bool kFused, class T, class ExecSpace>
+absl::Status LaunchBlockSplit(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<T> source, int64_t batch, int64_t Sq,
+                              Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
+                              Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
+                              int64_t num_heads, int64_t group, int64_t head_dim, int64_t num_keys, int64_t q_offset,
+                              Tensor3<T, ExecSpace> out, const int64_t* device_offset) {
+  const int64_t blocks = batch * Sq * num_heads * ((num_keys + internal::kBlockWarps - 1) / internal::kBlockWarps);  // at most
+  if (blocks >= (int64_t(1) << 31) || num_keys >= (int64_t(1) << 30) ||
+      int64_t(k.stride(1)) >= (int64_t(1) << 31)) {  // the kernel indexes blocks, keys and row strides in 32 bits
+    return absl::InvalidArgumentError(absl::StrCat("BlockSplitAttention: ", batch * Sq * num_heads, " queries of ",
+                                                   num_keys, " keys exceed the kernel's 32-bit indices"));
+  }
+  const bool eight = ctx.tuning().block_split_lane_keys == 8;
+  switch (head_dim / Pack<T>::kSize) {
+#define OPENMOE_BLOCK_SPLIT_CALL(packs, lane_keys)                                                                 \
+  internal::BlockSplitAttention<packs, lane_keys, kFused, T, ExecSpace>(ctx, source, batch, Sq, k, v, key_mask,   \
+                                                                        num_heads, group, num_keys, q_offset, out, \
+                                                                        device_offset);                           \
+  return absl::OkStatus();
+#define OPENMOE_BLOCK_SPLIT_CASE(packs)  \
+  case packs:                            \
+    if (eight) {                         \
+      OPENMOE_BLOCK_SPLIT_CALL(packs, 8) \
+    }                                    \
+    OPENMOE_BLOCK_SPLIT_CALL(packs, 4)
+    OPENMOE_BLOCK_SPLIT_CASE(2)
+    OPENMOE_BLOCK_SPLIT_CASE(4)
+    OPENMOE_BLOCK_SPLIT_CASE(8)
+    OPENMOE_BLOCK_SPLIT_CASE(16)
+    OPENMOE_BLOCK_SPLIT_CASE(32)
+#undef OPENMOE_BLOCK_SPLIT_CASE
+#undef OPENMOE_BLOCK_SPLIT_CALL
+  }
+  return absl::InternalError(absl::StrCat("BlockSplitAttention: head_dim ", head_dim, " does not fit"));
+}
+
+// The CUDA decode attention kernel the tuning asks for (tuning().decode_attention_kernel); automatic:
+// the warp-split kernel.
+template <bool kFused, class T, class ExecSpace>
+absl::Status LaunchDecodeAttention(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<T> source, int64_t batch,
+                                   int64_t Sq, Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
+                                   Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
+                                   int64_t num_heads, int64_t group, int64_t head_dim, int64_t num_keys,
+                                   int64_t q_offset, Tensor3<T, ExecSpace> out, const int64_t* device_offset) {
+  if (ctx.tuning().decode_attention_kernel != DecodeAttentionKernel::kBlockSplit)
+    return LaunchSplitKey<kFused, T, ExecSpace>(ctx, source, batch, Sq, k, v, key_mask, num_heads, group, head_dim,
+                                                num_keys, q_offset, out, device_offset);
+  return LaunchBlockSplit<kFused, T, ExecSpace>(ctx, source, batch, Sq, k, v, key_mask, num_heads, group, head_dim,
+                                                num_keys, q_offset, out, device_offset);
+}
+
 // cos/sin of RoPE for positions [0, positions) and pair index j < head_dim / 2, as RopeCosSin
 // computes them: [positions, head_dim / 2, 2] floats, one table per head_dim, kept between calls
 // (grown with the longest cache seen; a growth bumps the scratch generation).
@@ -486,7 +529,7 @@ absl::Status CausalAttention(const ExecutionContext<ExecSpace>& ctx, Tensor3<con
       SplitKeyShapesFit(q.data(), k.data(), v.data(), head_dim)) {
     SplitKeySource<T> source;
     source.q = q.data(), source.row_stride = num_heads * head_dim;
-    return LaunchSplitKey<false, T, ExecSpace>(ctx, source, B, Sq, k, v, key_mask, num_heads, group, head_dim,
+    return LaunchDecodeAttention<false, T, ExecSpace>(ctx, source, B, Sq, k, v, key_mask, num_heads, group, head_dim,
                                                num_keys, q_offset, out, device_offset);
   }
 
@@ -614,7 +657,7 @@ absl::Status RopeAppendAttention(const ExecutionContext<ExecSpace>& ctx, Tensor3
   source.q = qkv.data(), source.row_stride = qkv.extent(2);
   source.rope_table = RopeTable(ctx, capacity, head_dim);
   source.k_cache = k_cache.data(), source.v_cache = v_cache.data();
-  return LaunchSplitKey<true, T, ExecSpace>(ctx, source, B, 1, k_cache, v_cache, key_mask, num_heads,
+  return LaunchDecodeAttention<true, T, ExecSpace>(ctx, source, B, 1, k_cache, v_cache, key_mask, num_heads,
                                             num_heads / num_kv_heads, head_dim, capacity, 0, out, device_offset);
 }
 

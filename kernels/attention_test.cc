@@ -125,21 +125,38 @@ struct PathCase {
 constexpr PathCase kPaths[] = {{AttentionPath::kFused, 0, "fused"},
                                {AttentionPath::kGemm, 0, "gemm"},
                                {AttentionPath::kGemm, 300, "gemm, small chunks"}};
-// A context whose attention takes the case's path, and whose decode kernel gives each warp
-// `warp_keys` keys (0: automatic).
+// The CUDA decode attention kernels (attention.cc), each with both of its key counts: the
+// warp-split kernel with 16 and 32 keys per warp (automatic picks 32 at these small shapes, 16 for
+// batch-16 decoding of the real models) and the block-split kernel with 4 and 8 keys per lane.
+// Host backends do not split keys; the loops still check them.
+struct DecodeKernelChoice {
+  DecodeAttentionKernel kernel;
+  int keys;  // per warp (warp split) or per lane (block split); 0: automatic
+  const char* name;
+};
+constexpr DecodeKernelChoice kAutomaticDecodeKernel = {DecodeAttentionKernel::kAuto, 0, "automatic decode kernel"};
+constexpr DecodeKernelChoice kDecodeKernels[] = {
+    {DecodeAttentionKernel::kWarpSplit, 16, "warp split, 16 keys per warp"},
+    {DecodeAttentionKernel::kWarpSplit, 32, "warp split, 32 keys per warp"},
+    {DecodeAttentionKernel::kBlockSplit, 4, "block split, 4 keys per lane"},
+    {DecodeAttentionKernel::kBlockSplit, 8, "block split, 8 keys per lane"}};
+
 template <class Space>
-ExecutionContext<Space> ContextFor(const PathCase& c, int warp_keys = 0) {
+void UseDecodeKernel(const DecodeKernelChoice& choice, ExecutionContext<Space>& ctx) {
+  ctx.tuning().decode_attention_kernel = choice.kernel;
+  if (choice.kernel == DecodeAttentionKernel::kWarpSplit) ctx.tuning().split_key_warp_keys = choice.keys;
+  if (choice.kernel == DecodeAttentionKernel::kBlockSplit) ctx.tuning().block_split_lane_keys = choice.keys;
+}
+
+// A context whose attention takes the case's path, with the given decode kernel.
+template <class Space>
+ExecutionContext<Space> ContextFor(const PathCase& c, const DecodeKernelChoice& decode = kAutomaticDecodeKernel) {
   ExecutionContext<Space> ctx;
   ctx.tuning().attention_path = c.path;
   if (c.max_score_elements > 0) ctx.tuning().max_score_elements = c.max_score_elements;
-  ctx.tuning().split_key_warp_keys = warp_keys;
+  UseDecodeKernel(decode, ctx);
   return ctx;
 }
-
-// The CUDA decode kernel's keys per warp: 16 and 32 (automatic picks 32 at these small shapes,
-// 16 for batch-16 decoding of the real models). Host backends do not split keys; the loops still
-// check them.
-constexpr int kWarpKeyChoices[] = {16, 32};
 
 template <class Space>
 class AttentionTest : public ::testing::Test {};
@@ -166,12 +183,12 @@ TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
   using Space = TypeParam;
   struct Case { int64_t B, Sq, Sk, Nh, Nkv, Dh, q_offset; };
   // The last two are decode-shaped (few queries, > 64 keys): the split-key path on GPUs.
-  for (const int warp_keys : kWarpKeyChoices)
+  for (const DecodeKernelChoice& decode : kDecodeKernels)
   for (const PathCase& path : kPaths)
   for (const Case c : {Case{2, 19, 19, 4, 4, 24, 0}, Case{3, 1, 11, 4, 2, 16, 10}, Case{2, 5, 9, 6, 3, 8, 4},
                        Case{2, 1, 150, 4, 2, 16, 149}, Case{1, 3, 200, 4, 4, 8, 120},
                        Case{2, 1, 300, 2, 1, 128, 299}, Case{2, 40, 50, 4, 2, 16, 10}}) {
-    const ExecutionContext<Space> ctx = ContextFor<Space>(path, warp_keys);
+    const ExecutionContext<Space> ctx = ContextFor<Space>(path, decode);
     const uint32_t seed = 31 + c.Sq * 7 + c.Nkv;
     const std::vector<float> q = RandomNormal(c.B * c.Sq * c.Nh * c.Dh, 0.5f, seed);
     const std::vector<float> k = RandomNormal(c.B * c.Sk * c.Nkv * c.Dh, 0.5f, seed + 1);
@@ -192,7 +209,7 @@ TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
         AttentionErrorBounds(q, k, v, mask, c.B, c.Sq, c.Sk, c.Nh, c.Nkv, c.Dh, c.q_offset);  // derived above
     for (size_t i = 0; i < got.size(); ++i)
       ASSERT_NEAR(got[i], want[i], bound[i]) << i << " seed " << seed << " Dh " << c.Dh << " Sk " << c.Sk << " "
-                                             << path.name << " warp keys " << warp_keys;
+                                             << path.name << " " << decode.name;
   }
 }
 
@@ -216,9 +233,9 @@ TYPED_TEST(AttentionTest, Bf16DecodeMatchesReferenceOfRoundedInputs) {
   const auto md = MaskToDevice<Space>(mask, B, Sk);
   const std::vector<double> want =
       reference::Attention(ToDouble(q), ToDouble(k), ToDouble(v), mask, B, Sq, Sk, Nh, Nkv, Dh, q_offset);
-  for (const int warp_keys : kWarpKeyChoices)
+  for (const DecodeKernelChoice& decode : kDecodeKernels)
   for (const PathCase& path : kPaths) {
-    const ExecutionContext<Space> ctx = ContextFor<Space>(path, warp_keys);
+    const ExecutionContext<Space> ctx = ContextFor<Space>(path, decode);
     Tensor3<bf16, Space> out("out", B, Sq, Nh * Dh);
     absl::Status s = CausalAttention<bf16>(ctx, qd, kd, vd, md, Nh, Nkv, Dh, Sk, q_offset, out);
     ASSERT_TRUE(s.ok()) << s;
@@ -227,7 +244,7 @@ TYPED_TEST(AttentionTest, Bf16DecodeMatchesReferenceOfRoundedInputs) {
     // float32 part is far below the output rounding: 2^-8 * |out| (|v| <= 5) + 1e-5.
     for (size_t i = 0; i < got.size(); ++i) {
       ASSERT_NEAR(float(got[i]), want[i], std::ldexp(std::fabs(want[i]), -8) + 1e-5)
-          << i << " seed " << seed << " " << path.name << " warp keys " << warp_keys;
+          << i << " seed " << seed << " " << path.name << " " << decode.name;
     }
   }
 }
@@ -403,8 +420,9 @@ TYPED_TEST(AttentionTest, ReadsOnlyTheValidKeysOfALargerCache) {
 }
 
 // A decode step's fused RoPE + append + attention (one kernel on CUDA) against the two ops it
-// replaces, with the new key inside a chunk (L = 149) and first in its chunk (L = 160; the other
-// keys of that chunk lie beyond the step). The caches get the same new column, bit for bit (both
+// replaces, with the new key inside a chunk (L = 149) and first in its chunk (L = 160 for 32-key
+// warps, 128 for the block-split kernel's blocks of 64 and 128 keys at Dh 128; the other keys of
+// that chunk lie beyond the step). The caches get the same new column, bit for bit (both
 // paths rotate the same raw key with the same cos/sin, RopeCosSin of the same position, through
 // RotatePair, which every RoPE kernel uses so that all round alike; the value is copied); the
 // outputs agree to float32 summation order (float) or to one rounding of the output (bf16: 2^-8
@@ -412,9 +430,9 @@ TYPED_TEST(AttentionTest, ReadsOnlyTheValidKeysOfALargerCache) {
 // Only where the fused kernel exists (FusedDecodeStepSupported); elsewhere both calls would run the
 // same two ops.
 template <class Space, class T>
-void CheckFusedDecodeStep(int64_t Dh, int64_t L, uint32_t seed, int warp_keys) {
+void CheckFusedDecodeStep(int64_t Dh, int64_t L, uint32_t seed, const DecodeKernelChoice& decode) {
   ExecutionContext<Space> ctx;
-  ctx.tuning().split_key_warp_keys = warp_keys;
+  UseDecodeKernel(decode, ctx);
   const int64_t B = 2, Nh = 4, Nkv = 2, capacity = 200;
   const int64_t Wq = Nh * Dh, Wkv = Nkv * Dh;
   std::vector<T> qkv, cache0;
@@ -449,7 +467,7 @@ void CheckFusedDecodeStep(int64_t Dh, int64_t L, uint32_t seed, int warp_keys) {
   for (size_t i = 0; i < want.size(); ++i) {
     const float w = float(want[i]);
     ASSERT_NEAR(float(got[i]), w, is_float ? 1e-5f : std::ldexp(std::fabs(w), -7) + 1e-4f)
-        << i << " Dh " << Dh << " L " << L << " seed " << seed << " warp keys " << warp_keys;
+        << i << " Dh " << Dh << " L " << L << " seed " << seed << " " << decode.name;
   }
 }
 
@@ -459,11 +477,11 @@ TYPED_TEST(AttentionTest, FusedDecodeStepEqualsRopeAppendThenAttention) {
                  << " (host memory): RopeAppendAttention runs RopeAndAppend then CausalAttention, the very ops this "
                     "test compares it with";
   }
-  // With 32 keys per warp, L = 149 is inside its chunk and 160 first in it.
-  for (const int warp_keys : kWarpKeyChoices)
-    for (int64_t L : {149, 160}) {
-      CheckFusedDecodeStep<TypeParam, float>(16, L, 91, warp_keys);
-      CheckFusedDecodeStep<TypeParam, bf16>(128, L, 93, warp_keys);
+  // L = 149 is inside its chunk; 160 and 128 are first in theirs (above).
+  for (const DecodeKernelChoice& decode : kDecodeKernels)
+    for (int64_t L : {128, 149, 160}) {
+      CheckFusedDecodeStep<TypeParam, float>(16, L, 91, decode);
+      CheckFusedDecodeStep<TypeParam, bf16>(128, L, 93, decode);
     }
 }
 

@@ -40,6 +40,10 @@ enum class DecodeLinearKernel { kAuto, kCublas, kWarpPerColumn, kSplitK };
 // Which path causal attention takes (attention_gemm.h): automatic (GEMMs on CUDA for >= 16 query
 // rows), or one forced, for tests that compare them.
 enum class AttentionPath { kAuto, kGemm, kFused };
+// Which kernel decode attention (few queries, many keys) runs on CUDA (attention.cc): automatic,
+// one warp per chunk of keys merged by the last warp (kWarpSplit), or blocks of warps merged in
+// shared memory, then by the last block (kBlockSplit).
+enum class DecodeAttentionKernel { kAuto, kWarpSplit, kBlockSplit };
 
 struct Tuning {
   // Warps per team of the CUDA decode attention kernel, each warp one chunk of keys (1..16; 4 and
@@ -47,6 +51,9 @@ struct Tuning {
   int split_key_team_warps = 1;
   // Keys per warp of the CUDA decode attention kernel: 16 or 32; 0 = automatic (attention.cc).
   int split_key_warp_keys = 0;
+  DecodeAttentionKernel decode_attention_kernel = DecodeAttentionKernel::kAuto;
+  // Keys per lane of the block-split decode attention kernel: 4 or 8; 0 = automatic (attention.cc).
+  int block_split_lane_keys = 0;
   DecodeLinearKernel decode_linear_kernel = DecodeLinearKernel::kAuto;
   AttentionPath attention_path = AttentionPath::kAuto;
   // Cap of the GEMM attention's scores chunk [Nh, rows, keys] in elements (64 Mi: 256 MiB of

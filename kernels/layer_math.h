@@ -8,6 +8,8 @@
 
 #include <Kokkos_Core.hpp>
 
+#include "openmoe/core/bf16.h"  // FromFloat
+
 namespace openmoe::kernels {
 
 // cos and sin of the rotary angle (position * 10000^(-2j/Dh)), computed in double so that the
