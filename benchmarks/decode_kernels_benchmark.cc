@@ -119,7 +119,7 @@ void BM_DecodeAttention(benchmark::State& state) {
 // The kernel a decode step runs per layer: RoPE + cache append + attention of `batch` queries per
 // head at position keys - 1 of a cache of `keys` columns (RopeAppendAttention, device position),
 // on kernel 0: the warp-split kernel (automatic keys per warp), 1 and 2: the block-split kernel
-// with 4 and 8 keys per lane.
+// with 4 and 8 keys per lane in blocks of 8 warps, 3: 8 keys per lane in blocks of 4 warps.
 void BM_DecodeStepAttention(benchmark::State& state) {
   const int64_t keys = state.range(0), B = state.range(1), Nh = 24, Dh = 128, width = Nh * Dh;
   const int64_t kernel = state.range(2);
@@ -135,7 +135,8 @@ void BM_DecodeStepAttention(benchmark::State& state) {
   const kernels::ExecutionContext<Space> ctx;
   ctx.tuning().decode_attention_kernel =
       kernel == 0 ? kernels::DecodeAttentionKernel::kWarpSplit : kernels::DecodeAttentionKernel::kBlockSplit;
-  ctx.tuning().block_split_lane_keys = kernel == 2 ? 8 : 4;
+  ctx.tuning().block_split_lane_keys = kernel == 1 ? 4 : 8;
+  ctx.tuning().block_split_warps = kernel == 3 ? 4 : 8;
   TimeCalls(state, 2.0 * B * keys * width * sizeof(bf16), [&] {
     absl::Status s = kernels::RopeAppendAttention<bf16>(ctx, qkv, q, k, v, mask, Nh, Nh, Dh, out, position.data());
     if (!s.ok()) state.SkipWithError(std::string(s.message()).c_str());
@@ -175,7 +176,7 @@ BENCHMARK(BM_DecodeAddRmsNorm)->Arg(2048)->Arg(3072)->UseManualTime()->Unit(benc
 BENCHMARK(BM_DecodeAttention)->Arg(512)->Arg(2048)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_DecodeStepAttention)
     ->ArgNames({"keys", "batch", "kernel"})
-    ->ArgsProduct({{576, 2048}, {1, 16}, {0, 1, 2}})
+    ->ArgsProduct({{576, 2048}, {1, 16}, {0, 1, 2, 3}})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_DecodeRopeAndAppend)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -83,6 +83,7 @@ int Run(const std::string& preset, const std::string& dtype, int64_t prompt_len,
   model_tuning.decode_linear_kernel = tuning.attention.decode_linear_kernel;
   model_tuning.decode_attention_kernel = tuning.attention.decode_attention_kernel;
   model_tuning.block_split_lane_keys   = tuning.attention.block_split_lane_keys;
+  model_tuning.block_split_warps       = tuning.attention.block_split_warps;
   model_tuning.decode_leave_out     = tuning.leave_out;
   if (tuning.split_probs >= 0) model_tuning.split_16bit_probs = tuning.split_probs != 0;
   std::printf("split_16bit_probs=%d\n", int(model_tuning.split_16bit_probs));
@@ -152,7 +153,8 @@ int main(int argc, char** argv) {
                   "  ablation of the CUDA decode attention: [--decode_attention=auto|warp_split|block_split]\n"
                   "    warp split: [--attention_team_warps=1] (warps per team), "
                   "[--attention_warp_keys=0] (keys per warp: 16, 32, or 0 for automatic)\n"
-                  "    block split: [--attention_lane_keys=0] (keys per lane: 4, 8, or 0 for automatic)\n"
+                  "    block split: [--attention_lane_keys=0] (keys per lane: 4, 8, or 0 for automatic), "
+                  "[--attention_block_warps=0] (warps per block: 1..8, or 0 for automatic)\n"
                   "  ablation of the decode Linear kernel (<= 4 rows): "
                   "[--decode_linear=auto|cublas|warp_per_column|split_k]\n"
                   "  ablation of programmatic dependent launch in the CUDA decode graphs: "
@@ -179,6 +181,7 @@ int main(int argc, char** argv) {
   tuning.attention.split_key_team_warps = std::atoi(Arg(argc, argv, "attention_team_warps", "1").c_str());
   tuning.attention.split_key_warp_keys  = std::atoi(Arg(argc, argv, "attention_warp_keys", "0").c_str());
   tuning.attention.block_split_lane_keys = std::atoi(Arg(argc, argv, "attention_lane_keys", "0").c_str());
+  tuning.attention.block_split_warps     = std::atoi(Arg(argc, argv, "attention_block_warps", "0").c_str());
   {
     using K = openmoe::kernels::DecodeAttentionKernel;
     const std::string name = Arg(argc, argv, "decode_attention", "auto");
@@ -190,7 +193,8 @@ int main(int argc, char** argv) {
       return 2;
     }
     tuning.attention.decode_attention_kernel = kernels.at(name);
-    std::printf("decode_attention=%s lane_keys=%d\n", name.c_str(), tuning.attention.block_split_lane_keys);
+    std::printf("decode_attention=%s lane_keys=%d block_warps=%d\n", name.c_str(),
+                tuning.attention.block_split_lane_keys, tuning.attention.block_split_warps);
   }
   {
     using K = openmoe::kernels::DecodeLinearKernel;

@@ -279,6 +279,31 @@ void SplitKeyAttention(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<T>
       });
 }
 
+// The block-split kernel's shape (block_split_attention.h): keys per lane (4 or 8) and warps per
+// block (1..8), 8 and 8 unless the tuning sets them.
+inline int BlockSplitLaneKeys(const Tuning& tuning) { return tuning.block_split_lane_keys == 4 ? 4 : 8; }
+inline int BlockSplitWarps(const Tuning& tuning) {
+  return tuning.block_split_warps > 0 ? std::min(tuning.block_split_warps, internal::kMaxBlockWarps) : 8;
+}
+
+// Whether decode attention of `queries` (b, s, head) rows over num_keys keys runs the block-split
+// kernel rather than the warp-split one: as the tuning says, or automatically when its blocks fit
+// one wave of two blocks per SM (batch 1 at the 8B shapes: 24 queries x 5 blocks of 128 keys for
+// 576 keys, on 132 SMs). There it was faster inside the decode graph (H100: 316.5 vs 310.2
+// tokens/s); with many more blocks (batch 16: 1,920) it was slower (1,735 vs 1,920 tokens/s)
+// (benchmarks/RESULTS.md, session 17).
+template <class T, class ExecSpace>
+bool UseBlockSplit(const ExecutionContext<ExecSpace>& ctx, int64_t queries, int64_t num_keys, int64_t head_dim) {
+  const Tuning& tuning = ctx.tuning();
+  if (tuning.decode_attention_kernel != DecodeAttentionKernel::kAuto)
+    return tuning.decode_attention_kernel == DecodeAttentionKernel::kBlockSplit;
+  constexpr int64_t kThreadsPerSm = 2048;
+  const int64_t sms = std::max<int64_t>(1, ctx.space().concurrency() / kThreadsPerSm);
+  const int64_t packs = std::max<int64_t>(1, head_dim / Pack<T>::kSize);
+  const int64_t block_keys = BlockSplitWarps(tuning) * std::max<int64_t>(1, 32 / packs) * BlockSplitLaneKeys(tuning);
+  return queries * ((num_keys + block_keys - 1) / block_keys) <= 2 * sms;
+}
+
 // SplitKeyAttention for the shape's packs per head row (SplitKeyShapesFit holds).
 template <bool kFused, class T, class ExecSpace>
 absl::Status LaunchSplitKey(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<T> source, int64_t batch, int64_t Sq,
@@ -320,23 +345,25 @@ absl::Status LaunchSplitKey(const ExecutionContext<ExecSpace>& ctx, SplitKeySour
 }
 
 // BlockSplitAttention (block_split_attention.h) for the shape's packs per head row
-// (SplitKeyShapesFit holds) and the tuning's keys per lane: 4 unless set to 8 (tuning().block_split_lane_keys).
+// (SplitKeyShapesFit holds), with the tuning's keys per lane (tuning().block_split_lane_keys: 4, or
+// 8 by default) and warps per block (tuning().block_split_warps: 1..8, 8 by default).
 template <bool kFused, class T, class ExecSpace>
 absl::Status LaunchBlockSplit(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<T> source, int64_t batch, int64_t Sq,
                               Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
                               Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
                               int64_t num_heads, int64_t group, int64_t head_dim, int64_t num_keys, int64_t q_offset,
                               Tensor3<T, ExecSpace> out, const int64_t* device_offset) {
-  const int64_t blocks = batch * Sq * num_heads * ((num_keys + internal::kBlockWarps - 1) / internal::kBlockWarps);  // at most
+  const int64_t blocks = batch * Sq * num_heads * num_keys;  // at most (a block has at least one key)
   if (blocks >= (int64_t(1) << 31) || num_keys >= (int64_t(1) << 30) ||
       int64_t(k.stride(1)) >= (int64_t(1) << 31)) {  // the kernel indexes blocks, keys and row strides in 32 bits
     return absl::InvalidArgumentError(absl::StrCat("BlockSplitAttention: ", batch * Sq * num_heads, " queries of ",
                                                    num_keys, " keys exceed the kernel's 32-bit indices"));
   }
-  const bool eight = ctx.tuning().block_split_lane_keys == 8;
+  const bool eight = BlockSplitLaneKeys(ctx.tuning()) == 8;
+  const int warps = BlockSplitWarps(ctx.tuning());
   switch (head_dim / Pack<T>::kSize) {
 #define OPENMOE_BLOCK_SPLIT_CALL(packs, lane_keys)                                                                 \
-  internal::BlockSplitAttention<packs, lane_keys, kFused, T, ExecSpace>(ctx, source, batch, Sq, k, v, key_mask,   \
+  internal::BlockSplitAttention<packs, lane_keys, kFused, T, ExecSpace>(ctx, warps, source, batch, Sq, k, v, key_mask, \
                                                                         num_heads, group, num_keys, q_offset, out, \
                                                                         device_offset);                           \
   return absl::OkStatus();
@@ -358,14 +385,14 @@ absl::Status LaunchBlockSplit(const ExecutionContext<ExecSpace>& ctx, SplitKeySo
 }
 
 // The CUDA decode attention kernel the tuning asks for (tuning().decode_attention_kernel); automatic:
-// the warp-split kernel.
+// UseBlockSplit.
 template <bool kFused, class T, class ExecSpace>
 absl::Status LaunchDecodeAttention(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<T> source, int64_t batch,
                                    int64_t Sq, Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
                                    Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
                                    int64_t num_heads, int64_t group, int64_t head_dim, int64_t num_keys,
                                    int64_t q_offset, Tensor3<T, ExecSpace> out, const int64_t* device_offset) {
-  if (ctx.tuning().decode_attention_kernel != DecodeAttentionKernel::kBlockSplit)
+  if (!UseBlockSplit<T>(ctx, batch * Sq * num_heads, num_keys, head_dim))
     return LaunchSplitKey<kFused, T, ExecSpace>(ctx, source, batch, Sq, k, v, key_mask, num_heads, group, head_dim,
                                                 num_keys, q_offset, out, device_offset);
   return LaunchBlockSplit<kFused, T, ExecSpace>(ctx, source, batch, Sq, k, v, key_mask, num_heads, group, head_dim,

@@ -127,25 +127,31 @@ constexpr PathCase kPaths[] = {{AttentionPath::kFused, 0, "fused"},
                                {AttentionPath::kGemm, 300, "gemm, small chunks"}};
 // The CUDA decode attention kernels (attention.cc), each with both of its key counts: the
 // warp-split kernel with 16 and 32 keys per warp (automatic picks 32 at these small shapes, 16 for
-// batch-16 decoding of the real models) and the block-split kernel with 4 and 8 keys per lane.
+// batch-16 decoding of the real models) and the block-split kernel with 4 and 8 keys per lane in
+// blocks of 8 warps (its most), and 8 keys per lane in blocks of 4 warps.
 // Host backends do not split keys; the loops still check them.
 struct DecodeKernelChoice {
   DecodeAttentionKernel kernel;
-  int keys;  // per warp (warp split) or per lane (block split); 0: automatic
+  int keys;   // per warp (warp split) or per lane (block split); 0: automatic
+  int warps;  // per block (block split); 0: automatic
   const char* name;
 };
-constexpr DecodeKernelChoice kAutomaticDecodeKernel = {DecodeAttentionKernel::kAuto, 0, "automatic decode kernel"};
+constexpr DecodeKernelChoice kAutomaticDecodeKernel = {DecodeAttentionKernel::kAuto, 0, 0, "automatic decode kernel"};
 constexpr DecodeKernelChoice kDecodeKernels[] = {
-    {DecodeAttentionKernel::kWarpSplit, 16, "warp split, 16 keys per warp"},
-    {DecodeAttentionKernel::kWarpSplit, 32, "warp split, 32 keys per warp"},
-    {DecodeAttentionKernel::kBlockSplit, 4, "block split, 4 keys per lane"},
-    {DecodeAttentionKernel::kBlockSplit, 8, "block split, 8 keys per lane"}};
+    {DecodeAttentionKernel::kWarpSplit, 16, 0, "warp split, 16 keys per warp"},
+    {DecodeAttentionKernel::kWarpSplit, 32, 0, "warp split, 32 keys per warp"},
+    {DecodeAttentionKernel::kBlockSplit, 4, 8, "block split, 4 keys per lane, 8 warps"},
+    {DecodeAttentionKernel::kBlockSplit, 8, 8, "block split, 8 keys per lane, 8 warps"},
+    {DecodeAttentionKernel::kBlockSplit, 8, 4, "block split, 8 keys per lane, 4 warps"}};
 
 template <class Space>
 void UseDecodeKernel(const DecodeKernelChoice& choice, ExecutionContext<Space>& ctx) {
   ctx.tuning().decode_attention_kernel = choice.kernel;
   if (choice.kernel == DecodeAttentionKernel::kWarpSplit) ctx.tuning().split_key_warp_keys = choice.keys;
-  if (choice.kernel == DecodeAttentionKernel::kBlockSplit) ctx.tuning().block_split_lane_keys = choice.keys;
+  if (choice.kernel == DecodeAttentionKernel::kBlockSplit) {
+    ctx.tuning().block_split_lane_keys = choice.keys;
+    ctx.tuning().block_split_warps = choice.warps;
+  }
 }
 
 // A context whose attention takes the case's path, with the given decode kernel.

@@ -7,7 +7,7 @@
 // dot products, P.V sums, a fence, a count, then up to ~18 chunk folds) with few warps per SM:
 // on an H100 it took 13 us per 8B layer at batch 1 (ncu: 4.7% occupancy, 14.8% of DRAM).
 //
-// Here a block of kBlockWarps warps takes kBlockWarps x kWarpKeys consecutive keys of one query
+// Here a block of `block_warps` warps takes block_warps x kWarpKeys consecutive keys of one query
 // (b, s, head). Each lane holds kLaneKeys keys' packs of k and v, so each warp's chain is short;
 // the warps' (max, sum, acc) meet in shared memory after one barrier and the block folds them
 // with one thread per head dimension; blocks of one query then meet in global memory, counted by
@@ -41,13 +41,11 @@ struct SplitKeySource {
   T* v_cache = nullptr;
 };
 
-constexpr int kBlockWarps = 8;  // warps per block of BlockSplitAttention
-
-// Keys one block of BlockSplitAttention covers, for head rows of kPacks packs.
-template <int kPacks, int kLaneKeys>
-constexpr int BlockSplitKeys() {
-  return kBlockWarps * (32 / kPacks) * kLaneKeys;
-}
+// Warps per block of BlockSplitAttention: 1..8. With 8 keys per lane the kernel needs more than 128
+// registers a thread, so 8 warps (255 registers each) fill the SM's 64 K registers. Capping it at
+// 128 registers for blocks of 16 warps (LaunchBounds<512, 1>) made it spill: 26.3 instead of about
+// 9 us per 8B layer at batch 1 on an H100 (benchmarks/RESULTS.md, session 17).
+constexpr int kMaxBlockWarps = 8;
 
 // The rotated pack `pack` of a head row [Dh] (RoPE's rotate-half pairs (d, d + Dh/2) at the
 // position whose [Dh/2, 2] cos/sin row is cos_sin), as floats rounded to T, the same rounding as
@@ -74,9 +72,10 @@ KOKKOS_INLINE_FUNCTION void RotateOwnPack(const Pack<T>& own, const Pack<T>& par
 
 // q [B, Sq, Nh*Dh] (or fused rows, SplitKeySource), k, v [B, >= num_keys, Nkv*Dh], out [B, Sq, Nh*Dh]:
 // CausalAttention's maths (attention.h), scores and sums in float32. Dh = kPacks packs of T; the
-// caller checks the shapes (SplitKeyShapesFit) and the 32-bit index ranges.
+// caller checks the shapes (SplitKeyShapesFit) and the 32-bit index ranges. block_warps: 1..kMaxBlockWarps.
 template <int kPacks, int kLaneKeys, bool kFused, class T, class ExecSpace>
-void BlockSplitAttention(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<T> source, int64_t batch, int64_t Sq,
+void BlockSplitAttention(const ExecutionContext<ExecSpace>& ctx, int block_warps, SplitKeySource<T> source,
+                         int64_t batch, int64_t Sq,
                          Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
                          Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
                          int64_t num_heads, int64_t group, int64_t num_keys, int64_t q_offset,
@@ -89,18 +88,18 @@ void BlockSplitAttention(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<
   constexpr int kSize       = P::kSize;
   constexpr int kSlices     = 32 / kPacks;                       // keys a warp's lanes read at once
   constexpr int kWarpKeys   = kSlices * kLaneKeys;               // key j0 + slice + i * kSlices: lane i-th key
-  constexpr int kBlockKeys  = kBlockWarps * kWarpKeys;
   constexpr int kHeadDim    = kPacks * kSize;
   constexpr int kHalfPacks  = kPacks / 2;
   constexpr int kWidth      = 4 + kHeadDim;                      // a partial result: [max, sum, -, -, acc (Dh)]
   const int64_t queries = batch * Sq * num_heads;
-  const int64_t splits  = (num_keys + kBlockKeys - 1) / kBlockKeys;
+  const int warps = block_warps, block_keys = block_warps * kWarpKeys;
+  const int64_t splits  = (num_keys + block_keys - 1) / block_keys;
   const int64_t q_width = num_heads * kHeadDim, kv_width = k.extent(2);
   // (A growth of either buffer bumps ctx.scratch_generation(): captured graphs point at them.)
   auto partial  = ctx.template Scratch<float>("attention.block_split", size_t(queries * splits * kWidth));
   auto finished = ctx.template Scratch<int>("attention.block_finished", size_t(queries), /*zeroed=*/true);
-  Policy policy(ctx.space(), queries * splits, kBlockWarps, 32);
-  policy.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(kBlockWarps * kWidth)));
+  Policy policy(ctx.space(), queries * splits, warps, 32);
+  policy.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(warps * kWidth)));
   DependentParallelFor(
       "openmoe::kernels::BlockSplitAttention", policy, KOKKOS_LAMBDA(const Member& team) {
         // 32-bit index arithmetic (the caller checks the ranges): a 64-bit division is ~4x the instructions.
@@ -110,7 +109,7 @@ void BlockSplitAttention(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<
         const int keys     = int(device_offset != nullptr ? *device_offset + Sq : num_keys);
         const int position = int((device_offset != nullptr ? *device_offset : q_offset) + s);
         const int end      = keys < position + 1 ? keys : position + 1;  // causal: keys [0, end)
-        const int active   = (end + kBlockKeys - 1) / kBlockKeys;         // blocks with keys
+        const int active   = (end + block_keys - 1) / block_keys;         // blocks with keys
         if (split >= active) return;                                      // the whole block
         const int64_t q_col = int64_t(head) * kHeadDim, kv_col = int64_t(head / int(group)) * kHeadDim;
         const T* row = source.q + (int64_t(b) * Sq + s) * source.row_stride;  // q (fused: [q | k | v] raw)
@@ -118,14 +117,14 @@ void BlockSplitAttention(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<
         const T* k_rows = &k(b, 0, kv_col);      // key j's head slice at k_rows + j * kv_stride
         const T* v_rows = &v(b, 0, kv_col);
         const int64_t* mask_row = &key_mask(b, 0);
-        Scratch warp_partials(team.team_scratch(0), kBlockWarps * kWidth);  // [warp][max, sum, -, -, acc]
+        Scratch warp_partials(team.team_scratch(0), warps * kWidth);  // [warp][max, sum, -, -, acc]
 
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, kBlockWarps), [&](const int warp) {
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, warps), [&](const int warp) {
           Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, 32), [&](const int lane) {
             // Lane (slice, pack) reads column pack `pack` of keys j0 + slice + i * kSlices: each load
             // instruction of the warp covers whole rows (coalesced). All global loads first.
             const int pack = lane % kPacks, slice = lane / kPacks;
-            const int j0 = split * kBlockKeys + warp * kWarpKeys;
+            const int j0 = split * block_keys + warp * kWarpKeys;
             P kp[kLaneKeys], vp[kLaneKeys];
             int64_t mask_value[kLaneKeys];
             for (int i = 0; i < kLaneKeys; ++i) {
@@ -221,7 +220,7 @@ void BlockSplitAttention(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<
         float* block_result = partial.data() + (int64_t(idx) * splits + split) * kWidth;
         Kokkos::parallel_for(Kokkos::TeamVectorRange(team, kHeadDim), [&](const int d) {
           float sum, acc;
-          const float top = fold(warp_partials.data(), kBlockWarps, kWidth, d, sum, acc);
+          const float top = fold(warp_partials.data(), warps, kWidth, d, sum, acc);
           if (single_block) {
             out(b, s, q_col + d) = FromFloat<T>(acc * (sum > 0.0f ? 1.0f / sum : 0.0f));
           } else {

@@ -52,8 +52,10 @@ struct Tuning {
   // Keys per warp of the CUDA decode attention kernel: 16 or 32; 0 = automatic (attention.cc).
   int split_key_warp_keys = 0;
   DecodeAttentionKernel decode_attention_kernel = DecodeAttentionKernel::kAuto;
-  // Keys per lane of the block-split decode attention kernel: 4 or 8; 0 = automatic (attention.cc).
+  // Keys per lane of the block-split decode attention kernel: 4 or 8; 0 = automatic (8).
   int block_split_lane_keys = 0;
+  // Warps per block of the block-split decode attention kernel: 1..8; 0 = automatic (8).
+  int block_split_warps = 0;
   DecodeLinearKernel decode_linear_kernel = DecodeLinearKernel::kAuto;
   AttentionPath attention_path = AttentionPath::kAuto;
   // Cap of the GEMM attention's scores chunk [Nh, rows, keys] in elements (64 Mi: 256 MiB of

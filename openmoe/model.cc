@@ -455,7 +455,8 @@ absl::Status OpenMoeModel<ExecSpace, T>::RunStep(Cache& cache, const std::vector
     uint64_t tuning_id = 0;
     for (uint64_t value : {uint64_t(tuning.decode_leave_out), uint64_t(tuning.decode_linear_kernel),
                            uint64_t(tuning.split_key_team_warps), uint64_t(tuning.split_key_warp_keys),
-                           uint64_t(tuning.decode_attention_kernel), uint64_t(tuning.block_split_lane_keys)})
+                           uint64_t(tuning.decode_attention_kernel), uint64_t(tuning.block_split_lane_keys),
+                           uint64_t(tuning.block_split_warps)})
       tuning_id = tuning_id * 1000003u ^ value;
     auto generation = [this] { return workspace_generation_ + (context_.scratch_generation() << 32); };
     const DecodeGraphKey key{cache_id, B, cache.capacity, generation(), tuning_id};
