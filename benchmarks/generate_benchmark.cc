@@ -182,6 +182,15 @@ int main(int argc, char** argv) {
   tuning.attention.split_key_warp_keys  = std::atoi(Arg(argc, argv, "attention_warp_keys", "0").c_str());
   tuning.attention.block_split_lane_keys = std::atoi(Arg(argc, argv, "attention_lane_keys", "0").c_str());
   tuning.attention.block_split_warps     = std::atoi(Arg(argc, argv, "attention_block_warps", "0").c_str());
+  if (tuning.attention.block_split_lane_keys != 0 && tuning.attention.block_split_lane_keys != 4 &&
+      tuning.attention.block_split_lane_keys != 8) {
+    std::fprintf(stderr, "generate_benchmark: --attention_lane_keys must be 4, 8 or 0 (automatic)\n");
+    return 2;
+  }
+  if (tuning.attention.block_split_warps < 0 || tuning.attention.block_split_warps > 8) {
+    std::fprintf(stderr, "generate_benchmark: --attention_block_warps must be 1..8, or 0 (automatic)\n");
+    return 2;
+  }
   {
     using K = openmoe::kernels::DecodeAttentionKernel;
     const std::string name = Arg(argc, argv, "decode_attention", "auto");

@@ -280,18 +280,28 @@ void SplitKeyAttention(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<T>
 }
 
 // The block-split kernel's shape (block_split_attention.h): keys per lane (4 or 8) and warps per
-// block (1..8), 8 and 8 unless the tuning sets them.
+// block (1..kMaxBlockWarps); 8 and kMaxBlockWarps unless the tuning sets them (generate_benchmark
+// rejects other values).
 inline int BlockSplitLaneKeys(const Tuning& tuning) { return tuning.block_split_lane_keys == 4 ? 4 : 8; }
 inline int BlockSplitWarps(const Tuning& tuning) {
-  return tuning.block_split_warps > 0 ? std::min(tuning.block_split_warps, internal::kMaxBlockWarps) : 8;
+  return tuning.block_split_warps > 0 ? std::min(tuning.block_split_warps, internal::kMaxBlockWarps)
+                                      : internal::kMaxBlockWarps;
+}
+// Keys one block of the block-split kernel covers, for head rows of head_dim elements of T.
+template <class T>
+int64_t BlockSplitKeys(const Tuning& tuning, int64_t head_dim) {
+  const int64_t packs = std::max<int64_t>(1, head_dim / Pack<T>::kSize);
+  return BlockSplitWarps(tuning) * std::max<int64_t>(1, 32 / packs) * BlockSplitLaneKeys(tuning);
 }
 
-// Whether decode attention of `queries` (b, s, head) rows over num_keys keys runs the block-split
-// kernel rather than the warp-split one: as the tuning says, or automatically when its blocks fit
-// one wave of two blocks per SM (batch 1 at the 8B shapes: 24 queries x 5 blocks of 128 keys for
-// 576 keys, on 132 SMs). There it was faster inside the decode graph (H100: 316.5 vs 310.2
-// tokens/s); with many more blocks (batch 16: 1,920) it was slower (1,735 vs 1,920 tokens/s)
-// (benchmarks/RESULTS.md, session 17).
+// Whether decode attention of `queries` (b, s, head) rows over a cache of num_keys columns (its
+// capacity in a decode step, so that a captured graph keeps its kernel) runs the block-split kernel
+// rather than the warp-split one: as the tuning says, or automatically when its warps fit one wave
+// of kMaxBlockWarps warps per SM, i.e. one default block per SM, since its threads need more than
+// 128 registers (batch 1 at the 8B shapes: 24 queries x 5 blocks of 128 keys for a 576-column
+// cache, 120 blocks on 132 SMs). There it was faster inside the decode graph (H100, session 17,
+// call 3: 315.5 vs 310.9 tokens/s); at batch 16 (1,920 blocks) every block shape measured was
+// slower (1,768 tokens/s with 4-warp blocks vs 1,927) (benchmarks/RESULTS.md).
 template <class T, class ExecSpace>
 bool UseBlockSplit(const ExecutionContext<ExecSpace>& ctx, int64_t queries, int64_t num_keys, int64_t head_dim) {
   const Tuning& tuning = ctx.tuning();
@@ -299,9 +309,9 @@ bool UseBlockSplit(const ExecutionContext<ExecSpace>& ctx, int64_t queries, int6
     return tuning.decode_attention_kernel == DecodeAttentionKernel::kBlockSplit;
   constexpr int64_t kThreadsPerSm = 2048;
   const int64_t sms = std::max<int64_t>(1, ctx.space().concurrency() / kThreadsPerSm);
-  const int64_t packs = std::max<int64_t>(1, head_dim / Pack<T>::kSize);
-  const int64_t block_keys = BlockSplitWarps(tuning) * std::max<int64_t>(1, 32 / packs) * BlockSplitLaneKeys(tuning);
-  return queries * ((num_keys + block_keys - 1) / block_keys) <= 2 * sms;
+  const int64_t block_keys = BlockSplitKeys<T>(tuning, head_dim);
+  const int64_t blocks = queries * ((num_keys + block_keys - 1) / block_keys);
+  return blocks * BlockSplitWarps(tuning) <= internal::kMaxBlockWarps * sms;
 }
 
 // SplitKeyAttention for the shape's packs per head row (SplitKeyShapesFit holds).
@@ -345,15 +355,16 @@ absl::Status LaunchSplitKey(const ExecutionContext<ExecSpace>& ctx, SplitKeySour
 }
 
 // BlockSplitAttention (block_split_attention.h) for the shape's packs per head row
-// (SplitKeyShapesFit holds), with the tuning's keys per lane (tuning().block_split_lane_keys: 4, or
-// 8 by default) and warps per block (tuning().block_split_warps: 1..8, 8 by default).
+// (SplitKeyShapesFit holds), with the tuning's keys per lane and warps per block (BlockSplitLaneKeys,
+// BlockSplitWarps).
 template <bool kFused, class T, class ExecSpace>
 absl::Status LaunchBlockSplit(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<T> source, int64_t batch, int64_t Sq,
                               Tensor3<const T, ExecSpace> k, Tensor3<const T, ExecSpace> v,
                               Kokkos::View<const int64_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> key_mask,
                               int64_t num_heads, int64_t group, int64_t head_dim, int64_t num_keys, int64_t q_offset,
                               Tensor3<T, ExecSpace> out, const int64_t* device_offset) {
-  const int64_t blocks = batch * Sq * num_heads * num_keys;  // at most (a block has at least one key)
+  const int64_t block_keys = BlockSplitKeys<T>(ctx.tuning(), head_dim);
+  const int64_t blocks = batch * Sq * num_heads * ((num_keys + block_keys - 1) / block_keys);
   if (blocks >= (int64_t(1) << 31) || num_keys >= (int64_t(1) << 30) ||
       int64_t(k.stride(1)) >= (int64_t(1) << 31)) {  // the kernel indexes blocks, keys and row strides in 32 bits
     return absl::InvalidArgumentError(absl::StrCat("BlockSplitAttention: ", batch * Sq * num_heads, " queries of ",
@@ -556,8 +567,8 @@ absl::Status CausalAttention(const ExecutionContext<ExecSpace>& ctx, Tensor3<con
       SplitKeyShapesFit(q.data(), k.data(), v.data(), head_dim)) {
     SplitKeySource<T> source;
     source.q = q.data(), source.row_stride = num_heads * head_dim;
-    return LaunchDecodeAttention<false, T, ExecSpace>(ctx, source, B, Sq, k, v, key_mask, num_heads, group, head_dim,
-                                               num_keys, q_offset, out, device_offset);
+    return LaunchDecodeAttention<false, T, ExecSpace>(ctx, source, B, Sq, k, v, key_mask, num_heads, group,
+                                                      head_dim, num_keys, q_offset, out, device_offset);
   }
 
   using Policy  = Kokkos::TeamPolicy<ExecSpace>;
@@ -685,7 +696,7 @@ absl::Status RopeAppendAttention(const ExecutionContext<ExecSpace>& ctx, Tensor3
   source.rope_table = RopeTable(ctx, capacity, head_dim);
   source.k_cache = k_cache.data(), source.v_cache = v_cache.data();
   return LaunchDecodeAttention<true, T, ExecSpace>(ctx, source, B, 1, k_cache, v_cache, key_mask, num_heads,
-                                            num_heads / num_kv_heads, head_dim, capacity, 0, out, device_offset);
+                                                   num_heads / num_kv_heads, head_dim, capacity, 0, out, device_offset);
 }
 
 #define OPENMOE_INSTANTIATE_ATTENTION(Space, T)                                                 \

@@ -126,9 +126,10 @@ constexpr PathCase kPaths[] = {{AttentionPath::kFused, 0, "fused"},
                                {AttentionPath::kGemm, 0, "gemm"},
                                {AttentionPath::kGemm, 300, "gemm, small chunks"}};
 // The CUDA decode attention kernels (attention.cc), each with both of its key counts: the
-// warp-split kernel with 16 and 32 keys per warp (automatic picks 32 at these small shapes, 16 for
-// batch-16 decoding of the real models) and the block-split kernel with 4 and 8 keys per lane in
-// blocks of 8 warps (its most), and 8 keys per lane in blocks of 4 warps.
+// warp-split kernel with 16 and 32 keys per warp (its own automatic choice is 32 at these small
+// shapes, 16 for batch-16 decoding of the real models) and the block-split kernel (the automatic
+// kernel at these shapes) with 4 and 8 keys per lane in blocks of 8 warps (its most), 8 keys per
+// lane in blocks of 4 warps, and 4 in blocks of 2 warps (fewer threads than Dh 128: its folds loop).
 // Host backends do not split keys; the loops still check them.
 struct DecodeKernelChoice {
   DecodeAttentionKernel kernel;
@@ -142,7 +143,8 @@ constexpr DecodeKernelChoice kDecodeKernels[] = {
     {DecodeAttentionKernel::kWarpSplit, 32, 0, "warp split, 32 keys per warp"},
     {DecodeAttentionKernel::kBlockSplit, 4, 8, "block split, 4 keys per lane, 8 warps"},
     {DecodeAttentionKernel::kBlockSplit, 8, 8, "block split, 8 keys per lane, 8 warps"},
-    {DecodeAttentionKernel::kBlockSplit, 8, 4, "block split, 8 keys per lane, 4 warps"}};
+    {DecodeAttentionKernel::kBlockSplit, 8, 4, "block split, 8 keys per lane, 4 warps"},
+    {DecodeAttentionKernel::kBlockSplit, 4, 2, "block split, 4 keys per lane, 2 warps"}};
 
 template <class Space>
 void UseDecodeKernel(const DecodeKernelChoice& choice, ExecutionContext<Space>& ctx) {
@@ -188,7 +190,7 @@ TYPED_TEST(AttentionTest, RopeMatchesReference) {
 TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
   using Space = TypeParam;
   struct Case { int64_t B, Sq, Sk, Nh, Nkv, Dh, q_offset; };
-  // The last two are decode-shaped (few queries, > 64 keys): the split-key path on GPUs.
+  // Cases 4-6 are decode-shaped (few queries, > 64 keys): the split-key path on GPUs.
   for (const DecodeKernelChoice& decode : kDecodeKernels)
   for (const PathCase& path : kPaths)
   for (const Case c : {Case{2, 19, 19, 4, 4, 24, 0}, Case{3, 1, 11, 4, 2, 16, 10}, Case{2, 5, 9, 6, 3, 8, 4},
@@ -220,7 +222,7 @@ TYPED_TEST(AttentionTest, MatchesReferenceWithPaddingOffsetsAndGroups) {
 }
 
 // bf16 storage at decode shapes with the models' head_dim of 128 (the split-key path with
-// 16-byte packs on GPUs), rows padded on the left by more than one key chunk: reference of the
+// 16-byte packs on GPUs), a row padded on the left by whole key chunks and blocks: reference of the
 // rounded inputs; the only extra error is the bf16 rounding of the output (2^-8 relative to
 // max|v|).
 TYPED_TEST(AttentionTest, Bf16DecodeMatchesReferenceOfRoundedInputs) {
@@ -232,7 +234,9 @@ TYPED_TEST(AttentionTest, Bf16DecodeMatchesReferenceOfRoundedInputs) {
   std::vector<float> v = RandomNormal(B * Sk * Nkv * Dh, 1.0f, seed + 2);
   const std::vector<bf16> qb = RoundToBf16(q), kb = RoundToBf16(k), vb = RoundToBf16(v);
   std::vector<int64_t> mask(B * Sk, 1);
-  for (int64_t j = 0; j < 70; ++j) mask[Sk + j] = 0;  // row 1: 70 padding keys (> 2 chunks of 32)
+  // Row 1: 260 padding keys, more than 8 warp-split chunks of 32 keys and whole block-split blocks
+  // (keys 64-255 or 128-255) without a visible key.
+  for (int64_t j = 0; j < 260; ++j) mask[Sk + j] = 0;
   auto qd = ToDevice3<Space>(qb, B, Sq, Nh * Dh, "q");
   auto kd = ToDevice3<Space>(kb, B, Sk, Nkv * Dh, "k");
   auto vd = ToDevice3<Space>(vb, B, Sk, Nkv * Dh, "v");
@@ -483,9 +487,10 @@ TYPED_TEST(AttentionTest, FusedDecodeStepEqualsRopeAppendThenAttention) {
                  << " (host memory): RopeAppendAttention runs RopeAndAppend then CausalAttention, the very ops this "
                     "test compares it with";
   }
-  // L = 149 is inside its chunk; 160 and 128 are first in theirs (above).
+  // L = 149 is inside its chunk; 160 and 128 are first in theirs (above); with L = 40 the keys fit
+  // one block of a cache of several (the block-split kernel's direct output).
   for (const DecodeKernelChoice& decode : kDecodeKernels)
-    for (int64_t L : {128, 149, 160}) {
+    for (int64_t L : {40, 128, 149, 160}) {
       CheckFusedDecodeStep<TypeParam, float>(16, L, 91, decode);
       CheckFusedDecodeStep<TypeParam, bf16>(128, L, 93, decode);
     }

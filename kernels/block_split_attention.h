@@ -42,9 +42,9 @@ struct SplitKeySource {
 };
 
 // Warps per block of BlockSplitAttention: 1..8. With 8 keys per lane the kernel needs more than 128
-// registers a thread, so 8 warps (255 registers each) fill the SM's 64 K registers. Capping it at
-// 128 registers for blocks of 16 warps (LaunchBounds<512, 1>) made it spill: 26.3 instead of about
-// 9 us per 8B layer at batch 1 on an H100 (benchmarks/RESULTS.md, session 17).
+// registers a thread: capping it there for blocks of 16 warps (LaunchBounds<512, 1>) made it spill
+// (26.3 instead of 10.5 us per 8B layer at batch 1 on an H100; benchmarks/RESULTS.md, session 17).
+// Blocks of 8 warps launch with up to 255 registers a thread (8 x 32 x 255 < 64 K).
 constexpr int kMaxBlockWarps = 8;
 
 // The rotated pack `pack` of a head row [Dh] (RoPE's rotate-half pairs (d, d + Dh/2) at the
@@ -92,14 +92,14 @@ void BlockSplitAttention(const ExecutionContext<ExecSpace>& ctx, int block_warps
   constexpr int kHalfPacks  = kPacks / 2;
   constexpr int kWidth      = 4 + kHeadDim;                      // a partial result: [max, sum, -, -, acc (Dh)]
   const int64_t queries = batch * Sq * num_heads;
-  const int warps = block_warps, block_keys = block_warps * kWarpKeys;
+  const int block_keys = block_warps * kWarpKeys;
   const int64_t splits  = (num_keys + block_keys - 1) / block_keys;
   const int64_t q_width = num_heads * kHeadDim, kv_width = k.extent(2);
   // (A growth of either buffer bumps ctx.scratch_generation(): captured graphs point at them.)
   auto partial  = ctx.template Scratch<float>("attention.block_split", size_t(queries * splits * kWidth));
   auto finished = ctx.template Scratch<int>("attention.block_finished", size_t(queries), /*zeroed=*/true);
-  Policy policy(ctx.space(), queries * splits, warps, 32);
-  policy.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(warps * kWidth)));
+  Policy policy(ctx.space(), queries * splits, block_warps, 32);
+  policy.set_scratch_size(0, Kokkos::PerTeam(Scratch::shmem_size(block_warps * kWidth)));
   DependentParallelFor(
       "openmoe::kernels::BlockSplitAttention", policy, KOKKOS_LAMBDA(const Member& team) {
         // 32-bit index arithmetic (the caller checks the ranges): a 64-bit division is ~4x the instructions.
@@ -117,9 +117,9 @@ void BlockSplitAttention(const ExecutionContext<ExecSpace>& ctx, int block_warps
         const T* k_rows = &k(b, 0, kv_col);      // key j's head slice at k_rows + j * kv_stride
         const T* v_rows = &v(b, 0, kv_col);
         const int64_t* mask_row = &key_mask(b, 0);
-        Scratch warp_partials(team.team_scratch(0), warps * kWidth);  // [warp][max, sum, -, -, acc]
+        Scratch warp_partials(team.team_scratch(0), block_warps * kWidth);  // [warp][max, sum, -, -, acc]
 
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, warps), [&](const int warp) {
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, block_warps), [&](const int warp) {
           Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, 32), [&](const int lane) {
             // Lane (slice, pack) reads column pack `pack` of keys j0 + slice + i * kSlices: each load
             // instruction of the warp covers whole rows (coalesced). All global loads first.
@@ -220,7 +220,7 @@ void BlockSplitAttention(const ExecutionContext<ExecSpace>& ctx, int block_warps
         float* block_result = partial.data() + (int64_t(idx) * splits + split) * kWidth;
         Kokkos::parallel_for(Kokkos::TeamVectorRange(team, kHeadDim), [&](const int d) {
           float sum, acc;
-          const float top = fold(warp_partials.data(), warps, kWidth, d, sum, acc);
+          const float top = fold(warp_partials.data(), block_warps, kWidth, d, sum, acc);
           if (single_block) {
             out(b, s, q_col + d) = FromFloat<T>(acc * (sum > 0.0f ? 1.0f / sum : 0.0f));
           } else {
