@@ -45,7 +45,7 @@ struct DecodeGraphKey {
   int64_t batch         = 0;
   int64_t capacity      = 0;
   uint64_t generation   = 0;  // buffer generation
-  uint64_t tuning       = 0;  // a hash of the decode tuning the kernels were chosen with
+  uint64_t tuning       = 0;  // a hash of the decode tuning, routing mode and dependent-launch mode
   bool operator==(const DecodeGraphKey& o) const {
     return cache == o.cache && batch == o.batch && capacity == o.capacity && generation == o.generation &&
            tuning == o.tuning;

@@ -420,10 +420,9 @@ absl::Status OpenMoeModel<ExecSpace, T>::RunStep(Cache& cache, const std::vector
   }
   const int64_t N = B * S;
   const bool graphed = UseDecodeGraph(B, S, mode, last_only, stats);
-  if (graphed && graphs_ == nullptr) {
-    graphs_ = std::make_shared<DecodeGraphs<ExecSpace>>();
-    graphs_->set_dependent_launch(dependent_launch_);
-  }
+  if (graphed && graphs_ == nullptr) graphs_ = std::make_shared<DecodeGraphs<ExecSpace>>();
+  // (Applied when a graph is captured; the graph key below holds it, so a change captures anew.)
+  if (graphed) graphs_->set_dependent_launch(dependent_launch_);
   const ExecSpace space = graphed ? graphs_->space() : ExecSpace();
   *used_space = space;
 
@@ -450,10 +449,12 @@ absl::Status OpenMoeModel<ExecSpace, T>::RunStep(Cache& cache, const std::vector
       cache_id = cache_id * 1000003u ^ reinterpret_cast<uintptr_t>(cache.values[i].data());
     }
     // The decode tuning the kernels are chosen with (a graph replays the kernels chosen at capture;
-    // split_16bit_probs, attention_path and max_score_elements concern prefill only).
+    // split_16bit_probs, attention_path and max_score_elements concern prefill only), the routing
+    // mode (its capacity factor sizes the expert queues) and the dependent-launch mode.
     const kernels::Tuning& tuning = context_.tuning();
     uint64_t tuning_id = 0;
-    for (uint64_t value : {uint64_t(tuning.decode_leave_out), uint64_t(tuning.decode_linear_kernel),
+    for (uint64_t value : {uint64_t(mode), uint64_t(dependent_launch_),
+                           uint64_t(tuning.decode_leave_out), uint64_t(tuning.decode_linear_kernel),
                            uint64_t(tuning.split_key_team_warps), uint64_t(tuning.split_key_warp_keys),
                            uint64_t(tuning.decode_attention_kernel), uint64_t(tuning.block_split_lane_keys),
                            uint64_t(tuning.block_split_warps)})
