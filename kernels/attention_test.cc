@@ -234,8 +234,8 @@ TYPED_TEST(AttentionTest, Bf16DecodeMatchesReferenceOfRoundedInputs) {
   std::vector<float> v = RandomNormal(B * Sk * Nkv * Dh, 1.0f, seed + 2);
   const std::vector<bf16> qb = RoundToBf16(q), kb = RoundToBf16(k), vb = RoundToBf16(v);
   std::vector<int64_t> mask(B * Sk, 1);
-  // Row 1: 260 padding keys, more than 8 warp-split chunks of 32 keys and whole block-split blocks
-  // (keys 64-255 or 128-255) without a visible key.
+  // Row 1: 260 padding keys: warp-split chunks of 32 keys (32-255) and whole block-split blocks
+  // (keys 16-255, 64-255 or 128-255) without a visible key (key 0 always is).
   for (int64_t j = 0; j < 260; ++j) mask[Sk + j] = 0;
   auto qd = ToDevice3<Space>(qb, B, Sq, Nh * Dh, "q");
   auto kd = ToDevice3<Space>(kb, B, Sk, Nkv * Dh, "k");
@@ -487,8 +487,9 @@ TYPED_TEST(AttentionTest, FusedDecodeStepEqualsRopeAppendThenAttention) {
                  << " (host memory): RopeAppendAttention runs RopeAndAppend then CausalAttention, the very ops this "
                     "test compares it with";
   }
-  // L = 149 is inside its chunk; 160 and 128 are first in theirs (above); with L = 40 the keys fit
-  // one block of a cache of several (the block-split kernel's direct output).
+  // L = 149 is inside its chunk; 160 and 128 are first in theirs (above); with L = 40 at Dh 128 the
+  // keys fit one 64- or 128-key block of a cache of several (the block-split kernel's direct output;
+  // the 2-warp blocks of 16 keys still fold three).
   for (const DecodeKernelChoice& decode : kDecodeKernels)
     for (int64_t L : {40, 128, 149, 160}) {
       CheckFusedDecodeStep<TypeParam, float>(16, L, 91, decode);

@@ -10,7 +10,7 @@
 // the same buffers, so the key names them: the KV cache's buffers, the batch and a generation
 // that changes whenever a work buffer the step uses is reallocated (the model's workspace and
 // the attention kernels' scratch); and the kernels were chosen under the model's decode tuning,
-// which the key names too. Inputs that change per step
+// routing mode and dependent-launch mode, which the key names too. Inputs that change per step
 // (token ids, position) must be read by the kernels from device memory written before Run.
 //
 // By default (set_dependent_launch(DependentLaunch::kAll)): before instantiation, every edge from a kernel to a kernel launched through

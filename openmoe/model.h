@@ -219,8 +219,8 @@ class OpenMoeModel {
     dispatcher_ = std::move(dispatcher);
     dispatch_every_step_ = true;
   }
-  // Which edges of the decode graphs captured from now on become programmatic (kAll by default;
-  // decode_graph.h). Call before the first graphed step.
+  // Which edges of the decode graphs become programmatic (kAll by default; decode_graph.h). Takes
+  // effect at the next graphed step: the mode is in the graph key, so a change captures anew.
   void set_dependent_launch(DependentLaunch mode) { dependent_launch_ = mode; }
   // What the decode graphs did so far: graph launches (0 where steps ran directly), and the
   // conditional expert branches of the graph captured last.
