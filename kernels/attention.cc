@@ -314,6 +314,12 @@ bool UseBlockSplit(const ExecutionContext<ExecSpace>& ctx, int64_t queries, int6
   return blocks * BlockSplitWarps(tuning) <= internal::kMaxBlockWarps * sms;
 }
 
+// Whether a decode kernel's 32-bit indices hold: its work units (warps or blocks), key positions
+// (< 2^30, so that position arithmetic cannot overflow) and the caches' row stride in elements.
+inline bool FitsDecodeKernelIndices(int64_t units, int64_t num_keys, int64_t row_stride) {
+  return units < (int64_t(1) << 31) && num_keys < (int64_t(1) << 30) && row_stride < (int64_t(1) << 31);
+}
+
 // SplitKeyAttention for the shape's packs per head row (SplitKeyShapesFit holds).
 template <bool kFused, class T, class ExecSpace>
 absl::Status LaunchSplitKey(const ExecutionContext<ExecSpace>& ctx, SplitKeySource<T> source, int64_t batch, int64_t Sq,
@@ -323,8 +329,7 @@ absl::Status LaunchSplitKey(const ExecutionContext<ExecSpace>& ctx, SplitKeySour
                             Tensor3<T, ExecSpace> out, const int64_t* device_offset) {
   const auto& space = ctx.space();
   const int64_t units = batch * Sq * num_heads * ((num_keys + kWarpKeys - 1) / kWarpKeys);  // at most
-  if (units >= (int64_t(1) << 31) || num_keys >= (int64_t(1) << 30) ||
-      int64_t(k.stride(1)) >= (int64_t(1) << 31)) {  // the kernel indexes warps, keys and row strides in 32 bits
+  if (!FitsDecodeKernelIndices(units, num_keys, k.stride(1))) {
     return absl::InvalidArgumentError(absl::StrCat("SplitKeyAttention: ", units, " key chunks or ", num_keys,
                                                    " keys exceed the kernel's 32-bit indices"));
   }
@@ -365,8 +370,7 @@ absl::Status LaunchBlockSplit(const ExecutionContext<ExecSpace>& ctx, SplitKeySo
                               Tensor3<T, ExecSpace> out, const int64_t* device_offset) {
   const int64_t block_keys = BlockSplitKeys<T>(ctx.tuning(), head_dim);
   const int64_t blocks = batch * Sq * num_heads * ((num_keys + block_keys - 1) / block_keys);
-  if (blocks >= (int64_t(1) << 31) || num_keys >= (int64_t(1) << 30) ||
-      int64_t(k.stride(1)) >= (int64_t(1) << 31)) {  // the kernel indexes blocks, keys and row strides in 32 bits
+  if (!FitsDecodeKernelIndices(blocks, num_keys, k.stride(1))) {
     return absl::InvalidArgumentError(absl::StrCat("BlockSplitAttention: ", batch * Sq * num_heads, " queries of ",
                                                    num_keys, " keys exceed the kernel's 32-bit indices"));
   }
